@@ -1,0 +1,399 @@
+// Package cli is idem's command line: `idem serve`, `put`, `records`,
+// `status`, `state` and `bench`. A program that embeds idem to register
+// in-process Go functions calls Main with its handlers and gets the same
+// commands.
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/idem-run/idem/config"
+	"github.com/idem-run/idem/internal/bench"
+	"github.com/idem-run/idem/server"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+// Main runs the command line with os.Args and exits. opts are passed to the
+// server by `serve` (in-process handlers, typically).
+func Main(opts ...server.Option) {
+	os.Exit(Run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr, opts...))
+}
+
+// usageError marks mistakes in the command line itself.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+
+// Run runs the command line with args and returns the exit code.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, opts ...server.Option) int {
+	var verbose bool
+	root := &cobra.Command{
+		Use:           "idem",
+		Short:         "Event-driven functions over streams, with exactly-once effects",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail")
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(
+		serveCmd(&verbose, opts),
+		putCmd(),
+		recordsCmd(),
+		statusCmd(),
+		stateCmd(),
+		benchCmd(),
+	)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(stderr, "idem:", err)
+	var ue usageError
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "required flag") {
+		return exitUsage
+	}
+	return exitError
+}
+
+func serveCmd(verbose *bool, opts []server.Option) *cobra.Command {
+	var file, dataDir string
+	cmd := &cobra.Command{
+		Use:   "serve -c FILE [--data DIR]",
+		Short: "Run streams, mappings and the HTTP API from a config file",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			level := slog.LevelInfo
+			if *verbose {
+				level = slog.LevelDebug
+			}
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			cfg, err := config.Load(file)
+			if err != nil {
+				return err
+			}
+			if dataDir != "" {
+				cfg.DataDir = dataDir
+			}
+			srv, err := server.New(cfg, append([]server.Option{server.WithLogger(log)}, opts...)...)
+			if err != nil {
+				return err
+			}
+			defer srv.Close()
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := srv.Run(ctx); err != nil {
+				return err
+			}
+			log.Info("idem stopped")
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&file, "config", "c", "", "config file (YAML)")
+	cmd.Flags().StringVar(&dataDir, "data", "", "data directory (overrides dataDir)")
+	cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+// client talks to a running idem's HTTP API.
+type client struct {
+	base string
+	http *http.Client
+}
+
+func newClient(addr string) *client {
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	return &client{base: strings.TrimRight(addr, "/"), http: &http.Client{Timeout: 30 * time.Second}}
+}
+
+func (c *client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("is idem serve running at %s? %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("reading response: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	if raw, ok := out.(*[]byte); ok {
+		*raw = data
+		return nil
+	}
+	return json.Unmarshal(data, out)
+}
+
+func addrFlag(cmd *cobra.Command, addr *string) {
+	cmd.Flags().StringVar(addr, "addr", "127.0.0.1:7070", "address of idem's HTTP API")
+}
+
+func putCmd() *cobra.Command {
+	var addr, stream, key, data string
+	cmd := &cobra.Command{
+		Use:   "put --stream S --partition-key K [--data STRING]",
+		Short: "Append records to a stream (without --data, one record per stdin line)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c := newClient(addr)
+			path := "/v1/streams/" + url.PathEscape(stream) + "/records"
+			send := func(recs []server.PutRecord) error {
+				var resp server.PutResponse
+				if err := c.do(cmd.Context(), http.MethodPost, path, server.PutRequest{Records: recs}, &resp); err != nil {
+					return err
+				}
+				for _, r := range resp.Records {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", r.ShardID, r.SequenceNumber)
+				}
+				return nil
+			}
+			if cmd.Flags().Changed("data") {
+				return send([]server.PutRecord{{PartitionKey: key, Data: data}})
+			}
+			sc := bufio.NewScanner(cmd.InOrStdin())
+			sc.Buffer(make([]byte, 64<<10), 2<<20)
+			var batch []server.PutRecord
+			size := 0
+			for sc.Scan() {
+				line := sc.Text()
+				batch = append(batch, server.PutRecord{PartitionKey: key, Data: line})
+				size += len(line)
+				if len(batch) == 500 || size > 4<<20 {
+					if err := send(batch); err != nil {
+						return err
+					}
+					batch, size = batch[:0], 0
+				}
+			}
+			if err := sc.Err(); err != nil {
+				return fmt.Errorf("reading stdin: %w", err)
+			}
+			if len(batch) > 0 {
+				return send(batch)
+			}
+			return nil
+		},
+	}
+	addrFlag(cmd, &addr)
+	cmd.Flags().StringVar(&stream, "stream", "", "stream name")
+	cmd.Flags().StringVar(&key, "partition-key", "", "partition key (chooses the shard)")
+	cmd.Flags().StringVar(&data, "data", "", "record data")
+	cmd.MarkFlagRequired("stream")
+	cmd.MarkFlagRequired("partition-key")
+	return cmd
+}
+
+// streamInfo is the part of GET /v1/streams the CLI needs.
+type streamInfo struct {
+	Name   string `json:"name"`
+	Shards []struct {
+		ID string `json:"id"`
+	} `json:"shards"`
+}
+
+func recordsCmd() *cobra.Command {
+	var addr, stream, shard string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "records --stream S [--shard ID] [--json]",
+		Short: "List a stream's records (for example an on-failure stream's)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c := newClient(addr)
+			shards := []string{shard}
+			if shard == "" {
+				var infos []streamInfo
+				if err := c.do(cmd.Context(), http.MethodGet, "/v1/streams", nil, &infos); err != nil {
+					return err
+				}
+				shards = nil
+				for _, in := range infos {
+					if in.Name == stream {
+						for _, sh := range in.Shards {
+							shards = append(shards, sh.ID)
+						}
+					}
+				}
+				if shards == nil {
+					return fmt.Errorf("stream %q not found", stream)
+				}
+			}
+			out := cmd.OutOrStdout()
+			enc := json.NewEncoder(out)
+			for _, sh := range shards {
+				after := ""
+				for {
+					q := url.Values{"shard": {sh}}
+					if after != "" {
+						q.Set("after", after)
+					}
+					var page server.RecordsResponse
+					if err := c.do(cmd.Context(), http.MethodGet, "/v1/streams/"+url.PathEscape(stream)+"/records?"+q.Encode(), nil, &page); err != nil {
+						return err
+					}
+					for _, r := range page.Records {
+						if asJSON {
+							if err := enc.Encode(r); err != nil {
+								return err
+							}
+							continue
+						}
+						data := r.Data
+						if r.DataBase64 != nil {
+							data = fmt.Sprintf("(base64) %x", r.DataBase64)
+						}
+						fmt.Fprintf(out, "%s %s %s %s\n", r.ShardID, r.SequenceNumber, r.PartitionKey, data)
+					}
+					if page.Next == "" {
+						break
+					}
+					after = page.Next
+				}
+			}
+			return nil
+		},
+	}
+	addrFlag(cmd, &addr)
+	cmd.Flags().StringVar(&stream, "stream", "", "stream name")
+	cmd.Flags().StringVar(&shard, "shard", "", "shard ID (default: every shard)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON lines")
+	cmd.MarkFlagRequired("stream")
+	return cmd
+}
+
+func statusCmd() *cobra.Command {
+	var addr string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [--json]",
+		Short: "Show every mapping's shards: checkpoint, lag, in-flight and counters",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c := newClient(addr)
+			var st server.StatusResponse
+			if err := c.do(cmd.Context(), http.MethodGet, "/v1/status", nil, &st); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "MAPPING\tSHARD\tSTATE\tCHECKPOINT\tLAG\tITERATOR AGE\tIN-FLIGHT\tINVOCATIONS\tRETRIES\tPROCESSED\tDISCARDED\tSKIPPED\tLOST")
+			for _, s := range st.Shards {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s.Mapping, s.Shard, s.State, s.Checkpoint, s.LagRecords,
+					(time.Duration(s.IteratorAgeMs) * time.Millisecond).String(), s.InFlight, s.Invocations, s.Retries, s.Processed, s.Discarded, s.Skipped, s.Lost)
+			}
+			return tw.Flush()
+		},
+	}
+	addrFlag(cmd, &addr)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func stateCmd() *cobra.Command {
+	var addr, scope, key string
+	cmd := &cobra.Command{
+		Use:   "state --scope S --key K",
+		Short: "Print the committed state value of a key in an idempotency scope",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var v []byte
+			if err := newClient(addr).do(cmd.Context(), http.MethodGet, "/v1/state/"+url.PathEscape(scope)+"/"+url.PathEscape(key), nil, &v); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s\n", v)
+			return err
+		},
+	}
+	addrFlag(cmd, &addr)
+	cmd.Flags().StringVar(&scope, "scope", "", "idempotency scope (default of a mapping: its function's name)")
+	cmd.Flags().StringVar(&key, "key", "", "state key")
+	cmd.MarkFlagRequired("scope")
+	cmd.MarkFlagRequired("key")
+	return cmd
+}
+
+func benchCmd() *cobra.Command {
+	var records int
+	var asJSON bool
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "bench [--records N] [--json]",
+		Short: "Measure exactly-once against at-least-once and a per-record idempotency store, on this machine",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rep, err := bench.Run(cmd.Context(), bench.Config{Records: records, Dir: dir, Progress: cmd.ErrOrStderr()})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			return rep.WriteText(cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().IntVar(&records, "records", 1_000_000, "records per scenario")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (one key per scenario, each with recordsPerSec)")
+	cmd.Flags().StringVar(&dir, "dir", "", "scratch directory (default: a temporary one, removed after)")
+	return cmd
+}

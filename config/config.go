@@ -1,0 +1,625 @@
+package config
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// File is the whole config file. It is plain data: the wiring converts it into
+// engine and driver options in one place.
+type File struct {
+	// DataDir is where the embedded streams and the store keep their data,
+	// relative to the working directory unless absolute. `idem serve --data
+	// DIR` overrides it: set the field and call Validate again.
+	// Default: ./idem-data
+	DataDir string `yaml:"dataDir"`
+	// Listen is the host:port of idem's HTTP API. Port 0 picks a free port.
+	// Default: 127.0.0.1:7070
+	Listen string `yaml:"listen"`
+	// Streams are the embedded streams, each with a unique name.
+	// Default: none
+	Streams []Stream `yaml:"streams"`
+	// Functions are the functions mappings can invoke, each with a unique
+	// name.
+	// Default: none
+	Functions []Function `yaml:"functions"`
+	// Mappings connect a stream to a function, each with a unique name.
+	// Default: none
+	Mappings []Mapping `yaml:"mappings"`
+}
+
+// Stream is an embedded stream.
+type Stream struct {
+	// Name identifies the stream: 1 to 128 of A-Z a-z 0-9 . _ -.
+	// Default: none, required
+	Name string `yaml:"name"`
+	// Shards is the number of shards, 1 to 1024. Records with the same
+	// partition key always go to the same shard, in order.
+	// Default: 1
+	Shards int `yaml:"shards"`
+	// Retention is how long records are kept, 1h to 8760h. It also bounds how
+	// far back TRIM_HORIZON reaches, which is why idempotency retention may
+	// not be shorter.
+	// Default: 24h
+	Retention Duration `yaml:"retention"`
+}
+
+// Function is a function mappings can invoke. With HTTP set it is invoked
+// over HTTP; otherwise (no kind, or `go: {}`) it is an in-process Go function
+// that the program embedding idem must register under Name. This package
+// cannot check that registration: the server does, at start.
+type Function struct {
+	// Name identifies the function: 1 to 128 of A-Z a-z 0-9 . _ -. It is the
+	// default idempotency scope of the mappings that invoke it, so renaming a
+	// function whose mappings set no explicit scope starts a new scope.
+	// Default: none, required
+	Name string `yaml:"name"`
+	// HTTP makes this an HTTP function. Not allowed together with Go.
+	// Default: nil (in-process Go function)
+	HTTP *HTTPFunction `yaml:"http,omitempty"`
+	// Go makes explicit that this is an in-process Go function. Not allowed
+	// together with HTTP.
+	// Default: nil (same meaning when HTTP is nil too)
+	Go *GoFunction `yaml:"go,omitempty"`
+	// Timeout bounds one invocation, above 0 and at most 900s (Lambda's
+	// limit). A timed-out invocation is a function error of type
+	// Function.Timeout.
+	// Default: 3s
+	Timeout Duration `yaml:"timeout"`
+}
+
+// InProcess reports whether the function is an in-process Go function, to be
+// registered by the embedding program, rather than an HTTP one.
+func (f *Function) InProcess() bool { return f.HTTP == nil }
+
+// HTTPFunction is a function reached over HTTP: idem POSTs each batch as a
+// Lambda event and reads a Lambda response.
+type HTTPFunction struct {
+	// URL is the absolute http or https URL batches are posted to.
+	// Default: none, required
+	URL string `yaml:"url"`
+}
+
+// GoFunction marks an in-process Go function. It has no settings yet; it
+// exists so that `go: {}` states the kind explicitly.
+type GoFunction struct{}
+
+// Mapping is an event source mapping: it reads batches from a stream and
+// invokes a function with them, with AWS Lambda's rules for stream sources
+// (see ESM.md) and idem's exactly-once additions (Idempotency,
+// PermanentErrorTypes, Retry).
+type Mapping struct {
+	// Name identifies the mapping: 1 to 128 of A-Z a-z 0-9 . _ -. Its
+	// checkpoints are kept under this name.
+	// Default: none, required
+	Name string `yaml:"name"`
+	// Source is the stream the mapping reads.
+	// Default: none, required
+	Source SourceRef `yaml:"source"`
+	// Function is the name of the function to invoke.
+	// Default: none, required
+	Function string `yaml:"function"`
+	// StartingPosition is where a mapping with no checkpoint starts:
+	// TRIM_HORIZON (oldest retained record), LATEST (after the newest) or
+	// AT_TIMESTAMP (with StartingPositionTimestamp).
+	// Default: none, required (as in Lambda)
+	StartingPosition string `yaml:"startingPosition"`
+	// StartingPositionTimestamp is an RFC 3339 time such as
+	// 2026-01-01T00:00:00Z, required with AT_TIMESTAMP. With another
+	// starting position it is still checked but has no effect (so that
+	// switching the position back and forth is a one-line edit). It is kept as
+	// written, quoted or not; StartingPositionTime parses it.
+	// Default: empty
+	StartingPositionTimestamp string `yaml:"startingPositionTimestamp,omitempty"`
+	// BatchSize is the most records per invocation, 1 to 10000.
+	// Default: 100
+	BatchSize int `yaml:"batchSize"`
+	// MaximumBatchingWindow is how long to wait for a batch to fill, 0 to
+	// 300s. A batch is also sent when full or at 6 MB of payload.
+	// Default: 0s
+	MaximumBatchingWindow Duration `yaml:"maximumBatchingWindow"`
+	// BisectBatchOnFunctionError splits a failed batch in two and retries
+	// each half; splits do not count as retries.
+	// Default: false
+	BisectBatchOnFunctionError bool `yaml:"bisectBatchOnFunctionError"`
+	// MaximumRetryAttempts is -1 (retry until the record expires) or 0 to
+	// 10000.
+	// Default: -1
+	MaximumRetryAttempts int `yaml:"maximumRetryAttempts"`
+	// MaximumRecordAge discards records older than this: -1 (no limit;
+	// stream retention still applies) or 60s to 604800s. In YAML it is the
+	// integer -1 or a duration string; in Go any negative value means no
+	// limit (Parse stores -1ns).
+	// Default: -1 (no limit)
+	MaximumRecordAge Duration `yaml:"maximumRecordAge"`
+	// ParallelizationFactor is the number of concurrent batches per shard,
+	// 1 to 10. Records with the same partition key are still processed in
+	// order, never concurrently.
+	// Default: 1
+	ParallelizationFactor int `yaml:"parallelizationFactor"`
+	// FunctionResponseTypes may hold only ReportBatchItemFailures, which
+	// makes the function's batchItemFailures response count; without it a
+	// response is ignored. Use the ReportBatchItemFailures method to read it.
+	// Default: empty
+	FunctionResponseTypes []string `yaml:"functionResponseTypes"`
+	// DestinationConfig says where discarded batches go.
+	// Default: no destination
+	DestinationConfig DestinationConfig `yaml:"destinationConfig"`
+	// PermanentErrorTypes (idem extension) are function error types, such as
+	// ValidationError or HTTP.400, that skip the remaining retries at once:
+	// retrying a record that fails because of its data only costs money.
+	// Default: empty
+	PermanentErrorTypes []string `yaml:"permanentErrorTypes"`
+	// Retry (idem extension) is the backoff between retries.
+	// Default: see Retry
+	Retry Retry `yaml:"retry"`
+	// Idempotency (idem extension) decides which records count as already
+	// done.
+	// Default: see Idempotency
+	Idempotency Idempotency `yaml:"idempotency"`
+	// Enabled turns the mapping on; a disabled mapping keeps its checkpoint
+	// and reads nothing.
+	// Default: true
+	Enabled bool `yaml:"enabled"`
+}
+
+// ReportBatchItemFailures reports whether FunctionResponseTypes holds
+// ReportBatchItemFailures, i.e. whether the function's batchItemFailures
+// response counts.
+func (m *Mapping) ReportBatchItemFailures() bool {
+	for _, t := range m.FunctionResponseTypes {
+		if t == reportBatchItemFailures {
+			return true
+		}
+	}
+	return false
+}
+
+// OnFailureStream returns the stream discarded batches go to, or "" for none.
+func (m *Mapping) OnFailureStream() string {
+	if m.DestinationConfig.OnFailure == nil {
+		return ""
+	}
+	return m.DestinationConfig.OnFailure.Stream
+}
+
+// StartingPositionTime returns StartingPositionTimestamp parsed, or the zero
+// time when it is empty or invalid (Validate reports the latter).
+func (m *Mapping) StartingPositionTime() time.Time {
+	t, err := time.Parse(time.RFC3339, m.StartingPositionTimestamp)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// SourceRef names the stream a mapping reads.
+type SourceRef struct {
+	// Stream is the name of a configured stream.
+	// Default: none, required
+	Stream string `yaml:"stream"`
+}
+
+// DestinationConfig holds a mapping's destinations, as in Lambda.
+type DestinationConfig struct {
+	// OnFailure receives a discarded batch: Lambda's metadata record and,
+	// unlike Lambda, the records themselves, so they can be redriven.
+	// Default: nil (discarded batches are counted and logged only)
+	OnFailure *Destination `yaml:"onFailure,omitempty"`
+}
+
+// Destination is a stream that receives records.
+type Destination struct {
+	// Stream is the name of a configured stream, other than the mapping's
+	// own source: failed records would be fed back into the mapping.
+	// Default: none, required
+	Stream string `yaml:"stream"`
+}
+
+// Retry is the backoff between retries of a failed batch: exponential from
+// BaseDelay, capped at MaxDelay, with jitter.
+type Retry struct {
+	// BaseDelay is the delay before the first retry; above 0.
+	// Default: 100ms
+	BaseDelay Duration `yaml:"baseDelay"`
+	// MaxDelay caps the delay; at least BaseDelay.
+	// Default: 30s
+	MaxDelay Duration `yaml:"maxDelay"`
+}
+
+// Idempotency decides which records a mapping treats as already done. A
+// record whose key is COMPLETED in the scope is not delivered again, and the
+// completion marks commit atomically with the checkpoint.
+type Idempotency struct {
+	// Scope is the key space of completion marks: 1 to 128 of A-Z a-z 0-9
+	// . _ -. Set it explicitly to keep it across function renames; mappings
+	// that share a scope share their marks.
+	// Default: the mapping's function name
+	Scope string `yaml:"scope"`
+	// Key is a JMESPath expression over the record's data as JSON whose
+	// result identifies the record, e.g. order.id, so that a producer that
+	// sends an order twice runs it once.
+	// Default: empty (the record's identity in its source)
+	Key string `yaml:"key"`
+	// Retention is how long completion marks are kept; at least the source
+	// stream's retention, or a replay of retained records (a new consumer at
+	// TRIM_HORIZON, a reset checkpoint) could run one twice.
+	// Default: the source stream's retention
+	Retention Duration `yaml:"retention"`
+}
+
+// Duration is a time.Duration written in YAML as a Go duration string, such
+// as 90s or 24h. The integer 0 is accepted, and the integer -1, which fields
+// that allow it (MaximumRecordAge) read as "no limit"; other bare numbers are
+// refused because their unit would be a guess.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String formats d as a Go duration without trailing zero units (1m, not
+// 1m0s), and -1ns as -1, the way it is written in YAML.
+func (d Duration) String() string {
+	if d == -1 {
+		return "-1"
+	}
+	s := time.Duration(d).String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
+// UnmarshalYAML reads a duration string, 0 or -1. A bad value is a
+// *yaml.TypeError naming the line and column, which Parse turns into an error
+// naming the path.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	bad := func(format string, args ...any) error {
+		return &yaml.TypeError{Errors: []string{
+			fmt.Sprintf("line %d, column %d: ", n.Line, n.Column) + fmt.Sprintf(format, args...),
+		}}
+	}
+	if n.Kind != yaml.ScalarNode {
+		return bad("expected a duration such as 90s or 24h, got %s", kindName(n.Kind))
+	}
+	if n.ShortTag() == "!!int" {
+		switch i, err := strconv.ParseInt(n.Value, 10, 64); {
+		case err == nil && (i == 0 || i == -1):
+			*d = Duration(i)
+			return nil
+		default:
+			return bad("%s is not a duration: give a unit, as in %ss or %sm (a bare number is only allowed as 0, or -1 where it means no limit)", n.Value, n.Value, n.Value)
+		}
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return bad("%q is not a duration such as 90s, 5m or 24h", n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes d the way UnmarshalYAML reads it, so that a File can be
+// written back out.
+func (d Duration) MarshalYAML() (any, error) {
+	if d == -1 {
+		return -1, nil
+	}
+	return d.String(), nil
+}
+
+// Stream returns the stream with the given name, or nil.
+func (f *File) Stream(name string) *Stream {
+	for i := range f.Streams {
+		if f.Streams[i].Name == name {
+			return &f.Streams[i]
+		}
+	}
+	return nil
+}
+
+// Function returns the function with the given name, or nil.
+func (f *File) Function(name string) *Function {
+	for i := range f.Functions {
+		if f.Functions[i].Name == name {
+			return &f.Functions[i]
+		}
+	}
+	return nil
+}
+
+// Load reads and parses the config file at path. Each problem is reported as
+// "path:line: setting: problem", one per line.
+func Load(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	f, err := Parse(data)
+	if err != nil {
+		return nil, inFile(path, err)
+	}
+	return f, nil
+}
+
+// Parse reads a config file's bytes, applies defaults to absent keys and
+// validates the result. On any problem it returns a nil File and every
+// problem found, each a *FieldError, joined with errors.Join.
+func Parse(data []byte) (*File, error) {
+	root, ferr := parseDocument(data)
+	if ferr != nil {
+		return nil, join([]*FieldError{ferr})
+	}
+	idx := newIndex(root)
+
+	var f File
+	var errs []*FieldError
+	if err := decodeStrict(data, &f); err != nil {
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			// yaml.v3 stopped: what it left in f is not worth checking.
+			return nil, join(idx.translate(err))
+		}
+		errs = append(errs, idx.translate(err)...)
+	}
+	decoded := newPathSet(errs)
+	for _, e := range idx.errs {
+		if !decoded.covers(e.Path) {
+			errs = append(errs, e)
+		}
+	}
+	errs = dedupe(errs)
+
+	idx.materializeNulls(&f)
+	f.applyDefaults(idx.set)
+
+	// Validation problems under a path that failed to decode are
+	// consequences of that failure (a zero left behind), not news; in a list
+	// that lost an item, every index after it is off by one.
+	skip := newPathSet(idx.shifted(&f, errs), errs)
+	for _, e := range f.check() {
+		if skip.covers(e.Path) {
+			continue
+		}
+		e.Line = idx.line(e.Path)
+		errs = append(errs, e)
+	}
+	if len(errs) > 0 {
+		// In file order, so that the report reads top to bottom.
+		slices.SortStableFunc(errs, func(a, b *FieldError) int { return cmp.Compare(a.Line, b.Line) })
+		return nil, join(errs)
+	}
+	return &f, nil
+}
+
+// parseDocument returns the top-level mapping of the one YAML document in
+// data, or the reason there is none.
+func parseDocument(data []byte) (root *yaml.Node, ferr *FieldError) {
+	defer func() {
+		if r := recover(); r != nil {
+			root, ferr = nil, &FieldError{Err: fmt.Errorf("invalid YAML: the YAML parser failed: %v", r)}
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	switch err := dec.Decode(&doc); {
+	case errors.Is(err, io.EOF):
+		return nil, emptyError()
+	case err != nil:
+		return nil, syntaxError(err)
+	}
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return nil, syntaxError(err)
+	default:
+		return nil, &FieldError{Line: next.Line, Err: fmt.Errorf("line %d: a second YAML document (after ---) is not allowed: the config is one document", next.Line)}
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 {
+		return nil, emptyError()
+	}
+	root = doc.Content[0]
+	for root.Kind == yaml.AliasNode && root.Alias != nil {
+		root = root.Alias
+	}
+	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
+		return nil, emptyError()
+	}
+	if root.Kind != yaml.MappingNode {
+		return nil, &FieldError{Line: root.Line, Err: fmt.Errorf("line %d: the top level must be a mapping with keys dataDir, listen, streams, functions and mappings, not %s", root.Line, kindName(root.Kind))}
+	}
+	return root, nil
+}
+
+func emptyError() *FieldError {
+	return &FieldError{Err: errors.New("config is empty: expected a YAML mapping with streams, functions and mappings")}
+}
+
+// syntaxError reports a YAML syntax error with its line. yaml.v3 writes
+// "yaml: line N: problem", with N counted from 0 for parser (as opposed to
+// scanner) errors; those are corrected here.
+func syntaxError(err error) *FieldError {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	problem := msg
+	if n, _ := fmt.Sscanf(msg, "line %d: ", &line); n == 1 {
+		_, problem, _ = strings.Cut(msg, ": ")
+	}
+	for _, p := range []string{"did not find expected", "found duplicate %", "found incompatible YAML document", "found undefined tag handle"} {
+		if strings.HasPrefix(problem, p) {
+			line++
+			break
+		}
+	}
+	if line == 0 {
+		return &FieldError{Err: fmt.Errorf("invalid YAML: %s", problem)}
+	}
+	return &FieldError{Line: line, Err: fmt.Errorf("invalid YAML: line %d: %s", line, problem)}
+}
+
+// decodeStrict decodes data into f, refusing unknown keys. Problems yaml.v3
+// can skip over come back as one *yaml.TypeError listing them all.
+func decodeStrict(data []byte, f *File) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("the YAML decoder failed: %v", r)
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	return dec.Decode(f)
+}
+
+// pathSet holds the paths of problems, to recognise the problems that follow
+// from them.
+type pathSet map[string]bool
+
+func newPathSet(lists ...[]*FieldError) pathSet {
+	s := make(pathSet)
+	for _, l := range lists {
+		for _, e := range l {
+			if e.Path != "" {
+				s[e.Path] = true
+			}
+		}
+	}
+	return s
+}
+
+// covers reports whether path is, or is under, a path in s.
+func (s pathSet) covers(path string) bool {
+	for path != "" {
+		if s[path] {
+			return true
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i <= 0 {
+			return false
+		}
+		path = path[:i]
+	}
+	return false
+}
+
+// dedupe drops repeated problems (yaml.v3 reports a merged anchor's problems
+// once per use) and problems at a path that already has one.
+func dedupe(errs []*FieldError) []*FieldError {
+	seen := make(map[string]bool, len(errs))
+	out := errs[:0]
+	for _, e := range errs {
+		k := e.Path
+		if k == "" {
+			k = "\x00" + e.Error()
+		}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		out = append(out, e)
+	}
+	return out
+}
+
+// Defaults, in the one place they live. Each field's doc repeats its default.
+const (
+	defaultDataDir               = "./idem-data"
+	defaultListen                = "127.0.0.1:7070"
+	defaultShards                = 1
+	defaultRetention             = Duration(24 * time.Hour)
+	defaultTimeout               = Duration(3 * time.Second)
+	defaultBatchSize             = 100
+	defaultMaximumRetryAttempts  = -1
+	defaultMaximumRecordAge      = Duration(-1)
+	defaultParallelizationFactor = 1
+	defaultBaseDelay             = Duration(100 * time.Millisecond)
+	defaultMaxDelay              = Duration(30 * time.Second)
+)
+
+// applyDefaults fills settings that the file left out. set reports whether a
+// path was given a non-null value; a setting is defaulted only when it was not
+// set and is still zero (a value merged in with `<<:` is not zero).
+func (f *File) applyDefaults(set func(path string) bool) {
+	if !set("dataDir") && f.DataDir == "" {
+		f.DataDir = defaultDataDir
+	}
+	if !set("listen") && f.Listen == "" {
+		f.Listen = defaultListen
+	}
+	for i := range f.Streams {
+		s, p := &f.Streams[i], fmt.Sprintf("streams[%d].", i)
+		if !set(p+"shards") && s.Shards == 0 {
+			s.Shards = defaultShards
+		}
+		if !set(p+"retention") && s.Retention == 0 {
+			s.Retention = defaultRetention
+		}
+	}
+	for i := range f.Functions {
+		fn, p := &f.Functions[i], fmt.Sprintf("functions[%d].", i)
+		if !set(p+"timeout") && fn.Timeout == 0 {
+			fn.Timeout = defaultTimeout
+		}
+	}
+	for i := range f.Mappings {
+		m, p := &f.Mappings[i], fmt.Sprintf("mappings[%d].", i)
+		if !set(p+"batchSize") && m.BatchSize == 0 {
+			m.BatchSize = defaultBatchSize
+		}
+		if !set(p+"maximumRetryAttempts") && m.MaximumRetryAttempts == 0 {
+			m.MaximumRetryAttempts = defaultMaximumRetryAttempts
+		}
+		if !set(p+"maximumRecordAge") && m.MaximumRecordAge == 0 {
+			m.MaximumRecordAge = defaultMaximumRecordAge
+		}
+		if !set(p+"parallelizationFactor") && m.ParallelizationFactor == 0 {
+			m.ParallelizationFactor = defaultParallelizationFactor
+		}
+		if !set(p+"retry.baseDelay") && m.Retry.BaseDelay == 0 {
+			m.Retry.BaseDelay = defaultBaseDelay
+		}
+		if !set(p+"retry.maxDelay") && m.Retry.MaxDelay == 0 {
+			m.Retry.MaxDelay = defaultMaxDelay
+		}
+		if !set(p+"idempotency.scope") && m.Idempotency.Scope == "" {
+			m.Idempotency.Scope = m.Function
+		}
+		if !set(p+"idempotency.retention") && m.Idempotency.Retention == 0 {
+			if s := f.Stream(m.Source.Stream); s != nil && m.Source.Stream != "" {
+				m.Idempotency.Retention = s.Retention
+			}
+		}
+		if !set(p+"enabled") && !m.Enabled {
+			m.Enabled = true
+		}
+	}
+}
+
+func kindName(k yaml.Kind) string {
+	switch k {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		return "a single value"
+	case yaml.AliasNode:
+		return "an alias"
+	case yaml.DocumentNode:
+		return "a document"
+	}
+	return "nothing"
+}

@@ -1,0 +1,320 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jmespath/go-jmespath"
+)
+
+// The values of closed sets.
+const (
+	trimHorizon             = "TRIM_HORIZON"
+	latest                  = "LATEST"
+	atTimestamp             = "AT_TIMESTAMP"
+	reportBatchItemFailures = "ReportBatchItemFailures"
+)
+
+// Ranges, as AWS documents them for stream event source mappings, and idem's.
+const (
+	minShards, maxShards                 = 1, 1024
+	minRetention, maxRetention           = Duration(time.Hour), Duration(8760 * time.Hour)
+	maxTimeout                           = Duration(900 * time.Second)
+	minBatchSize, maxBatchSize           = 1, 10000
+	maxBatchingWindow                    = Duration(300 * time.Second)
+	minRetryAttempts, maxRetryAttempts   = -1, 10000
+	minRecordAge, maxRecordAge           = Duration(60 * time.Second), Duration(604800 * time.Second)
+	minParallelization, maxParallelizing = 1, 10
+	maxNameLen                           = 128
+	nameRule                             = "1 to 128 characters of A-Z a-z 0-9 . _ -"
+)
+
+// Validate reports every problem of f at once, each a *FieldError naming the
+// path and the allowed range, joined with errors.Join; nil if there are none.
+// It applies no defaults: call it after changing a File that Parse returned,
+// e.g. after overriding DataDir.
+func (f *File) Validate() error {
+	if f == nil {
+		return join([]*FieldError{{Err: fmt.Errorf("config: nil File")}})
+	}
+	return join(f.check())
+}
+
+// checker collects problems.
+type checker struct {
+	errs []*FieldError
+}
+
+func (c *checker) add(path string, err error) {
+	c.errs = append(c.errs, &FieldError{Path: path, Err: err})
+}
+
+func (c *checker) addf(path, format string, args ...any) {
+	c.add(path, fmt.Errorf(format, args...))
+}
+
+func (c *checker) intRange(path string, v, lo, hi int) {
+	switch {
+	case v < lo:
+		c.addf(path, "%d is below the minimum %d", v, lo)
+	case v > hi:
+		c.addf(path, "%d is above the maximum %d", v, hi)
+	}
+}
+
+func (c *checker) durRange(path string, v, lo, hi Duration) {
+	switch {
+	case v < lo:
+		c.addf(path, "%s is below the minimum %s", v, lo)
+	case v > hi:
+		c.addf(path, "%s is above the maximum %s", v, hi)
+	}
+}
+
+// name checks a name's form; names end up in keys and file names.
+func (c *checker) name(path, s string) {
+	if s == "" {
+		c.addf(path, "required (%s)", nameRule)
+		return
+	}
+	if !validName(s) {
+		c.addf(path, "%q is not a valid name (allowed: %s)", s, nameRule)
+	}
+}
+
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > maxNameLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// unique checks that name was not used by an earlier item of the same list.
+func (c *checker) unique(seen map[string]string, path, name string) {
+	if name == "" {
+		return
+	}
+	if first, ok := seen[name]; ok {
+		c.addf(path, "%q is already the name of %s", name, first)
+		return
+	}
+	seen[name] = strings.TrimSuffix(path, ".name")
+}
+
+func (f *File) check() []*FieldError {
+	var c checker
+	if f.DataDir == "" {
+		c.addf("dataDir", "required (a directory; default %s)", defaultDataDir)
+	}
+	c.listen("listen", f.Listen)
+
+	streams := make(map[string]string, len(f.Streams))
+	for i := range f.Streams {
+		s, p := &f.Streams[i], fmt.Sprintf("streams[%d]", i)
+		c.name(p+".name", s.Name)
+		c.unique(streams, p+".name", s.Name)
+		c.intRange(p+".shards", s.Shards, minShards, maxShards)
+		c.durRange(p+".retention", s.Retention, minRetention, maxRetention)
+	}
+
+	functions := make(map[string]string, len(f.Functions))
+	for i := range f.Functions {
+		fn, p := &f.Functions[i], fmt.Sprintf("functions[%d]", i)
+		c.name(p+".name", fn.Name)
+		c.unique(functions, p+".name", fn.Name)
+		if fn.HTTP != nil {
+			c.httpURL(p+".http.url", fn.HTTP.URL)
+			if fn.Go != nil {
+				c.addf(p+".go", "not allowed together with %s.http: a function is either HTTP or in-process Go", p)
+			}
+		}
+		if fn.Timeout <= 0 {
+			c.addf(p+".timeout", "%s must be greater than 0s and at most %s", fn.Timeout, maxTimeout)
+		} else {
+			c.durRange(p+".timeout", fn.Timeout, 0, maxTimeout)
+		}
+	}
+
+	mappings := make(map[string]string, len(f.Mappings))
+	for i := range f.Mappings {
+		p := fmt.Sprintf("mappings[%d]", i)
+		c.name(p+".name", f.Mappings[i].Name)
+		c.unique(mappings, p+".name", f.Mappings[i].Name)
+		c.mapping(f, p, &f.Mappings[i])
+	}
+	return c.errs
+}
+
+func (c *checker) listen(path, addr string) {
+	if addr == "" {
+		c.addf(path, "required (host:port; default %s)", defaultListen)
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		c.add(path, fmt.Errorf("%q is not a host:port address: %w", addr, err))
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		c.addf(path, "port %q is not a number from 0 to 65535", port)
+	}
+}
+
+func (c *checker) httpURL(path, s string) {
+	if s == "" {
+		c.addf(path, "required (an absolute http or https URL)")
+		return
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		c.add(path, fmt.Errorf("%q is not an absolute http or https URL: %w", s, err))
+		return
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		c.addf(path, "%q is not an absolute http or https URL", s)
+	}
+}
+
+func (c *checker) mapping(f *File, p string, m *Mapping) {
+	var source *Stream
+	switch {
+	case m.Source.Stream == "":
+		c.addf(p+".source.stream", "required (the name of a configured stream)")
+	default:
+		if source = f.Stream(m.Source.Stream); source == nil {
+			c.addf(p+".source.stream", "unknown stream %q (%s)", m.Source.Stream, configured("streams", streamNames(f)))
+		}
+	}
+	switch {
+	case m.Function == "":
+		c.addf(p+".function", "required (the name of a configured function)")
+	case f.Function(m.Function) == nil:
+		c.addf(p+".function", "unknown function %q (%s)", m.Function, configured("functions", functionNames(f)))
+	}
+
+	const positions = trimHorizon + ", " + latest + ", " + atTimestamp
+	switch m.StartingPosition {
+	case "":
+		c.addf(p+".startingPosition", "required (one of %s)", positions)
+	case trimHorizon, latest, atTimestamp:
+	default:
+		c.addf(p+".startingPosition", "%q is not one of %s", m.StartingPosition, positions)
+	}
+	switch {
+	case m.StartingPosition == atTimestamp && m.StartingPositionTimestamp == "":
+		c.addf(p+".startingPositionTimestamp", "required when %s.startingPosition is %s (an RFC 3339 time such as 2026-01-01T00:00:00Z)", p, atTimestamp)
+	case m.StartingPositionTimestamp != "":
+		if _, err := time.Parse(time.RFC3339, m.StartingPositionTimestamp); err != nil {
+			c.addf(p+".startingPositionTimestamp", "%q is not an RFC 3339 time such as 2026-01-01T00:00:00Z", m.StartingPositionTimestamp)
+		}
+	}
+
+	c.intRange(p+".batchSize", m.BatchSize, minBatchSize, maxBatchSize)
+	c.durRange(p+".maximumBatchingWindow", m.MaximumBatchingWindow, 0, maxBatchingWindow)
+	c.intRange(p+".maximumRetryAttempts", m.MaximumRetryAttempts, minRetryAttempts, maxRetryAttempts)
+	switch age := m.MaximumRecordAge; {
+	case age == -1:
+	case age < 0:
+		c.addf(p+".maximumRecordAge", "%s is not allowed (-1 for no limit, or %s to %s)", age, minRecordAge, maxRecordAge)
+	case age < minRecordAge:
+		c.addf(p+".maximumRecordAge", "%s is below the minimum %s (or -1 for no limit)", age, minRecordAge)
+	case age > maxRecordAge:
+		c.addf(p+".maximumRecordAge", "%s is above the maximum %s (or -1 for no limit)", age, maxRecordAge)
+	}
+	c.intRange(p+".parallelizationFactor", m.ParallelizationFactor, minParallelization, maxParallelizing)
+	for j, t := range m.FunctionResponseTypes {
+		if t != reportBatchItemFailures {
+			c.addf(fmt.Sprintf("%s.functionResponseTypes[%d]", p, j), "%q is not supported (allowed: %s)", t, reportBatchItemFailures)
+		}
+	}
+
+	if d := m.DestinationConfig.OnFailure; d != nil {
+		dp := p + ".destinationConfig.onFailure.stream"
+		switch {
+		case d.Stream == "":
+			c.addf(dp, "required (the name of a configured stream)")
+		case f.Stream(d.Stream) == nil:
+			c.addf(dp, "unknown stream %q (%s)", d.Stream, configured("streams", streamNames(f)))
+		case d.Stream == m.Source.Stream:
+			c.addf(dp, "%q is also %s.source.stream: failed records would be fed back into the mapping that failed them", d.Stream, p)
+		}
+	}
+
+	for j, t := range m.PermanentErrorTypes {
+		if strings.TrimSpace(t) == "" {
+			c.addf(fmt.Sprintf("%s.permanentErrorTypes[%d]", p, j), "empty (an error type such as ValidationError)")
+		}
+	}
+
+	if m.Retry.BaseDelay <= 0 {
+		c.addf(p+".retry.baseDelay", "%s must be greater than 0s", m.Retry.BaseDelay)
+	} else if m.Retry.MaxDelay < m.Retry.BaseDelay {
+		c.addf(p+".retry.maxDelay", "%s is below the minimum %s (%s.retry.baseDelay)", m.Retry.MaxDelay, m.Retry.BaseDelay, p)
+	}
+
+	ip := p + ".idempotency"
+	if m.Idempotency.Scope == "" {
+		c.addf(ip+".scope", "required (%s; Parse defaults it to the function name)", nameRule)
+	} else if !validName(m.Idempotency.Scope) {
+		c.addf(ip+".scope", "%q is not a valid scope (allowed: %s)", m.Idempotency.Scope, nameRule)
+	}
+	if m.Idempotency.Key != "" {
+		if err := compileJMESPath(m.Idempotency.Key); err != nil {
+			c.add(ip+".key", fmt.Errorf("%q is not a valid JMESPath expression: %w", m.Idempotency.Key, err))
+		}
+	}
+	if source != nil && source.Retention > 0 && m.Idempotency.Retention < source.Retention {
+		c.addf(ip+".retention", "%s is shorter than the retention %s of source stream %q: a replay of its retained records could run one twice (allowed: at least %s)",
+			m.Idempotency.Retention, source.Retention, source.Name, source.Retention)
+	}
+}
+
+// compileJMESPath compiles expr, turning a panic in the parser into an error:
+// the expression comes from the file, and no file should crash the server.
+func compileJMESPath(expr string) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("JMESPath parser failed: %v", r)
+		}
+	}()
+	_, err = jmespath.Compile(expr)
+	return err
+}
+
+func configured(what string, names []string) string {
+	if len(names) == 0 {
+		return "no " + what + " are configured"
+	}
+	return "configured: " + strings.Join(names, ", ")
+}
+
+func streamNames(f *File) []string {
+	names := make([]string, 0, len(f.Streams))
+	for _, s := range f.Streams {
+		if s.Name != "" && !slices.Contains(names, s.Name) {
+			names = append(names, s.Name)
+		}
+	}
+	return names
+}
+
+func functionNames(f *File) []string {
+	names := make([]string, 0, len(f.Functions))
+	for _, fn := range f.Functions {
+		if fn.Name != "" && !slices.Contains(names, fn.Name) {
+			names = append(names, fn.Name)
+		}
+	}
+	return names
+}

@@ -1,0 +1,215 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"slices"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/function"
+	"github.com/idem-run/idem/store"
+)
+
+// invokeSafely invokes the function, turning a driver's panic into a
+// function error: one bad driver must not take the shard down.
+func invokeSafely(ctx context.Context, cfg *Mapping, b *idem.Batch) (res function.Result, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &function.Error{Type: "Runtime.Panic", Message: fmt.Sprintf("%v\n%s", p, debug.Stack())}
+		}
+	}()
+	return cfg.Invoker.Invoke(ctx, b)
+}
+
+// judge applies Lambda's rules (ESM.md) to one invocation's answer.
+func (s *shard) judge(b []idem.Record, res function.Result, err error) outcome {
+	cfg := &s.m.cfg
+	whole := outcome{failedAt: len(b)}
+	if err != nil {
+		var fe *function.Error
+		if errors.As(err, &fe) {
+			whole.errType, whole.errMsg = fe.Type, fe.Message
+			whole.permanent = fe.Permanent || s.m.permanent[fe.Type]
+		} else {
+			whole.errType, whole.errMsg = "Function.Error", err.Error()
+		}
+		whole.permanent = whole.permanent || idem.IsPermanent(err)
+		return whole
+	}
+	if !res.Native && !cfg.ReportBatchItemFailures {
+		return outcome{failedAt: -1}
+	}
+	if res.Invalid != "" {
+		whole.errType, whole.errMsg = "Function.InvalidResponse", res.Invalid
+		return whole
+	}
+	if len(res.Failures) == 0 {
+		return outcome{failedAt: -1}
+	}
+	lowest := -1
+	for _, id := range res.Failures {
+		i := indexOfEventID(b, id)
+		if i < 0 {
+			whole.errType = "Function.InvalidResponse"
+			whole.errMsg = fmt.Sprintf("itemIdentifier %q names no record of the batch", id)
+			s.e.log.Warn("treating the batch as failed: itemIdentifier names no record of it", "mapping", cfg.Name, "shard", s.id, "itemIdentifier", id)
+			return whole
+		}
+		if lowest < 0 || i < lowest {
+			lowest = i
+		}
+	}
+	out := outcome{failedAt: lowest}
+	if res.Err != nil {
+		out.errType, out.errMsg = res.Err.Type, res.Err.Message
+		out.permanent = res.Err.Permanent || s.m.permanent[res.Err.Type]
+	}
+	return out
+}
+
+// indexOfEventID finds the record an itemIdentifier names. It accepts the
+// eventID ("shardId-…:sequence") and, leniently, the bare sequence number.
+func indexOfEventID(b []idem.Record, id string) int {
+	for i := range b {
+		if b[i].EventID() == id || b[i].SequenceNumber() == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// commit is what resolving some records of a window changes.
+type commit struct {
+	completed    []idem.Record
+	state        *batchState
+	stateRecords int // the records of state whose writes commit: a prefix
+	skipped      []uint64
+	discarded    []idem.Record
+	failures     []store.Failure
+	conditions   map[string]int
+}
+
+// discard sends recs to the on-failure destination in this commit.
+func (c *commit) discard(s *shard, recs []idem.Record, condition string, invokes int, errType, errMsg string) {
+	cfg := &s.m.cfg
+	c.discarded = append(c.discarded, recs...)
+	if c.conditions == nil {
+		c.conditions = make(map[string]int)
+	}
+	c.conditions[condition] += len(recs)
+	meta := failureMetadata(newInvocationID(), cfg.Function, condition, invokes, errType, errMsg, recs, s.e.now())
+	if cfg.OnFailure == "" {
+		s.e.log.Error("discarding records: no on-failure destination is configured", "mapping", cfg.Name, "shard", s.id,
+			"first", recs[0].Sequence, "last", recs[len(recs)-1].Sequence, "count", len(recs), "condition", condition, "metadata", string(meta))
+		return
+	}
+	s.e.log.Warn("sending records to the on-failure destination", "mapping", cfg.Name, "shard", s.id, "destination", cfg.OnFailure,
+		"first", recs[0].Sequence, "last", recs[len(recs)-1].Sequence, "count", len(recs), "condition", condition, "errorType", errType)
+	c.failures = append(c.failures, store.Failure{Destination: cfg.OnFailure, Metadata: meta, Records: slices.Clone(recs)})
+}
+
+// commit writes c, with the checkpoint and the scope's progress or marks it
+// implies, in one atomic store write. A store failure is retried a few times;
+// then it is returned, and the shard restarts from its durable checkpoint.
+func (s *shard) commit(ctx context.Context, c *commit) error {
+	cfg := &s.m.cfg
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	win := s.win
+	seqs := make([]uint64, 0, len(c.completed)+len(c.skipped)+len(c.discarded))
+	for i := range c.completed {
+		seqs = append(seqs, c.completed[i].Sequence)
+	}
+	seqs = append(seqs, c.skipped...)
+	for i := range c.discarded {
+		seqs = append(seqs, c.discarded[i].Sequence)
+	}
+	win.resolve(seqs)
+
+	cp := s.cp
+	cp.Processed += uint64(len(c.completed))
+	cp.Skipped += uint64(len(c.skipped))
+	cp.Discarded += uint64(len(c.discarded))
+	if win.next > 0 && win.seqs[win.next-1] > cp.Sequence {
+		cp.Sequence = win.seqs[win.next-1]
+	}
+	w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: cp, Failures: c.failures}
+	if c.state != nil {
+		c.state.appendCommitted(w, c.stateRecords)
+	}
+	var newProgress store.Progress
+	switch {
+	case cfg.AtLeastOnce:
+	case s.m.keyer.byIdentity():
+		s.prog.mu.Lock()
+		defer s.prog.mu.Unlock()
+		newProgress = mergeProgress(s.prog.p, cp.Sequence, win.above(nil))
+		w.HasProgress, w.ProgressKey, w.Progress = true, s.pkKey, newProgress
+	default:
+		expires := s.e.now().Add(cfg.MarkRetention)
+		for _, recs := range [][]idem.Record{c.completed, c.discarded} {
+			for i := range recs {
+				w.Marks = append(w.Marks, store.Mark{Key: markKey(cfg.Scope, recs[i].IdempotencyKey), Expires: expires})
+			}
+		}
+	}
+
+	var err error
+	for attempt := 1; ; attempt++ {
+		if err = s.e.store.Commit(ctx, w); err == nil {
+			break
+		}
+		if ctx.Err() != nil || attempt == 5 {
+			return fmt.Errorf("committing checkpoint %d: %w", cp.Sequence, err)
+		}
+		s.e.log.Warn("commit failed; retrying", "mapping", cfg.Name, "shard", s.id, "attempt", attempt, "err", err)
+		if sleep(ctx, s.backoff(attempt)) != nil {
+			return fmt.Errorf("committing checkpoint %d: %w", cp.Sequence, err)
+		}
+	}
+	s.cp = cp
+	if w.HasProgress {
+		s.prog.p = newProgress
+	}
+	s.publish(cp)
+	if win.next == len(win.seqs) {
+		s.oldestArrival.Store(0)
+	}
+	if n := len(c.completed); n > 0 {
+		s.e.metrics.processed.WithLabelValues(cfg.Name).Add(float64(n))
+	}
+	if n := len(c.skipped); n > 0 {
+		s.e.metrics.skipped.WithLabelValues(cfg.Name).Add(float64(n))
+	}
+	for cond, n := range c.conditions {
+		s.e.metrics.discarded.WithLabelValues(cfg.Name, cond).Add(float64(n))
+	}
+	return nil
+}
+
+// mergeProgress folds a mapping's new checkpoint and its out-of-order
+// completions into the scope's progress. It never moves the high-water mark
+// backwards: another mapping of the scope may be ahead.
+func mergeProgress(old store.Progress, checkpoint uint64, above []uint64) store.Progress {
+	hw := max(old.HighWater, checkpoint)
+	if len(old.Above) == 0 && len(above) == 0 {
+		return store.Progress{HighWater: hw}
+	}
+	merged := make([]uint64, 0, len(old.Above)+len(above))
+	for _, q := range old.Above {
+		if q > hw {
+			merged = append(merged, q)
+		}
+	}
+	for _, q := range above {
+		if q > hw {
+			merged = append(merged, q)
+		}
+	}
+	slices.Sort(merged)
+	merged = slices.Compact(merged)
+	return store.Progress{HighWater: hw, Above: merged}
+}

@@ -1,0 +1,247 @@
+// Package engine runs event source mappings: it reads shards, forms
+// batches, invokes functions, and applies AWS Lambda's rules for retries,
+// bisection, partial failures and on-failure destinations.
+//
+// # Delivery semantics
+//
+// Sources deliver at least once; the engine makes effects exactly-once. For
+// every batch it resolves, one store.Write carries the new checkpoint, the
+// completion progress or marks of the mapping's idempotency scope, the state
+// written by the records that committed, and the on-failure records, and the
+// store commits it atomically. A record whose idempotency key is already
+// resolved in the scope is skipped, not delivered, and counted. A record
+// leaves a shard only when its function succeeded, when it went to the
+// on-failure destination, or when retention removed it before it was read
+// (counted as lost and logged).
+//
+// The engine knows no particular source, store or function: it sees the
+// source.Driver, store.Driver and function.Driver interfaces.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/idem-run/idem/store"
+)
+
+// Engine runs mappings over one store.
+type Engine struct {
+	store        store.Driver
+	log          *slog.Logger
+	metrics      *metrics
+	drainTimeout time.Duration
+	now          func() time.Time
+
+	mu       sync.Mutex
+	running  bool
+	mappings []*mapping
+	progress map[store.ProgressKey]*progressCell
+}
+
+// Option configures an Engine.
+type Option interface{ apply(*Engine) }
+
+type optionFunc func(*Engine)
+
+func (f optionFunc) apply(e *Engine) { f(e) }
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return optionFunc(func(e *Engine) { e.log = l }) }
+
+// WithRegisterer registers the engine's Prometheus metrics with r. Default:
+// metrics are kept but not registered.
+func WithRegisterer(r prometheus.Registerer) Option {
+	return optionFunc(func(e *Engine) { e.metrics.register(r) })
+}
+
+// WithDrainTimeout bounds how long Run, once its context is done, lets
+// in-flight batches finish before it abandons them (an abandoned batch is not
+// committed, so it is delivered again later). Default: 10s.
+func WithDrainTimeout(d time.Duration) Option {
+	return optionFunc(func(e *Engine) { e.drainTimeout = d })
+}
+
+// New returns an Engine that keeps its checkpoints, marks and state in st.
+// It starts no goroutine until Run.
+func New(st store.Driver, opts ...Option) *Engine {
+	e := &Engine{
+		store:        st,
+		log:          slog.Default(),
+		metrics:      newMetrics(),
+		drainTimeout: 10 * time.Second,
+		now:          time.Now,
+		progress:     make(map[store.ProgressKey]*progressCell),
+	}
+	for _, o := range opts {
+		o.apply(e)
+	}
+	return e
+}
+
+// ErrRunning is returned by Add once Run has started.
+var ErrRunning = errors.New("engine: already running")
+
+// Add validates m and adds it to the mappings Run will start.
+func (e *Engine) Add(m Mapping) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	m = m.withDefaults()
+	k, err := newKeyer(m.Scope, m.KeyExpression)
+	if err != nil {
+		return fmt.Errorf("mapping %q: %w", m.Name, err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.running {
+		return ErrRunning
+	}
+	for _, o := range e.mappings {
+		if o.cfg.Name == m.Name {
+			return fmt.Errorf("mapping %q: added twice", m.Name)
+		}
+	}
+	mp := &mapping{e: e, cfg: m, keyer: k, permanent: make(map[string]bool)}
+	for _, t := range m.PermanentErrorTypes {
+		mp.permanent[t] = true
+	}
+	e.mappings = append(e.mappings, mp)
+	return nil
+}
+
+// Run starts one goroutine per mapping and shard and blocks until ctx is
+// done; then it stops reading, lets in-flight batches finish for up to the
+// drain timeout, and returns after every goroutine it started has ended. It
+// returns the first error that stopped a mapping from starting.
+func (e *Engine) Run(ctx context.Context) error {
+	e.mu.Lock()
+	if e.running {
+		e.mu.Unlock()
+		return ErrRunning
+	}
+	e.running = true
+	mappings := e.mappings
+	e.mu.Unlock()
+
+	// work outlives ctx by the drain timeout, so that a batch being invoked
+	// when shutdown starts can still commit.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+
+	var shards []*shard
+	for _, m := range mappings {
+		ids, err := m.cfg.Source.Shards(ctx)
+		if err != nil {
+			return fmt.Errorf("mapping %q: listing shards of %q: %w", m.cfg.Name, m.cfg.Stream, err)
+		}
+		for _, id := range ids {
+			s := newShard(m, id)
+			m.mu.Lock()
+			m.shards = append(m.shards, s)
+			m.mu.Unlock()
+			shards = append(shards, s)
+		}
+	}
+
+	var wg sync.WaitGroup
+	for _, s := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.run(ctx, work)
+		}()
+	}
+	<-ctx.Done()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	timer := time.NewTimer(e.drainTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		e.log.Warn("drain timeout: abandoning in-flight batches; they will be delivered again", "timeout", e.drainTimeout)
+		cancelWork()
+		<-done
+	}
+	return nil
+}
+
+// progressCell is a scope's progress over one shard, shared in memory by
+// every mapping of that scope so that their commits merge rather than
+// overwrite each other.
+type progressCell struct {
+	mu     sync.Mutex
+	loaded bool
+	p      store.Progress
+}
+
+func (e *Engine) progressCell(k store.ProgressKey) *progressCell {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, ok := e.progress[k]
+	if !ok {
+		c = &progressCell{}
+		e.progress[k] = c
+	}
+	return c
+}
+
+// ShardStatus is the state of one mapping in one shard, for `idem status`.
+type ShardStatus struct {
+	Mapping   string `json:"mapping"`
+	Function  string `json:"function"`
+	Stream    string `json:"stream"`
+	Shard     string `json:"shard"`
+	Scope     string `json:"scope"`
+	State     string `json:"state"`
+	LastError string `json:"lastError,omitempty"`
+	// Checkpoint is the sequence at or below which every record has left
+	// the shard for this mapping.
+	Checkpoint uint64 `json:"checkpoint"`
+	// Latest is the newest sequence the shard held when last read.
+	Latest uint64 `json:"latest"`
+	// LagRecords is how many records are above the checkpoint.
+	LagRecords uint64 `json:"lagRecords"`
+	// IteratorAgeMs is the age of the oldest record not yet resolved, as
+	// Lambda's IteratorAge metric; 0 when caught up.
+	IteratorAgeMs int64  `json:"iteratorAgeMs"`
+	InFlight      int64  `json:"inFlight"`
+	Invocations   uint64 `json:"invocations"`
+	Retries       uint64 `json:"retries"`
+	Processed     uint64 `json:"processed"`
+	Discarded     uint64 `json:"discarded"`
+	Skipped       uint64 `json:"skipped"`
+	Lost          uint64 `json:"lost"`
+}
+
+// Status reports every mapping's shards, sorted by mapping and shard.
+func (e *Engine) Status() []ShardStatus {
+	e.mu.Lock()
+	mappings := e.mappings
+	e.mu.Unlock()
+	now := e.now()
+	var out []ShardStatus
+	for _, m := range mappings {
+		m.mu.Lock()
+		shards := m.shards
+		m.mu.Unlock()
+		for _, s := range shards {
+			out = append(out, s.status(now))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Mapping != out[j].Mapping {
+			return out[i].Mapping < out[j].Mapping
+		}
+		return out[i].Shard < out[j].Shard
+	})
+	return out
+}

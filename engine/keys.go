@@ -1,0 +1,96 @@
+package engine
+
+import (
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+
+	"github.com/jmespath/go-jmespath"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/store"
+)
+
+// KeyError reports that a record's idempotency key could not be computed
+// from its data. The record cannot be processed exactly-once, so it is
+// discarded to the on-failure destination at once: retrying cannot help.
+type KeyError struct {
+	Stream, Shard string
+	Sequence      uint64
+	Reason        string
+}
+
+func (e *KeyError) Error() string {
+	return fmt.Sprintf("record %s/%s/%d: idempotency key: %s", e.Stream, e.Shard, e.Sequence, e.Reason)
+}
+
+// keyer computes idempotency keys: the record identity by default, or a
+// JMESPath expression over the data.
+type keyer struct {
+	scope string
+	expr  *jmespath.JMESPath // nil: the record's identity
+}
+
+func newKeyer(scope, expression string) (*keyer, error) {
+	k := &keyer{scope: scope}
+	if expression != "" {
+		e, err := jmespath.Compile(expression)
+		if err != nil {
+			return nil, fmt.Errorf("idempotency.key %q: %w", expression, err)
+		}
+		k.expr = e
+	}
+	return k, nil
+}
+
+// byIdentity reports whether keys are the record identity, recorded as
+// progress rather than marks.
+func (k *keyer) byIdentity() bool { return k.expr == nil }
+
+// key sets r.IdempotencyKey.
+func (k *keyer) key(r *idem.Record) error {
+	if k.expr == nil {
+		r.IdempotencyKey = r.Stream + "/" + r.ShardID + "/" + strconv.FormatUint(r.Sequence, 10)
+		return nil
+	}
+	fail := func(reason string) error {
+		return &KeyError{Stream: r.Stream, Shard: r.ShardID, Sequence: r.Sequence, Reason: reason}
+	}
+	var doc any
+	if err := json.Unmarshal(r.Data, &doc); err != nil {
+		return fail("data is not JSON: " + err.Error())
+	}
+	v, err := k.expr.Search(doc)
+	if err != nil {
+		return fail(err.Error())
+	}
+	switch v := v.(type) {
+	case nil:
+		return fail("expression resolves to nothing")
+	case string:
+		if v == "" {
+			return fail("expression resolves to an empty string")
+		}
+		r.IdempotencyKey = v
+	case float64:
+		r.IdempotencyKey = strconv.FormatFloat(v, 'f', -1, 64)
+	case bool:
+		r.IdempotencyKey = strconv.FormatBool(v)
+	default:
+		b, _ := json.Marshal(v)
+		r.IdempotencyKey = string(b)
+	}
+	return nil
+}
+
+// markKey hashes (scope, key) into the 128-bit key marks are stored under.
+func markKey(scope, key string) store.MarkKey {
+	h := fnv.New128a()
+	h.Write([]byte(scope))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	var mk store.MarkKey
+	h.Sum(mk[:0])
+	return mk
+}

@@ -1,0 +1,39 @@
+package engine
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the engine's Prometheus series, labelled by mapping. Per-shard
+// gauges (lag, iterator age) come from Status, scraped by the server.
+type metrics struct {
+	processed   *prometheus.CounterVec
+	skipped     *prometheus.CounterVec
+	discarded   *prometheus.CounterVec
+	lost        *prometheus.CounterVec
+	invocations *prometheus.CounterVec
+	retries     *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "idem", Name: name, Help: help}, labels)
+	}
+	return &metrics{
+		processed:   counter("records_processed_total", "Records whose function succeeded.", "mapping"),
+		skipped:     counter("records_skipped_total", "Records not delivered because their idempotency key was already completed in the scope.", "mapping"),
+		discarded:   counter("records_discarded_total", "Records sent to the on-failure destination (or dropped when none is configured).", "mapping", "condition"),
+		lost:        counter("records_lost_total", "Records that retention removed before they were read.", "mapping"),
+		invocations: counter("invocations_total", "Function invocations by outcome.", "mapping", "outcome"),
+		retries:     counter("retries_total", "Invocations that retried a failed batch or record.", "mapping"),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "idem", Name: "invocation_duration_seconds", Help: "Function invocation latency.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"mapping"}),
+	}
+}
+
+func (m *metrics) register(r prometheus.Registerer) {
+	for _, c := range []prometheus.Collector{m.processed, m.skipped, m.discarded, m.lost, m.invocations, m.retries, m.duration} {
+		r.MustRegister(c)
+	}
+}

@@ -1,0 +1,674 @@
+package engine
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/store"
+)
+
+// mapping is a Mapping at run time.
+type mapping struct {
+	e         *Engine
+	cfg       Mapping
+	keyer     *keyer
+	permanent map[string]bool
+
+	mu     sync.Mutex
+	shards []*shard
+}
+
+// shard runs one mapping over one shard: one goroutine reads windows of
+// records, and one goroutine per partition-key group (parallelizationFactor)
+// invokes the function over each window.
+type shard struct {
+	m     *mapping
+	e     *Engine
+	id    string
+	cpKey store.CheckpointKey
+	pkKey store.ProgressKey
+	prog  *progressCell
+
+	// mu serialises commits of the shard, so that the checkpoint written is
+	// always the newest and the window's tracking stays consistent.
+	mu  sync.Mutex
+	cp  store.Checkpoint // durable checkpoint, as last committed
+	win *window          // the window being processed
+
+	// Observed without the lock, for status.
+	state         atomic.Value // string
+	lastError     atomic.Value // string
+	checkpoint    atomic.Uint64
+	latest        atomic.Uint64
+	oldestArrival atomic.Int64 // unix nanos of the oldest unresolved record; 0 when none
+	inFlight      atomic.Int64
+	invocations   atomic.Uint64
+	retries       atomic.Uint64
+	counters      atomic.Pointer[store.Checkpoint]
+}
+
+func newShard(m *mapping, id string) *shard {
+	s := &shard{
+		m:     m,
+		e:     m.e,
+		id:    id,
+		cpKey: store.CheckpointKey{Mapping: m.cfg.Name, Stream: m.cfg.Stream, Shard: id},
+		pkKey: store.ProgressKey{Scope: m.cfg.Scope, Stream: m.cfg.Stream, Shard: id},
+	}
+	s.prog = m.e.progressCell(s.pkKey)
+	s.state.Store("starting")
+	s.lastError.Store("")
+	s.counters.Store(&store.Checkpoint{})
+	return s
+}
+
+func (s *shard) status(now time.Time) ShardStatus {
+	c := s.counters.Load()
+	st := ShardStatus{
+		Mapping: s.m.cfg.Name, Function: s.m.cfg.Function, Stream: s.m.cfg.Stream, Shard: s.id, Scope: s.m.cfg.Scope,
+		State: s.state.Load().(string), LastError: s.lastError.Load().(string),
+		Checkpoint: s.checkpoint.Load(), Latest: s.latest.Load(),
+		InFlight: s.inFlight.Load(), Invocations: s.invocations.Load(), Retries: s.retries.Load(),
+		Processed: c.Processed, Discarded: c.Discarded, Skipped: c.Skipped, Lost: c.Lost,
+	}
+	if st.Latest > st.Checkpoint {
+		st.LagRecords = st.Latest - st.Checkpoint
+	}
+	if a := s.oldestArrival.Load(); a != 0 {
+		st.IteratorAgeMs = now.Sub(time.Unix(0, a)).Milliseconds()
+	}
+	return st
+}
+
+// run processes the shard until ctx is done. work bounds invocations and
+// commits, which may outlive ctx by the engine's drain timeout. Errors of the
+// store or the source are logged and retried with backoff from the last
+// durable checkpoint: nothing is skipped.
+func (s *shard) run(ctx, work context.Context) {
+	log := s.e.log.With("mapping", s.m.cfg.Name, "shard", s.id)
+	failures := 0
+	for ctx.Err() == nil {
+		err := s.runOnce(ctx, work)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		failures++
+		s.state.Store("error")
+		s.lastError.Store(err.Error())
+		log.Error("shard stopped; restarting from its last checkpoint", "err", err, "failures", failures)
+		if sleep(ctx, s.backoff(failures)) != nil {
+			break
+		}
+	}
+	s.state.Store("stopped")
+}
+
+// runOnce loads the durable position and processes windows until ctx is
+// done or an error occurs.
+func (s *shard) runOnce(ctx, work context.Context) error {
+	if err := s.load(ctx); err != nil {
+		return err
+	}
+	s.state.Store("running")
+	s.lastError.Store("")
+	cfg := &s.m.cfg
+	limit := cfg.BatchSize * cfg.ParallelizationFactor
+	maxBytes := MaxBatchBytes * cfg.ParallelizationFactor
+	for ctx.Err() == nil {
+		recs, lost, err := s.readWindow(ctx, limit, maxBytes)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if lost > 0 {
+			s.e.log.Warn("records expired by retention before they were read", "mapping", cfg.Name, "stream", cfg.Stream, "shard", s.id, "lost", lost, "after", s.cp.Sequence)
+			s.e.metrics.lost.WithLabelValues(cfg.Name).Add(float64(lost))
+			if err := s.commitLost(work, lost, len(recs) == 0); err != nil {
+				return err
+			}
+		}
+		if len(recs) == 0 {
+			if err := cfg.Source.Wait(ctx, s.id, s.cp.Sequence); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("waiting for records: %w", err)
+			}
+			continue
+		}
+		if err := s.processWindow(ctx, work, recs); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// load reads the checkpoint and the scope's progress, creating the
+// checkpoint from the starting position on first start. The initial
+// checkpoint is made durable at once: a LATEST mapping restarted before its
+// first batch must not skip what arrived meanwhile.
+func (s *shard) load(ctx context.Context) error {
+	cfg := &s.m.cfg
+	cp, ok, err := s.e.store.Checkpoint(ctx, s.cpKey)
+	if err != nil {
+		return fmt.Errorf("loading checkpoint: %w", err)
+	}
+	if !ok {
+		start, err := cfg.Source.Start(ctx, s.id, cfg.StartingPosition, cfg.StartingPositionTimestamp)
+		if err != nil {
+			return fmt.Errorf("finding %s: %w", cfg.StartingPosition, err)
+		}
+		cp = store.Checkpoint{Sequence: start}
+		if err := s.e.store.Commit(ctx, &store.Write{Checkpoint: s.cpKey, NewCheckpoint: cp}); err != nil {
+			return fmt.Errorf("creating checkpoint: %w", err)
+		}
+	}
+	if s.m.keyer.byIdentity() && !cfg.AtLeastOnce {
+		s.prog.mu.Lock()
+		if !s.prog.loaded {
+			p, err := s.e.store.Progress(ctx, s.pkKey)
+			if err != nil {
+				s.prog.mu.Unlock()
+				return fmt.Errorf("loading progress of scope %q: %w", cfg.Scope, err)
+			}
+			s.prog.p, s.prog.loaded = p, true
+		}
+		s.prog.mu.Unlock()
+	}
+	s.mu.Lock()
+	s.cp = cp
+	s.mu.Unlock()
+	s.publish(cp)
+	return nil
+}
+
+func (s *shard) publish(cp store.Checkpoint) {
+	s.checkpoint.Store(cp.Sequence)
+	c := cp
+	s.counters.Store(&c)
+	if s.latest.Load() < cp.Sequence {
+		s.latest.Store(cp.Sequence)
+	}
+}
+
+// readWindow reads up to limit records after the checkpoint. With a batching
+// window it keeps reading until the batch is full, the window ends, or the
+// payload reaches maxBytes.
+func (s *shard) readWindow(ctx context.Context, limit, maxBytes int) ([]idem.Record, uint64, error) {
+	cfg := &s.m.cfg
+	res, err := cfg.Source.Read(ctx, s.id, s.cp.Sequence, limit, maxBytes)
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading after %d: %w", s.cp.Sequence, err)
+	}
+	s.noteLatest(res.Latest)
+	recs, lost := res.Records, res.Lost
+	if cfg.MaximumBatchingWindow <= 0 || len(recs) == 0 || len(recs) >= limit {
+		return recs, lost, nil
+	}
+	// Later reads may reuse the driver's buffers: own the records so far.
+	recs = cloneRecords(recs)
+	size := 0
+	for i := range recs {
+		size += len(recs[i].Data)
+	}
+	deadline := time.Now().Add(cfg.MaximumBatchingWindow)
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	for len(recs) < limit && size < maxBytes {
+		after := recs[len(recs)-1].Sequence
+		if err := cfg.Source.Wait(wctx, s.id, after); err != nil || wctx.Err() != nil {
+			break
+		}
+		more, err := cfg.Source.Read(ctx, s.id, after, limit-len(recs), maxBytes-size)
+		if err != nil {
+			return nil, 0, fmt.Errorf("reading after %d: %w", after, err)
+		}
+		s.noteLatest(more.Latest)
+		for _, r := range cloneRecords(more.Records) {
+			recs = append(recs, r)
+			size += len(r.Data)
+		}
+	}
+	return recs, lost, nil
+}
+
+func (s *shard) noteLatest(seq uint64) {
+	if seq > s.latest.Load() {
+		s.latest.Store(seq)
+	}
+}
+
+func cloneRecords(in []idem.Record) []idem.Record {
+	out := make([]idem.Record, len(in))
+	for i, r := range in {
+		r.Data = append([]byte(nil), r.Data...)
+		out[i] = r
+	}
+	return out
+}
+
+// commitLost records records lost to retention; when nothing else was read,
+// it also moves the checkpoint over them (sources number records
+// contiguously, so they are the lost sequences).
+func (s *shard) commitLost(ctx context.Context, lost uint64, moveCheckpoint bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cp := s.cp
+	cp.Lost += lost
+	if moveCheckpoint {
+		cp.Sequence += lost
+	}
+	w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: cp}
+	if err := s.e.store.Commit(ctx, w); err != nil {
+		return fmt.Errorf("committing lost records: %w", err)
+	}
+	s.cp = cp
+	s.publish(cp)
+	return nil
+}
+
+// window tracks which records of the window being processed are resolved,
+// so that the checkpoint only ever moves over resolved records, and records
+// resolved out of order (under parallelization) are remembered in the scope's
+// progress.
+type window struct {
+	seqs []uint64
+	done []bool
+	next int // index of the first unresolved record
+}
+
+func (w *window) index(seq uint64) int {
+	return sort.Search(len(w.seqs), func(i int) bool { return w.seqs[i] >= seq })
+}
+
+// resolve marks seqs resolved; it returns whether the contiguous prefix grew.
+func (w *window) resolve(seqs []uint64) bool {
+	for _, q := range seqs {
+		if i := w.index(q); i < len(w.seqs) && w.seqs[i] == q {
+			w.done[i] = true
+		}
+	}
+	before := w.next
+	for w.next < len(w.done) && w.done[w.next] {
+		w.next++
+	}
+	return w.next > before
+}
+
+// above lists resolved sequences past the contiguous prefix.
+func (w *window) above(dst []uint64) []uint64 {
+	for i := w.next; i < len(w.seqs); i++ {
+		if w.done[i] {
+			dst = append(dst, w.seqs[i])
+		}
+	}
+	return dst
+}
+
+// processWindow resolves every record of recs: skips those already
+// completed in the scope, discards those whose key cannot be computed or
+// whose age exceeds the limit, and runs the rest, grouped by partition key.
+func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) error {
+	cfg := &s.m.cfg
+	var keyFailed []idem.Record
+	var keyErrs []error
+	pending := make([]idem.Record, 0, len(recs))
+	var seen map[string]struct{} // payload keys of the window
+	if !s.m.keyer.byIdentity() {
+		seen = make(map[string]struct{}, len(recs))
+	}
+	for i := range recs {
+		if err := s.m.keyer.key(&recs[i]); err != nil {
+			keyFailed = append(keyFailed, recs[i])
+			keyErrs = append(keyErrs, err)
+			continue
+		}
+		if seen != nil {
+			// A second record with one payload key is judged after the
+			// first commits: cut the window before it.
+			if _, dup := seen[recs[i].IdempotencyKey]; dup {
+				recs = recs[:i]
+				break
+			}
+			seen[recs[i].IdempotencyKey] = struct{}{}
+		}
+		pending = append(pending, recs[i])
+	}
+	w := &window{seqs: make([]uint64, len(recs)), done: make([]bool, len(recs))}
+	for i := range recs {
+		w.seqs[i] = recs[i].Sequence
+	}
+	s.mu.Lock()
+	s.win = w
+	s.mu.Unlock()
+	s.oldestArrival.Store(recs[0].ArrivalTime.UnixNano())
+	defer s.oldestArrival.Store(0)
+
+	skipped, err := s.completed(ctx, pending)
+	if err != nil {
+		return err
+	}
+	var skippedSeqs []uint64
+	kept := pending[:0]
+	for i := range pending {
+		if skipped[i] {
+			skippedSeqs = append(skippedSeqs, pending[i].Sequence)
+			continue
+		}
+		kept = append(kept, pending[i])
+	}
+	pending = kept
+	// Anything resolved without invoking commits first, in one write.
+	if len(skippedSeqs) > 0 || len(keyFailed) > 0 {
+		c := commit{skipped: skippedSeqs}
+		for i, r := range keyFailed {
+			s.e.log.Error("discarding record: its idempotency key cannot be computed", "mapping", cfg.Name, "err", keyErrs[i])
+			c.discard(s, []idem.Record{r}, conditionRetriesExhausted, 0, "IdempotencyKeyError", keyErrs[i].Error())
+		}
+		if err := s.commit(work, &c); err != nil {
+			return err
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	groups := s.group(pending)
+	if len(groups) == 1 {
+		return s.processGroup(ctx, work, groups[0])
+	}
+	errs := make([]error, len(groups))
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.processGroup(ctx, work, g)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// completed reports which records are already resolved in the scope: by
+// comparing sequence numbers with the scope's progress (keys by identity),
+// or by one batched lookup of marks (keys from the payload).
+func (s *shard) completed(ctx context.Context, recs []idem.Record) ([]bool, error) {
+	done := make([]bool, len(recs))
+	if len(recs) == 0 || s.m.cfg.AtLeastOnce {
+		return done, nil
+	}
+	if s.m.keyer.byIdentity() {
+		s.prog.mu.Lock()
+		for i := range recs {
+			done[i] = s.prog.p.Done(recs[i].Sequence)
+		}
+		s.prog.mu.Unlock()
+		return done, nil
+	}
+	keys := make([]store.MarkKey, len(recs))
+	for i := range recs {
+		keys[i] = markKey(s.m.cfg.Scope, recs[i].IdempotencyKey)
+	}
+	if err := s.e.store.Completed(ctx, keys, s.e.now(), done); err != nil {
+		return nil, fmt.Errorf("looking up completion marks: %w", err)
+	}
+	return done, nil
+}
+
+// group splits records into ParallelizationFactor groups by partition key,
+// keeping each group in shard order.
+func (s *shard) group(recs []idem.Record) [][]idem.Record {
+	n := s.m.cfg.ParallelizationFactor
+	if n == 1 {
+		return [][]idem.Record{recs}
+	}
+	groups := make([][]idem.Record, n)
+	for _, r := range recs {
+		h := fnv.New32a()
+		h.Write([]byte(r.PartitionKey))
+		g := h.Sum32() % uint32(n)
+		groups[g] = append(groups[g], r)
+	}
+	out := groups[:0]
+	for _, g := range groups {
+		if len(g) > 0 {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// processGroup invokes the function over recs, one batch at a time.
+func (s *shard) processGroup(ctx, work context.Context, recs []idem.Record) error {
+	cfg := &s.m.cfg
+	for len(recs) > 0 {
+		n, size := 0, 0
+		for n < len(recs) && n < cfg.BatchSize && (n == 0 || size+len(recs[n].Data) <= MaxBatchBytes) {
+			size += len(recs[n].Data)
+			n++
+		}
+		if err := s.runBatch(ctx, work, recs[:n]); err != nil {
+			return err
+		}
+		recs = recs[n:]
+	}
+	return nil
+}
+
+// outcome is what one invocation means under the mapping's rules.
+type outcome struct {
+	failedAt  int    // index of the lowest failed record; -1: none; len: whole batch
+	errType   string // the function error's type, for permanentErrorTypes
+	errMsg    string
+	permanent bool
+}
+
+// runBatch resolves every record of b: invoking, bisecting, retrying from a
+// reported failure, and discarding as the mapping says. It returns only when
+// all of b is resolved, or with an error when ctx is done or the store fails.
+func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
+	cfg := &s.m.cfg
+	queue := [][]idem.Record{b}
+	attempts := 0           // invocations of the head of the queue that failed
+	var failingSeq uint64   // the record a partial failure named last
+	failingIsRecord := true // whether attempts count a record's failures
+	for len(queue) > 0 {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		sub := queue[0]
+		if aged := s.agedPrefix(sub); aged > 0 {
+			c := commit{}
+			c.discard(s, sub[:aged], conditionRecordAge, attempts, "", "")
+			if err := s.commit(work, &c); err != nil {
+				return err
+			}
+			if sub = sub[aged:]; len(sub) == 0 {
+				queue = queue[1:]
+				attempts = 0
+				continue
+			}
+			queue[0] = sub
+		}
+
+		bs, out, err := s.invoke(work, sub)
+		if err != nil {
+			return err
+		}
+		switch {
+		case out.failedAt < 0: // success
+			c := commit{completed: sub, state: bs, stateRecords: len(sub)}
+			if err := s.commit(work, &c); err != nil {
+				return err
+			}
+			queue = queue[1:]
+			attempts = 0
+
+		case out.failedAt < len(sub): // a partial failure names a record
+			if out.failedAt > 0 {
+				c := commit{completed: sub[:out.failedAt], state: bs, stateRecords: out.failedAt}
+				if err := s.commit(work, &c); err != nil {
+					return err
+				}
+				sub = sub[out.failedAt:]
+				queue[0] = sub
+			}
+			if !failingIsRecord || sub[0].Sequence != failingSeq {
+				failingSeq, failingIsRecord, attempts = sub[0].Sequence, true, 0
+			}
+			attempts++
+			if out.permanent || exhausted(cfg.MaximumRetryAttempts, attempts) {
+				// Only the failed record is discarded: the records after it
+				// never failed themselves.
+				c := commit{}
+				c.discard(s, sub[:1], conditionRetriesExhausted, attempts, out.errType, out.errMsg)
+				if err := s.commit(work, &c); err != nil {
+					return err
+				}
+				if sub = sub[1:]; len(sub) == 0 {
+					queue = queue[1:]
+				} else {
+					queue[0] = sub
+				}
+				attempts = 0
+				continue
+			}
+			if err := s.retryAfter(ctx, attempts); err != nil {
+				return err
+			}
+
+		default: // the whole batch failed
+			failingIsRecord = false
+			if out.permanent {
+				c := commit{}
+				c.discard(s, sub, conditionRetriesExhausted, attempts+1, out.errType, out.errMsg)
+				if err := s.commit(work, &c); err != nil {
+					return err
+				}
+				queue = queue[1:]
+				attempts = 0
+				continue
+			}
+			if cfg.BisectBatchOnFunctionError && len(sub) > 1 {
+				half := len(sub) / 2
+				rest := queue[1:]
+				queue = append([][]idem.Record{sub[:half], sub[half:]}, rest...)
+				attempts = 0
+				continue
+			}
+			attempts++
+			if exhausted(cfg.MaximumRetryAttempts, attempts) {
+				c := commit{}
+				c.discard(s, sub, conditionRetriesExhausted, attempts, out.errType, out.errMsg)
+				if err := s.commit(work, &c); err != nil {
+					return err
+				}
+				queue = queue[1:]
+				attempts = 0
+				continue
+			}
+			if err := s.retryAfter(ctx, attempts); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// exhausted reports whether a batch that failed attempts times has used up
+// its retries: the first invocation is not a retry.
+func exhausted(maxRetries, attempts int) bool {
+	return maxRetries >= 0 && attempts > maxRetries
+}
+
+func (s *shard) retryAfter(ctx context.Context, attempts int) error {
+	s.retries.Add(1)
+	s.e.metrics.retries.WithLabelValues(s.m.cfg.Name).Inc()
+	return sleep(ctx, s.backoff(attempts))
+}
+
+// backoff is exponential with full jitter, capped.
+func (s *shard) backoff(attempt int) time.Duration {
+	cfg := &s.m.cfg
+	d := cfg.RetryBaseDelay
+	for i := 1; i < attempt && d < cfg.RetryMaxDelay; i++ {
+		d *= 2
+	}
+	if d > cfg.RetryMaxDelay {
+		d = cfg.RetryMaxDelay
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// agedPrefix counts the leading records older than maximumRecordAge.
+func (s *shard) agedPrefix(b []idem.Record) int {
+	maxAge := s.m.cfg.MaximumRecordAge
+	if maxAge <= 0 {
+		return 0
+	}
+	cutoff := s.e.now().Add(-maxAge)
+	n := 0
+	for n < len(b) && b[n].ArrivalTime.Before(cutoff) {
+		n++
+	}
+	return n
+}
+
+// invoke runs the function once over b and judges the result. The error is
+// not the function's: it is returned only when work is done.
+func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outcome, error) {
+	cfg := &s.m.cfg
+	bs, views := newBatchState(s.e.store, cfg.Scope, len(b))
+	batch := idem.NewBatch(cfg.Name, cfg.Function, newInvocationID(), b, views)
+	ctx, cancel := context.WithTimeout(work, cfg.FunctionTimeout)
+	s.inFlight.Add(int64(len(b)))
+	s.invocations.Add(1)
+	start := time.Now()
+	res, err := invokeSafely(ctx, cfg, batch)
+	s.e.metrics.duration.WithLabelValues(cfg.Name).Observe(time.Since(start).Seconds())
+	s.inFlight.Add(-int64(len(b)))
+	cancel()
+	if work.Err() != nil {
+		return nil, outcome{}, work.Err()
+	}
+	out := s.judge(b, res, err)
+	label := "success"
+	switch {
+	case out.failedAt == len(b):
+		label = "error"
+		s.e.log.Warn("function error", "mapping", cfg.Name, "shard", s.id, "records", len(b), "first", b[0].Sequence, "type", out.errType, "err", out.errMsg)
+	case out.failedAt >= 0:
+		label = "partial"
+	}
+	s.e.metrics.invocations.WithLabelValues(cfg.Name, label).Inc()
+	return bs, out, nil
+}
+
+func newInvocationID() string {
+	var b [16]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

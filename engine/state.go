@@ -1,0 +1,70 @@
+package engine
+
+import (
+	"context"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/store"
+)
+
+// batchState is the state one invocation sees: committed values from the
+// store under an overlay of the batch's own writes, with each record's writes
+// logged apart so that only the records that commit carry theirs into the
+// Write.
+type batchState struct {
+	st        store.Driver
+	namespace string
+	overlay   map[string]*store.StateOp // latest write per key in the batch
+	ops       [][]store.StateOp         // per record, in order
+}
+
+func newBatchState(st store.Driver, namespace string, n int) (*batchState, []idem.State) {
+	b := &batchState{st: st, namespace: namespace, ops: make([][]store.StateOp, n)}
+	views := make([]idem.State, n)
+	for i := range views {
+		views[i] = &recordState{b: b, i: i}
+	}
+	return b, views
+}
+
+// appendCommitted adds the writes of records [0, n) to w, in order.
+func (b *batchState) appendCommitted(w *store.Write, n int) {
+	for i := 0; i < n && i < len(b.ops); i++ {
+		w.State = append(w.State, b.ops[i]...)
+	}
+}
+
+// recordState is record i's view.
+type recordState struct {
+	b *batchState
+	i int
+}
+
+func (s *recordState) Get(ctx context.Context, key string) ([]byte, error) {
+	if op, ok := s.b.overlay[key]; ok {
+		if op.Delete {
+			return nil, idem.ErrNotFound
+		}
+		return append([]byte(nil), op.Value...), nil
+	}
+	return s.b.st.State(ctx, s.b.namespace, key)
+}
+
+func (s *recordState) Put(_ context.Context, key string, value []byte) error {
+	s.write(store.StateOp{Namespace: s.b.namespace, Key: key, Value: append([]byte(nil), value...)})
+	return nil
+}
+
+func (s *recordState) Delete(_ context.Context, key string) error {
+	s.write(store.StateOp{Namespace: s.b.namespace, Key: key, Delete: true})
+	return nil
+}
+
+func (s *recordState) write(op store.StateOp) {
+	if s.b.overlay == nil {
+		s.b.overlay = make(map[string]*store.StateOp)
+	}
+	s.b.ops[s.i] = append(s.b.ops[s.i], op)
+	o := op
+	s.b.overlay[op.Key] = &o
+}

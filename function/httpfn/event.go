@@ -1,0 +1,234 @@
+package httpfn
+
+import (
+	"encoding/base64"
+	"errors"
+	"io"
+	"math"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/idem-run/idem"
+)
+
+// appendEvent appends b as the JSON of an events.KinesisEvent whose records
+// also carry "idempotencyKey". It writes the bytes encoding/json would for
+// that struct (with HTML escaping off), without reflection: the event is
+// built once per batch and a batch holds up to 10,000 records.
+func (f *Function) appendEvent(dst []byte, b *idem.Batch) []byte {
+	dst = append(dst, `{"Records":[`...)
+	var stream string
+	var arnStart, arnEnd int // where the current stream's quoted ARN lies in dst
+	for i := range b.Records {
+		r := &b.Records[i]
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"awsRegion":`...)
+		dst = appendString(dst, f.region)
+		dst = append(dst, `,"eventID":"`...)
+		dst = appendStringBody(dst, r.ShardID)
+		dst = append(dst, ':')
+		dst = appendSequence(dst, r.Sequence)
+		dst = append(dst, `","eventName":"aws:kinesis:record","eventSource":"aws:kinesis","eventSourceARN":`...)
+		if i == 0 || r.Stream != stream {
+			stream = r.Stream
+			arnStart = len(dst)
+			dst = append(dst, `"arn:aws:kinesis:`...)
+			dst = appendStringBody(dst, f.region)
+			dst = append(dst, `:000000000000:stream/`...)
+			dst = appendStringBody(dst, stream)
+			dst = append(dst, '"')
+			arnEnd = len(dst)
+		} else {
+			dst = append(dst, dst[arnStart:arnEnd]...)
+		}
+		dst = append(dst, `,"eventVersion":"1.0","invokeIdentityArn":"","kinesis":{"approximateArrivalTimestamp":`...)
+		dst = appendEpochSeconds(dst, r)
+		dst = append(dst, `,"data":"`...)
+		dst = base64.StdEncoding.AppendEncode(dst, r.Data)
+		dst = append(dst, `","partitionKey":`...)
+		dst = appendString(dst, r.PartitionKey)
+		dst = append(dst, `,"sequenceNumber":"`...)
+		dst = appendSequence(dst, r.Sequence)
+		dst = append(dst, `","kinesisSchemaVersion":"1.0"},"idempotencyKey":`...)
+		dst = appendString(dst, r.IdempotencyKey)
+		dst = append(dst, '}')
+	}
+	return append(dst, "]}"...)
+}
+
+// appendSequence writes idem.FormatSequence(seq) without allocating.
+func appendSequence(dst []byte, seq uint64) []byte {
+	var d [20]byte
+	for i := len(d) - 1; i >= 0; i-- {
+		d[i] = byte('0' + seq%10)
+		seq /= 10
+	}
+	return append(dst, d[:]...)
+}
+
+// appendEpochSeconds writes the arrival time as events.SecondsEpochTime
+// does: Unix seconds as a float64, formatted as encoding/json formats
+// floats. An unknown (zero) arrival time is written as 0, where
+// SecondsEpochTime would write an overflowed number.
+func appendEpochSeconds(dst []byte, r *idem.Record) []byte {
+	if r.ArrivalTime.IsZero() {
+		return append(dst, '0')
+	}
+	return appendFloat(dst, float64(r.ArrivalTime.UnixNano())/1e9)
+}
+
+// appendFloat formats f as encoding/json does.
+func appendFloat(dst []byte, f float64) []byte {
+	if math.IsInf(f, 0) || math.IsNaN(f) {
+		return append(dst, '0') // cannot happen for a time; JSON has no such numbers
+	}
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	dst = strconv.AppendFloat(dst, f, format, -1, 64)
+	if format == 'e' {
+		// clean up e-09 to e-9
+		if n := len(dst); n >= 4 && dst[n-4] == 'e' && dst[n-3] == '-' && dst[n-2] == '0' {
+			dst[n-2] = dst[n-1]
+			dst = dst[:n-1]
+		}
+	}
+	return dst
+}
+
+// appendString appends s as a JSON string, as encoding/json does with HTML
+// escaping off.
+func appendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	dst = appendStringBody(dst, s)
+	return append(dst, '"')
+}
+
+// appendStringBody appends s JSON-escaped, without quotes: control
+// characters, '"' and '\\' are escaped, invalid UTF-8 becomes U+FFFD, and
+// U+2028 and U+2029 are escaped for JavaScript consumers.
+func appendStringBody(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	return append(dst, s[start:]...)
+}
+
+// payload is a pooled request body. The transport may close a request's
+// body after Do returns, and may ask for a second copy (GetBody) to resend
+// on a fresh connection, so the buffer goes back to the pool only when
+// Invoke and every body reading it are done with it.
+type payload struct {
+	buf  []byte
+	refs atomic.Int32
+}
+
+func (f *Function) payload() *payload {
+	p, ok := f.bodies.Get().(*payload)
+	if !ok {
+		p = new(payload)
+	}
+	p.refs.Store(1) // Invoke's
+	return p
+}
+
+// release drops one reference, returning p to pool after the last.
+func (p *payload) release(pool *sync.Pool) {
+	if p.refs.Add(-1) == 0 && cap(p.buf) <= maxPooled {
+		pool.Put(p)
+	}
+}
+
+// newBody returns a reader over p's bytes holding a reference to p until it
+// is closed.
+func (p *payload) newBody(pool *sync.Pool) io.ReadCloser {
+	p.refs.Add(1)
+	return &body{p: p, pool: pool, rest: p.buf}
+}
+
+var errBodyClosed = errors.New("httpfn: read from a closed request body")
+
+// body reads a payload. Read and Close may be called from different
+// goroutines (the transport closes a body when a request is canceled), so
+// they exclude each other: after Close, the bytes may already belong to
+// another request.
+type body struct {
+	mu     sync.Mutex
+	p      *payload
+	pool   *sync.Pool
+	rest   []byte
+	closed bool
+}
+
+func (b *body) Read(dst []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, errBodyClosed
+	}
+	if len(b.rest) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(dst, b.rest)
+	b.rest = b.rest[n:]
+	return n, nil
+}
+
+func (b *body) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.closed {
+		b.closed = true
+		b.rest = nil
+		b.p.release(b.pool)
+	}
+	return nil
+}

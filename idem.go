@@ -1,0 +1,220 @@
+// Package idem is what a function author imports to run code on idem.
+//
+// # Delivery semantics
+//
+// Sources deliver every record at least once: retries, partial-batch
+// retries, crashes between success and checkpoint, producers that send twice
+// and new consumers that start at TRIM_HORIZON all cause duplicates. idem
+// turns that into exactly-once effects for what it controls: a record whose
+// idempotency key is COMPLETED in its mapping's scope is never delivered
+// again, and the completion marks, the checkpoint, the on-failure records and
+// every State write of a batch commit in one atomic write. Effects a handler
+// makes elsewhere (an HTTP call, an e-mail) stay at-least-once: use the
+// record's IdempotencyKey downstream.
+//
+// # Handlers
+//
+// A RecordHandler sees one record at a time, in shard order; the first error
+// ends the batch, records before it commit, and the failed record is retried
+// (as Lambda's ReportBatchItemFailures would). A BatchHandler sees the whole
+// batch and reports failures itself, with Lambda's rules.
+package idem
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Record is one event of a shard, as a handler receives it.
+//
+// Records are delivered in shard order; records with the same PartitionKey
+// are never processed concurrently, whatever the mapping's
+// parallelizationFactor.
+type Record struct {
+	// Stream is the name of the source stream.
+	Stream string
+	// ShardID names the shard, as Kinesis does: "shardId-000000000000".
+	ShardID string
+	// Sequence orders records within a shard; it strictly increases.
+	Sequence uint64
+	// PartitionKey chose the shard and orders records of one key.
+	PartitionKey string
+	// Data is the record's payload. Handlers must not retain or modify it
+	// after they return.
+	Data []byte
+	// ArrivalTime is when the source accepted the record (approximate).
+	ArrivalTime time.Time
+	// IdempotencyKey identifies the record within its scope: by default
+	// "stream/shardId/sequence", or the value of the mapping's
+	// idempotency.key expression. Pass it on to downstream systems so they
+	// can deduplicate what idem cannot roll back.
+	IdempotencyKey string
+}
+
+// SequenceNumber returns the sequence as the decimal string Lambda events
+// carry. Fixed width makes the strings sort as the numbers do.
+func (r *Record) SequenceNumber() string { return FormatSequence(r.Sequence) }
+
+// EventID returns Kinesis' "shardId-…:sequence" event identifier, the
+// itemIdentifier a batch handler reports failures with.
+func (r *Record) EventID() string { return r.ShardID + ":" + r.SequenceNumber() }
+
+// FormatSequence renders a sequence number as a 20-digit decimal string, so
+// that lexical order equals numeric order.
+func FormatSequence(seq uint64) string { return fmt.Sprintf("%020d", seq) }
+
+// Batch is what a BatchHandler receives: records of one shard, in order.
+type Batch struct {
+	// Mapping is the name of the event source mapping.
+	Mapping string
+	// Function is the name of the function invoked.
+	Function string
+	// InvocationID identifies this invocation in logs and headers.
+	InvocationID string
+	// Records are in shard order, at least one.
+	Records []Record
+
+	// states holds each record's view of the mapping's state; set by the
+	// engine, nil in a Batch made by hand.
+	states []State
+}
+
+// NewBatch makes a Batch whose records see the given per-record states. The
+// engine and function drivers call it; a handler never needs to.
+func NewBatch(mapping, function, invocationID string, records []Record, states []State) *Batch {
+	return &Batch{Mapping: mapping, Function: function, InvocationID: invocationID, Records: records, states: states}
+}
+
+// State returns the state view of record i: its writes commit if and only if
+// record i commits (it succeeded and no earlier record of the batch failed).
+// It returns nil for a Batch without state.
+func (b *Batch) State(i int) State {
+	if i < 0 || i >= len(b.states) {
+		return nil
+	}
+	return b.states[i]
+}
+
+// BatchResult is a batch handler's answer, the shape of Lambda's
+// KinesisEventResponse.
+type BatchResult struct {
+	// BatchItemFailures names the records that failed by EventID. The
+	// checkpoint moves to just before the lowest one; every later record is
+	// delivered again, even one that succeeded. Empty means success.
+	BatchItemFailures []BatchItemFailure `json:"batchItemFailures"`
+}
+
+// BatchItemFailure names one failed record.
+type BatchItemFailure struct {
+	ItemIdentifier string `json:"itemIdentifier"`
+}
+
+// Handler is the contract between idem and a function: invoke with a batch,
+// get a result.
+//
+// HandleBatch is called for one batch at a time per shard (or per
+// partition-key group under parallelization), possibly concurrently for
+// different shards. A returned error is a function error: the batch is
+// retried, bisected or discarded as the mapping says, and BatchResult is
+// ignored. A panic is recovered and counted as a function error.
+type Handler interface {
+	HandleBatch(ctx context.Context, b *Batch) (BatchResult, error)
+}
+
+// HandlerFunc adapts a function to a Handler.
+type HandlerFunc func(ctx context.Context, b *Batch) (BatchResult, error)
+
+// HandleBatch calls f.
+func (f HandlerFunc) HandleBatch(ctx context.Context, b *Batch) (BatchResult, error) {
+	return f(ctx, b)
+}
+
+// RecordFunc is the simplest handler: one record at a time. State reads and
+// writes go through StateFrom(ctx).
+type RecordFunc func(ctx context.Context, r *Record) error
+
+// HandleBatch runs f over the records in order. The first error ends the
+// batch: records before it commit (with their state), the failed record and
+// those after it are delivered again. An error that wraps a PermanentError
+// stops retries at once.
+func (f RecordFunc) HandleBatch(ctx context.Context, b *Batch) (BatchResult, error) {
+	for i := range b.Records {
+		r := &b.Records[i]
+		rctx := ctx
+		if st := b.State(i); st != nil {
+			rctx = WithState(ctx, st)
+		}
+		if err := f(rctx, r); err != nil {
+			return BatchResult{BatchItemFailures: []BatchItemFailure{{ItemIdentifier: r.EventID()}}}, &RecordError{Record: r.EventID(), Err: err}
+		}
+	}
+	return BatchResult{}, nil
+}
+
+// RecordError reports that a RecordFunc failed at one record; the records
+// before it succeeded. The engine treats it as a partial result:
+// the checkpoint moves to just before Record, whatever the mapping's
+// functionResponseTypes.
+type RecordError struct {
+	Record string // EventID of the failed record
+	Err    error
+}
+
+func (e *RecordError) Error() string { return "record " + e.Record + ": " + e.Err.Error() }
+func (e *RecordError) Unwrap() error { return e.Err }
+
+// PermanentError marks a failure caused by the record's data: retrying cannot
+// help, so the engine sends the batch to the on-failure destination at once
+// instead of retrying until the record expires. Mappings can also list error
+// types in permanentErrorTypes.
+type PermanentError struct {
+	Err error
+}
+
+// Permanent wraps err as a PermanentError.
+func Permanent(err error) error { return &PermanentError{Err: err} }
+
+func (e *PermanentError) Error() string { return "permanent: " + e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// IsPermanent reports whether err wraps a PermanentError.
+func IsPermanent(err error) bool {
+	var p *PermanentError
+	return errors.As(err, &p)
+}
+
+// ErrNotFound is returned by State.Get for a key that has no value.
+var ErrNotFound = errors.New("idem: state key not found")
+
+// State is a mapping's key-value state, shared by the mappings of one
+// idempotency scope. A handler reads its own writes at once; the writes
+// commit in the same atomic write as the record's completion mark and the
+// checkpoint, if and only if the record commits. Values must not be retained
+// by the caller after Put; values returned by Get belong to the caller.
+//
+// A State is used by one handler call at a time; it is not safe for
+// concurrent use.
+type State interface {
+	// Get returns the value of key, or ErrNotFound.
+	Get(ctx context.Context, key string) ([]byte, error)
+	// Put sets key to value.
+	Put(ctx context.Context, key string, value []byte) error
+	// Delete removes key; deleting a missing key is not an error.
+	Delete(ctx context.Context, key string) error
+}
+
+type stateKey struct{}
+
+// WithState returns a context that carries st, for StateFrom.
+func WithState(ctx context.Context, st State) context.Context {
+	return context.WithValue(ctx, stateKey{}, st)
+}
+
+// StateFrom returns the State of the record a RecordFunc is handling. It
+// returns nil outside a handler invoked by idem.
+func StateFrom(ctx context.Context) State {
+	st, _ := ctx.Value(stateKey{}).(State)
+	return st
+}

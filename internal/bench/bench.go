@@ -1,0 +1,433 @@
+// Package bench measures what exactly-once costs on this machine, side by
+// side in one run: at-least-once (checkpoint only), exactly-once
+// (checkpoint and completion progress), exactly-once with a state write per
+// record, and the per-record claim-then-complete idempotency store that
+// hand-rolled solutions use. `idem bench` prints its report.
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/engine"
+	"github.com/idem-run/idem/function/gofunc"
+	"github.com/idem-run/idem/internal/pebbledb"
+	"github.com/idem-run/idem/source"
+	srcembedded "github.com/idem-run/idem/source/embedded"
+	stembedded "github.com/idem-run/idem/store/embedded"
+)
+
+// Config sets the benchmark's size. Zero values take the defaults.
+type Config struct {
+	// Records per throughput scenario. Default: 1,000,000.
+	Records int
+	// BaselineRecords for the per-record baseline, which is two orders of
+	// magnitude slower. Default: min(Records, 20,000).
+	BaselineRecords int
+	// Shards of the stream. Default: 4.
+	Shards int
+	// BatchSize of the mapping. Default: 100.
+	BatchSize int
+	// RecordSize in bytes. Default: 200.
+	RecordSize int
+	// LatencyDuration is how long records are put at LatencyRate. Default: 3s.
+	LatencyDuration time.Duration
+	// LatencyRate in records per second. Default: 1,000.
+	LatencyRate int
+	// Dir is the scratch directory. Default: a temporary one, removed after.
+	Dir string
+	// Progress receives a line per scenario as it starts. Default: none.
+	Progress io.Writer
+}
+
+func (c *Config) defaults() {
+	if c.Records <= 0 {
+		c.Records = 1_000_000
+	}
+	if c.BaselineRecords <= 0 {
+		c.BaselineRecords = min(c.Records, 20_000)
+	}
+	if c.Shards <= 0 {
+		c.Shards = 4
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 100
+	}
+	if c.RecordSize < 16 {
+		c.RecordSize = 200
+	}
+	if c.LatencyDuration <= 0 {
+		c.LatencyDuration = 3 * time.Second
+	}
+	if c.LatencyRate <= 0 {
+		c.LatencyRate = 1000
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+}
+
+// Scenario is one measured scenario.
+type Scenario struct {
+	Records       int     `json:"records"`
+	Seconds       float64 `json:"seconds"`
+	RecordsPerSec float64 `json:"recordsPerSec"`
+	// Durability says what a crash loses: "sync" means nothing acknowledged.
+	Durability string `json:"durability"`
+	// PeakRSSMB is the process's peak resident memory after the scenario.
+	PeakRSSMB float64 `json:"peakRSSMB"`
+	// Ratios against the other scenarios, where they mean something.
+	VsAtLeastOnce       float64 `json:"vsAtLeastOnce,omitempty"`
+	VsPerRecordBaseline float64 `json:"vsPerRecordBaseline,omitempty"`
+	// Latency from put to handler, for the latency scenario.
+	P50Ms float64 `json:"p50Ms,omitempty"`
+	P99Ms float64 `json:"p99Ms,omitempty"`
+}
+
+// Report is `idem bench --json`: one key per scenario.
+type Report struct {
+	AtLeastOnce       Scenario `json:"atLeastOnce"`
+	ExactlyOnce       Scenario `json:"exactlyOnce"`
+	ExactlyOnceState  Scenario `json:"exactlyOnceState"`
+	PerRecordBaseline Scenario `json:"perRecordBaseline"`
+	Latency           Scenario `json:"latency"`
+}
+
+// WriteText prints the report as a table.
+func (r *Report) WriteText(w io.Writer) error {
+	row := func(name string, s Scenario) {
+		fmt.Fprintf(w, "%-38s %10d records %8.2fs %12.0f records/s  peak RSS %6.1f MB\n", name, s.Records, s.Seconds, s.RecordsPerSec, s.PeakRSSMB)
+	}
+	row("(a) at-least-once (checkpoint only)", r.AtLeastOnce)
+	row("(b) exactly-once (checkpoint + marks)", r.ExactlyOnce)
+	row("(c) exactly-once + 1 state write/rec", r.ExactlyOnceState)
+	row("(d) per-record claim+complete, synced", r.PerRecordBaseline)
+	fmt.Fprintf(w, "ratios: (b)/(a) = %.2f   (b)/(d) = %.1f\n", r.ExactlyOnce.VsAtLeastOnce, r.ExactlyOnce.VsPerRecordBaseline)
+	_, err := fmt.Fprintf(w, "latency put→handler at %.0f records/s, batching window 0: p50 %.2f ms, p99 %.2f ms\n", r.Latency.RecordsPerSec, r.Latency.P50Ms, r.Latency.P99Ms)
+	return err
+}
+
+// Run runs every scenario, one after the other, each on a fresh data
+// directory, and returns the report.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg.defaults()
+	dir := cfg.Dir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "idem-bench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	rep := &Report{}
+	var err error
+	steps := []struct {
+		name string
+		run  func() error
+	}{
+		{"at-least-once", func() error {
+			rep.AtLeastOnce, err = throughput(ctx, cfg, filepath.Join(dir, "a"), modeAtLeastOnce)
+			return err
+		}},
+		{"exactly-once", func() error {
+			rep.ExactlyOnce, err = throughput(ctx, cfg, filepath.Join(dir, "b"), modeExactlyOnce)
+			return err
+		}},
+		{"exactly-once with state", func() error {
+			rep.ExactlyOnceState, err = throughput(ctx, cfg, filepath.Join(dir, "c"), modeState)
+			return err
+		}},
+		{"per-record baseline", func() error {
+			c := cfg
+			c.Records = cfg.BaselineRecords
+			rep.PerRecordBaseline, err = throughput(ctx, c, filepath.Join(dir, "d"), modeBaseline)
+			return err
+		}},
+		{"latency", func() error {
+			rep.Latency, err = latency(ctx, cfg, filepath.Join(dir, "l"))
+			return err
+		}},
+	}
+	for _, s := range steps {
+		fmt.Fprintf(cfg.Progress, "bench: %s...\n", s.name)
+		if err := s.run(); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	if a := rep.AtLeastOnce.RecordsPerSec; a > 0 {
+		rep.ExactlyOnce.VsAtLeastOnce = round(rep.ExactlyOnce.RecordsPerSec/a, 3)
+		rep.ExactlyOnceState.VsAtLeastOnce = round(rep.ExactlyOnceState.RecordsPerSec/a, 3)
+	}
+	if d := rep.PerRecordBaseline.RecordsPerSec; d > 0 {
+		rep.ExactlyOnce.VsPerRecordBaseline = round(rep.ExactlyOnce.RecordsPerSec/d, 1)
+		rep.ExactlyOnceState.VsPerRecordBaseline = round(rep.ExactlyOnceState.RecordsPerSec/d, 1)
+	}
+	return rep, nil
+}
+
+type mode int
+
+const (
+	modeAtLeastOnce mode = iota
+	modeExactlyOnce
+	modeState
+	modeBaseline
+)
+
+// load fills a fresh stream with n records of size bytes, spread over the
+// shards by partition key.
+func load(ctx context.Context, db *pebbledb.DB, cfg Config, n int) error {
+	if err := db.CreateStream("bench", cfg.Shards, 24*time.Hour); err != nil {
+		return err
+	}
+	data := make([]byte, cfg.RecordSize)
+	for i := range data {
+		data[i] = 'a' + byte(i%26)
+	}
+	const chunk = 2000
+	recs := make([]pebbledb.PutRecord, 0, chunk)
+	for i := 0; i < n; i++ {
+		recs = append(recs, pebbledb.PutRecord{PartitionKey: "key-" + strconv.Itoa(i%1024), Data: data})
+		if len(recs) == chunk || i == n-1 {
+			if _, err := db.Put(ctx, "bench", recs); err != nil {
+				return err
+			}
+			recs = recs[:0]
+		}
+	}
+	return nil
+}
+
+func throughput(ctx context.Context, cfg Config, dir string, m mode) (Scenario, error) {
+	db, err := pebbledb.Open(dir)
+	if err != nil {
+		return Scenario{}, err
+	}
+	defer db.Close()
+	if err := load(ctx, db, cfg, cfg.Records); err != nil {
+		return Scenario{}, err
+	}
+
+	var handled atomic.Int64
+	var h idem.Handler = idem.HandlerFunc(func(_ context.Context, b *idem.Batch) (idem.BatchResult, error) {
+		handled.Add(int64(len(b.Records)))
+		return idem.BatchResult{}, nil
+	})
+	switch m {
+	case modeState:
+		h = idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
+			handled.Add(1)
+			var v [8]byte
+			binary.BigEndian.PutUint64(v[:], r.Sequence)
+			return idem.StateFrom(ctx).Put(ctx, r.ShardID+"/"+strconv.FormatUint(r.Sequence, 10), v[:])
+		})
+	case modeBaseline:
+		ps, err := newPerRecordStore(filepath.Join(dir, "powertools"))
+		if err != nil {
+			return Scenario{}, err
+		}
+		defer ps.close()
+		h = idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
+			if err := ps.claim(r.IdempotencyKey); err != nil {
+				return err
+			}
+			handled.Add(1)
+			return ps.complete(r.IdempotencyKey)
+		})
+	}
+
+	st := stembedded.New(db)
+	e := engine.New(st, engine.WithLogger(discardLogger()))
+	src, err := srcembedded.New(db, "bench")
+	if err != nil {
+		return Scenario{}, err
+	}
+	mp := engine.Mapping{
+		Name: "bench", Stream: "bench", Source: src, Function: "noop", Invoker: gofunc.New(h),
+		BatchSize: cfg.BatchSize, StartingPosition: source.TrimHorizon, FunctionTimeout: time.Minute,
+		AtLeastOnce: m == modeAtLeastOnce || m == modeBaseline,
+	}
+	if err := e.Add(mp); err != nil {
+		return Scenario{}, err
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- e.Run(runCtx) }()
+	if err := waitResolved(ctx, e, uint64(cfg.Records)); err != nil {
+		stop()
+		<-done
+		return Scenario{}, err
+	}
+	elapsed := time.Since(start)
+	stop()
+	if err := <-done; err != nil {
+		return Scenario{}, err
+	}
+	if got := handled.Load(); got < int64(cfg.Records) {
+		return Scenario{}, fmt.Errorf("handler saw %d of %d records", got, cfg.Records)
+	}
+	return Scenario{
+		Records: cfg.Records, Seconds: round(elapsed.Seconds(), 3),
+		RecordsPerSec: math.Round(float64(cfg.Records) / elapsed.Seconds()),
+		Durability:    "sync", PeakRSSMB: peakRSSMB(),
+	}, nil
+}
+
+// waitResolved polls the engine until n records were processed.
+func waitResolved(ctx context.Context, e *engine.Engine, n uint64) error {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for {
+		var total uint64
+		for _, s := range e.Status() {
+			total += s.Processed + s.Skipped + s.Discarded
+			if s.LastError != "" {
+				return fmt.Errorf("shard %s: %s", s.Shard, s.LastError)
+			}
+		}
+		if total >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// latency puts records at a steady rate and measures put-to-handler time.
+func latency(ctx context.Context, cfg Config, dir string) (Scenario, error) {
+	db, err := pebbledb.Open(dir)
+	if err != nil {
+		return Scenario{}, err
+	}
+	defer db.Close()
+	if err := db.CreateStream("bench", cfg.Shards, 24*time.Hour); err != nil {
+		return Scenario{}, err
+	}
+	total := int(cfg.LatencyDuration.Seconds() * float64(cfg.LatencyRate))
+	var mu sync.Mutex
+	lat := make([]time.Duration, 0, total)
+	h := idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
+		sent := int64(binary.BigEndian.Uint64(r.Data))
+		d := time.Since(time.Unix(0, sent))
+		mu.Lock()
+		lat = append(lat, d)
+		mu.Unlock()
+		return nil
+	})
+	src, err := srcembedded.New(db, "bench")
+	if err != nil {
+		return Scenario{}, err
+	}
+	e := engine.New(stembedded.New(db), engine.WithLogger(discardLogger()))
+	if err := e.Add(engine.Mapping{Name: "latency", Stream: "bench", Source: src, Function: "probe", Invoker: gofunc.New(h),
+		BatchSize: cfg.BatchSize, StartingPosition: source.TrimHorizon}); err != nil {
+		return Scenario{}, err
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- e.Run(runCtx) }()
+
+	data := make([]byte, cfg.RecordSize)
+	interval := time.Second / time.Duration(cfg.LatencyRate)
+	next := time.Now()
+	for i := 0; i < total; i++ {
+		if d := time.Until(next); d > 0 {
+			time.Sleep(d)
+		}
+		next = next.Add(interval)
+		binary.BigEndian.PutUint64(data, uint64(time.Now().UnixNano()))
+		if _, err := db.Put(ctx, "bench", []pebbledb.PutRecord{{PartitionKey: "key-" + strconv.Itoa(i), Data: data}}); err != nil {
+			stop()
+			<-done
+			return Scenario{}, err
+		}
+	}
+	if err := waitResolved(ctx, e, uint64(total)); err != nil {
+		stop()
+		<-done
+		return Scenario{}, err
+	}
+	stop()
+	if err := <-done; err != nil {
+		return Scenario{}, err
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(lat)
+	pct := func(p float64) float64 {
+		i := int(math.Ceil(p*float64(len(lat)))) - 1
+		return round(float64(lat[max(i, 0)])/float64(time.Millisecond), 3)
+	}
+	return Scenario{Records: len(lat), Seconds: cfg.LatencyDuration.Seconds(), RecordsPerSec: float64(cfg.LatencyRate),
+		Durability: "sync", PeakRSSMB: peakRSSMB(), P50Ms: pct(0.50), P99Ms: pct(0.99)}, nil
+}
+
+// perRecordStore is the baseline: the idempotency store a Powertools-style
+// library keeps, one synced write to claim a record and one to complete it.
+type perRecordStore struct{ db *pebble.DB }
+
+func newPerRecordStore(dir string) (*perRecordStore, error) {
+	db, err := pebble.Open(dir, &pebble.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return &perRecordStore{db: db}, nil
+}
+
+func (p *perRecordStore) claim(key string) error {
+	return p.db.Set([]byte(key), []byte("INPROGRESS"), pebble.Sync)
+}
+
+func (p *perRecordStore) complete(key string) error {
+	return p.db.Set([]byte(key), []byte("COMPLETED"), pebble.Sync)
+}
+
+func (p *perRecordStore) close() { p.db.Close() }
+
+// peakRSSMB reads the process's peak resident set (VmHWM) on Linux; 0
+// elsewhere.
+func peakRSSMB() float64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			return round(kb/1024, 1)
+		}
+	}
+	return 0
+}
+
+func round(v float64, digits int) float64 {
+	p := math.Pow10(digits)
+	return math.Round(v*p) / p
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

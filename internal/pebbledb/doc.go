@@ -1,0 +1,74 @@
+// Package pebbledb is idem's embedded storage: the embedded streams and the
+// embedded store in one Pebble database, so that a batch's checkpoint,
+// completion marks, state and on-failure records commit in one atomic,
+// synced Pebble batch. Splitting them over two databases would reopen the
+// window exactly-once exists to close.
+//
+// # Delivery semantics
+//
+// Every Put and Commit is written with pebble.Sync: once it returns nil, a
+// crash (even kill -9 or power loss on a disk that honours fsync) loses
+// nothing of it. Concurrent writers share fsyncs through Pebble's group
+// commit: sequences are allocated under a short per-stream lock, the batch
+// is committed outside any lock, and a shard's records become visible to
+// readers only up to the highest sequence below which every allocation has
+// committed. A reader therefore never sees sequence N+1 before N.
+//
+// Sequences of a shard start at 1 and are contiguous, with one exception:
+// the numbers of a write that failed, or that a crash cut short while a
+// later write had already committed, may be skipped, leaving a gap where
+// records nobody was told about would have been. Readers must rely on
+// order, not contiguity.
+//
+// Retention deletes records older than the stream's retention whether or not
+// anyone read them; Read reports them in source.ReadResult.Lost.
+//
+// # Key encoding
+//
+// The format below is stable: a data directory written by one version of
+// idem is read by the next. Keys start with one byte naming the keyspace.
+// Strings are length-prefixed, str(x) = uvarint(len(x)) | x, so any bytes
+// may appear in a name without two keys ever colliding; integers in keys are
+// big-endian so that byte order is numeric order.
+//
+//	keyspace     key                                                value
+//	format       'f'                                                v
+//	stream meta  'm' | str(stream)                                  v | uvarint shards | varint retention ns
+//	record       's' | str(stream) | u16 shard | u64 seq (seq ≥ 1)  v | varint arrival ns | uvarint len(pk) | pk | data
+//	horizon      's' | str(stream) | u16 shard | u64 0              v | uvarint trimmed
+//	checkpoint   'c' | str(mapping) | str(stream) | str(shard)      v | uvarint seq, processed, skipped, discarded, lost
+//	progress     'p' | str(scope) | str(stream) | str(shard)        v | uvarint high | uvarint n | n × uvarint delta
+//	mark         'k' | 16-byte store.MarkKey                        v | varint expires ns
+//	expiry       'x' | u64 (expires ns XOR 1<<63) | 16-byte MarkKey (empty)
+//	state        'v' | str(namespace) | str(key)                    v | value bytes
+//
+// A record key is laid out so that one shard's records are one contiguous,
+// ordered key range:
+//
+//	+-----+------------------+----------------+-------------+
+//	| 's' | uvarint len|name | shard (2B, BE) | seq (8B, BE)|
+//	+-----+------------------+----------------+-------------+
+//
+// The horizon key sorts just before a shard's first record and holds
+// "trimmed", the highest sequence retention has deleted (absent means 0); the
+// lowest retained sequence is trimmed+1. Keeping it inside the shard's key
+// range lets a Read learn about deleted records from the same iterator,
+// hence the same snapshot, as the records themselves.
+//
+// Each mark has an expiry entry, ordered by expiry time (the sign bit is
+// flipped so that byte order is the order of signed nanoseconds), so that
+// purging expired marks reads only the expired ones. An entry can outlive a
+// renewal of its mark; the purge deletes a mark only if the mark itself has
+// expired.
+//
+// Progress stores Above as deltas: the first from HighWater, each next from
+// its predecessor, all at least 1.
+//
+// # Value versioning
+//
+// Every value starts with a version byte v, currently 1. A decoder refuses a
+// version it does not know rather than guess; a new version of a value gets a
+// new byte, and decoders keep reading the old ones. The 'f' key holds the
+// version of the layout as a whole; Open refuses a directory written by a
+// newer layout.
+package pebbledb

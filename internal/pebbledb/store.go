@@ -1,0 +1,279 @@
+package pebbledb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/store"
+)
+
+// FailurePartitionKey is the partition key of an on-failure metadata record
+// whose batch names no shard; otherwise the key is the batch's shard ID, so
+// that one source shard's failures stay in order in the destination.
+const FailurePartitionKey = "failure"
+
+// get returns a copy-free view of key's value to f, or found false.
+func (db *DB) get(key []byte, f func(v []byte) error) (found bool, err error) {
+	v, closer, err := db.pdb.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer closer.Close()
+	return true, f(v)
+}
+
+// Checkpoint returns the checkpoint of key, and false if there is none.
+//
+// Errors: ErrClosed, ctx.Err().
+func (db *DB) Checkpoint(ctx context.Context, key store.CheckpointKey) (store.Checkpoint, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Checkpoint{}, false, err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return store.Checkpoint{}, false, err
+	}
+	defer release()
+	var c store.Checkpoint
+	found, err := db.get(checkpointKey(key), func(v []byte) (err error) {
+		c, err = decodeCheckpoint(v)
+		return err
+	})
+	if err != nil {
+		return store.Checkpoint{}, false, fmt.Errorf("pebbledb: checkpoint of mapping %q stream %q shard %s: %w", key.Mapping, key.Stream, key.Shard, err)
+	}
+	return c, found, nil
+}
+
+// Progress returns a scope's completion progress over a shard, the zero
+// Progress if there is none.
+//
+// Errors: ErrClosed, ctx.Err().
+func (db *DB) Progress(ctx context.Context, key store.ProgressKey) (store.Progress, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Progress{}, err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return store.Progress{}, err
+	}
+	defer release()
+	var p store.Progress
+	_, err = db.get(progressKey(key), func(v []byte) (err error) {
+		p, err = decodeProgress(v)
+		return err
+	})
+	if err != nil {
+		return store.Progress{}, fmt.Errorf("pebbledb: progress of scope %q stream %q shard %s: %w", key.Scope, key.Stream, key.Shard, err)
+	}
+	return p, nil
+}
+
+// Completed sets done[i] to whether keys[i] holds a mark that expires after
+// now. Each key is one point lookup, which the bloom filters answer without
+// reading a block for most absent keys.
+//
+// Errors: ErrClosed, ctx.Err(), and an error if done and keys differ in
+// length.
+func (db *DB) Completed(ctx context.Context, keys []store.MarkKey, now time.Time, done []bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(done) != len(keys) {
+		return fmt.Errorf("pebbledb: completed: %d keys but %d results", len(keys), len(done))
+	}
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	t := now.UnixNano()
+	var kb [17]byte
+	for i, k := range keys {
+		var expires int64
+		found, err := db.get(markKey(&kb, k), func(v []byte) (err error) {
+			expires, err = decodeMark(v)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("pebbledb: mark %x: %w", k[:], err)
+		}
+		done[i] = found && expires > t
+	}
+	return nil
+}
+
+// State returns the committed value of key in namespace, a copy the caller
+// owns, or an error wrapping idem.ErrNotFound.
+//
+// Errors: idem.ErrNotFound, ErrClosed, ctx.Err().
+func (db *DB) State(ctx context.Context, namespace, key string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	var val []byte
+	found, err := db.get(stateKey(namespace, key), func(v []byte) error {
+		s, err := decodeState(v)
+		val = append(make([]byte, 0, len(s)), s...)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebbledb: state %q in namespace %q: %w", key, namespace, err)
+	}
+	if !found {
+		return nil, fmt.Errorf("pebbledb: state %q in namespace %q: %w", key, namespace, idem.ErrNotFound)
+	}
+	return val, nil
+}
+
+// DeleteCheckpoint removes a mapping's checkpoint, durably. Deleting a
+// missing checkpoint is not an error.
+//
+// Errors: ErrClosed, ctx.Err().
+func (db *DB) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := db.pdb.Delete(checkpointKey(key), pebble.Sync); err != nil {
+		return fmt.Errorf("pebbledb: delete checkpoint of mapping %q stream %q shard %s: %w", key.Mapping, key.Stream, key.Shard, err)
+	}
+	return nil
+}
+
+// Commit applies w in one Pebble batch committed with pebble.Sync: the
+// checkpoint, the progress, the marks, the state writes, and for each
+// failure its metadata record and then its records appended to the
+// destination stream. Either all of it survives a crash or none of it does.
+// Concurrent Commits (and Puts) share fsyncs. Commit does not keep w.
+//
+// A failure's metadata record has the batch's shard ID as partition key
+// (FailurePartitionKey when there is no record); each discarded record keeps
+// its partition key and data, except that a key Put would refuse (empty or
+// longer than MaxPartitionKeyBytes) is replaced by the metadata's. Put's
+// size limit does not apply: the records already passed a source's own, and
+// refusing them would stop the shard for good.
+//
+// Errors: ErrStreamNotFound for a missing destination (nothing is written),
+// ErrClosed, ctx.Err().
+func (db *DB) Commit(ctx context.Context, w *store.Write) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	cp := w.Checkpoint
+	wrap := func(err error) error {
+		return fmt.Errorf("pebbledb: commit for mapping %q stream %q shard %s: %w", cp.Mapping, cp.Stream, cp.Shard, err)
+	}
+	dests := make([]*stream, len(w.Failures))
+	for i := range w.Failures {
+		if dests[i], err = db.stream(w.Failures[i].Destination); err != nil {
+			return wrap(fmt.Errorf("on-failure destination: %w", err))
+		}
+	}
+
+	b := db.pdb.NewBatch()
+	defer b.Close()
+	var scratch [64]byte
+	if err := b.Set(checkpointKey(cp), appendCheckpoint(scratch[:0], w.NewCheckpoint), nil); err != nil {
+		return wrap(err)
+	}
+	if w.HasProgress {
+		v, err := appendProgress(nil, &w.Progress)
+		if err != nil {
+			return wrap(err)
+		}
+		if err := b.Set(progressKey(w.ProgressKey), v, nil); err != nil {
+			return wrap(err)
+		}
+	}
+	var kb [17]byte
+	var xb [expiryKeyLen]byte
+	for _, m := range w.Marks {
+		exp := m.Expires.UnixNano()
+		if err := b.Set(markKey(&kb, m.Key), appendMark(scratch[:0], exp), nil); err != nil {
+			return wrap(err)
+		}
+		if err := b.Set(expiryKey(&xb, exp, m.Key), nil, nil); err != nil {
+			return wrap(err)
+		}
+	}
+	for i := range w.State {
+		op := &w.State[i]
+		k := stateKey(op.Namespace, op.Key)
+		if op.Delete {
+			err = b.Delete(k, nil)
+		} else {
+			d := b.SetDeferred(len(k), 1+len(op.Value))
+			copy(d.Key, k)
+			appendState(d.Value[:0], op.Value)
+			err = d.Finish()
+		}
+		if err != nil {
+			return wrap(err)
+		}
+	}
+
+	var ps []*pending
+	defer func() {
+		for _, p := range ps {
+			p.finish()
+		}
+	}()
+	now := time.Now()
+	for i := range w.Failures {
+		recs := failureRecords(&w.Failures[i])
+		ps = append(ps, dests[i].append(b, recs, make([]PutResult, len(recs)), now))
+	}
+
+	if len(w.Marks) > 0 {
+		db.markMu.RLock()
+		defer db.markMu.RUnlock()
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return wrap(err)
+	}
+	return nil
+}
+
+// failureRecords lays out one failure as the records to append.
+func failureRecords(f *store.Failure) []PutRecord {
+	pk := FailurePartitionKey
+	if len(f.Records) > 0 {
+		if id := f.Records[0].ShardID; id != "" && len(id) <= MaxPartitionKeyBytes {
+			pk = id
+		}
+	}
+	recs := make([]PutRecord, 0, 1+len(f.Records))
+	recs = append(recs, PutRecord{PartitionKey: pk, Data: f.Metadata})
+	for i := range f.Records {
+		r := &f.Records[i]
+		k := r.PartitionKey
+		if len(k) < 1 || len(k) > MaxPartitionKeyBytes {
+			k = pk
+		}
+		recs = append(recs, PutRecord{PartitionKey: k, Data: r.Data})
+	}
+	return recs
+}

@@ -1,0 +1,188 @@
+package pebbledb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/idem-run/idem/store"
+)
+
+// markChunk is how many expired marks a sweep handles while it holds
+// markMu, which delays commits that write marks.
+const markChunk = 1024
+
+// sweeper runs Sweep every sweep interval until Close.
+func (db *DB) sweeper() {
+	defer db.wg.Done()
+	t := time.NewTicker(db.opts.sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-db.done:
+			return
+		case <-t.C:
+			err := db.Sweep(context.Background(), time.Now())
+			if err != nil && !errors.Is(err, ErrClosed) && db.opts.logger != nil {
+				db.opts.logger.Error("pebbledb: sweep failed; the next one retries", "err", err)
+			}
+		}
+	}
+}
+
+// Sweep does at once what the background sweeper does every sweep interval,
+// as of now: it deletes, in each shard, the records that arrived before now
+// minus the stream's retention, advancing the shard's lowest retained
+// sequence, and it deletes the completion marks expired at now, reading
+// only those. Expired marks are already treated as absent by Completed, so
+// purging them only reclaims space. Tests call Sweep to decide time themselves.
+//
+// Errors: ErrClosed, ctx.Err(), and Pebble's errors with the stream and
+// shard.
+func (db *DB) Sweep(ctx context.Context, now time.Time) error {
+	db.sweepMu.Lock()
+	defer db.sweepMu.Unlock()
+	db.streamsMu.RLock()
+	streams := make([]*stream, 0, len(db.streams))
+	for _, st := range db.streams {
+		streams = append(streams, st)
+	}
+	db.streamsMu.RUnlock()
+	for _, st := range streams {
+		cutoff := now.UnixNano() - st.retention.Load()
+		for _, sh := range st.shards {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := db.trim(ctx, sh, cutoff); err != nil {
+				return fmt.Errorf("pebbledb: retention of stream %q shard %s: %w", st.name, sh.id, err)
+			}
+		}
+	}
+	return db.purgeMarks(ctx, now.UnixNano())
+}
+
+// trim deletes the shard's visible records that arrived before cutoff.
+// Only Sweep, under sweepMu, changes a shard's horizon.
+func (db *DB) trim(ctx context.Context, sh *shard, cutoff int64) error {
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	trimmed, visible := sh.trimmed.Load(), sh.visible.Load()
+	if trimmed >= visible {
+		return nil
+	}
+	it, err := db.iter(ctx, sh, visible)
+	if err != nil {
+		return err
+	}
+	s, err := sh.firstAtOrAfter(it, trimmed+1, visible, cutoff)
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil || s-1 <= trimmed {
+		return err
+	}
+	b := db.pdb.NewBatch()
+	defer b.Close()
+	if err := b.DeleteRange(seqKey(sh.prefix, trimmed+1), seqKey(sh.prefix, s), nil); err != nil {
+		return err
+	}
+	if err := b.Set(sh.lower, encodeHorizon(s-1), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return err
+	}
+	sh.trimmed.Store(s - 1)
+	return nil
+}
+
+// purgeMarks deletes the marks expired at now, reading only their expiry
+// entries, a chunk at a time.
+func (db *DB) purgeMarks(ctx context.Context, now int64) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		more, err := db.purgeChunk(now)
+		if err != nil {
+			return fmt.Errorf("pebbledb: purging expired marks: %w", err)
+		}
+		if !more {
+			return nil
+		}
+	}
+}
+
+// purgeChunk handles up to markChunk expiry entries at or before now: it
+// deletes each entry, and its mark if the mark itself expired (a renewed
+// mark has a later entry and stays). It holds markMu exclusively, so no
+// Commit writing marks is in flight: what it reads is what it deletes. It
+// reports whether expired entries remain.
+func (db *DB) purgeChunk(now int64) (more bool, err error) {
+	release, err := db.enter()
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	db.markMu.Lock()
+	defer db.markMu.Unlock()
+	bound := expiryBound(now)
+	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixExpiry}, UpperBound: bound})
+	if err != nil {
+		return false, err
+	}
+	defer it.Close()
+	b := db.pdb.NewBatch()
+	defer b.Close()
+	var kb [17]byte
+	n := 0
+	valid := it.First()
+	for ; valid && n < markChunk; valid = it.Next() {
+		n++
+		k := it.Key()
+		if len(k) != expiryKeyLen {
+			return false, fmt.Errorf("%w: expiry key %x", errCorrupt, k)
+		}
+		var mk store.MarkKey
+		copy(mk[:], k[9:])
+		var expires int64
+		found, err := db.get(markKey(&kb, mk), func(v []byte) (err error) {
+			expires, err = decodeMark(v)
+			return err
+		})
+		if err != nil {
+			return false, fmt.Errorf("mark %x: %w", mk[:], err)
+		}
+		if found && expires <= now {
+			if err := b.Delete(markKey(&kb, mk), nil); err != nil {
+				return false, err
+			}
+		}
+	}
+	if err := it.Error(); err != nil {
+		return false, err
+	}
+	if n == 0 {
+		return false, nil
+	}
+	end := bound
+	if valid {
+		end = append([]byte(nil), it.Key()...)
+	}
+	if err := b.DeleteRange([]byte{prefixExpiry}, end, nil); err != nil {
+		return false, err
+	}
+	// Losing a purge to a crash only brings back expired marks, which
+	// Completed ignores: no need to wait for a sync.
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return false, err
+	}
+	return valid, nil
+}

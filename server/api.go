@@ -1,0 +1,230 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/engine"
+	"github.com/idem-run/idem/internal/pebbledb"
+)
+
+// The HTTP API's JSON shapes. They are what the CLI speaks; keep them
+// backward compatible.
+
+// PutRequest appends records to a stream.
+type PutRequest struct {
+	Records []PutRecord `json:"records"`
+}
+
+// PutRecord is one record to append. Data is text; DataBase64, when set,
+// carries binary data instead.
+type PutRecord struct {
+	PartitionKey string `json:"partitionKey"`
+	Data         string `json:"data,omitempty"`
+	DataBase64   []byte `json:"dataBase64,omitempty"`
+}
+
+// PutResponse says where each record landed, in request order.
+type PutResponse struct {
+	Records []PutResult `json:"records"`
+}
+
+// PutResult is one appended record's place.
+type PutResult struct {
+	ShardID        string `json:"shardId"`
+	SequenceNumber string `json:"sequenceNumber"`
+}
+
+// RecordJSON is a stored record as `idem records --json` prints it. Data is
+// the payload as text when it is UTF-8; otherwise DataBase64 carries it.
+type RecordJSON struct {
+	Stream                      string `json:"stream"`
+	ShardID                     string `json:"shardId"`
+	SequenceNumber              string `json:"sequenceNumber"`
+	PartitionKey                string `json:"partitionKey"`
+	ApproximateArrivalTimestamp string `json:"approximateArrivalTimestamp"`
+	Data                        string `json:"data,omitempty"`
+	DataBase64                  []byte `json:"dataBase64,omitempty"`
+}
+
+// RecordsResponse is one page of a stream's records.
+type RecordsResponse struct {
+	Records []RecordJSON `json:"records"`
+	// Next, when not empty, is the `after` to ask for the next page of the
+	// shard.
+	Next string `json:"next,omitempty"`
+}
+
+// StatusResponse is `idem status --json`.
+type StatusResponse struct {
+	Shards []engine.ShardStatus `json:"shards"`
+}
+
+// errorResponse is every error's body.
+type errorResponse struct {
+	Error string `json:"error"`
+}
+
+// maxRequestBytes bounds a request body: Lambda's 6 MB payload limit.
+const maxRequestBytes = 6 << 20
+
+func (s *Server) routes(reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/streams/{stream}/records", s.handlePut)
+	mux.HandleFunc("GET /v1/streams/{stream}/records", s.handleRecords)
+	mux.HandleFunc("GET /v1/streams", s.handleStreams)
+	mux.HandleFunc("GET /v1/status", s.handleStatus)
+	mux.HandleFunc("GET /v1/state/{scope}/{key}", s.handleState)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, errorResponse{Error: err.Error()})
+}
+
+func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
+	stream := r.PathValue("stream")
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body exceeds %d bytes", maxRequestBytes))
+			return
+		}
+		writeError(w, http.StatusBadRequest, fmt.Errorf("reading request: %w", err))
+		return
+	}
+	var req PutRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("request body: %w", err))
+		return
+	}
+	if len(req.Records) == 0 {
+		writeError(w, http.StatusBadRequest, errors.New("records: at least one record is required"))
+		return
+	}
+	recs := make([]pebbledb.PutRecord, len(req.Records))
+	for i, pr := range req.Records {
+		data := pr.DataBase64
+		if data == nil {
+			data = []byte(pr.Data)
+		}
+		recs[i] = pebbledb.PutRecord{PartitionKey: pr.PartitionKey, Data: data}
+	}
+	res, err := s.db.Put(r.Context(), stream, recs)
+	if err != nil {
+		code := http.StatusBadRequest
+		if errors.Is(err, pebbledb.ErrStreamNotFound) {
+			code = http.StatusNotFound
+		}
+		writeError(w, code, err)
+		return
+	}
+	out := PutResponse{Records: make([]PutResult, len(res))}
+	for i, pr := range res {
+		out.Records[i] = PutResult{ShardID: pr.Shard, SequenceNumber: idem.FormatSequence(pr.Sequence)}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
+	stream := r.PathValue("stream")
+	q := r.URL.Query()
+	shard := q.Get("shard")
+	if shard == "" {
+		writeError(w, http.StatusBadRequest, errors.New("shard: required"))
+		return
+	}
+	var after uint64
+	if a := q.Get("after"); a != "" {
+		v, err := strconv.ParseUint(a, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("after: %q is not a sequence number", a))
+			return
+		}
+		after = v
+	}
+	limit := 1000
+	if l := q.Get("limit"); l != "" {
+		v, err := strconv.Atoi(l)
+		if err != nil || v < 1 || v > 10000 {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("limit: %q is outside 1 to 10000", l))
+			return
+		}
+		limit = v
+	}
+	res, err := s.db.Read(r.Context(), stream, shard, after, limit, 64<<20)
+	if err != nil {
+		code := http.StatusBadRequest
+		if errors.Is(err, pebbledb.ErrStreamNotFound) {
+			code = http.StatusNotFound
+		}
+		writeError(w, code, err)
+		return
+	}
+	out := RecordsResponse{Records: make([]RecordJSON, len(res.Records))}
+	for i := range res.Records {
+		out.Records[i] = recordJSON(&res.Records[i])
+	}
+	if len(res.Records) == limit {
+		out.Next = strconv.FormatUint(res.Records[len(res.Records)-1].Sequence, 10)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func recordJSON(rec *idem.Record) RecordJSON {
+	j := RecordJSON{
+		Stream: rec.Stream, ShardID: rec.ShardID, SequenceNumber: rec.SequenceNumber(), PartitionKey: rec.PartitionKey,
+		ApproximateArrivalTimestamp: rec.ArrivalTime.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
+	}
+	if utf8.Valid(rec.Data) {
+		j.Data = string(rec.Data)
+	} else {
+		j.DataBase64 = append([]byte(nil), rec.Data...)
+	}
+	return j
+}
+
+func (s *Server) handleStreams(w http.ResponseWriter, r *http.Request) {
+	infos, err := s.db.Streams(r.Context())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, infos)
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, StatusResponse{Shards: s.engine.Status()})
+}
+
+func (s *Server) handleState(w http.ResponseWriter, r *http.Request) {
+	v, err := s.store.State(r.Context(), r.PathValue("scope"), r.PathValue("key"))
+	if errors.Is(err, idem.ErrNotFound) {
+		writeError(w, http.StatusNotFound, err)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(v)
+}

@@ -1,0 +1,238 @@
+// Package server wires a configuration into a running idem: the embedded
+// storage, the function drivers, the engine and the HTTP API. It is the only
+// package that knows which drivers exist.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/config"
+	"github.com/idem-run/idem/engine"
+	"github.com/idem-run/idem/function"
+	"github.com/idem-run/idem/function/gofunc"
+	"github.com/idem-run/idem/function/httpfn"
+	"github.com/idem-run/idem/internal/pebbledb"
+	"github.com/idem-run/idem/source"
+	srcembedded "github.com/idem-run/idem/source/embedded"
+	"github.com/idem-run/idem/store"
+	stembedded "github.com/idem-run/idem/store/embedded"
+)
+
+// Server is one running idem: storage, engine and HTTP API.
+type Server struct {
+	cfg      *config.File
+	log      *slog.Logger
+	handlers map[string]idem.Handler
+	db       *pebbledb.DB
+	store    store.Driver
+	engine   *engine.Engine
+	registry *prometheus.Registry
+	http     *http.Server
+	ln       net.Listener
+
+	closeOnce sync.Once
+}
+
+// Option configures a Server.
+type Option interface{ apply(*Server) }
+
+type optionFunc func(*Server)
+
+func (f optionFunc) apply(s *Server) { f(s) }
+
+// WithHandler registers the in-process Go function name. Every function of
+// the configuration without another kind must be registered.
+func WithHandler(name string, h idem.Handler) Option {
+	return optionFunc(func(s *Server) { s.handlers[name] = h })
+}
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return optionFunc(func(s *Server) { s.log = l }) }
+
+// New opens the data directory, creates the configured streams, and
+// validates the wiring of functions and mappings. It starts no goroutine
+// except the storage's retention worker; Run starts the rest. Close releases
+// what New opened.
+func New(cfg *config.File, opts ...Option) (*Server, error) {
+	s := &Server{cfg: cfg, log: slog.Default(), handlers: make(map[string]idem.Handler)}
+	for _, o := range opts {
+		o.apply(s)
+	}
+	db, err := pebbledb.Open(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("opening data directory %q: %w", cfg.DataDir, err)
+	}
+	s.db = db
+	if err := s.setup(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) setup() error {
+	cfg := s.cfg
+	for i, st := range cfg.Streams {
+		if err := s.db.CreateStream(st.Name, st.Shards, st.Retention.D()); err != nil {
+			return fmt.Errorf("streams[%d] %q: %w", i, st.Name, err)
+		}
+	}
+	s.store = stembedded.New(s.db)
+	s.registry = prometheus.NewRegistry()
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.engine = engine.New(s.store, engine.WithLogger(s.log), engine.WithRegisterer(s.registry))
+	s.registry.MustRegister(&statusCollector{e: s.engine})
+
+	fns := make(map[string]function.Driver)
+	var errs []error
+	for i, f := range cfg.Functions {
+		switch {
+		case f.HTTP != nil:
+			d, err := httpfn.New(f.HTTP.URL, httpfn.Timeout(f.Timeout.D()), httpfn.Name(f.Name))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("functions[%d].http: %w", i, err))
+				continue
+			}
+			fns[f.Name] = d
+		default:
+			h, ok := s.handlers[f.Name]
+			if !ok {
+				errs = append(errs, fmt.Errorf("functions[%d] %q: has no http kind and no Go handler is registered under that name (a program embedding idem registers it with server.WithHandler)", i, f.Name))
+				continue
+			}
+			fns[f.Name] = gofunc.New(h)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	timeouts := make(map[string]time.Duration)
+	for _, f := range cfg.Functions {
+		timeouts[f.Name] = f.Timeout.D()
+	}
+	for i, m := range cfg.Mappings {
+		if !m.Enabled {
+			continue
+		}
+		src, err := srcembedded.New(s.db, m.Source.Stream)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("mappings[%d].source: %w", i, err))
+			continue
+		}
+		em := engine.Mapping{
+			Name: m.Name, Stream: m.Source.Stream, Source: src,
+			Function: m.Function, Invoker: fns[m.Function], FunctionTimeout: timeouts[m.Function],
+			BatchSize:                  m.BatchSize,
+			MaximumBatchingWindow:      m.MaximumBatchingWindow.D(),
+			StartingPosition:           source.StartingPosition(m.StartingPosition),
+			BisectBatchOnFunctionError: m.BisectBatchOnFunctionError,
+			MaximumRecordAge:           m.MaximumRecordAge.D(),
+			ParallelizationFactor:      m.ParallelizationFactor,
+			ReportBatchItemFailures:    m.ReportBatchItemFailures(),
+			PermanentErrorTypes:        m.PermanentErrorTypes,
+			Scope:                      m.Idempotency.Scope,
+			KeyExpression:              m.Idempotency.Key,
+			MarkRetention:              m.Idempotency.Retention.D(),
+			RetryBaseDelay:             m.Retry.BaseDelay.D(),
+			RetryMaxDelay:              m.Retry.MaxDelay.D(),
+		}
+		em.StartingPositionTimestamp = m.StartingPositionTime()
+		em.RetryAttempts(m.MaximumRetryAttempts)
+		em.OnFailure = m.OnFailureStream()
+		if err := s.engine.Add(em); err != nil {
+			errs = append(errs, fmt.Errorf("mappings[%d]: %w", i, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run serves the HTTP API and runs the mappings until ctx is done, then
+// drains in-flight batches and stops the listener. It returns nil on a clean
+// shutdown.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	s.ln = ln
+	s.http = &http.Server{Handler: s.routes(s.registry), ReadHeaderTimeout: 10 * time.Second}
+	s.log.Info("idem serving", "listen", ln.Addr().String(), "dataDir", s.cfg.DataDir,
+		"streams", len(s.cfg.Streams), "mappings", len(s.cfg.Mappings))
+
+	httpErr := make(chan error, 1)
+	go func() { httpErr <- s.http.Serve(ln) }()
+
+	engineCtx, stopEngine := context.WithCancel(ctx)
+	defer stopEngine()
+	engineDone := make(chan error, 1)
+	go func() { engineDone <- s.engine.Run(engineCtx) }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-httpErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			runErr = fmt.Errorf("http: %w", err)
+		}
+	case err := <-engineDone:
+		runErr = err
+		engineDone <- err
+	}
+	stopEngine()
+	if err := <-engineDone; err != nil && runErr == nil {
+		runErr = err
+	}
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.http.Shutdown(shutCtx); err != nil && runErr == nil {
+		runErr = fmt.Errorf("http shutdown: %w", err)
+	}
+	return runErr
+}
+
+// Addr returns the address the API listens on, once Run has started.
+func (s *Server) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// Close releases the storage. Call it after Run has returned.
+func (s *Server) Close() error {
+	var err error
+	s.closeOnce.Do(func() { err = s.db.Close() })
+	return err
+}
+
+// statusCollector exports per-shard lag and iterator age from the engine's
+// status at scrape time.
+type statusCollector struct{ e *engine.Engine }
+
+var (
+	lagDesc         = prometheus.NewDesc("idem_shard_lag_records", "Records above the mapping's checkpoint.", []string{"mapping", "shard"}, nil)
+	iteratorAgeDesc = prometheus.NewDesc("idem_shard_iterator_age_seconds", "Age of the oldest unresolved record.", []string{"mapping", "shard"}, nil)
+)
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- lagDesc
+	ch <- iteratorAgeDesc
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range c.e.Status() {
+		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(st.LagRecords), st.Mapping, st.Shard)
+		ch <- prometheus.MustNewConstMetric(iteratorAgeDesc, prometheus.GaugeValue, float64(st.IteratorAgeMs)/1000, st.Mapping, st.Shard)
+	}
+}

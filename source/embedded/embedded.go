@@ -1,0 +1,68 @@
+// Package embedded is the source driver over idem's embedded streams, which
+// live in the same Pebble database as the embedded store.
+//
+// # Delivery semantics
+//
+// Records are read in shard order, each at least once; a record is visible
+// only once it and every record before it in its shard are durably
+// committed. Records that retention deleted before they were read are
+// reported in source.ReadResult.Lost.
+package embedded
+
+import (
+	"context"
+	"time"
+
+	"github.com/idem-run/idem/internal/pebbledb"
+	"github.com/idem-run/idem/source"
+)
+
+// Source is one embedded stream as a source.Driver. It holds no state of its
+// own: every method goes to the DB, so any number of Sources over one stream
+// agree.
+type Source struct {
+	db     *pebbledb.DB
+	stream string
+}
+
+var _ source.Driver = (*Source)(nil)
+
+// New returns the source over stream, which must have been created with
+// db.CreateStream; otherwise the error wraps source.ErrStreamNotFound.
+func New(db *pebbledb.DB, stream string) (*Source, error) {
+	if _, err := db.Shards(stream); err != nil {
+		return nil, err
+	}
+	return &Source{db: db, stream: stream}, nil
+}
+
+// Shards lists the stream's shard IDs, "shardId-000000000000" first.
+func (s *Source) Shards(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.db.Shards(s.stream)
+}
+
+// Start returns the position a mapping without a checkpoint starts from.
+func (s *Source) Start(ctx context.Context, shard string, pos source.StartingPosition, ts time.Time) (uint64, error) {
+	return s.db.Start(ctx, s.stream, shard, pos, ts)
+}
+
+// Read returns records of shard above after; their Data is a copy that stays
+// valid after later Reads.
+func (s *Source) Read(ctx context.Context, shard string, after uint64, limit, maxBytes int) (source.ReadResult, error) {
+	return s.db.Read(ctx, s.stream, shard, after, limit, maxBytes)
+}
+
+// Wait returns as soon as a record above after is visible, when ctx is done,
+// or after the DB's poll interval.
+func (s *Source) Wait(ctx context.Context, shard string, after uint64) error {
+	return s.db.Wait(ctx, s.stream, shard, after)
+}
+
+// Retention is the stream's current retention; 0 if the DB is closed.
+func (s *Source) Retention() time.Duration {
+	d, _ := s.db.Retention(s.stream)
+	return d
+}

@@ -1,0 +1,185 @@
+package embedded_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idem-run/idem/internal/pebbledb"
+	"github.com/idem-run/idem/source"
+	"github.com/idem-run/idem/source/embedded"
+	"github.com/idem-run/idem/source/sourcetest"
+)
+
+type harness struct {
+	db *pebbledb.DB
+	n  *atomic.Int64
+}
+
+func (h harness) MakeStream(ctx context.Context, t testing.TB, shards int) (source.Driver, sourcetest.Appender, error) {
+	name := fmt.Sprintf("stream-%d", h.n.Add(1))
+	if err := h.db.CreateStream(name, shards, 24*time.Hour); err != nil {
+		return nil, nil, err
+	}
+	src, err := embedded.New(h.db, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	app := func(ctx context.Context, key string, data []byte) (string, uint64, error) {
+		res, err := h.db.Put(ctx, name, []pebbledb.PutRecord{{PartitionKey: key, Data: data}})
+		if err != nil {
+			return "", 0, err
+		}
+		return res[0].Shard, res[0].Sequence, nil
+	}
+	return src, app, nil
+}
+
+func (harness) Features() sourcetest.Features { return sourcetest.Features{} }
+
+func openMem(t *testing.T, opts ...pebbledb.Option) *pebbledb.DB {
+	t.Helper()
+	db, err := pebbledb.Open("", append([]pebbledb.Option{pebbledb.InMemory()}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestConformance(t *testing.T) {
+	sourcetest.RunConformance(t, harness{db: openMem(t, pebbledb.WithPollInterval(200*time.Millisecond)), n: new(atomic.Int64)})
+}
+
+func TestNewUnknownStream(t *testing.T) {
+	if _, err := embedded.New(openMem(t), "nope"); !errors.Is(err, source.ErrStreamNotFound) {
+		t.Fatalf("New of a missing stream: %v, want source.ErrStreamNotFound", err)
+	}
+}
+
+func put(t *testing.T, db *pebbledb.DB, stream string, n int) []pebbledb.PutResult {
+	t.Helper()
+	recs := make([]pebbledb.PutRecord, n)
+	for i := range recs {
+		recs[i] = pebbledb.PutRecord{PartitionKey: "key", Data: fmt.Appendf(nil, "r%d", i)}
+	}
+	res, err := db.Put(context.Background(), stream, recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// TestRetentionReportsLost: records retention deleted before anyone read
+// them are reported, counted exactly, and the stream carries on after them,
+// also across a reopen.
+func TestRetentionReportsLost(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := pebbledb.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { db.Close() }()
+	const retention = time.Hour
+	if err := db.CreateStream("s", 1, retention); err != nil {
+		t.Fatal(err)
+	}
+	src, err := embedded.New(db, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src.Retention() != retention {
+		t.Fatalf("Retention = %s", src.Retention())
+	}
+	old := put(t, db, "s", 5)
+	time.Sleep(5 * time.Millisecond)
+	mid := time.Now()
+	time.Sleep(5 * time.Millisecond)
+	put(t, db, "s", 3)
+	shard := old[0].Shard
+
+	// A sweep an hour after mid deletes the five older records only.
+	if err := db.Sweep(ctx, mid.Add(retention)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := src.Read(ctx, shard, 0, 100, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Lost != 5 || len(res.Records) != 3 || res.Records[0].Sequence != 6 || res.Latest != 8 {
+		t.Fatalf("after trimming 5: lost %d, %d records from %v, latest %d; want 5 lost, records 6..8", res.Lost, len(res.Records), res.Records, res.Latest)
+	}
+	res, err = src.Read(ctx, shard, 2, 100, 1<<20)
+	if err != nil || res.Lost != 3 {
+		t.Fatalf("read after 2: lost %d, err %v; want 3", res.Lost, err)
+	}
+	res, err = src.Read(ctx, shard, 5, 100, 1<<20)
+	if err != nil || res.Lost != 0 || len(res.Records) != 3 {
+		t.Fatalf("read after 5: lost %d, %d records, err %v; want 0 lost, 3 records", res.Lost, len(res.Records), err)
+	}
+	if pos, err := src.Start(ctx, shard, source.TrimHorizon, time.Time{}); err != nil || pos != 5 {
+		t.Fatalf("TRIM_HORIZON = %d, %v; want 5", pos, err)
+	}
+	info, err := db.StreamInfo(ctx, "s")
+	if err != nil || info.Shards[0].LowestRetained != 6 || info.Shards[0].Latest != 8 {
+		t.Fatalf("StreamInfo = %+v, %v", info, err)
+	}
+
+	// A sweep far in the future deletes everything; sequences carry on
+	// after a reopen, and the loss is still reported.
+	if err := db.Sweep(ctx, time.Now().Add(2*retention)); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if db, err = pebbledb.Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	if src, err = embedded.New(db, "s"); err != nil {
+		t.Fatal(err)
+	}
+	res, err = src.Read(ctx, shard, 0, 100, 1<<20)
+	if err != nil || res.Lost != 8 || len(res.Records) != 0 || res.Latest != 8 {
+		t.Fatalf("after trimming all and reopening: %+v, %v; want 8 lost, latest 8", res, err)
+	}
+	if got := put(t, db, "s", 1)[0].Sequence; got != 9 {
+		t.Fatalf("next sequence after trimming all = %d, want 9", got)
+	}
+	res, err = src.Read(ctx, shard, 0, 100, 1<<20)
+	if err != nil || res.Lost != 8 || len(res.Records) != 1 || res.Records[0].Sequence != 9 {
+		t.Fatalf("after trimming all and putting one: %+v, %v", res, err)
+	}
+}
+
+// TestBackgroundRetention: the sweeper goroutine enforces a short retention
+// on its own.
+func TestBackgroundRetention(t *testing.T) {
+	db := openMem(t, pebbledb.WithSweepInterval(5*time.Millisecond))
+	if err := db.CreateStream("s", 1, 20*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	src, err := embedded.New(db, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := put(t, db, "s", 4)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := src.Read(context.Background(), res[0].Shard, 0, 10, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Lost == 4 && len(r.Records) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s: %+v, want 4 lost", r)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

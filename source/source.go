@@ -1,0 +1,81 @@
+// Package source defines what the engine needs from a stream: shards, ordered
+// reads from a position, and a way to wait for new records.
+//
+// # Delivery semantics
+//
+// A source delivers each record at least once, in shard order. Checkpoints
+// do not live in the source: the engine keeps them in its store, so that the
+// checkpoint, the completion marks and the state of a batch commit in one
+// atomic write. A record that retention removed before it was read is never
+// lost silently: Read reports it in ReadResult.Lost, and the engine counts
+// and logs it.
+package source
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/idem-run/idem"
+)
+
+// StartingPosition says where a mapping with no checkpoint starts reading.
+type StartingPosition string
+
+// The starting positions of AWS Lambda event source mappings.
+const (
+	// TrimHorizon starts at the oldest retained record.
+	TrimHorizon StartingPosition = "TRIM_HORIZON"
+	// Latest starts after the newest record at the time the mapping starts.
+	Latest StartingPosition = "LATEST"
+	// AtTimestamp starts at the first record that arrived at or after a time.
+	AtTimestamp StartingPosition = "AT_TIMESTAMP"
+)
+
+// ErrStreamNotFound is returned by Driver methods for a stream that does not
+// exist.
+var ErrStreamNotFound = errors.New("source: stream not found")
+
+// ErrShardNotFound is returned by Driver methods for a shard that does not
+// exist.
+var ErrShardNotFound = errors.New("source: shard not found")
+
+// ReadResult is one read of a shard.
+type ReadResult struct {
+	// Records are in order; their Sequence is above the read's position.
+	Records []idem.Record
+	// Lost counts records between the read's position and the first record
+	// returned that retention removed before anyone read them.
+	Lost uint64
+	// Latest is the sequence of the newest record of the shard when it was
+	// read, for lag; 0 for an empty shard.
+	Latest uint64
+}
+
+// Driver is one stream as the engine reads it. Implementations must be safe
+// for concurrent use by one goroutine per shard. Drivers make one attempt:
+// they never retry, sleep or log; the engine does.
+type Driver interface {
+	// Shards lists the stream's shard IDs, in a stable order.
+	Shards(ctx context.Context) ([]string, error)
+
+	// Start returns the position at which a mapping without a checkpoint
+	// starts: reading returns records whose Sequence is above it. ts is used
+	// only with AtTimestamp.
+	Start(ctx context.Context, shard string, pos StartingPosition, ts time.Time) (uint64, error)
+
+	// Read returns up to limit records of shard whose Sequence is above after,
+	// and stops early before exceeding maxBytes of Data (but returns at least
+	// one record when there is one). The records' Data may be reused by the
+	// driver after the next Read of the same shard.
+	Read(ctx context.Context, shard string, after uint64, limit, maxBytes int) (ReadResult, error)
+
+	// Wait blocks until shard may hold a record above after, ctx is done, or
+	// an implementation-defined poll interval passes. It may return early;
+	// callers read again to find out.
+	Wait(ctx context.Context, shard string, after uint64) error
+
+	// Retention is how long the stream keeps records: completion marks must
+	// outlive it, or a replay of retained records could run one twice.
+	Retention() time.Duration
+}

@@ -1,0 +1,440 @@
+// Package sourcetest is the conformance suite every source.Driver passes:
+// order within a shard, exact resume, starting positions, waiting, limits,
+// large records. A driver's test is one line:
+//
+//	func TestConformance(t *testing.T) { sourcetest.RunConformance(t, harness{}) }
+//
+// The suite assumes only what source.Driver promises: sequences strictly
+// increase within a shard, but need not start at 1 nor be contiguous (they
+// are at least 1, so that a read after 0 can return the first record), so
+// Kafka offsets plus one, Kinesis sequence numbers or Redis stream IDs
+// mapped to uint64 all pass.
+package sourcetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/idem-run/idem/source"
+)
+
+// Appender appends one record to the stream a Harness made and returns
+// where it landed. Once it returns, the record is readable.
+type Appender func(ctx context.Context, partitionKey string, data []byte) (shard string, seq uint64, err error)
+
+// Features says what a driver can do, so that the suite asks no more.
+type Features struct {
+	// MaxRecordBytes is the largest Data the driver round-trips. Default
+	// (0): 1 MiB, Kinesis' limit.
+	MaxRecordBytes int
+	// TimestampPrecision is the granularity of arrival times (and the clock
+	// skew to the appender), for AT_TIMESTAMP. Default (0): 1ms.
+	TimestampPrecision time.Duration
+}
+
+// Harness makes streams for the suite.
+type Harness interface {
+	// MakeStream creates a new, empty stream with shards shards, unique to
+	// the calling test, and returns a driver over it and a way to append
+	// to it. The harness cleans it up with t.Cleanup.
+	MakeStream(ctx context.Context, t testing.TB, shards int) (source.Driver, Appender, error)
+	// Features describes the driver.
+	Features() Features
+}
+
+// RunConformance runs the suite's tests as parallel subtests of t.
+func RunConformance(t *testing.T, h Harness) {
+	f := h.Features()
+	if f.MaxRecordBytes == 0 {
+		f.MaxRecordBytes = 1 << 20
+	}
+	if f.TimestampPrecision == 0 {
+		f.TimestampPrecision = time.Millisecond
+	}
+	tests := []struct {
+		name string
+		run  func(*testing.T, Harness, Features)
+	}{
+		{"Shards", testShards},
+		{"ShardOrder", testShardOrder},
+		{"ExactResume", testExactResume},
+		{"TrimHorizon", testTrimHorizon},
+		{"Latest", testLatest},
+		{"AtTimestamp", testAtTimestamp},
+		{"EmptyShard", testEmptyShard},
+		{"WaitWakes", testWaitWakes},
+		{"LargeRecord", testLargeRecord},
+		{"LimitAndMaxBytes", testLimitAndMaxBytes},
+		{"UnknownShard", testUnknownShard},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.run(t, h, f)
+		})
+	}
+}
+
+// appended is what an Appender reported.
+type appended struct {
+	shard string
+	seq   uint64
+	key   string
+	data  []byte
+}
+
+type fixture struct {
+	t   *testing.T
+	ctx context.Context
+	d   source.Driver
+	app Appender
+}
+
+func newFixture(t *testing.T, h Harness, shards int) *fixture {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	d, app, err := h.MakeStream(ctx, t, shards)
+	if err != nil {
+		t.Fatalf("MakeStream(%d): %v", shards, err)
+	}
+	return &fixture{t: t, ctx: ctx, d: d, app: app}
+}
+
+func (f *fixture) append(key string, data []byte) appended {
+	f.t.Helper()
+	shard, seq, err := f.app(f.ctx, key, data)
+	if err != nil {
+		f.t.Fatalf("append key %q: %v", key, err)
+	}
+	return appended{shard: shard, seq: seq, key: key, data: data}
+}
+
+// appendN appends n records with keys cycling over keys, data "rec-i".
+func (f *fixture) appendN(n int, keys ...string) []appended {
+	f.t.Helper()
+	out := make([]appended, n)
+	for i := range out {
+		out[i] = f.append(keys[i%len(keys)], fmt.Appendf(nil, "rec-%d", i))
+	}
+	return out
+}
+
+func (f *fixture) shards() []string {
+	f.t.Helper()
+	ids, err := f.d.Shards(f.ctx)
+	if err != nil {
+		f.t.Fatalf("Shards: %v", err)
+	}
+	return ids
+}
+
+func (f *fixture) start(shard string, pos source.StartingPosition, ts time.Time) uint64 {
+	f.t.Helper()
+	s, err := f.d.Start(f.ctx, shard, pos, ts)
+	if err != nil {
+		f.t.Fatalf("Start(%s, %s): %v", shard, pos, err)
+	}
+	return s
+}
+
+func (f *fixture) read(shard string, after uint64, limit, maxBytes int) source.ReadResult {
+	f.t.Helper()
+	res, err := f.d.Read(f.ctx, shard, after, limit, maxBytes)
+	if err != nil {
+		f.t.Fatalf("Read(%s, after %d): %v", shard, after, err)
+	}
+	return res
+}
+
+// readAll reads shard after after until a read returns nothing, in pages of
+// limit, copying the data.
+func (f *fixture) readAll(shard string, after uint64, limit int) []appended {
+	f.t.Helper()
+	var out []appended
+	for {
+		res := f.read(shard, after, limit, 1<<30)
+		if len(res.Records) == 0 {
+			return out
+		}
+		if len(res.Records) > limit {
+			f.t.Fatalf("Read(%s, after %d, limit %d) returned %d records", shard, after, limit, len(res.Records))
+		}
+		for _, r := range res.Records {
+			if r.Sequence <= after {
+				f.t.Fatalf("Read(%s) after %d returned sequence %d", shard, after, r.Sequence)
+			}
+			if r.ShardID != shard {
+				f.t.Fatalf("Read(%s) returned a record of shard %q", shard, r.ShardID)
+			}
+			after = r.Sequence
+			out = append(out, appended{shard: r.ShardID, seq: r.Sequence, key: r.PartitionKey, data: bytes.Clone(r.Data)})
+		}
+	}
+}
+
+// byShard groups appended records by shard, in append order.
+func byShard(recs []appended) map[string][]appended {
+	m := make(map[string][]appended)
+	for _, r := range recs {
+		m[r.shard] = append(m[r.shard], r)
+	}
+	return m
+}
+
+func sameRecords(t *testing.T, what string, got, want []appended) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d records, want %d", what, len(got), len(want))
+	}
+	for i := range want {
+		g, w := got[i], want[i]
+		if g.seq != w.seq || g.key != w.key || !bytes.Equal(g.data, w.data) {
+			t.Fatalf("%s: record %d = seq %d key %q data %.40q, want seq %d key %q data %.40q", what, i, g.seq, g.key, g.data, w.seq, w.key, w.data)
+		}
+	}
+}
+
+func testShards(t *testing.T, h Harness, _ Features) {
+	f := newFixture(t, h, 3)
+	ids := f.shards()
+	if len(ids) != 3 {
+		t.Fatalf("Shards = %q, want 3", ids)
+	}
+	seen := map[string]bool{}
+	for _, id := range ids {
+		if seen[id] {
+			t.Fatalf("Shards = %q: %q twice", ids, id)
+		}
+		seen[id] = true
+	}
+	if again := f.shards(); fmt.Sprint(again) != fmt.Sprint(ids) {
+		t.Fatalf("Shards changed order: %q then %q", ids, again)
+	}
+	for _, r := range f.appendN(30, "a", "b", "c", "d", "e", "f", "g") {
+		if !seen[r.shard] {
+			t.Fatalf("append landed in shard %q, not one of %q", r.shard, ids)
+		}
+	}
+	if f.d.Retention() <= 0 {
+		t.Fatalf("Retention = %s, want positive", f.d.Retention())
+	}
+}
+
+func testShardOrder(t *testing.T, h Harness, _ Features) {
+	f := newFixture(t, h, 3)
+	recs := f.appendN(200, "k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9")
+	keyShard := map[string]string{}
+	for _, r := range recs {
+		if s, ok := keyShard[r.key]; ok && s != r.shard {
+			t.Fatalf("key %q landed in shards %q and %q", r.key, s, r.shard)
+		}
+		keyShard[r.key] = r.shard
+	}
+	groups := byShard(recs)
+	total := 0
+	for _, shard := range f.shards() {
+		want := groups[shard]
+		for i := 1; i < len(want); i++ {
+			if want[i].seq <= want[i-1].seq {
+				t.Fatalf("shard %s: append returned sequence %d after %d", shard, want[i].seq, want[i-1].seq)
+			}
+		}
+		got := f.readAll(shard, f.start(shard, source.TrimHorizon, time.Time{}), 1000)
+		sameRecords(t, "shard "+shard, got, want)
+		total += len(got)
+		if len(want) > 0 {
+			if l := f.read(shard, 0, 1, 1<<20).Latest; l != want[len(want)-1].seq {
+				t.Fatalf("shard %s: Latest = %d, want %d", shard, l, want[len(want)-1].seq)
+			}
+		}
+	}
+	if total != len(recs) {
+		t.Fatalf("read %d records, appended %d", total, len(recs))
+	}
+}
+
+func testExactResume(t *testing.T, h Harness, _ Features) {
+	f := newFixture(t, h, 1)
+	recs := f.appendN(23, "key")
+	shard := recs[0].shard
+	// Resume from every position: exactly the records after it.
+	for i := range recs {
+		got := f.readAll(shard, recs[i].seq, 5)
+		sameRecords(t, fmt.Sprintf("after record %d", i), got, recs[i+1:])
+	}
+	// Pages of 5 from the start cover every record once.
+	sameRecords(t, "pages of 5", f.readAll(shard, f.start(shard, source.TrimHorizon, time.Time{}), 5), recs)
+}
+
+func testTrimHorizon(t *testing.T, h Harness, _ Features) {
+	f := newFixture(t, h, 1)
+	shard := f.shards()[0]
+	before := f.start(shard, source.TrimHorizon, time.Time{})
+	recs := f.appendN(5, "key")
+	if after := f.start(shard, source.TrimHorizon, time.Time{}); after != before {
+		t.Fatalf("TRIM_HORIZON moved from %d to %d when records were appended", before, after)
+	}
+	sameRecords(t, "from TRIM_HORIZON", f.readAll(shard, before, 100), recs)
+}
+
+func testLatest(t *testing.T, h Harness, _ Features) {
+	f := newFixture(t, h, 1)
+	shard := f.shards()[0]
+	if res := f.read(shard, f.start(shard, source.Latest, time.Time{}), 10, 1<<20); len(res.Records) != 0 {
+		t.Fatalf("LATEST on an empty shard read %d records", len(res.Records))
+	}
+	old := f.appendN(3, "key")
+	pos := f.start(shard, source.Latest, time.Time{})
+	if res := f.read(shard, pos, 10, 1<<20); len(res.Records) != 0 {
+		t.Fatalf("LATEST read %d old records", len(res.Records))
+	}
+	if pos < old[2].seq {
+		t.Fatalf("LATEST = %d, below the newest record %d", pos, old[2].seq)
+	}
+	fresh := f.append("key", []byte("fresh"))
+	sameRecords(t, "after LATEST", f.readAll(shard, pos, 10), []appended{fresh})
+}
+
+func testAtTimestamp(t *testing.T, h Harness, feat Features) {
+	f := newFixture(t, h, 1)
+	shard := f.shards()[0]
+	gap := 2*feat.TimestampPrecision + 5*time.Millisecond
+	t0 := time.Now().Add(-gap)
+	time.Sleep(gap)
+	early := f.appendN(4, "key")
+	time.Sleep(gap)
+	ts := time.Now()
+	time.Sleep(gap)
+	late := f.appendN(3, "key")
+	time.Sleep(gap)
+	t1 := time.Now()
+
+	sameRecords(t, "AT_TIMESTAMP between", f.readAll(shard, f.start(shard, source.AtTimestamp, ts), 100), late)
+	sameRecords(t, "AT_TIMESTAMP before all", f.readAll(shard, f.start(shard, source.AtTimestamp, t0), 100), append(early, late...))
+	if got := f.readAll(shard, f.start(shard, source.AtTimestamp, t1), 100); len(got) != 0 {
+		t.Fatalf("AT_TIMESTAMP after every record read %d records", len(got))
+	}
+	for _, r := range f.read(shard, 0, 100, 1<<20).Records {
+		if r.ArrivalTime.IsZero() {
+			t.Fatalf("record %d has no arrival time", r.Sequence)
+		}
+	}
+}
+
+func testEmptyShard(t *testing.T, h Harness, _ Features) {
+	f := newFixture(t, h, 1)
+	shard := f.shards()[0]
+	res := f.read(shard, f.start(shard, source.TrimHorizon, time.Time{}), 10, 1<<20)
+	if len(res.Records) != 0 || res.Lost != 0 {
+		t.Fatalf("empty shard: %d records, %d lost", len(res.Records), res.Lost)
+	}
+	ctx, cancel := context.WithCancel(f.ctx)
+	time.AfterFunc(20*time.Millisecond, cancel)
+	start := time.Now()
+	err := f.d.Wait(ctx, shard, res.Latest)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait on a cancelled context: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Wait took %s to notice its context was cancelled", d)
+	}
+	// A done context returns at once.
+	if err := f.d.Wait(ctx, shard, res.Latest); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait on a done context: %v", err)
+	}
+}
+
+func testWaitWakes(t *testing.T, h Harness, _ Features) {
+	f := newFixture(t, h, 1)
+	shard := f.shards()[0]
+	latest := f.start(shard, source.Latest, time.Time{})
+	woke := make(chan error, 1)
+	go func() {
+		// Waits may return early (a poll interval); wait until a read finds
+		// the record or 10s pass.
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if err := f.d.Wait(f.ctx, shard, latest); err != nil {
+				woke <- err
+				return
+			}
+			res, err := f.d.Read(f.ctx, shard, latest, 10, 1<<20)
+			if err != nil || len(res.Records) > 0 {
+				woke <- err
+				return
+			}
+		}
+		woke <- errors.New("no record seen within 10s")
+	}()
+	time.Sleep(10 * time.Millisecond)
+	f.append("key", []byte("wake up"))
+	if err := <-woke; err != nil {
+		t.Fatal(err)
+	}
+	// A Wait for a position below the newest record returns at once.
+	start := time.Now()
+	if err := f.d.Wait(f.ctx, shard, latest); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Wait below the newest record took %s", d)
+	}
+}
+
+func testLargeRecord(t *testing.T, h Harness, feat Features) {
+	f := newFixture(t, h, 1)
+	big := make([]byte, feat.MaxRecordBytes)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	r := f.append("big", big)
+	small := f.append("big", []byte("small"))
+	got := f.readAll(r.shard, r.seq-1, 10)
+	if len(got) < 1 || !bytes.Equal(got[0].data, big) {
+		t.Fatalf("the %d-byte record did not round-trip", len(big))
+	}
+	sameRecords(t, "large then small", got, []appended{r, small})
+}
+
+func testLimitAndMaxBytes(t *testing.T, h Harness, _ Features) {
+	f := newFixture(t, h, 1)
+	recs := make([]appended, 10)
+	for i := range recs {
+		recs[i] = f.append("key", bytes.Repeat([]byte{byte('a' + i)}, 100))
+	}
+	shard, from := recs[0].shard, recs[0].seq-1
+	check := func(limit, maxBytes, want int) {
+		t.Helper()
+		res := f.read(shard, from, limit, maxBytes)
+		if len(res.Records) != want {
+			t.Fatalf("Read(limit %d, maxBytes %d) returned %d records, want %d", limit, maxBytes, len(res.Records), want)
+		}
+		for i, r := range res.Records {
+			if r.Sequence != recs[i].seq || !bytes.Equal(r.Data, recs[i].data) {
+				t.Fatalf("Read(limit %d, maxBytes %d): record %d is sequence %d, want %d", limit, maxBytes, i, r.Sequence, recs[i].seq)
+			}
+		}
+	}
+	check(3, 1<<20, 3)
+	check(100, 1<<20, 10)
+	check(100, 250, 2)
+	check(100, 300, 3)
+	check(100, 50, 1) // at least one record
+	check(1, 50, 1)
+}
+
+func testUnknownShard(t *testing.T, h Harness, _ Features) {
+	f := newFixture(t, h, 1)
+	_, err := f.d.Read(f.ctx, "no-such-shard", 0, 10, 1<<20)
+	if !errors.Is(err, source.ErrShardNotFound) {
+		t.Fatalf("Read of an unknown shard: %v, want source.ErrShardNotFound", err)
+	}
+	if _, err := f.d.Start(f.ctx, "no-such-shard", source.TrimHorizon, time.Time{}); !errors.Is(err, source.ErrShardNotFound) {
+		t.Fatalf("Start of an unknown shard: %v, want source.ErrShardNotFound", err)
+	}
+}

@@ -1,0 +1,63 @@
+// Package embedded is the store driver over idem's embedded Pebble
+// database, the one that also holds the embedded streams: a batch's
+// checkpoint, marks, state and on-failure records commit in one synced
+// Pebble batch.
+//
+// # Atomicity and durability
+//
+// Commit writes everything with pebble.Sync: once it returns nil, nothing
+// of the Write is lost to a crash; if it fails, none of it is applied.
+// Concurrent Commits share fsyncs through Pebble's group commit.
+package embedded
+
+import (
+	"context"
+	"time"
+
+	"github.com/idem-run/idem/internal/pebbledb"
+	"github.com/idem-run/idem/store"
+)
+
+// Store is the embedded store.Driver. Closing the DB closes it: its methods
+// then return store.ErrClosed.
+type Store struct {
+	db *pebbledb.DB
+}
+
+var _ store.Driver = (*Store)(nil)
+
+// New returns the store over db.
+func New(db *pebbledb.DB) *Store { return &Store{db: db} }
+
+// Checkpoint returns the checkpoint of key, and false if there is none.
+func (s *Store) Checkpoint(ctx context.Context, key store.CheckpointKey) (store.Checkpoint, bool, error) {
+	return s.db.Checkpoint(ctx, key)
+}
+
+// Progress returns a scope's completion progress over a shard.
+func (s *Store) Progress(ctx context.Context, key store.ProgressKey) (store.Progress, error) {
+	return s.db.Progress(ctx, key)
+}
+
+// Completed reports which keys hold a mark unexpired at now.
+func (s *Store) Completed(ctx context.Context, keys []store.MarkKey, now time.Time, done []bool) error {
+	return s.db.Completed(ctx, keys, now, done)
+}
+
+// State returns the committed value of key in namespace, or an error
+// wrapping idem.ErrNotFound.
+func (s *Store) State(ctx context.Context, namespace, key string) ([]byte, error) {
+	return s.db.State(ctx, namespace, key)
+}
+
+// Commit applies w atomically and durably; on-failure destinations must be
+// embedded streams of the same DB (otherwise the error wraps
+// source.ErrStreamNotFound and nothing is written).
+func (s *Store) Commit(ctx context.Context, w *store.Write) error {
+	return s.db.Commit(ctx, w)
+}
+
+// DeleteCheckpoint removes a mapping's checkpoint.
+func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) error {
+	return s.db.DeleteCheckpoint(ctx, key)
+}

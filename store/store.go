@@ -1,0 +1,173 @@
+// Package store defines where the engine keeps what must survive a crash:
+// checkpoints, completion marks, state and on-failure records.
+//
+// # Atomicity
+//
+// Everything one batch changes travels in one Write, and Driver.Commit
+// applies a Write atomically and durably: after a crash either all of it is
+// visible or none of it. That single rule is what makes idem's effects
+// exactly-once; a driver that cannot keep it must not exist.
+//
+// # Encodings
+//
+// Mark keys are 128-bit hashes of (scope, idempotency key), so a lookup costs
+// the same whatever the key's length. Sequences are the source's uint64
+// sequence numbers.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/idem-run/idem"
+)
+
+// ErrClosed is returned by Driver methods called after Close.
+var ErrClosed = errors.New("store: closed")
+
+// CheckpointKey names one mapping's position in one shard.
+type CheckpointKey struct {
+	Mapping string
+	Stream  string
+	Shard   string
+}
+
+// Checkpoint is a mapping's durable position in a shard, with counters that
+// commit with it so that they survive restarts.
+type Checkpoint struct {
+	// Sequence: every record at or below it has left the shard for this
+	// mapping (succeeded, skipped as completed, or discarded).
+	Sequence uint64
+	// Processed counts records whose function succeeded.
+	Processed uint64
+	// Skipped counts records not delivered because their idempotency key
+	// was already COMPLETED in the scope.
+	Skipped uint64
+	// Discarded counts records sent to the on-failure destination.
+	Discarded uint64
+	// Lost counts records retention removed before they were read.
+	Lost uint64
+}
+
+// ProgressKey names the completion progress of one idempotency scope over
+// one shard.
+type ProgressKey struct {
+	Scope  string
+	Stream string
+	Shard  string
+}
+
+// Progress is how the default idempotency key (stream/shard/sequence) is
+// recorded: not one mark per record but a high-water mark plus the few
+// sequences above it completed out of order (under parallelization). It is
+// one small value per batch, and a replay in the same scope is skipped by
+// comparing numbers.
+type Progress struct {
+	// HighWater: every sequence at or below it is resolved in the scope:
+	// completed, or discarded to the on-failure destination.
+	HighWater uint64
+	// Above lists, sorted ascending, sequences above HighWater that are
+	// completed.
+	Above []uint64
+}
+
+// Done reports whether seq is resolved in p.
+func (p *Progress) Done(seq uint64) bool {
+	if seq <= p.HighWater {
+		return true
+	}
+	lo, hi := 0, len(p.Above)
+	for lo < hi {
+		m := (lo + hi) / 2
+		switch {
+		case p.Above[m] == seq:
+			return true
+		case p.Above[m] < seq:
+			lo = m + 1
+		default:
+			hi = m
+		}
+	}
+	return false
+}
+
+// MarkKey is the 128-bit hash of (scope, idempotency key).
+type MarkKey [16]byte
+
+// Mark records that an idempotency key is COMPLETED until Expires.
+type Mark struct {
+	Key     MarkKey
+	Expires time.Time
+}
+
+// StateOp is one state write; Delete removes Key and ignores Value.
+type StateOp struct {
+	Namespace string
+	Key       string
+	Value     []byte
+	Delete    bool
+}
+
+// Failure is one discarded batch bound for an on-failure destination: the
+// metadata record Lambda writes, and (idem's addition) the records
+// themselves so that they can be redriven.
+type Failure struct {
+	// Destination is the name of the on-failure stream.
+	Destination string
+	// Metadata is the JSON on-failure record.
+	Metadata []byte
+	// Records are the discarded records, in order.
+	Records []idem.Record
+}
+
+// Write is everything one batch changes. Commit applies it atomically.
+type Write struct {
+	Checkpoint    CheckpointKey
+	NewCheckpoint Checkpoint
+
+	// Progress, when HasProgress, replaces the scope's progress.
+	HasProgress bool
+	ProgressKey ProgressKey
+	Progress    Progress
+
+	// Marks are added to MarkScope (idempotency keys from the payload).
+	Marks []Mark
+
+	State    []StateOp
+	Failures []Failure
+}
+
+// Reset clears a Write for reuse without giving up its buffers.
+func (w *Write) Reset() {
+	*w = Write{Marks: w.Marks[:0], State: w.State[:0], Failures: w.Failures[:0], Progress: Progress{Above: w.Progress.Above[:0]}}
+}
+
+// Driver is a store as the engine uses it. Implementations are safe for
+// concurrent use; concurrent Commits must share durable syncs (group commit)
+// rather than queue behind each other. Drivers make one attempt and never
+// retry, sleep or log.
+type Driver interface {
+	// Checkpoint returns the checkpoint of key, and false if there is none.
+	Checkpoint(ctx context.Context, key CheckpointKey) (Checkpoint, bool, error)
+
+	// Progress returns a scope's completion progress over a shard; the zero
+	// Progress if there is none.
+	Progress(ctx context.Context, key ProgressKey) (Progress, error)
+
+	// Completed reports, for each key, whether it holds a mark that has not
+	// expired at now. Expiry is decided here from timestamps, never by
+	// waiting for a background delete. done has the length of keys.
+	Completed(ctx context.Context, keys []MarkKey, now time.Time, done []bool) error
+
+	// State returns the committed value of key in namespace, or
+	// idem.ErrNotFound.
+	State(ctx context.Context, namespace, key string) ([]byte, error)
+
+	// Commit applies w atomically and durably.
+	Commit(ctx context.Context, w *Write) error
+
+	// DeleteCheckpoint removes a mapping's checkpoint (an explicit reset, the
+	// only way a checkpoint moves backwards).
+	DeleteCheckpoint(ctx context.Context, key CheckpointKey) error
+}
