@@ -23,7 +23,7 @@ package idem
 import (
 	"context"
 	"errors"
-	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -38,7 +38,7 @@ type Record struct {
 	// ShardID names the shard, as Kinesis does: "shardId-000000000000".
 	ShardID string
 	// Sequence orders records within a shard; it strictly increases.
-	Sequence uint64
+	Sequence Sequence
 	// PartitionKey chose the shard and orders records of one key.
 	PartitionKey string
 	// Data is the record's payload. Handlers must not retain or modify it
@@ -53,17 +53,103 @@ type Record struct {
 	IdempotencyKey string
 }
 
-// SequenceNumber returns the sequence as the decimal string Lambda events
-// carry. Fixed width makes the strings sort as the numbers do.
-func (r *Record) SequenceNumber() string { return FormatSequence(r.Sequence) }
+// SequenceNumber returns the sequence as the string Lambda events carry.
+func (r *Record) SequenceNumber() string { return string(r.Sequence) }
 
 // EventID returns Kinesis' "shardId-…:sequence" event identifier, the
 // itemIdentifier a batch handler reports failures with.
-func (r *Record) EventID() string { return r.ShardID + ":" + r.SequenceNumber() }
+func (r *Record) EventID() string { return r.ShardID + ":" + string(r.Sequence) }
 
-// FormatSequence renders a sequence number as a 20-digit decimal string, so
-// that lexical order equals numeric order.
-func FormatSequence(seq uint64) string { return fmt.Sprintf("%020d", seq) }
+// Sequence is a record's position in its shard as its source numbers it: a
+// string of decimal digits. It is a string, not a number, because sources
+// number records beyond 64 bits (a Kinesis sequence number has 56 digits,
+// a Redis stream ID is two 64-bit numbers); Compare orders it as the number
+// it spells.
+//
+// The zero Sequence is the position before a shard's first record.
+type Sequence string
+
+// SequenceOf returns n as a 20-digit Sequence, the form the embedded stream,
+// Kafka and NATS positions take: fixed width makes the strings sort as the
+// numbers do, for tools that sort them as text.
+func SequenceOf(n uint64) Sequence {
+	var b [20]byte
+	return Sequence(appendPadded(b[:0], n))
+}
+
+// AppendSequence appends n to dst as SequenceOf spells it. Sources use it to
+// number a whole read with one allocation.
+func AppendSequence(dst []byte, n uint64) []byte { return appendPadded(dst, n) }
+
+func appendPadded(dst []byte, n uint64) []byte {
+	var b [20]byte
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return append(dst, b[:]...)
+}
+
+// Compare returns -1, 0 or +1 as s is below, equal to or above t, as
+// numbers: leading zeros do not count, and the zero Sequence equals "0".
+func (s Sequence) Compare(t Sequence) int {
+	a, b := trimZeros(string(s)), trimZeros(string(t))
+	switch {
+	case len(a) < len(b):
+		return -1
+	case len(a) > len(b):
+		return 1
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Less reports whether s is below t.
+func (s Sequence) Less(t Sequence) bool { return s.Compare(t) < 0 }
+
+// Uint64 returns s as a number, and false when it does not fit 64 bits or is
+// not a decimal number.
+func (s Sequence) Uint64() (uint64, bool) {
+	d := trimZeros(string(s))
+	if d == "" {
+		return 0, s == "" || validDigits(string(s))
+	}
+	n, err := strconv.ParseUint(d, 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return n, true
+}
+
+// Valid reports whether s is empty or a string of decimal digits.
+func (s Sequence) Valid() bool { return validDigits(string(s)) }
+
+func validDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func trimZeros(s string) string {
+	for len(s) > 0 && s[0] == '0' {
+		s = s[1:]
+	}
+	return s
+}
+
+// MaxSequence returns the greater of a and b.
+func MaxSequence(a, b Sequence) Sequence {
+	if a.Compare(b) >= 0 {
+		return a
+	}
+	return b
+}
 
 // Batch is what a BatchHandler receives: records of one shard, in order.
 type Batch struct {

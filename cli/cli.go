@@ -24,6 +24,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/config"
 	"github.com/idem-run/idem/internal/bench"
 	"github.com/idem-run/idem/server"
@@ -337,7 +338,7 @@ func statusCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "MAPPING\tSHARD\tSTATE\tCHECKPOINT\tLAG\tITERATOR AGE\tIN-FLIGHT\tINVOCATIONS\tRETRIES\tPROCESSED\tDISCARDED\tSKIPPED\tLOST")
 			for _, s := range st.Shards {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s.Mapping, s.Shard, s.State, s.Checkpoint, s.LagRecords,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s.Mapping, s.Shard, s.State, shortSequence(s.Checkpoint), s.LagRecords,
 					(time.Duration(s.IteratorAgeMs) * time.Millisecond).String(), s.InFlight, s.Invocations, s.Retries, s.Processed, s.Discarded, s.Skipped, s.Lost)
 			}
 			return tw.Flush()
@@ -396,4 +397,12 @@ func benchCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (one key per scenario, each with recordsPerSec)")
 	cmd.Flags().StringVar(&dir, "dir", "", "scratch directory (default: a temporary one, removed after)")
 	return cmd
+}
+
+// shortSequence drops a sequence's padding for reading by people.
+func shortSequence(s idem.Sequence) string {
+	if t := strings.TrimLeft(string(s), "0"); t != "" {
+		return t
+	}
+	return "0"
 }

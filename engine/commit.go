@@ -85,7 +85,7 @@ type commit struct {
 	completed    []idem.Record
 	state        *batchState
 	stateRecords int // the records of state whose writes commit: a prefix
-	skipped      []uint64
+	skipped      []idem.Sequence
 	discarded    []idem.Record
 	failures     []store.Failure
 	conditions   map[string]int
@@ -119,7 +119,7 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	defer s.mu.Unlock()
 
 	win := s.win
-	seqs := make([]uint64, 0, len(c.completed)+len(c.skipped)+len(c.discarded))
+	seqs := make([]idem.Sequence, 0, len(c.completed)+len(c.skipped)+len(c.discarded))
 	for i := range c.completed {
 		seqs = append(seqs, c.completed[i].Sequence)
 	}
@@ -133,8 +133,8 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	cp.Processed += uint64(len(c.completed))
 	cp.Skipped += uint64(len(c.skipped))
 	cp.Discarded += uint64(len(c.discarded))
-	if win.next > 0 && win.seqs[win.next-1] > cp.Sequence {
-		cp.Sequence = win.seqs[win.next-1]
+	if win.next > 0 {
+		cp.Sequence = idem.MaxSequence(cp.Sequence, win.seqs[win.next-1])
 	}
 	w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: cp, Failures: c.failures}
 	if c.state != nil {
@@ -163,11 +163,11 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 			break
 		}
 		if ctx.Err() != nil || attempt == 5 {
-			return fmt.Errorf("committing checkpoint %d: %w", cp.Sequence, err)
+			return fmt.Errorf("committing checkpoint %q: %w", cp.Sequence, err)
 		}
 		s.e.log.Warn("commit failed; retrying", "mapping", cfg.Name, "shard", s.id, "attempt", attempt, "err", err)
 		if sleep(ctx, s.backoff(attempt)) != nil {
-			return fmt.Errorf("committing checkpoint %d: %w", cp.Sequence, err)
+			return fmt.Errorf("committing checkpoint %q: %w", cp.Sequence, err)
 		}
 	}
 	s.cp = cp
@@ -193,23 +193,23 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 // mergeProgress folds a mapping's new checkpoint and its out-of-order
 // completions into the scope's progress. It never moves the high-water mark
 // backwards: another mapping of the scope may be ahead.
-func mergeProgress(old store.Progress, checkpoint uint64, above []uint64) store.Progress {
-	hw := max(old.HighWater, checkpoint)
+func mergeProgress(old store.Progress, checkpoint idem.Sequence, above []idem.Sequence) store.Progress {
+	hw := idem.MaxSequence(old.HighWater, checkpoint)
 	if len(old.Above) == 0 && len(above) == 0 {
 		return store.Progress{HighWater: hw}
 	}
-	merged := make([]uint64, 0, len(old.Above)+len(above))
+	merged := make([]idem.Sequence, 0, len(old.Above)+len(above))
 	for _, q := range old.Above {
-		if q > hw {
+		if q.Compare(hw) > 0 {
 			merged = append(merged, q)
 		}
 	}
 	for _, q := range above {
-		if q > hw {
+		if q.Compare(hw) > 0 {
 			merged = append(merged, q)
 		}
 	}
-	slices.Sort(merged)
-	merged = slices.Compact(merged)
+	slices.SortFunc(merged, idem.Sequence.Compare)
+	merged = slices.CompactFunc(merged, func(a, b idem.Sequence) bool { return a.Compare(b) == 0 })
 	return store.Progress{HighWater: hw, Above: merged}
 }

@@ -29,6 +29,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
 )
 
@@ -205,9 +206,9 @@ type ShardStatus struct {
 	LastError string `json:"lastError,omitempty"`
 	// Checkpoint is the sequence at or below which every record has left
 	// the shard for this mapping.
-	Checkpoint uint64 `json:"checkpoint"`
+	Checkpoint idem.Sequence `json:"checkpoint"`
 	// Latest is the newest sequence the shard held when last read.
-	Latest uint64 `json:"latest"`
+	Latest idem.Sequence `json:"latest"`
 	// LagRecords is how many records are above the checkpoint.
 	LagRecords uint64 `json:"lagRecords"`
 	// IteratorAgeMs is the age of the oldest record not yet resolved, as

@@ -17,12 +17,12 @@ import (
 // discarded to the on-failure destination at once: retrying cannot help.
 type KeyError struct {
 	Stream, Shard string
-	Sequence      uint64
+	Sequence      idem.Sequence
 	Reason        string
 }
 
 func (e *KeyError) Error() string {
-	return fmt.Sprintf("record %s/%s/%d: idempotency key: %s", e.Stream, e.Shard, e.Sequence, e.Reason)
+	return fmt.Sprintf("record %s/%s/%s: idempotency key: %s", e.Stream, e.Shard, e.Sequence, e.Reason)
 }
 
 // keyer computes idempotency keys: the record identity by default, or a
@@ -51,7 +51,7 @@ func (k *keyer) byIdentity() bool { return k.expr == nil }
 // key sets r.IdempotencyKey.
 func (k *keyer) key(r *idem.Record) error {
 	if k.expr == nil {
-		r.IdempotencyKey = r.Stream + "/" + r.ShardID + "/" + strconv.FormatUint(r.Sequence, 10)
+		r.IdempotencyKey = r.Stream + "/" + r.ShardID + "/" + string(r.Sequence)
 		return nil
 	}
 	fail := func(reason string) error {

@@ -48,8 +48,9 @@ type shard struct {
 	// Observed without the lock, for status.
 	state         atomic.Value // string
 	lastError     atomic.Value // string
-	checkpoint    atomic.Uint64
-	latest        atomic.Uint64
+	posMu         sync.Mutex   // guards checkpoint and latest, for status
+	checkpoint    idem.Sequence
+	latest        idem.Sequence
 	oldestArrival atomic.Int64 // unix nanos of the oldest unresolved record; 0 when none
 	inFlight      atomic.Int64
 	invocations   atomic.Uint64
@@ -77,13 +78,13 @@ func (s *shard) status(now time.Time) ShardStatus {
 	st := ShardStatus{
 		Mapping: s.m.cfg.Name, Function: s.m.cfg.Function, Stream: s.m.cfg.Stream, Shard: s.id, Scope: s.m.cfg.Scope,
 		State: s.state.Load().(string), LastError: s.lastError.Load().(string),
-		Checkpoint: s.checkpoint.Load(), Latest: s.latest.Load(),
 		InFlight: s.inFlight.Load(), Invocations: s.invocations.Load(), Retries: s.retries.Load(),
 		Processed: c.Processed, Discarded: c.Discarded, Skipped: c.Skipped, Lost: c.Lost,
 	}
-	if st.Latest > st.Checkpoint {
-		st.LagRecords = st.Latest - st.Checkpoint
-	}
+	s.posMu.Lock()
+	st.Checkpoint, st.Latest = s.checkpoint, s.latest
+	s.posMu.Unlock()
+	st.LagRecords = lag(st.Latest, st.Checkpoint)
 	if a := s.oldestArrival.Load(); a != 0 {
 		st.IteratorAgeMs = now.Sub(time.Unix(0, a)).Milliseconds()
 	}
@@ -125,7 +126,7 @@ func (s *shard) runOnce(ctx, work context.Context) error {
 	limit := cfg.BatchSize * cfg.ParallelizationFactor
 	maxBytes := MaxBatchBytes * cfg.ParallelizationFactor
 	for ctx.Err() == nil {
-		recs, lost, err := s.readWindow(ctx, limit, maxBytes)
+		recs, lost, trimmed, err := s.readWindow(ctx, limit, maxBytes)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -135,7 +136,7 @@ func (s *shard) runOnce(ctx, work context.Context) error {
 		if lost > 0 {
 			s.e.log.Warn("records expired by retention before they were read", "mapping", cfg.Name, "stream", cfg.Stream, "shard", s.id, "lost", lost, "after", s.cp.Sequence)
 			s.e.metrics.lost.WithLabelValues(cfg.Name).Add(float64(lost))
-			if err := s.commitLost(work, lost, len(recs) == 0); err != nil {
+			if err := s.commitLost(work, lost, trimmed, len(recs) == 0); err != nil {
 				return err
 			}
 		}
@@ -195,27 +196,39 @@ func (s *shard) load(ctx context.Context) error {
 }
 
 func (s *shard) publish(cp store.Checkpoint) {
-	s.checkpoint.Store(cp.Sequence)
 	c := cp
 	s.counters.Store(&c)
-	if s.latest.Load() < cp.Sequence {
-		s.latest.Store(cp.Sequence)
+	s.posMu.Lock()
+	s.checkpoint = cp.Sequence
+	s.latest = idem.MaxSequence(s.latest, cp.Sequence)
+	s.posMu.Unlock()
+}
+
+// lag is how many records lie between checkpoint and latest, for sources
+// that number records consecutively in 64 bits; 0 otherwise (iterator age
+// still tells how far behind a mapping is).
+func lag(latest, checkpoint idem.Sequence) uint64 {
+	l, ok1 := latest.Uint64()
+	c, ok2 := checkpoint.Uint64()
+	if !ok1 || !ok2 || l <= c {
+		return 0
 	}
+	return l - c
 }
 
 // readWindow reads up to limit records after the checkpoint. With a batching
 // window it keeps reading until the batch is full, the window ends, or the
 // payload reaches maxBytes.
-func (s *shard) readWindow(ctx context.Context, limit, maxBytes int) ([]idem.Record, uint64, error) {
+func (s *shard) readWindow(ctx context.Context, limit, maxBytes int) (recs []idem.Record, lost uint64, trimmed idem.Sequence, err error) {
 	cfg := &s.m.cfg
 	res, err := cfg.Source.Read(ctx, s.id, s.cp.Sequence, limit, maxBytes)
 	if err != nil {
-		return nil, 0, fmt.Errorf("reading after %d: %w", s.cp.Sequence, err)
+		return nil, 0, "", fmt.Errorf("reading after %q: %w", s.cp.Sequence, err)
 	}
 	s.noteLatest(res.Latest)
-	recs, lost := res.Records, res.Lost
+	recs, lost, trimmed = res.Records, res.Lost, res.Trimmed
 	if cfg.MaximumBatchingWindow <= 0 || len(recs) == 0 || len(recs) >= limit {
-		return recs, lost, nil
+		return recs, lost, trimmed, nil
 	}
 	// Later reads may reuse the driver's buffers: own the records so far.
 	recs = cloneRecords(recs)
@@ -233,7 +246,7 @@ func (s *shard) readWindow(ctx context.Context, limit, maxBytes int) ([]idem.Rec
 		}
 		more, err := cfg.Source.Read(ctx, s.id, after, limit-len(recs), maxBytes-size)
 		if err != nil {
-			return nil, 0, fmt.Errorf("reading after %d: %w", after, err)
+			return nil, 0, "", fmt.Errorf("reading after %q: %w", after, err)
 		}
 		s.noteLatest(more.Latest)
 		for _, r := range cloneRecords(more.Records) {
@@ -241,13 +254,13 @@ func (s *shard) readWindow(ctx context.Context, limit, maxBytes int) ([]idem.Rec
 			size += len(r.Data)
 		}
 	}
-	return recs, lost, nil
+	return recs, lost, trimmed, nil
 }
 
-func (s *shard) noteLatest(seq uint64) {
-	if seq > s.latest.Load() {
-		s.latest.Store(seq)
-	}
+func (s *shard) noteLatest(seq idem.Sequence) {
+	s.posMu.Lock()
+	s.latest = idem.MaxSequence(s.latest, seq)
+	s.posMu.Unlock()
 }
 
 func cloneRecords(in []idem.Record) []idem.Record {
@@ -260,15 +273,14 @@ func cloneRecords(in []idem.Record) []idem.Record {
 }
 
 // commitLost records records lost to retention; when nothing else was read,
-// it also moves the checkpoint over them (sources number records
-// contiguously, so they are the lost sequences).
-func (s *shard) commitLost(ctx context.Context, lost uint64, moveCheckpoint bool) error {
+// it also moves the checkpoint over them, to the last trimmed sequence.
+func (s *shard) commitLost(ctx context.Context, lost uint64, trimmed idem.Sequence, moveCheckpoint bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cp := s.cp
 	cp.Lost += lost
 	if moveCheckpoint {
-		cp.Sequence += lost
+		cp.Sequence = idem.MaxSequence(cp.Sequence, trimmed)
 	}
 	w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: cp}
 	if err := s.e.store.Commit(ctx, w); err != nil {
@@ -284,17 +296,17 @@ func (s *shard) commitLost(ctx context.Context, lost uint64, moveCheckpoint bool
 // resolved out of order (under parallelization) are remembered in the scope's
 // progress.
 type window struct {
-	seqs []uint64
+	seqs []idem.Sequence
 	done []bool
 	next int // index of the first unresolved record
 }
 
-func (w *window) index(seq uint64) int {
-	return sort.Search(len(w.seqs), func(i int) bool { return w.seqs[i] >= seq })
+func (w *window) index(seq idem.Sequence) int {
+	return sort.Search(len(w.seqs), func(i int) bool { return w.seqs[i].Compare(seq) >= 0 })
 }
 
 // resolve marks seqs resolved; it returns whether the contiguous prefix grew.
-func (w *window) resolve(seqs []uint64) bool {
+func (w *window) resolve(seqs []idem.Sequence) bool {
 	for _, q := range seqs {
 		if i := w.index(q); i < len(w.seqs) && w.seqs[i] == q {
 			w.done[i] = true
@@ -308,7 +320,7 @@ func (w *window) resolve(seqs []uint64) bool {
 }
 
 // above lists resolved sequences past the contiguous prefix.
-func (w *window) above(dst []uint64) []uint64 {
+func (w *window) above(dst []idem.Sequence) []idem.Sequence {
 	for i := w.next; i < len(w.seqs); i++ {
 		if w.done[i] {
 			dst = append(dst, w.seqs[i])
@@ -346,7 +358,7 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 		}
 		pending = append(pending, recs[i])
 	}
-	w := &window{seqs: make([]uint64, len(recs)), done: make([]bool, len(recs))}
+	w := &window{seqs: make([]idem.Sequence, len(recs)), done: make([]bool, len(recs))}
 	for i := range recs {
 		w.seqs[i] = recs[i].Sequence
 	}
@@ -360,7 +372,7 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	if err != nil {
 		return err
 	}
-	var skippedSeqs []uint64
+	var skippedSeqs []idem.Sequence
 	kept := pending[:0]
 	for i := range pending {
 		if skipped[i] {
@@ -481,9 +493,9 @@ type outcome struct {
 func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
 	cfg := &s.m.cfg
 	queue := [][]idem.Record{b}
-	attempts := 0           // invocations of the head of the queue that failed
-	var failingSeq uint64   // the record a partial failure named last
-	failingIsRecord := true // whether attempts count a record's failures
+	attempts := 0                // invocations of the head of the queue that failed
+	var failingSeq idem.Sequence // the record a partial failure named last
+	failingIsRecord := true      // whether attempts count a record's failures
 	for len(queue) > 0 {
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -139,7 +139,7 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 	}
 	out := PutResponse{Records: make([]PutResult, len(res))}
 	for i, pr := range res {
-		out.Records[i] = PutResult{ShardID: pr.Shard, SequenceNumber: idem.FormatSequence(pr.Sequence)}
+		out.Records[i] = PutResult{ShardID: pr.Shard, SequenceNumber: string(idem.SequenceOf(pr.Sequence))}
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -152,14 +152,10 @@ func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errors.New("shard: required"))
 		return
 	}
-	var after uint64
-	if a := q.Get("after"); a != "" {
-		v, err := strconv.ParseUint(a, 10, 64)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("after: %q is not a sequence number", a))
-			return
-		}
-		after = v
+	after := idem.Sequence(q.Get("after"))
+	if _, ok := after.Uint64(); !ok {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("after: %q is not a sequence number", after))
+		return
 	}
 	limit := 1000
 	if l := q.Get("limit"); l != "" {
@@ -184,7 +180,7 @@ func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 		out.Records[i] = recordJSON(&res.Records[i])
 	}
 	if len(res.Records) == limit {
-		out.Next = strconv.FormatUint(res.Records[len(res.Records)-1].Sequence, 10)
+		out.Next = string(res.Records[len(res.Records)-1].Sequence)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -47,9 +47,12 @@ type ReadResult struct {
 	// Lost counts records between the read's position and the first record
 	// returned that retention removed before anyone read them.
 	Lost uint64
+	// Trimmed, when Lost is not 0, is the sequence of the last lost record:
+	// a reader with nothing else to read moves its position there.
+	Trimmed idem.Sequence
 	// Latest is the sequence of the newest record of the shard when it was
-	// read, for lag; 0 for an empty shard.
-	Latest uint64
+	// read, for lag; the zero Sequence for an empty shard.
+	Latest idem.Sequence
 }
 
 // Driver is one stream as the engine reads it. Implementations must be safe
@@ -62,18 +65,18 @@ type Driver interface {
 	// Start returns the position at which a mapping without a checkpoint
 	// starts: reading returns records whose Sequence is above it. ts is used
 	// only with AtTimestamp.
-	Start(ctx context.Context, shard string, pos StartingPosition, ts time.Time) (uint64, error)
+	Start(ctx context.Context, shard string, pos StartingPosition, ts time.Time) (idem.Sequence, error)
 
 	// Read returns up to limit records of shard whose Sequence is above after,
 	// and stops early before exceeding maxBytes of Data (but returns at least
 	// one record when there is one). The records' Data may be reused by the
 	// driver after the next Read of the same shard.
-	Read(ctx context.Context, shard string, after uint64, limit, maxBytes int) (ReadResult, error)
+	Read(ctx context.Context, shard string, after idem.Sequence, limit, maxBytes int) (ReadResult, error)
 
 	// Wait blocks until shard may hold a record above after, ctx is done, or
 	// an implementation-defined poll interval passes. It may return early;
 	// callers read again to find out.
-	Wait(ctx context.Context, shard string, after uint64) error
+	Wait(ctx context.Context, shard string, after idem.Sequence) error
 
 	// Retention is how long the stream keeps records: completion marks must
 	// outlive it, or a replay of retained records could run one twice.

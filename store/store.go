@@ -11,13 +11,14 @@
 // # Encodings
 //
 // Mark keys are 128-bit hashes of (scope, idempotency key), so a lookup costs
-// the same whatever the key's length. Sequences are the source's uint64
-// sequence numbers.
+// the same whatever the key's length. Sequences are the source's, compared
+// as numbers (idem.Sequence.Compare).
 package store
 
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/idem-run/idem"
@@ -38,7 +39,7 @@ type CheckpointKey struct {
 type Checkpoint struct {
 	// Sequence: every record at or below it has left the shard for this
 	// mapping (succeeded, skipped as completed, or discarded).
-	Sequence uint64
+	Sequence idem.Sequence
 	// Processed counts records whose function succeeded.
 	Processed uint64
 	// Skipped counts records not delivered because their idempotency key
@@ -66,30 +67,19 @@ type ProgressKey struct {
 type Progress struct {
 	// HighWater: every sequence at or below it is resolved in the scope:
 	// completed, or discarded to the on-failure destination.
-	HighWater uint64
+	HighWater idem.Sequence
 	// Above lists, sorted ascending, sequences above HighWater that are
 	// completed.
-	Above []uint64
+	Above []idem.Sequence
 }
 
 // Done reports whether seq is resolved in p.
-func (p *Progress) Done(seq uint64) bool {
-	if seq <= p.HighWater {
+func (p *Progress) Done(seq idem.Sequence) bool {
+	if seq.Compare(p.HighWater) <= 0 {
 		return true
 	}
-	lo, hi := 0, len(p.Above)
-	for lo < hi {
-		m := (lo + hi) / 2
-		switch {
-		case p.Above[m] == seq:
-			return true
-		case p.Above[m] < seq:
-			lo = m + 1
-		default:
-			hi = m
-		}
-	}
-	return false
+	_, found := slices.BinarySearchFunc(p.Above, seq, idem.Sequence.Compare)
+	return found
 }
 
 // MarkKey is the 128-bit hash of (scope, idempotency key).

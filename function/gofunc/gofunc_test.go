@@ -28,7 +28,7 @@ func (QuotaError) Error() string { return "quota exceeded" }
 func batch(n int) *idem.Batch {
 	recs := make([]idem.Record, n)
 	for i := range recs {
-		recs[i] = idem.Record{Stream: "orders", ShardID: "shardId-000000000000", Sequence: uint64(i + 1),
+		recs[i] = idem.Record{Stream: "orders", ShardID: "shardId-000000000000", Sequence: idem.SequenceOf(uint64(i + 1)),
 			PartitionKey: "k", Data: []byte(fmt.Sprint(i + 1)), IdempotencyKey: fmt.Sprintf("orders/shardId-000000000000/%d", i+1)}
 	}
 	return idem.NewBatch("m", "f", "inv-1", recs, nil)
@@ -37,7 +37,7 @@ func batch(n int) *idem.Batch {
 // failAt returns a RecordFunc that fails at the record with sequence n.
 func failAt(n uint64, err error) idem.RecordFunc {
 	return func(_ context.Context, r *idem.Record) error {
-		if r.Sequence == n {
+		if r.Sequence == idem.SequenceOf(n) {
 			return err
 		}
 		return nil
@@ -79,7 +79,7 @@ func TestRecordFunc(t *testing.T) {
 		})
 	}
 	t.Run("success", func(t *testing.T) {
-		var seen []uint64
+		var seen []idem.Sequence
 		res, err := gofunc.New(idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
 			seen = append(seen, r.Sequence)
 			return nil
@@ -167,7 +167,7 @@ func TestPanic(t *testing.T) {
 			t.Fatalf("got %+v, %v", res, err)
 		}
 		res, err = gofunc.New(idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
-			if r.Sequence == 2 {
+			if r.Sequence == idem.SequenceOf(2) {
 				panicsHere()
 			}
 			return nil
@@ -253,7 +253,7 @@ func TestDeadline(t *testing.T) {
 	})
 	t.Run("RecordFunc keeps its progress", func(t *testing.T) {
 		res, err := gofunc.New(idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
-			if r.Sequence == 3 {
+			if r.Sequence == idem.SequenceOf(3) {
 				<-ctx.Done()
 				return ctx.Err()
 			}

@@ -31,7 +31,7 @@ func (f *Function) appendEvent(dst []byte, b *idem.Batch) []byte {
 		dst = append(dst, `,"eventID":"`...)
 		dst = appendStringBody(dst, r.ShardID)
 		dst = append(dst, ':')
-		dst = appendSequence(dst, r.Sequence)
+		dst = appendStringBody(dst, string(r.Sequence))
 		dst = append(dst, `","eventName":"aws:kinesis:record","eventSource":"aws:kinesis","eventSourceARN":`...)
 		if i == 0 || r.Stream != stream {
 			stream = r.Stream
@@ -52,22 +52,12 @@ func (f *Function) appendEvent(dst []byte, b *idem.Batch) []byte {
 		dst = append(dst, `","partitionKey":`...)
 		dst = appendString(dst, r.PartitionKey)
 		dst = append(dst, `,"sequenceNumber":"`...)
-		dst = appendSequence(dst, r.Sequence)
+		dst = appendStringBody(dst, string(r.Sequence))
 		dst = append(dst, `","kinesisSchemaVersion":"1.0"},"idempotencyKey":`...)
 		dst = appendString(dst, r.IdempotencyKey)
 		dst = append(dst, '}')
 	}
 	return append(dst, "]}"...)
-}
-
-// appendSequence writes idem.FormatSequence(seq) without allocating.
-func appendSequence(dst []byte, seq uint64) []byte {
-	var d [20]byte
-	for i := len(d) - 1; i >= 0; i-- {
-		d[i] = byte('0' + seq%10)
-		seq /= 10
-	}
-	return append(dst, d[:]...)
 }
 
 // appendEpochSeconds writes the arrival time as events.SecondsEpochTime

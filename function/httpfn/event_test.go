@@ -55,12 +55,12 @@ func reference(t testing.TB, region string, b *idem.Batch) []byte {
 func TestAppendEventMatchesEncodingJSON(t *testing.T) {
 	f := &Function{region: "local"}
 	recs := []idem.Record{
-		{Stream: "orders", ShardID: "shardId-000000000000", Sequence: 1, PartitionKey: "k", Data: []byte("hello"),
+		{Stream: "orders", ShardID: "shardId-000000000000", Sequence: idem.SequenceOf(1), PartitionKey: "k", Data: []byte("hello"),
 			ArrivalTime: time.Unix(1700000000, 123456789), IdempotencyKey: "orders/shardId-000000000000/1"},
-		{Stream: "orders", ShardID: "shardId-000000000000", Sequence: 1<<64 - 1, PartitionKey: "\"quoted\"\\ \x00\x1f\b\f\n\r\t <&> é \u2028\u2029 \xff",
+		{Stream: "orders", ShardID: "shardId-000000000000", Sequence: "49590338271490256608559692538361571095921575989136588898", PartitionKey: "\"quoted\"\\ \x00\x1f\b\f\n\r\t <&> é \u2028\u2029 \xff",
 			Data: nil, ArrivalTime: time.Unix(1, 0), IdempotencyKey: ""},
-		{Stream: "other \"stream\"", ShardID: "s\xc3", Sequence: 0, PartitionKey: "", Data: []byte{}, ArrivalTime: time.Unix(0, 1)},
-		{Stream: "orders", ShardID: "shardId-000000000000", Sequence: 7, Data: bytes.Repeat([]byte{0xff}, 100), ArrivalTime: time.Unix(1e12, 0)},
+		{Stream: "other \"stream\"", ShardID: "s\xc3", Sequence: "", PartitionKey: "", Data: []byte{}, ArrivalTime: time.Unix(0, 1)},
+		{Stream: "orders", ShardID: "shardId-000000000000", Sequence: idem.SequenceOf(7), Data: bytes.Repeat([]byte{0xff}, 100), ArrivalTime: time.Unix(1e12, 0)},
 	}
 	for n := 0; n <= len(recs); n++ {
 		b := idem.NewBatch("m", "f", "i", recs[:n], nil)
@@ -96,8 +96,8 @@ func FuzzAppendEvent(f *testing.F) {
 		}
 		fn := &Function{region: region}
 		recs := []idem.Record{
-			{Stream: stream, ShardID: shard, Sequence: seq, PartitionKey: pk, Data: data, ArrivalTime: time.Unix(0, nanos), IdempotencyKey: key},
-			{Stream: stream, ShardID: shard, Sequence: seq + 1, PartitionKey: key, Data: data, ArrivalTime: time.Unix(0, nanos/3+1), IdempotencyKey: pk},
+			{Stream: stream, ShardID: shard, Sequence: idem.SequenceOf(seq), PartitionKey: pk, Data: data, ArrivalTime: time.Unix(0, nanos), IdempotencyKey: key},
+			{Stream: stream, ShardID: shard, Sequence: idem.SequenceOf(seq + 1), PartitionKey: key, Data: data, ArrivalTime: time.Unix(0, nanos/3+1), IdempotencyKey: pk},
 		}
 		b := idem.NewBatch("m", "f", "i", recs, nil)
 		got := fn.appendEvent(nil, b)

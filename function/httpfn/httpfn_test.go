@@ -31,7 +31,7 @@ func batch(n int) *idem.Batch {
 	for i := range recs {
 		seq := uint64(1000 + i)
 		recs[i] = idem.Record{
-			Stream: "orders", ShardID: "shardId-000000000001", Sequence: seq,
+			Stream: "orders", ShardID: "shardId-000000000001", Sequence: idem.SequenceOf(seq),
 			PartitionKey:   fmt.Sprintf("customer-%d", i%3),
 			Data:           []byte(fmt.Sprintf(`{"order":%d,"note":"<é>\n"}`, i)),
 			ArrivalTime:    arrival.Add(time.Duration(i) * time.Millisecond),

@@ -234,9 +234,7 @@ func throughput(ctx context.Context, cfg Config, dir string, m mode) (Scenario, 
 	case modeState:
 		h = idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
 			handled.Add(1)
-			var v [8]byte
-			binary.BigEndian.PutUint64(v[:], r.Sequence)
-			return idem.StateFrom(ctx).Put(ctx, r.ShardID+"/"+strconv.FormatUint(r.Sequence, 10), v[:])
+			return idem.StateFrom(ctx).Put(ctx, r.ShardID+"/"+string(r.Sequence), []byte(r.Sequence))
 		})
 	case modeBaseline:
 		ps, err := newPerRecordStore(filepath.Join(dir, "powertools"))

@@ -63,11 +63,11 @@ func BenchmarkRead(b *testing.B) {
 	b.ResetTimer()
 	var after uint64
 	for range b.N {
-		res, err := db.Read(context.Background(), "s", ShardID(0), after, page, 1<<20)
+		res, err := db.Read(context.Background(), "s", ShardID(0), sq(after), page, 1<<20)
 		if err != nil {
 			b.Fatal(err)
 		}
-		after = res.Records[len(res.Records)-1].Sequence % (total - page)
+		after = num(res.Records[len(res.Records)-1].Sequence) % (total - page)
 	}
 	b.ReportMetric(float64(b.N*page)/b.Elapsed().Seconds(), "records/s")
 }

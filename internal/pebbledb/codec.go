@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
 )
 
@@ -169,6 +170,20 @@ func (r *reader) uvarint(what string) uint64 {
 	return v
 }
 
+// sequence reads a str that must be a decimal idem.Sequence.
+func (r *reader) sequence(what string) idem.Sequence {
+	b := r.bytes(r.uvarint(what), what)
+	if r.err != nil {
+		return ""
+	}
+	s := idem.Sequence(b)
+	if !s.Valid() {
+		r.fail(what + ": not a decimal sequence")
+		return ""
+	}
+	return s
+}
+
 func (r *reader) varint(what string) int64 {
 	if r.err != nil {
 		return 0
@@ -279,7 +294,7 @@ func decodeHorizon(v []byte) (uint64, error) {
 
 func appendCheckpoint(b []byte, c store.Checkpoint) []byte {
 	b = append(b, valueVersion)
-	b = binary.AppendUvarint(b, c.Sequence)
+	b = appendStr(b, string(c.Sequence))
 	b = binary.AppendUvarint(b, c.Processed)
 	b = binary.AppendUvarint(b, c.Skipped)
 	b = binary.AppendUvarint(b, c.Discarded)
@@ -290,7 +305,7 @@ func decodeCheckpoint(v []byte) (store.Checkpoint, error) {
 	r := reader{b: v}
 	r.version("checkpoint")
 	c := store.Checkpoint{
-		Sequence:  r.uvarint("checkpoint: sequence"),
+		Sequence:  r.sequence("checkpoint: sequence"),
 		Processed: r.uvarint("checkpoint: processed"),
 		Skipped:   r.uvarint("checkpoint: skipped"),
 		Discarded: r.uvarint("checkpoint: discarded"),
@@ -303,17 +318,17 @@ func decodeCheckpoint(v []byte) (store.Checkpoint, error) {
 }
 
 // appendProgress encodes p; it fails if Above is not strictly ascending above
-// HighWater, which the delta encoding cannot represent.
+// HighWater: such a value would be a bug upstream.
 func appendProgress(b []byte, p *store.Progress) ([]byte, error) {
 	b = append(b, valueVersion)
-	b = binary.AppendUvarint(b, p.HighWater)
+	b = appendStr(b, string(p.HighWater))
 	b = binary.AppendUvarint(b, uint64(len(p.Above)))
 	prev := p.HighWater
 	for _, s := range p.Above {
-		if s <= prev {
-			return nil, fmt.Errorf("pebbledb: progress: Above must be ascending and above HighWater %d, got %d after %d", p.HighWater, s, prev)
+		if s.Compare(prev) <= 0 {
+			return nil, fmt.Errorf("pebbledb: progress: Above must be ascending and above HighWater %q, got %q after %q", p.HighWater, s, prev)
 		}
-		b = binary.AppendUvarint(b, s-prev)
+		b = appendStr(b, string(s))
 		prev = s
 	}
 	return b, nil
@@ -322,30 +337,29 @@ func appendProgress(b []byte, p *store.Progress) ([]byte, error) {
 func decodeProgress(v []byte) (store.Progress, error) {
 	r := reader{b: v}
 	r.version("progress")
-	p := store.Progress{HighWater: r.uvarint("progress: high water")}
+	p := store.Progress{HighWater: r.sequence("progress: high water")}
 	n := r.uvarint("progress: count")
 	if r.err != nil {
 		return store.Progress{}, r.err
 	}
-	// Each delta takes at least one byte: a larger count is corrupt, and
+	// Each sequence takes at least one byte: a larger count is corrupt, and
 	// checking first keeps a hostile count from allocating.
 	if n > uint64(len(r.b)) {
 		return store.Progress{}, fmt.Errorf("%w: progress: %d sequences in %d bytes", errCorrupt, n, len(r.b))
 	}
 	if n > 0 {
-		p.Above = make([]uint64, n)
+		p.Above = make([]idem.Sequence, n)
 	}
 	prev := p.HighWater
 	for i := range p.Above {
-		d := r.uvarint("progress: delta")
+		s := r.sequence("progress: sequence")
 		if r.err != nil {
 			return store.Progress{}, r.err
 		}
-		if d == 0 || d > math.MaxUint64-prev {
-			return store.Progress{}, fmt.Errorf("%w: progress: delta %d after %d", errCorrupt, d, prev)
+		if s.Compare(prev) <= 0 {
+			return store.Progress{}, fmt.Errorf("%w: progress: sequence %q after %q", errCorrupt, s, prev)
 		}
-		prev += d
-		p.Above[i] = prev
+		p.Above[i], prev = s, s
 	}
 	if err := r.end("progress"); err != nil {
 		return store.Progress{}, err

@@ -9,14 +9,15 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
 )
 
 func TestCheckpointRoundTrip(t *testing.T) {
 	for _, c := range []store.Checkpoint{
 		{},
-		{Sequence: 1, Processed: 2, Skipped: 3, Discarded: 4, Lost: 5},
-		{Sequence: math.MaxUint64, Processed: math.MaxUint64, Skipped: math.MaxUint64, Discarded: math.MaxUint64, Lost: math.MaxUint64},
+		{Sequence: sq(1), Processed: 2, Skipped: 3, Discarded: 4, Lost: 5},
+		{Sequence: "49590338271490256608559692538361571095921575989136588898", Processed: math.MaxUint64, Skipped: math.MaxUint64, Discarded: math.MaxUint64, Lost: math.MaxUint64},
 	} {
 		got, err := decodeCheckpoint(appendCheckpoint(nil, c))
 		if err != nil || got != c {
@@ -28,9 +29,9 @@ func TestCheckpointRoundTrip(t *testing.T) {
 func TestProgressRoundTrip(t *testing.T) {
 	for _, p := range []store.Progress{
 		{},
-		{HighWater: 10},
-		{HighWater: 10, Above: []uint64{11, 12, 20, 1 << 50}},
-		{HighWater: math.MaxUint64 - 2, Above: []uint64{math.MaxUint64 - 1, math.MaxUint64}},
+		{HighWater: sq(10)},
+		{HighWater: sq(10), Above: []idem.Sequence{sq(11), sq(12), sq(20), sq(1 << 50)}},
+		{HighWater: sq(uint64(math.MaxUint64 - 2)), Above: []idem.Sequence{sq(uint64(math.MaxUint64 - 1)), sq(uint64(math.MaxUint64)), "49590338271490256608559692538361571095921575989136588898"}},
 	} {
 		v, err := appendProgress(nil, &p)
 		if err != nil {
@@ -42,9 +43,9 @@ func TestProgressRoundTrip(t *testing.T) {
 		}
 	}
 	for _, bad := range []store.Progress{
-		{HighWater: 10, Above: []uint64{10}},
-		{HighWater: 10, Above: []uint64{12, 11}},
-		{HighWater: 10, Above: []uint64{12, 12}},
+		{HighWater: sq(10), Above: []idem.Sequence{"10"}},
+		{HighWater: sq(10), Above: []idem.Sequence{sq(12), sq(11)}},
+		{HighWater: sq(10), Above: []idem.Sequence{sq(12), "12"}},
 	} {
 		if _, err := appendProgress(nil, &bad); err == nil {
 			t.Fatalf("appendProgress(%+v) accepted Above that is not strictly ascending above HighWater", bad)
@@ -53,7 +54,7 @@ func TestProgressRoundTrip(t *testing.T) {
 }
 
 func TestDecodersRefuse(t *testing.T) {
-	good := appendCheckpoint(nil, store.Checkpoint{Sequence: 1})
+	good := appendCheckpoint(nil, store.Checkpoint{Sequence: sq(1)})
 	for name, v := range map[string][]byte{
 		"empty":            {},
 		"unknown version":  append([]byte{2}, good[1:]...),
@@ -144,7 +145,7 @@ func TestShardIDs(t *testing.T) {
 // FuzzDecodeCheckpoint: arbitrary bytes make an error, never a panic, and
 // whatever decodes re-encodes to the same bytes.
 func FuzzDecodeCheckpoint(f *testing.F) {
-	f.Add(appendCheckpoint(nil, store.Checkpoint{Sequence: 300, Processed: 1, Lost: 1 << 40}))
+	f.Add(appendCheckpoint(nil, store.Checkpoint{Sequence: sq(300), Processed: 1, Lost: 1 << 40}))
 	f.Add([]byte{})
 	f.Add([]byte{1})
 	f.Add([]byte{1, 0x80})
@@ -167,7 +168,7 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 // huge allocation, and a decoded Progress is strictly ascending above its
 // high water, so that it encodes again.
 func FuzzDecodeProgress(f *testing.F) {
-	v, _ := appendProgress(nil, &store.Progress{HighWater: 100, Above: []uint64{101, 105, 1 << 40}})
+	v, _ := appendProgress(nil, &store.Progress{HighWater: sq(100), Above: []idem.Sequence{sq(101), sq(105), sq(1 << 40)}})
 	f.Add(v)
 	f.Add([]byte{1, 0, 0})
 	f.Add([]byte{1, 5, 200, 1})
@@ -211,3 +212,9 @@ func FuzzDecodeValues(f *testing.F) {
 		decodeState(v)
 	})
 }
+
+// sq is the tests' shorthand for a 20-digit sequence.
+func sq[N int | uint64](n N) idem.Sequence { return idem.SequenceOf(uint64(n)) }
+
+// num is the number a 20-digit sequence spells.
+func num(s idem.Sequence) uint64 { n, _ := s.Uint64(); return n }

@@ -129,7 +129,7 @@ func TestPutValidates(t *testing.T) {
 	if _, err := db.Put(ctx, "missing", []PutRecord{{PartitionKey: "k"}}); !errors.Is(err, ErrStreamNotFound) || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("Put to a missing stream: %v", err)
 	}
-	if res, err := db.Read(ctx, "s", ShardID(0), 0, 10, 1<<20); err != nil || len(res.Records) != 0 || res.Latest != 0 {
+	if res, err := db.Read(ctx, "s", ShardID(0), sq(0), 10, 1<<20); err != nil || len(res.Records) != 0 || res.Latest != "" {
 		t.Fatalf("a refused Put wrote %+v, %v", res, err)
 	}
 	res, err := db.Put(ctx, "s", []PutRecord{
@@ -139,7 +139,7 @@ func TestPutValidates(t *testing.T) {
 	if err != nil || res[0].Sequence != 1 || res[1].Sequence != 2 {
 		t.Fatalf("Put at the limits = %+v, %v", res, err)
 	}
-	got, err := db.Read(ctx, "s", ShardID(0), 0, 10, 1<<30)
+	got, err := db.Read(ctx, "s", ShardID(0), sq(0), 10, 1<<30)
 	if err != nil || len(got.Records) != 2 || len(got.Records[0].Data) != MaxRecordBytes || len(got.Records[1].Data) != 0 {
 		t.Fatalf("Read = %d records, %v", len(got.Records), err)
 	}
@@ -168,7 +168,7 @@ func TestConcurrentPutsStayOrdered(t *testing.T) {
 		readers.Go(func() {
 			var after uint64
 			for {
-				res, err := db.Read(ctx, "s", ShardID(i), after, 1000, 1<<30)
+				res, err := db.Read(ctx, "s", ShardID(i), sq(after), 1000, 1<<30)
 				if err != nil {
 					if ctx.Err() == nil {
 						readErrs[i] = err
@@ -176,21 +176,21 @@ func TestConcurrentPutsStayOrdered(t *testing.T) {
 					return
 				}
 				for _, r := range res.Records {
-					if r.Sequence != after+1 {
-						readErrs[i] = fmt.Errorf("shard %d: read sequence %d after %d", i, r.Sequence, after)
+					if r.Sequence != sq(after+1) {
+						readErrs[i] = fmt.Errorf("shard %d: read sequence %s after %d", i, r.Sequence, after)
 						return
 					}
-					if r.Sequence > res.Latest {
-						readErrs[i] = fmt.Errorf("shard %d: read sequence %d above latest %d", i, r.Sequence, res.Latest)
+					if r.Sequence.Compare(res.Latest) > 0 {
+						readErrs[i] = fmt.Errorf("shard %d: read sequence %s above latest %s", i, r.Sequence, res.Latest)
 						return
 					}
-					after = r.Sequence
+					after = num(r.Sequence)
 					r.Data = bytes.Clone(r.Data)
 					seen[i] = append(seen[i], r)
 					seenCount.Add(1)
 				}
 				if len(res.Records) == 0 {
-					if err := db.Wait(ctx, "s", ShardID(i), after); err != nil {
+					if err := db.Wait(ctx, "s", ShardID(i), sq(after)); err != nil {
 						return
 					}
 				}
@@ -272,8 +272,8 @@ func TestConcurrentPutsStayOrdered(t *testing.T) {
 			if !ok {
 				t.Fatalf("read unacknowledged %q", r.Data)
 			}
-			if want.Shard != "" && (want.Shard != r.ShardID || want.Sequence != r.Sequence) {
-				t.Fatalf("%q read at %s/%d, acknowledged at %s/%d", r.Data, r.ShardID, r.Sequence, want.Shard, want.Sequence)
+			if want.Shard != "" && (want.Shard != r.ShardID || sq(want.Sequence) != r.Sequence) {
+				t.Fatalf("%q read at %s/%s, acknowledged at %s/%d", r.Data, r.ShardID, r.Sequence, want.Shard, want.Sequence)
 			}
 			found++
 		}
@@ -297,7 +297,7 @@ func TestWait(t *testing.T) {
 	db := openMem(t, WithPollInterval(time.Hour))
 	mustCreate(t, db, "s", 1)
 	done := make(chan error, 1)
-	go func() { done <- db.Wait(ctx, "s", ShardID(0), 0) }()
+	go func() { done <- db.Wait(ctx, "s", ShardID(0), sq(0)) }()
 	time.Sleep(10 * time.Millisecond)
 	if _, err := db.Put(ctx, "s", []PutRecord{{PartitionKey: "k", Data: []byte("x")}}); err != nil {
 		t.Fatal(err)
@@ -311,15 +311,15 @@ func TestWait(t *testing.T) {
 		t.Fatal("Wait did not wake on Put")
 	}
 	// Already above: at once.
-	if err := db.Wait(ctx, "s", ShardID(0), 0); err != nil {
+	if err := db.Wait(ctx, "s", ShardID(0), sq(0)); err != nil {
 		t.Fatal(err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
 	defer cancel()
-	if err := db.Wait(cctx, "s", ShardID(0), 1); !errors.Is(err, context.DeadlineExceeded) {
+	if err := db.Wait(cctx, "s", ShardID(0), sq(1)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Wait with an expiring context: %v", err)
 	}
-	go func() { done <- db.Wait(ctx, "s", ShardID(0), 1) }()
+	go func() { done <- db.Wait(ctx, "s", ShardID(0), sq(1)) }()
 	time.Sleep(10 * time.Millisecond)
 	db.Close()
 	select {
@@ -353,12 +353,12 @@ func TestStartAtTimestamp(t *testing.T) {
 	}
 	for i, ts := range marks {
 		pos, err := db.Start(ctx, "s", ShardID(0), source.AtTimestamp, ts)
-		if err != nil || pos != uint64(2*i) {
-			t.Fatalf("AT_TIMESTAMP before put %d = %d, %v; want %d", i, pos, err, 2*i)
+		if err != nil || pos.Compare(sq(uint64(2*i))) != 0 {
+			t.Fatalf("AT_TIMESTAMP before put %v = %v, %v; want %v", i, pos, err, 2*i)
 		}
 	}
-	if pos, err := db.Start(ctx, "s", ShardID(0), source.AtTimestamp, time.Now()); err != nil || pos != 40 {
-		t.Fatalf("AT_TIMESTAMP now = %d, %v; want 40", pos, err)
+	if pos, err := db.Start(ctx, "s", ShardID(0), source.AtTimestamp, time.Now()); err != nil || pos != sq(40) {
+		t.Fatalf("AT_TIMESTAMP now = %v, %v; want 40", pos, err)
 	}
 	if _, err := db.Start(ctx, "s", ShardID(0), "SOMEWHERE", time.Time{}); err == nil {
 		t.Fatal("unknown starting position accepted")
@@ -368,11 +368,11 @@ func TestStartAtTimestamp(t *testing.T) {
 	if err := db.Sweep(ctx, marks[10].Add(24*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if pos, err := db.Start(ctx, "s", ShardID(0), source.AtTimestamp, marks[0]); err != nil || pos != 20 {
-		t.Fatalf("AT_TIMESTAMP before the horizon = %d, %v; want 20", pos, err)
+	if pos, err := db.Start(ctx, "s", ShardID(0), source.AtTimestamp, marks[0]); err != nil || pos != sq(20) {
+		t.Fatalf("AT_TIMESTAMP before the horizon = %v, %v; want 20", pos, err)
 	}
-	if pos, err := db.Start(ctx, "s", ShardID(0), source.AtTimestamp, marks[15]); err != nil || pos != 30 {
-		t.Fatalf("AT_TIMESTAMP after the horizon = %d, %v; want 30", pos, err)
+	if pos, err := db.Start(ctx, "s", ShardID(0), source.AtTimestamp, marks[15]); err != nil || pos != sq(30) {
+		t.Fatalf("AT_TIMESTAMP after the horizon = %v, %v; want 30", pos, err)
 	}
 }
 
@@ -416,16 +416,16 @@ func TestReopenRecovers(t *testing.T) {
 		}
 	}
 	for _, sh := range before.Shards {
-		res, err := db.Read(ctx, "s", sh.ID, 0, 1000, 1<<30)
+		res, err := db.Read(ctx, "s", sh.ID, sq(0), 1000, 1<<30)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if uint64(len(res.Records)) != 2*sh.Latest || res.Latest != 2*sh.Latest {
-			t.Fatalf("shard %s: %d records, latest %d; want %d", sh.ID, len(res.Records), res.Latest, 2*sh.Latest)
+		if uint64(len(res.Records)) != 2*sh.Latest || res.Latest != sq(2*sh.Latest) {
+			t.Fatalf("shard %s: %v records, latest %v; want %v", sh.ID, len(res.Records), res.Latest, 2*sh.Latest)
 		}
 		for i, r := range res.Records {
-			if r.Sequence != uint64(i+1) {
-				t.Fatalf("shard %s: record %d has sequence %d", sh.ID, i, r.Sequence)
+			if r.Sequence != sq(uint64(i+1)) {
+				t.Fatalf("shard %s: record %v has sequence %v", sh.ID, i, r.Sequence)
 			}
 		}
 	}

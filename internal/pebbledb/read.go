@@ -93,8 +93,12 @@ func (sh *shard) firstAtOrAfter(it *pebble.Iterator, lo, hi uint64, ts int64) (u
 // records' Data and PartitionKey are copied, into one buffer per call.
 //
 // Errors: ErrStreamNotFound, ErrShardNotFound, ErrClosed, ctx.Err().
-func (db *DB) Read(ctx context.Context, stream, shardID string, after uint64, limit, maxBytes int) (source.ReadResult, error) {
+func (db *DB) Read(ctx context.Context, stream, shardID string, afterSeq idem.Sequence, limit, maxBytes int) (source.ReadResult, error) {
 	if err := ctx.Err(); err != nil {
+		return source.ReadResult{}, err
+	}
+	after, err := position(stream, shardID, afterSeq)
+	if err != nil {
 		return source.ReadResult{}, err
 	}
 	release, err := db.enter()
@@ -110,7 +114,10 @@ func (db *DB) Read(ctx context.Context, stream, shardID string, after uint64, li
 		return source.ReadResult{}, fmt.Errorf("pebbledb: read stream %q shard %s: limit %d must be at least 1", stream, shardID, limit)
 	}
 	visible := sh.visible.Load()
-	res := source.ReadResult{Latest: visible}
+	res := source.ReadResult{}
+	if visible > 0 {
+		res.Latest = idem.SequenceOf(visible)
+	}
 	if after >= visible {
 		return res, nil
 	}
@@ -125,6 +132,7 @@ func (db *DB) Read(ctx context.Context, stream, shardID string, after uint64, li
 	ends := make([][2]int, 0, n) // end offsets in data and pks
 	data := make([]byte, 0, min(max(maxBytes, 0), int(n)*256))
 	var pks []byte
+	seqs := make([]byte, 0, n*seqWidth)
 	size := 0
 	for valid := it.SeekGE(seqKey(sh.prefix, after+1)); valid && len(recs) < limit; valid = it.Next() {
 		k := it.Key()
@@ -146,26 +154,28 @@ func (db *DB) Read(ctx context.Context, stream, shardID string, after uint64, li
 		data = append(data, d...)
 		pks = append(pks, pk...)
 		ends = append(ends, [2]int{len(data), len(pks)})
-		recs = append(recs, idem.Record{Stream: st.name, ShardID: sh.id, Sequence: keySeq(k), ArrivalTime: time.Unix(0, arrival)})
+		seqs = idem.AppendSequence(seqs, keySeq(k))
+		recs = append(recs, idem.Record{Stream: st.name, ShardID: sh.id, ArrivalTime: time.Unix(0, arrival)})
 	}
 	if err := it.Error(); err != nil {
 		return source.ReadResult{}, fmt.Errorf("pebbledb: read stream %q shard %s: %w", stream, shardID, err)
 	}
-	if len(recs) == 0 || recs[0].Sequence != after+1 {
+	if len(recs) == 0 || keySeqOf(seqs[:seqWidth]) != after+1 {
 		trimmed, err := sh.horizon(it)
 		if err != nil {
 			return source.ReadResult{}, fmt.Errorf("pebbledb: read stream %q shard %s: %w", stream, shardID, err)
 		}
 		if trimmed > after {
-			res.Lost = trimmed - after
+			res.Lost, res.Trimmed = trimmed-after, idem.SequenceOf(trimmed)
 		}
 	}
-	keys := string(pks)
+	keys, seqStr := string(pks), string(seqs)
 	var d0, p0 int
 	for i := range recs {
 		d1, p1 := ends[i][0], ends[i][1]
 		recs[i].Data = data[d0:d1:d1]
 		recs[i].PartitionKey = keys[p0:p1]
+		recs[i].Sequence = idem.Sequence(seqStr[i*seqWidth : (i+1)*seqWidth])
 		d0, p0 = d1, p1
 	}
 	res.Records = recs
@@ -178,7 +188,11 @@ func (db *DB) Read(ctx context.Context, stream, shardID string, after uint64, li
 // every advance closes and replaces.
 //
 // Errors: ErrStreamNotFound, ErrShardNotFound, ErrClosed, ctx.Err().
-func (db *DB) Wait(ctx context.Context, stream, shardID string, after uint64) error {
+func (db *DB) Wait(ctx context.Context, stream, shardID string, afterSeq idem.Sequence) error {
+	after, err := position(stream, shardID, afterSeq)
+	if err != nil {
+		return err
+	}
 	st, sh, err := db.shardOf(stream, shardID)
 	if err != nil {
 		return err
@@ -212,7 +226,15 @@ func (db *DB) Wait(ctx context.Context, stream, shardID string, after uint64) er
 //
 // Errors: ErrStreamNotFound, ErrShardNotFound, ErrClosed, ctx.Err(), and an
 // error for an unknown position.
-func (db *DB) Start(ctx context.Context, stream, shardID string, pos source.StartingPosition, ts time.Time) (uint64, error) {
+func (db *DB) Start(ctx context.Context, stream, shardID string, pos source.StartingPosition, ts time.Time) (idem.Sequence, error) {
+	n, err := db.start(ctx, stream, shardID, pos, ts)
+	if err != nil || n == 0 {
+		return "", err
+	}
+	return idem.SequenceOf(n), nil
+}
+
+func (db *DB) start(ctx context.Context, stream, shardID string, pos source.StartingPosition, ts time.Time) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -249,4 +271,25 @@ func (db *DB) Start(ctx context.Context, stream, shardID string, pos source.Star
 		return 0, fmt.Errorf("pebbledb: stream %q shard %s: %w", stream, shardID, err)
 	}
 	return s - 1, nil
+}
+
+// seqWidth is the length of the embedded stream's sequences: 20 digits.
+const seqWidth = 20
+
+// keySeqOf parses one 20-digit sequence that AppendSequence wrote.
+func keySeqOf(b []byte) uint64 {
+	var n uint64
+	for _, c := range b {
+		n = n*10 + uint64(c-'0')
+	}
+	return n
+}
+
+// position converts a reader's position to the embedded stream's numbering.
+func position(stream, shardID string, s idem.Sequence) (uint64, error) {
+	n, ok := s.Uint64()
+	if !ok {
+		return 0, fmt.Errorf("pebbledb: stream %q shard %s: position %q is not a sequence of this stream", stream, shardID, s)
+	}
+	return n, nil
 }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/source"
 )
@@ -45,19 +46,19 @@ func (s *Source) Shards(ctx context.Context) ([]string, error) {
 }
 
 // Start returns the position a mapping without a checkpoint starts from.
-func (s *Source) Start(ctx context.Context, shard string, pos source.StartingPosition, ts time.Time) (uint64, error) {
+func (s *Source) Start(ctx context.Context, shard string, pos source.StartingPosition, ts time.Time) (idem.Sequence, error) {
 	return s.db.Start(ctx, s.stream, shard, pos, ts)
 }
 
 // Read returns records of shard above after; their Data is a copy that stays
 // valid after later Reads.
-func (s *Source) Read(ctx context.Context, shard string, after uint64, limit, maxBytes int) (source.ReadResult, error) {
+func (s *Source) Read(ctx context.Context, shard string, after idem.Sequence, limit, maxBytes int) (source.ReadResult, error) {
 	return s.db.Read(ctx, s.stream, shard, after, limit, maxBytes)
 }
 
 // Wait returns as soon as a record above after is visible, when ctx is done,
 // or after the DB's poll interval.
-func (s *Source) Wait(ctx context.Context, shard string, after uint64) error {
+func (s *Source) Wait(ctx context.Context, shard string, after idem.Sequence) error {
 	return s.db.Wait(ctx, s.stream, shard, after)
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/source"
 	"github.com/idem-run/idem/source/embedded"
@@ -28,12 +29,12 @@ func (h harness) MakeStream(ctx context.Context, t testing.TB, shards int) (sour
 	if err != nil {
 		return nil, nil, err
 	}
-	app := func(ctx context.Context, key string, data []byte) (string, uint64, error) {
+	app := func(ctx context.Context, key string, data []byte) (string, idem.Sequence, error) {
 		res, err := h.db.Put(ctx, name, []pebbledb.PutRecord{{PartitionKey: key, Data: data}})
 		if err != nil {
-			return "", 0, err
+			return "", "", err
 		}
-		return res[0].Shard, res[0].Sequence, nil
+		return res[0].Shard, idem.SequenceOf(res[0].Sequence), nil
 	}
 	return src, app, nil
 }
@@ -106,23 +107,23 @@ func TestRetentionReportsLost(t *testing.T) {
 	if err := db.Sweep(ctx, mid.Add(retention)); err != nil {
 		t.Fatal(err)
 	}
-	res, err := src.Read(ctx, shard, 0, 100, 1<<20)
+	res, err := src.Read(ctx, shard, "", 100, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Lost != 5 || len(res.Records) != 3 || res.Records[0].Sequence != 6 || res.Latest != 8 {
-		t.Fatalf("after trimming 5: lost %d, %d records from %v, latest %d; want 5 lost, records 6..8", res.Lost, len(res.Records), res.Records, res.Latest)
+	if res.Lost != 5 || len(res.Records) != 3 || res.Records[0].Sequence != idem.SequenceOf(6) || res.Latest != idem.SequenceOf(8) || res.Trimmed != idem.SequenceOf(5) {
+		t.Fatalf("after trimming 5: lost %d, %d records from %v, latest %s; want 5 lost, records 6..8", res.Lost, len(res.Records), res.Records, res.Latest)
 	}
-	res, err = src.Read(ctx, shard, 2, 100, 1<<20)
+	res, err = src.Read(ctx, shard, idem.SequenceOf(2), 100, 1<<20)
 	if err != nil || res.Lost != 3 {
 		t.Fatalf("read after 2: lost %d, err %v; want 3", res.Lost, err)
 	}
-	res, err = src.Read(ctx, shard, 5, 100, 1<<20)
+	res, err = src.Read(ctx, shard, idem.SequenceOf(5), 100, 1<<20)
 	if err != nil || res.Lost != 0 || len(res.Records) != 3 {
 		t.Fatalf("read after 5: lost %d, %d records, err %v; want 0 lost, 3 records", res.Lost, len(res.Records), err)
 	}
-	if pos, err := src.Start(ctx, shard, source.TrimHorizon, time.Time{}); err != nil || pos != 5 {
-		t.Fatalf("TRIM_HORIZON = %d, %v; want 5", pos, err)
+	if pos, err := src.Start(ctx, shard, source.TrimHorizon, time.Time{}); err != nil || pos != idem.SequenceOf(5) {
+		t.Fatalf("TRIM_HORIZON = %s, %v; want 5", pos, err)
 	}
 	info, err := db.StreamInfo(ctx, "s")
 	if err != nil || info.Shards[0].LowestRetained != 6 || info.Shards[0].Latest != 8 {
@@ -143,15 +144,15 @@ func TestRetentionReportsLost(t *testing.T) {
 	if src, err = embedded.New(db, "s"); err != nil {
 		t.Fatal(err)
 	}
-	res, err = src.Read(ctx, shard, 0, 100, 1<<20)
-	if err != nil || res.Lost != 8 || len(res.Records) != 0 || res.Latest != 8 {
+	res, err = src.Read(ctx, shard, "", 100, 1<<20)
+	if err != nil || res.Lost != 8 || len(res.Records) != 0 || res.Latest != idem.SequenceOf(8) {
 		t.Fatalf("after trimming all and reopening: %+v, %v; want 8 lost, latest 8", res, err)
 	}
 	if got := put(t, db, "s", 1)[0].Sequence; got != 9 {
 		t.Fatalf("next sequence after trimming all = %d, want 9", got)
 	}
-	res, err = src.Read(ctx, shard, 0, 100, 1<<20)
-	if err != nil || res.Lost != 8 || len(res.Records) != 1 || res.Records[0].Sequence != 9 {
+	res, err = src.Read(ctx, shard, "", 100, 1<<20)
+	if err != nil || res.Lost != 8 || len(res.Records) != 1 || res.Records[0].Sequence != idem.SequenceOf(9) {
 		t.Fatalf("after trimming all and putting one: %+v, %v", res, err)
 	}
 }
@@ -170,7 +171,7 @@ func TestBackgroundRetention(t *testing.T) {
 	res := put(t, db, "s", 4)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		r, err := src.Read(context.Background(), res[0].Shard, 0, 10, 1<<20)
+		r, err := src.Read(context.Background(), res[0].Shard, "", 10, 1<<20)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,11 +4,12 @@
 //
 //	func TestConformance(t *testing.T) { sourcetest.RunConformance(t, harness{}) }
 //
-// The suite assumes only what source.Driver promises: sequences strictly
-// increase within a shard, but need not start at 1 nor be contiguous (they
-// are at least 1, so that a read after 0 can return the first record), so
-// Kafka offsets plus one, Kinesis sequence numbers or Redis stream IDs
-// mapped to uint64 all pass.
+// The suite assumes only what source.Driver promises: sequences are decimal
+// strings that strictly increase within a shard (by idem.Sequence.Compare),
+// but need not start at 1, be contiguous or fit 64 bits, so Kafka offsets,
+// 56-digit Kinesis sequence numbers and Redis stream IDs all pass. The suite
+// never does arithmetic on a sequence: it reads from positions a driver
+// returned.
 package sourcetest
 
 import (
@@ -19,12 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/source"
 )
 
 // Appender appends one record to the stream a Harness made and returns
 // where it landed. Once it returns, the record is readable.
-type Appender func(ctx context.Context, partitionKey string, data []byte) (shard string, seq uint64, err error)
+type Appender func(ctx context.Context, partitionKey string, data []byte) (shard string, seq idem.Sequence, err error)
 
 // Features says what a driver can do, so that the suite asks no more.
 type Features struct {
@@ -82,7 +84,7 @@ func RunConformance(t *testing.T, h Harness) {
 // appended is what an Appender reported.
 type appended struct {
 	shard string
-	seq   uint64
+	seq   idem.Sequence
 	key   string
 	data  []byte
 }
@@ -133,7 +135,7 @@ func (f *fixture) shards() []string {
 	return ids
 }
 
-func (f *fixture) start(shard string, pos source.StartingPosition, ts time.Time) uint64 {
+func (f *fixture) start(shard string, pos source.StartingPosition, ts time.Time) idem.Sequence {
 	f.t.Helper()
 	s, err := f.d.Start(f.ctx, shard, pos, ts)
 	if err != nil {
@@ -142,18 +144,18 @@ func (f *fixture) start(shard string, pos source.StartingPosition, ts time.Time)
 	return s
 }
 
-func (f *fixture) read(shard string, after uint64, limit, maxBytes int) source.ReadResult {
+func (f *fixture) read(shard string, after idem.Sequence, limit, maxBytes int) source.ReadResult {
 	f.t.Helper()
 	res, err := f.d.Read(f.ctx, shard, after, limit, maxBytes)
 	if err != nil {
-		f.t.Fatalf("Read(%s, after %d): %v", shard, after, err)
+		f.t.Fatalf("Read(%s, after %q): %v", shard, after, err)
 	}
 	return res
 }
 
 // readAll reads shard after after until a read returns nothing, in pages of
 // limit, copying the data.
-func (f *fixture) readAll(shard string, after uint64, limit int) []appended {
+func (f *fixture) readAll(shard string, after idem.Sequence, limit int) []appended {
 	f.t.Helper()
 	var out []appended
 	for {
@@ -162,11 +164,11 @@ func (f *fixture) readAll(shard string, after uint64, limit int) []appended {
 			return out
 		}
 		if len(res.Records) > limit {
-			f.t.Fatalf("Read(%s, after %d, limit %d) returned %d records", shard, after, limit, len(res.Records))
+			f.t.Fatalf("Read(%s, after %q, limit %d) returned %d records", shard, after, limit, len(res.Records))
 		}
 		for _, r := range res.Records {
-			if r.Sequence <= after {
-				f.t.Fatalf("Read(%s) after %d returned sequence %d", shard, after, r.Sequence)
+			if !r.Sequence.Valid() || r.Sequence.Compare(after) <= 0 {
+				f.t.Fatalf("Read(%s) after %q returned sequence %q", shard, after, r.Sequence)
 			}
 			if r.ShardID != shard {
 				f.t.Fatalf("Read(%s) returned a record of shard %q", shard, r.ShardID)
@@ -194,7 +196,7 @@ func sameRecords(t *testing.T, what string, got, want []appended) {
 	for i := range want {
 		g, w := got[i], want[i]
 		if g.seq != w.seq || g.key != w.key || !bytes.Equal(g.data, w.data) {
-			t.Fatalf("%s: record %d = seq %d key %q data %.40q, want seq %d key %q data %.40q", what, i, g.seq, g.key, g.data, w.seq, w.key, w.data)
+			t.Fatalf("%s: record %d = seq %q key %q data %.40q, want seq %q key %q data %.40q", what, i, g.seq, g.key, g.data, w.seq, w.key, w.data)
 		}
 	}
 }
@@ -240,16 +242,17 @@ func testShardOrder(t *testing.T, h Harness, _ Features) {
 	for _, shard := range f.shards() {
 		want := groups[shard]
 		for i := 1; i < len(want); i++ {
-			if want[i].seq <= want[i-1].seq {
-				t.Fatalf("shard %s: append returned sequence %d after %d", shard, want[i].seq, want[i-1].seq)
+			if want[i].seq.Compare(want[i-1].seq) <= 0 {
+				t.Fatalf("shard %s: append returned sequence %q after %q", shard, want[i].seq, want[i-1].seq)
 			}
 		}
 		got := f.readAll(shard, f.start(shard, source.TrimHorizon, time.Time{}), 1000)
 		sameRecords(t, "shard "+shard, got, want)
 		total += len(got)
 		if len(want) > 0 {
-			if l := f.read(shard, 0, 1, 1<<20).Latest; l != want[len(want)-1].seq {
-				t.Fatalf("shard %s: Latest = %d, want %d", shard, l, want[len(want)-1].seq)
+			from := f.start(shard, source.TrimHorizon, time.Time{})
+			if l := f.read(shard, from, 1, 1<<20).Latest; l.Compare(want[len(want)-1].seq) != 0 {
+				t.Fatalf("shard %s: Latest = %q, want %q", shard, l, want[len(want)-1].seq)
 			}
 		}
 	}
@@ -277,7 +280,7 @@ func testTrimHorizon(t *testing.T, h Harness, _ Features) {
 	before := f.start(shard, source.TrimHorizon, time.Time{})
 	recs := f.appendN(5, "key")
 	if after := f.start(shard, source.TrimHorizon, time.Time{}); after != before {
-		t.Fatalf("TRIM_HORIZON moved from %d to %d when records were appended", before, after)
+		t.Fatalf("TRIM_HORIZON moved from %q to %q when records were appended", before, after)
 	}
 	sameRecords(t, "from TRIM_HORIZON", f.readAll(shard, before, 100), recs)
 }
@@ -293,8 +296,8 @@ func testLatest(t *testing.T, h Harness, _ Features) {
 	if res := f.read(shard, pos, 10, 1<<20); len(res.Records) != 0 {
 		t.Fatalf("LATEST read %d old records", len(res.Records))
 	}
-	if pos < old[2].seq {
-		t.Fatalf("LATEST = %d, below the newest record %d", pos, old[2].seq)
+	if pos.Compare(old[2].seq) < 0 {
+		t.Fatalf("LATEST = %q, below the newest record %q", pos, old[2].seq)
 	}
 	fresh := f.append("key", []byte("fresh"))
 	sameRecords(t, "after LATEST", f.readAll(shard, pos, 10), []appended{fresh})
@@ -319,9 +322,9 @@ func testAtTimestamp(t *testing.T, h Harness, feat Features) {
 	if got := f.readAll(shard, f.start(shard, source.AtTimestamp, t1), 100); len(got) != 0 {
 		t.Fatalf("AT_TIMESTAMP after every record read %d records", len(got))
 	}
-	for _, r := range f.read(shard, 0, 100, 1<<20).Records {
+	for _, r := range f.read(shard, f.start(shard, source.TrimHorizon, time.Time{}), 100, 1<<20).Records {
 		if r.ArrivalTime.IsZero() {
-			t.Fatalf("record %d has no arrival time", r.Sequence)
+			t.Fatalf("record %q has no arrival time", r.Sequence)
 		}
 	}
 }
@@ -392,9 +395,10 @@ func testLargeRecord(t *testing.T, h Harness, feat Features) {
 	for i := range big {
 		big[i] = byte(i * 7)
 	}
+	from := f.start(f.shards()[0], source.TrimHorizon, time.Time{})
 	r := f.append("big", big)
 	small := f.append("big", []byte("small"))
-	got := f.readAll(r.shard, r.seq-1, 10)
+	got := f.readAll(r.shard, from, 10)
 	if len(got) < 1 || !bytes.Equal(got[0].data, big) {
 		t.Fatalf("the %d-byte record did not round-trip", len(big))
 	}
@@ -403,11 +407,12 @@ func testLargeRecord(t *testing.T, h Harness, feat Features) {
 
 func testLimitAndMaxBytes(t *testing.T, h Harness, _ Features) {
 	f := newFixture(t, h, 1)
+	from := f.start(f.shards()[0], source.TrimHorizon, time.Time{})
 	recs := make([]appended, 10)
 	for i := range recs {
 		recs[i] = f.append("key", bytes.Repeat([]byte{byte('a' + i)}, 100))
 	}
-	shard, from := recs[0].shard, recs[0].seq-1
+	shard := recs[0].shard
 	check := func(limit, maxBytes, want int) {
 		t.Helper()
 		res := f.read(shard, from, limit, maxBytes)
@@ -415,8 +420,8 @@ func testLimitAndMaxBytes(t *testing.T, h Harness, _ Features) {
 			t.Fatalf("Read(limit %d, maxBytes %d) returned %d records, want %d", limit, maxBytes, len(res.Records), want)
 		}
 		for i, r := range res.Records {
-			if r.Sequence != recs[i].seq || !bytes.Equal(r.Data, recs[i].data) {
-				t.Fatalf("Read(limit %d, maxBytes %d): record %d is sequence %d, want %d", limit, maxBytes, i, r.Sequence, recs[i].seq)
+			if r.Sequence.Compare(recs[i].seq) != 0 || !bytes.Equal(r.Data, recs[i].data) {
+				t.Fatalf("Read(limit %d, maxBytes %d): record %d is sequence %q, want %q", limit, maxBytes, i, r.Sequence, recs[i].seq)
 			}
 		}
 	}
@@ -430,7 +435,7 @@ func testLimitAndMaxBytes(t *testing.T, h Harness, _ Features) {
 
 func testUnknownShard(t *testing.T, h Harness, _ Features) {
 	f := newFixture(t, h, 1)
-	_, err := f.d.Read(f.ctx, "no-such-shard", 0, 10, 1<<20)
+	_, err := f.d.Read(f.ctx, "no-such-shard", "", 10, 1<<20)
 	if !errors.Is(err, source.ErrShardNotFound) {
 		t.Fatalf("Read of an unknown shard: %v, want source.ErrShardNotFound", err)
 	}

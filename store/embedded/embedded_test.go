@@ -83,19 +83,19 @@ func TestFailureRecords(t *testing.T) {
 	}
 	st := embedded.New(db)
 	recs := []idem.Record{
-		{Stream: "in", ShardID: "shardId-000000000003", Sequence: 7, PartitionKey: "alice", Data: []byte(`{"n":1}`)},
-		{Stream: "in", ShardID: "shardId-000000000003", Sequence: 8, PartitionKey: "bob", Data: []byte(`{"n":2}`)},
-		{Stream: "in", ShardID: "shardId-000000000003", Sequence: 9, PartitionKey: "", Data: []byte{0xff, 0}},
+		{Stream: "in", ShardID: "shardId-000000000003", Sequence: idem.SequenceOf(7), PartitionKey: "alice", Data: []byte(`{"n":1}`)},
+		{Stream: "in", ShardID: "shardId-000000000003", Sequence: idem.SequenceOf(8), PartitionKey: "bob", Data: []byte(`{"n":2}`)},
+		{Stream: "in", ShardID: "shardId-000000000003", Sequence: idem.SequenceOf(9), PartitionKey: "", Data: []byte{0xff, 0}},
 	}
 	cp := store.CheckpointKey{Mapping: "m", Stream: "in", Shard: "shardId-000000000003"}
 	w := &store.Write{
-		Checkpoint: cp, NewCheckpoint: store.Checkpoint{Sequence: 9, Discarded: 3},
+		Checkpoint: cp, NewCheckpoint: store.Checkpoint{Sequence: idem.SequenceOf(9), Discarded: 3},
 		Failures: []store.Failure{{Destination: "dlq", Metadata: []byte(`{"meta":true}`), Records: recs}},
 	}
 	if err := st.Commit(ctx, w); err != nil {
 		t.Fatal(err)
 	}
-	res, err := db.Read(ctx, "dlq", pebbledb.ShardID(0), 0, 100, 1<<20)
+	res, err := db.Read(ctx, "dlq", pebbledb.ShardID(0), "", 100, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,11 +109,11 @@ func TestFailureRecords(t *testing.T) {
 		t.Fatalf("dlq holds %d records, want %d", len(res.Records), len(want))
 	}
 	for i, r := range res.Records {
-		if r.PartitionKey != want[i].key || string(r.Data) != want[i].data || r.Sequence != uint64(i+1) || r.Stream != "dlq" {
-			t.Fatalf("dlq record %d = seq %d key %q data %q, want seq %d key %q data %q", i, r.Sequence, r.PartitionKey, r.Data, i+1, want[i].key, want[i].data)
+		if r.PartitionKey != want[i].key || string(r.Data) != want[i].data || r.Sequence != idem.SequenceOf(uint64(i+1)) || r.Stream != "dlq" {
+			t.Fatalf("dlq record %d = seq %s key %q data %q, want seq %d key %q data %q", i, r.Sequence, r.PartitionKey, r.Data, i+1, want[i].key, want[i].data)
 		}
 	}
-	if c, ok, err := st.Checkpoint(ctx, cp); err != nil || !ok || c.Sequence != 9 || c.Discarded != 3 {
+	if c, ok, err := st.Checkpoint(ctx, cp); err != nil || !ok || c.Sequence != idem.SequenceOf(9) || c.Discarded != 3 {
 		t.Fatalf("checkpoint = %+v, %v, %v", c, ok, err)
 	}
 
@@ -132,7 +132,7 @@ func TestFailureToMissingStream(t *testing.T) {
 	st := embedded.New(db)
 	cp := store.CheckpointKey{Mapping: "m", Stream: "in", Shard: "s"}
 	err := st.Commit(ctx, &store.Write{
-		Checkpoint: cp, NewCheckpoint: store.Checkpoint{Sequence: 1},
+		Checkpoint: cp, NewCheckpoint: store.Checkpoint{Sequence: idem.SequenceOf(1)},
 		State:    []store.StateOp{{Namespace: "n", Key: "k", Value: []byte("v")}},
 		Failures: []store.Failure{{Destination: "nope", Metadata: []byte("{}")}},
 	})

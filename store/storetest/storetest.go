@@ -167,17 +167,17 @@ func testCheckpointAbsent(t *testing.T, f *fixture) {
 	if c, ok := f.checkpoint(f.cpKey("shard-0")); ok || c != (store.Checkpoint{}) {
 		t.Fatalf("absent checkpoint = %+v, %v; want zero, false", c, ok)
 	}
-	if p := f.progress(f.progressKey("shard-0")); p.HighWater != 0 || len(p.Above) != 0 {
+	if p := f.progress(f.progressKey("shard-0")); p.HighWater != "" || len(p.Above) != 0 {
 		t.Fatalf("absent progress = %+v, want zero", p)
 	}
 }
 
 func testCheckpointRoundTrip(t *testing.T, f *fixture) {
 	key := f.cpKey("shard-0")
-	cp := store.Checkpoint{Sequence: 1<<63 + 12345, Processed: 10, Skipped: 2, Discarded: 3, Lost: 1 << 40}
+	cp := store.Checkpoint{Sequence: "49590338271490256608559692538361571095921575989136588898", Processed: 10, Skipped: 2, Discarded: 3, Lost: 1 << 40}
 	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: cp})
 	f.wantCheckpoint(key, cp)
-	cp2 := store.Checkpoint{Sequence: cp.Sequence + 100, Processed: 110}
+	cp2 := store.Checkpoint{Sequence: "49590338271490256608559692538361571095921575989136588998", Processed: 110}
 	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: cp2})
 	f.wantCheckpoint(key, cp2)
 	zero := f.cpKey("shard-zero")
@@ -194,17 +194,17 @@ func testCheckpointKeysDistinct(t *testing.T, f *fixture) {
 	d := store.CheckpointKey{Mapping: f.ns + "/a\x00b", Stream: "c", Shard: "d"}
 	keys := []store.CheckpointKey{a, b, c, d}
 	for i, k := range keys {
-		f.commit(&store.Write{Checkpoint: k, NewCheckpoint: store.Checkpoint{Sequence: uint64(i + 1)},
-			HasProgress: true, ProgressKey: asProgressKey(k), Progress: store.Progress{HighWater: uint64(i + 10)}})
+		f.commit(&store.Write{Checkpoint: k, NewCheckpoint: store.Checkpoint{Sequence: sq(i + 1)},
+			HasProgress: true, ProgressKey: asProgressKey(k), Progress: store.Progress{HighWater: sq(i + 10)}})
 	}
 	for i, k := range keys {
-		f.wantCheckpoint(k, store.Checkpoint{Sequence: uint64(i + 1)})
-		if p := f.progress(asProgressKey(k)); p.HighWater != uint64(i+10) {
+		f.wantCheckpoint(k, store.Checkpoint{Sequence: sq(i + 1)})
+		if p := f.progress(asProgressKey(k)); p.HighWater != sq(i+10) {
 			t.Fatalf("progress of %+v = %+v, want high water %d", k, p, i+10)
 		}
 	}
 	ns := f.ns + "/"
-	f.commit(&store.Write{Checkpoint: a, NewCheckpoint: store.Checkpoint{Sequence: 1}, State: []store.StateOp{
+	f.commit(&store.Write{Checkpoint: a, NewCheckpoint: store.Checkpoint{Sequence: sq(1)}, State: []store.StateOp{
 		{Namespace: ns + "a/b", Key: "c", Value: []byte("1")},
 		{Namespace: ns + "a", Key: "b/c", Value: []byte("2")},
 		{Namespace: ns + "a\x00b", Key: "c", Value: []byte("3")},
@@ -223,15 +223,15 @@ func asProgressKey(k store.CheckpointKey) store.ProgressKey {
 func testDeleteCheckpoint(t *testing.T, f *fixture) {
 	key := f.cpKey("shard-0")
 	other := f.cpKey("shard-1")
-	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: 7}})
-	f.commit(&store.Write{Checkpoint: other, NewCheckpoint: store.Checkpoint{Sequence: 9}})
+	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: sq(7)}})
+	f.commit(&store.Write{Checkpoint: other, NewCheckpoint: store.Checkpoint{Sequence: sq(9)}})
 	if err := f.d.DeleteCheckpoint(f.ctx, key); err != nil {
 		t.Fatalf("DeleteCheckpoint: %v", err)
 	}
 	if c, ok := f.checkpoint(key); ok {
 		t.Fatalf("deleted checkpoint = %+v, true", c)
 	}
-	f.wantCheckpoint(other, store.Checkpoint{Sequence: 9})
+	f.wantCheckpoint(other, store.Checkpoint{Sequence: sq(9)})
 	if err := f.d.DeleteCheckpoint(f.ctx, key); err != nil {
 		t.Fatalf("DeleteCheckpoint of a missing checkpoint: %v", err)
 	}
@@ -241,18 +241,18 @@ func testDeleteCheckpoint(t *testing.T, f *fixture) {
 	if c, ok := f.checkpoint(key); ok {
 		t.Fatalf("deleted checkpoint after reopen = %+v, true", c)
 	}
-	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: 2}})
-	f.wantCheckpoint(key, store.Checkpoint{Sequence: 2})
+	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: sq(2)}})
+	f.wantCheckpoint(key, store.Checkpoint{Sequence: sq(2)})
 }
 
 func testProgressRoundTrip(t *testing.T, f *fixture) {
 	key := f.progressKey("shard-0")
 	cpKey := f.cpKey("shard-0")
 	for _, p := range []store.Progress{
-		{HighWater: 5},
-		{HighWater: 100, Above: []uint64{102, 103, 110, 1 << 40}},
-		{HighWater: 1<<64 - 3, Above: []uint64{1<<64 - 1}},
-		{HighWater: 200},
+		{HighWater: sq(5)},
+		{HighWater: sq(100), Above: []idem.Sequence{sq(102), sq(103), sq(110), sq(1 << 40)}},
+		{HighWater: sq(uint64(1<<64 - 3)), Above: []idem.Sequence{sq(uint64(1<<64 - 1)), "49590338271490256608559692538361571095921575989136588898"}},
+		{HighWater: sq(200)},
 	} {
 		f.commit(&store.Write{Checkpoint: cpKey, HasProgress: true, ProgressKey: key, Progress: p})
 		got := f.progress(key)
@@ -261,11 +261,11 @@ func testProgressRoundTrip(t *testing.T, f *fixture) {
 		}
 	}
 	// A Write without HasProgress leaves progress alone.
-	f.commit(&store.Write{Checkpoint: cpKey, ProgressKey: key, Progress: store.Progress{HighWater: 1}})
-	if got := f.progress(key); got.HighWater != 200 {
+	f.commit(&store.Write{Checkpoint: cpKey, ProgressKey: key, Progress: store.Progress{HighWater: sq(1)}})
+	if got := f.progress(key); got.HighWater != sq(200) {
 		t.Fatalf("Progress after a Write without it = %+v, want high water 200", got)
 	}
-	if other := f.progress(f.progressKey("shard-1")); other.HighWater != 0 {
+	if other := f.progress(f.progressKey("shard-1")); other.HighWater != "" {
 		t.Fatalf("another shard's progress = %+v", other)
 	}
 }
@@ -354,8 +354,8 @@ func testWriteLandsWholly(t *testing.T, f *fixture) {
 		keys[i] = f.mark(i)
 		marks[i] = store.Mark{Key: keys[i], Expires: base.Add(time.Hour)}
 	}
-	cp := store.Checkpoint{Sequence: 100, Processed: 97, Skipped: 2, Discarded: 1}
-	prog := store.Progress{HighWater: 100, Above: []uint64{105}}
+	cp := store.Checkpoint{Sequence: sq(100), Processed: 97, Skipped: 2, Discarded: 1}
+	prog := store.Progress{HighWater: sq(100), Above: []idem.Sequence{sq(105)}}
 	f.commit(&store.Write{
 		Checkpoint: cpKey, NewCheckpoint: cp,
 		HasProgress: true, ProgressKey: pKey, Progress: prog,
@@ -388,10 +388,10 @@ func testWriteReuse(t *testing.T, f *fixture) {
 	w := &store.Write{}
 	val := []byte("one")
 	w.Checkpoint = f.cpKey("shard-0")
-	w.NewCheckpoint = store.Checkpoint{Sequence: 1}
+	w.NewCheckpoint = store.Checkpoint{Sequence: sq(1)}
 	w.HasProgress, w.ProgressKey = true, f.progressKey("shard-0")
-	w.Progress.Above = append(w.Progress.Above, 3)
-	w.Progress.HighWater = 1
+	w.Progress.Above = append(w.Progress.Above, sq(3))
+	w.Progress.HighWater = sq(1)
 	w.Marks = append(w.Marks, store.Mark{Key: f.mark(0), Expires: base.Add(time.Hour)})
 	w.State = append(w.State, store.StateOp{Namespace: ns, Key: "k", Value: val})
 	f.commit(w)
@@ -399,19 +399,19 @@ func testWriteReuse(t *testing.T, f *fixture) {
 	w.Reset()
 	copy(val, "two")
 	w.Checkpoint = f.cpKey("shard-1")
-	w.NewCheckpoint = store.Checkpoint{Sequence: 2}
+	w.NewCheckpoint = store.Checkpoint{Sequence: sq(2)}
 	w.HasProgress, w.ProgressKey = true, f.progressKey("shard-1")
-	w.Progress.HighWater = 5
+	w.Progress.HighWater = sq(5)
 	w.Marks = append(w.Marks, store.Mark{Key: f.mark(1), Expires: base.Add(time.Hour)})
 	w.State = append(w.State, store.StateOp{Namespace: ns, Key: "k2", Value: []byte("v2")})
 	f.commit(w)
 
-	f.wantCheckpoint(f.cpKey("shard-0"), store.Checkpoint{Sequence: 1})
-	f.wantCheckpoint(f.cpKey("shard-1"), store.Checkpoint{Sequence: 2})
-	if p := f.progress(f.progressKey("shard-0")); p.HighWater != 1 || !slices.Equal(p.Above, []uint64{3}) {
+	f.wantCheckpoint(f.cpKey("shard-0"), store.Checkpoint{Sequence: sq(1)})
+	f.wantCheckpoint(f.cpKey("shard-1"), store.Checkpoint{Sequence: sq(2)})
+	if p := f.progress(f.progressKey("shard-0")); p.HighWater != sq(1) || !slices.Equal(p.Above, []idem.Sequence{sq(3)}) {
 		t.Fatalf("first progress = %+v", p)
 	}
-	if p := f.progress(f.progressKey("shard-1")); p.HighWater != 5 || len(p.Above) != 0 {
+	if p := f.progress(f.progressKey("shard-1")); p.HighWater != sq(5) || len(p.Above) != 0 {
 		t.Fatalf("second progress = %+v", p)
 	}
 	if got := f.completed([]store.MarkKey{f.mark(0), f.mark(1)}, base); !slices.Equal(got, []bool{true, true}) {
@@ -435,8 +435,8 @@ func testConcurrentCommits(t *testing.T, f *fixture) {
 			shard := fmt.Sprintf("shard-%d", g)
 			for c := 1; c <= commits; c++ {
 				w := &store.Write{
-					Checkpoint: f.cpKey(shard), NewCheckpoint: store.Checkpoint{Sequence: uint64(c), Processed: uint64(c)},
-					HasProgress: true, ProgressKey: f.progressKey(shard), Progress: store.Progress{HighWater: uint64(c)},
+					Checkpoint: f.cpKey(shard), NewCheckpoint: store.Checkpoint{Sequence: sq(c), Processed: uint64(c)},
+					HasProgress: true, ProgressKey: f.progressKey(shard), Progress: store.Progress{HighWater: sq(c)},
 					State: []store.StateOp{{Namespace: ns, Key: shard, Value: fmt.Appendf(nil, "%d", c)}},
 				}
 				for m := range 10 {
@@ -458,8 +458,8 @@ func testConcurrentCommits(t *testing.T, f *fixture) {
 		t.Helper()
 		for g := range workers {
 			shard := fmt.Sprintf("shard-%d", g)
-			f.wantCheckpoint(f.cpKey(shard), store.Checkpoint{Sequence: uint64(commits), Processed: uint64(commits)})
-			if p := f.progress(f.progressKey(shard)); p.HighWater != uint64(commits) {
+			f.wantCheckpoint(f.cpKey(shard), store.Checkpoint{Sequence: sq(commits), Processed: uint64(commits)})
+			if p := f.progress(f.progressKey(shard)); p.HighWater != sq(commits) {
 				t.Fatalf("%s: %s progress = %+v", when, shard, p)
 			}
 			f.wantState(ns, shard, fmt.Appendf(nil, "%d", commits))
@@ -524,7 +524,7 @@ func benchCommit(b *testing.B, h Harness, marks int, parallel bool) {
 			w.Reset()
 			seq += benchBatch
 			w.Checkpoint = store.CheckpointKey{Mapping: "bench", Stream: "stream", Shard: shard}
-			w.NewCheckpoint = store.Checkpoint{Sequence: seq, Processed: seq}
+			w.NewCheckpoint = store.Checkpoint{Sequence: sq(seq), Processed: seq}
 			expires := time.Now().Add(time.Hour)
 			for i := range marks {
 				var k store.MarkKey
@@ -559,3 +559,6 @@ func benchCommit(b *testing.B, h Harness, marks int, parallel bool) {
 	}
 	b.ReportMetric(float64(b.N*benchBatch)/time.Since(start).Seconds(), "records/s")
 }
+
+// sq is the suite's shorthand for a 20-digit sequence.
+func sq[N int | uint64](n N) idem.Sequence { return idem.SequenceOf(uint64(n)) }
