@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -93,6 +94,10 @@ func appendPadded(dst []byte, n uint64) []byte {
 // Compare returns -1, 0 or +1 as s is below, equal to or above t, as
 // numbers: leading zeros do not count, and the zero Sequence equals "0".
 func (s Sequence) Compare(t Sequence) int {
+	if len(s) == len(t) {
+		// Equal widths (a source's fixed-width numbering) compare as text.
+		return strings.Compare(string(s), string(t))
+	}
 	a, b := trimZeros(string(s)), trimZeros(string(t))
 	switch {
 	case len(a) < len(b):

@@ -27,6 +27,11 @@ import (
 // ErrClosed is returned by Driver methods called after Close.
 var ErrClosed = errors.New("store: closed")
 
+// ErrCheckpointBackwards is returned by Commit for a Write whose checkpoint
+// is below the stored one: a stale owner of the shard (one that lost it, or
+// a bug) must never rewind it. DeleteCheckpoint is the explicit reset.
+var ErrCheckpointBackwards = errors.New("store: checkpoint would move backwards")
+
 // CheckpointKey names one mapping's position in one shard.
 type CheckpointKey struct {
 	Mapping string
@@ -154,7 +159,9 @@ type Driver interface {
 	// idem.ErrNotFound.
 	State(ctx context.Context, namespace, key string) ([]byte, error)
 
-	// Commit applies w atomically and durably.
+	// Commit applies w atomically and durably. A checkpoint below the
+	// stored one makes an error wrapping ErrCheckpointBackwards, and
+	// nothing is written.
 	Commit(ctx context.Context, w *Write) error
 
 	// DeleteCheckpoint removes a mapping's checkpoint (an explicit reset, the

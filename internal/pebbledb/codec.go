@@ -20,6 +20,7 @@ const (
 	prefixMark       = 'k'
 	prefixExpiry     = 'x'
 	prefixState      = 'v'
+	prefixClaim      = 'i'
 )
 
 // valueVersion is the leading byte of every value this code writes.

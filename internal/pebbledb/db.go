@@ -139,6 +139,11 @@ type DB struct {
 
 	// sweepMu serializes sweeps.
 	sweepMu sync.Mutex
+
+	// claimMu makes each idempotency claim's read-modify-write atomic: the
+	// DB has one process as its only writer, so a mutex is the whole of
+	// the compare-and-set a shared store does with a transaction.
+	claimMu sync.Mutex
 }
 
 // Open opens (creating if needed) the database in dir and starts the

@@ -193,6 +193,17 @@ func (db *DB) Commit(ctx context.Context, w *store.Write) error {
 		}
 	}
 
+	var stored store.Checkpoint
+	if _, err := db.get(checkpointKey(cp), func(v []byte) (err error) {
+		stored, err = decodeCheckpoint(v)
+		return err
+	}); err != nil {
+		return wrap(err)
+	}
+	if w.NewCheckpoint.Sequence.Compare(stored.Sequence) < 0 {
+		return wrap(fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, stored.Sequence, w.NewCheckpoint.Sequence))
+	}
+
 	b := db.pdb.NewBatch()
 	defer b.Close()
 	var scratch [64]byte

@@ -61,3 +61,23 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) error {
 	return s.db.DeleteCheckpoint(ctx, key)
 }
+
+var _ store.Claims = (*Store)(nil)
+
+// Claim takes an idempotency record; see store.Claims.
+func (s *Store) Claim(ctx context.Context, key store.MarkKey, payload store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
+	return s.db.Claim(ctx, key, payload, lease, now)
+}
+
+// Complete stores a claim's result; see store.Claims.
+func (s *Store) Complete(ctx context.Context, c store.Claim, result []byte, expires time.Time) error {
+	return s.db.Complete(ctx, c, result, expires)
+}
+
+// Release ends a claim's lease early; see store.Claims.
+func (s *Store) Release(ctx context.Context, c store.Claim) error { return s.db.Release(ctx, c) }
+
+// Lookup returns an idempotency record; see store.Claims.
+func (s *Store) Lookup(ctx context.Context, key store.MarkKey, now time.Time) (store.Claim, bool, error) {
+	return s.db.Lookup(ctx, key, now)
+}

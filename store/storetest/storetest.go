@@ -1,4 +1,5 @@
-// Package storetest is the conformance suite every store.Driver passes, and
+// Package storetest is the conformance suite every store.Driver passes (and
+// every store.Claims, for drivers that keep idempotency records), and
 // the benchmarks that compare drivers on identical work. A driver's test is
 // one line:
 //
@@ -60,6 +61,13 @@ func RunConformance(t *testing.T, h Harness) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			tc.run(t, newFixture(t, h))
+		})
+	}
+	for _, tc := range claimTests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t, h)
+			tc.run(t, f, claimsOf(f))
 		})
 	}
 }
@@ -180,6 +188,21 @@ func testCheckpointRoundTrip(t *testing.T, f *fixture) {
 	cp2 := store.Checkpoint{Sequence: "49590338271490256608559692538361571095921575989136588998", Processed: 110}
 	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: cp2})
 	f.wantCheckpoint(key, cp2)
+	// Never backwards: the write is refused whole, marks included.
+	mk := f.mark(1)
+	err := f.d.Commit(f.ctx, &store.Write{Checkpoint: key, NewCheckpoint: cp,
+		Marks: []store.Mark{{Key: mk, Expires: time.Now().Add(time.Hour)}}})
+	if !errors.Is(err, store.ErrCheckpointBackwards) {
+		t.Fatalf("Commit of an older checkpoint: %v, want ErrCheckpointBackwards", err)
+	}
+	f.wantCheckpoint(key, cp2)
+	done := []bool{false}
+	if err := f.d.Completed(f.ctx, []store.MarkKey{mk}, time.Now(), done); err != nil || done[0] {
+		t.Fatalf("a refused Commit left its mark: %v, %v", done, err)
+	}
+	// The same checkpoint again is not backwards (a commit of out-of-order
+	// completions only).
+	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: cp2})
 	zero := f.cpKey("shard-zero")
 	f.commit(&store.Write{Checkpoint: zero})
 	f.wantCheckpoint(zero, store.Checkpoint{})

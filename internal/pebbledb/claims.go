@@ -1,0 +1,188 @@
+package pebbledb
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/idem-run/idem/store"
+)
+
+// claimKey is 'i' | MarkKey.
+func claimKey(k store.MarkKey) []byte {
+	return append([]byte{prefixClaim}, k[:]...)
+}
+
+// A claim value: version | status | uvarint token | 32-byte payload hash |
+// varint lease-until | varint expires | result.
+func appendClaim(b []byte, c *store.Claim) []byte {
+	b = append(b, valueVersion, byte(c.Status))
+	b = binary.AppendUvarint(b, c.Token)
+	b = append(b, c.PayloadHash[:]...)
+	b = binary.AppendVarint(b, unixNano(c.LeaseUntil))
+	b = binary.AppendVarint(b, unixNano(c.Expires))
+	return append(b, c.Result...)
+}
+
+func decodeClaim(k store.MarkKey, v []byte) (store.Claim, error) {
+	r := reader{b: v}
+	r.version("claim")
+	st := r.bytes(1, "claim: status")
+	c := store.Claim{Key: k}
+	c.Token = r.uvarint("claim: token")
+	copy(c.PayloadHash[:], r.bytes(32, "claim: payload hash"))
+	lease := r.varint("claim: lease")
+	exp := r.varint("claim: expires")
+	if r.err != nil {
+		return store.Claim{}, r.err
+	}
+	c.Status = store.ClaimStatus(st[0])
+	if c.Status != store.Acquired && c.Status != store.Completed {
+		return store.Claim{}, fmt.Errorf("%w: claim: status %d", errCorrupt, st[0])
+	}
+	c.LeaseUntil, c.Expires = fromUnixNano(lease), fromUnixNano(exp)
+	if len(r.b) > 0 {
+		c.Result = append([]byte(nil), r.b...)
+	}
+	return c, nil
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// loadClaim reads key's record; ok is false if there is none.
+func (db *DB) loadClaim(k store.MarkKey) (c store.Claim, ok bool, err error) {
+	ok, err = db.get(claimKey(k), func(v []byte) (err error) {
+		c, err = decodeClaim(k, v)
+		return err
+	})
+	return c, ok, err
+}
+
+// live reports whether a stored record still counts at now: a completed one
+// until it expires, an acquired one while its lease runs.
+func live(c *store.Claim, now time.Time) bool {
+	if c.Status == store.Completed {
+		return c.Expires.IsZero() || now.Before(c.Expires)
+	}
+	return now.Before(c.LeaseUntil)
+}
+
+// Claim implements store.Claims. Expired records are replaced in place;
+// the fencing token carries on from the replaced one.
+func (db *DB) Claim(ctx context.Context, key store.MarkKey, payload store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Claim{}, err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return store.Claim{}, err
+	}
+	defer release()
+	db.claimMu.Lock()
+	defer db.claimMu.Unlock()
+	old, found, err := db.loadClaim(key)
+	if err != nil {
+		return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, err)
+	}
+	if found && live(&old, now) {
+		if old.PayloadHash != payload {
+			return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, store.ErrPayloadMismatch)
+		}
+		if old.Status == store.Completed {
+			return old, nil
+		}
+		return store.Claim{}, fmt.Errorf("pebbledb: claim %x until %s: %w", key, old.LeaseUntil.Format(time.RFC3339Nano), store.ErrClaimHeld)
+	}
+	c := store.Claim{Key: key, Status: store.Acquired, Token: old.Token + 1, PayloadHash: payload, LeaseUntil: now.Add(lease)}
+	if err := db.pdb.Set(claimKey(key), appendClaim(nil, &c), pebble.Sync); err != nil {
+		return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, err)
+	}
+	return c, nil
+}
+
+// Complete implements store.Claims.
+func (db *DB) Complete(ctx context.Context, c store.Claim, result []byte, expires time.Time) error {
+	return db.finish(ctx, c, func(cur *store.Claim) []byte {
+		cur.Status, cur.Result, cur.Expires = store.Completed, result, expires
+		return appendClaim(nil, cur)
+	})
+}
+
+// Release implements store.Claims: the record stays, with its lease ended,
+// so the next claimer's token is still higher.
+func (db *DB) Release(ctx context.Context, c store.Claim) error {
+	return db.finish(ctx, c, func(cur *store.Claim) []byte {
+		if cur.Status == store.Completed {
+			return nil
+		}
+		cur.LeaseUntil = time.Unix(0, 1)
+		return appendClaim(nil, cur)
+	})
+}
+
+// finish rewrites c's record with update if c still holds it.
+func (db *DB) finish(ctx context.Context, c store.Claim, update func(*store.Claim) []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	db.claimMu.Lock()
+	defer db.claimMu.Unlock()
+	cur, found, err := db.loadClaim(c.Key)
+	if err != nil {
+		return fmt.Errorf("pebbledb: claim %x: %w", c.Key, err)
+	}
+	if !found || cur.Token != c.Token {
+		return fmt.Errorf("pebbledb: claim %x token %d: %w", c.Key, c.Token, store.ErrFenced)
+	}
+	v := update(&cur)
+	if v == nil {
+		return nil
+	}
+	if err := db.pdb.Set(claimKey(c.Key), v, pebble.Sync); err != nil {
+		return fmt.Errorf("pebbledb: claim %x: %w", c.Key, err)
+	}
+	return nil
+}
+
+// Lookup implements store.Claims.
+func (db *DB) Lookup(ctx context.Context, key store.MarkKey, now time.Time) (store.Claim, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Claim{}, false, err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return store.Claim{}, false, err
+	}
+	defer release()
+	c, found, err := db.loadClaim(key)
+	if err != nil {
+		return store.Claim{}, false, fmt.Errorf("pebbledb: claim %x: %w", key, err)
+	}
+	if !found || !live(&c, now) {
+		return store.Claim{}, false, nil
+	}
+	if c.Status == store.Acquired {
+		c.Status = store.InProgress
+	}
+	return c, true, nil
+}

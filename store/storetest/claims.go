@@ -1,0 +1,193 @@
+package storetest
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idem-run/idem/store"
+)
+
+// claimTests run for drivers that implement store.Claims.
+var claimTests = []struct {
+	name string
+	run  func(*testing.T, *fixture, store.Claims)
+}{
+	{"ClaimOneWinner", testClaimOneWinner},
+	{"ClaimCompletedReturnsResult", testClaimCompleted},
+	{"ClaimPayloadMismatch", testClaimPayloadMismatch},
+	{"ClaimLeaseTakeoverFences", testClaimTakeover},
+	{"ClaimReleaseAndExpiry", testClaimReleaseAndExpiry},
+	{"ClaimSurvivesRestart", testClaimSurvivesRestart},
+}
+
+func claimsOf(f *fixture) store.Claims {
+	c, ok := f.d.(store.Claims)
+	if !ok {
+		f.t.Skipf("%T does not implement store.Claims", f.d)
+	}
+	return c
+}
+
+func payload(s string) store.PayloadHash { return sha256.Sum256([]byte(s)) }
+
+// testClaimOneWinner: many goroutines claim one key at once, in many trials;
+// exactly one acquires each time, the others see ErrClaimHeld.
+func testClaimOneWinner(t *testing.T, f *fixture, c store.Claims) {
+	const trials, claimers = 30, 16
+	now := time.Now()
+	for trial := range trials {
+		key := f.mark(trial)
+		var won, held atomic.Int32
+		var wg sync.WaitGroup
+		errs := make(chan error, claimers)
+		for range claimers {
+			wg.Go(func() {
+				cl, err := c.Claim(f.ctx, key, payload("p"), time.Minute, now)
+				switch {
+				case err == nil && cl.Status == store.Acquired:
+					won.Add(1)
+				case errors.Is(err, store.ErrClaimHeld):
+					held.Add(1)
+				default:
+					errs <- fmt.Errorf("Claim = %+v, %v", cl, err)
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if won.Load() != 1 || held.Load() != claimers-1 {
+			t.Fatalf("trial %d: %d acquired, %d held; want 1 and %d", trial, won.Load(), held.Load(), claimers-1)
+		}
+	}
+}
+
+// testClaimCompleted: a completed record returns its result and hash to
+// later claimers, until it expires; then it can be claimed again.
+func testClaimCompleted(t *testing.T, f *fixture, c store.Claims) {
+	key, now := f.mark(0), time.Now()
+	cl, err := c.Claim(f.ctx, key, payload("p"), time.Minute, now)
+	if err != nil || cl.Status != store.Acquired {
+		t.Fatalf("Claim = %+v, %v", cl, err)
+	}
+	if err := c.Complete(f.ctx, cl, []byte(`{"ok":1}`), now.Add(time.Hour)); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	again, err := c.Claim(f.ctx, key, payload("p"), time.Minute, now.Add(time.Second))
+	if err != nil || again.Status != store.Completed || string(again.Result) != `{"ok":1}` || again.PayloadHash != payload("p") {
+		t.Fatalf("Claim of a completed key = %+v, %v", again, err)
+	}
+	got, ok, err := c.Lookup(f.ctx, key, now.Add(time.Second))
+	if err != nil || !ok || got.Status != store.Completed || string(got.Result) != `{"ok":1}` {
+		t.Fatalf("Lookup = %+v, %v, %v", got, ok, err)
+	}
+	// Expiry is decided from the timestamp passed in.
+	if _, ok, err := c.Lookup(f.ctx, key, now.Add(2*time.Hour)); err != nil || ok {
+		t.Fatalf("Lookup after expiry = %v, %v; want none", ok, err)
+	}
+	fresh, err := c.Claim(f.ctx, key, payload("other"), time.Minute, now.Add(2*time.Hour))
+	if err != nil || fresh.Status != store.Acquired || fresh.Token <= cl.Token {
+		t.Fatalf("Claim after expiry = %+v, %v; want acquired with a token above %d", fresh, err, cl.Token)
+	}
+}
+
+// testClaimPayloadMismatch: one key with another payload is an error, in
+// progress or completed.
+func testClaimPayloadMismatch(t *testing.T, f *fixture, c store.Claims) {
+	key, now := f.mark(0), time.Now()
+	cl, err := c.Claim(f.ctx, key, payload("a"), time.Minute, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Claim(f.ctx, key, payload("b"), time.Minute, now); !errors.Is(err, store.ErrPayloadMismatch) {
+		t.Fatalf("Claim in progress with another payload: %v, want ErrPayloadMismatch", err)
+	}
+	if err := c.Complete(f.ctx, cl, []byte("r"), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Claim(f.ctx, key, payload("b"), time.Minute, now); !errors.Is(err, store.ErrPayloadMismatch) {
+		t.Fatalf("Claim of completed with another payload: %v, want ErrPayloadMismatch", err)
+	}
+}
+
+// testClaimTakeover: an expired lease is taken over with a higher token;
+// the old owner's Complete and Release are fenced and change nothing.
+func testClaimTakeover(t *testing.T, f *fixture, c store.Claims) {
+	key, now := f.mark(0), time.Now()
+	old, err := c.Claim(f.ctx, key, payload("p"), time.Second, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Claim(f.ctx, key, payload("p"), time.Second, now.Add(500*time.Millisecond)); !errors.Is(err, store.ErrClaimHeld) {
+		t.Fatalf("Claim under a running lease: %v, want ErrClaimHeld", err)
+	}
+	got, ok, err := c.Lookup(f.ctx, key, now.Add(500*time.Millisecond))
+	if err != nil || !ok || got.Status != store.InProgress {
+		t.Fatalf("Lookup under a running lease = %+v, %v, %v; want IN_PROGRESS", got, ok, err)
+	}
+	taken, err := c.Claim(f.ctx, key, payload("p"), time.Minute, now.Add(2*time.Second))
+	if err != nil || taken.Status != store.Acquired || taken.Token <= old.Token {
+		t.Fatalf("takeover = %+v, %v; want a token above %d", taken, err, old.Token)
+	}
+	if err := c.Complete(f.ctx, old, []byte("stale"), now.Add(time.Hour)); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("old owner's Complete: %v, want ErrFenced", err)
+	}
+	if err := c.Release(f.ctx, old); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("old owner's Release: %v, want ErrFenced", err)
+	}
+	if err := c.Complete(f.ctx, taken, []byte("fresh"), now.Add(time.Hour)); err != nil {
+		t.Fatalf("new owner's Complete: %v", err)
+	}
+	got, ok, err = c.Lookup(f.ctx, key, now.Add(3*time.Second))
+	if err != nil || !ok || string(got.Result) != "fresh" {
+		t.Fatalf("Lookup = %+v, %v, %v; want the new owner's result", got, ok, err)
+	}
+}
+
+// testClaimReleaseAndExpiry: a released claim can be taken at once, with a
+// higher token.
+func testClaimReleaseAndExpiry(t *testing.T, f *fixture, c store.Claims) {
+	key, now := f.mark(0), time.Now()
+	first, err := c.Claim(f.ctx, key, payload("p"), time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Release(f.ctx, first); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	second, err := c.Claim(f.ctx, key, payload("p"), time.Hour, now)
+	if err != nil || second.Status != store.Acquired || second.Token <= first.Token {
+		t.Fatalf("Claim after Release = %+v, %v", second, err)
+	}
+}
+
+// testClaimSurvivesRestart: acquired and completed records are durable.
+func testClaimSurvivesRestart(t *testing.T, f *fixture, _ store.Claims) {
+	now := time.Now()
+	c := claimsOf(f)
+	done, err := c.Claim(f.ctx, f.mark(0), payload("p"), time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Complete(f.ctx, done, []byte("result"), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Claim(f.ctx, f.mark(1), payload("p"), time.Hour, now); err != nil {
+		t.Fatal(err)
+	}
+	f.reopen()
+	c = claimsOf(f)
+	if got, ok, err := c.Lookup(f.ctx, f.mark(0), now); err != nil || !ok || got.Status != store.Completed || string(got.Result) != "result" {
+		t.Fatalf("completed record after restart = %+v, %v, %v", got, ok, err)
+	}
+	if _, err := c.Claim(f.ctx, f.mark(1), payload("p"), time.Hour, now); !errors.Is(err, store.ErrClaimHeld) {
+		t.Fatalf("claim after restart: %v, want ErrClaimHeld", err)
+	}
+}
