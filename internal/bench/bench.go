@@ -142,12 +142,25 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		name string
 		run  func() error
 	}{
+		// (a) and (b) run twice, in the order a b b a, and each keeps its
+		// better run: the ratio between them is the figure that matters,
+		// and this order cancels a machine's drift and noisy neighbours.
 		{"at-least-once", func() error {
-			rep.AtLeastOnce, err = throughput(ctx, cfg, filepath.Join(dir, "a"), modeAtLeastOnce)
+			rep.AtLeastOnce, err = throughput(ctx, cfg, filepath.Join(dir, "a1"), modeAtLeastOnce)
 			return err
 		}},
 		{"exactly-once", func() error {
-			rep.ExactlyOnce, err = throughput(ctx, cfg, filepath.Join(dir, "b"), modeExactlyOnce)
+			rep.ExactlyOnce, err = throughput(ctx, cfg, filepath.Join(dir, "b1"), modeExactlyOnce)
+			return err
+		}},
+		{"exactly-once (second run)", func() error {
+			s, err := throughput(ctx, cfg, filepath.Join(dir, "b2"), modeExactlyOnce)
+			rep.ExactlyOnce = better(rep.ExactlyOnce, s)
+			return err
+		}},
+		{"at-least-once (second run)", func() error {
+			s, err := throughput(ctx, cfg, filepath.Join(dir, "a2"), modeAtLeastOnce)
+			rep.AtLeastOnce = better(rep.AtLeastOnce, s)
 			return err
 		}},
 		{"exactly-once with state", func() error {
@@ -180,6 +193,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.ExactlyOnceState.VsPerRecordBaseline = round(rep.ExactlyOnceState.RecordsPerSec/d, 1)
 	}
 	return rep, nil
+}
+
+// better returns the faster of two runs of one scenario.
+func better(a, b Scenario) Scenario {
+	if b.RecordsPerSec > a.RecordsPerSec {
+		b.PeakRSSMB = max(a.PeakRSSMB, b.PeakRSSMB)
+		return b
+	}
+	a.PeakRSSMB = max(a.PeakRSSMB, b.PeakRSSMB)
+	return a
 }
 
 type mode int
@@ -216,6 +239,7 @@ func load(ctx context.Context, db *pebbledb.DB, cfg Config, n int) error {
 }
 
 func throughput(ctx context.Context, cfg Config, dir string, m mode) (Scenario, error) {
+	defer os.RemoveAll(dir) // after Close: a million records take room
 	db, err := pebbledb.Open(dir)
 	if err != nil {
 		return Scenario{}, err
@@ -388,7 +412,7 @@ func latency(ctx context.Context, cfg Config, dir string) (Scenario, error) {
 type perRecordStore struct{ db *pebble.DB }
 
 func newPerRecordStore(dir string) (*perRecordStore, error) {
-	db, err := pebble.Open(dir, &pebble.Options{})
+	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
 	if err != nil {
 		return nil, err
 	}
@@ -429,3 +453,12 @@ func round(v float64, digits int) float64 {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// quietLogger keeps the baseline's Pebble from printing to stderr.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf(format, args...))
+}
