@@ -36,6 +36,46 @@ type File struct {
 	// Mappings connect a stream to a function, each with a unique name.
 	// Default: none
 	Mappings []Mapping `yaml:"mappings"`
+	// Store is where checkpoints, completion marks, state and on-failure
+	// records live when they must be shared by several idem processes.
+	// Default: the embedded store, in dataDir.
+	Store Store `yaml:"store"`
+}
+
+// Store chooses the store: at most one of its kinds may be set. With none,
+// the embedded store keeps everything in dataDir, in the same atomic write
+// as the embedded streams' bookkeeping.
+type Store struct {
+	// Postgres keeps idem's records in PostgreSQL, where a Go handler's SQL
+	// writes can commit in the same transaction.
+	Postgres *PostgresStore `yaml:"postgres"`
+	// Redis keeps idem's records in Redis; durable only with appendonly yes
+	// and appendfsync always.
+	Redis *RedisStore `yaml:"redis"`
+}
+
+// PostgresStore is `store.postgres`.
+type PostgresStore struct {
+	// DSN is a libpq connection string or URL,
+	// e.g. postgres://idem@127.0.0.1:5432/idem.
+	// Default: none, required
+	DSN string `yaml:"dsn"`
+	// Schema holds idem's tables, created and migrated at start.
+	// Default: idem
+	Schema string `yaml:"schema"`
+}
+
+// RedisStore is `store.redis`.
+type RedisStore struct {
+	// Addr is the server's host:port.
+	// Default: 127.0.0.1:6379
+	Addr string `yaml:"addr"`
+	// DB is the logical database number, 0 to 15.
+	// Default: 0
+	DB int `yaml:"db"`
+	// Prefix namespaces idem's keys, so deployments can share a server.
+	// Default: idem
+	Prefix string `yaml:"prefix"`
 }
 
 // Stream is an embedded stream.
@@ -558,6 +598,17 @@ func (f *File) applyDefaults(set func(path string) bool) {
 	}
 	if !set("listen") && f.Listen == "" {
 		f.Listen = defaultListen
+	}
+	if pg := f.Store.Postgres; pg != nil && !set("store.postgres.schema") && pg.Schema == "" {
+		pg.Schema = "idem"
+	}
+	if r := f.Store.Redis; r != nil {
+		if !set("store.redis.addr") && r.Addr == "" {
+			r.Addr = "127.0.0.1:6379"
+		}
+		if !set("store.redis.prefix") && r.Prefix == "" {
+			r.Prefix = "idem"
+		}
 	}
 	for i := range f.Streams {
 		s, p := &f.Streams[i], fmt.Sprintf("streams[%d].", i)

@@ -80,6 +80,26 @@ func TestParseExample(t *testing.T) {
 	}
 }
 
+func TestParseStoreDefaults(t *testing.T) {
+	f, err := Parse([]byte("store: {redis: {}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := f.Store.Redis; r == nil || r.Addr != "127.0.0.1:6379" || r.Prefix != "idem" || r.DB != 0 {
+		t.Fatalf("store.redis = %+v", r)
+	}
+	f, err = Parse([]byte("store: {postgres: {dsn: 'postgres://127.0.0.1/test'}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pg := f.Store.Postgres; pg == nil || pg.Schema != "idem" {
+		t.Fatalf("store.postgres = %+v", pg)
+	}
+	if f.Store.Redis != nil {
+		t.Fatal("store.redis set without being configured")
+	}
+}
+
 func TestParseDefaults(t *testing.T) {
 	f, err := Parse([]byte(`
 streams:
@@ -208,6 +228,16 @@ func TestParseErrors(t *testing.T) {
 		yaml string
 		want []string // every problem, in order
 	}{
+		// Stores.
+		{"both stores", "store: {postgres: {dsn: x}, redis: {}}\n",
+			[]string{"store: set one of store.postgres and store.redis, not both"}},
+		{"postgres without dsn", "store: {postgres: {schema: Bad-Name}}\n",
+			[]string{"store.postgres.dsn: required (e.g. postgres://idem@127.0.0.1:5432/idem)",
+				`store.postgres.schema: "Bad-Name" must be 1 to 63 of a-z 0-9 _, starting with a letter`}},
+		{"redis db", "store: {redis: {addr: localhost, db: 16}}\n",
+			[]string{`store.redis.addr: "localhost" is not host:port`, "store.redis.db: 16 is above the maximum 15"}},
+		{"store unknown kind", "store: {mysql: {dsn: x}}\n",
+			[]string{"store.mysql: unknown key"}},
 		// Ranges.
 		{"batchSize above max", mappingDoc("    batchSize: 20000\n"),
 			[]string{"mappings[0].batchSize: 20000 is above the maximum 10000"}},

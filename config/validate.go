@@ -118,6 +118,7 @@ func (f *File) check() []*FieldError {
 		c.addf("dataDir", "required (a directory; default %s)", defaultDataDir)
 	}
 	c.listen("listen", f.Listen)
+	c.store(&f.Store)
 
 	streams := make(map[string]string, len(f.Streams))
 	for i := range f.Streams {
@@ -154,6 +155,42 @@ func (f *File) check() []*FieldError {
 		c.mapping(f, p, &f.Mappings[i])
 	}
 	return c.errs
+}
+
+func (c *checker) store(s *Store) {
+	if s.Postgres != nil && s.Redis != nil {
+		c.addf("store", "set one of store.postgres and store.redis, not both")
+	}
+	if pg := s.Postgres; pg != nil {
+		if pg.DSN == "" {
+			c.addf("store.postgres.dsn", "required (e.g. postgres://idem@127.0.0.1:5432/idem)")
+		}
+		if !validSchema(pg.Schema) {
+			c.addf("store.postgres.schema", "%q must be 1 to 63 of a-z 0-9 _, starting with a letter", pg.Schema)
+		}
+	}
+	if r := s.Redis; r != nil {
+		if _, _, err := net.SplitHostPort(r.Addr); err != nil {
+			c.addf("store.redis.addr", "%q is not host:port", r.Addr)
+		}
+		c.intRange("store.redis.db", r.DB, 0, 15)
+		if r.Prefix == "" || strings.ContainsAny(r.Prefix, "{} \t\n") {
+			c.addf("store.redis.prefix", "%q must be non-empty, without spaces or braces", r.Prefix)
+		}
+	}
+}
+
+// validSchema accepts the unquoted PostgreSQL identifiers idem creates.
+func validSchema(s string) bool {
+	if s == "" || len(s) > 63 || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for _, r := range s {
+		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '_' {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *checker) listen(path, addr string) {
