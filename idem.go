@@ -233,9 +233,9 @@ type RecordFunc func(ctx context.Context, r *Record) error
 func (f RecordFunc) HandleBatch(ctx context.Context, b *Batch) (BatchResult, error) {
 	for i := range b.Records {
 		r := &b.Records[i]
-		rctx := ctx
+		rctx := withRecord(ctx, r)
 		if st := b.State(i); st != nil {
-			rctx = WithState(ctx, st)
+			rctx = WithState(rctx, st)
 		}
 		if err := f(rctx, r); err != nil {
 			return BatchResult{BatchItemFailures: []BatchItemFailure{{ItemIdentifier: r.EventID()}}}, &RecordError{Record: r.EventID(), Err: err}

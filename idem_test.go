@@ -1,6 +1,7 @@
 package idem_test
 
 import (
+	"context"
 	"math/big"
 	"testing"
 
@@ -84,4 +85,26 @@ func FuzzSequenceCompare(f *testing.F) {
 			t.Fatalf("Uint64(%q) = %d, %v; math/big says %s", a, n, ok, x)
 		}
 	})
+}
+
+// TestStepWithoutJournal: outside idem a step just runs, with the record's
+// key; Step without a record in context is a clear error.
+func TestStepWithoutJournal(t *testing.T) {
+	r := &idem.Record{ShardID: "s", Sequence: "1", IdempotencyKey: "in/s/1"}
+	got, err := idem.StepFor(context.Background(), r, "charge", func(_ context.Context, key string) (string, error) {
+		return key, nil
+	})
+	if err != nil || got != "in/s/1/charge" {
+		t.Fatalf("StepFor = %q, %v", got, err)
+	}
+	if _, err := idem.Step(context.Background(), "charge", func(context.Context, string) (int, error) { return 1, nil }); err == nil {
+		t.Fatal("Step without a record in context succeeded")
+	}
+	h := idem.RecordFunc(func(ctx context.Context, _ *idem.Record) error {
+		_, err := idem.Step(ctx, "x", func(context.Context, string) (int, error) { return 1, nil })
+		return err
+	})
+	if _, err := h.HandleBatch(context.Background(), &idem.Batch{Records: []idem.Record{*r}}); err != nil {
+		t.Fatalf("Step inside a RecordFunc: %v", err)
+	}
 }

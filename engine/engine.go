@@ -111,6 +111,9 @@ func (e *Engine) Add(m Mapping) error {
 		}
 	}
 	mp := &mapping{e: e, cfg: m, keyer: k, permanent: make(map[string]bool)}
+	if c, ok := e.store.(store.Claims); ok {
+		mp.journal = &journal{claims: c, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now}
+	}
 	for _, t := range m.PermanentErrorTypes {
 		mp.permanent[t] = true
 	}

@@ -575,3 +575,46 @@ func TestValidateNamesTheSetting(t *testing.T) {
 		}
 	}
 }
+
+// TestStepRunsOnceAcrossRedeliveries: a journaled step that succeeded is not
+// run again when its record fails later and is delivered again; it gets the
+// deterministic key scope/recordKey/step and the journaled result.
+func TestStepRunsOnceAcrossRedeliveries(t *testing.T) {
+	v := newEnv(t)
+	v.stream("in", 1)
+	v.put("in", "k", "pay")
+	var mu sync.Mutex
+	var charged, keys []string
+	attempts := 0
+	h := idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
+		id, err := idem.Step(ctx, "charge", func(ctx context.Context, key string) (string, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			charged = append(charged, key)
+			return "charge-1", nil
+		})
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		keys = append(keys, id)
+		attempts++
+		if attempts < 3 {
+			return errors.New("e-mail service down")
+		}
+		return nil
+	})
+	e, _ := v.run(engine.Mapping{Name: "m", Stream: "in", Source: v.source("in"), Function: "f", Invoker: gofunc.New(h),
+		StartingPosition: source.TrimHorizon, RetryBaseDelay: time.Millisecond, RetryMaxDelay: 5 * time.Millisecond})
+	waitFor(t, "processed", func() bool { return totals(e).Processed == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	want := "f/in/shardId-000000000000/" + string(idem.SequenceOf(1)) + "/charge"
+	if len(charged) != 1 || charged[0] != want {
+		t.Fatalf("step ran with keys %q; want once with %q", charged, want)
+	}
+	if len(keys) != 3 || keys[0] != "charge-1" || keys[2] != "charge-1" {
+		t.Fatalf("step results %q; want the journaled result on every attempt", keys)
+	}
+}

@@ -23,6 +23,7 @@ type mapping struct {
 	cfg       Mapping
 	keyer     *keyer
 	permanent map[string]bool
+	journal   *journal // nil when the store keeps no claims
 
 	mu     sync.Mutex
 	shards []*shard
@@ -656,6 +657,9 @@ func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outc
 	bs, views := newBatchState(s.e.store, cfg.Scope, len(b))
 	batch := idem.NewBatch(cfg.Name, cfg.Function, newInvocationID(), b, views)
 	ctx, cancel := context.WithTimeout(work, cfg.FunctionTimeout)
+	if s.m.journal != nil {
+		ctx = idem.WithJournal(ctx, s.m.journal)
+	}
 	s.inFlight.Add(int64(len(b)))
 	s.invocations.Add(1)
 	start := time.Now()
