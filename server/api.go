@@ -214,7 +214,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) handleState(w http.ResponseWriter, r *http.Request) {
 	v, err := s.store.State(r.Context(), r.PathValue("scope"), r.PathValue("key"))
 	if errors.Is(err, idem.ErrNotFound) {
-		writeError(w, http.StatusNotFound, err)
+		writeError(w, http.StatusNotFound, fmt.Errorf("state key %q of scope %q: not found", r.PathValue("key"), r.PathValue("scope")))
 		return
 	}
 	if err != nil {

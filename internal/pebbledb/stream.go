@@ -34,12 +34,12 @@ const (
 // ErrRecordTooLarge is returned by Put, wrapped with the stream, the record's
 // index and its size, for a record whose Data exceeds MaxRecordBytes. Put
 // writes nothing then.
-var ErrRecordTooLarge = errors.New("pebbledb: record too large")
+var ErrRecordTooLarge = errors.New("record too large")
 
 // ErrInvalidPartitionKey is returned by Put, wrapped with the stream, the
 // record's index and the key's length, for a partition key outside 1 to
 // MaxPartitionKeyBytes bytes. Put writes nothing then.
-var ErrInvalidPartitionKey = errors.New("pebbledb: invalid partition key")
+var ErrInvalidPartitionKey = errors.New("invalid partition key")
 
 // PutRecord is one record to append.
 type PutRecord struct {
@@ -387,10 +387,10 @@ func validateRecords(stream string, recs []PutRecord) error {
 	for i := range recs {
 		r := &recs[i]
 		if n := len(r.PartitionKey); n < 1 || n > MaxPartitionKeyBytes {
-			errs = append(errs, fmt.Errorf("stream %q: record %d: partition key of %d bytes, want 1 to %d: %w", stream, i, n, MaxPartitionKeyBytes, ErrInvalidPartitionKey))
+			errs = append(errs, fmt.Errorf("stream %q: record %d: %w: %d bytes, want 1 to %d", stream, i, ErrInvalidPartitionKey, n, MaxPartitionKeyBytes))
 		}
 		if n := len(r.Data); n > MaxRecordBytes {
-			errs = append(errs, fmt.Errorf("stream %q: record %d: %d bytes of data, more than %d: %w", stream, i, n, MaxRecordBytes, ErrRecordTooLarge))
+			errs = append(errs, fmt.Errorf("stream %q: record %d: %w: %d bytes of data, the maximum is %d (1 MiB); nothing was written", stream, i, ErrRecordTooLarge, n, MaxRecordBytes))
 		}
 	}
 	return errors.Join(errs...)
