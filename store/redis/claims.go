@@ -1,0 +1,177 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/idem-run/idem/store"
+)
+
+// Claim implements store.Claims in one script: a live record (a completed
+// one until it expires, an acquired one while its lease runs) is returned
+// or refused; otherwise the record is replaced by an acquired one whose
+// token is the deployment's token counter incremented, so it is higher
+// than any token the key ever had, even if Redis collected the old record.
+func (s *Store) Claim(ctx context.Context, key store.MarkKey, payload store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
+	if err := s.enter("claim"); err != nil {
+		return store.Claim{}, err
+	}
+	wrap := func(err error) error { return fmt.Errorf("redis store: claim %x: %w", key, err) }
+	until := now.Add(lease)
+	res, err := claimScript.Run(ctx, s.client, []string{s.claimKey(key), s.tokenKey()},
+		payload[:], unixNano(now), unixNano(until), s.gcAt(until)).Result()
+	if err != nil {
+		return store.Claim{}, wrap(err)
+	}
+	code, rest, err := scriptResult(res)
+	if err != nil {
+		return store.Claim{}, wrap(err)
+	}
+	switch code {
+	case "acquired":
+		tok, err := str(rest, 0)
+		if err != nil {
+			return store.Claim{}, wrap(err)
+		}
+		c := store.Claim{Key: key, Status: store.Acquired, PayloadHash: payload, LeaseUntil: until}
+		if c.Token, err = strconv.ParseUint(tok, 10, 64); err != nil {
+			return store.Claim{}, wrap(fmt.Errorf("corrupt token %q", tok))
+		}
+		return c, nil
+	case "completed":
+		c, err := decodeClaim(key, "C", rest)
+		if err != nil {
+			return store.Claim{}, wrap(err)
+		}
+		return c, nil
+	case "held":
+		lease, _ := str(rest, 0)
+		n, _ := strconv.ParseInt(lease, 10, 64)
+		return store.Claim{}, wrap(fmt.Errorf("until %s: %w", fromUnixNano(n).Format(time.RFC3339Nano), store.ErrClaimHeld))
+	case "mismatch":
+		return store.Claim{}, wrap(store.ErrPayloadMismatch)
+	}
+	return store.Claim{}, wrap(fmt.Errorf("unexpected script reply %q", code))
+}
+
+// decodeClaim reads a record from its status and the fields token, hash,
+// lease, expires and result.
+func decodeClaim(key store.MarkKey, status string, f []any) (store.Claim, error) {
+	c := store.Claim{Key: key}
+	switch status {
+	case "A":
+		c.Status = store.Acquired
+	case "C":
+		c.Status = store.Completed
+	default:
+		return store.Claim{}, fmt.Errorf("corrupt claim status %q", status)
+	}
+	var v [5]string
+	for i := range v {
+		var err error
+		if v[i], err = str(f, i); err != nil {
+			return store.Claim{}, fmt.Errorf("corrupt claim: %w", err)
+		}
+	}
+	var err error
+	if c.Token, err = strconv.ParseUint(v[0], 10, 64); err != nil {
+		return store.Claim{}, fmt.Errorf("corrupt claim token %q", v[0])
+	}
+	if len(v[1]) != len(c.PayloadHash) {
+		return store.Claim{}, fmt.Errorf("corrupt claim payload hash of %d bytes", len(v[1]))
+	}
+	copy(c.PayloadHash[:], v[1])
+	lease, err1 := strconv.ParseInt(v[2], 10, 64)
+	exp, err2 := strconv.ParseInt(v[3], 10, 64)
+	if err1 != nil || err2 != nil {
+		return store.Claim{}, fmt.Errorf("corrupt claim times %q %q", v[2], v[3])
+	}
+	c.LeaseUntil, c.Expires = fromUnixNano(lease), fromUnixNano(exp)
+	if v[4] != "" {
+		c.Result = []byte(v[4])
+	}
+	return c, nil
+}
+
+// Complete implements store.Claims. The record is kept until expires (the
+// zero time: for good), and its key one grace longer.
+func (s *Store) Complete(ctx context.Context, c store.Claim, result []byte, expires time.Time) error {
+	if err := s.enter("complete"); err != nil {
+		return err
+	}
+	var gc int64
+	if !expires.IsZero() {
+		gc = s.gcAt(expires)
+	}
+	res, err := completeScript.Run(ctx, s.client, []string{s.claimKey(c.Key)},
+		strconv.FormatUint(c.Token, 10), result, unixNano(expires), gc).Result()
+	return finish("complete", c, res, err)
+}
+
+// Release implements store.Claims: the record stays, with its lease ended.
+func (s *Store) Release(ctx context.Context, c store.Claim) error {
+	if err := s.enter("release"); err != nil {
+		return err
+	}
+	res, err := releaseScript.Run(ctx, s.client, []string{s.claimKey(c.Key)}, strconv.FormatUint(c.Token, 10)).Result()
+	return finish("release", c, res, err)
+}
+
+// finish reads the reply of Complete's or Release's script.
+func finish(op string, c store.Claim, res any, err error) error {
+	wrap := func(err error) error {
+		return fmt.Errorf("redis store: %s claim %x token %d: %w", op, c.Key, c.Token, err)
+	}
+	if err != nil {
+		return wrap(err)
+	}
+	code, _, err := scriptResult(res)
+	if err != nil {
+		return wrap(err)
+	}
+	switch code {
+	case "ok":
+		return nil
+	case "fenced":
+		return wrap(store.ErrFenced)
+	}
+	return wrap(fmt.Errorf("unexpected script reply %q", code))
+}
+
+// Lookup implements store.Claims with one HMGET; liveness is decided from
+// now and the record's timestamps.
+func (s *Store) Lookup(ctx context.Context, key store.MarkKey, now time.Time) (store.Claim, bool, error) {
+	if err := s.enter("lookup"); err != nil {
+		return store.Claim{}, false, err
+	}
+	wrap := func(err error) error { return fmt.Errorf("redis store: lookup claim %x: %w", key, err) }
+	vals, err := s.client.HMGet(ctx, s.claimKey(key), "status", "token", "hash", "lease", "expires", "result").Result()
+	if err != nil {
+		return store.Claim{}, false, wrap(err)
+	}
+	if len(vals) == 0 || vals[0] == nil {
+		return store.Claim{}, false, nil
+	}
+	if vals[5] == nil {
+		vals[5] = ""
+	}
+	status, _ := vals[0].(string)
+	c, err := decodeClaim(key, status, vals[1:])
+	if err != nil {
+		return store.Claim{}, false, wrap(err)
+	}
+	t := unixNano(now)
+	if c.Status == store.Completed {
+		if !c.Expires.IsZero() && t >= unixNano(c.Expires) {
+			return store.Claim{}, false, nil
+		}
+		return c, true, nil
+	}
+	if t >= unixNano(c.LeaseUntil) {
+		return store.Claim{}, false, nil
+	}
+	c.Status = store.InProgress
+	return c, true, nil
+}
