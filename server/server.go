@@ -27,19 +27,22 @@ import (
 	srcembedded "github.com/idem-run/idem/source/embedded"
 	"github.com/idem-run/idem/store"
 	stembedded "github.com/idem-run/idem/store/embedded"
+	"github.com/idem-run/idem/store/postgres"
+	"github.com/idem-run/idem/store/redis"
 )
 
 // Server is one running idem: storage, engine and HTTP API.
 type Server struct {
-	cfg      *config.File
-	log      *slog.Logger
-	handlers map[string]idem.Handler
-	db       *pebbledb.DB
-	store    store.Driver
-	engine   *engine.Engine
-	registry *prometheus.Registry
-	http     *http.Server
-	ln       net.Listener
+	cfg        *config.File
+	log        *slog.Logger
+	handlers   map[string]idem.Handler
+	db         *pebbledb.DB
+	store      store.Driver
+	closeStore func()
+	engine     *engine.Engine
+	registry   *prometheus.Registry
+	http       *http.Server
+	ln         net.Listener
 
 	closeOnce sync.Once
 }
@@ -75,7 +78,7 @@ func New(cfg *config.File, opts ...Option) (*Server, error) {
 	}
 	s.db = db
 	if err := s.setup(); err != nil {
-		db.Close()
+		s.Close()
 		return nil, err
 	}
 	return s, nil
@@ -88,7 +91,9 @@ func (s *Server) setup() error {
 			return fmt.Errorf("streams[%d] %q: %w", i, st.Name, err)
 		}
 	}
-	s.store = stembedded.New(s.db)
+	if err := s.openStore(); err != nil {
+		return err
+	}
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.engine = engine.New(s.store, engine.WithLogger(s.log), engine.WithRegisterer(s.registry))
@@ -157,6 +162,30 @@ func (s *Server) setup() error {
 	return errors.Join(errs...)
 }
 
+// openStore opens the configured store: the embedded one by default, or a
+// shared PostgreSQL or Redis store.
+func (s *Server) openStore() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	switch sc := s.cfg.Store; {
+	case sc.Postgres != nil:
+		pg, err := postgres.New(ctx, sc.Postgres.DSN, postgres.WithSchema(sc.Postgres.Schema), postgres.WithLogger(s.log))
+		if err != nil {
+			return fmt.Errorf("store.postgres: %w", err)
+		}
+		s.store, s.closeStore = pg, pg.Close
+	case sc.Redis != nil:
+		rs, err := redis.New(ctx, redis.WithAddr(sc.Redis.Addr), redis.WithDB(sc.Redis.DB), redis.WithPrefix(sc.Redis.Prefix), redis.WithLogger(s.log))
+		if err != nil {
+			return fmt.Errorf("store.redis: %w", err)
+		}
+		s.store, s.closeStore = rs, func() { rs.Close() }
+	default:
+		s.store, s.closeStore = stembedded.New(s.db), func() {}
+	}
+	return nil
+}
+
 // Run serves the HTTP API and runs the mappings until ctx is done, then
 // drains in-flight batches and stops the listener. It returns nil on a clean
 // shutdown.
@@ -216,7 +245,12 @@ func (s *Server) Addr() string {
 // Close releases the storage. Call it after Run has returned.
 func (s *Server) Close() error {
 	var err error
-	s.closeOnce.Do(func() { err = s.db.Close() })
+	s.closeOnce.Do(func() {
+		if s.closeStore != nil {
+			s.closeStore()
+		}
+		err = s.db.Close()
+	})
 	return err
 }
 

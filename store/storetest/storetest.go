@@ -51,6 +51,7 @@ func RunConformance(t *testing.T, h Harness) {
 		{"CheckpointKeysDistinct", testCheckpointKeysDistinct},
 		{"DeleteCheckpoint", testDeleteCheckpoint},
 		{"ProgressRoundTrip", testProgressRoundTrip},
+		{"SequencesOrderAsNumbers", testSequencesOrderAsNumbers},
 		{"MarksCompletedAndExpired", testMarks},
 		{"State", testState},
 		{"WriteLandsWholly", testWriteLandsWholly},
@@ -182,7 +183,7 @@ func testCheckpointAbsent(t *testing.T, f *fixture) {
 
 func testCheckpointRoundTrip(t *testing.T, f *fixture) {
 	key := f.cpKey("shard-0")
-	cp := store.Checkpoint{Sequence: "49590338271490256608559692538361571095921575989136588898", Processed: 10, Skipped: 2, Discarded: 3, Lost: 1 << 40}
+	cp := store.Checkpoint{Sequence: kinesisSeq, Processed: 10, Skipped: 2, Discarded: 3, Lost: 1 << 40}
 	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: cp})
 	f.wantCheckpoint(key, cp)
 	cp2 := store.Checkpoint{Sequence: "49590338271490256608559692538361571095921575989136588998", Processed: 110}
@@ -274,7 +275,7 @@ func testProgressRoundTrip(t *testing.T, f *fixture) {
 	for _, p := range []store.Progress{
 		{HighWater: sq(5)},
 		{HighWater: sq(100), Above: []idem.Sequence{sq(102), sq(103), sq(110), sq(1 << 40)}},
-		{HighWater: sq(uint64(1<<64 - 3)), Above: []idem.Sequence{sq(uint64(1<<64 - 1)), "49590338271490256608559692538361571095921575989136588898"}},
+		{HighWater: sq(uint64(1<<64 - 3)), Above: []idem.Sequence{sq(uint64(1<<64 - 1)), kinesisSeq}},
 		{HighWater: sq(200)},
 	} {
 		f.commit(&store.Write{Checkpoint: cpKey, HasProgress: true, ProgressKey: key, Progress: p})
@@ -291,6 +292,82 @@ func testProgressRoundTrip(t *testing.T, f *fixture) {
 	if other := f.progress(f.progressKey("shard-1")); other.HighWater != "" {
 		t.Fatalf("another shard's progress = %+v", other)
 	}
+}
+
+// kinesisSeq is a 56-digit Kinesis sequence number: far beyond 64 bits.
+const kinesisSeq idem.Sequence = "49590338271490256608559692538361571095921575989136588898"
+
+// testSequencesOrderAsNumbers: a driver keeps sequences verbatim, whatever
+// their width, and orders them as the numbers they spell (never as text, nor
+// by parsing them into 64 bits): sources number records unpadded (Kafka
+// offsets), padded to 20 digits (the embedded stream) or in 56 digits
+// (Kinesis).
+func testSequencesOrderAsNumbers(t *testing.T, f *fixture) {
+	key := f.cpKey("shard-0")
+	// Each is numerically at or above the one before; several are below it
+	// as text, or do not fit 64 bits.
+	for _, s := range []idem.Sequence{
+		"9",
+		"10",                    // below "9" as text
+		"00000000000000000010",  // the same number, padded
+		"00000000000000000011",  // below "10" as text
+		"18446744073709551615",  // the largest uint64
+		"18446744073709551616",  // one more: 20 digits that overflow
+		"100000000000000000000", // 21 digits, below the last as text
+		kinesisSeq,
+		"0" + kinesisSeq, // the same number, one more digit
+	} {
+		cp := store.Checkpoint{Sequence: s, Processed: 1}
+		f.commit(&store.Write{Checkpoint: key, NewCheckpoint: cp})
+		f.wantCheckpoint(key, cp)
+	}
+	// Numerically lower is backwards, even when it is above as text or
+	// longer.
+	for _, s := range []idem.Sequence{
+		"9",
+		"99999999999999999999",
+		"49590338271490256608559692538361571095921575989136588897",
+		"0000049590338271490256608559692538361571095921575989136588897",
+	} {
+		err := f.d.Commit(f.ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: s}})
+		if !errors.Is(err, store.ErrCheckpointBackwards) {
+			t.Fatalf("Commit of checkpoint %q after %q: %v, want ErrCheckpointBackwards", s, "0"+kinesisSeq, err)
+		}
+	}
+	f.wantCheckpoint(key, store.Checkpoint{Sequence: "0" + kinesisSeq, Processed: 1})
+	next := store.Checkpoint{Sequence: "49590338271490256608559692538361571095921575989136588899", Processed: 2}
+	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: next})
+
+	// Above is ascending as numbers; the driver keeps it as written.
+	pKey := f.progressKey("shard-0")
+	prog := store.Progress{HighWater: "9", Above: []idem.Sequence{
+		"10", "00000000000000000011", "100", "18446744073709551616", "100000000000000000000", kinesisSeq,
+	}}
+	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: next, HasProgress: true, ProgressKey: pKey, Progress: prog})
+	check := func(when string) {
+		t.Helper()
+		f.wantCheckpoint(key, next)
+		got := f.progress(pKey)
+		if got.HighWater != prog.HighWater || !slices.Equal(got.Above, prog.Above) {
+			t.Fatalf("%s: Progress = %+v, want %+v", when, got, prog)
+		}
+		for _, c := range []struct {
+			seq  idem.Sequence
+			done bool
+		}{
+			{"", true}, {"00000000000000000009", true}, {"10", true}, {"0000000010", true}, {"11", true},
+			{"12", false}, {"99", false}, {"00000000000000000100", true}, {"18446744073709551615", false},
+			{"18446744073709551616", true}, {"100000000000000000000", true}, {"0" + kinesisSeq, true},
+			{"49590338271490256608559692538361571095921575989136588899", false},
+		} {
+			if d := got.Done(c.seq); d != c.done {
+				t.Fatalf("%s: Progress %+v: Done(%q) = %v, want %v", when, got, c.seq, d, c.done)
+			}
+		}
+	}
+	check("before reopen")
+	f.reopen()
+	check("after reopen")
 }
 
 func testMarks(t *testing.T, f *fixture) {
@@ -533,6 +610,9 @@ func benchCommit(b *testing.B, h Harness, marks int, parallel bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// Keys of their own: a shared store outlives one benchmark run, and
+	// its checkpoints must not move backwards.
+	mapping := fmt.Sprintf("bench/%s@%d", b.Name(), time.Now().UnixNano())
 	var mu sync.Mutex
 	worker := 0
 	newWriter := func() func() error {
@@ -546,7 +626,7 @@ func benchCommit(b *testing.B, h Harness, marks int, parallel bool) {
 		return func() error {
 			w.Reset()
 			seq += benchBatch
-			w.Checkpoint = store.CheckpointKey{Mapping: "bench", Stream: "stream", Shard: shard}
+			w.Checkpoint = store.CheckpointKey{Mapping: mapping, Stream: "stream", Shard: shard}
 			w.NewCheckpoint = store.Checkpoint{Sequence: sq(seq), Processed: seq}
 			expires := time.Now().Add(time.Hour)
 			for i := range marks {

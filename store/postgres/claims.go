@@ -1,0 +1,157 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/idem-run/idem/store"
+)
+
+// Claim stored statuses.
+const (
+	statusAcquired  = "ACQUIRED"
+	statusCompleted = "COMPLETED"
+)
+
+// claimRow is a claims row as the queries return it.
+type claimRow struct {
+	status     string
+	token      int64
+	hash       []byte
+	leaseUntil time.Time
+	expires    pgtype.Timestamptz
+	result     []byte
+}
+
+// claim converts r; Status is Acquired or Completed as stored.
+func (r *claimRow) claim(key store.MarkKey) (store.Claim, error) {
+	c := store.Claim{Key: key, Token: uint64(r.token), LeaseUntil: r.leaseUntil, Result: r.result}
+	switch r.status {
+	case statusAcquired:
+		c.Status = store.Acquired
+	case statusCompleted:
+		c.Status = store.Completed
+	default:
+		return store.Claim{}, fmt.Errorf("stored status %q", r.status)
+	}
+	if len(r.hash) != len(c.PayloadHash) {
+		return store.Claim{}, fmt.Errorf("stored payload hash of %d bytes, want %d", len(r.hash), len(c.PayloadHash))
+	}
+	copy(c.PayloadHash[:], r.hash)
+	if r.expires.Valid {
+		c.Expires = r.expires.Time
+	}
+	return c, nil
+}
+
+// Claim takes key for now+lease; see store.Claims. One statement decides
+// it: an upsert that replaces the record only if it no longer counts at now
+// (completed and expired, or in progress with its lease ended), and
+// otherwise returns the record in the way. Fencing tokens come from one
+// sequence of the schema, so a new owner's token is above every earlier
+// one for the key, even once the purge deleted the key's old record.
+func (s *Store) Claim(ctx context.Context, key store.MarkKey, payloadHash store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
+	wrap := func(err error) error { return fmt.Errorf("postgres: claim %x: %w", key[:], err) }
+	if err := s.enter(); err != nil {
+		return store.Claim{}, wrap(err)
+	}
+	var acquired bool
+	var r claimRow
+	err := s.pool.QueryRow(ctx, s.q.claim, key[:], payloadHash[:], now.Add(lease), now).
+		Scan(&acquired, &r.status, &r.token, &r.hash, &r.leaseUntil, &r.expires, &r.result)
+	if err != nil {
+		return store.Claim{}, wrap(s.dbErr(err))
+	}
+	c, err := r.claim(key)
+	if err != nil {
+		return store.Claim{}, wrap(err)
+	}
+	switch {
+	case acquired:
+		return c, nil
+	case c.PayloadHash != payloadHash:
+		return store.Claim{}, wrap(store.ErrPayloadMismatch)
+	case c.Status == store.Completed:
+		return c, nil
+	}
+	return store.Claim{}, wrap(fmt.Errorf("until %s: %w", c.LeaseUntil.Format(time.RFC3339Nano), store.ErrClaimHeld))
+}
+
+// Complete stores result for c until expires (never, if expires is zero),
+// if c's token is still the key's; see store.Claims.
+func (s *Store) Complete(ctx context.Context, c store.Claim, result []byte, expires time.Time) error {
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: complete claim %x token %d: %w", c.Key[:], c.Token, err)
+	}
+	if err := s.enter(); err != nil {
+		return wrap(err)
+	}
+	exp := pgtype.Timestamptz{Time: expires, Valid: !expires.IsZero()}
+	tag, err := s.pool.Exec(ctx, s.q.complete, c.Key[:], int64(c.Token), result, exp)
+	if err != nil {
+		return wrap(s.dbErr(err))
+	}
+	if tag.RowsAffected() == 0 {
+		return wrap(store.ErrFenced)
+	}
+	return nil
+}
+
+// Release ends c's lease at once, keeping the record (and so its token);
+// a completed record is left as it is, and a fenced claim makes an error
+// wrapping store.ErrFenced. See store.Claims.
+func (s *Store) Release(ctx context.Context, c store.Claim) error {
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: release claim %x token %d: %w", c.Key[:], c.Token, err)
+	}
+	if err := s.enter(); err != nil {
+		return wrap(err)
+	}
+	tag, err := s.pool.Exec(ctx, s.q.release, c.Key[:], int64(c.Token))
+	if err != nil {
+		return wrap(s.dbErr(err))
+	}
+	if tag.RowsAffected() == 1 {
+		return nil
+	}
+	// Not in progress under this token: completed by it, or fenced.
+	var status string
+	err = s.pool.QueryRow(ctx, s.q.claimHeld, c.Key[:], int64(c.Token)).Scan(&status)
+	if errNoRows(err) {
+		return wrap(store.ErrFenced)
+	}
+	if err != nil {
+		return wrap(s.dbErr(err))
+	}
+	return nil
+}
+
+// Lookup returns key's record as of now: a completed one until it expires,
+// an in-progress one (Status InProgress) while its lease runs; see
+// store.Claims.
+func (s *Store) Lookup(ctx context.Context, key store.MarkKey, now time.Time) (store.Claim, bool, error) {
+	wrap := func(err error) error { return fmt.Errorf("postgres: lookup claim %x: %w", key[:], err) }
+	if err := s.enter(); err != nil {
+		return store.Claim{}, false, wrap(err)
+	}
+	var r claimRow
+	err := s.pool.QueryRow(ctx, s.q.lookup, key[:], now).
+		Scan(&r.status, &r.token, &r.hash, &r.leaseUntil, &r.expires, &r.result)
+	if errNoRows(err) {
+		return store.Claim{}, false, nil
+	}
+	if err != nil {
+		return store.Claim{}, false, wrap(s.dbErr(err))
+	}
+	c, err := r.claim(key)
+	if err != nil {
+		return store.Claim{}, false, wrap(err)
+	}
+	if c.Status == store.Acquired {
+		c.Status = store.InProgress
+	}
+	return c, true, nil
+}

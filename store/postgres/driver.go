@@ -1,0 +1,328 @@
+package postgres
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/store"
+)
+
+// Checkpoint returns the checkpoint of key, and false if there is none.
+func (s *Store) Checkpoint(ctx context.Context, key store.CheckpointKey) (store.Checkpoint, bool, error) {
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: checkpoint of mapping %q stream %q shard %s: %w", key.Mapping, key.Stream, key.Shard, err)
+	}
+	if err := s.enter(); err != nil {
+		return store.Checkpoint{}, false, wrap(err)
+	}
+	var c store.Checkpoint
+	var seq string
+	err := s.pool.QueryRow(ctx, s.q.checkpoint, escape(key.Mapping), escape(key.Stream), escape(key.Shard)).
+		Scan(&seq, &c.Processed, &c.Skipped, &c.Discarded, &c.Lost)
+	if errNoRows(err) {
+		return store.Checkpoint{}, false, nil
+	}
+	if err != nil {
+		return store.Checkpoint{}, false, wrap(s.dbErr(err))
+	}
+	c.Sequence = idem.Sequence(seq)
+	return c, true, nil
+}
+
+// Progress returns a scope's completion progress over a shard; the zero
+// Progress if there is none.
+func (s *Store) Progress(ctx context.Context, key store.ProgressKey) (store.Progress, error) {
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: progress of scope %q stream %q shard %s: %w", key.Scope, key.Stream, key.Shard, err)
+	}
+	if err := s.enter(); err != nil {
+		return store.Progress{}, wrap(err)
+	}
+	var hw string
+	var above []string
+	err := s.pool.QueryRow(ctx, s.q.progress, escape(key.Scope), escape(key.Stream), escape(key.Shard)).Scan(&hw, &above)
+	if errNoRows(err) {
+		return store.Progress{}, nil
+	}
+	if err != nil {
+		return store.Progress{}, wrap(s.dbErr(err))
+	}
+	p := store.Progress{HighWater: idem.Sequence(hw)}
+	if len(above) > 0 {
+		p.Above = make([]idem.Sequence, len(above))
+		for i, a := range above {
+			p.Above[i] = idem.Sequence(a)
+		}
+	}
+	return p, nil
+}
+
+// Completed sets done[i] to whether keys[i] holds a mark that expires after
+// now, with one query whatever the number of keys. Expiry is decided from
+// now, to the microsecond, never from the purge.
+func (s *Store) Completed(ctx context.Context, keys []store.MarkKey, now time.Time, done []bool) error {
+	if len(done) != len(keys) {
+		return fmt.Errorf("postgres: completed: %d keys but %d results", len(keys), len(done))
+	}
+	if err := s.enter(); err != nil {
+		return fmt.Errorf("postgres: completed: %w", err)
+	}
+	clear(done)
+	if len(keys) == 0 {
+		return nil
+	}
+	args := make([][]byte, len(keys))
+	for i := range keys {
+		args[i] = keys[i][:]
+	}
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: completed (%d keys): %w", len(keys), s.dbErr(err))
+	}
+	rows, err := s.pool.Query(ctx, s.q.completed, args, now)
+	if err != nil {
+		return wrap(err)
+	}
+	found := make(map[store.MarkKey]struct{}, len(keys))
+	var kb []byte
+	_, err = pgx.ForEachRow(rows, []any{&kb}, func() error {
+		if len(kb) != len(store.MarkKey{}) {
+			return fmt.Errorf("stored mark key of %d bytes, want %d", len(kb), len(store.MarkKey{}))
+		}
+		found[store.MarkKey(kb)] = struct{}{}
+		return nil
+	})
+	if err != nil {
+		return wrap(err)
+	}
+	for i := range keys {
+		_, done[i] = found[keys[i]]
+	}
+	return nil
+}
+
+// State returns the committed value of key in namespace, a copy the caller
+// owns, or an error wrapping idem.ErrNotFound.
+func (s *Store) State(ctx context.Context, namespace, key string) ([]byte, error) {
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: state %q in namespace %q: %w", key, namespace, err)
+	}
+	if err := s.enter(); err != nil {
+		return nil, wrap(err)
+	}
+	var v []byte
+	err := s.pool.QueryRow(ctx, s.q.state, escape(namespace), escape(key)).Scan(&v)
+	if errNoRows(err) {
+		return nil, wrap(idem.ErrNotFound)
+	}
+	if err != nil {
+		return nil, wrap(s.dbErr(err))
+	}
+	if v == nil {
+		v = []byte{}
+	}
+	return v, nil
+}
+
+// DeleteCheckpoint removes a mapping's checkpoint. Deleting a missing
+// checkpoint is not an error.
+func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) error {
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: delete checkpoint of mapping %q stream %q shard %s: %w", key.Mapping, key.Stream, key.Shard, err)
+	}
+	if err := s.enter(); err != nil {
+		return wrap(err)
+	}
+	if _, err := s.pool.Exec(ctx, s.q.deleteCheckpoint, escape(key.Mapping), escape(key.Stream), escape(key.Shard)); err != nil {
+		return wrap(s.dbErr(err))
+	}
+	return nil
+}
+
+// Commit applies w in one transaction and one round trip: its statements
+// go as one pipelined batch, which PostgreSQL runs as an implicit
+// transaction committed at the batch's end. In order: the checkpoint
+// (which raises, aborting the rest, if it would move backwards as a
+// number), the progress, the marks (one multi-row upsert over unnest
+// arrays; of repeated keys the last wins), the state writes (one upsert and
+// one delete over unnest arrays; of repeated keys the last op wins), and
+// one statement per on-failure batch with its records. Rows are written in
+// key order, so concurrent Commits lock shared rows in one order. Commit
+// does not keep w.
+//
+// Errors: store.ErrCheckpointBackwards (nothing written), store.ErrClosed,
+// an invalid sequence, and PostgreSQL's errors; all name the checkpoint.
+func (s *Store) Commit(ctx context.Context, w *store.Write) error {
+	cp := w.Checkpoint
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: commit for mapping %q stream %q shard %s: %w", cp.Mapping, cp.Stream, cp.Shard, err)
+	}
+	if err := s.enter(); err != nil {
+		return wrap(err)
+	}
+	if err := validate(w); err != nil {
+		return wrap(err)
+	}
+	nc := &w.NewCheckpoint
+	b := &pgx.Batch{}
+	b.Queue(s.q.putCheckpoint, escape(cp.Mapping), escape(cp.Stream), escape(cp.Shard), string(nc.Sequence), nc.Processed, nc.Skipped, nc.Discarded, nc.Lost)
+	if w.HasProgress {
+		pk := &w.ProgressKey
+		above := make([]string, len(w.Progress.Above))
+		for i, a := range w.Progress.Above {
+			above[i] = string(a)
+		}
+		b.Queue(s.q.putProgress, escape(pk.Scope), escape(pk.Stream), escape(pk.Shard), string(w.Progress.HighWater), above)
+	}
+	if len(w.Marks) > 0 {
+		keys, expires := markArgs(w.Marks)
+		b.Queue(s.q.putMarks, keys, expires)
+	}
+	if len(w.State) > 0 {
+		put, del := stateArgs(w.State)
+		if len(put.ns) > 0 {
+			b.Queue(s.q.putState, put.ns, put.keys, put.values)
+		}
+		if len(del.ns) > 0 {
+			b.Queue(s.q.deleteState, del.ns, del.keys)
+		}
+	}
+	for i := range w.Failures {
+		f := &w.Failures[i]
+		a := failureArgs(f.Records)
+		meta := f.Metadata
+		if meta == nil {
+			meta = []byte{}
+		}
+		b.Queue(s.q.putFailure, escape(f.Destination), meta, a.streams, a.shards, a.seqs, a.keys, a.data, a.arrivals)
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeBackwards {
+			return wrap(fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, pe.Detail, nc.Sequence))
+		}
+		return wrap(s.dbErr(err))
+	}
+	return nil
+}
+
+// validate refuses sequences PostgreSQL could not compare as numbers.
+func validate(w *store.Write) error {
+	if !w.NewCheckpoint.Sequence.Valid() {
+		return fmt.Errorf("checkpoint sequence %q is not a decimal number", w.NewCheckpoint.Sequence)
+	}
+	if w.HasProgress {
+		if !w.Progress.HighWater.Valid() {
+			return fmt.Errorf("progress high water %q is not a decimal number", w.Progress.HighWater)
+		}
+		for _, a := range w.Progress.Above {
+			if !a.Valid() {
+				return fmt.Errorf("progress sequence %q is not a decimal number", a)
+			}
+		}
+	}
+	return nil
+}
+
+// markArgs returns the marks as unnest arrays sorted by key, keeping the
+// last of repeated keys (one upsert cannot touch a row twice).
+func markArgs(marks []store.Mark) (keys [][]byte, expires []time.Time) {
+	order := make([]int, len(marks))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return bytes.Compare(marks[a].Key[:], marks[b].Key[:]) })
+	// One buffer for every key, allocated at its final size: the slices
+	// into it stay valid.
+	buf := make([]byte, 0, len(marks)*len(store.MarkKey{}))
+	keys = make([][]byte, 0, len(marks))
+	expires = make([]time.Time, 0, len(marks))
+	for j, i := range order {
+		if j+1 < len(order) && marks[order[j+1]].Key == marks[i].Key {
+			continue // a later occurrence of the key follows: it wins
+		}
+		buf = append(buf, marks[i].Key[:]...)
+		keys = append(keys, buf[len(buf)-len(store.MarkKey{}):])
+		expires = append(expires, marks[i].Expires)
+	}
+	return keys, expires
+}
+
+// stateCols are state writes as unnest arrays.
+type stateCols struct {
+	ns     []string
+	keys   []string
+	values [][]byte
+}
+
+// stateArgs splits the ops into upserts and deletes, sorted by namespace
+// and key, keeping only the last op of each key.
+func stateArgs(ops []store.StateOp) (put, del stateCols) {
+	order := make([]int, len(ops))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		return cmp.Or(cmp.Compare(ops[a].Namespace, ops[b].Namespace), cmp.Compare(ops[a].Key, ops[b].Key))
+	})
+	for j, i := range order {
+		op := &ops[i]
+		if j+1 < len(order) {
+			if next := &ops[order[j+1]]; next.Namespace == op.Namespace && next.Key == op.Key {
+				continue
+			}
+		}
+		if op.Delete {
+			del.ns = append(del.ns, escape(op.Namespace))
+			del.keys = append(del.keys, escape(op.Key))
+			continue
+		}
+		v := op.Value
+		if v == nil {
+			v = []byte{}
+		}
+		put.ns = append(put.ns, escape(op.Namespace))
+		put.keys = append(put.keys, escape(op.Key))
+		put.values = append(put.values, v)
+	}
+	return put, del
+}
+
+// failureCols are an on-failure batch's records as unnest arrays.
+type failureCols struct {
+	streams, shards, seqs, keys []string
+	data                        [][]byte
+	arrivals                    []pgtype.Timestamptz
+}
+
+func failureArgs(recs []idem.Record) failureCols {
+	a := failureCols{
+		streams:  make([]string, len(recs)),
+		shards:   make([]string, len(recs)),
+		seqs:     make([]string, len(recs)),
+		keys:     make([]string, len(recs)),
+		data:     make([][]byte, len(recs)),
+		arrivals: make([]pgtype.Timestamptz, len(recs)),
+	}
+	for i := range recs {
+		r := &recs[i]
+		a.streams[i], a.shards[i], a.seqs[i] = escape(r.Stream), escape(r.ShardID), escape(string(r.Sequence))
+		a.keys[i] = escape(r.PartitionKey)
+		a.data[i] = r.Data
+		if a.data[i] == nil {
+			a.data[i] = []byte{}
+		}
+		if !r.ArrivalTime.IsZero() {
+			a.arrivals[i] = pgtype.Timestamptz{Time: r.ArrivalTime, Valid: true}
+		}
+	}
+	return a
+}

@@ -1,0 +1,260 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// codeBackwards is the SQLSTATE put_checkpoint raises when a checkpoint
+// would move backwards (a code of idem's own, outside PostgreSQL's
+// classes).
+const codeBackwards = "IDM01"
+
+// migrations are applied in order; migration i brings the schema to version
+// i+1. They are append-only: a released migration is never edited, a change
+// is a new one. "{s}" stands for the quoted schema name.
+var migrations = []string{
+	// 1: the tables, and the two functions whose logic must run next to
+	// the rows they lock.
+	`
+CREATE TABLE {s}.checkpoints (
+	mapping    text        NOT NULL,
+	stream     text        NOT NULL,
+	shard      text        NOT NULL,
+	sequence   text        NOT NULL,
+	processed  bigint      NOT NULL,
+	skipped    bigint      NOT NULL,
+	discarded  bigint      NOT NULL,
+	lost       bigint      NOT NULL,
+	updated_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (mapping, stream, shard)
+);
+
+CREATE TABLE {s}.progress (
+	scope      text   NOT NULL,
+	stream     text   NOT NULL,
+	shard      text   NOT NULL,
+	high_water text   NOT NULL,
+	above      text[] NOT NULL,
+	PRIMARY KEY (scope, stream, shard)
+);
+
+CREATE TABLE {s}.marks (
+	key     bytea       PRIMARY KEY,
+	expires timestamptz NOT NULL
+);
+CREATE INDEX marks_expires ON {s}.marks (expires);
+
+CREATE TABLE {s}.state (
+	namespace text  NOT NULL,
+	key       text  NOT NULL,
+	value     bytea NOT NULL,
+	PRIMARY KEY (namespace, key)
+);
+
+CREATE TABLE {s}.failures (
+	id          bigserial   PRIMARY KEY,
+	destination text        NOT NULL,
+	metadata    bytea       NOT NULL,
+	created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX failures_destination ON {s}.failures (destination, id);
+
+CREATE TABLE {s}.failure_records (
+	failure_id    bigint      NOT NULL REFERENCES {s}.failures (id) ON DELETE CASCADE,
+	position      integer     NOT NULL,
+	stream        text        NOT NULL,
+	shard         text        NOT NULL,
+	sequence      text        NOT NULL,
+	partition_key text        NOT NULL,
+	data          bytea       NOT NULL,
+	arrival_time  timestamptz,
+	PRIMARY KEY (failure_id, position)
+);
+
+CREATE SEQUENCE {s}.claim_tokens;
+
+CREATE TABLE {s}.claims (
+	key          bytea       PRIMARY KEY,
+	status       text        NOT NULL CHECK (status IN ('ACQUIRED', 'COMPLETED')),
+	token        bigint      NOT NULL,
+	payload_hash bytea       NOT NULL,
+	lease_until  timestamptz NOT NULL,
+	expires      timestamptz,
+	result       bytea
+);
+CREATE INDEX claims_completed_expires ON {s}.claims (expires) WHERE status = 'COMPLETED';
+CREATE INDEX claims_acquired_lease ON {s}.claims (lease_until) WHERE status = 'ACQUIRED';
+
+-- put_checkpoint upserts a checkpoint unless it would move backwards as a
+-- number; then it raises IDM01 (DETAIL: the stored sequence), which aborts
+-- the transaction and so the whole Write.
+CREATE FUNCTION {s}.put_checkpoint(p_mapping text, p_stream text, p_shard text, p_sequence text,
+	p_processed bigint, p_skipped bigint, p_discarded bigint, p_lost bigint) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+	v_stored text;
+BEGIN
+	INSERT INTO {s}.checkpoints AS c (mapping, stream, shard, sequence, processed, skipped, discarded, lost)
+	VALUES (p_mapping, p_stream, p_shard, p_sequence, p_processed, p_skipped, p_discarded, p_lost)
+	ON CONFLICT (mapping, stream, shard) DO UPDATE SET
+		sequence = EXCLUDED.sequence, processed = EXCLUDED.processed, skipped = EXCLUDED.skipped,
+		discarded = EXCLUDED.discarded, lost = EXCLUDED.lost, updated_at = now()
+	WHERE coalesce(nullif(c.sequence, '')::numeric, 0) <= coalesce(nullif(EXCLUDED.sequence, '')::numeric, 0);
+	IF NOT FOUND THEN
+		-- The upsert locked the row: this read sees the version it refused.
+		SELECT c.sequence INTO v_stored FROM {s}.checkpoints c
+		WHERE c.mapping = p_mapping AND c.stream = p_stream AND c.shard = p_shard;
+		RAISE EXCEPTION USING ERRCODE = 'IDM01',
+			MESSAGE = format('checkpoint would move backwards from %s to %s', v_stored, p_sequence),
+			DETAIL = v_stored;
+	END IF;
+END
+$fn$;
+
+-- claim takes key unless its record still counts at p_now (completed and
+-- unexpired, or in progress under a running lease). It returns the new
+-- record with r_acquired true, or the one in the way with r_acquired false.
+-- The upsert locks the row in both cases, so the second read sees what
+-- refused it.
+CREATE FUNCTION {s}.claim(p_key bytea, p_payload_hash bytea, p_lease_until timestamptz, p_now timestamptz)
+RETURNS TABLE (r_acquired boolean, r_status text, r_token bigint, r_payload_hash bytea,
+	r_lease_until timestamptz, r_expires timestamptz, r_result bytea)
+LANGUAGE plpgsql AS $fn$
+BEGIN
+	RETURN QUERY
+	INSERT INTO {s}.claims AS c (key, status, token, payload_hash, lease_until, expires, result)
+	VALUES (p_key, 'ACQUIRED', nextval('{s}.claim_tokens'), p_payload_hash, p_lease_until, NULL, NULL)
+	ON CONFLICT (key) DO UPDATE SET
+		status = 'ACQUIRED', token = EXCLUDED.token, payload_hash = EXCLUDED.payload_hash,
+		lease_until = EXCLUDED.lease_until, expires = NULL, result = NULL
+	WHERE NOT ((c.status = 'COMPLETED' AND (c.expires IS NULL OR p_now < c.expires))
+		OR (c.status = 'ACQUIRED' AND p_now < c.lease_until))
+	RETURNING true, c.status, c.token, c.payload_hash, c.lease_until, c.expires, c.result;
+	IF NOT FOUND THEN
+		RETURN QUERY
+		SELECT false, c.status, c.token, c.payload_hash, c.lease_until, c.expires, c.result
+		FROM {s}.claims c WHERE c.key = p_key;
+	END IF;
+END
+$fn$;
+`,
+}
+
+// lockKey is the advisory lock that serializes migrations of one schema
+// across processes; other schemas take other locks.
+func lockKey(schema string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("idem/migrate/" + schema))
+	return int64(h.Sum64())
+}
+
+// migrate brings schema up to the latest version in one transaction that
+// holds the schema's advisory lock: processes starting at once wait for
+// each other, and the later ones find nothing to do.
+func migrate(ctx context.Context, pool *pgxpool.Pool, schema, ident string) (err error) {
+	wrap := func(err error) error { return fmt.Errorf("postgres: migrating schema %q: %w", schema, err) }
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return wrap(err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(schema)); err != nil {
+		return wrap(err)
+	}
+	setup := "CREATE SCHEMA IF NOT EXISTS " + ident + ";\n" +
+		"CREATE TABLE IF NOT EXISTS " + ident + ".schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+	if _, err := tx.Exec(ctx, setup); err != nil {
+		return wrap(err)
+	}
+	var version int
+	if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+ident+".schema_migrations").Scan(&version); err != nil {
+		return wrap(err)
+	}
+	if version > len(migrations) {
+		return wrap(fmt.Errorf("the schema is at version %d, newer than this idem knows (%d): upgrade idem", version, len(migrations)))
+	}
+	for v := version + 1; v <= len(migrations); v++ {
+		if _, err := tx.Exec(ctx, strings.ReplaceAll(migrations[v-1], "{s}", ident)); err != nil {
+			return wrap(fmt.Errorf("version %d: %w", v, err))
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO "+ident+".schema_migrations (version) VALUES ($1)", v); err != nil {
+			return wrap(fmt.Errorf("recording version %d: %w", v, err))
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return wrap(err)
+	}
+	return nil
+}
+
+// queries are the statements the driver runs, with the schema filled in.
+type queries struct {
+	checkpoint, deleteCheckpoint, progress, completed, state string
+
+	putCheckpoint, putProgress, putMarks, putState, deleteState, putFailure string
+
+	claim, complete, release, claimHeld, lookup string
+
+	failures string
+
+	purgeMarks, purgeCompletedClaims, purgeAbandonedClaims string
+}
+
+func newQueries(ident string) queries {
+	r := strings.NewReplacer("{s}", ident)
+	return queries{
+		checkpoint:       r.Replace(`SELECT sequence, processed, skipped, discarded, lost FROM {s}.checkpoints WHERE mapping = $1 AND stream = $2 AND shard = $3`),
+		deleteCheckpoint: r.Replace(`DELETE FROM {s}.checkpoints WHERE mapping = $1 AND stream = $2 AND shard = $3`),
+		progress:         r.Replace(`SELECT high_water, above FROM {s}.progress WHERE scope = $1 AND stream = $2 AND shard = $3`),
+		completed:        r.Replace(`SELECT key FROM {s}.marks WHERE key = ANY($1::bytea[]) AND expires > $2`),
+		state:            r.Replace(`SELECT value FROM {s}.state WHERE namespace = $1 AND key = $2`),
+
+		putCheckpoint: r.Replace(`SELECT {s}.put_checkpoint($1, $2, $3, $4, $5, $6, $7, $8)`),
+		putProgress: r.Replace(`INSERT INTO {s}.progress (scope, stream, shard, high_water, above) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (scope, stream, shard) DO UPDATE SET high_water = EXCLUDED.high_water, above = EXCLUDED.above`),
+		putMarks: r.Replace(`INSERT INTO {s}.marks (key, expires) SELECT * FROM unnest($1::bytea[], $2::timestamptz[])
+ON CONFLICT (key) DO UPDATE SET expires = EXCLUDED.expires`),
+		putState: r.Replace(`INSERT INTO {s}.state (namespace, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value`),
+		deleteState: r.Replace(`DELETE FROM {s}.state WHERE (namespace, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))`),
+		putFailure: r.Replace(`WITH f AS (INSERT INTO {s}.failures (destination, metadata) VALUES ($1, $2) RETURNING id)
+INSERT INTO {s}.failure_records (failure_id, position, stream, shard, sequence, partition_key, data, arrival_time)
+SELECT f.id, r.ord - 1, r.stream, r.shard, r.sequence, r.partition_key, r.data, r.arrival_time
+FROM f, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::timestamptz[])
+	WITH ORDINALITY AS r (stream, shard, sequence, partition_key, data, arrival_time, ord)`),
+
+		claim:     r.Replace(`SELECT r_acquired, r_status, r_token, r_payload_hash, r_lease_until, r_expires, r_result FROM {s}.claim($1, $2, $3, $4)`),
+		complete:  r.Replace(`UPDATE {s}.claims SET status = 'COMPLETED', result = $3, expires = $4 WHERE key = $1 AND token = $2`),
+		release:   r.Replace(`UPDATE {s}.claims SET lease_until = 'epoch' WHERE key = $1 AND token = $2 AND status = 'ACQUIRED'`),
+		claimHeld: r.Replace(`SELECT status FROM {s}.claims WHERE key = $1 AND token = $2`),
+		lookup: r.Replace(`SELECT status, token, payload_hash, lease_until, expires, result FROM {s}.claims
+WHERE key = $1 AND ((status = 'COMPLETED' AND (expires IS NULL OR expires > $2)) OR (status = 'ACQUIRED' AND lease_until > $2))`),
+
+		failures: r.Replace(`WITH f AS (
+	SELECT id, metadata, created_at FROM {s}.failures WHERE destination = $1 AND id > $2 ORDER BY id LIMIT $3)
+SELECT f.id, f.metadata, f.created_at, r.stream, r.shard, r.sequence, r.partition_key, r.data, r.arrival_time
+FROM f LEFT JOIN {s}.failure_records r ON r.failure_id = f.id
+ORDER BY f.id, r.position`),
+
+		purgeMarks: r.Replace(`DELETE FROM {s}.marks WHERE key IN (
+	SELECT key FROM {s}.marks WHERE expires <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+		purgeCompletedClaims: r.Replace(`DELETE FROM {s}.claims WHERE key IN (
+	SELECT key FROM {s}.claims WHERE status = 'COMPLETED' AND expires <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+		purgeAbandonedClaims: r.Replace(`DELETE FROM {s}.claims WHERE key IN (
+	SELECT key FROM {s}.claims WHERE status = 'ACQUIRED' AND lease_until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+	}
+}
+
+// errNoRows reports whether err is pgx's "no rows".
+func errNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }

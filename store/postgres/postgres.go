@@ -1,0 +1,253 @@
+// Package postgres is the store driver over PostgreSQL, for running idem
+// where the embedded Pebble store does not fit: several idem processes that
+// share one store, or operators who want checkpoints, completion marks,
+// state and on-failure records in a database they already run, back up and
+// query.
+//
+// # Atomicity and durability
+//
+// Commit sends a Write's statements as one pipelined batch (pgx.Batch): one
+// network round trip (plus one to prepare the statements on a connection's
+// first use), run by PostgreSQL as one implicit transaction that
+// commits at the batch's end, durably under the server's default
+// synchronous_commit. The checkpoint statement comes first and compares
+// sequences as numbers in SQL; when it would move the checkpoint backwards
+// it raises an error, so the server skips the rest of the batch and rolls
+// the transaction back: nothing of the Write is applied and Commit returns
+// an error wrapping store.ErrCheckpointBackwards. Concurrent Commits run on
+// the pool's connections and share WAL flushes through PostgreSQL's own
+// group commit.
+//
+// If the connection breaks after the batch was sent, whether it committed
+// is unknown (as with any database); repeating the same Write is harmless
+// for checkpoints, marks and state, but stores its on-failure records twice.
+//
+// # Encodings
+//
+// Sequences are stored as the text the source gave (zero padding and all,
+// byte for byte) and compared in SQL as numeric (the empty sequence as 0),
+// so 56-digit Kinesis sequence numbers order correctly. Names and keys (mappings,
+// streams, shards, scopes, state namespaces and keys, partition keys) are
+// Go strings, any bytes, which PostgreSQL text refuses when they hold a NUL
+// byte or invalid UTF-8: they are stored as text escaped injectively (a
+// backslash as \\, NUL as \0, a byte of invalid UTF-8 as \xHH), so the usual
+// name is stored as it is and the tables stay readable by hand. Timestamps
+// are timestamptz, so expiry times are kept to the microsecond.
+//
+// # Expiry
+//
+// Completed and Lookup decide expiry from the time passed in, never from a
+// background delete. A purge goroutine (WithPurgeInterval) deletes expired
+// marks and idempotency records to reclaim space only; Close stops it.
+//
+// # Schema
+//
+// New creates its tables in one schema (WithSchema, "idem" by default) and
+// migrates them with versioned migrations recorded in schema_migrations,
+// under a transaction-scoped advisory lock, so several idem processes may
+// start at once against one database.
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/idem-run/idem/store"
+)
+
+// DefaultSchema is the schema New uses without WithSchema.
+const DefaultSchema = "idem"
+
+// DefaultPurgeInterval is how often expired marks and idempotency records
+// are deleted without WithPurgeInterval.
+const DefaultPurgeInterval = time.Minute
+
+// purgeChunk bounds how many rows one purge statement deletes, so that a
+// purge never holds many row locks at once.
+const purgeChunk = 5000
+
+// abandonedClaimGrace is how long after its lease ended an in-progress
+// idempotency record is kept before the purge deletes it: an owner whose
+// lease ran out without a takeover may still Complete within it.
+const abandonedClaimGrace = time.Hour
+
+// schemaName is what WithSchema accepts: a plain SQL identifier, so that
+// it can be quoted safely everywhere, string literals included.
+var schemaName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+
+// Store is the PostgreSQL store.Driver and store.Claims. It is safe for
+// concurrent use. After Close its methods return errors wrapping
+// store.ErrClosed.
+type Store struct {
+	pool   *pgxpool.Pool
+	schema string
+	q      queries
+	log    *slog.Logger
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+var (
+	_ store.Driver = (*Store)(nil)
+	_ store.Claims = (*Store)(nil)
+)
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	schema        string
+	logger        *slog.Logger
+	purgeInterval time.Duration
+}
+
+// WithSchema sets the PostgreSQL schema that holds idem's tables (default
+// DefaultSchema). It must be a plain identifier: letters, digits and
+// underscores, not starting with a digit, at most 63 characters. Two
+// stores on different schemas of one database share nothing.
+func WithSchema(name string) Option { return func(o *options) { o.schema = name } }
+
+// WithLogger sets where the background purge reports failures (default
+// slog.Default()). The driver's methods never log: they return errors.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithPurgeInterval sets how often expired marks and idempotency records
+// are deleted (default DefaultPurgeInterval); zero or less turns the purge
+// goroutine off (call Purge yourself, or let another process purge).
+func WithPurgeInterval(d time.Duration) Option { return func(o *options) { o.purgeInterval = d } }
+
+// New connects to the database named by dsn (a PostgreSQL URL or keyword/
+// value string; pgx's pool settings such as pool_max_conns apply), creates
+// or migrates the schema, and starts the purge goroutine. It returns once
+// the schema is ready, so a database that cannot be reached is an error
+// here rather than at the first Commit.
+func New(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
+	o := options{schema: DefaultSchema, logger: slog.Default(), purgeInterval: DefaultPurgeInterval}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if !schemaName.MatchString(o.schema) {
+		return nil, fmt.Errorf("postgres: schema name %q is not a plain identifier (letters, digits, underscores)", o.schema)
+	}
+	if o.logger == nil {
+		o.logger = slog.Default()
+	}
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// pgx redacts the password from the string its error quotes.
+		return nil, fmt.Errorf("postgres: parsing the connection string: %w", err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: creating the connection pool: %w", err)
+	}
+	ident := pgx.Identifier{o.schema}.Sanitize()
+	if err := migrate(ctx, pool, o.schema, ident); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	pctx, stop := context.WithCancel(context.Background())
+	s := &Store{pool: pool, schema: o.schema, q: newQueries(ident), log: o.logger, stop: stop}
+	if o.purgeInterval > 0 {
+		s.wg.Add(1)
+		go s.purgeLoop(pctx, o.purgeInterval)
+	}
+	return s, nil
+}
+
+// Schema returns the name of the schema the store keeps its tables in.
+func (s *Store) Schema() string { return s.schema }
+
+// Close stops the purge goroutine, waits for it, and closes the pool
+// (waiting for connections in use to be released). It is safe to call more
+// than once; later calls do nothing.
+func (s *Store) Close() {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		s.stop()
+		s.wg.Wait()
+		s.pool.Close()
+	})
+}
+
+// enter refuses calls after Close.
+func (s *Store) enter() error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	return nil
+}
+
+// dbErr turns an error of a call that raced with Close into ErrClosed.
+func (s *Store) dbErr(err error) error {
+	if err != nil && s.closed.Load() {
+		return fmt.Errorf("%w: %w", store.ErrClosed, err)
+	}
+	return err
+}
+
+// purgeLoop runs Purge every interval until Close.
+func (s *Store) purgeLoop(ctx context.Context, interval time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, _, err := s.Purge(ctx, time.Now()); err != nil && ctx.Err() == nil {
+				s.log.Error("postgres: purge of expired marks and idempotency records failed; the next one retries",
+					"schema", s.schema, "err", err)
+			}
+		}
+	}
+}
+
+// Purge deletes, as of now, the completion marks that expired and the
+// idempotency records that no longer count (completed ones past their
+// expiry; in-progress ones whose lease ended over an hour ago), a chunk at a
+// time, and reports how many of each it deleted. The purge goroutine calls
+// it; tests and operators may call it directly. Purging changes no answer
+// of Completed or Lookup, which decide expiry from timestamps; fencing
+// tokens come from a sequence, so they keep increasing for a key whose
+// record was purged. Rows locked by a concurrent Commit are left for the
+// next purge.
+func (s *Store) Purge(ctx context.Context, now time.Time) (marks, claims int64, err error) {
+	if err := s.enter(); err != nil {
+		return 0, 0, fmt.Errorf("postgres: purge: %w", err)
+	}
+	del := func(what, sql string, at time.Time) (int64, error) {
+		var total int64
+		for {
+			tag, err := s.pool.Exec(ctx, sql, at, purgeChunk)
+			if err != nil {
+				return total, fmt.Errorf("postgres: purging expired %s: %w", what, s.dbErr(err))
+			}
+			total += tag.RowsAffected()
+			if tag.RowsAffected() < purgeChunk {
+				return total, nil
+			}
+		}
+	}
+	if marks, err = del("marks", s.q.purgeMarks, now); err != nil {
+		return marks, 0, err
+	}
+	done, err := del("completed idempotency records", s.q.purgeCompletedClaims, now)
+	if err != nil {
+		return marks, done, err
+	}
+	abandoned, err := del("abandoned idempotency records", s.q.purgeAbandonedClaims, now.Add(-abandonedClaimGrace))
+	return marks, done + abandoned, err
+}
