@@ -26,6 +26,7 @@ import (
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/source"
 	srcembedded "github.com/idem-run/idem/source/embedded"
+	"github.com/idem-run/idem/store"
 	stembedded "github.com/idem-run/idem/store/embedded"
 )
 
@@ -34,6 +35,8 @@ type env struct {
 	t   *testing.T
 	dir string
 	db  *pebbledb.DB
+	// store, when set, replaces the embedded store over db.
+	store store.Driver
 }
 
 func newEnv(t *testing.T) *env {
@@ -78,7 +81,11 @@ func (v *env) source(stream string) source.Driver {
 // for it to end.
 func (v *env) run(ms ...engine.Mapping) (*engine.Engine, func()) {
 	v.t.Helper()
-	e := engine.New(stembedded.New(v.db), engine.WithLogger(testLogger(v.t)), engine.WithDrainTimeout(2*time.Second))
+	st := v.store
+	if st == nil {
+		st = stembedded.New(v.db)
+	}
+	e := engine.New(st, engine.WithLogger(testLogger(v.t)), engine.WithDrainTimeout(2*time.Second))
 	for _, m := range ms {
 		if err := e.Add(m); err != nil {
 			v.t.Fatal(err)
@@ -387,7 +394,16 @@ func TestPerKeyOrderUnderParallelization(t *testing.T) {
 // starts at TRIM_HORIZON over retained records; in the same scope it runs
 // none of them again.
 func TestReplayUnderNewMappingName(t *testing.T) {
-	v := newEnv(t)
+	for _, k := range storeKinds {
+		t.Run(k.name, func(t *testing.T) {
+			v := newEnv(t)
+			v.store = k.open(t, v)
+			testReplayUnderNewMappingName(t, v)
+		})
+	}
+}
+
+func testReplayUnderNewMappingName(t *testing.T, v *env) {
 	v.stream("orders", 4)
 	const n = 10000
 	for i := 0; i < n; i += 500 {
@@ -424,7 +440,16 @@ func TestReplayUnderNewMappingName(t *testing.T) {
 // TestStateCommitsWithItsRecord: a record's state writes commit if and only
 // if the record commits.
 func TestStateCommitsWithItsRecord(t *testing.T) {
-	v := newEnv(t)
+	for _, k := range storeKinds {
+		t.Run(k.name, func(t *testing.T) {
+			v := newEnv(t)
+			v.store = k.open(t, v)
+			testStateCommitsWithItsRecord(t, v)
+		})
+	}
+}
+
+func testStateCommitsWithItsRecord(t *testing.T, v *env) {
 	v.stream("s", 1)
 	v.put("s", "k", "1", "2", "3", "4", "5")
 	var failedOnce atomic.Bool
@@ -450,7 +475,7 @@ func TestStateCommitsWithItsRecord(t *testing.T) {
 		StartingPosition: source.TrimHorizon, RetryBaseDelay: time.Millisecond})
 	waitFor(t, "5 records", func() bool { return totals(e).Processed == 5 })
 	stop()
-	got, err := stembedded.New(v.db).State(context.Background(), "sum", "sum")
+	got, err := v.store.State(context.Background(), "sum", "sum")
 	if err != nil || string(got) != "15" {
 		t.Fatalf("sum = %q, %v; want 15 (each record's write exactly once)", got, err)
 	}
@@ -580,7 +605,16 @@ func TestValidateNamesTheSetting(t *testing.T) {
 // run again when its record fails later and is delivered again; it gets the
 // deterministic key scope/recordKey/step and the journaled result.
 func TestStepRunsOnceAcrossRedeliveries(t *testing.T) {
-	v := newEnv(t)
+	for _, k := range storeKinds {
+		t.Run(k.name, func(t *testing.T) {
+			v := newEnv(t)
+			v.store = k.open(t, v)
+			testStepRunsOnceAcrossRedeliveries(t, v)
+		})
+	}
+}
+
+func testStepRunsOnceAcrossRedeliveries(t *testing.T, v *env) {
 	v.stream("in", 1)
 	v.put("in", "k", "pay")
 	var mu sync.Mutex
