@@ -341,6 +341,12 @@ func statusCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s.Mapping, s.Shard, s.State, shortSequence(s.Checkpoint), s.LagRecords,
 					(time.Duration(s.IteratorAgeMs) * time.Millisecond).String(), s.InFlight, s.Invocations, s.Retries, s.Processed, s.Discarded, s.Skipped, s.Lost)
 			}
+			if len(st.Functions) > 0 {
+				fmt.Fprintln(tw, "\nFUNCTION\tKIND\tRUNNING\tRESTARTS\tCRASH LOOP\tLAST EXIT")
+				for _, f := range st.Functions {
+					fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%v\t%s\n", f.Name, f.Kind, f.Running, f.Concurrency, f.Restarts, f.CrashLoop, f.LastExit)
+				}
+			}
 			return tw.Flush()
 		},
 	}

@@ -111,6 +111,11 @@ type Function struct {
 	// together with HTTP.
 	// Default: nil (same meaning when HTTP is nil too)
 	Go *GoFunction `yaml:"go,omitempty"`
+	// Process runs an unmodified AWS Lambda function (a `bootstrap` built
+	// with aws-lambda-go, or any runtime speaking the Lambda Runtime API) as
+	// child processes of idem. Not allowed together with HTTP or Go.
+	// Default: nil
+	Process *ProcessFunction `yaml:"process,omitempty"`
 	// Timeout bounds one invocation, above 0 and at most 900s (Lambda's
 	// limit). A timed-out invocation is a function error of type
 	// Function.Timeout.
@@ -120,7 +125,36 @@ type Function struct {
 
 // InProcess reports whether the function is an in-process Go function, to be
 // registered by the embedding program, rather than an HTTP one.
-func (f *Function) InProcess() bool { return f.HTTP == nil }
+func (f *Function) InProcess() bool { return f.HTTP == nil && f.Process == nil }
+
+// ProcessFunction is `functions[].process`: how to start the function's
+// processes. idem serves them the Lambda Runtime API on loopback.
+type ProcessFunction struct {
+	// Command is the executable, e.g. ./bootstrap; relative to Dir.
+	// Default: none, required
+	Command string `yaml:"command"`
+	// Args are its arguments.
+	// Default: none
+	Args []string `yaml:"args"`
+	// Env adds environment variables to the ones idem sets (AWS_REGION,
+	// AWS_LAMBDA_FUNCTION_NAME, AWS_LAMBDA_RUNTIME_API, ...).
+	// Default: none
+	Env map[string]string `yaml:"env"`
+	// Dir is the working directory (LAMBDA_TASK_ROOT).
+	// Default: idem's working directory
+	Dir string `yaml:"dir"`
+	// Concurrency is how many processes run, each one invocation at a time,
+	// 1 to 1024.
+	// Default: 1
+	Concurrency int `yaml:"concurrency"`
+	// MemorySize in MB, 128 to 10240, is only reported to the function
+	// (AWS_LAMBDA_FUNCTION_MEMORY_SIZE).
+	// Default: 128
+	MemorySize int `yaml:"memorySize"`
+	// Region is the AWS_REGION the function sees.
+	// Default: us-east-1
+	Region string `yaml:"region"`
+}
 
 // HTTPFunction is a function reached over HTTP: idem POSTs each batch as a
 // Lambda event and reads a Lambda response.
@@ -623,6 +657,17 @@ func (f *File) applyDefaults(set func(path string) bool) {
 		fn, p := &f.Functions[i], fmt.Sprintf("functions[%d].", i)
 		if !set(p+"timeout") && fn.Timeout == 0 {
 			fn.Timeout = defaultTimeout
+		}
+		if pf := fn.Process; pf != nil {
+			if !set(p+"process.concurrency") && pf.Concurrency == 0 {
+				pf.Concurrency = 1
+			}
+			if !set(p+"process.memorySize") && pf.MemorySize == 0 {
+				pf.MemorySize = 128
+			}
+			if !set(p+"process.region") && pf.Region == "" {
+				pf.Region = "us-east-1"
+			}
 		}
 	}
 	for i := range f.Mappings {

@@ -228,6 +228,12 @@ func TestParseErrors(t *testing.T) {
 		yaml string
 		want []string // every problem, in order
 	}{
+		// Process functions.
+		{"process without command", "functions: [{name: f, process: {concurrency: 0}}]\n",
+			[]string{"functions[0].process.command: required (the function's executable, e.g. ./bootstrap)",
+				"functions[0].process.concurrency: 0 is below the minimum 1"}},
+		{"process and http", "functions: [{name: f, http: {url: 'http://x/'}, process: {command: ./b}}]\n",
+			[]string{"functions[0].process: not allowed together with functions[0].http: a function has one kind"}},
 		// Stores.
 		{"both stores", "store: {postgres: {dsn: x}, redis: {}}\n",
 			[]string{"store: set one of store.postgres and store.redis, not both"}},

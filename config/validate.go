@@ -140,6 +140,19 @@ func (f *File) check() []*FieldError {
 				c.addf(p+".go", "not allowed together with %s.http: a function is either HTTP or in-process Go", p)
 			}
 		}
+		if pf := fn.Process; pf != nil {
+			switch {
+			case fn.HTTP != nil:
+				c.addf(p+".process", "not allowed together with %s.http: a function has one kind", p)
+			case fn.Go != nil:
+				c.addf(p+".process", "not allowed together with %s.go: a function has one kind", p)
+			}
+			if pf.Command == "" {
+				c.addf(p+".process.command", "required (the function's executable, e.g. ./bootstrap)")
+			}
+			c.intRange(p+".process.concurrency", pf.Concurrency, 1, 1024)
+			c.intRange(p+".process.memorySize", pf.MemorySize, 128, 10240)
+		}
 		if fn.Timeout <= 0 {
 			c.addf(p+".timeout", "%s must be greater than 0s and at most %s", fn.Timeout, maxTimeout)
 		} else {

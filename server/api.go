@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,6 +68,20 @@ type RecordsResponse struct {
 // StatusResponse is `idem status --json`.
 type StatusResponse struct {
 	Shards []engine.ShardStatus `json:"shards"`
+	// Functions reports process functions, so a crash loop is visible.
+	Functions []FunctionStatus `json:"functions,omitempty"`
+}
+
+// FunctionStatus is the state of one process function's processes.
+type FunctionStatus struct {
+	Name        string    `json:"name"`
+	Kind        string    `json:"kind"`
+	Concurrency int       `json:"concurrency"`
+	Running     int       `json:"running"`
+	Restarts    int       `json:"restarts"`
+	LastExit    string    `json:"lastExit,omitempty"`
+	LastExitAt  time.Time `json:"lastExitAt,omitzero"`
+	CrashLoop   bool      `json:"crashLoop"`
 }
 
 // errorResponse is every error's body.
@@ -208,7 +223,13 @@ func (s *Server) handleStreams(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, StatusResponse{Shards: s.engine.Status()})
+	out := StatusResponse{Shards: s.engine.Status()}
+	for _, p := range s.procs {
+		st := p.fn.Status()
+		out.Functions = append(out.Functions, FunctionStatus{Name: p.name, Kind: "process", Concurrency: st.Concurrency,
+			Running: st.Running, Restarts: st.Restarts, LastExit: st.LastExit, LastExitAt: st.LastExitAt, CrashLoop: st.CrashLoop})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleState(w http.ResponseWriter, r *http.Request) {

@@ -22,6 +22,7 @@ import (
 	"github.com/idem-run/idem/function"
 	"github.com/idem-run/idem/function/gofunc"
 	"github.com/idem-run/idem/function/httpfn"
+	"github.com/idem-run/idem/function/process"
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/source"
 	srcembedded "github.com/idem-run/idem/source/embedded"
@@ -39,12 +40,19 @@ type Server struct {
 	db         *pebbledb.DB
 	store      store.Driver
 	closeStore func()
+	procs      []namedProcess
 	engine     *engine.Engine
 	registry   *prometheus.Registry
 	http       *http.Server
 	ln         net.Listener
 
 	closeOnce sync.Once
+}
+
+// namedProcess is a process function, which Close must stop.
+type namedProcess struct {
+	name string
+	fn   *process.Function
 }
 
 // Option configures a Server.
@@ -103,6 +111,17 @@ func (s *Server) setup() error {
 	var errs []error
 	for i, f := range cfg.Functions {
 		switch {
+		case f.Process != nil:
+			pf := f.Process
+			d, err := process.New(process.Config{Name: f.Name, Command: pf.Command, Args: pf.Args, Env: pf.Env, Dir: pf.Dir,
+				Concurrency: pf.Concurrency, Timeout: f.Timeout.D(), MemorySize: pf.MemorySize, Region: pf.Region},
+				process.WithLogger(s.log))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("functions[%d].process: %w", i, err))
+				continue
+			}
+			fns[f.Name] = d
+			s.procs = append(s.procs, namedProcess{f.Name, d})
 		case f.HTTP != nil:
 			d, err := httpfn.New(f.HTTP.URL, httpfn.Timeout(f.Timeout.D()), httpfn.Name(f.Name))
 			if err != nil {
@@ -246,6 +265,9 @@ func (s *Server) Addr() string {
 func (s *Server) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		for _, p := range s.procs {
+			p.fn.Close()
+		}
 		if s.closeStore != nil {
 			s.closeStore()
 		}

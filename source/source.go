@@ -43,6 +43,9 @@ var ErrShardNotFound = errors.New("source: shard not found")
 // ReadResult is one read of a shard.
 type ReadResult struct {
 	// Records are in order; their Sequence is above the read's position.
+	// A driver spells a record's sequence the same way on every read: the
+	// default idempotency key and batchItemFailures name records by the
+	// exact string.
 	Records []idem.Record
 	// Lost counts records between the read's position and the first record
 	// returned that retention removed before anyone read them.

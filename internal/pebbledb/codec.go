@@ -318,14 +318,21 @@ func decodeCheckpoint(v []byte) (store.Checkpoint, error) {
 	return c, nil
 }
 
-// appendProgress encodes p; it fails if Above is not strictly ascending above
-// HighWater: such a value would be a bug upstream.
+// appendProgress encodes p; it fails if a sequence is not decimal or Above is
+// not strictly ascending above HighWater: such a value would be a bug
+// upstream, and decodeProgress would refuse it as corrupt.
 func appendProgress(b []byte, p *store.Progress) ([]byte, error) {
+	if !p.HighWater.Valid() {
+		return nil, fmt.Errorf("pebbledb: progress: high water %q is not a decimal number", p.HighWater)
+	}
 	b = append(b, valueVersion)
 	b = appendStr(b, string(p.HighWater))
 	b = binary.AppendUvarint(b, uint64(len(p.Above)))
 	prev := p.HighWater
 	for _, s := range p.Above {
+		if !s.Valid() {
+			return nil, fmt.Errorf("pebbledb: progress: sequence %q is not a decimal number", s)
+		}
 		if s.Compare(prev) <= 0 {
 			return nil, fmt.Errorf("pebbledb: progress: Above must be ascending and above HighWater %q, got %q after %q", p.HighWater, s, prev)
 		}

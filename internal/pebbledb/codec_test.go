@@ -46,6 +46,9 @@ func TestProgressRoundTrip(t *testing.T) {
 		{HighWater: sq(10), Above: []idem.Sequence{"10"}},
 		{HighWater: sq(10), Above: []idem.Sequence{sq(12), sq(11)}},
 		{HighWater: sq(10), Above: []idem.Sequence{sq(12), "12"}},
+		{HighWater: "1x"},
+		{HighWater: sq(10), Above: []idem.Sequence{sq(11), "12a"}},
+		{HighWater: sq(10), Above: []idem.Sequence{"-11"}},
 	} {
 		if _, err := appendProgress(nil, &bad); err == nil {
 			t.Fatalf("appendProgress(%+v) accepted Above that is not strictly ascending above HighWater", bad)

@@ -338,6 +338,77 @@ func TestWait(t *testing.T) {
 	}
 }
 
+// TestPositions: the embedded stream numbers records in 64 bits, but a
+// position is any idem.Sequence: "" and any zero padding name the same
+// position; one this stream cannot have numbered (beyond 64 bits, not
+// decimal) is an error, not a silent read from somewhere else.
+func TestPositions(t *testing.T) {
+	ctx := context.Background()
+	db := openMem(t, WithPollInterval(time.Hour))
+	mustCreate(t, db, "s", 1)
+	shard := ShardID(0)
+	for _, pos := range []source.StartingPosition{source.TrimHorizon, source.Latest, source.AtTimestamp} {
+		if s, err := db.Start(ctx, "s", shard, pos, time.Now()); err != nil || s != "" {
+			t.Fatalf("%s on an empty shard = %q, %v; want the zero Sequence", pos, s, err)
+		}
+	}
+	if res, err := db.Read(ctx, "s", shard, "", 10, 1<<20); err != nil || len(res.Records) != 0 || res.Latest != "" || res.Lost != 0 || res.Trimmed != "" {
+		t.Fatalf("Read of an empty shard = %+v, %v", res, err)
+	}
+	recs := make([]PutRecord, 5)
+	for i := range recs {
+		recs[i] = PutRecord{PartitionKey: "k", Data: []byte{byte('a' + i)}}
+	}
+	if _, err := db.Put(ctx, "s", recs); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := db.Start(ctx, "s", shard, source.Latest, time.Time{}); err != nil || s != sq(5) {
+		t.Fatalf("LATEST = %q, %v; want %q", s, err, sq(5))
+	}
+	for _, c := range []struct {
+		after idem.Sequence
+		first uint64
+	}{
+		{"", 1}, {"0", 1}, {sq(0), 1}, {"000000000000000000000000000000", 1},
+		{"2", 3}, {sq(2), 3}, {"0000000000000000000000002", 3},
+		{"5", 6}, {"18446744073709551615", 6},
+	} {
+		res, err := db.Read(ctx, "s", shard, c.after, 10, 1<<20)
+		if err != nil {
+			t.Fatalf("Read after %q: %v", c.after, err)
+		}
+		if res.Latest != sq(5) {
+			t.Fatalf("Read after %q: Latest = %q, want %q", c.after, res.Latest, sq(5))
+		}
+		if want := 5 - int(c.first) + 1; len(res.Records) != want {
+			t.Fatalf("Read after %q: %d records, want %d", c.after, len(res.Records), want)
+		}
+		for i, r := range res.Records {
+			if want := sq(c.first + uint64(i)); r.Sequence != want || !r.Sequence.Valid() {
+				t.Fatalf("Read after %q: record %d has sequence %q, want %q", c.after, i, r.Sequence, want)
+			}
+		}
+	}
+	// Below the newest record: Wait returns at once, however it is spelled.
+	for _, after := range []idem.Sequence{"", "4", sq(4)} {
+		if err := db.Wait(ctx, "s", shard, after); err != nil {
+			t.Fatalf("Wait after %q: %v", after, err)
+		}
+	}
+	for _, bad := range []idem.Sequence{
+		"18446744073709551616", // one past 64 bits
+		"49590338271490256608559692538361571095921575989136588898",
+		"-1", "0x10", "1e3", " 1", "1 ", "+1", "1_000", "١",
+	} {
+		if _, err := db.Read(ctx, "s", shard, bad, 10, 1<<20); err == nil || !strings.Contains(err.Error(), "not a sequence of this stream") {
+			t.Fatalf("Read after %q: %v, want an error", bad, err)
+		}
+		if err := db.Wait(ctx, "s", shard, bad); err == nil || !strings.Contains(err.Error(), "not a sequence of this stream") {
+			t.Fatalf("Wait after %q: %v, want an error", bad, err)
+		}
+	}
+}
+
 func TestStartAtTimestamp(t *testing.T) {
 	ctx := context.Background()
 	db := openMem(t)

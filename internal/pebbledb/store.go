@@ -186,6 +186,11 @@ func (db *DB) Commit(ctx context.Context, w *store.Write) error {
 	wrap := func(err error) error {
 		return fmt.Errorf("pebbledb: commit for mapping %q stream %q shard %s: %w", cp.Mapping, cp.Stream, cp.Shard, err)
 	}
+	// Refuse what decodeCheckpoint would call corrupt: written, it would
+	// make the checkpoint unreadable for good.
+	if !w.NewCheckpoint.Sequence.Valid() {
+		return wrap(fmt.Errorf("checkpoint sequence %q is not a decimal number", w.NewCheckpoint.Sequence))
+	}
 	dests := make([]*stream, len(w.Failures))
 	for i := range w.Failures {
 		if dests[i], err = db.stream(w.Failures[i].Destination); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +20,9 @@ import (
 type harness struct {
 	db *pebbledb.DB
 	n  *atomic.Int64
+	// seq, when set, respells the embedded stream's sequences, to show
+	// that the suite takes no width for granted.
+	seq *spelling
 }
 
 func (h harness) MakeStream(ctx context.Context, t testing.TB, shards int) (source.Driver, sourcetest.Appender, error) {
@@ -34,7 +39,10 @@ func (h harness) MakeStream(ctx context.Context, t testing.TB, shards int) (sour
 		if err != nil {
 			return "", "", err
 		}
-		return res[0].Shard, idem.SequenceOf(res[0].Sequence), nil
+		return res[0].Shard, h.seq.to(idem.SequenceOf(res[0].Sequence)), nil
+	}
+	if h.seq != nil {
+		return respelled{src, h.seq}, app, nil
 	}
 	return src, app, nil
 }
@@ -53,6 +61,93 @@ func openMem(t *testing.T, opts ...pebbledb.Option) *pebbledb.DB {
 
 func TestConformance(t *testing.T) {
 	sourcetest.RunConformance(t, harness{db: openMem(t, pebbledb.WithPollInterval(200*time.Millisecond)), n: new(atomic.Int64)})
+}
+
+// TestConformanceSpellings runs the suite over the embedded stream with its
+// sequences spelled as other sources spell theirs: unpadded, as Kafka
+// offsets are, and 56 digits wide, as Kinesis sequence numbers are. The
+// suite must pass both: it may only compare sequences and read from
+// positions a driver returned.
+func TestConformanceSpellings(t *testing.T) {
+	for _, sp := range []*spelling{
+		{name: "unpadded"},
+		{name: "kinesis", prefix: "495903382714902566085596925383615710"},
+	} {
+		t.Run(sp.name, func(t *testing.T) {
+			db := openMem(t, pebbledb.WithPollInterval(200*time.Millisecond))
+			sourcetest.RunConformance(t, harness{db: db, n: new(atomic.Int64), seq: sp})
+		})
+	}
+}
+
+// spelling maps the embedded stream's 20-digit sequences to another
+// spelling of an order-preserving numbering: with prefix, prefix followed by
+// the 20 digits (56 digits in all for a 36-digit prefix); without, the
+// number without leading zeros. The zero Sequence stays "".
+type spelling struct {
+	name   string
+	prefix string
+}
+
+func (sp *spelling) to(s idem.Sequence) idem.Sequence {
+	if sp == nil || s == "" {
+		return s
+	}
+	if sp.prefix != "" {
+		return idem.Sequence(sp.prefix + string(s))
+	}
+	n, _ := s.Uint64()
+	return idem.Sequence(strconv.FormatUint(n, 10))
+}
+
+func (sp *spelling) from(s idem.Sequence) (idem.Sequence, error) {
+	if s == "" {
+		return "", nil
+	}
+	if sp.prefix != "" {
+		rest, ok := strings.CutPrefix(string(s), sp.prefix)
+		if !ok || len(rest) != 20 {
+			return "", fmt.Errorf("sequence %q is not one this source returned", s)
+		}
+		return idem.Sequence(rest), nil
+	}
+	n, ok := s.Uint64()
+	if !ok {
+		return "", fmt.Errorf("sequence %q is not one this source returned", s)
+	}
+	return idem.SequenceOf(n), nil
+}
+
+// respelled is a source.Driver whose sequences are spelled by seq.
+type respelled struct {
+	source.Driver
+	seq *spelling
+}
+
+func (r respelled) Start(ctx context.Context, shard string, pos source.StartingPosition, ts time.Time) (idem.Sequence, error) {
+	s, err := r.Driver.Start(ctx, shard, pos, ts)
+	return r.seq.to(s), err
+}
+
+func (r respelled) Read(ctx context.Context, shard string, after idem.Sequence, limit, maxBytes int) (source.ReadResult, error) {
+	a, err := r.seq.from(after)
+	if err != nil {
+		return source.ReadResult{}, err
+	}
+	res, err := r.Driver.Read(ctx, shard, a, limit, maxBytes)
+	for i := range res.Records {
+		res.Records[i].Sequence = r.seq.to(res.Records[i].Sequence)
+	}
+	res.Latest, res.Trimmed = r.seq.to(res.Latest), r.seq.to(res.Trimmed)
+	return res, err
+}
+
+func (r respelled) Wait(ctx context.Context, shard string, after idem.Sequence) error {
+	a, err := r.seq.from(after)
+	if err != nil {
+		return err
+	}
+	return r.Driver.Wait(ctx, shard, a)
 }
 
 func TestNewUnknownStream(t *testing.T) {
@@ -115,12 +210,22 @@ func TestRetentionReportsLost(t *testing.T) {
 		t.Fatalf("after trimming 5: lost %d, %d records from %v, latest %s; want 5 lost, records 6..8", res.Lost, len(res.Records), res.Records, res.Latest)
 	}
 	res, err = src.Read(ctx, shard, idem.SequenceOf(2), 100, 1<<20)
-	if err != nil || res.Lost != 3 {
-		t.Fatalf("read after 2: lost %d, err %v; want 3", res.Lost, err)
+	if err != nil || res.Lost != 3 || res.Trimmed != idem.SequenceOf(5) {
+		t.Fatalf("read after 2: lost %d, trimmed %q, err %v; want 3 lost, trimmed 5", res.Lost, res.Trimmed, err)
+	}
+	// Positions need not be padded: "2" is the position SequenceOf(2) is.
+	res, err = src.Read(ctx, shard, "2", 100, 1<<20)
+	if err != nil || res.Lost != 3 || res.Trimmed != idem.SequenceOf(5) || len(res.Records) != 3 {
+		t.Fatalf("read after \"2\": lost %d, trimmed %q, %d records, err %v; want 3 lost, trimmed 5, 3 records", res.Lost, res.Trimmed, len(res.Records), err)
 	}
 	res, err = src.Read(ctx, shard, idem.SequenceOf(5), 100, 1<<20)
-	if err != nil || res.Lost != 0 || len(res.Records) != 3 {
-		t.Fatalf("read after 5: lost %d, %d records, err %v; want 0 lost, 3 records", res.Lost, len(res.Records), err)
+	if err != nil || res.Lost != 0 || res.Trimmed != "" || len(res.Records) != 3 {
+		t.Fatalf("read after 5: lost %d, trimmed %q, %d records, err %v; want 0 lost, 3 records", res.Lost, res.Trimmed, len(res.Records), err)
+	}
+	// A limit of one record still reports the loss before it.
+	res, err = src.Read(ctx, shard, "", 1, 1<<20)
+	if err != nil || res.Lost != 5 || res.Trimmed != idem.SequenceOf(5) || len(res.Records) != 1 || res.Records[0].Sequence != idem.SequenceOf(6) {
+		t.Fatalf("read of 1 after trimming 5: %+v, %v", res, err)
 	}
 	if pos, err := src.Start(ctx, shard, source.TrimHorizon, time.Time{}); err != nil || pos != idem.SequenceOf(5) {
 		t.Fatalf("TRIM_HORIZON = %s, %v; want 5", pos, err)
@@ -145,14 +250,20 @@ func TestRetentionReportsLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, err = src.Read(ctx, shard, "", 100, 1<<20)
-	if err != nil || res.Lost != 8 || len(res.Records) != 0 || res.Latest != idem.SequenceOf(8) {
-		t.Fatalf("after trimming all and reopening: %+v, %v; want 8 lost, latest 8", res, err)
+	if err != nil || res.Lost != 8 || len(res.Records) != 0 || res.Latest != idem.SequenceOf(8) || res.Trimmed != idem.SequenceOf(8) {
+		t.Fatalf("after trimming all and reopening: %+v, %v; want 8 lost, latest 8, trimmed 8", res, err)
+	}
+	// A reader with nothing else to read moves to Trimmed: nothing is lost
+	// after it.
+	res, err = src.Read(ctx, shard, res.Trimmed, 100, 1<<20)
+	if err != nil || res.Lost != 0 || res.Trimmed != "" || len(res.Records) != 0 {
+		t.Fatalf("read after trimmed: %+v, %v; want nothing lost", res, err)
 	}
 	if got := put(t, db, "s", 1)[0].Sequence; got != 9 {
 		t.Fatalf("next sequence after trimming all = %d, want 9", got)
 	}
 	res, err = src.Read(ctx, shard, "", 100, 1<<20)
-	if err != nil || res.Lost != 8 || len(res.Records) != 1 || res.Records[0].Sequence != idem.SequenceOf(9) {
+	if err != nil || res.Lost != 8 || res.Trimmed != idem.SequenceOf(8) || len(res.Records) != 1 || res.Records[0].Sequence != idem.SequenceOf(9) {
 		t.Fatalf("after trimming all and putting one: %+v, %v", res, err)
 	}
 }

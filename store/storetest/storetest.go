@@ -52,6 +52,7 @@ func RunConformance(t *testing.T, h Harness) {
 		{"DeleteCheckpoint", testDeleteCheckpoint},
 		{"ProgressRoundTrip", testProgressRoundTrip},
 		{"SequencesOrderAsNumbers", testSequencesOrderAsNumbers},
+		{"NonDecimalSequencesRefused", testNonDecimalSequencesRefused},
 		{"MarksCompletedAndExpired", testMarks},
 		{"State", testState},
 		{"WriteLandsWholly", testWriteLandsWholly},
@@ -368,6 +369,51 @@ func testSequencesOrderAsNumbers(t *testing.T, f *fixture) {
 	check("before reopen")
 	f.reopen()
 	check("after reopen")
+}
+
+// testNonDecimalSequencesRefused: a Write whose checkpoint or progress
+// holds something other than decimal digits is refused whole, and the
+// checkpoint and progress stay readable and writable: a driver that stored
+// it could not order it, or read it back.
+func testNonDecimalSequencesRefused(t *testing.T, f *fixture) {
+	key, pKey := f.cpKey("shard-0"), f.progressKey("shard-0")
+	good := store.Checkpoint{Sequence: sq(5), Processed: 5}
+	goodProg := store.Progress{HighWater: sq(5), Above: []idem.Sequence{sq(7)}}
+	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: good, HasProgress: true, ProgressKey: pKey, Progress: goodProg})
+	base := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i, bad := range []store.Write{
+		{NewCheckpoint: store.Checkpoint{Sequence: "abc"}},
+		{NewCheckpoint: store.Checkpoint{Sequence: "-6"}},
+		{NewCheckpoint: store.Checkpoint{Sequence: "6.5"}},
+		{NewCheckpoint: store.Checkpoint{Sequence: " 6"}},
+		{NewCheckpoint: store.Checkpoint{Sequence: "6,7"}},
+		{NewCheckpoint: good, HasProgress: true, Progress: store.Progress{HighWater: "6x"}},
+		{NewCheckpoint: good, HasProgress: true, Progress: store.Progress{HighWater: sq(5), Above: []idem.Sequence{sq(7), "8,9"}}},
+		{NewCheckpoint: good, HasProgress: true, Progress: store.Progress{HighWater: sq(5), Above: []idem.Sequence{"x"}}},
+	} {
+		w := bad
+		w.Checkpoint, w.ProgressKey = key, pKey
+		w.Marks = []store.Mark{{Key: f.mark(i), Expires: base.Add(time.Hour)}}
+		if err := f.d.Commit(f.ctx, &w); err == nil {
+			t.Fatalf("Commit of checkpoint %q, progress %+v (HasProgress %v) succeeded, want an error", w.NewCheckpoint.Sequence, w.Progress, w.HasProgress)
+		}
+		if done := f.completed([]store.MarkKey{f.mark(i)}, base); done[0] {
+			t.Fatalf("a refused Commit (write %d) left its mark", i)
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		f.wantCheckpoint(key, good)
+		if p := f.progress(pKey); p.HighWater != goodProg.HighWater || !slices.Equal(p.Above, goodProg.Above) {
+			t.Fatalf("%s: progress = %+v, want %+v", when, p, goodProg)
+		}
+	}
+	check("after refused writes")
+	f.reopen()
+	check("after reopen")
+	next := store.Checkpoint{Sequence: sq(6), Processed: 6}
+	f.commit(&store.Write{Checkpoint: key, NewCheckpoint: next})
+	f.wantCheckpoint(key, next)
 }
 
 func testMarks(t *testing.T, f *fixture) {

@@ -1,0 +1,616 @@
+// Package process runs unmodified AWS Lambda functions as child processes,
+// as a function.Driver. A function built with github.com/aws/aws-lambda-go
+// (lambda.Start), or any runtime that speaks Lambda's Runtime API, runs on
+// idem as it is: idem starts its executable, serves the Runtime API to it,
+// and hands each batch to it as Lambda would, so the code needs neither an
+// HTTP server of its own (as httpfn does) nor to be linked into idem (as
+// gofunc does).
+//
+// # Delivery semantics
+//
+// Each Invoke hands the batch to one process, once, and never retries: the
+// engine decides, with the mapping's rules, whether a failed batch is sent
+// again. An invocation that fails after the process received it (a timeout,
+// a crash) may have run part of the handler, so the handler sees the batch
+// again: it must be idempotent, and each record carries its idempotencyKey
+// for that. An invocation that never reached a process (the process died
+// between asking for work and receiving it) is handed to another one.
+//
+// # Runtime API
+//
+// Each Function serves Lambda's Runtime API (version 2018-06-01) on its own
+// loopback port, under a path that starts with a random 128-bit prefix and
+// names the process it belongs to:
+//
+//	AWS_LAMBDA_RUNTIME_API=127.0.0.1:PORT/<32 hex digits>/<process number>
+//
+// The prefix is what keeps other local programs, which can reach any
+// loopback port, from taking invocations or posting answers: a request
+// without it is answered 404. The process number lets idem tell its
+// processes apart, so that a timeout kills the right one and a replaced
+// process's late requests cannot touch its successor's invocation.
+// aws-lambda-go builds its URLs as "http://" + AWS_LAMBDA_RUNTIME_API +
+// "/2018-06-01/runtime/…", so the path passes through; a runtime that
+// treats the variable as a bare host:port would not work.
+//
+// Served: GET runtime/invocation/next, POST runtime/invocation/{id}/response
+// and …/{id}/error, POST runtime/init/error, and the Extensions API
+// (2020-01-01) calls extension/register and extension/event/next that
+// lambda.WithEnableSIGTERM makes; event/next blocks until the function
+// shuts down and then answers a SHUTDOWN event.
+//
+// # Errors
+//
+// Function errors are *function.Error values whose Type is what Lambda
+// would report, so that permanentErrorTypes written for AWS match:
+//
+//   - the errorType the runtime posted (aws-lambda-go posts the Go type
+//     name of the handler's error, or of a panic's value: "errorString",
+//     "boundsError"), with the runtime's stack trace in a *RuntimeError;
+//   - function.TypeTimeout, "Task timed out after N.NN seconds", when the
+//     process does not answer in time; the process is killed;
+//   - "Runtime.ExitError" when the process exits during an invocation
+//     without answering, or during its initialization;
+//   - function.TypeResponseTooLarge for a response over
+//     function.MaxResponseSize, and function.ParseResponse's errors for one
+//     that is not a batch response.
+//
+// A process that exits is started again, after an exponential backoff
+// (100ms doubling to 30s) that resets once a process answers successfully
+// or stays up for a minute; Status reports restarts and crash loops.
+package process
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/function"
+	"github.com/idem-run/idem/function/httpfn"
+)
+
+// Defaults and limits, in one place. The limits are Lambda's, so that a
+// function configured for idem is also valid on AWS.
+const (
+	defaultTimeout     = 3 * time.Second
+	maxTimeout         = 900 * time.Second
+	defaultMemorySize  = 128
+	minMemorySize      = 128
+	maxMemorySize      = 10240
+	defaultRegion      = "us-east-1"
+	defaultConcurrency = 1
+	// maxConcurrency bounds the processes of one function: a sanity limit
+	// against a typo, far above what one machine runs usefully.
+	maxConcurrency = 1024
+
+	// stopGrace is how long Close waits after SIGTERM before SIGKILL,
+	// Lambda's grace period for a runtime with extensions.
+	stopGrace = 2 * time.Second
+	// minBackoff and maxBackoff bound the delay before a dead process is
+	// started again.
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 30 * time.Second
+	// healthyAfter is how long a process must stay up for its exit not to
+	// count as a crash of a crash loop.
+	healthyAfter = time.Minute
+	// crashLoopRestarts restarts within crashLoopWindow make a crash loop.
+	crashLoopRestarts = 3
+	crashLoopWindow   = time.Minute
+
+	// maxPooled bounds the buffers kept for reuse, so that one huge batch
+	// does not pin its memory for the process's life.
+	maxPooled = 8 << 20
+)
+
+// TypeExitError is the error type of an invocation whose process exited
+// before answering, Lambda's type for the same event.
+const TypeExitError = "Runtime.ExitError"
+
+// TypeInvalidEntrypoint is the error type of an invocation that waited for
+// a process that could not be started at all (its executable is missing or
+// not executable), Lambda's type for a bad entry point.
+const TypeInvalidEntrypoint = "Runtime.InvalidEntrypoint"
+
+// ErrClosed is returned by Invoke on a closed Function, and wrapped by the
+// function error of an invocation that Close interrupted.
+var ErrClosed = errors.New("process: function closed")
+
+// Config says what to run and how. Its zero values mean Lambda's defaults.
+type Config struct {
+	// Name is the function's name: AWS_LAMBDA_FUNCTION_NAME, the invoked
+	// function ARN, and the "function" attribute of its log lines. 1 to 128
+	// of A-Z a-z 0-9 . _ -, as idem's configuration requires.
+	Name string
+	// Command is the executable: a name looked up in PATH, an absolute
+	// path, or a path relative to Dir (as a shell started in Dir would find
+	// it). It is resolved by New, so a missing executable fails at start.
+	Command string
+	// Args are the arguments after the command name.
+	Args []string
+	// Env adds to (and overrides) the environment the process inherits from
+	// idem. The variables idem sets itself (AWS_LAMBDA_RUNTIME_API,
+	// AWS_REGION, …) cannot be overridden: New refuses them.
+	Env map[string]string
+	// Dir is the process's working directory and its LAMBDA_TASK_ROOT.
+	// Default: idem's working directory.
+	Dir string
+	// Concurrency is how many processes run, and so how many invocations
+	// run at once; more wait for an idle process. 1 to 1024.
+	// Default: 1
+	Concurrency int
+	// Timeout bounds one invocation from the moment a process receives it,
+	// above 0 and at most 900s (Lambda's limits). The invocation's deadline
+	// is the earlier of this and the Invoke context's.
+	// Default: 3s
+	Timeout time.Duration
+	// MemorySize, in MB, is only reported to the process
+	// (AWS_LAMBDA_FUNCTION_MEMORY_SIZE): idem does not limit memory.
+	// 128 to 10240.
+	// Default: 128
+	MemorySize int
+	// Region is AWS_REGION and AWS_DEFAULT_REGION, and the region of event
+	// records and ARNs.
+	// Default: us-east-1
+	Region string
+}
+
+// Option configures New. Options are values, so a configuration can be
+// built, stored and applied more than once.
+type Option interface {
+	apply(*options)
+}
+
+type options struct {
+	log *slog.Logger
+}
+
+type optionFunc func(*options)
+
+func (o optionFunc) apply(opts *options) { o(opts) }
+
+// WithLogger sets the logger that receives the processes' stdout and stderr,
+// one record per line tagged with the function's name and the request id
+// of the invocation the process was running, and idem's own messages about
+// the processes (exits, restarts). Default: slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(o *options) {
+		if l != nil {
+			o.log = l
+		}
+	})
+}
+
+// Function runs one Lambda function as Config.Concurrency child processes.
+// It is safe for concurrent use; Invoke is called concurrently for
+// different shards. Close stops the processes and the Runtime API server.
+type Function struct {
+	cfg     Config
+	path    string // the resolved executable
+	dir     string // the absolute working directory
+	log     *slog.Logger
+	arn     string
+	env     []string // the environment, without AWS_LAMBDA_RUNTIME_API
+	prefix  string   // "/" and 32 hex digits
+	apiHost string   // 127.0.0.1:PORT
+	srv     *http.Server
+
+	// work hands invocations from Invoke to the processes' pending
+	// invocation/next requests.
+	work    chan *invocation
+	closing chan struct{} // closed when Close starts
+
+	supervisors sync.WaitGroup // one goroutine per process slot
+	tasks       sync.WaitGroup // the server, process waiters, log readers
+
+	// gate admits API requests until Close stops the server, so that
+	// handlers is never added to after Close waits on it.
+	gate     sync.Mutex
+	serving  bool
+	handlers sync.WaitGroup
+
+	events sync.Pool // *eventBuf
+	bodies sync.Pool // *bytes.Buffer
+
+	closeOnce sync.Once
+
+	mu         sync.Mutex
+	closed     bool
+	instances  map[string]*instance
+	lastID     uint64
+	restarts   int
+	recent     []time.Time // restart times within crashLoopWindow
+	lastExit   string
+	lastExitAt time.Time
+	// initFailed is closed (and replaced) each time a process ends before
+	// asking for its first invocation; initErr says how. Invocations
+	// waiting for a process fail with it rather than wait for a process
+	// that may never come.
+	initFailed chan struct{}
+	initErr    *function.Error
+}
+
+// New validates cfg, starts the Runtime API server on a loopback port and
+// cfg.Concurrency processes, and returns without waiting for them to
+// initialize: the first invocations wait until a process asks for work. It
+// reports every invalid setting at once.
+func New(cfg Config, opts ...Option) (*Function, error) {
+	o := options{log: slog.Default()}
+	for _, opt := range opts {
+		if opt != nil {
+			opt.apply(&o)
+		}
+	}
+	cfg, path, dir, err := validate(cfg)
+	if err != nil {
+		return nil, err
+	}
+	env, err := environment(cfg, path, dir)
+	if err != nil {
+		return nil, err
+	}
+	var secret [16]byte
+	if _, err := rand.Read(secret[:]); err != nil {
+		return nil, fmt.Errorf("process: generating the Runtime API prefix: %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("process: listening for the Runtime API: %w", err)
+	}
+	f := &Function{
+		cfg:        cfg,
+		path:       path,
+		dir:        dir,
+		log:        o.log.With("function", cfg.Name),
+		arn:        "arn:aws:lambda:" + cfg.Region + ":000000000000:function:" + cfg.Name,
+		env:        env,
+		prefix:     "/" + hex.EncodeToString(secret[:]),
+		apiHost:    ln.Addr().String(),
+		work:       make(chan *invocation),
+		closing:    make(chan struct{}),
+		serving:    true,
+		instances:  make(map[string]*instance),
+		initFailed: make(chan struct{}),
+	}
+	f.srv = &http.Server{
+		Handler:           f.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(f.log.Handler(), slog.LevelDebug),
+	}
+	f.tasks.Add(1)
+	go func() {
+		defer f.tasks.Done()
+		_ = f.srv.Serve(ln) // returns http.ErrServerClosed once Close stops it
+	}()
+	f.supervisors.Add(cfg.Concurrency)
+	for slot := range cfg.Concurrency {
+		go f.supervise(slot)
+	}
+	return f, nil
+}
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
+// validate applies defaults and checks cfg, resolving the executable and the
+// working directory.
+func validate(cfg Config) (Config, string, string, error) {
+	var errs []error
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = defaultConcurrency
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = defaultTimeout
+	}
+	if cfg.MemorySize == 0 {
+		cfg.MemorySize = defaultMemorySize
+	}
+	if cfg.Region == "" {
+		cfg.Region = defaultRegion
+	}
+	if !namePattern.MatchString(cfg.Name) {
+		errs = append(errs, fmt.Errorf("process: name %q: want 1 to 128 of A-Z a-z 0-9 . _ -", cfg.Name))
+	}
+	if cfg.Concurrency < 1 || cfg.Concurrency > maxConcurrency {
+		errs = append(errs, fmt.Errorf("process: concurrency %d: must be 1 to %d", cfg.Concurrency, maxConcurrency))
+	}
+	if cfg.Timeout < 0 || cfg.Timeout > maxTimeout {
+		errs = append(errs, fmt.Errorf("process: timeout %s: must be above 0s and at most %s", cfg.Timeout, maxTimeout))
+	}
+	if cfg.MemorySize < minMemorySize || cfg.MemorySize > maxMemorySize {
+		errs = append(errs, fmt.Errorf("process: memorySize %d: must be %d to %d (MB)", cfg.MemorySize, minMemorySize, maxMemorySize))
+	}
+	if strings.ContainsFunc(cfg.Region, func(r rune) bool { return !(r == '-' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9') }) {
+		errs = append(errs, fmt.Errorf("process: region %q: want lower-case letters, digits and -", cfg.Region))
+	}
+	dir, err := filepath.Abs(cmpOr(cfg.Dir, "."))
+	if err != nil {
+		errs = append(errs, fmt.Errorf("process: dir %q: %w", cfg.Dir, err))
+	} else if st, err := os.Stat(dir); err != nil {
+		errs = append(errs, fmt.Errorf("process: dir: %w", err))
+	} else if !st.IsDir() {
+		errs = append(errs, fmt.Errorf("process: dir %q is not a directory", dir))
+	}
+	var path string
+	switch {
+	case cfg.Command == "":
+		errs = append(errs, errors.New("process: command: required"))
+	case !strings.ContainsRune(cfg.Command, os.PathSeparator) && !strings.ContainsRune(cfg.Command, '/'):
+		if path, err = exec.LookPath(cfg.Command); err != nil {
+			errs = append(errs, fmt.Errorf("process: command: %w", err))
+		}
+	default:
+		path = cfg.Command
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(dir, path)
+		}
+		if st, err := os.Stat(path); err != nil {
+			errs = append(errs, fmt.Errorf("process: command: %w", err))
+		} else if st.IsDir() || st.Mode()&0o111 == 0 {
+			errs = append(errs, fmt.Errorf("process: command %q is not an executable file", path))
+		}
+	}
+	if len(errs) > 0 {
+		return cfg, "", "", errors.Join(errs...)
+	}
+	return cfg, path, dir, nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// reserved are the variables idem sets for the process, with the setting
+// that controls each, or why it cannot be set.
+var reserved = map[string]string{
+	"AWS_LAMBDA_FUNCTION_NAME":        "it is the function's name",
+	"AWS_LAMBDA_FUNCTION_VERSION":     "it is always $LATEST",
+	"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "set memorySize instead",
+	"AWS_REGION":                      "set region instead",
+	"AWS_DEFAULT_REGION":              "set region instead",
+	"_HANDLER":                        "it is the command's name",
+	"LAMBDA_TASK_ROOT":                "set dir instead",
+	"AWS_LAMBDA_RUNTIME_API":          "idem serves the Runtime API",
+	// aws-lambda-go serves RPC instead of the Runtime API when it is set.
+	"_LAMBDA_SERVER_PORT": "idem speaks the Runtime API, not RPC",
+	// aws-lambda-go would run several invocations in one process; idem
+	// gives each process one at a time.
+	"AWS_LAMBDA_MAX_CONCURRENCY": "set concurrency instead",
+}
+
+// environment builds the process environment: idem's own, without the
+// reserved variables, then Lambda's, then cfg.Env. AWS_LAMBDA_RUNTIME_API
+// is added per process.
+func environment(cfg Config, path, dir string) ([]string, error) {
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(cfg.Env)) {
+		v := cfg.Env[k]
+		switch {
+		case k == "" || strings.ContainsAny(k, "=\x00"):
+			errs = append(errs, fmt.Errorf("process: env %q: not a valid variable name", k))
+		case strings.ContainsRune(v, 0):
+			errs = append(errs, fmt.Errorf("process: env %s: the value contains a NUL byte", k))
+		case reserved[k] != "":
+			errs = append(errs, fmt.Errorf("process: env %s: set by idem (%s)", k, reserved[k]))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, set := cfg.Env[k]; set || reserved[k] != "" {
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env,
+		"AWS_LAMBDA_FUNCTION_NAME="+cfg.Name,
+		"AWS_LAMBDA_FUNCTION_VERSION=$LATEST",
+		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE="+strconv.Itoa(cfg.MemorySize),
+		"AWS_REGION="+cfg.Region,
+		"AWS_DEFAULT_REGION="+cfg.Region,
+		"_HANDLER="+filepath.Base(path),
+		"LAMBDA_TASK_ROOT="+dir,
+	)
+	for _, k := range slices.Sorted(maps.Keys(cfg.Env)) {
+		env = append(env, k+"="+cfg.Env[k])
+	}
+	return env, nil
+}
+
+// eventBuf is a pooled event body. Once Invoke hands an invocation to a
+// process, the Runtime API handler owns it and returns it to the pool.
+type eventBuf struct{ b []byte }
+
+// Invoke encodes b as a KinesisEvent (as httpfn does, each record with its
+// "idempotencyKey"), hands it to an idle process, and waits for the
+// process's answer. At most Config.Concurrency invocations run at once;
+// others wait for a process to become idle. A process's response is read
+// by function.ParseResponse, partial and complete failures included; the
+// function errors are those the package documentation lists.
+//
+// Waiting for a process is bounded by ctx; if its deadline passes first,
+// the error is a function error of type function.TypeTimeout. If a
+// process fails to initialize while Invoke waits, Invoke fails with that
+// failure ("Runtime.ExitError", or the error the runtime posted to
+// init/error) instead of waiting for the next attempt. When ctx is
+// canceled (not timed out), Invoke returns ctx.Err() at once; a process
+// already running the batch finishes it (within Timeout) and its answer is
+// dropped.
+func (f *Function) Invoke(ctx context.Context, b *idem.Batch) (function.Result, error) {
+	select {
+	case <-f.closing:
+		return function.Result{}, ErrClosed
+	default:
+	}
+	start := time.Now()
+	ctxDeadline, _ := ctx.Deadline()
+	id := requestID(b)
+	for {
+		ev, ok := f.events.Get().(*eventBuf)
+		if !ok {
+			ev = new(eventBuf)
+		}
+		ev.b = httpfn.AppendKinesisEvent(ev.b[:0], f.cfg.Region, b)
+		inv := &invocation{id: id, event: ev, ctxDeadline: ctxDeadline, done: make(chan struct{})}
+		f.mu.Lock()
+		initFailed := f.initFailed
+		f.mu.Unlock()
+		select {
+		case f.work <- inv: // the process's handler owns ev now
+		case <-ctx.Done():
+			f.putEvent(ev)
+			return function.Result{}, f.waitError(ctx, start)
+		case <-f.closing:
+			f.putEvent(ev)
+			return function.Result{}, ErrClosed
+		case <-initFailed:
+			f.putEvent(ev)
+			f.mu.Lock()
+			fe := *f.initErr
+			f.mu.Unlock()
+			return function.Result{}, &fe
+		}
+		select {
+		case <-inv.done:
+		case <-ctx.Done():
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return function.Result{}, ctx.Err()
+			}
+			// The process's deadline is no later than ctx's: its timer
+			// ends the invocation (and the process) now.
+			<-inv.done
+		}
+		if inv.undelivered {
+			continue // no process saw it: hand it to another
+		}
+		return inv.res, inv.err
+	}
+}
+
+// waitError says why Invoke gave up waiting for an idle process.
+func (f *Function) waitError(ctx context.Context, start time.Time) error {
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ctx.Err()
+	}
+	return &function.Error{
+		Type: function.TypeTimeout,
+		Message: fmt.Sprintf("Task timed out after %.2f seconds waiting for an idle process (all %d busy or starting)",
+			time.Since(start).Seconds(), f.cfg.Concurrency),
+		Err: ctx.Err(),
+	}
+}
+
+func (f *Function) putEvent(ev *eventBuf) {
+	if cap(ev.b) <= maxPooled {
+		f.events.Put(ev)
+	}
+}
+
+// requestID returns the batch's InvocationID when it can serve as Lambda's
+// request id (it appears in URL paths), and a random UUID otherwise.
+func requestID(b *idem.Batch) string {
+	if id := b.InvocationID; id != "" && len(id) <= 128 && !strings.ContainsFunc(id, func(r rune) bool {
+		return !(r == '-' || r == '_' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+	}) {
+		return id
+	}
+	return newUUID()
+}
+
+func newUUID() string {
+	var u [16]byte
+	_, _ = rand.Read(u[:]) // never fails on supported platforms
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	h := hex.EncodeToString(u[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// Status is a snapshot of a Function's processes, for `idem status`.
+type Status struct {
+	// Concurrency is how many processes the function should have.
+	Concurrency int
+	// Running is how many processes are alive now; fewer than Concurrency
+	// means some are waiting to be restarted.
+	Running int
+	// Restarts counts the processes started to replace one that exited.
+	Restarts int
+	// LastExit says how the last process to exit ended ("exit status 1",
+	// "signal: killed (timed out running request …)"); empty if none has.
+	LastExit string
+	// LastExitAt is when that process exited.
+	LastExitAt time.Time
+	// CrashLoop is set when the function restarted at least 3 times in the
+	// last minute: its processes die faster than they serve, and each
+	// restart waits longer (up to 30s).
+	CrashLoop bool
+}
+
+// Status reports the processes' state.
+func (f *Function) Status() Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pruneRecent(time.Now())
+	return Status{
+		Concurrency: f.cfg.Concurrency,
+		Running:     len(f.instances),
+		Restarts:    f.restarts,
+		LastExit:    f.lastExit,
+		LastExitAt:  f.lastExitAt,
+		CrashLoop:   len(f.recent) >= crashLoopRestarts,
+	}
+}
+
+// pruneRecent drops restart times older than the crash-loop window. f.mu
+// is held.
+func (f *Function) pruneRecent(now time.Time) {
+	i := 0
+	for i < len(f.recent) && now.Sub(f.recent[i]) > crashLoopWindow {
+		i++
+	}
+	f.recent = f.recent[i:]
+}
+
+// Close stops the function: registered extensions get a SHUTDOWN event and
+// each process SIGTERM; processes still running 2 seconds later get
+// SIGKILL. Invocations waiting for a process fail with ErrClosed, and a
+// running one with a function error wrapping it. Close then stops the
+// Runtime API server and returns once every goroutine the Function started
+// has ended. It is safe to call more than once, and concurrently: every call returns
+// once the first is done.
+func (f *Function) Close() {
+	f.closeOnce.Do(func() {
+		f.mu.Lock()
+		f.closed = true
+		close(f.closing)
+		f.mu.Unlock()
+
+		f.supervisors.Wait() // each stops its process
+		f.gate.Lock()
+		f.serving = false
+		f.gate.Unlock()
+		_ = f.srv.Close()
+		f.handlers.Wait()
+		f.tasks.Wait()
+	})
+}
