@@ -8,6 +8,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
 )
 
@@ -88,6 +89,13 @@ func (db *DB) trim(ctx context.Context, sh *shard, cutoff int64) error {
 	if err != nil || s-1 <= trimmed {
 		return err
 	}
+	return db.trimThrough(sh, trimmed, s-1)
+}
+
+// trimThrough deletes the shard's records above trimmed up to and including
+// through, and moves its horizon there. Callers hold sweepMu.
+func (db *DB) trimThrough(sh *shard, trimmed, through uint64) error {
+	s := through + 1
 	b := db.pdb.NewBatch()
 	defer b.Close()
 	if err := b.DeleteRange(seqKey(sh.prefix, trimmed+1), seqKey(sh.prefix, s), nil); err != nil {
@@ -100,6 +108,43 @@ func (db *DB) trim(ctx context.Context, sh *shard, cutoff int64) error {
 		return err
 	}
 	sh.trimmed.Store(s - 1)
+	return nil
+}
+
+// TrimThrough deletes the records of a shard up to and including through
+// at once, as retention would once they expired: readers behind it learn of
+// the loss from ReadResult.Lost. It never deletes a record that is not yet
+// visible.
+//
+// Errors: ErrStreamNotFound, ErrShardNotFound, ErrClosed, ctx.Err(), and an
+// error for a position that is not a sequence of this stream.
+func (db *DB) TrimThrough(ctx context.Context, stream, shardID string, through idem.Sequence) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	n, err := position(stream, shardID, through)
+	if err != nil {
+		return err
+	}
+	_, sh, err := db.shardOf(stream, shardID)
+	if err != nil {
+		return err
+	}
+	db.sweepMu.Lock()
+	defer db.sweepMu.Unlock()
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	n = min(n, sh.visible.Load())
+	trimmed := sh.trimmed.Load()
+	if n <= trimmed {
+		return nil
+	}
+	if err := db.trimThrough(sh, trimmed, n); err != nil {
+		return fmt.Errorf("pebbledb: trim stream %q shard %s through %d: %w", stream, shardID, n, err)
+	}
 	return nil
 }
 

@@ -67,3 +67,6 @@ func (s *Source) Retention() time.Duration {
 	d, _ := s.db.Retention(s.stream)
 	return d
 }
+
+// Stream is the name of the embedded stream s reads.
+func (s *Source) Stream() string { return s.stream }

@@ -295,3 +295,21 @@ func TestBackgroundRetention(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Trim implements sourcetest.Trimmer with the DB's TrimThrough.
+func (h harness) Trim(ctx context.Context, _ testing.TB, d source.Driver, shard string, through idem.Sequence) error {
+	var stream string
+	switch s := d.(type) {
+	case *embedded.Source:
+		stream = s.Stream()
+	case respelled:
+		stream = s.Driver.(*embedded.Source).Stream()
+		var err error
+		if through, err = s.seq.from(through); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("not an embedded source: %T", d)
+	}
+	return h.db.TrimThrough(ctx, stream, shard, through)
+}

@@ -48,6 +48,15 @@ type Harness interface {
 	Features() Features
 }
 
+// Trimmer is implemented by harnesses whose source can be made to drop its
+// oldest records, as retention does; the suite then checks that a reader
+// behind the trim learns of the loss and never hangs.
+type Trimmer interface {
+	// Trim removes the records of shard up to and including the one at
+	// through, made by the Appender of the stream d reads.
+	Trim(ctx context.Context, t testing.TB, d source.Driver, shard string, through idem.Sequence) error
+}
+
 // RunConformance runs the suite's tests as parallel subtests of t.
 func RunConformance(t *testing.T, h Harness) {
 	f := h.Features()
@@ -72,6 +81,7 @@ func RunConformance(t *testing.T, h Harness) {
 		{"LargeRecord", testLargeRecord},
 		{"LimitAndMaxBytes", testLimitAndMaxBytes},
 		{"UnknownShard", testUnknownShard},
+		{"TrimmedReportsLoss", testTrimmedReportsLoss},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -441,5 +451,44 @@ func testUnknownShard(t *testing.T, h Harness, _ Features) {
 	}
 	if _, err := f.d.Start(f.ctx, "no-such-shard", source.TrimHorizon, time.Time{}); !errors.Is(err, source.ErrShardNotFound) {
 		t.Fatalf("Start of an unknown shard: %v, want source.ErrShardNotFound", err)
+	}
+}
+
+// testTrimmedReportsLoss: a read from a position retention has since passed
+// reports the loss (Lost > 0, exact when the source numbers records
+// consecutively; Trimmed at or after the last lost record and before the
+// first kept one) and returns the records that remain, promptly.
+func testTrimmedReportsLoss(t *testing.T, h Harness, _ Features) {
+	tr, ok := h.(Trimmer)
+	if !ok {
+		t.Skip("the harness cannot trim its source")
+	}
+	f := newFixture(t, h, 1)
+	shard := f.shards()[0]
+	from := f.start(shard, source.TrimHorizon, time.Time{})
+	recs := f.appendN(5, "key")
+	if err := tr.Trim(f.ctx, t, f.d, shard, recs[2].seq); err != nil {
+		t.Fatalf("Trim through %q: %v", recs[2].seq, err)
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
+	defer cancel()
+	res, err := f.d.Read(ctx, shard, from, 10, 1<<20)
+	if err != nil {
+		t.Fatalf("Read behind the trim: %v (want the loss reported, not an error)", err)
+	}
+	if res.Lost == 0 || res.Lost > 3 {
+		t.Fatalf("Read behind the trim: Lost = %d, want 1 to 3 (3 when exact)", res.Lost)
+	}
+	if res.Trimmed.Compare(recs[2].seq) < 0 || res.Trimmed.Compare(recs[3].seq) >= 0 {
+		t.Fatalf("Trimmed = %q, want at or after %q and before %q", res.Trimmed, recs[2].seq, recs[3].seq)
+	}
+	got := make([]appended, 0, len(res.Records))
+	for _, r := range res.Records {
+		got = append(got, appended{shard: r.ShardID, seq: r.Sequence, key: r.PartitionKey, data: bytes.Clone(r.Data)})
+	}
+	sameRecords(t, "after the trim", got, recs[3:])
+	// Reading from Trimmed loses nothing more.
+	if res := f.read(shard, res.Trimmed, 10, 1<<20); res.Lost != 0 || len(res.Records) != 2 {
+		t.Fatalf("Read from Trimmed: %d records, %d lost; want 2 and 0", len(res.Records), res.Lost)
 	}
 }
