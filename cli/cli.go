@@ -101,6 +101,9 @@ func serveCmd(verbose *bool, opts []server.Option) *cobra.Command {
 			}
 			if dataDir != "" {
 				cfg.DataDir = dataDir
+				if err := cfg.Validate(); err != nil {
+					return err
+				}
 			}
 			srv, err := server.New(cfg, append([]server.Option{server.WithLogger(log)}, opts...)...)
 			if err != nil {
@@ -381,13 +384,13 @@ func stateCmd() *cobra.Command {
 func benchCmd() *cobra.Command {
 	var records int
 	var asJSON bool
-	var dir string
+	var dir, storeSpec string
 	cmd := &cobra.Command{
-		Use:   "bench [--records N] [--json]",
+		Use:   "bench [--records N] [--json] [--store embedded|postgres://…|redis://…]",
 		Short: "Measure exactly-once against at-least-once and a per-record idempotency store, on this machine",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rep, err := bench.Run(cmd.Context(), bench.Config{Records: records, Dir: dir, Progress: cmd.ErrOrStderr()})
+			rep, err := bench.Run(cmd.Context(), bench.Config{Records: records, Dir: dir, Progress: cmd.ErrOrStderr(), Store: storeSpec})
 			if err != nil {
 				return err
 			}
@@ -402,6 +405,7 @@ func benchCmd() *cobra.Command {
 	cmd.Flags().IntVar(&records, "records", 1_000_000, "records per scenario")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (one key per scenario, each with recordsPerSec)")
 	cmd.Flags().StringVar(&dir, "dir", "", "scratch directory (default: a temporary one, removed after)")
+	cmd.Flags().StringVar(&storeSpec, "store", "embedded", "the store the scenarios and the per-record baseline use: embedded, a postgres:// DSN, or redis://host:port[/db]")
 	return cmd
 }
 

@@ -22,15 +22,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
-
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/engine"
 	"github.com/idem-run/idem/function/gofunc"
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/source"
 	srcembedded "github.com/idem-run/idem/source/embedded"
-	stembedded "github.com/idem-run/idem/store/embedded"
 )
 
 // Config sets the benchmark's size. Zero values take the defaults.
@@ -54,6 +51,10 @@ type Config struct {
 	Dir string
 	// Progress receives a line per scenario as it starts. Default: none.
 	Progress io.Writer
+	// Store is where checkpoints, marks and state go, and where the
+	// per-record baseline keeps its records: "embedded" (default), a
+	// postgres:// DSN, or redis://host:port[/db]. Streams stay embedded.
+	Store string
 }
 
 func (c *Config) defaults() {
@@ -102,11 +103,17 @@ type Scenario struct {
 
 // Report is `idem bench --json`: one key per scenario.
 type Report struct {
-	AtLeastOnce       Scenario `json:"atLeastOnce"`
-	ExactlyOnce       Scenario `json:"exactlyOnce"`
-	ExactlyOnceState  Scenario `json:"exactlyOnceState"`
-	PerRecordBaseline Scenario `json:"perRecordBaseline"`
-	Latency           Scenario `json:"latency"`
+	// Store is the kind of store the scenarios ran on.
+	Store       string   `json:"store"`
+	AtLeastOnce Scenario `json:"atLeastOnce"`
+	ExactlyOnce Scenario `json:"exactlyOnce"`
+	// ExactlyOncePayloadKeys keys records by a field of their JSON data
+	// (idempotency.key): one completion mark per record, looked up per
+	// window.
+	ExactlyOncePayloadKeys Scenario `json:"exactlyOncePayloadKeys"`
+	ExactlyOnceState       Scenario `json:"exactlyOnceState"`
+	PerRecordBaseline      Scenario `json:"perRecordBaseline"`
+	Latency                Scenario `json:"latency"`
 }
 
 // WriteText prints the report as a table.
@@ -114,11 +121,14 @@ func (r *Report) WriteText(w io.Writer) error {
 	row := func(name string, s Scenario) {
 		fmt.Fprintf(w, "%-38s %10d records %8.2fs %12.0f records/s  peak RSS %6.1f MB\n", name, s.Records, s.Seconds, s.RecordsPerSec, s.PeakRSSMB)
 	}
+	fmt.Fprintf(w, "store: %s\n", r.Store)
 	row("(a) at-least-once (checkpoint only)", r.AtLeastOnce)
 	row("(b) exactly-once (checkpoint + marks)", r.ExactlyOnce)
+	row("(b') exactly-once, payload keys (marks)", r.ExactlyOncePayloadKeys)
 	row("(c) exactly-once + 1 state write/rec", r.ExactlyOnceState)
 	row("(d) per-record claim+complete, synced", r.PerRecordBaseline)
-	fmt.Fprintf(w, "ratios: (b)/(a) = %.2f   (b)/(d) = %.1f\n", r.ExactlyOnce.VsAtLeastOnce, r.ExactlyOnce.VsPerRecordBaseline)
+	fmt.Fprintf(w, "ratios: (b)/(a) = %.2f   (b)/(d) = %.1f   (b')/(a) = %.2f   (b')/(d) = %.1f\n", r.ExactlyOnce.VsAtLeastOnce, r.ExactlyOnce.VsPerRecordBaseline,
+		r.ExactlyOncePayloadKeys.VsAtLeastOnce, r.ExactlyOncePayloadKeys.VsPerRecordBaseline)
 	_, err := fmt.Fprintf(w, "latency put→handler at %.0f records/s, batching window 0: p50 %.2f ms, p99 %.2f ms\n", r.Latency.RecordsPerSec, r.Latency.P50Ms, r.Latency.P99Ms)
 	return err
 }
@@ -127,6 +137,9 @@ func (r *Report) WriteText(w io.Writer) error {
 // directory, and returns the report.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
+	if err := checkStore(cfg.Store); err != nil {
+		return nil, err
+	}
 	dir := cfg.Dir
 	if dir == "" {
 		d, err := os.MkdirTemp("", "idem-bench-")
@@ -136,7 +149,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer os.RemoveAll(d)
 		dir = d
 	}
-	rep := &Report{}
+	rep := &Report{Store: storeKind(cfg.Store)}
 	var err error
 	steps := []struct {
 		name string
@@ -163,6 +176,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			rep.AtLeastOnce = better(rep.AtLeastOnce, s)
 			return err
 		}},
+		{"exactly-once with payload keys", func() error {
+			rep.ExactlyOncePayloadKeys, err = throughput(ctx, cfg, filepath.Join(dir, "k"), modeMarks)
+			return err
+		}},
 		{"exactly-once with state", func() error {
 			rep.ExactlyOnceState, err = throughput(ctx, cfg, filepath.Join(dir, "c"), modeState)
 			return err
@@ -187,10 +204,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if a := rep.AtLeastOnce.RecordsPerSec; a > 0 {
 		rep.ExactlyOnce.VsAtLeastOnce = round(rep.ExactlyOnce.RecordsPerSec/a, 3)
 		rep.ExactlyOnceState.VsAtLeastOnce = round(rep.ExactlyOnceState.RecordsPerSec/a, 3)
+		rep.ExactlyOncePayloadKeys.VsAtLeastOnce = round(rep.ExactlyOncePayloadKeys.RecordsPerSec/a, 3)
 	}
 	if d := rep.PerRecordBaseline.RecordsPerSec; d > 0 {
 		rep.ExactlyOnce.VsPerRecordBaseline = round(rep.ExactlyOnce.RecordsPerSec/d, 1)
 		rep.ExactlyOnceState.VsPerRecordBaseline = round(rep.ExactlyOnceState.RecordsPerSec/d, 1)
+		rep.ExactlyOncePayloadKeys.VsPerRecordBaseline = round(rep.ExactlyOncePayloadKeys.RecordsPerSec/d, 1)
 	}
 	return rep, nil
 }
@@ -210,6 +229,7 @@ type mode int
 const (
 	modeAtLeastOnce mode = iota
 	modeExactlyOnce
+	modeMarks
 	modeState
 	modeBaseline
 )
@@ -220,19 +240,25 @@ func load(ctx context.Context, db *pebbledb.DB, cfg Config, n int) error {
 	if err := db.CreateStream("bench", cfg.Shards, 24*time.Hour); err != nil {
 		return err
 	}
-	data := make([]byte, cfg.RecordSize)
-	for i := range data {
-		data[i] = 'a' + byte(i%26)
-	}
+	// Each record is a JSON object of RecordSize bytes with a unique "id",
+	// for the scenario whose idempotency key comes from the payload.
 	const chunk = 2000
+	buf := make([]byte, 0, chunk*cfg.RecordSize)
 	recs := make([]pebbledb.PutRecord, 0, chunk)
 	for i := 0; i < n; i++ {
-		recs = append(recs, pebbledb.PutRecord{PartitionKey: "key-" + strconv.Itoa(i%1024), Data: data})
+		start := len(buf)
+		buf = fmt.Appendf(buf, `{"id":"%012d","pad":"`, i)
+		for len(buf)-start < cfg.RecordSize-2 {
+			buf = append(buf, 'a'+byte((len(buf)-start)%26))
+		}
+		buf = append(buf, `"}`...)
+		recs = append(recs, pebbledb.PutRecord{PartitionKey: "key-" + strconv.Itoa(i%1024), Data: buf[start:len(buf):len(buf)]})
 		if len(recs) == chunk || i == n-1 {
 			if _, err := db.Put(ctx, "bench", recs); err != nil {
 				return err
 			}
 			recs = recs[:0]
+			buf = make([]byte, 0, chunk*cfg.RecordSize)
 		}
 	}
 	return nil
@@ -261,21 +287,25 @@ func throughput(ctx context.Context, cfg Config, dir string, m mode) (Scenario, 
 			return idem.StateFrom(ctx).Put(ctx, r.ShardID+"/"+string(r.Sequence), []byte(r.Sequence))
 		})
 	case modeBaseline:
-		ps, err := newPerRecordStore(filepath.Join(dir, "powertools"))
+		ps, err := newBaseline(ctx, cfg.Store, filepath.Join(dir, "powertools"))
 		if err != nil {
 			return Scenario{}, err
 		}
 		defer ps.close()
-		h = idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
-			if err := ps.claim(r.IdempotencyKey); err != nil {
+		h = idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
+			if err := ps.claim(ctx, r.IdempotencyKey); err != nil {
 				return err
 			}
 			handled.Add(1)
-			return ps.complete(r.IdempotencyKey)
+			return ps.complete(ctx, r.IdempotencyKey)
 		})
 	}
 
-	st := stembedded.New(db)
+	st, cleanup, err := openStore(ctx, cfg.Store, db)
+	if err != nil {
+		return Scenario{}, err
+	}
+	defer cleanup()
 	e := engine.New(st, engine.WithLogger(discardLogger()))
 	src, err := srcembedded.New(db, "bench")
 	if err != nil {
@@ -285,6 +315,9 @@ func throughput(ctx context.Context, cfg Config, dir string, m mode) (Scenario, 
 		Name: "bench", Stream: "bench", Source: src, Function: "noop", Invoker: gofunc.New(h),
 		BatchSize: cfg.BatchSize, StartingPosition: source.TrimHorizon, FunctionTimeout: time.Minute,
 		AtLeastOnce: m == modeAtLeastOnce || m == modeBaseline,
+	}
+	if m == modeMarks {
+		mp.KeyExpression = "id"
 	}
 	if err := e.Add(mp); err != nil {
 		return Scenario{}, err
@@ -362,7 +395,12 @@ func latency(ctx context.Context, cfg Config, dir string) (Scenario, error) {
 	if err != nil {
 		return Scenario{}, err
 	}
-	e := engine.New(stembedded.New(db), engine.WithLogger(discardLogger()))
+	st, cleanup, err := openStore(ctx, cfg.Store, db)
+	if err != nil {
+		return Scenario{}, err
+	}
+	defer cleanup()
+	e := engine.New(st, engine.WithLogger(discardLogger()))
 	if err := e.Add(engine.Mapping{Name: "latency", Stream: "bench", Source: src, Function: "probe", Invoker: gofunc.New(h),
 		BatchSize: cfg.BatchSize, StartingPosition: source.TrimHorizon}); err != nil {
 		return Scenario{}, err
@@ -406,28 +444,6 @@ func latency(ctx context.Context, cfg Config, dir string) (Scenario, error) {
 	return Scenario{Records: len(lat), Seconds: cfg.LatencyDuration.Seconds(), RecordsPerSec: float64(cfg.LatencyRate),
 		Durability: "sync", PeakRSSMB: peakRSSMB(), P50Ms: pct(0.50), P99Ms: pct(0.99)}, nil
 }
-
-// perRecordStore is the baseline: the idempotency store a Powertools-style
-// library keeps, one synced write to claim a record and one to complete it.
-type perRecordStore struct{ db *pebble.DB }
-
-func newPerRecordStore(dir string) (*perRecordStore, error) {
-	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
-	if err != nil {
-		return nil, err
-	}
-	return &perRecordStore{db: db}, nil
-}
-
-func (p *perRecordStore) claim(key string) error {
-	return p.db.Set([]byte(key), []byte("INPROGRESS"), pebble.Sync)
-}
-
-func (p *perRecordStore) complete(key string) error {
-	return p.db.Set([]byte(key), []byte("COMPLETED"), pebble.Sync)
-}
-
-func (p *perRecordStore) close() { p.db.Close() }
 
 // peakRSSMB reads the process's peak resident set (VmHWM) on Linux; 0
 // elsewhere.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/idem-run/idem/internal/testsvc"
 )
 
 // TestRunSmall runs every scenario on a few records, so that `idem bench`
@@ -17,7 +19,7 @@ func TestRunSmall(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, s := range map[string]Scenario{
-		"atLeastOnce": rep.AtLeastOnce, "exactlyOnce": rep.ExactlyOnce,
+		"atLeastOnce": rep.AtLeastOnce, "exactlyOnce": rep.ExactlyOnce, "exactlyOncePayloadKeys": rep.ExactlyOncePayloadKeys,
 		"exactlyOnceState": rep.ExactlyOnceState, "perRecordBaseline": rep.PerRecordBaseline,
 	} {
 		if s.RecordsPerSec <= 0 || s.Records == 0 {
@@ -41,6 +43,7 @@ func BenchmarkEngine(b *testing.B) {
 	}{
 		{"AtLeastOnce", modeAtLeastOnce},
 		{"ExactlyOnce", modeExactlyOnce},
+		{"ExactlyOncePayloadKeys", modeMarks},
 		{"ExactlyOnceState", modeState},
 		{"PerRecordBaseline", modeBaseline},
 	} {
@@ -53,6 +56,27 @@ func BenchmarkEngine(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportMetric(s.RecordsPerSec, "records/s")
+		})
+	}
+}
+
+// TestRunOnSharedStores runs the scenarios on PostgreSQL and Redis, as
+// `idem bench --store` does, on a few records.
+func TestRunOnSharedStores(t *testing.T) {
+	for _, spec := range []func(t *testing.T) string{
+		func(t *testing.T) string { return testsvc.PostgresDSN(t) },
+		func(t *testing.T) string { return "redis://" + testsvc.RedisAddr(t) },
+	} {
+		s := spec(t)
+		t.Run(storeKind(s), func(t *testing.T) {
+			rep, err := Run(context.Background(), Config{Records: 1000, BaselineRecords: 100, Dir: t.TempDir(), Store: s,
+				LatencyDuration: 200 * time.Millisecond, LatencyRate: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Store != storeKind(s) || rep.ExactlyOnce.RecordsPerSec <= 0 || rep.PerRecordBaseline.RecordsPerSec <= 0 {
+				t.Fatalf("report %+v", rep)
+			}
 		})
 	}
 }
