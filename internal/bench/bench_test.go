@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -36,6 +37,8 @@ func TestRunSmall(t *testing.T) {
 // delivery mode side by side; b.N is the number of records. Run with
 //
 //	go test -run '^$' -bench Engine -benchtime 200000x ./internal/bench/
+//
+// IDEM_BENCH_STORE selects the store as `idem bench --store` does.
 func BenchmarkEngine(b *testing.B) {
 	for _, bm := range []struct {
 		name string
@@ -48,7 +51,7 @@ func BenchmarkEngine(b *testing.B) {
 		{"PerRecordBaseline", modeBaseline},
 	} {
 		b.Run(bm.name, func(b *testing.B) {
-			cfg := Config{Records: max(b.N, 100)}
+			cfg := Config{Records: max(b.N, 100), Store: os.Getenv("IDEM_BENCH_STORE")}
 			cfg.defaults()
 			b.SetBytes(int64(cfg.RecordSize))
 			s, err := throughput(context.Background(), cfg, b.TempDir(), bm.mode)

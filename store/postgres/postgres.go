@@ -22,6 +22,21 @@
 // is unknown (as with any database); repeating the same Write is harmless
 // for checkpoints, marks and state, but stores its on-failure records twice.
 //
+// # Transactions
+//
+// The Store is a store.TxDriver: an in-process Go handler can write its own
+// SQL, in the same database, in the transaction that commits its records
+// (TxFrom, BatchTx). That transaction runs the statements of Commit (in one
+// round trip) and then COMMIT, so the handler's writes, the completion
+// marks or progress, the state and the checkpoint commit together or not at
+// all. Each record runs under one savepoint, released when the next record
+// sets its own; the transaction begins at the handler's first TxFrom, so a
+// handler that writes no SQL costs nothing more. A handler holding the
+// transaction reads its State through it, but a journaled step (idem.Step)
+// takes a second connection from the pool: size pool_max_conns above the
+// number of concurrent invocations (shards times parallelizationFactor) for
+// handlers that use both.
+//
 // # Encodings
 //
 // Sequences are stored as the text the source gave (zero padding and all,
@@ -83,9 +98,9 @@ const abandonedClaimGrace = time.Hour
 // it can be quoted safely everywhere, string literals included.
 var schemaName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 
-// Store is the PostgreSQL store.Driver and store.Claims. It is safe for
-// concurrent use. After Close its methods return errors wrapping
-// store.ErrClosed.
+// Store is the PostgreSQL store.Driver, store.TxDriver and store.Claims.
+// It is safe for concurrent use. After Close its methods return errors
+// wrapping store.ErrClosed.
 type Store struct {
 	pool   *pgxpool.Pool
 	schema string
@@ -147,6 +162,14 @@ func New(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if err != nil {
 		// pgx redacts the password from the string its error quotes.
 		return nil, fmt.Errorf("postgres: parsing the connection string: %w", err)
+	}
+	// Plan every statement for the table sizes of the moment: a generic
+	// plan cached while a fresh table was empty keeps scanning it whole as
+	// it grows to millions of marks, until an ANALYZE that a busy first
+	// minute may not see. Planning the few statements idem sends costs
+	// microseconds.
+	if _, ok := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !ok {
+		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
