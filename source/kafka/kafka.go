@@ -1,0 +1,706 @@
+// Package kafka is the source driver over an Apache Kafka topic, or any
+// broker that speaks Kafka's protocol (Redpanda, Amazon MSK, WarpStream…),
+// read with franz-go.
+//
+// # Mapping
+//
+//   - The stream is a topic; its shards are the topic's partitions. A shard
+//     ID is "<topic>-<partition>" ("orders-0"), the "topic-partition" key
+//     under which Lambda's KafkaEvent groups records; ShardID builds one.
+//   - A record's Sequence is its offset plus one, spelled by idem.SequenceOf
+//     (20 digits): the record at offset 0 is "00000000000000000001". The
+//     plus one is what makes the zero Sequence, the position before a
+//     shard's first record, name the position before offset 0. A position
+//     is then simply the next offset to read: reading after Sequence s
+//     starts at offset s. RecordSequence and Offset convert; a function
+//     driver that builds Lambda's KafkaEvent must report Offset(seq), not
+//     the sequence.
+//   - PartitionKey is the record's key as a string of its raw bytes, ""
+//     for a record without a key: the keyless records of a partition form
+//     one ordering group under parallelizationFactor, in offset order.
+//   - Data is the value (nil for a tombstone); ArrivalTime is the record's
+//     timestamp, CreateTime or LogAppendTime as the topic says.
+//   - Headers are not carried: idem.Record has no field for them.
+//
+// # Guarantees
+//
+// Reads are read_committed: records of aborted transactions are never
+// delivered, records of open transactions only once they commit, and
+// transaction markers are skipped (they take offsets, so sequences have
+// gaps; Latest may name a marker). Read is exact and stateless from the
+// caller's view: it returns the records at offsets at or above its
+// position, in offset order, and never waits for records. The Source keeps,
+// per partition, the records of its last fetch that it did not return yet,
+// to save round trips for a reader that continues where it stopped; the
+// only difference it can make is that a record trimmed after it was
+// fetched is delivered rather than reported lost. A recreated topic (a new
+// topic ID) drops the cache.
+//
+// Records that retention (or DeleteRecords) removed before they were read
+// are reported, never skipped silently: when a partition's log start offset
+// is above the position read, ReadResult.Lost is log start − position and
+// ReadResult.Trimmed is the sequence of the record just below the log start.
+// Lost counts offsets, so it also counts the transaction markers and
+// compacted-away records of the lost range.
+//
+// A position beyond the end of a partition (the topic was deleted and
+// recreated, or an unclean leader election truncated it) is an error
+// wrapping ErrPositionAhead, not an empty read: records appended later at
+// offsets below the position would otherwise be skipped without a trace.
+//
+// Retention comes from the topic's retention.ms and cleanup.policy: a
+// topic that never deletes by time (retention.ms -1, or a compacted topic
+// without "delete") reports InfiniteRetention, so completion marks are kept
+// as long as the records can be replayed.
+//
+// # Requests
+//
+// Read issues one Fetch request (at most a few when the position was
+// trimmed or only transaction markers follow it) straight to the
+// partition's leader, with no fetch session and no wait. Wait does not hold
+// a long-polling fetch, which would queue every other fetch to that broker
+// behind it: one goroutine per Source lists the last stable offsets of the
+// topic's partitions every poll interval while anyone waits, and wakes the
+// waiters whose partition moved. That goroutine is started by the first
+// Wait and ends with Close.
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/source"
+)
+
+// DefaultPollInterval is how often, by default, a Source lists end offsets
+// while a Wait is pending: a new record wakes a waiter within about this
+// long.
+const DefaultPollInterval = 100 * time.Millisecond
+
+// waitPolls is how many poll intervals a Wait blocks at most.
+const waitPolls = 10
+
+// InfiniteRetention is the Retention of a topic that never deletes records
+// by age: about a hundred years, so that completion marks outlive any
+// replay.
+const InfiniteRetention = 100 * 365 * 24 * time.Hour
+
+// ErrClosed is returned by the methods of a Source after Close.
+var ErrClosed = errors.New("kafka: source closed")
+
+// ErrPositionAhead is wrapped by the error of a Read from a position beyond
+// the end of its partition.
+var ErrPositionAhead = errors.New("kafka: position is beyond the end of the partition")
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	brokers    []string
+	client     *kgo.Client
+	clientOpts []kgo.Opt
+	poll       time.Duration
+	retention  time.Duration
+}
+
+// WithBrokers sets the seed brokers ("host:port") of the client the Source
+// creates and closes. Exactly one of WithBrokers and WithClient is required.
+func WithBrokers(addrs ...string) Option {
+	return func(o *options) { o.brokers = append(o.brokers, addrs...) }
+}
+
+// WithClientOptions adds options (TLS, SASL, timeouts…) to the client that
+// WithBrokers makes. Consumer options are useless: the Source issues its
+// own fetch requests.
+func WithClientOptions(opts ...kgo.Opt) Option {
+	return func(o *options) { o.clientOpts = append(o.clientOpts, opts...) }
+}
+
+// WithClient makes the Source use cl, which it does not close: the caller
+// closes cl after the Source. The Source only issues requests on cl
+// (metadata, fetch, list offsets, describe configs); it never consumes
+// through it, so cl may be a producer or have a consumer of its own.
+func WithClient(cl *kgo.Client) Option {
+	return func(o *options) { o.client = cl }
+}
+
+// WithPollInterval sets how often the Source lists the end offsets of its
+// topic while a Wait is pending. A Wait returns within about d of a record
+// being committed, and after 10 intervals at the latest. Default:
+// DefaultPollInterval.
+func WithPollInterval(d time.Duration) Option {
+	return func(o *options) { o.poll = d }
+}
+
+// WithRetention sets the topic's retention instead of reading it from the
+// topic's configuration, for a principal not allowed DescribeConfigs. It
+// must be at least the topic's real retention, or a replay could run a
+// record twice.
+func WithRetention(d time.Duration) Option {
+	return func(o *options) { o.retention = d }
+}
+
+// Source is one Kafka topic as a source.Driver. It is safe for concurrent
+// use. Close it to stop its goroutine and, unless it came from WithClient,
+// its client.
+type Source struct {
+	topic     string
+	cl        *kgo.Client
+	adm       *kadm.Client
+	own       bool
+	poll      time.Duration
+	retention time.Duration
+	dec       kgo.Decompressor
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+
+	metaMu  sync.Mutex
+	meta    *topicMeta // nil until loaded, or after an error made it stale
+	topicID [16]byte   // the ID of the topic last loaded
+
+	partsMu sync.Mutex
+	parts   map[int32]*partState
+
+	w watcher
+}
+
+var _ source.Driver = (*Source)(nil)
+
+// topicMeta is what a fetch needs to know of the topic.
+type topicMeta struct {
+	id      [16]byte
+	leaders map[int32]int32 // partition → leader broker, -1 for none
+}
+
+// New returns the Source over topic, after checking that the topic exists
+// (otherwise the error wraps source.ErrStreamNotFound) and reading its
+// retention. ctx bounds only these first requests.
+func New(ctx context.Context, topic string, opts ...Option) (*Source, error) {
+	o := options{poll: DefaultPollInterval}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	switch {
+	case topic == "":
+		return nil, errors.New("kafka: empty topic name")
+	case o.client == nil && len(o.brokers) == 0:
+		return nil, errors.New("kafka: no brokers: use WithBrokers or WithClient")
+	case o.client != nil && (len(o.brokers) > 0 || len(o.clientOpts) > 0):
+		return nil, errors.New("kafka: WithClient excludes WithBrokers and WithClientOptions")
+	case o.poll <= 0:
+		return nil, fmt.Errorf("kafka: poll interval %s must be positive", o.poll)
+	case o.retention < 0:
+		return nil, fmt.Errorf("kafka: retention %s must not be negative", o.retention)
+	}
+	s := &Source{
+		topic: topic,
+		cl:    o.client,
+		poll:  o.poll,
+		dec:   kgo.DefaultDecompressor(),
+		parts: make(map[int32]*partState),
+	}
+	if s.cl == nil {
+		cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(o.brokers...)}, o.clientOpts...)...)
+		if err != nil {
+			return nil, fmt.Errorf("kafka: creating client: %w", err)
+		}
+		s.cl, s.own = cl, true
+	}
+	s.adm = kadm.NewClient(s.cl)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.w.changed = make(chan struct{})
+	s.w.wake = make(chan struct{}, 1)
+	s.w.done = make(chan struct{})
+
+	fail := func(err error) (*Source, error) {
+		s.cancel()
+		if s.own {
+			s.cl.Close()
+		}
+		return nil, err
+	}
+	if _, err := s.loadMeta(ctx); err != nil {
+		return fail(err)
+	}
+	s.retention = o.retention
+	if s.retention == 0 {
+		d, err := s.describeRetention(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		s.retention = d
+	}
+	return s, nil
+}
+
+// Close stops the Source's goroutine, waiting for it, and closes the client
+// it created (not one given by WithClient). Methods called after Close
+// return ErrClosed. Close is idempotent and always returns nil.
+func (s *Source) Close() error {
+	s.w.mu.Lock()
+	if s.w.closed {
+		s.w.mu.Unlock()
+		return nil
+	}
+	s.w.closed = true
+	started := s.w.started
+	s.w.mu.Unlock()
+	s.cancel()
+	if started {
+		<-s.w.done
+	}
+	if s.own {
+		s.cl.Close()
+	}
+	return nil
+}
+
+// Topic is the name of the topic s reads.
+func (s *Source) Topic() string { return s.topic }
+
+// Retention is the topic's retention as New read it (or WithRetention set
+// it): retention.ms, or InfiniteRetention for a topic that does not delete
+// records by age.
+func (s *Source) Retention() time.Duration { return s.retention }
+
+// Shards lists the topic's partitions as shard IDs, by partition number. It
+// asks the cluster each time, so partitions added since New appear. (Adding
+// partitions moves keys to other partitions: order per key holds only
+// within a partition.)
+func (s *Source) Shards(ctx context.Context) ([]string, error) {
+	if err := s.usable(ctx); err != nil {
+		return nil, err
+	}
+	m, err := s.loadMeta(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n := int32(len(m.leaders))
+	ids := make([]string, 0, n)
+	for p := range n {
+		if _, ok := m.leaders[p]; !ok {
+			return nil, fmt.Errorf("kafka: topic %q: metadata lists %d partitions but not partition %d", s.topic, n, p)
+		}
+		ids = append(ids, ShardID(s.topic, p))
+	}
+	return ids, nil
+}
+
+// Start returns the position a mapping without a checkpoint starts from:
+// before the log start offset for TRIM_HORIZON (the zero Sequence while
+// nothing was ever trimmed), after the last stable offset's record for
+// LATEST, and before the first record whose timestamp is at or after ts
+// (Kafka's ListOffsets by time, millisecond precision) for AT_TIMESTAMP,
+// or at the end when there is none.
+func (s *Source) Start(ctx context.Context, shard string, pos source.StartingPosition, ts time.Time) (idem.Sequence, error) {
+	if err := s.usable(ctx); err != nil {
+		return "", err
+	}
+	p, err := s.partition(ctx, shard)
+	if err != nil {
+		return "", err
+	}
+	var list kadm.ListedOffsets
+	switch pos {
+	case source.TrimHorizon:
+		list, err = s.adm.ListStartOffsets(ctx, s.topic)
+	case source.Latest:
+		list, err = s.adm.ListCommittedOffsets(ctx, s.topic)
+	case source.AtTimestamp:
+		list, err = s.adm.ListOffsetsAfterMilli(ctx, ts.UnixMilli(), s.topic)
+	default:
+		return "", fmt.Errorf("kafka: unknown starting position %q", pos)
+	}
+	off, err := s.listed(list, err, p, string(pos))
+	if err != nil {
+		return "", err
+	}
+	if pos == source.Latest {
+		s.part(p).setLSO(off)
+	}
+	return position(off), nil
+}
+
+// listed picks partition p out of a kadm listing.
+func (s *Source) listed(list kadm.ListedOffsets, err error, p int32, what string) (int64, error) {
+	if err != nil {
+		return 0, fmt.Errorf("kafka: listing %s offsets of topic %q: %w", what, s.topic, err)
+	}
+	if bad, ok := list.Lookup(s.topic, -1); ok && bad.Err != nil {
+		return 0, s.topicErr(bad.Err)
+	}
+	lo, ok := list.Lookup(s.topic, p)
+	if !ok {
+		s.invalidate()
+		return 0, fmt.Errorf("kafka: listing %s offsets: %w: partition %d of topic %q not listed", what, source.ErrShardNotFound, p, s.topic)
+	}
+	if lo.Err != nil {
+		s.invalidate()
+		return 0, fmt.Errorf("kafka: listing %s offset of %s: %w", what, ShardID(s.topic, p), lo.Err)
+	}
+	if lo.Offset < 0 {
+		return 0, fmt.Errorf("kafka: listing %s offset of %s: broker returned offset %d", what, ShardID(s.topic, p), lo.Offset)
+	}
+	return lo.Offset, nil
+}
+
+// Read returns up to limit committed records of shard from the offset after
+// names, stopping before their Data would exceed maxBytes (but with at least
+// one record when there is one). It never waits for records. A read behind
+// the log start reports the loss and continues at the log start; a read
+// beyond the partition's end fails with ErrPositionAhead. The records' Data
+// is not reused by later Reads.
+func (s *Source) Read(ctx context.Context, shard string, after idem.Sequence, limit, maxBytes int) (source.ReadResult, error) {
+	if err := s.usable(ctx); err != nil {
+		return source.ReadResult{}, err
+	}
+	if limit < 1 {
+		return source.ReadResult{}, fmt.Errorf("kafka: read %s: limit %d must be at least 1", shard, limit)
+	}
+	p, err := s.partition(ctx, shard)
+	if err != nil {
+		return source.ReadResult{}, err
+	}
+	n, err := nextOffset(after)
+	if err != nil {
+		return source.ReadResult{}, err
+	}
+	ps := s.part(p)
+	var res source.ReadResult
+	ps.mu.Lock()
+	recs, from := ps.take(n, limit, maxBytes)
+	lso, avg := ps.lso, ps.avg
+	ps.mu.Unlock()
+	if len(recs) > 0 {
+		return s.result(shard, recs, lso, res), nil
+	}
+	// from > n: the cache knows [n, from) holds no committed record.
+	for fetches := 0; ; fetches++ {
+		f, err := s.fetch(ctx, p, from, 0, fetchBytes(avg, limit, maxBytes))
+		if errors.Is(err, kerr.OffsetOutOfRange) {
+			start, berr := s.outOfRange(ctx, p, from)
+			if berr != nil {
+				return source.ReadResult{}, berr
+			}
+			if start <= from || fetches >= maxFetchesPerRead {
+				return source.ReadResult{}, err
+			}
+			res.Lost += uint64(start - from)
+			res.Trimmed = position(start)
+			n, from = start, start
+			continue
+		}
+		if err != nil {
+			return source.ReadResult{}, err
+		}
+		ps.mu.Lock()
+		ps.store(n, from, f)
+		recs, from = ps.take(n, limit, maxBytes)
+		ps.mu.Unlock()
+		if len(recs) > 0 || from >= f.lso || fetches >= maxFetchesPerRead {
+			return s.result(shard, recs, f.lso, res), nil
+		}
+		// Only transaction markers or aborted records so far: go on.
+	}
+}
+
+// maxFetchesPerRead bounds the fetches of one Read: a read behind a trim
+// that keeps moving, or past a long run of aborted records, returns what it
+// has and lets the caller read again (the cache keeps the progress).
+const maxFetchesPerRead = 8
+
+// result makes the ReadResult of recs, with Latest at least its last record.
+func (s *Source) result(shard string, recs []*kgo.Record, lso int64, res source.ReadResult) source.ReadResult {
+	if len(recs) > 0 {
+		lso = max(lso, recs[len(recs)-1].Offset+1)
+	}
+	res.Latest = position(lso)
+	res.Records = s.records(shard, recs)
+	return res
+}
+
+// records converts kgo records to idem records, with one allocation for all
+// sequences and one for all keys.
+func (s *Source) records(shard string, recs []*kgo.Record) []idem.Record {
+	if len(recs) == 0 {
+		return nil
+	}
+	seqs := make([]byte, 0, len(recs)*seqWidth)
+	nk := 0
+	for _, r := range recs {
+		seqs = idem.AppendSequence(seqs, uint64(r.Offset)+1)
+		nk += len(r.Key)
+	}
+	keys := make([]byte, 0, nk)
+	for _, r := range recs {
+		keys = append(keys, r.Key...)
+	}
+	seqStr, keyStr := string(seqs), string(keys)
+	out := make([]idem.Record, len(recs))
+	k := 0
+	for i, r := range recs {
+		out[i] = idem.Record{
+			Stream:       s.topic,
+			ShardID:      shard,
+			Sequence:     idem.Sequence(seqStr[i*seqWidth : (i+1)*seqWidth]),
+			PartitionKey: keyStr[k : k+len(r.Key)],
+			Data:         r.Value,
+			ArrivalTime:  r.Timestamp,
+		}
+		k += len(r.Key)
+	}
+	return out
+}
+
+const seqWidth = 20
+
+// Wait returns nil as soon as shard is known to hold a committed record at
+// or above the position after, ctx.Err() when ctx is done, ErrClosed when
+// s is closed, and nil after 10 poll intervals otherwise.
+func (s *Source) Wait(ctx context.Context, shard string, after idem.Sequence) error {
+	if err := s.usable(ctx); err != nil {
+		return err
+	}
+	p, err := s.partition(ctx, shard)
+	if err != nil {
+		return err
+	}
+	n, err := nextOffset(after)
+	if err != nil {
+		return err
+	}
+	ps := s.part(p)
+	if ps.ready(n) {
+		return nil
+	}
+	ch, err := s.w.enter(s)
+	if err != nil {
+		return err
+	}
+	defer s.w.leave()
+	timer := time.NewTimer(waitPolls * s.poll)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.ctx.Done():
+			return ErrClosed
+		case <-timer.C:
+			return nil
+		case <-ch:
+			if ps.ready(n) {
+				return nil
+			}
+			ch = s.w.current()
+		}
+	}
+}
+
+// usable returns ErrClosed after Close, and ctx's error when it is done.
+func (s *Source) usable(ctx context.Context) error {
+	if s.ctx.Err() != nil {
+		return ErrClosed
+	}
+	return ctx.Err()
+}
+
+// ShardID returns the shard ID of a partition: "<topic>-<partition>".
+func ShardID(topic string, partition int32) string {
+	return topic + "-" + strconv.FormatInt(int64(partition), 10)
+}
+
+// RecordSequence returns the Sequence of the record at offset (which must
+// not be negative): offset+1, in 20 digits.
+func RecordSequence(offset int64) idem.Sequence {
+	return idem.SequenceOf(uint64(offset) + 1)
+}
+
+// Offset returns the offset of the record whose Sequence is seq: seq−1. It
+// fails for the zero Sequence, which is a position and names no record.
+func Offset(seq idem.Sequence) (int64, error) {
+	n, err := nextOffset(seq)
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("kafka: sequence %q names no record", seq)
+	}
+	return n - 1, nil
+}
+
+// nextOffset returns the offset a read after the position starts at.
+func nextOffset(after idem.Sequence) (int64, error) {
+	v, ok := after.Uint64()
+	if !ok || v > math.MaxInt64 {
+		return 0, fmt.Errorf("kafka: %q is not a Kafka position", after)
+	}
+	return int64(v), nil
+}
+
+// position returns the position before offset: the Sequence of the record
+// at offset−1, or the zero Sequence before offset 0.
+func position(offset int64) idem.Sequence {
+	if offset <= 0 {
+		return ""
+	}
+	return idem.SequenceOf(uint64(offset))
+}
+
+// partition returns the partition shard names, or an error wrapping
+// source.ErrShardNotFound.
+func (s *Source) partition(ctx context.Context, shard string) (int32, error) {
+	rest, ok := strings.CutPrefix(shard, s.topic+"-")
+	p, err := strconv.ParseInt(rest, 10, 32)
+	if !ok || err != nil || p < 0 || strconv.FormatInt(p, 10) != rest {
+		return 0, fmt.Errorf("kafka: %w: %q is not a partition of topic %q", source.ErrShardNotFound, shard, s.topic)
+	}
+	m, err := s.cachedMeta(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if _, ok := m.leaders[int32(p)]; !ok {
+		// A partition added since: look again once.
+		if m, err = s.loadMeta(ctx); err != nil {
+			return 0, err
+		}
+		if _, ok := m.leaders[int32(p)]; !ok {
+			return 0, fmt.Errorf("kafka: %w: topic %q has no partition %d", source.ErrShardNotFound, s.topic, p)
+		}
+	}
+	return int32(p), nil
+}
+
+// cachedMeta returns the topic's metadata, loading it if it is stale.
+func (s *Source) cachedMeta(ctx context.Context) (*topicMeta, error) {
+	s.metaMu.Lock()
+	m := s.meta
+	s.metaMu.Unlock()
+	if m != nil {
+		return m, nil
+	}
+	return s.loadMeta(ctx)
+}
+
+// invalidate makes the next request load the metadata again, after an
+// error that may mean a new leader or a recreated topic.
+func (s *Source) invalidate() {
+	s.metaMu.Lock()
+	s.meta = nil
+	s.metaMu.Unlock()
+}
+
+// loadMeta asks the cluster for the topic's metadata (never from kgo's
+// cache: it runs when the cache may be wrong).
+func (s *Source) loadMeta(ctx context.Context) (*topicMeta, error) {
+	req := kmsg.NewPtrMetadataRequest()
+	rt := kmsg.NewMetadataRequestTopic()
+	rt.Topic = kmsg.StringPtr(s.topic)
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, s.cl)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: metadata of topic %q: %w", s.topic, err)
+	}
+	var t *kmsg.MetadataResponseTopic
+	for i := range resp.Topics {
+		if rt := &resp.Topics[i]; rt.Topic != nil && *rt.Topic == s.topic {
+			t = rt
+		}
+	}
+	if t == nil {
+		return nil, fmt.Errorf("kafka: metadata of topic %q: %w: not in the response", s.topic, source.ErrStreamNotFound)
+	}
+	if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
+		return nil, s.topicErr(err)
+	}
+	m := &topicMeta{id: t.TopicID, leaders: make(map[int32]int32, len(t.Partitions))}
+	for _, p := range t.Partitions {
+		m.leaders[p.Partition] = p.Leader
+	}
+	s.metaMu.Lock()
+	recreated := s.topicID != [16]byte{} && s.topicID != m.id
+	s.meta, s.topicID = m, m.id
+	s.metaMu.Unlock()
+	if recreated {
+		// The cached records belong to the deleted topic.
+		s.partsMu.Lock()
+		s.parts = make(map[int32]*partState)
+		s.partsMu.Unlock()
+	}
+	return m, nil
+}
+
+// topicErr wraps a topic-level error, as source.ErrStreamNotFound for a
+// topic that does not exist.
+func (s *Source) topicErr(err error) error {
+	if errors.Is(err, kerr.UnknownTopicOrPartition) || errors.Is(err, kerr.UnknownTopicID) {
+		return fmt.Errorf("kafka: topic %q: %w: %w", s.topic, source.ErrStreamNotFound, err)
+	}
+	return fmt.Errorf("kafka: topic %q: %w", s.topic, err)
+}
+
+// describeRetention reads retention.ms and cleanup.policy.
+func (s *Source) describeRetention(ctx context.Context) (time.Duration, error) {
+	rcs, err := s.adm.DescribeTopicConfigs(ctx, s.topic)
+	if err != nil {
+		return 0, fmt.Errorf("kafka: describing the configuration of topic %q (or set WithRetention): %w", s.topic, err)
+	}
+	rc, err := rcs.On(s.topic, nil)
+	if err == nil {
+		err = rc.Err
+	}
+	if err != nil {
+		return 0, fmt.Errorf("kafka: describing the configuration of topic %q (or set WithRetention): %w", s.topic, err)
+	}
+	policy, ms := "delete", ""
+	for _, c := range rc.Configs {
+		switch c.Key {
+		case "cleanup.policy":
+			policy = c.MaybeValue()
+		case "retention.ms":
+			ms = c.MaybeValue()
+		}
+	}
+	return retentionOf(policy, ms)
+}
+
+// retentionOf turns a topic's cleanup.policy and retention.ms into a
+// retention: InfiniteRetention unless the topic deletes by age.
+func retentionOf(policy, ms string) (time.Duration, error) {
+	deletes := false
+	for _, p := range strings.Split(policy, ",") {
+		if strings.TrimSpace(p) == "delete" {
+			deletes = true
+		}
+	}
+	if !deletes {
+		return InfiniteRetention, nil
+	}
+	if ms == "" {
+		return 0, errors.New("kafka: the topic's configuration has no retention.ms (set WithRetention)")
+	}
+	v, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("kafka: retention.ms %q: %w", ms, err)
+	}
+	if v < 0 || v >= int64(InfiniteRetention/time.Millisecond) {
+		return InfiniteRetention, nil
+	}
+	if v == 0 {
+		return 0, errors.New("kafka: retention.ms is 0")
+	}
+	return time.Duration(v) * time.Millisecond, nil
+}
