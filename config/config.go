@@ -279,9 +279,95 @@ func (m *Mapping) StartingPositionTime() time.Time {
 
 // SourceRef names the stream a mapping reads.
 type SourceRef struct {
-	// Stream is the name of a configured stream.
+	// Stream is the name of a configured embedded stream. Exactly one of
+	// stream, kafka, jetstream, kinesis and redis is set.
+	// Default: none
+	Stream string `yaml:"stream"`
+	// Kafka reads a Kafka topic; its partitions are the shards.
+	Kafka *KafkaSource `yaml:"kafka,omitempty"`
+	// JetStream reads a NATS JetStream stream.
+	JetStream *JetStreamSource `yaml:"jetstream,omitempty"`
+	// Kinesis reads an Amazon Kinesis data stream.
+	Kinesis *KinesisSource `yaml:"kinesis,omitempty"`
+	// Redis reads Redis Streams, one stream key per shard.
+	Redis *RedisSource `yaml:"redis,omitempty"`
+}
+
+// Name is what the mapping's records name as their stream: the embedded
+// stream, topic, or stream the source reads.
+func (r *SourceRef) Name() string {
+	switch {
+	case r.Kafka != nil:
+		return r.Kafka.Topic
+	case r.JetStream != nil:
+		return r.JetStream.Stream
+	case r.Kinesis != nil:
+		return r.Kinesis.Stream
+	case r.Redis != nil:
+		return r.Redis.Name
+	}
+	return r.Stream
+}
+
+// External reports whether the source is not an embedded stream.
+func (r *SourceRef) External() bool {
+	return r.Kafka != nil || r.JetStream != nil || r.Kinesis != nil || r.Redis != nil
+}
+
+// KafkaSource is `source.kafka`.
+type KafkaSource struct {
+	// Brokers are seed brokers, host:port.
+	// Default: none, required
+	Brokers []string `yaml:"brokers"`
+	// Topic is read whole: every partition is a shard "<topic>-<partition>".
+	// Default: none, required
+	Topic string `yaml:"topic"`
+	// PollInterval is how often a caught-up reader looks for new records.
+	// Default: 100ms
+	PollInterval Duration `yaml:"pollInterval"`
+}
+
+// JetStreamSource is `source.jetstream`.
+type JetStreamSource struct {
+	// URL of the NATS server(s), e.g. nats://127.0.0.1:4222.
+	// Default: none, required
+	URL string `yaml:"url"`
+	// Stream is the JetStream stream's name.
 	// Default: none, required
 	Stream string `yaml:"stream"`
+	// Partitions, when set, are subject filters, one shard each; without
+	// them the whole stream is one shard.
+	// Default: none
+	Partitions []string `yaml:"partitions"`
+}
+
+// KinesisSource is `source.kinesis`.
+type KinesisSource struct {
+	// Stream is the Kinesis stream's name.
+	// Default: none, required
+	Stream string `yaml:"stream"`
+	// Region of the stream.
+	// Default: the AWS SDK's (AWS_REGION)
+	Region string `yaml:"region"`
+	// Endpoint overrides the service endpoint, e.g. for kinesalite.
+	// Default: none
+	Endpoint string `yaml:"endpoint"`
+}
+
+// RedisSource is `source.redis`.
+type RedisSource struct {
+	// Addr is the Redis server's host:port.
+	// Default: 127.0.0.1:6379
+	Addr string `yaml:"addr"`
+	// DB is the logical database.
+	// Default: 0
+	DB int `yaml:"db"`
+	// Keys are the stream keys, one shard each.
+	// Default: none, required
+	Keys []string `yaml:"keys"`
+	// Name is what records name as their stream.
+	// Default: the first key
+	Name string `yaml:"name"`
 }
 
 // DestinationConfig holds a mapping's destinations, as in Lambda.
@@ -632,6 +718,20 @@ func (f *File) applyDefaults(set func(path string) bool) {
 	}
 	if !set("listen") && f.Listen == "" {
 		f.Listen = defaultListen
+	}
+	for i := range f.Mappings {
+		src, p := &f.Mappings[i].Source, fmt.Sprintf("mappings[%d].source.", i)
+		if k := src.Kafka; k != nil && !set(p+"kafka.pollInterval") && k.PollInterval == 0 {
+			k.PollInterval = Duration(100 * time.Millisecond)
+		}
+		if r := src.Redis; r != nil {
+			if !set(p+"redis.addr") && r.Addr == "" {
+				r.Addr = "127.0.0.1:6379"
+			}
+			if !set(p+"redis.name") && r.Name == "" && len(r.Keys) > 0 {
+				r.Name = r.Keys[0]
+			}
+		}
 	}
 	if pg := f.Store.Postgres; pg != nil && !set("store.postgres.schema") && pg.Schema == "" {
 		pg.Schema = "idem"

@@ -234,6 +234,13 @@ func TestParseErrors(t *testing.T) {
 				"functions[0].process.concurrency: 0 is below the minimum 1"}},
 		{"process and http", "functions: [{name: f, http: {url: 'http://x/'}, process: {command: ./b}}]\n",
 			[]string{"functions[0].process: not allowed together with functions[0].http: a function has one kind"}},
+		// External sources.
+		{"two source kinds", mappingSourceDoc("{stream: s, kafka: {brokers: ['k:9092'], topic: t}}"),
+			[]string{"mappings[0].source: set one of stream, kafka, jetstream, kinesis and redis"}},
+		{"kafka without brokers", mappingSourceDoc("{kafka: {topic: t, brokers: [nohost]}}"),
+			[]string{`mappings[0].source.kafka.brokers[0]: "nohost" is not host:port`}},
+		{"redis without keys", mappingSourceDoc("{redis: {}}"),
+			[]string{"mappings[0].source.redis.keys: required (one stream key per shard)"}},
 		// Stores.
 		{"both stores", "store: {postgres: {dsn: x}, redis: {}}\n",
 			[]string{"store: set one of store.postgres and store.redis, not both"}},
@@ -315,7 +322,7 @@ mappings:
 			[]string{`mappings[0].startingPositionTimestamp: "2026-01-01" is not an RFC 3339 time such as 2026-01-01T00:00:00Z`}},
 		{"missing everything", "mappings: [{}]\n", []string{
 			"mappings[0].name: required (1 to 128 characters of A-Z a-z 0-9 . _ -)",
-			"mappings[0].source.stream: required (the name of a configured stream)",
+			"mappings[0].source.stream: required (the name of a configured stream, or another kind of source: kafka, jetstream, kinesis, redis)",
 			"mappings[0].function: required (the name of a configured function)",
 			"mappings[0].startingPosition: required (one of TRIM_HORIZON, LATEST, AT_TIMESTAMP)",
 			"mappings[0].idempotency.scope: required (1 to 128 characters of A-Z a-z 0-9 . _ -; Parse defaults it to the function name)",
@@ -439,7 +446,7 @@ functions:
 		}},
 		{"merge cycle", "mappings:\n  - &m {name: a, enabled: {<<: *m}}\n", []string{
 			"mappings[0].enabled: expected true or false, got a mapping",
-			"mappings[0].source.stream: required (the name of a configured stream)",
+			"mappings[0].source.stream: required (the name of a configured stream, or another kind of source: kafka, jetstream, kinesis, redis)",
 			"mappings[0].function: required (the name of a configured function)",
 			"mappings[0].startingPosition: required (one of TRIM_HORIZON, LATEST, AT_TIMESTAMP)",
 			"mappings[0].idempotency.scope: required (1 to 128 characters of A-Z a-z 0-9 . _ -; Parse defaults it to the function name)",
@@ -670,4 +677,9 @@ func dump(t testing.TB, f *File) string {
 		t.Fatalf("yaml.Marshal: %v", err)
 	}
 	return string(b)
+}
+
+// mappingSourceDoc is a valid file whose one mapping reads src.
+func mappingSourceDoc(src string) string {
+	return "streams: [{name: s}]\nfunctions: [{name: f}]\nmappings:\n  - {name: m, function: f, startingPosition: LATEST, source: " + src + "}\n"
 }

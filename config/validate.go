@@ -238,14 +238,23 @@ func (c *checker) httpURL(path, s string) {
 
 func (c *checker) mapping(f *File, p string, m *Mapping) {
 	var source *Stream
+	kinds := 0
+	for _, set := range []bool{m.Source.Stream != "", m.Source.Kafka != nil, m.Source.JetStream != nil, m.Source.Kinesis != nil, m.Source.Redis != nil} {
+		if set {
+			kinds++
+		}
+	}
 	switch {
-	case m.Source.Stream == "":
-		c.addf(p+".source.stream", "required (the name of a configured stream)")
-	default:
+	case kinds > 1:
+		c.addf(p+".source", "set one of stream, kafka, jetstream, kinesis and redis")
+	case kinds == 0:
+		c.addf(p+".source.stream", "required (the name of a configured stream, or another kind of source: kafka, jetstream, kinesis, redis)")
+	case m.Source.Stream != "":
 		if source = f.Stream(m.Source.Stream); source == nil {
 			c.addf(p+".source.stream", "unknown stream %q (%s)", m.Source.Stream, configured("streams", streamNames(f)))
 		}
 	}
+	c.externalSource(p+".source", &m.Source)
 	switch {
 	case m.Function == "":
 		c.addf(p+".function", "required (the name of a configured function)")
@@ -327,6 +336,48 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 	if source != nil && source.Retention > 0 && m.Idempotency.Retention < source.Retention {
 		c.addf(ip+".retention", "%s is shorter than the retention %s of source stream %q: a replay of its retained records could run one twice (allowed: at least %s)",
 			m.Idempotency.Retention, source.Retention, source.Name, source.Retention)
+	}
+}
+
+func (c *checker) externalSource(p string, r *SourceRef) {
+	if k := r.Kafka; k != nil {
+		if len(k.Brokers) == 0 {
+			c.addf(p+".kafka.brokers", "required (host:port of at least one broker)")
+		}
+		for i, b := range k.Brokers {
+			if _, _, err := net.SplitHostPort(b); err != nil {
+				c.addf(fmt.Sprintf("%s.kafka.brokers[%d]", p, i), "%q is not host:port", b)
+			}
+		}
+		if k.Topic == "" {
+			c.addf(p+".kafka.topic", "required")
+		}
+		c.durRange(p+".kafka.pollInterval", k.PollInterval, Duration(time.Millisecond), Duration(time.Minute))
+	}
+	if js := r.JetStream; js != nil {
+		if js.URL == "" {
+			c.addf(p+".jetstream.url", "required (e.g. nats://127.0.0.1:4222)")
+		}
+		if js.Stream == "" {
+			c.addf(p+".jetstream.stream", "required")
+		}
+	}
+	if k := r.Kinesis; k != nil {
+		if k.Stream == "" {
+			c.addf(p+".kinesis.stream", "required")
+		}
+		if k.Endpoint != "" {
+			c.httpURL(p+".kinesis.endpoint", k.Endpoint)
+		}
+	}
+	if rd := r.Redis; rd != nil {
+		if _, _, err := net.SplitHostPort(rd.Addr); err != nil {
+			c.addf(p+".redis.addr", "%q is not host:port", rd.Addr)
+		}
+		if len(rd.Keys) == 0 {
+			c.addf(p+".redis.keys", "required (one stream key per shard)")
+		}
+		c.intRange(p+".redis.db", rd.DB, 0, 15)
 	}
 }
 

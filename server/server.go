@@ -26,6 +26,7 @@ import (
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/source"
 	srcembedded "github.com/idem-run/idem/source/embedded"
+	"github.com/idem-run/idem/source/kafka"
 	"github.com/idem-run/idem/store"
 	stembedded "github.com/idem-run/idem/store/embedded"
 	"github.com/idem-run/idem/store/postgres"
@@ -41,6 +42,7 @@ type Server struct {
 	store      store.Driver
 	closeStore func()
 	procs      []namedProcess
+	closers    []func() // sources' connections
 	engine     *engine.Engine
 	registry   *prometheus.Registry
 	http       *http.Server
@@ -149,13 +151,13 @@ func (s *Server) setup() error {
 		if !m.Enabled {
 			continue
 		}
-		src, err := srcembedded.New(s.db, m.Source.Stream)
+		src, err := s.openSource(&m.Source)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("mappings[%d].source: %w", i, err))
 			continue
 		}
 		em := engine.Mapping{
-			Name: m.Name, Stream: m.Source.Stream, Source: src,
+			Name: m.Name, Stream: m.Source.Name(), Source: src,
 			Function: m.Function, Invoker: fns[m.Function], FunctionTimeout: timeouts[m.Function],
 			BatchSize:                  m.BatchSize,
 			MaximumBatchingWindow:      m.MaximumBatchingWindow.D(),
@@ -179,6 +181,25 @@ func (s *Server) setup() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// openSource opens a mapping's source. Sources that hold connections are
+// closed by Close.
+func (s *Server) openSource(r *config.SourceRef) (source.Driver, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	switch {
+	case r.Kafka != nil:
+		k, err := kafka.New(ctx, r.Kafka.Topic, kafka.WithBrokers(r.Kafka.Brokers...), kafka.WithPollInterval(r.Kafka.PollInterval.D()))
+		if err != nil {
+			return nil, fmt.Errorf("kafka: %w", err)
+		}
+		s.closers = append(s.closers, func() { k.Close() })
+		return k, nil
+	case r.External():
+		return nil, errors.New("this kind of source is not available in this build yet")
+	}
+	return srcembedded.New(s.db, r.Stream)
 }
 
 // openStore opens the configured store: the embedded one by default, or a
@@ -267,6 +288,9 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		for _, p := range s.procs {
 			p.fn.Close()
+		}
+		for _, c := range s.closers {
+			c()
 		}
 		if s.closeStore != nil {
 			s.closeStore()
