@@ -27,6 +27,7 @@ import (
 	"github.com/idem-run/idem/source"
 	srcembedded "github.com/idem-run/idem/source/embedded"
 	"github.com/idem-run/idem/source/kafka"
+	"github.com/idem-run/idem/source/kinesis"
 	"github.com/idem-run/idem/store"
 	stembedded "github.com/idem-run/idem/store/embedded"
 	"github.com/idem-run/idem/store/postgres"
@@ -193,6 +194,20 @@ func (s *Server) openSource(r *config.SourceRef) (source.Driver, error) {
 		k, err := kafka.New(ctx, r.Kafka.Topic, kafka.WithBrokers(r.Kafka.Brokers...), kafka.WithPollInterval(r.Kafka.PollInterval.D()))
 		if err != nil {
 			return nil, fmt.Errorf("kafka: %w", err)
+		}
+		s.closers = append(s.closers, func() { k.Close() })
+		return k, nil
+	case r.Kinesis != nil:
+		opts := []kinesis.Option{kinesis.WithLogger(s.log)}
+		if r.Kinesis.Endpoint != "" {
+			opts = append(opts, kinesis.WithEndpoint(r.Kinesis.Endpoint))
+		}
+		if r.Kinesis.Region != "" {
+			opts = append(opts, kinesis.WithRegion(r.Kinesis.Region))
+		}
+		k, err := kinesis.New(ctx, r.Kinesis.Stream, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("kinesis: %w", err)
 		}
 		s.closers = append(s.closers, func() { k.Close() })
 		return k, nil

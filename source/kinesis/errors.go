@@ -1,0 +1,97 @@
+package kinesis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/idem-run/idem/source"
+)
+
+// errorCode is the Kinesis error code of err ("" for other errors).
+func errorCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+// throttled reports whether err is Kinesis saying "too many requests".
+func throttled(err error) bool {
+	var pt *types.ProvisionedThroughputExceededException
+	var le *types.LimitExceededException
+	var kt *types.KMSThrottlingException
+	if errors.As(err, &pt) || errors.As(err, &le) || errors.As(err, &kt) {
+		return true
+	}
+	switch errorCode(err) {
+	case "ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException", "KMSThrottlingException":
+		return true
+	}
+	return false
+}
+
+func invalidArgument(err error) bool {
+	var ia *types.InvalidArgumentException
+	return errors.As(err, &ia) || errorCode(err) == "InvalidArgumentException"
+}
+
+func expiredIterator(err error) bool {
+	var ei *types.ExpiredIteratorException
+	return errors.As(err, &ei) || errorCode(err) == "ExpiredIteratorException"
+}
+
+func notFound(err error) bool {
+	var nf *types.ResourceNotFoundException
+	return errors.As(err, &nf) || errorCode(err) == "ResourceNotFoundException"
+}
+
+// wrap adds what the Source was doing to err, and source.ErrShardNotFound
+// or source.ErrStreamNotFound for Kinesis' ResourceNotFoundException.
+func (s *Source) wrap(err error, shard, doing string) error {
+	where := fmt.Sprintf("stream %q", s.stream)
+	if shard != "" {
+		where += " shard " + shard
+	}
+	if notFound(err) {
+		var ae smithy.APIError
+		if shard != "" && errors.As(err, &ae) && strings.Contains(strings.ToLower(ae.ErrorMessage()), "shard") {
+			return fmt.Errorf("kinesis: %s: %s: %w: %w", where, doing, source.ErrShardNotFound, err)
+		}
+		return fmt.Errorf("kinesis: %s: %s: %w: %w", where, doing, source.ErrStreamNotFound, err)
+	}
+	return fmt.Errorf("kinesis: %s: %s: %w", where, doing, err)
+}
+
+// throttleRetries is how many times a throttled call is tried again, after
+// the SDK's own retries, before Read gives up until the next poll.
+const throttleRetries = 3
+
+// retry calls f until it succeeds, fails other than by throttling, or was
+// throttled throttleRetries+1 times, backing off with jitter between tries.
+// It returns f's last error.
+func (s *Source) retry(ctx context.Context, shard, what string, f func() error) error {
+	backoff := 100 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		err := f()
+		if err == nil || !throttled(err) || attempt >= throttleRetries {
+			if err != nil && throttled(err) {
+				s.log.Debug("kinesis: still throttled, giving up until the next poll", "shard", shard, "call", what, "err", err)
+			}
+			return err
+		}
+		s.log.Debug("kinesis: throttled, backing off", "shard", shard, "call", what, "attempt", attempt+1, "err", err)
+		d := backoff/2 + rand.N(backoff)
+		if err := s.sleep(ctx, d); err != nil {
+			return err
+		}
+		backoff *= 2
+	}
+}
