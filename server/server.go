@@ -28,6 +28,7 @@ import (
 	srcembedded "github.com/idem-run/idem/source/embedded"
 	"github.com/idem-run/idem/source/kafka"
 	"github.com/idem-run/idem/source/kinesis"
+	"github.com/idem-run/idem/source/redisstream"
 	"github.com/idem-run/idem/store"
 	stembedded "github.com/idem-run/idem/store/embedded"
 	"github.com/idem-run/idem/store/postgres"
@@ -211,6 +212,14 @@ func (s *Server) openSource(r *config.SourceRef) (source.Driver, error) {
 		}
 		s.closers = append(s.closers, func() { k.Close() })
 		return k, nil
+	case r.Redis != nil:
+		rs, err := redisstream.New(ctx, redisstream.WithAddr(r.Redis.Addr), redisstream.WithDB(r.Redis.DB),
+			redisstream.WithKeys(r.Redis.Keys...), redisstream.WithStream(r.Redis.Name))
+		if err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+		s.closers = append(s.closers, func() { rs.Close() })
+		return rs, nil
 	case r.External():
 		return nil, errors.New("this kind of source is not available in this build yet")
 	}
