@@ -10,7 +10,9 @@
 // again, and the completion marks, the checkpoint, the on-failure records and
 // every State write of a batch commit in one atomic write. Effects a handler
 // makes elsewhere (an HTTP call, an e-mail) stay at-least-once: use the
-// record's IdempotencyKey downstream.
+// record's IdempotencyKey downstream. With the PostgreSQL store, an
+// in-process handler can also write its own SQL in the transaction that
+// commits its record (TxFrom): those writes are exactly-once too.
 //
 // # Handlers
 //
@@ -170,12 +172,38 @@ type Batch struct {
 	// states holds each record's view of the mapping's state; set by the
 	// engine, nil in a Batch made by hand.
 	states []State
+	// tx is the store transaction the batch's effects commit in; nil
+	// without one.
+	tx Transaction
 }
 
 // NewBatch makes a Batch whose records see the given per-record states. The
 // engine and function drivers call it; a handler never needs to.
 func NewBatch(mapping, function, invocationID string, records []Record, states []State) *Batch {
 	return &Batch{Mapping: mapping, Function: function, InvocationID: invocationID, Records: records, states: states}
+}
+
+// NewBatchWithTx is NewBatch for a batch whose effects commit in a store
+// transaction the handler can write in (TxFrom, Batch.Tx). The engine calls
+// it for in-process functions over a store that has transactions.
+func NewBatchWithTx(mapping, function, invocationID string, records []Record, states []State, tx Transaction) *Batch {
+	b := NewBatch(mapping, function, invocationID, records, states)
+	b.tx = tx
+	return b
+}
+
+// Tx returns the store transaction of the whole batch, for a batch handler
+// (a RecordFunc uses TxFrom): a pgx.Tx with the PostgreSQL store
+// (postgres.BatchTx returns it typed). Its writes commit if and only if the
+// whole invocation succeeds: a batch handler that writes in it and reports
+// batchItemFailures fails its whole batch, which is then retried, bisected
+// or discarded as for a function error, its writes undone. It returns
+// ErrNoTx when the batch has no transaction.
+func (b *Batch) Tx(ctx context.Context) (any, error) {
+	if b.tx == nil {
+		return nil, ErrNoTx
+	}
+	return b.tx.Handle(ctx, -1)
 }
 
 // State returns the state view of record i: its writes commit if and only if
@@ -230,6 +258,10 @@ type RecordFunc func(ctx context.Context, r *Record) error
 // batch: records before it commit (with their state), the failed record and
 // those after it are delivered again. An error that wraps a PermanentError
 // stops retries at once.
+//
+// With a store transaction (TxFrom), each record's writes in it are undone
+// when the record fails, and the records before it keep theirs; a record
+// that leaves the transaction failed (an SQL error it did not return) fails.
 func (f RecordFunc) HandleBatch(ctx context.Context, b *Batch) (BatchResult, error) {
 	for i := range b.Records {
 		r := &b.Records[i]
@@ -237,11 +269,31 @@ func (f RecordFunc) HandleBatch(ctx context.Context, b *Batch) (BatchResult, err
 		if st := b.State(i); st != nil {
 			rctx = WithState(rctx, st)
 		}
-		if err := f(rctx, r); err != nil {
+		if err := f.handle(ctx, rctx, b, i); err != nil {
 			return BatchResult{BatchItemFailures: []BatchItemFailure{{ItemIdentifier: r.EventID()}}}, &RecordError{Record: r.EventID(), Err: err}
 		}
 	}
 	return BatchResult{}, nil
+}
+
+// handle runs f over record i, within the record's part of the batch's
+// transaction when there is one.
+func (f RecordFunc) handle(ctx, rctx context.Context, b *Batch, i int) error {
+	r := &b.Records[i]
+	if b.tx == nil {
+		return f(rctx, r)
+	}
+	if err := b.tx.BeginRecord(ctx, i); err != nil {
+		return err
+	}
+	err := f(context.WithValue(rctx, txKey{}, recordTx{b.tx, i}), r)
+	if err == nil {
+		err = b.tx.EndRecord(ctx, i)
+	}
+	if err != nil {
+		b.tx.AbortRecord(ctx, i)
+	}
+	return err
 }
 
 // RecordError reports that a RecordFunc failed at one record; the records
@@ -308,4 +360,55 @@ func WithState(ctx context.Context, st State) context.Context {
 func StateFrom(ctx context.Context) State {
 	st, _ := ctx.Value(stateKey{}).(State)
 	return st
+}
+
+// ErrNoTx is returned by TxFrom and Batch.Tx where there is no store
+// transaction: the store has none (only PostgreSQL's does), the function is
+// not in-process, or the call is outside a handler invoked by idem.
+var ErrNoTx = errors.New("idem: no store transaction (it needs the PostgreSQL store and an in-process function)")
+
+// Transaction is the store transaction an invocation's effects commit in,
+// as the engine offers it to an in-process handler. The engine implements
+// it and RecordFunc drives it; function authors use TxFrom or Batch.Tx
+// (postgres.TxFrom, postgres.BatchTx) instead.
+//
+// Record i is one of the batch's records; -1 stands for the whole batch.
+type Transaction interface {
+	// Handle returns the driver's handle (a pgx.Tx for PostgreSQL) for
+	// writing on behalf of record i, beginning the transaction on the
+	// first call.
+	Handle(ctx context.Context, i int) (any, error)
+	// BeginRecord is called before record i runs: from there on, the
+	// transaction's writes are record i's.
+	BeginRecord(ctx context.Context, i int) error
+	// EndRecord is called after record i returned success; an error (the
+	// record left the transaction unable to commit) fails the record.
+	EndRecord(ctx context.Context, i int) error
+	// AbortRecord undoes record i's writes after it failed. When it cannot,
+	// the implementation commits none of the transaction.
+	AbortRecord(ctx context.Context, i int)
+}
+
+type txKey struct{}
+
+// recordTx is record i's access to the batch's transaction.
+type recordTx struct {
+	tx Transaction
+	i  int
+}
+
+// TxFrom returns the store transaction of the record a RecordFunc is
+// handling: a pgx.Tx with the PostgreSQL store (postgres.TxFrom returns it
+// typed). What the handler writes in it commits if and only if the record
+// commits, in the same transaction as the record's completion, its State
+// writes and the checkpoint; a failed record's writes are undone, and the
+// records before it keep theirs. It returns ErrNoTx when there is no
+// transaction (another store, a function that is not in-process, a call
+// outside a RecordFunc).
+func TxFrom(ctx context.Context) (any, error) {
+	rt, ok := ctx.Value(txKey{}).(recordTx)
+	if !ok {
+		return nil, ErrNoTx
+	}
+	return rt.tx.Handle(ctx, rt.i)
 }

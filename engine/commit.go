@@ -113,8 +113,20 @@ func (c *commit) discard(s *shard, recs []idem.Record, condition string, invokes
 // commit writes c, with the checkpoint and the scope's progress or marks it
 // implies, in one atomic store write. A store failure is retried a few times;
 // then it is returned, and the shard restarts from its durable checkpoint.
+//
+// When the handler wrote in the invocation's store transaction, the write
+// goes through that transaction instead, once: a failed commit undid the
+// handler's writes, which only invoking again can redo, so the error is
+// returned at once and the shard restarts from its durable checkpoint.
 func (s *shard) commit(ctx context.Context, c *commit) error {
 	cfg := &s.m.cfg
+	var tx store.Tx
+	var txErr error
+	if c.state != nil && c.state.tx != nil {
+		if tx, txErr = c.state.tx.end(); tx != nil {
+			defer rollback(ctx, tx) // nothing to do once committed
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
@@ -158,7 +170,7 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	}
 
 	var err error
-	for attempt := 1; ; attempt++ {
+	for attempt := 1; tx == nil; attempt++ {
 		if err = s.e.store.Commit(ctx, w); err == nil {
 			break
 		}
@@ -168,6 +180,14 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 		s.e.log.Warn("commit failed; retrying", "mapping", cfg.Name, "shard", s.id, "attempt", attempt, "err", err)
 		if sleep(ctx, s.backoff(attempt)) != nil {
 			return fmt.Errorf("committing checkpoint %q: %w", cp.Sequence, err)
+		}
+	}
+	if tx != nil {
+		if txErr != nil {
+			return fmt.Errorf("committing checkpoint %q with the function's transaction: %w", cp.Sequence, txErr)
+		}
+		if err := tx.Commit(ctx, w); err != nil {
+			return fmt.Errorf("committing checkpoint %q with the function's transaction: %w", cp.Sequence, err)
 		}
 	}
 	s.cp = cp

@@ -14,6 +14,14 @@
 // on-failure destination, or when retention removed it before it was read
 // (counted as lost and logged).
 //
+// With a store that has transactions (store.TxDriver) and an in-process
+// function (function.InProcess), that write is the commit of a transaction
+// the handler can write its own SQL in (idem.TxFrom): each record runs under
+// a savepoint, a failed record's writes are undone, and the records that
+// commit carry theirs. The transaction begins only when the handler asks for
+// it; a failed commit of it is not retried (the writes it undid need the
+// handler again): the shard restarts from its durable checkpoint.
+//
 // The engine knows no particular source, store or function: it sees the
 // source.Driver, store.Driver and function.Driver interfaces.
 package engine
@@ -110,7 +118,7 @@ func (e *Engine) Add(m Mapping) error {
 			return fmt.Errorf("mapping %q: added twice", m.Name)
 		}
 	}
-	mp := &mapping{e: e, cfg: m, keyer: k, permanent: make(map[string]bool)}
+	mp := &mapping{e: e, cfg: m, keyer: k, permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker)}
 	if c, ok := e.store.(store.Claims); ok {
 		mp.journal = &journal{claims: c, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now}
 	}

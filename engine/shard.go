@@ -24,6 +24,9 @@ type mapping struct {
 	keyer     *keyer
 	permanent map[string]bool
 	journal   *journal // nil when the store keeps no claims
+	// txd offers the store's transactions to the handler; nil when the
+	// store has none or the function is not in-process.
+	txd store.TxDriver
 
 	mu     sync.Mutex
 	shards []*shard
@@ -488,6 +491,19 @@ type outcome struct {
 	permanent bool
 }
 
+// completed returns how many leading records of an invocation of n
+// records completed: all on success, those before the failed record on a
+// partial failure, none when the whole batch failed.
+func (o outcome) completed(n int) int {
+	switch {
+	case o.failedAt < 0:
+		return n
+	case o.failedAt < n:
+		return o.failedAt
+	}
+	return 0
+}
+
 // runBatch resolves every record of b: invoking, bisecting, retrying from a
 // reported failure, and discarding as the mapping says. It returns only when
 // all of b is resolved, or with an error when ctx is done or the store fails.
@@ -520,21 +536,24 @@ func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
 		if err != nil {
 			return err
 		}
-		switch {
-		case out.failedAt < 0: // success
-			c := commit{completed: sub, state: bs, stateRecords: len(sub)}
+		// The records the invocation completed commit first, with their
+		// state and, in its transaction, their SQL; an invocation that
+		// completed none has its transaction undone.
+		if n := out.completed(len(sub)); n > 0 {
+			c := commit{completed: sub[:n], state: bs, stateRecords: n}
 			if err := s.commit(work, &c); err != nil {
 				return err
 			}
+		} else {
+			bs.rollback()
+		}
+		switch {
+		case out.failedAt < 0: // success
 			queue = queue[1:]
 			attempts = 0
 
 		case out.failedAt < len(sub): // a partial failure names a record
 			if out.failedAt > 0 {
-				c := commit{completed: sub[:out.failedAt], state: bs, stateRecords: out.failedAt}
-				if err := s.commit(work, &c); err != nil {
-					return err
-				}
 				sub = sub[out.failedAt:]
 				queue[0] = sub
 			}
@@ -655,7 +674,13 @@ func (s *shard) agedPrefix(b []idem.Record) int {
 func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outcome, error) {
 	cfg := &s.m.cfg
 	bs, views := newBatchState(s.e.store, cfg.Scope, len(b))
-	batch := idem.NewBatch(cfg.Name, cfg.Function, newInvocationID(), b, views)
+	var batch *idem.Batch
+	if s.m.txd != nil {
+		bs.tx = newInvocationTx(s.m.txd, work)
+		batch = idem.NewBatchWithTx(cfg.Name, cfg.Function, newInvocationID(), b, views, bs.tx)
+	} else {
+		batch = idem.NewBatch(cfg.Name, cfg.Function, newInvocationID(), b, views)
+	}
 	ctx, cancel := context.WithTimeout(work, cfg.FunctionTimeout)
 	if s.m.journal != nil {
 		ctx = idem.WithJournal(ctx, s.m.journal)
@@ -668,9 +693,13 @@ func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outc
 	s.inFlight.Add(-int64(len(b)))
 	cancel()
 	if work.Err() != nil {
+		bs.rollback()
 		return nil, outcome{}, work.Err()
 	}
 	out := s.judge(b, res, err)
+	if bs.tx != nil {
+		out = bs.tx.judge(out, len(b))
+	}
 	label := "success"
 	switch {
 	case out.failedAt == len(b):

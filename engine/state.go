@@ -16,6 +16,16 @@ type batchState struct {
 	namespace string
 	overlay   map[string]*store.StateOp // latest write per key in the batch
 	ops       [][]store.StateOp         // per record, in order
+	// tx is the invocation's store transaction, when the handler may write
+	// in it; its commit carries this state.
+	tx *invocationTx
+}
+
+// rollback undoes the invocation's transaction, if it has one.
+func (b *batchState) rollback() {
+	if b != nil && b.tx != nil {
+		b.tx.rollback()
+	}
 }
 
 func newBatchState(st store.Driver, namespace string, n int) (*batchState, []idem.State) {
@@ -46,6 +56,11 @@ func (s *recordState) Get(ctx context.Context, key string) ([]byte, error) {
 			return nil, idem.ErrNotFound
 		}
 		return append([]byte(nil), op.Value...), nil
+	}
+	if s.b.tx != nil {
+		if v, err, ok := s.b.tx.state(ctx, s.b.namespace, key); ok {
+			return v, err
+		}
 	}
 	return s.b.st.State(ctx, s.b.namespace, key)
 }

@@ -20,6 +20,14 @@ type Driver interface {
 	Invoke(ctx context.Context, b *idem.Batch) (Result, error)
 }
 
+// InProcess is implemented by drivers that hand the engine's idem.Batch to
+// a Go handler in the engine's own process, so that the handler can write
+// in the store's transaction (idem.TxFrom). The engine offers a transaction
+// only to a driver whose InProcess returns true.
+type InProcess interface {
+	InProcess() bool
+}
+
 // Result is a successful invocation's answer, before the engine applies the
 // mapping's ReportBatchItemFailures rules.
 type Result struct {

@@ -8,6 +8,10 @@
 // visible or none of it. That single rule is what makes idem's effects
 // exactly-once; a driver that cannot keep it must not exist.
 //
+// A driver whose Commit is a database transaction may also offer that
+// transaction to in-process handlers (TxDriver): their own writes then
+// commit in the same atomic write as the records they belong to.
+//
 // # Encodings
 //
 // Mark keys are 128-bit hashes of (scope, idempotency key), so a lookup costs

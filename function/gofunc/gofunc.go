@@ -5,10 +5,13 @@
 //
 // An in-process handler gets exactly what an HTTP or Lambda function gets:
 // each batch at least once, with the completion of each record committed
-// atomically with its State writes. Running in-process adds no guarantee and
-// removes none; it only saves the encoding and the network. What the handler
-// returns is translated into Lambda's vocabulary so that the engine applies
-// one set of rules to every kind of function:
+// atomically with its State writes. Running in-process removes no
+// guarantee and saves the encoding and the network. It adds one with a
+// store that has transactions (PostgreSQL): the handler can write its own
+// SQL in the transaction that commits its records (idem.TxFrom), so those
+// writes are exactly-once too. What the handler returns is translated into
+// Lambda's vocabulary so that the engine applies one set of rules to every
+// kind of function:
 //
 //   - an *idem.RecordError (what idem.RecordFunc returns) is a partial
 //     result, Result.Native, that applies whatever the mapping's
@@ -46,6 +49,12 @@ func New(h idem.Handler) *Function {
 	}
 	return &Function{h: h}
 }
+
+var _ function.InProcess = (*Function)(nil)
+
+// InProcess reports true: the handler gets the engine's Batch as it is,
+// with its store transaction (idem.TxFrom).
+func (f *Function) InProcess() bool { return true }
 
 // Invoke calls the handler with b on the calling goroutine and waits for it
 // to return, even past ctx's deadline: a handler that ignores ctx cannot be

@@ -306,3 +306,11 @@ func BenchmarkInvoke(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*len(bt.Records))/b.Elapsed().Seconds(), "records/s")
 }
+
+func TestInProcess(t *testing.T) {
+	var d function.Driver = gofunc.New(idem.RecordFunc(func(context.Context, *idem.Record) error { return nil }))
+	ip, ok := d.(function.InProcess)
+	if !ok || !ip.InProcess() {
+		t.Fatal("gofunc.Function is not function.InProcess")
+	}
+}

@@ -113,6 +113,16 @@ func (s *Store) Completed(ctx context.Context, keys []store.MarkKey, now time.Ti
 // State returns the committed value of key in namespace, a copy the caller
 // owns, or an error wrapping idem.ErrNotFound.
 func (s *Store) State(ctx context.Context, namespace, key string) ([]byte, error) {
+	return s.readState(ctx, s.pool, namespace, key)
+}
+
+// querier is what runs a query: the pool, or a transaction.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// readState reads a state value through q.
+func (s *Store) readState(ctx context.Context, q querier, namespace, key string) ([]byte, error) {
 	wrap := func(err error) error {
 		return fmt.Errorf("postgres: state %q in namespace %q: %w", key, namespace, err)
 	}
@@ -120,7 +130,7 @@ func (s *Store) State(ctx context.Context, namespace, key string) ([]byte, error
 		return nil, wrap(err)
 	}
 	var v []byte
-	err := s.pool.QueryRow(ctx, s.q.state, escape(namespace), escape(key)).Scan(&v)
+	err := q.QueryRow(ctx, s.q.state, escape(namespace), escape(key)).Scan(&v)
 	if errNoRows(err) {
 		return nil, wrap(idem.ErrNotFound)
 	}
@@ -162,16 +172,42 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // Errors: store.ErrCheckpointBackwards (nothing written), store.ErrClosed,
 // an invalid sequence, and PostgreSQL's errors; all name the checkpoint.
 func (s *Store) Commit(ctx context.Context, w *store.Write) error {
-	cp := w.Checkpoint
-	wrap := func(err error) error {
-		return fmt.Errorf("postgres: commit for mapping %q stream %q shard %s: %w", cp.Mapping, cp.Stream, cp.Shard, err)
-	}
 	if err := s.enter(); err != nil {
-		return wrap(err)
+		return commitErr(w, err)
 	}
+	b, err := s.writeBatch(w)
+	if err != nil {
+		return commitErr(w, err)
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return commitErr(w, s.batchErr(w, err))
+	}
+	return nil
+}
+
+// commitErr names the checkpoint a failed commit was for.
+func commitErr(w *store.Write, err error) error {
+	cp := &w.Checkpoint
+	return fmt.Errorf("postgres: commit for mapping %q stream %q shard %s: %w", cp.Mapping, cp.Stream, cp.Shard, err)
+}
+
+// batchErr turns the error of w's batch into store.ErrCheckpointBackwards
+// when put_checkpoint refused to move the checkpoint backwards.
+func (s *Store) batchErr(w *store.Write, err error) error {
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeBackwards {
+		return fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, pe.Detail, w.NewCheckpoint.Sequence)
+	}
+	return s.dbErr(err)
+}
+
+// writeBatch returns w's statements, in the order Commit documents, for
+// Commit (an implicit transaction) and Tx.Commit (inside the handler's
+// transaction) alike.
+func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
 	if err := validate(w); err != nil {
-		return wrap(err)
+		return nil, err
 	}
+	cp := &w.Checkpoint
 	nc := &w.NewCheckpoint
 	b := &pgx.Batch{}
 	b.Queue(s.q.putCheckpoint, escape(cp.Mapping), escape(cp.Stream), escape(cp.Shard), string(nc.Sequence), nc.Processed, nc.Skipped, nc.Discarded, nc.Lost)
@@ -205,13 +241,7 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 		}
 		b.Queue(s.q.putFailure, escape(f.Destination), meta, a.streams, a.shards, a.seqs, a.keys, a.data, a.arrivals)
 	}
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeBackwards {
-			return wrap(fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, pe.Detail, nc.Sequence))
-		}
-		return wrap(s.dbErr(err))
-	}
-	return nil
+	return b, nil
 }
 
 // validate refuses sequences PostgreSQL could not compare as numbers.

@@ -1,0 +1,301 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/store"
+	"github.com/idem-run/idem/store/storetest"
+)
+
+// txCommits is the Store with every Commit made through a Tx, for the
+// conformance suite: Tx.Commit keeps Driver.Commit's rules.
+type txCommits struct{ *Store }
+
+func (s txCommits) Commit(ctx context.Context, w *store.Write) error {
+	tx, err := s.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	return tx.Commit(ctx, w)
+}
+
+type txHarness struct{ *harness }
+
+func (h txHarness) Open(ctx context.Context, tb testing.TB) (store.Driver, error) {
+	d, err := h.harness.Open(ctx, tb)
+	if err != nil {
+		return nil, err
+	}
+	return txCommits{d.(*Store)}, nil
+}
+
+func (h txHarness) Reopen(ctx context.Context, tb testing.TB, crashed store.Driver) (store.Driver, error) {
+	d, err := h.harness.Reopen(ctx, tb, crashed.(txCommits).Store)
+	if err != nil {
+		return nil, err
+	}
+	return txCommits{d.(*Store)}, nil
+}
+
+// TestConformanceThroughTx runs the store suite with commits made by
+// Tx.Commit.
+func TestConformanceThroughTx(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the conformance suite again, through transactions")
+	}
+	storetest.RunConformance(t, txHarness{newHarness(t)})
+}
+
+// userTable creates a table of the test's own in the store's schema (which
+// the test drops when it ends) and returns its quoted name.
+func userTable(t *testing.T, s *Store) string {
+	t.Helper()
+	name := pgx.Identifier{s.Schema(), "shipments"}.Sanitize()
+	if _, err := s.pool.Exec(context.Background(), "CREATE TABLE "+name+" (id text PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func rows(t *testing.T, s *Store, table string) []string {
+	t.Helper()
+	r, err := s.pool.Query(context.Background(), "SELECT id FROM "+table+" ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(r, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+func begin(t *testing.T, s *Store) (*Tx, pgx.Tx) {
+	t.Helper()
+	tx, err := s.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(context.Background()) })
+	return tx.(*Tx), tx.Handle().(pgx.Tx)
+}
+
+func insert(t *testing.T, h pgx.Tx, table, id string) {
+	t.Helper()
+	if _, err := h.Exec(context.Background(), "INSERT INTO "+table+" (id) VALUES ($1)", id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTxRecordsCommitWithTheWrite: records' writes commit with the Write,
+// in one transaction; an aborted record's writes do not, and the records
+// before it keep theirs. Nothing is visible before the commit.
+func TestTxRecordsCommitWithTheWrite(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	table := userTable(t, s)
+	tx, h := begin(t, s)
+	for i, id := range []string{"a", "b", "c"} {
+		if err := tx.BeginRecord(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+		insert(t, h, table, id)
+	}
+	tx.AbortRecord(ctx, 2)
+	if got := rows(t, s, table); len(got) != 0 {
+		t.Fatalf("rows visible before the commit: %v", got)
+	}
+	key := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "0"}
+	cp := store.Checkpoint{Sequence: idem.SequenceOf(2), Processed: 2}
+	if err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: cp,
+		State: []store.StateOp{{Namespace: "ns", Key: "k", Value: []byte("v")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := rows(t, s, table); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("rows %v, want [a b]", got)
+	}
+	if c, _, err := s.Checkpoint(ctx, key); err != nil || c != cp {
+		t.Fatalf("checkpoint %+v, %v; want %+v", c, err, cp)
+	}
+	if v, err := s.State(ctx, "ns", "k"); err != nil || string(v) != "v" {
+		t.Fatalf("state %q, %v", v, err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatalf("Rollback after Commit: %v, want nil", err)
+	}
+	if err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: cp}); !errors.Is(err, pgx.ErrTxClosed) {
+		t.Fatalf("second Commit: %v, want ErrTxClosed", err)
+	}
+}
+
+// TestTxFailedStatement: a failed statement leaves the transaction unable
+// to commit (Check says so) until its record is aborted.
+func TestTxFailedStatement(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	table := userTable(t, s)
+	tx, h := begin(t, s)
+	tx.BeginRecord(ctx, 0)
+	insert(t, h, table, "a")
+	tx.BeginRecord(ctx, 1)
+	insert(t, h, table, "b")
+	if _, err := h.Exec(ctx, "INSERT INTO "+table+" (id) VALUES ('a')"); err == nil {
+		t.Fatal("duplicate insert succeeded")
+	}
+	if err := tx.Check(); err == nil {
+		t.Fatal("Check after a failed statement: nil")
+	}
+	if err := tx.AbortRecord(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Check(); err != nil {
+		t.Fatalf("Check after AbortRecord: %v", err)
+	}
+	key := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "0"}
+	if err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := rows(t, s, table); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("rows %v, want [a]", got)
+	}
+}
+
+// TestTxCommitFailures: a Write refused for its checkpoint, or a
+// connection killed before the commit, undoes the handler's rows too, and
+// the connection goes back: Close does not wait for it.
+func TestTxCommitFailures(t *testing.T) {
+	key := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "0"}
+	for _, c := range []struct {
+		name    string
+		breakTx func(t *testing.T, s *Store, h pgx.Tx)
+		want    error
+	}{
+		{"checkpoint backwards", func(t *testing.T, s *Store, _ pgx.Tx) {
+			if err := s.Commit(context.Background(), &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: "10"}}); err != nil {
+				t.Fatal(err)
+			}
+		}, store.ErrCheckpointBackwards},
+		{"terminated backend", func(t *testing.T, s *Store, h pgx.Tx) {
+			ctx := context.Background()
+			var pid int
+			if err := h.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.pool.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+				t.Fatal(err)
+			}
+		}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, _ := openStore(t)
+			ctx := context.Background()
+			table := userTable(t, s)
+			tx, h := begin(t, s)
+			tx.BeginRecord(ctx, 0)
+			insert(t, h, table, "a")
+			c.breakTx(t, s, h)
+			err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: "5"},
+				State: []store.StateOp{{Namespace: "ns", Key: "k", Value: []byte("v")}}})
+			if err == nil || (c.want != nil && !errors.Is(err, c.want)) {
+				t.Fatalf("Commit: %v, want an error (%v)", err, c.want)
+			}
+			if got := rows(t, s, table); len(got) != 0 {
+				t.Fatalf("rows %v after a failed commit, want none", got)
+			}
+			if _, err := s.State(ctx, "ns", "k"); !errors.Is(err, idem.ErrNotFound) {
+				t.Fatalf("state after a failed commit: %v, want ErrNotFound", err)
+			}
+			closed := make(chan struct{})
+			go func() { s.Close(); close(closed) }()
+			select {
+			case <-closed:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Close waits for the failed transaction's connection")
+			}
+		})
+	}
+}
+
+// TestTxCommitAfterClose: a Tx ended after Close returns ErrClosed and
+// gives its connection back, so the Close waiting for it returns.
+func TestTxCommitAfterClose(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	tx, _ := begin(t, s)
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	for !s.closed.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	err := tx.Commit(ctx, &store.Write{Checkpoint: store.CheckpointKey{Mapping: "m"}, NewCheckpoint: store.Checkpoint{Sequence: "1"}})
+	if !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Commit after Close: %v, want ErrClosed", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close still waits for the transaction's connection")
+	}
+}
+
+// TestTxHandle: the handle refuses Commit and Rollback, reads state in the
+// transaction, and keeps nested savepoints working.
+func TestTxHandle(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	table := userTable(t, s)
+	if err := s.Commit(ctx, &store.Write{Checkpoint: store.CheckpointKey{Mapping: "m"}, NewCheckpoint: store.Checkpoint{Sequence: "1"},
+		State: []store.StateOp{{Namespace: "ns", Key: "k", Value: []byte("v")}}}); err != nil {
+		t.Fatal(err)
+	}
+	tx, h := begin(t, s)
+	if err := h.Commit(ctx); !errors.Is(err, errOwned) {
+		t.Fatalf("handle Commit: %v, want errOwned", err)
+	}
+	if err := h.Rollback(ctx); !errors.Is(err, errOwned) {
+		t.Fatalf("handle Rollback: %v, want errOwned", err)
+	}
+	if v, err := tx.State(ctx, "ns", "k"); err != nil || string(v) != "v" {
+		t.Fatalf("State in the tx = %q, %v", v, err)
+	}
+	if _, err := tx.State(ctx, "ns", "missing"); !errors.Is(err, idem.ErrNotFound) {
+		t.Fatalf("State of a missing key: %v", err)
+	}
+	tx.BeginRecord(ctx, 0)
+	nested, err := h.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	insert(t, nested, table, "x")
+	if err := nested.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, h, table, "y")
+	if err := tx.Commit(ctx, &store.Write{Checkpoint: store.CheckpointKey{Mapping: "m"}, NewCheckpoint: store.Checkpoint{Sequence: "2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(rows(t, s, table)); got != "[y]" {
+		t.Fatalf("rows %s, want [y]", got)
+	}
+}
+
+// TestTxFrom: the typed accessors say ErrNoTx outside an idem
+// transaction.
+func TestTxFrom(t *testing.T) {
+	if _, err := TxFrom(context.Background()); !errors.Is(err, ErrNoTx) || !errors.Is(err, idem.ErrNoTx) {
+		t.Fatalf("TxFrom without a transaction: %v", err)
+	}
+	b := idem.NewBatch("m", "f", "id", []idem.Record{{}}, nil)
+	if _, err := BatchTx(context.Background(), b); !errors.Is(err, ErrNoTx) {
+		t.Fatalf("BatchTx without a transaction: %v", err)
+	}
+}
