@@ -47,6 +47,7 @@ type Engine struct {
 	log          *slog.Logger
 	metrics      *metrics
 	drainTimeout time.Duration
+	discovery    time.Duration
 	now          func() time.Time
 
 	mu       sync.Mutex
@@ -78,6 +79,17 @@ func WithDrainTimeout(d time.Duration) Option {
 	return optionFunc(func(e *Engine) { e.drainTimeout = d })
 }
 
+// WithShardDiscovery sets how often each mapping lists its source's shards
+// again, to start reading shards that appeared (Kafka partitions added, a
+// Kinesis reshard). Default: 30s.
+func WithShardDiscovery(d time.Duration) Option {
+	return optionFunc(func(e *Engine) {
+		if d > 0 {
+			e.discovery = d
+		}
+	})
+}
+
 // New returns an Engine that keeps its checkpoints, marks and state in st.
 // It starts no goroutine until Run.
 func New(st store.Driver, opts ...Option) *Engine {
@@ -86,6 +98,7 @@ func New(st store.Driver, opts ...Option) *Engine {
 		log:          slog.Default(),
 		metrics:      newMetrics(),
 		drainTimeout: 10 * time.Second,
+		discovery:    30 * time.Second,
 		now:          time.Now,
 		progress:     make(map[store.ProgressKey]*progressCell),
 	}
@@ -148,27 +161,22 @@ func (e *Engine) Run(ctx context.Context) error {
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 
-	var shards []*shard
-	for _, m := range mappings {
+	initial := make([][]string, len(mappings))
+	for i, m := range mappings {
 		ids, err := m.cfg.Source.Shards(ctx)
 		if err != nil {
 			return fmt.Errorf("mapping %q: listing shards of %q: %w", m.cfg.Name, m.cfg.Stream, err)
 		}
-		for _, id := range ids {
-			s := newShard(m, id)
-			m.mu.Lock()
-			m.shards = append(m.shards, s)
-			m.mu.Unlock()
-			shards = append(shards, s)
-		}
+		initial[i] = ids
 	}
 
 	var wg sync.WaitGroup
-	for _, s := range shards {
+	for i, m := range mappings {
+		m.startShards(ctx, work, &wg, initial[i])
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.run(ctx, work)
+			m.discover(ctx, work, &wg)
 		}()
 	}
 	<-ctx.Done()

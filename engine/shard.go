@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/source"
 	"github.com/idem-run/idem/store"
 )
 
@@ -60,6 +61,7 @@ type shard struct {
 	invocations   atomic.Uint64
 	retries       atomic.Uint64
 	counters      atomic.Pointer[store.Checkpoint]
+	finished      atomic.Bool // a closed shard read to its end
 }
 
 func newShard(m *mapping, id string) *shard {
@@ -115,6 +117,10 @@ func (s *shard) run(ctx, work context.Context) {
 			break
 		}
 	}
+	if s.finished.Load() {
+		s.state.Store("finished")
+		return
+	}
 	s.state.Store("stopped")
 }
 
@@ -145,6 +151,14 @@ func (s *shard) runOnce(ctx, work context.Context) error {
 			}
 		}
 		if len(recs) == 0 {
+			if lin, ok := cfg.Source.(source.Lineage); ok {
+				if fin, err := lin.Finished(ctx, s.id, s.cp.Sequence); err == nil && fin {
+					// A closed shard read to its end: its children take over.
+					s.e.log.Info("shard finished: read to the end of a closed shard", "mapping", cfg.Name, "shard", s.id)
+					s.finished.Store(true)
+					return nil
+				}
+			}
 			if err := cfg.Source.Wait(ctx, s.id, s.cp.Sequence); err != nil && ctx.Err() == nil {
 				return fmt.Errorf("waiting for records: %w", err)
 			}

@@ -85,3 +85,17 @@ type Driver interface {
 	// outlive it, or a replay of retained records could run one twice.
 	Retention() time.Duration
 }
+
+// Lineage is implemented by sources whose shards split and merge (Kinesis):
+// a child shard holds records of its parents' partition keys, so the
+// engine reads a child only once every parent is read to its end, and
+// per-key order survives a reshard.
+type Lineage interface {
+	// Parents returns the shards a shard was split or merged from; none
+	// for an original shard. A parent no longer listed by Shards has
+	// expired and holds nothing more to read.
+	Parents(ctx context.Context, shard string) ([]string, error)
+	// Finished reports whether a reader at after has read all of a closed
+	// shard; false for an open one.
+	Finished(ctx context.Context, shard string, after idem.Sequence) (bool, error)
+}
