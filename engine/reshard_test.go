@@ -1,0 +1,119 @@
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"math/big"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	awskinesis "github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/engine"
+	"github.com/idem-run/idem/function/gofunc"
+	"github.com/idem-run/idem/internal/testsvc"
+	"github.com/idem-run/idem/source"
+	"github.com/idem-run/idem/source/kinesis"
+	stembedded "github.com/idem-run/idem/store/embedded"
+)
+
+// TestReshardKeepsKeyOrder splits a Kinesis shard (kinesalite) between two
+// runs of puts for one partition key: the engine discovers the children
+// and reads them only after their parent is read to its end, so the key's
+// records reach the function in put order, each once.
+func TestReshardKeepsKeyOrder(t *testing.T) {
+	endpoint := testsvc.KinesisEndpoint(t)
+	ctx := context.Background()
+	cl := awskinesis.New(awskinesis.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(endpoint),
+		Credentials: credentials.NewStaticCredentialsProvider("idem", "idem", ""),
+	})
+	stream := fmt.Sprintf("reshard-%d", time.Now().UnixNano())
+	if _, err := cl.CreateStream(ctx, &awskinesis.CreateStreamInput{StreamName: aws.String(stream), ShardCount: aws.Int32(1)}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.DeleteStream(context.Background(), &awskinesis.DeleteStreamInput{StreamName: aws.String(stream)}) })
+	waitActive := func() {
+		waitFor(t, "stream ACTIVE", func() bool {
+			out, err := cl.DescribeStreamSummary(ctx, &awskinesis.DescribeStreamSummaryInput{StreamName: aws.String(stream)})
+			return err == nil && out.StreamDescriptionSummary.StreamStatus == types.StreamStatusActive
+		})
+	}
+	waitActive()
+	put := func(from, to int) {
+		for i := from; i < to; i++ {
+			if _, err := cl.PutRecord(ctx, &awskinesis.PutRecordInput{StreamName: aws.String(stream), PartitionKey: aws.String("k"),
+				Data: []byte(strconv.Itoa(i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put(0, 30)
+	// Split the shard at the middle of the hash key range.
+	mid := new(big.Int).Lsh(big.NewInt(1), 127)
+	if _, err := cl.SplitShard(ctx, &awskinesis.SplitShardInput{StreamName: aws.String(stream),
+		ShardToSplit: aws.String("shardId-000000000000"), NewStartingHashKey: aws.String(mid.String())}); err != nil {
+		t.Fatal(err)
+	}
+	waitActive()
+	put(30, 60)
+
+	src, err := kinesis.New(ctx, stream, kinesis.WithEndpoint(endpoint), kinesis.WithRegion("us-east-1"), kinesis.WithPollInterval(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	var mu sync.Mutex
+	var seen []string
+	h := idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, string(r.Data))
+		return nil
+	})
+	v := newEnv(t)
+	e := engine.New(stembedded.New(v.db), engine.WithLogger(testLogger(t)), engine.WithShardDiscovery(100*time.Millisecond))
+	if err := e.Add(engine.Mapping{Name: "m", Stream: stream, Source: src, Function: "f", Invoker: gofunc.New(h),
+		StartingPosition: source.TrimHorizon, BatchSize: 7}); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "60 records", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) >= 60
+	})
+	// A third run of puts after the engine is reading the children.
+	put(60, 70)
+	waitFor(t, "70 records", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) >= 70
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for i, d := range seen {
+		if d != strconv.Itoa(i) {
+			t.Fatalf("record %d of key k is %q; want %d (order across the reshard, each once): %v", i, d, i, seen)
+		}
+	}
+	if len(seen) != 70 {
+		t.Fatalf("saw %d records, want 70", len(seen))
+	}
+	states := map[string]string{}
+	for _, s := range e.Status() {
+		states[s.Shard] = s.State
+	}
+	if states["shardId-000000000000"] != "finished" {
+		t.Errorf("parent shard state %q, want finished (%v)", states["shardId-000000000000"], states)
+	}
+}
