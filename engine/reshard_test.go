@@ -38,7 +38,9 @@ func TestReshardKeepsKeyOrder(t *testing.T) {
 	if _, err := cl.CreateStream(ctx, &awskinesis.CreateStreamInput{StreamName: aws.String(stream), ShardCount: aws.Int32(1)}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cl.DeleteStream(context.Background(), &awskinesis.DeleteStreamInput{StreamName: aws.String(stream)}) })
+	t.Cleanup(func() {
+		cl.DeleteStream(context.Background(), &awskinesis.DeleteStreamInput{StreamName: aws.String(stream)})
+	})
 	waitActive := func() {
 		waitFor(t, "stream ACTIVE", func() bool {
 			out, err := cl.DescribeStreamSummary(ctx, &awskinesis.DescribeStreamSummaryInput{StreamName: aws.String(stream)})
