@@ -26,6 +26,7 @@ import (
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/source"
 	srcembedded "github.com/idem-run/idem/source/embedded"
+	"github.com/idem-run/idem/source/jetstream"
 	"github.com/idem-run/idem/source/kafka"
 	"github.com/idem-run/idem/source/kinesis"
 	"github.com/idem-run/idem/source/redisstream"
@@ -220,8 +221,21 @@ func (s *Server) openSource(r *config.SourceRef) (source.Driver, error) {
 		}
 		s.closers = append(s.closers, func() { rs.Close() })
 		return rs, nil
-	case r.External():
-		return nil, errors.New("this kind of source is not available in this build yet")
+	case r.JetStream != nil:
+		var opts []jetstream.Option
+		if len(r.JetStream.Partitions) > 0 {
+			opts = append(opts, jetstream.WithPartitions(r.JetStream.Partitions...))
+		}
+		js, err := jetstream.Connect(ctx, r.JetStream.URL, r.JetStream.Stream, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("jetstream: %w", err)
+		}
+		s.closers = append(s.closers, func() {
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			js.Close(cctx)
+		})
+		return js, nil
 	}
 	return srcembedded.New(s.db, r.Stream)
 }
