@@ -154,6 +154,10 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	// With auth.tokens set, idem's put API wants one of them.
+	if tok := os.Getenv("IDEM_TOKEN"); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("is idem serve running at %s? %w", c.base, err)

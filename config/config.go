@@ -40,6 +40,13 @@ type File struct {
 	// records live when they must be shared by several idem processes.
 	// Default: the embedded store, in dataDir.
 	Store Store `yaml:"store"`
+	// Auth protects the Invoke and put APIs with bearer tokens.
+	// Default: see Auth (no authentication)
+	Auth Auth `yaml:"auth"`
+	// Lease lets several idem processes sharing a PostgreSQL or Redis store
+	// run the same mappings, one process per shard at a time.
+	// Default: nil (off: one process owns the store)
+	Lease *Lease `yaml:"lease"`
 }
 
 // Store chooses the store: at most one of its kinds may be set. With none,
@@ -121,6 +128,14 @@ type Function struct {
 	// Function.Timeout.
 	// Default: 3s
 	Timeout Duration `yaml:"timeout"`
+	// Async is how the function's asynchronous invocations (Invoke API,
+	// X-Amz-Invocation-Type: Event) are retried and where failed ones go.
+	// Default: see Async
+	Async Async `yaml:"async"`
+	// Idempotency makes repeated direct invocations (Invoke API) return the
+	// first result without running the function again.
+	// Default: see FunctionIdempotency
+	Idempotency FunctionIdempotency `yaml:"idempotency"`
 }
 
 // InProcess reports whether the function is an in-process Go function, to be
@@ -802,6 +817,8 @@ func (f *File) applyDefaults(set func(path string) bool) {
 			m.Enabled = true
 		}
 	}
+	f.applyInvokeDefaults(set)
+	f.applyLeaseDefaults(set)
 }
 
 func kindName(k yaml.Kind) string {

@@ -123,6 +123,9 @@ mappings:
 		Functions: []Function{{
 			Name:    "ship",
 			Timeout: Duration(3 * time.Second),
+			Async: Async{MaximumRetryAttempts: 2, MaximumEventAge: Duration(6 * time.Hour),
+				Retry: Retry{BaseDelay: Duration(time.Second), MaxDelay: Duration(2 * time.Minute)}},
+			Idempotency: FunctionIdempotency{Retention: Duration(24 * time.Hour)},
 		}},
 		Mappings: []Mapping{{
 			Name:                  "m",
@@ -403,8 +406,8 @@ functions:
 			"streams[0].shardz: unknown key",
 			"streams[1].shardz: unknown key",
 		}},
-		{"unknown top-level key", "auth: {token: x}\n",
-			[]string{"auth: unknown key"}},
+		{"unknown top-level key", "authz: {token: x}\n",
+			[]string{"authz: unknown key"}},
 		{"unknown quoted key", "\"data dir\": x\n",
 			[]string{`"data dir": unknown key`}},
 		{"go takes no settings", "functions: [{name: f, go: {package: main}}]\n",

@@ -119,6 +119,8 @@ func (f *File) check() []*FieldError {
 	}
 	c.listen("listen", f.Listen)
 	c.store(&f.Store)
+	c.auth(&f.Auth)
+	c.lease(f)
 
 	streams := make(map[string]string, len(f.Streams))
 	for i := range f.Streams {
@@ -158,6 +160,7 @@ func (f *File) check() []*FieldError {
 		} else {
 			c.durRange(p+".timeout", fn.Timeout, 0, maxTimeout)
 		}
+		c.invokeSettings(f, p, fn)
 	}
 
 	mappings := make(map[string]string, len(f.Mappings))

@@ -149,6 +149,7 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 		cp.Sequence = idem.MaxSequence(cp.Sequence, win.seqs[win.next-1])
 	}
 	w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: cp, Failures: c.failures}
+	s.fenceWrite(w)
 	if c.state != nil {
 		c.state.appendCommitted(w, c.stateRecords)
 	}
@@ -174,7 +175,7 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 		if err = s.e.store.Commit(ctx, w); err == nil {
 			break
 		}
-		if ctx.Err() != nil || attempt == 5 {
+		if ctx.Err() != nil || attempt == 5 || errors.Is(err, store.ErrFenced) {
 			return fmt.Errorf("committing checkpoint %q: %w", cp.Sequence, err)
 		}
 		s.e.log.Warn("commit failed; retrying", "mapping", cfg.Name, "shard", s.id, "attempt", attempt, "err", err)

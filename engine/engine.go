@@ -49,6 +49,7 @@ type Engine struct {
 	drainTimeout time.Duration
 	discovery    time.Duration
 	now          func() time.Time
+	lease        *leaseConfig // nil: no shard leases
 
 	mu       sync.Mutex
 	running  bool
@@ -116,6 +117,9 @@ func (e *Engine) Add(m Mapping) error {
 	if err := m.Validate(); err != nil {
 		return err
 	}
+	if err := e.checkLeases(); err != nil {
+		return err
+	}
 	m = m.withDefaults()
 	k, err := newKeyer(m.Scope, m.KeyExpression)
 	if err != nil {
@@ -151,6 +155,10 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.running {
 		e.mu.Unlock()
 		return ErrRunning
+	}
+	if err := e.checkLeases(); err != nil {
+		e.mu.Unlock()
+		return err
 	}
 	e.running = true
 	mappings := e.mappings

@@ -62,6 +62,10 @@ type shard struct {
 	retries       atomic.Uint64
 	counters      atomic.Pointer[store.Checkpoint]
 	finished      atomic.Bool // a closed shard read to its end
+
+	// fence is the lease every write of the shard is conditional on, while
+	// it holds one (WithShardLeases); nil otherwise.
+	fence atomic.Pointer[store.Fence]
 }
 
 func newShard(m *mapping, id string) *shard {
@@ -101,13 +105,37 @@ func (s *shard) status(now time.Time) ShardStatus {
 // commits, which may outlive ctx by the engine's drain timeout. Errors of the
 // store or the source are logged and retried with backoff from the last
 // durable checkpoint: nothing is skipped.
+//
+// With shard leases (WithShardLeases) it processes only while it holds the
+// shard's lease; see runLeased.
 func (s *shard) run(ctx, work context.Context) {
+	if s.e.lease != nil {
+		s.runLeased(ctx, work)
+		return
+	}
+	s.process(ctx, work)
+	if s.finished.Load() {
+		s.state.Store("finished")
+		return
+	}
+	s.state.Store("stopped")
+}
+
+// process runs the shard from its durable checkpoint until ctx is done,
+// restarting it after errors. It returns early, with fenced true, when a
+// commit was refused because the shard's lease was lost.
+func (s *shard) process(ctx, work context.Context) (fenced bool) {
 	log := s.e.log.With("mapping", s.m.cfg.Name, "shard", s.id)
 	failures := 0
 	for ctx.Err() == nil {
 		err := s.runOnce(ctx, work)
 		if err == nil || ctx.Err() != nil {
 			break
+		}
+		if errors.Is(err, store.ErrFenced) {
+			s.lastError.Store(err.Error())
+			log.Error("shard stopped: its lease was taken over, so its commit was refused", "err", err)
+			return true
 		}
 		failures++
 		s.state.Store("error")
@@ -117,11 +145,7 @@ func (s *shard) run(ctx, work context.Context) {
 			break
 		}
 	}
-	if s.finished.Load() {
-		s.state.Store("finished")
-		return
-	}
-	s.state.Store("stopped")
+	return false
 }
 
 // runOnce loads the durable position and processes windows until ctx is
@@ -190,17 +214,24 @@ func (s *shard) load(ctx context.Context) error {
 			return fmt.Errorf("finding %s: %w", cfg.StartingPosition, err)
 		}
 		cp = store.Checkpoint{Sequence: start}
-		if err := s.e.store.Commit(ctx, &store.Write{Checkpoint: s.cpKey, NewCheckpoint: cp}); err != nil {
+		w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: cp}
+		s.fenceWrite(w)
+		if err := s.e.store.Commit(ctx, w); err != nil {
 			return fmt.Errorf("creating checkpoint: %w", err)
 		}
 	}
 	if s.m.keyer.byIdentity() && !cfg.AtLeastOnce {
 		s.prog.mu.Lock()
-		if !s.prog.loaded {
+		if !s.prog.loaded || s.e.lease != nil {
 			p, err := s.e.store.Progress(ctx, s.pkKey)
 			if err != nil {
 				s.prog.mu.Unlock()
 				return fmt.Errorf("loading progress of scope %q: %w", cfg.Scope, err)
+			}
+			if s.prog.loaded {
+				// Under leases another engine may have moved the progress
+				// on while this one did not hold the shard: keep both.
+				p = mergeProgress(s.prog.p, p.HighWater, p.Above)
 			}
 			s.prog.p, s.prog.loaded = p, true
 		}
@@ -301,6 +332,7 @@ func (s *shard) commitLost(ctx context.Context, lost uint64, trimmed idem.Sequen
 		cp.Sequence = idem.MaxSequence(cp.Sequence, trimmed)
 	}
 	w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: cp}
+	s.fenceWrite(w)
 	if err := s.e.store.Commit(ctx, w); err != nil {
 		return fmt.Errorf("committing lost records: %w", err)
 	}

@@ -94,7 +94,8 @@ const maxRequestBytes = 6 << 20
 
 func (s *Server) routes(reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/streams/{stream}/records", s.handlePut)
+	mux.Handle("POST /v1/streams/{stream}/records", s.guardPut(s.handlePut))
+	s.invokeRoutes(mux)
 	mux.HandleFunc("GET /v1/streams/{stream}/records", s.handleRecords)
 	mux.HandleFunc("GET /v1/streams", s.handleStreams)
 	mux.HandleFunc("GET /v1/status", s.handleStatus)

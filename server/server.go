@@ -20,10 +20,10 @@ import (
 	"github.com/idem-run/idem/config"
 	"github.com/idem-run/idem/engine"
 	"github.com/idem-run/idem/function"
-	"github.com/idem-run/idem/function/gofunc"
 	"github.com/idem-run/idem/function/httpfn"
 	"github.com/idem-run/idem/function/process"
 	"github.com/idem-run/idem/internal/pebbledb"
+	"github.com/idem-run/idem/invoke"
 	"github.com/idem-run/idem/source"
 	srcembedded "github.com/idem-run/idem/source/embedded"
 	"github.com/idem-run/idem/source/jetstream"
@@ -50,6 +50,10 @@ type Server struct {
 	registry   *prometheus.Registry
 	http       *http.Server
 	ln         net.Listener
+
+	invokeHandlers map[string]idem.InvokeHandler
+	invoke         *invoke.Service
+	auth           *authenticator
 
 	closeOnce sync.Once
 }
@@ -109,7 +113,11 @@ func (s *Server) setup() error {
 	}
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s.engine = engine.New(s.store, engine.WithLogger(s.log), engine.WithRegisterer(s.registry))
+	opts := []engine.Option{engine.WithLogger(s.log), engine.WithRegisterer(s.registry)}
+	if l := s.cfg.Lease; l != nil {
+		opts = append(opts, engine.WithShardLeases(engine.DefaultLeaseOwner(), l.TTL.D()))
+	}
+	s.engine = engine.New(s.store, opts...)
 	s.registry.MustRegister(&statusCollector{e: s.engine})
 
 	fns := make(map[string]function.Driver)
@@ -135,16 +143,19 @@ func (s *Server) setup() error {
 			}
 			fns[f.Name] = d
 		default:
-			h, ok := s.handlers[f.Name]
-			if !ok {
-				errs = append(errs, fmt.Errorf("functions[%d] %q: has no http kind and no Go handler is registered under that name (a program embedding idem registers it with server.WithHandler)", i, f.Name))
+			d, err := s.goFunction(f.Name)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("functions[%d] %q: %w", i, f.Name, err))
 				continue
 			}
-			fns[f.Name] = gofunc.New(h)
+			fns[f.Name] = d
 		}
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	if err := s.setupInvoke(fns); err != nil {
+		return err
 	}
 	timeouts := make(map[string]time.Duration)
 	for _, f := range cfg.Functions {
@@ -284,6 +295,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer stopEngine()
 	engineDone := make(chan error, 1)
 	go func() { engineDone <- s.engine.Run(engineCtx) }()
+	invokeDone := s.runInvoke(engineCtx)
 
 	var runErr error
 	select {
@@ -298,6 +310,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	stopEngine()
 	if err := <-engineDone; err != nil && runErr == nil {
+		runErr = err
+	}
+	if err := <-invokeDone; err != nil && runErr == nil {
 		runErr = err
 	}
 	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

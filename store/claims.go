@@ -41,6 +41,13 @@ type Claims interface {
 	// ErrFenced returned for a fenced one).
 	Release(ctx context.Context, c Claim) error
 
+	// Extend moves c's lease to end at until, if c's token is still the
+	// key's (whatever its lease time: an owner whose lease ran out but was
+	// not taken over keeps it); otherwise it returns an error wrapping
+	// ErrFenced and changes nothing. A completed record is left as it is.
+	// A shard's owner under a lease extends it periodically.
+	Extend(ctx context.Context, c Claim, until time.Time) error
+
 	// Lookup returns key's record as of now: a completed record until it
 	// expires, an in-progress one while its lease runs; ok is false
 	// otherwise.

@@ -135,6 +135,21 @@ type Write struct {
 
 	State    []StateOp
 	Failures []Failure
+
+	// Fence, when set, makes the Write conditional on a lease: Commit
+	// applies it only if the claims record (store.Claims) of Fence.Key
+	// holds exactly Fence.Token at the moment of the write, whatever its
+	// lease time; otherwise it returns an error wrapping ErrFenced and
+	// applies nothing. A shard's owner under a lease fences every commit
+	// with it, so a process that lost the shard can never commit after it.
+	Fence *Fence
+}
+
+// Fence names the lease a Write is conditional on: the claims record of
+// Key, which must hold Token.
+type Fence struct {
+	Key   MarkKey
+	Token uint64
 }
 
 // Reset clears a Write for reuse without giving up its buffers.
@@ -165,7 +180,9 @@ type Driver interface {
 
 	// Commit applies w atomically and durably. A checkpoint below the
 	// stored one makes an error wrapping ErrCheckpointBackwards, and
-	// nothing is written.
+	// nothing is written; so does a w.Fence whose token the claims record
+	// no longer holds, with an error wrapping ErrFenced (drivers that do
+	// not implement Claims refuse any Fence).
 	Commit(ctx context.Context, w *Write) error
 
 	// DeleteCheckpoint removes a mapping's checkpoint (an explicit reset, the

@@ -1,5 +1,6 @@
 // Package gofunc runs an idem.Handler in the engine's own process, as a
-// function.Driver.
+// function.Driver, and an idem.InvokeHandler as a function.PayloadInvoker
+// (the Invoke API's direct invocations; see NewInvoke).
 //
 // # Delivery semantics
 //
@@ -38,23 +39,29 @@ import (
 // if the handler is: Invoke calls the handler once per batch, concurrently
 // for different shards.
 type Function struct {
-	h idem.Handler
+	h  idem.Handler       // nil for a Function made by NewInvoke
+	ih idem.InvokeHandler // nil unless NewInvoke or WithInvokeHandler set it
 }
 
 // New returns a Function that runs h. It panics if h is nil, a wiring
 // mistake that must surface at startup rather than at the first batch.
-func New(h idem.Handler) *Function {
+func New(h idem.Handler, opts ...Option) *Function {
 	if h == nil {
 		panic("gofunc: New called with a nil idem.Handler")
 	}
-	return &Function{h: h}
+	f := &Function{h: h}
+	for _, o := range opts {
+		o.apply(f)
+	}
+	return f
 }
 
 var _ function.InProcess = (*Function)(nil)
 
-// InProcess reports true: the handler gets the engine's Batch as it is,
-// with its store transaction (idem.TxFrom).
-func (f *Function) InProcess() bool { return true }
+// InProcess reports true for a batch handler: it gets the engine's Batch
+// as it is, with its store transaction (idem.TxFrom). A Function made by
+// NewInvoke reports false: its handler gets the batch as event JSON.
+func (f *Function) InProcess() bool { return f.h != nil }
 
 // Invoke calls the handler with b on the calling goroutine and waits for it
 // to return, even past ctx's deadline: a handler that ignores ctx cannot be
@@ -91,6 +98,9 @@ func (f *Function) Invoke(ctx context.Context, b *idem.Batch) (res function.Resu
 			res, err = function.Result{}, &function.Error{Type: function.TypePanic, Message: fmt.Sprint(p), Err: pe}
 		}
 	}()
+	if f.h == nil {
+		return f.invokeEvent(ctx, b)
+	}
 	br, herr := f.h.HandleBatch(ctx, b)
 	// Translating runs under the recover above: a handler's error type
 	// whose Error method panics is the handler's panic.

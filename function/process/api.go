@@ -21,6 +21,7 @@ const (
 	headerDeadlineMS     = "Lambda-Runtime-Deadline-Ms"
 	headerFunctionARN    = "Lambda-Runtime-Invoked-Function-Arn"
 	headerTraceID        = "Lambda-Runtime-Trace-Id"
+	headerClientContext  = "Lambda-Runtime-Client-Context"
 	headerErrorType      = "Lambda-Runtime-Function-Error-Type"
 	trailerErrorBody     = "Lambda-Runtime-Function-Error-Body"
 	headerExtensionName  = "Lambda-Extension-Name"
@@ -116,6 +117,9 @@ func (f *Function) next(w http.ResponseWriter, r *http.Request, inst *instance) 
 	h.Set(headerDeadlineMS, strconv.FormatInt(inv.deadline.UnixMilli(), 10))
 	h.Set(headerFunctionARN, f.arn)
 	h.Set(headerTraceID, traceID())
+	if len(inv.clientContext) > 0 {
+		h.Set(headerClientContext, string(inv.clientContext))
+	}
 	w.WriteHeader(http.StatusOK)
 	_, err := w.Write(ev.b)
 	if err == nil {
@@ -143,6 +147,7 @@ func (f *Function) response(w http.ResponseWriter, r *http.Request, inst *instan
 		return
 	}
 	var res function.Result
+	var raw []byte
 	var ferr error
 	if n > function.MaxResponseSize {
 		// Read on, to the trailers and so that the runtime's write ends
@@ -155,10 +160,16 @@ func (f *Function) response(w http.ResponseWriter, r *http.Request, inst *instan
 		// in trailers.
 		body, _ := base64.StdEncoding.DecodeString(r.Trailer.Get(trailerErrorBody))
 		ferr = parseError(body, typ)
+	} else if inv.raw {
+		raw = bytes.Clone(buf.Bytes())
 	} else {
 		res, ferr = function.ParseResponse(buf.Bytes())
 	}
-	inst.complete(inv, res, ferr)
+	if inv.raw {
+		inst.completePayload(inv, raw, ferr)
+	} else {
+		inst.complete(inv, res, ferr)
+	}
 	writeAccepted(w)
 }
 

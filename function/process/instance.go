@@ -23,6 +23,12 @@ type invocation struct {
 	event       *eventBuf
 	ctxDeadline time.Time // zero without one
 	done        chan struct{}
+	// raw keeps the answer verbatim in payload (InvokePayload) instead of
+	// reading it as a batch response; clientContext is sent as
+	// Lambda-Runtime-Client-Context. Both are set before the invocation is
+	// handed over.
+	raw           bool
+	clientContext []byte
 
 	// Set by the instance that takes it, under its mu; read by Invoke once
 	// done is closed.
@@ -34,6 +40,7 @@ type invocation struct {
 	undelivered bool // finished without any process seeing it
 	res         function.Result
 	err         error
+	payload     []byte // the verbatim answer of a raw invocation
 }
 
 // instance is one run of one process. A process that exits is replaced by

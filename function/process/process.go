@@ -457,21 +457,35 @@ type eventBuf struct{ b []byte }
 // already running the batch finishes it (within Timeout) and its answer is
 // dropped.
 func (f *Function) Invoke(ctx context.Context, b *idem.Batch) (function.Result, error) {
+	inv, err := f.run(ctx, requestID(b), func(dst []byte) []byte {
+		return httpfn.AppendKinesisEvent(dst, f.cfg.Region, b)
+	}, false, nil)
+	if err != nil {
+		return function.Result{}, err
+	}
+	return inv.res, inv.err
+}
+
+// run hands the event that encode appends to an idle process, as
+// invocation id, and waits for the process's answer; the returned
+// invocation holds it. With raw set, the answer is kept verbatim
+// (invocation.payload) instead of being read as a batch response. Its
+// error is for a failure before a process answered.
+func (f *Function) run(ctx context.Context, id string, encode func([]byte) []byte, raw bool, clientContext []byte) (*invocation, error) {
 	select {
 	case <-f.closing:
-		return function.Result{}, ErrClosed
+		return nil, ErrClosed
 	default:
 	}
 	start := time.Now()
 	ctxDeadline, _ := ctx.Deadline()
-	id := requestID(b)
 	for {
 		ev, ok := f.events.Get().(*eventBuf)
 		if !ok {
 			ev = new(eventBuf)
 		}
-		ev.b = httpfn.AppendKinesisEvent(ev.b[:0], f.cfg.Region, b)
-		inv := &invocation{id: id, event: ev, ctxDeadline: ctxDeadline, done: make(chan struct{})}
+		ev.b = encode(ev.b[:0])
+		inv := &invocation{id: id, event: ev, ctxDeadline: ctxDeadline, done: make(chan struct{}), raw: raw, clientContext: clientContext}
 		f.mu.Lock()
 		initFailed := f.initFailed
 		f.mu.Unlock()
@@ -479,22 +493,22 @@ func (f *Function) Invoke(ctx context.Context, b *idem.Batch) (function.Result, 
 		case f.work <- inv: // the process's handler owns ev now
 		case <-ctx.Done():
 			f.putEvent(ev)
-			return function.Result{}, f.waitError(ctx, start)
+			return nil, f.waitError(ctx, start)
 		case <-f.closing:
 			f.putEvent(ev)
-			return function.Result{}, ErrClosed
+			return nil, ErrClosed
 		case <-initFailed:
 			f.putEvent(ev)
 			f.mu.Lock()
 			fe := *f.initErr
 			f.mu.Unlock()
-			return function.Result{}, &fe
+			return nil, &fe
 		}
 		select {
 		case <-inv.done:
 		case <-ctx.Done():
 			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return function.Result{}, ctx.Err()
+				return nil, ctx.Err()
 			}
 			// The process's deadline is no later than ctx's: its timer
 			// ends the invocation (and the process) now.
@@ -503,7 +517,7 @@ func (f *Function) Invoke(ctx context.Context, b *idem.Batch) (function.Result, 
 		if inv.undelivered {
 			continue // no process saw it: hand it to another
 		}
-		return inv.res, inv.err
+		return inv, nil
 	}
 }
 

@@ -135,6 +135,32 @@ func (db *DB) Release(ctx context.Context, c store.Claim) error {
 	})
 }
 
+// Extend implements store.Claims: c's lease now ends at until, if c still
+// holds the key; a completed record is left as it is.
+func (db *DB) Extend(ctx context.Context, c store.Claim, until time.Time) error {
+	return db.finish(ctx, c, func(cur *store.Claim) []byte {
+		if cur.Status == store.Completed {
+			return nil
+		}
+		cur.LeaseUntil = until
+		return appendClaim(nil, cur)
+	})
+}
+
+// checkFence returns an error wrapping store.ErrFenced unless f's key
+// holds f's token. The caller holds claimMu, so that no Claim can take the
+// key over between the check and the write it guards.
+func (db *DB) checkFence(f *store.Fence) error {
+	cur, found, err := db.loadClaim(f.Key)
+	if err != nil {
+		return fmt.Errorf("fence %x: %w", f.Key, err)
+	}
+	if !found || cur.Token != f.Token {
+		return fmt.Errorf("fence %x token %d (held: %d): %w", f.Key, f.Token, cur.Token, store.ErrFenced)
+	}
+	return nil
+}
+
 // finish rewrites c's record with update if c still holds it.
 func (db *DB) finish(ctx context.Context, c store.Claim, update func(*store.Claim) []byte) error {
 	if err := ctx.Err(); err != nil {

@@ -171,8 +171,11 @@ func (db *DB) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) err
 // size limit does not apply: the records already passed a source's own, and
 // refusing them would stop the shard for good.
 //
+// A w.Fence is checked against the claims record of its key under the
+// lock Claim takes, and the batch committed under it too.
+//
 // Errors: ErrStreamNotFound for a missing destination (nothing is written),
-// ErrClosed, ctx.Err().
+// store.ErrFenced (nothing is written), ErrClosed, ctx.Err().
 func (db *DB) Commit(ctx context.Context, w *store.Write) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -266,6 +269,15 @@ func (db *DB) Commit(ctx context.Context, w *store.Write) error {
 	if len(w.Marks) > 0 {
 		db.markMu.RLock()
 		defer db.markMu.RUnlock()
+	}
+	if w.Fence != nil {
+		// Check and write under claimMu: a Claim that takes the key over
+		// comes entirely before (and fences this Write) or after it.
+		db.claimMu.Lock()
+		defer db.claimMu.Unlock()
+		if err := db.checkFence(w.Fence); err != nil {
+			return wrap(err)
+		}
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return wrap(err)

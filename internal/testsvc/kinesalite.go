@@ -23,7 +23,13 @@ const kinesaliteOptions = `{createStreamMs: 0, deleteStreamMs: 0, updateStreamMs
 // startScript runs kinesalite's server on 127.0.0.1 (its command line
 // listens on every interface), prints the port, and exits when its standard
 // input closes, so that it never outlives the test binary.
-const startScript = `const k = require(process.argv[1]);
+const startScript = `process.on("uncaughtException", (err) => {
+  // kinesalite rethrows a client's dropped connection, which an engine
+  // stopping mid-GetRecords does legitimately: ignore that one.
+  if (err && err.code === "ECONNRESET") return;
+  console.error(err); process.exit(1);
+});
+const k = require(process.argv[1]);
 const srv = k(` + kinesaliteOptions + `);
 srv.listen(0, "127.0.0.1", () => console.log("LISTENING " + srv.address().port));
 process.stdin.on("end", () => process.exit(0));

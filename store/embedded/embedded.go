@@ -77,6 +77,11 @@ func (s *Store) Complete(ctx context.Context, c store.Claim, result []byte, expi
 // Release ends a claim's lease early; see store.Claims.
 func (s *Store) Release(ctx context.Context, c store.Claim) error { return s.db.Release(ctx, c) }
 
+// Extend moves a claim's lease on; see store.Claims.
+func (s *Store) Extend(ctx context.Context, c store.Claim, until time.Time) error {
+	return s.db.Extend(ctx, c, until)
+}
+
 // Lookup returns an idempotency record; see store.Claims.
 func (s *Store) Lookup(ctx context.Context, key store.MarkKey, now time.Time) (store.Claim, bool, error) {
 	return s.db.Lookup(ctx, key, now)

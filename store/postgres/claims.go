@@ -129,6 +129,34 @@ func (s *Store) Release(ctx context.Context, c store.Claim) error {
 	return nil
 }
 
+// Extend moves c's lease to end at until, if c's token is still the key's
+// and the record is in progress; a completed record is left as it is, and
+// a fenced claim makes an error wrapping store.ErrFenced. See store.Claims.
+func (s *Store) Extend(ctx context.Context, c store.Claim, until time.Time) error {
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: extend claim %x token %d: %w", c.Key[:], c.Token, err)
+	}
+	if err := s.enter(); err != nil {
+		return wrap(err)
+	}
+	tag, err := s.pool.Exec(ctx, s.q.extend, c.Key[:], int64(c.Token), until)
+	if err != nil {
+		return wrap(s.dbErr(err))
+	}
+	if tag.RowsAffected() == 1 {
+		return nil
+	}
+	var status string
+	err = s.pool.QueryRow(ctx, s.q.claimHeld, c.Key[:], int64(c.Token)).Scan(&status)
+	if errNoRows(err) {
+		return wrap(store.ErrFenced)
+	}
+	if err != nil {
+		return wrap(s.dbErr(err))
+	}
+	return nil
+}
+
 // Lookup returns key's record as of now: a completed one until it expires,
 // an in-progress one (Status InProgress) while its lease runs; see
 // store.Claims.

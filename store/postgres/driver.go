@@ -160,7 +160,9 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 
 // Commit applies w in one transaction and one round trip: its statements
 // go as one pipelined batch, which PostgreSQL runs as an implicit
-// transaction committed at the batch's end. In order: the checkpoint
+// transaction committed at the batch's end. In order: w.Fence's check, if
+// any (which raises, aborting the rest, unless the claims record holds its
+// token, and locks that record until the commit), the checkpoint
 // (which raises, aborting the rest, if it would move backwards as a
 // number), the progress, the marks (one multi-row upsert over unnest
 // arrays; of repeated keys the last wins), the state writes (one upsert and
@@ -169,7 +171,8 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // key order, so concurrent Commits lock shared rows in one order. Commit
 // does not keep w.
 //
-// Errors: store.ErrCheckpointBackwards (nothing written), store.ErrClosed,
+// Errors: store.ErrCheckpointBackwards and store.ErrFenced (nothing
+// written), store.ErrClosed,
 // an invalid sequence, and PostgreSQL's errors; all name the checkpoint.
 func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	if err := s.enter(); err != nil {
@@ -192,10 +195,14 @@ func commitErr(w *store.Write, err error) error {
 }
 
 // batchErr turns the error of w's batch into store.ErrCheckpointBackwards
-// when put_checkpoint refused to move the checkpoint backwards.
+// when put_checkpoint refused to move the checkpoint backwards, and into
+// store.ErrFenced when check_fence refused w's fence.
 func (s *Store) batchErr(w *store.Write, err error) error {
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeBackwards {
 		return fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, pe.Detail, w.NewCheckpoint.Sequence)
+	}
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeFenced && w.Fence != nil {
+		return fmt.Errorf("%w: fence %x token %d (held: %s)", store.ErrFenced, w.Fence.Key[:], w.Fence.Token, pe.Detail)
 	}
 	return s.dbErr(err)
 }
@@ -210,6 +217,9 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
 	cp := &w.Checkpoint
 	nc := &w.NewCheckpoint
 	b := &pgx.Batch{}
+	if f := w.Fence; f != nil {
+		b.Queue(s.q.checkFence, f.Key[:], int64(f.Token))
+	}
 	b.Queue(s.q.putCheckpoint, escape(cp.Mapping), escape(cp.Stream), escape(cp.Shard), string(nc.Sequence), nc.Processed, nc.Skipped, nc.Discarded, nc.Lost)
 	if w.HasProgress {
 		pk := &w.ProgressKey

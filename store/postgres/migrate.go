@@ -16,6 +16,10 @@ import (
 // classes).
 const codeBackwards = "IDM01"
 
+// codeFenced is the SQLSTATE check_fence raises when a Write's fence no
+// longer holds its lease.
+const codeFenced = "IDM02"
+
 // migrations are applied in order; migration i brings the schema to version
 // i+1. They are append-only: a released migration is never edited, a change
 // is a new one. "{s}" stands for the quoted schema name.
@@ -145,6 +149,26 @@ BEGIN
 END
 $fn$;
 `,
+	// 2: check_fence, the first statement of a fenced Write.
+	`
+-- check_fence raises IDM02 unless the claims record of p_key holds
+-- p_token (whatever its lease time). It locks the row FOR SHARE until the
+-- transaction ends, so no claim can take the key over between the check
+-- and the commit of the Write it guards.
+CREATE FUNCTION {s}.check_fence(p_key bytea, p_token bigint) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+	v_token bigint;
+BEGIN
+	SELECT c.token INTO v_token FROM {s}.claims c WHERE c.key = p_key FOR SHARE;
+	IF v_token IS DISTINCT FROM p_token THEN
+		RAISE EXCEPTION USING ERRCODE = 'IDM02',
+			MESSAGE = format('fenced: the lease is no longer held by token %s', p_token),
+			DETAIL = coalesce(v_token::text, 'none');
+	END IF;
+END
+$fn$;
+`,
 }
 
 // lockKey is the advisory lock that serializes migrations of one schema
@@ -204,7 +228,7 @@ type queries struct {
 
 	putCheckpoint, putProgress, putMarks, putState, deleteState, putFailure string
 
-	claim, complete, release, claimHeld, lookup string
+	claim, complete, release, extend, claimHeld, lookup, checkFence string
 
 	failures string
 
@@ -234,10 +258,12 @@ SELECT f.id, r.ord - 1, r.stream, r.shard, r.sequence, r.partition_key, r.data, 
 FROM f, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::timestamptz[])
 	WITH ORDINALITY AS r (stream, shard, sequence, partition_key, data, arrival_time, ord)`),
 
-		claim:     r.Replace(`SELECT r_acquired, r_status, r_token, r_payload_hash, r_lease_until, r_expires, r_result FROM {s}.claim($1, $2, $3, $4)`),
-		complete:  r.Replace(`UPDATE {s}.claims SET status = 'COMPLETED', result = $3, expires = $4 WHERE key = $1 AND token = $2`),
-		release:   r.Replace(`UPDATE {s}.claims SET lease_until = 'epoch' WHERE key = $1 AND token = $2 AND status = 'ACQUIRED'`),
-		claimHeld: r.Replace(`SELECT status FROM {s}.claims WHERE key = $1 AND token = $2`),
+		claim:      r.Replace(`SELECT r_acquired, r_status, r_token, r_payload_hash, r_lease_until, r_expires, r_result FROM {s}.claim($1, $2, $3, $4)`),
+		complete:   r.Replace(`UPDATE {s}.claims SET status = 'COMPLETED', result = $3, expires = $4 WHERE key = $1 AND token = $2`),
+		release:    r.Replace(`UPDATE {s}.claims SET lease_until = 'epoch' WHERE key = $1 AND token = $2 AND status = 'ACQUIRED'`),
+		extend:     r.Replace(`UPDATE {s}.claims SET lease_until = $3 WHERE key = $1 AND token = $2 AND status = 'ACQUIRED'`),
+		checkFence: r.Replace(`SELECT {s}.check_fence($1, $2)`),
+		claimHeld:  r.Replace(`SELECT status FROM {s}.claims WHERE key = $1 AND token = $2`),
 		lookup: r.Replace(`SELECT status, token, payload_hash, lease_until, expires, result FROM {s}.claims
 WHERE key = $1 AND ((status = 'COMPLETED' AND (expires IS NULL OR expires > $2)) OR (status = 'ACQUIRED' AND lease_until > $2))`),
 

@@ -119,7 +119,18 @@ func (s *Store) Release(ctx context.Context, c store.Claim) error {
 	return finish("release", c, res, err)
 }
 
-// finish reads the reply of Complete's or Release's script.
+// Extend implements store.Claims: the lease of c, if it still holds the
+// key, now ends at until, and the record's key is kept one grace longer.
+func (s *Store) Extend(ctx context.Context, c store.Claim, until time.Time) error {
+	if err := s.enter("extend"); err != nil {
+		return err
+	}
+	res, err := extendScript.Run(ctx, s.client, []string{s.claimKey(c.Key)},
+		strconv.FormatUint(c.Token, 10), unixNano(until), s.gcAt(until)).Result()
+	return finish("extend", c, res, err)
+}
+
+// finish reads the reply of Complete's, Release's or Extend's script.
 func finish(op string, c store.Claim, res any, err error) error {
 	wrap := func(err error) error {
 		return fmt.Errorf("redis store: %s claim %x token %d: %w", op, c.Key, c.Token, err)

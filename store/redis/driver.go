@@ -180,6 +180,10 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // is durable as far as the server's persistence settings make it (see
 // Store.Durable). Commit does not keep w.
 //
+// A w.Fence is checked first, in the script: unless the claim of its key
+// holds its token, Commit returns an error wrapping store.ErrFenced and
+// nothing is written.
+//
 // An error from the connection (a timeout, ctx ended) leaves the outcome
 // unknown: the script may have run. A later Commit of the same shard
 // moves the checkpoint on either way.
@@ -197,7 +201,7 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	nkeys := 2 + len(w.Marks) + len(w.State) + len(w.Failures)
 	keys := make([]string, 0, nkeys)
 	keys = append(keys, s.checkpointKey(cp), s.progressKey(w.ProgressKey))
-	nargs := 10 + 2*len(w.Marks) + 2*len(w.State)
+	nargs := 11 + 2*len(w.Marks) + 2*len(w.State)
 	for i := range w.Failures {
 		nargs += 1 + 9 + 17*len(w.Failures[i].Records)
 	}
@@ -214,7 +218,7 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	args = append(args, string(c.Sequence),
 		strconv.FormatUint(c.Processed, 10), strconv.FormatUint(c.Skipped, 10),
 		strconv.FormatUint(c.Discarded, 10), strconv.FormatUint(c.Lost, 10),
-		hasProgress, progress, len(w.Marks), len(w.State), len(w.Failures))
+		hasProgress, progress, len(w.Marks), len(w.State), len(w.Failures), fenceToken(w.Fence))
 	for _, m := range w.Marks {
 		keys = append(keys, s.markKey(m.Key))
 		args = append(args, strconv.FormatInt(m.Expires.UnixNano(), 10), strconv.FormatInt(s.gcAt(m.Expires), 10))
@@ -233,6 +237,9 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 		keys = append(keys, s.failureKey(f.Destination))
 		args = appendFailure(args, f)
 	}
+	if w.Fence != nil {
+		keys = append(keys, s.claimKey(w.Fence.Key))
+	}
 	res, err := commitScript.Run(ctx, s.client, keys, args...).Result()
 	if err != nil {
 		return wrap(err)
@@ -247,6 +254,18 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	case "backwards":
 		stored, _ := str(rest, 0)
 		return wrap(fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, stored, c.Sequence))
+	case "fenced":
+		held, _ := str(rest, 0)
+		return wrap(fmt.Errorf("%w: fence %x token %d (held: %s)", store.ErrFenced, w.Fence.Key[:], w.Fence.Token, held))
 	}
 	return wrap(fmt.Errorf("unexpected script reply %q", code))
+}
+
+// fenceToken is the commit script's fence argument: f's token, or the empty string for
+// none.
+func fenceToken(f *store.Fence) string {
+	if f == nil {
+		return ""
+	}
+	return strconv.FormatUint(f.Token, 10)
 }

@@ -31,13 +31,23 @@ end
 //
 // KEYS: checkpoint, progress, then one per mark, per state op, per failure.
 // ARGV: 1 sequence, 2-5 processed skipped discarded lost, 6 '1' to write
-// progress, 7 progress, 8-10 the counts of marks, state ops and failures;
-// then per mark its expiry (Unix ns) and PXAT (Unix ms); per state op 's'
+// progress, 7 progress, 8-10 the counts of marks, state ops and failures,
+// 11 the fence token; then per mark its expiry (Unix ns) and PXAT (Unix ms); per state op 's'
 // or 'd' and the value; per failure its number of entries, and per entry
 // its number of field and value arguments followed by them.
 //
-// Reply: {'ok'}, or {'backwards', stored sequence} with nothing written.
+// ARGV 11 is the fence's token, or an empty string for none; when set, the last key is
+// the fence's claim, which must hold that token.
+//
+// Reply: {'ok'}, {'backwards', stored sequence} or {'fenced', held token}
+// with nothing written.
 var commitScript = goredis.NewScript(luaCompare + `
+if ARGV[11] ~= '' then
+  local held = redis.call('HGET', KEYS[#KEYS], 'token')
+  if held ~= ARGV[11] then
+    return {'fenced', held or 'none'}
+  end
+end
 local cur = redis.call('HGET', KEYS[1], 'seq')
 if cur and cmpdec(ARGV[1], cur) < 0 then
   return {'backwards', cur}
@@ -54,7 +64,7 @@ redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'processed', ARGV[2], 'skipped', ARG
 if ARGV[6] == '1' then
   redis.call('SET', KEYS[2], ARGV[7])
 end
-local a = 11
+local a = 12
 for i = 1, nm do
   redis.call('SET', KEYS[2 + i], ARGV[a], 'PXAT', ARGV[a + 1])
   a = a + 2
@@ -147,6 +157,25 @@ if h[1] ~= ARGV[1] then
 end
 if h[2] ~= 'C' then
   redis.call('HSET', KEYS[1], 'lease', '1')
+end
+return {'ok'}
+`)
+
+// extendScript moves the lease of a claim that still holds the key's
+// token; a completed record is left as it is.
+//
+// KEYS: claim. ARGV: token, lease until (Unix ns), PEXPIREAT (Unix ms).
+// Reply: {'ok'} or {'fenced'}.
+var extendScript = goredis.NewScript(`
+local h = redis.call('HMGET', KEYS[1], 'token', 'status')
+if h[1] ~= ARGV[1] then
+  return {'fenced'}
+end
+if h[2] ~= 'C' then
+  redis.call('HSET', KEYS[1], 'lease', ARGV[2])
+  if redis.call('PTTL', KEYS[1]) >= 0 then
+    redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+  end
 end
 return {'ok'}
 `)

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -23,6 +24,8 @@ var claimTests = []struct {
 	{"ClaimLeaseTakeoverFences", testClaimTakeover},
 	{"ClaimReleaseAndExpiry", testClaimReleaseAndExpiry},
 	{"ClaimSurvivesRestart", testClaimSurvivesRestart},
+	{"ClaimExtend", testClaimExtend},
+	{"FencedCommit", testFencedCommit},
 }
 
 func claimsOf(f *fixture) store.Claims {
@@ -189,5 +192,112 @@ func testClaimSurvivesRestart(t *testing.T, f *fixture, _ store.Claims) {
 	}
 	if _, err := c.Claim(f.ctx, f.mark(1), payload("p"), time.Hour, now); !errors.Is(err, store.ErrClaimHeld) {
 		t.Fatalf("claim after restart: %v, want ErrClaimHeld", err)
+	}
+}
+
+// testClaimExtend: Extend moves a lease on while the token holds the key,
+// even once the lease ran out without a takeover; after a takeover it is
+// fenced and changes nothing.
+func testClaimExtend(t *testing.T, f *fixture, c store.Claims) {
+	key, now := f.mark(0), time.Now()
+	cl, err := c.Claim(f.ctx, key, payload("lease"), time.Second, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Extend(f.ctx, cl, now.Add(time.Minute)); err != nil {
+		t.Fatalf("Extend: %v", err)
+	}
+	if _, err := c.Claim(f.ctx, key, payload("lease"), time.Second, now.Add(30*time.Second)); !errors.Is(err, store.ErrClaimHeld) {
+		t.Fatalf("Claim under an extended lease: %v, want ErrClaimHeld", err)
+	}
+	got, ok, err := c.Lookup(f.ctx, key, now.Add(30*time.Second))
+	if err != nil || !ok || got.Token != cl.Token || got.LeaseUntil.Sub(now.Add(time.Minute)).Abs() > time.Millisecond {
+		t.Fatalf("Lookup under an extended lease = %+v, %v, %v; want token %d until %s", got, ok, err, cl.Token, now.Add(time.Minute))
+	}
+	// Ran out, not taken over: still the owner's to extend.
+	if err := c.Extend(f.ctx, cl, now.Add(3*time.Minute)); err != nil {
+		t.Fatalf("Extend of a lapsed lease not taken over: %v", err)
+	}
+	taken, err := c.Claim(f.ctx, key, payload("lease"), time.Minute, now.Add(4*time.Minute))
+	if err != nil || taken.Token <= cl.Token {
+		t.Fatalf("takeover = %+v, %v", taken, err)
+	}
+	if err := c.Extend(f.ctx, cl, now.Add(time.Hour)); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("old owner's Extend: %v, want ErrFenced", err)
+	}
+	if _, err := c.Claim(f.ctx, key, payload("lease"), time.Minute, now.Add(6*time.Minute)); err != nil {
+		t.Fatalf("Claim once the new lease ran out (the old owner's Extend must not have moved it): %v", err)
+	}
+}
+
+// testFencedCommit: a Write fenced by a lease applies only while the
+// lease's token holds the key: a stale token's Write is refused whole
+// (checkpoint, progress, marks, state), a key without a record fences every
+// token, and the current token's Write applies.
+func testFencedCommit(t *testing.T, f *fixture, c store.Claims) {
+	now := time.Now()
+	lease := f.mark(1000)
+	cpKey, pKey, ns := f.cpKey("shard-0"), f.progressKey("shard-0"), f.ns+"/scope"
+	mk := f.mark(1)
+	write := func(seq int, value string, fence *store.Fence) *store.Write {
+		return &store.Write{
+			Checkpoint: cpKey, NewCheckpoint: store.Checkpoint{Sequence: sq(seq), Processed: uint64(seq)},
+			HasProgress: true, ProgressKey: pKey, Progress: store.Progress{HighWater: sq(seq)},
+			Marks: []store.Mark{{Key: mk, Expires: now.Add(time.Hour)}},
+			State: []store.StateOp{{Namespace: ns, Key: "k", Value: []byte(value)}},
+			Fence: fence,
+		}
+	}
+	untouched := func(when string) {
+		t.Helper()
+		if _, ok := f.checkpoint(cpKey); ok {
+			t.Fatalf("%s: a checkpoint was written", when)
+		}
+		if p := f.progress(pKey); p.HighWater != "" {
+			t.Fatalf("%s: progress = %+v, want none", when, p)
+		}
+		if f.completed([]store.MarkKey{mk}, now)[0] {
+			t.Fatalf("%s: the mark was written", when)
+		}
+		f.wantState(ns, "k", nil)
+	}
+
+	if err := f.d.Commit(f.ctx, write(1, "none", &store.Fence{Key: lease, Token: 1})); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("Commit fenced by a key without a record: %v, want ErrFenced", err)
+	}
+	untouched("after a commit fenced by a missing record")
+
+	old, err := c.Claim(f.ctx, lease, payload("lease"), time.Second, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken, err := c.Claim(f.ctx, lease, payload("lease"), time.Minute, now.Add(2*time.Second))
+	if err != nil || taken.Token <= old.Token {
+		t.Fatalf("takeover = %+v, %v", taken, err)
+	}
+	if err := f.d.Commit(f.ctx, write(5, "stale", &store.Fence{Key: lease, Token: old.Token})); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("Commit with a stale token: %v, want ErrFenced", err)
+	}
+	untouched("after a stale owner's commit")
+
+	// The current token applies, even once its lease ran out (nobody took
+	// it over): the fence is the token, not the time.
+	f.commit(write(3, "fresh", &store.Fence{Key: lease, Token: taken.Token}))
+	f.wantCheckpoint(cpKey, store.Checkpoint{Sequence: sq(3), Processed: 3})
+	if p := f.progress(pKey); p.HighWater != sq(3) {
+		t.Fatalf("progress = %+v, want high water 3", p)
+	}
+	if !f.completed([]store.MarkKey{mk}, now)[0] {
+		t.Fatal("the current owner's mark was not written")
+	}
+	f.wantState(ns, "k", []byte("fresh"))
+
+	// The stale owner is still refused after the current one wrote.
+	if err := f.d.Commit(f.ctx, write(9, "stale", &store.Fence{Key: lease, Token: old.Token})); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("Commit with a stale token after the owner's: %v, want ErrFenced", err)
+	}
+	f.wantCheckpoint(cpKey, store.Checkpoint{Sequence: sq(3), Processed: 3})
+	if got, err := f.d.State(f.ctx, ns, "k"); err != nil || !bytes.Equal(got, []byte("fresh")) {
+		t.Fatalf("state after a stale commit = %q, %v; want fresh", got, err)
 	}
 }

@@ -1,0 +1,43 @@
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// Lease is the top-level `lease` key: with it, several `idem serve`
+// processes sharing one PostgreSQL or Redis store run the same mappings,
+// each shard processed by the one process that holds its lease. A process
+// renews its leases every ttl/3; a crashed one's shards are taken over
+// once its leases run out, and a process that lost a lease can never
+// commit for the shard again (its writes are fenced by the lease's token).
+// The embedded store refuses it: one process owns its data dir.
+type Lease struct {
+	// TTL is how long a lease lasts without renewal, 1s to 10m: how long a
+	// crashed process's shards wait before another process takes them over.
+	// Default: 10s
+	TTL Duration `yaml:"ttl"`
+}
+
+const (
+	defaultLeaseTTL = Duration(10 * time.Second)
+	minLeaseTTL     = Duration(time.Second)
+	maxLeaseTTL     = Duration(10 * time.Minute)
+)
+
+func (f *File) applyLeaseDefaults(set func(path string) bool) {
+	if l := f.Lease; l != nil && !set("lease.ttl") && l.TTL == 0 {
+		l.TTL = defaultLeaseTTL
+	}
+}
+
+func (c *checker) lease(f *File) {
+	l := f.Lease
+	if l == nil {
+		return
+	}
+	if f.Store.Postgres == nil && f.Store.Redis == nil {
+		c.add("lease", fmt.Errorf("needs a shared store (store.postgres or store.redis): the embedded store belongs to the one process that owns %s", f.DataDir))
+	}
+	c.durRange("lease.ttl", l.TTL, minLeaseTTL, maxLeaseTTL)
+}

@@ -1,0 +1,53 @@
+package invoke
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+)
+
+// An event queued for asynchronous invocation is one record of the
+// function's queue stream:
+//
+//	{"v":1,"requestId":"…","key":"…"}\n<payload>
+//
+// a one-line JSON header (json.Marshal never writes a raw newline), then
+// the payload verbatim. The payload is JSON, so the whole record reads as
+// text (`idem records --stream idem:invoke:<function>`). The format is
+// stable: a queue written by one version of idem is run by the next. The
+// record's arrival time is the event's acceptance time, for
+// maximumEventAge.
+type envelope struct {
+	V         int    `json:"v"`
+	RequestID string `json:"requestId"`
+	// Key is the invocation's idempotency key, if it has one.
+	Key string `json:"key,omitempty"`
+	// Payload is not in the header.
+	Payload []byte `json:"-"`
+}
+
+const envelopeVersion = 1
+
+func (e *envelope) encode() []byte {
+	e.V = envelopeVersion
+	h, _ := json.Marshal(e)
+	out := make([]byte, 0, len(h)+1+len(e.Payload))
+	out = append(out, h...)
+	out = append(out, '\n')
+	return append(out, e.Payload...)
+}
+
+var errBadEnvelope = errors.New("invoke: queued event is not an idem event envelope")
+
+func decodeEnvelope(b []byte) (envelope, error) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return envelope{}, errBadEnvelope
+	}
+	var e envelope
+	if err := json.Unmarshal(b[:i], &e); err != nil || e.V != envelopeVersion || e.RequestID == "" {
+		return envelope{}, errBadEnvelope
+	}
+	e.Payload = b[i+1:]
+	return e, nil
+}

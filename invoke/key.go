@@ -1,0 +1,98 @@
+package invoke
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"unicode"
+
+	"github.com/jmespath/go-jmespath"
+
+	"github.com/idem-run/idem/store"
+)
+
+// maxKeyBytes bounds an idempotency key, from a header or an expression.
+const maxKeyBytes = 1024
+
+// keyScope is the claims namespace of a function's invocations. The leading
+// NUL keeps it apart from every scope a configuration can name, and from
+// the engine's step journal ("\x00step").
+func keyScope(function string) string { return "\x00invoke/" + function }
+
+// markKey hashes (scope, key) into a store.MarkKey, as the engine does.
+func markKey(scope, key string) store.MarkKey {
+	h := fnv.New128a()
+	h.Write([]byte(scope))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	var mk store.MarkKey
+	h.Sum(mk[:0])
+	return mk
+}
+
+// payloadHash is the SHA-256 a claim keeps, so that a repeat with another
+// payload under the same key is refused.
+func payloadHash(payload []byte) store.PayloadHash { return sha256.Sum256(payload) }
+
+// checkKey validates an Idempotency-Key header.
+func checkKey(k string) error {
+	if len(k) > maxKeyBytes {
+		return fmt.Errorf("Idempotency-Key is %d bytes; the maximum is %d", len(k), maxKeyBytes)
+	}
+	for _, r := range k {
+		if r > unicode.MaxASCII || !unicode.IsPrint(r) {
+			return fmt.Errorf("Idempotency-Key %q: only printable ASCII is allowed", k)
+		}
+	}
+	return nil
+}
+
+// compileKey compiles a function's idempotency.key expression; nil for "".
+func compileKey(expr string) (k *jmespath.JMESPath, err error) {
+	if expr == "" {
+		return nil, nil
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("JMESPath parser failed: %v", r)
+		}
+	}()
+	return jmespath.Compile(expr)
+}
+
+// evalKey computes the idempotency key of a JSON payload with expr, with
+// the engine's rules: a string is itself, a number or boolean its JSON
+// text, any other value its JSON encoding; null or nothing is an error.
+func evalKey(expr *jmespath.JMESPath, payload []byte) (string, error) {
+	var doc any
+	if err := json.Unmarshal(payload, &doc); err != nil {
+		return "", fmt.Errorf("the payload is not JSON: %v", err)
+	}
+	v, err := expr.Search(doc)
+	if err != nil {
+		return "", err
+	}
+	var key string
+	switch v := v.(type) {
+	case nil:
+		return "", fmt.Errorf("the expression resolves to nothing in this payload")
+	case string:
+		if v == "" {
+			return "", fmt.Errorf("the expression resolves to an empty string")
+		}
+		key = v
+	case float64:
+		key = strconv.FormatFloat(v, 'f', -1, 64)
+	case bool:
+		key = strconv.FormatBool(v)
+	default:
+		b, _ := json.Marshal(v)
+		key = string(b)
+	}
+	if len(key) > maxKeyBytes {
+		return "", fmt.Errorf("the key is %d bytes; the maximum is %d", len(key), maxKeyBytes)
+	}
+	return key, nil
+}
