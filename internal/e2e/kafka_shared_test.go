@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/idem-run/idem/internal/testsvc"
+)
+
+// TestKafkaTwoProcessesShareMapping runs two `idem serve` processes on one
+// Kafka mapping with a shared PostgreSQL store and shard leases. One is
+// killed with SIGKILL mid-run: the other takes its partitions over when
+// their leases expire, no record is lost, and, the counter function's
+// state living in the store, no record is counted twice.
+func TestKafkaTwoProcessesShareMapping(t *testing.T) {
+	_, counterBin := binaries(t)
+	dsn := testsvc.PostgresDSN(t)
+	ctx := context.Background()
+	b := make([]byte, 6)
+	rand.Read(b)
+	schema := "idem_e2e_" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		if conn, err := pgx.Connect(context.Background(), dsn); err == nil {
+			conn.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+			conn.Close(context.Background())
+		}
+	})
+
+	const topic, partitions, keys, n = "orders", 4, 40, 4000
+	fc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(fc.ListenAddrs()...), kgo.DefaultProduceTopic(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	want := map[string]int{}
+	produce := func(from, to int) {
+		recs := make([]*kgo.Record, 0, to-from)
+		for i := from; i < to; i++ {
+			k := "k" + strconv.Itoa(i%keys)
+			want[k]++
+			recs = append(recs, &kgo.Record{Key: []byte(k), Value: []byte(strconv.Itoa(i))})
+		}
+		if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	produce(0, n/2)
+
+	dir := t.TempDir()
+	config := func(name, addr string) string {
+		cfg := filepath.Join(dir, name+".yaml")
+		writeFile(t, cfg, fmt.Sprintf(`dataDir: %s
+listen: %s
+store: {postgres: {dsn: %q, schema: %s}}
+lease: {ttl: 2s}
+streams:
+  - {name: orders-failed}
+functions:
+  - {name: counter}
+mappings:
+  - name: orders-to-counter
+    source: {kafka: {brokers: [%q], topic: %s, pollInterval: 20ms}}
+    function: counter
+    startingPosition: TRIM_HORIZON
+    batchSize: 20
+    destinationConfig: {onFailure: {stream: orders-failed}}
+`, filepath.Join(dir, name+"-data"), addr, dsn, schema, fc.ListenAddrs()[0], topic))
+		return cfg
+	}
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	a := startServe(t, counterBin, config("a", addrA), addrA)
+	bProc := startServe(t, counterBin, config("b", addrB), addrB)
+	apiB := newAPI(addrB)
+
+	// Let both work, then crash A, while it holds partitions, as records
+	// keep coming.
+	apiA := newAPI(addrA)
+	eventually(t, time.Minute, "A holding a partition", func() (bool, string) {
+		sts, err := apiA.status(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range sts {
+			if s.State == "running" && s.Processed > 0 {
+				return true, ""
+			}
+		}
+		return false, "A processes no partition yet"
+	})
+	apiA.closeIdle()
+	a.kill()
+	produce(n/2, n)
+
+	eventually(t, 2*time.Minute, "every count exact after A's crash", func() (bool, string) {
+		for k, c := range want {
+			v, ok, err := apiB.state(ctx, "counter", "count/"+k)
+			if err != nil {
+				return false, err.Error()
+			}
+			if !ok || v != strconv.Itoa(c) {
+				got, _ := strconv.Atoi(v)
+				if got > c {
+					t.Fatalf("count/%s = %d, above %d: a record was counted twice", k, got, c)
+				}
+				return false, fmt.Sprintf("count/%s = %q, want %d", k, v, c)
+			}
+		}
+		return true, ""
+	})
+	// B holds every partition now.
+	sts, err := apiB.status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sts {
+		if s.State != "running" {
+			t.Errorf("B's shard %s is %q, want running", s.Shard, s.State)
+		}
+	}
+	apiB.closeIdle()
+	if code := bProc.stop(t); code != 0 {
+		t.Fatalf("B exited %d, want 0", code)
+	}
+}
