@@ -66,7 +66,8 @@ func binaries(t *testing.T) (idemBin, counterBin string) {
 }
 
 // buildBinaries builds ./cmd/idem and ./examples/counter into dir, as
-// dir/idem and dir/counter, in one `go build`.
+// dir/idem and dir/counter, in one `go build`; ./examples/transfer too, as
+// dir/transfer (TestChaosPostgresTransfers).
 func buildBinaries(dir string) error {
 	root, err := moduleRoot()
 	if err != nil {
@@ -76,7 +77,7 @@ func buildBinaries(dir string) error {
 	if err != nil {
 		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
-	cmd := exec.Command(goBin, "build", "-o", dir+string(filepath.Separator), "./cmd/idem", "./examples/counter")
+	cmd := exec.Command(goBin, "build", "-o", dir+string(filepath.Separator), "./cmd/idem", "./examples/counter", "./examples/transfer")
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
