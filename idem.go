@@ -49,12 +49,37 @@ type Record struct {
 	Data []byte
 	// ArrivalTime is when the source accepted the record (approximate).
 	ArrivalTime time.Time
+	// Headers are the record's headers, in the order the source keeps them;
+	// nil for sources without headers (only Kafka has them). Handlers must
+	// not retain or modify the values after they return.
+	Headers []Header
 	// IdempotencyKey identifies the record within its scope: by default
 	// "stream/shardId/sequence", or the value of the mapping's
 	// idempotency.key expression. Pass it on to downstream systems so they
 	// can deduplicate what idem cannot roll back.
 	IdempotencyKey string
 }
+
+// Header is one record header. Keys may repeat.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// EventFormat is the shape of the Lambda event a function driver builds
+// from a batch.
+type EventFormat string
+
+const (
+	// EventFormatKinesis is Lambda's KinesisEvent, the default ("" means
+	// it too).
+	EventFormatKinesis EventFormat = "kinesis"
+	// EventFormatKafka is Lambda's KafkaEvent: records grouped by
+	// "topic-partition", with offsets, base64 keys and values, and headers.
+	// It expects the records of a Kafka source, whose ShardID is
+	// "<topic>-<partition>" and whose Sequence is the offset plus one.
+	EventFormatKafka EventFormat = "kafka"
+)
 
 // SequenceNumber returns the sequence as the string Lambda events carry.
 func (r *Record) SequenceNumber() string { return string(r.Sequence) }
@@ -168,6 +193,10 @@ type Batch struct {
 	InvocationID string
 	// Records are in shard order, at least one.
 	Records []Record
+	// Format is the Lambda event shape function drivers build for the
+	// batch: "" or EventFormatKinesis for KinesisEvent, EventFormatKafka
+	// for KafkaEvent. The engine sets it from the mapping.
+	Format EventFormat
 
 	// states holds each record's view of the mapping's state; set by the
 	// engine, nil in a Batch made by hand.

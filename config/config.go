@@ -244,6 +244,14 @@ type Mapping struct {
 	// DestinationConfig says where discarded batches go.
 	// Default: no destination
 	DestinationConfig DestinationConfig `yaml:"destinationConfig"`
+	// EventFormat (idem extension) is the Lambda event the function
+	// receives: kafka (KafkaEvent: records grouped by "topic-partition",
+	// with offsets, base64 keys and values, and headers; only for a kafka
+	// source) or kinesis (KinesisEvent). With kafka, a batchItemFailures
+	// itemIdentifier may be "<topic>-<partition>@<offset>" as well as the
+	// Kinesis-style "<shardId>:<sequence>".
+	// Default: kafka for a kafka source, kinesis otherwise
+	EventFormat string `yaml:"eventFormat,omitempty"`
 	// PermanentErrorTypes (idem extension) are function error types, such as
 	// ValidationError or HTTP.400, that skip the remaining retries at once:
 	// retrying a record that fails because of its data only costs money.
@@ -354,6 +362,25 @@ type JetStreamSource struct {
 	// them the whole stream is one shard.
 	// Default: none
 	Partitions []string `yaml:"partitions"`
+	// PartitionByToken, when set, makes `count` shards by hashing one
+	// subject token, as NATS' {{partition(count,token)}} subject mapping
+	// does, so producers and idem agree on where a key goes. Every shard
+	// reads the whole stream and keeps its own messages; when a subject
+	// token already is the partition, prefer partitions (filtered on the
+	// server). Conflicts with partitions.
+	// Default: none
+	PartitionByToken *TokenPartitioning `yaml:"partitionByToken,omitempty"`
+}
+
+// TokenPartitioning is `source.jetstream.partitionByToken`.
+type TokenPartitioning struct {
+	// Token is the 1-based index of the subject token hashed; 0 hashes the
+	// whole subject.
+	// Default: 0
+	Token int `yaml:"token"`
+	// Count is the number of shards, 1 to 1024.
+	// Default: none, required
+	Count int `yaml:"count"`
 }
 
 // KinesisSource is `source.kinesis`.
@@ -798,6 +825,12 @@ func (f *File) applyDefaults(set func(path string) bool) {
 		}
 		if !set(p+"parallelizationFactor") && m.ParallelizationFactor == 0 {
 			m.ParallelizationFactor = defaultParallelizationFactor
+		}
+		if !set(p+"eventFormat") && m.EventFormat == "" {
+			m.EventFormat = eventFormatKinesis
+			if m.Source.Kafka != nil {
+				m.EventFormat = eventFormatKafka
+			}
 		}
 		if !set(p+"retry.baseDelay") && m.Retry.BaseDelay == 0 {
 			m.Retry.BaseDelay = defaultBaseDelay

@@ -136,6 +136,7 @@ mappings:
 			MaximumRetryAttempts:  -1,
 			MaximumRecordAge:      -1,
 			ParallelizationFactor: 1,
+			EventFormat:           "kinesis",
 			Retry:                 Retry{BaseDelay: Duration(100 * time.Millisecond), MaxDelay: Duration(30 * time.Second)},
 			// The scope defaults to the function, the retention to the
 			// source stream's.
@@ -242,6 +243,15 @@ func TestParseErrors(t *testing.T) {
 			[]string{"mappings[0].source: set one of stream, kafka, jetstream, kinesis and redis"}},
 		{"kafka without brokers", mappingSourceDoc("{kafka: {topic: t, brokers: [nohost]}}"),
 			[]string{`mappings[0].source.kafka.brokers[0]: "nohost" is not host:port`}},
+		{"unknown event format", mappingDoc("    eventFormat: sqs\n"),
+			[]string{`mappings[0].eventFormat: "sqs" is not supported (allowed: kafka, kinesis)`}},
+		{"kafka event format without a kafka source", mappingDoc("    eventFormat: kafka\n"),
+			[]string{`mappings[0].eventFormat: "kafka" needs a kafka source`}},
+		{"jetstream token partitioning out of range", mappingSourceDoc("{jetstream: {url: 'nats://h:4222', stream: s, partitionByToken: {token: -1, count: 0}}}"),
+			[]string{"mappings[0].source.jetstream.partitionByToken.token: -1 is negative (1-based token index, or 0 for the whole subject)",
+				"mappings[0].source.jetstream.partitionByToken.count: 0 is out of range (1 to 1024)"}},
+		{"jetstream with both partitionings", mappingSourceDoc("{jetstream: {url: 'nats://h:4222', stream: s, partitions: ['a.>'], partitionByToken: {token: 2, count: 4}}}"),
+			[]string{"mappings[0].source.jetstream.partitionByToken: conflicts with partitions: set one"}},
 		{"redis without keys", mappingSourceDoc("{redis: {}}"),
 			[]string{"mappings[0].source.redis.keys: required (one stream key per shard)"}},
 		// Stores.
@@ -685,4 +695,25 @@ func dump(t testing.TB, f *File) string {
 // mappingSourceDoc is a valid file whose one mapping reads src.
 func mappingSourceDoc(src string) string {
 	return "streams: [{name: s}]\nfunctions: [{name: f}]\nmappings:\n  - {name: m, function: f, startingPosition: LATEST, source: " + src + "}\n"
+}
+
+// TestEventFormatDefaults: a kafka source gets KafkaEvent unless the mapping
+// asks for KinesisEvent; other sources get KinesisEvent.
+func TestEventFormatDefaults(t *testing.T) {
+	for _, tc := range []struct{ src, extra, want string }{
+		{"{kafka: {brokers: ['k:9092'], topic: t}}", "", "kafka"},
+		{"{kafka: {brokers: ['k:9092'], topic: t}}", ", eventFormat: kinesis", "kinesis"},
+		{"{kafka: {brokers: ['k:9092'], topic: t}}", ", eventFormat: kafka", "kafka"},
+		{"{stream: s}", "", "kinesis"},
+		{"{stream: s}", ", eventFormat: kinesis", "kinesis"},
+	} {
+		doc := "streams: [{name: s}]\nfunctions: [{name: f}]\nmappings:\n  - {name: m, function: f, startingPosition: LATEST, source: " + tc.src + tc.extra + "}\n"
+		f, err := Parse([]byte(doc))
+		if err != nil {
+			t.Fatalf("%s%s: %v", tc.src, tc.extra, err)
+		}
+		if got := f.Mappings[0].EventFormat; got != tc.want {
+			t.Errorf("%s%s: eventFormat %q, want %q", tc.src, tc.extra, got, tc.want)
+		}
+	}
 }

@@ -18,6 +18,8 @@ const (
 	latest                  = "LATEST"
 	atTimestamp             = "AT_TIMESTAMP"
 	reportBatchItemFailures = "ReportBatchItemFailures"
+	eventFormatKafka        = "kafka"
+	eventFormatKinesis      = "kinesis"
 )
 
 // Ranges, as AWS documents them for stream event source mappings, and idem's.
@@ -300,6 +302,15 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 			c.addf(fmt.Sprintf("%s.functionResponseTypes[%d]", p, j), "%q is not supported (allowed: %s)", t, reportBatchItemFailures)
 		}
 	}
+	switch m.EventFormat {
+	case eventFormatKinesis:
+	case eventFormatKafka:
+		if m.Source.Kafka == nil {
+			c.addf(p+".eventFormat", "%q needs a kafka source", m.EventFormat)
+		}
+	default:
+		c.addf(p+".eventFormat", "%q is not supported (allowed: %s, %s)", m.EventFormat, eventFormatKafka, eventFormatKinesis)
+	}
 
 	if d := m.DestinationConfig.OnFailure; d != nil {
 		dp := p + ".destinationConfig.onFailure.stream"
@@ -363,6 +374,17 @@ func (c *checker) externalSource(p string, r *SourceRef) {
 		}
 		if js.Stream == "" {
 			c.addf(p+".jetstream.stream", "required")
+		}
+		if t := js.PartitionByToken; t != nil {
+			if len(js.Partitions) > 0 {
+				c.addf(p+".jetstream.partitionByToken", "conflicts with partitions: set one")
+			}
+			if t.Token < 0 {
+				c.addf(p+".jetstream.partitionByToken.token", "%d is negative (1-based token index, or 0 for the whole subject)", t.Token)
+			}
+			if t.Count < 1 || t.Count > 1024 {
+				c.addf(p+".jetstream.partitionByToken.count", "%d is out of range (1 to 1024)", t.Count)
+			}
 		}
 	}
 	if k := r.Kinesis; k != nil {

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime/debug"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/function"
@@ -50,7 +53,7 @@ func (s *shard) judge(b []idem.Record, res function.Result, err error) outcome {
 	}
 	lowest := -1
 	for _, id := range res.Failures {
-		i := indexOfEventID(b, id)
+		i := indexOfEventID(b, id, cfg.EventFormat == idem.EventFormatKafka)
 		if i < 0 {
 			whole.errType = "Function.InvalidResponse"
 			whole.errMsg = fmt.Sprintf("itemIdentifier %q names no record of the batch", id)
@@ -71,9 +74,30 @@ func (s *shard) judge(b []idem.Record, res function.Result, err error) outcome {
 
 // indexOfEventID finds the record an itemIdentifier names. It accepts the
 // eventID ("shardId-…:sequence") and, leniently, the bare sequence number.
-func indexOfEventID(b []idem.Record, id string) int {
+// With kafka (a mapping that sends KafkaEvent, whose records carry no
+// eventID) it also accepts "<topic>-<partition>@<offset>", the record's
+// key in the event's records map and its offset; a Kafka source numbers
+// records offset+1, so the offset names Sequence offset+1.
+func indexOfEventID(b []idem.Record, id string, kafka bool) int {
 	for i := range b {
 		if b[i].EventID() == id || b[i].SequenceNumber() == id {
+			return i
+		}
+	}
+	if !kafka {
+		return -1
+	}
+	at := strings.LastIndexByte(id, '@')
+	if at < 0 {
+		return -1
+	}
+	off, err := strconv.ParseUint(id[at+1:], 10, 64)
+	if err != nil || off == math.MaxUint64 {
+		return -1
+	}
+	shard := id[:at]
+	for i := range b {
+		if n, ok := b[i].Sequence.Uint64(); ok && n == off+1 && b[i].ShardID == shard {
 			return i
 		}
 	}

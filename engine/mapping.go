@@ -7,6 +7,7 @@ import (
 
 	"github.com/jmespath/go-jmespath"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/function"
 	"github.com/idem-run/idem/source"
 )
@@ -74,6 +75,12 @@ type Mapping struct {
 	// PermanentErrorTypes lists function error types that skip the remaining
 	// retries: a record that fails because of its data is discarded at once.
 	PermanentErrorTypes []string
+
+	// EventFormat is the Lambda event shape the function receives, set on
+	// every Batch: "" or idem.EventFormatKinesis for KinesisEvent,
+	// idem.EventFormatKafka for KafkaEvent (for a Kafka source). Default:
+	// KinesisEvent.
+	EventFormat idem.EventFormat
 
 	// Scope is the idempotency scope: records COMPLETED in it are not
 	// delivered again, across mapping renames. Default: the function's name.
@@ -187,6 +194,11 @@ func (m Mapping) Validate() error {
 	}
 	if m.Source != nil && m.MarkRetention < m.Source.Retention() {
 		bad("idempotency.retention: %s is shorter than the stream's retention %s: a replay of retained records could run one twice", m.MarkRetention, m.Source.Retention())
+	}
+	switch m.EventFormat {
+	case "", idem.EventFormatKinesis, idem.EventFormatKafka:
+	default:
+		bad("eventFormat: %q is not kinesis or kafka", m.EventFormat)
 	}
 	if m.RetryBaseDelay <= 0 || m.RetryMaxDelay < m.RetryBaseDelay {
 		bad("retry: baseDelay %s must be positive and at most maxDelay %s", m.RetryBaseDelay, m.RetryMaxDelay)

@@ -727,6 +727,7 @@ func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outc
 	} else {
 		batch = idem.NewBatch(cfg.Name, cfg.Function, newInvocationID(), b, views)
 	}
+	batch.Format = cfg.EventFormat
 	ctx, cancel := context.WithTimeout(work, cfg.FunctionTimeout)
 	if s.m.journal != nil {
 		ctx = idem.WithJournal(ctx, s.m.journal)

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"net"
-	"os"
 	"testing"
 	"time"
 
@@ -22,42 +20,15 @@ func init() {
 	sourceKinds = append(sourceKinds, sourceKind{name: "jetstream", open: openJetStreamSource, replayRecords: 10000})
 }
 
-// natsURL returns the test NATS server's URL: IDEM_TEST_NATS_URL or the
-// local server at 127.0.0.1:4222.
-func natsURL(t testing.TB) string {
-	t.Helper()
-	if u := os.Getenv("IDEM_TEST_NATS_URL"); u != "" {
-		return u
-	}
-	c, err := net.DialTimeout("tcp", "127.0.0.1:4222", 2*time.Second)
-	if err != nil {
-		testsvc.Absent(t, "NATS is not reachable at 127.0.0.1:4222 (set IDEM_TEST_NATS_URL to use another): %v", err)
-	}
-	c.Close()
-	return "nats://127.0.0.1:4222"
-}
-
 // openJetStreamSource creates a limits stream on "<name>.>", deleted when t
 // ends. One shard is the whole stream; more are WithPartitions filters
 // "<name>.p<i>.>", and a partition key goes to the filter its FNV-1a hash
 // names, in the Idem-Partition-Key header.
 func openJetStreamSource(t *testing.T, _ *env, shards int) (source.Driver, string, putFunc) {
 	t.Helper()
-	url := natsURL(t)
+	url, js := testsvc.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		testsvc.Absent(t, "connecting to NATS at %s: %v", url, err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := natsjs.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.AccountInfo(ctx); err != nil {
-		testsvc.Absent(t, "JetStream is not enabled at %s: %v", url, err)
-	}
 	name := "idem_engine_" + randomHex(6)
 	if _, err := js.CreateStream(ctx, natsjs.StreamConfig{Name: name, Subjects: []string{name + ".>"}, MaxAge: 24 * time.Hour, Storage: natsjs.FileStorage}); err != nil {
 		t.Fatalf("creating stream %s: %v", name, err)

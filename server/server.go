@@ -181,6 +181,7 @@ func (s *Server) setup() error {
 			ParallelizationFactor:      m.ParallelizationFactor,
 			ReportBatchItemFailures:    m.ReportBatchItemFailures(),
 			PermanentErrorTypes:        m.PermanentErrorTypes,
+			EventFormat:                idem.EventFormat(m.EventFormat),
 			Scope:                      m.Idempotency.Scope,
 			KeyExpression:              m.Idempotency.Key,
 			MarkRetention:              m.Idempotency.Retention.D(),
@@ -236,6 +237,9 @@ func (s *Server) openSource(r *config.SourceRef) (source.Driver, error) {
 		var opts []jetstream.Option
 		if len(r.JetStream.Partitions) > 0 {
 			opts = append(opts, jetstream.WithPartitions(r.JetStream.Partitions...))
+		}
+		if t := r.JetStream.PartitionByToken; t != nil {
+			opts = append(opts, jetstream.WithSubjectTokenPartitioning(t.Token, t.Count))
 		}
 		js, err := jetstream.Connect(ctx, r.JetStream.URL, r.JetStream.Stream, opts...)
 		if err != nil {

@@ -94,9 +94,9 @@ func (f *Function) callInvoke(ctx context.Context, payload []byte) (res []byte, 
 }
 
 // invokeEvent runs an InvokeHandler over a mapping's batch, as Lambda runs
-// a function over a KinesisEvent.
+// a function over a KinesisEvent (or the KafkaEvent b.Format asks for).
 func (f *Function) invokeEvent(ctx context.Context, b *idem.Batch) (function.Result, error) {
-	ev := httpfn.AppendKinesisEvent(nil, eventRegion, b)
+	ev := httpfn.AppendEvent(nil, eventRegion, b)
 	out, err := f.callInvoke(ctx, ev)
 	if err != nil {
 		return function.Result{}, err

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"math"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
@@ -13,11 +15,127 @@ import (
 	"github.com/idem-run/idem"
 )
 
-// appendEvent appends b as the JSON of an events.KinesisEvent whose records
+// appendEvent appends b as the JSON of the Lambda event b.Format names.
+func (f *Function) appendEvent(dst []byte, b *idem.Batch) []byte {
+	if b.Format == idem.EventFormatKafka {
+		return f.appendKafkaEvent(dst, b)
+	}
+	return f.appendKinesisEvent(dst, b)
+}
+
+// appendKafkaEvent appends b as the JSON of an events.KafkaEvent (Amazon
+// MSK's shape) whose records also carry "idempotencyKey", grouped by their
+// "<topic>-<partition>" shard ID. It writes the bytes encoding/json would. It expects a Kafka source's records: the
+// topic is the Stream, the partition follows the shard ID's last '-', and
+// the offset is the Sequence minus one, since Kafka sources number records
+// offset+1 (source/kafka's Offset; it is not imported, to keep this driver
+// free of the Kafka client). A key is the PartitionKey's bytes; an empty
+// key or value is left out, as encoding/json's omitempty does; timestamps
+// are CREATE_TIME in Unix milliseconds.
+func (f *Function) appendKafkaEvent(dst []byte, b *idem.Batch) []byte {
+	dst = append(dst, `{"eventSource":"aws:kafka","eventSourceArn":"arn:aws:kafka:`...)
+	dst = appendStringBody(dst, f.region)
+	dst = append(dst, `:000000000000:cluster/idem/`...)
+	if len(b.Records) > 0 {
+		dst = appendStringBody(dst, b.Records[0].Stream)
+	}
+	dst = append(dst, `","records":{`...)
+	// A batch holds one shard's records, so there is almost always one
+	// group; several are sorted, as encoding/json sorts map keys.
+	var shards []string
+	for i := range b.Records {
+		if !slices.Contains(shards, b.Records[i].ShardID) {
+			shards = append(shards, b.Records[i].ShardID)
+		}
+	}
+	slices.Sort(shards)
+	for g, shard := range shards {
+		if g > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, shard)
+		dst = append(dst, `:[`...)
+		partition := int64(0)
+		if dash := strings.LastIndexByte(shard, '-'); dash >= 0 {
+			if n, err := strconv.ParseInt(shard[dash+1:], 10, 32); err == nil {
+				partition = n
+			}
+		}
+		first := true
+		for i := range b.Records {
+			r := &b.Records[i]
+			if r.ShardID != shard {
+				continue
+			}
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = append(dst, `{"topic":`...)
+			dst = appendString(dst, r.Stream)
+			dst = append(dst, `,"partition":`...)
+			dst = strconv.AppendInt(dst, partition, 10)
+			dst = append(dst, `,"offset":`...)
+			dst = strconv.AppendUint(dst, kafkaOffset(r.Sequence), 10)
+			dst = append(dst, `,"timestamp":`...)
+			if r.ArrivalTime.IsZero() {
+				dst = append(dst, '0')
+			} else {
+				dst = strconv.AppendInt(dst, r.ArrivalTime.UnixMilli(), 10)
+			}
+			dst = append(dst, `,"timestampType":"CREATE_TIME"`...)
+			if r.PartitionKey != "" {
+				dst = append(dst, `,"key":"`...)
+				dst = base64.StdEncoding.AppendEncode(dst, []byte(r.PartitionKey))
+				dst = append(dst, '"')
+			}
+			if len(r.Data) > 0 {
+				dst = append(dst, `,"value":"`...)
+				dst = base64.StdEncoding.AppendEncode(dst, r.Data)
+				dst = append(dst, '"')
+			}
+			dst = append(dst, `,"headers":[`...)
+			for j, h := range r.Headers {
+				if j > 0 {
+					dst = append(dst, ',')
+				}
+				dst = append(dst, '{')
+				dst = appendString(dst, h.Key)
+				dst = append(dst, `:[`...)
+				for k, c := range h.Value {
+					if k > 0 {
+						dst = append(dst, ',')
+					}
+					// Java bytes: signed, as events.JSONNumberBytes reads them.
+					dst = strconv.AppendInt(dst, int64(int8(c)), 10)
+				}
+				dst = append(dst, "]}"...)
+			}
+			dst = append(dst, `],"idempotencyKey":`...)
+			dst = appendString(dst, r.IdempotencyKey)
+			dst = append(dst, '}')
+		}
+		dst = append(dst, ']')
+	}
+	return append(dst, `},"bootstrapServers":""}`...)
+}
+
+// kafkaOffset returns the Kafka offset of a Kafka source's record: its
+// Sequence minus one. A sequence that is not a positive 64-bit number
+// (not a Kafka source's) gives 0.
+func kafkaOffset(seq idem.Sequence) uint64 {
+	n, ok := seq.Uint64()
+	if !ok || n == 0 {
+		return 0
+	}
+	return n - 1
+}
+
+// appendKinesisEvent appends b as the JSON of an events.KinesisEvent whose records
 // also carry "idempotencyKey". It writes the bytes encoding/json would for
 // that struct (with HTML escaping off), without reflection: the event is
 // built once per batch and a batch holds up to 10,000 records.
-func (f *Function) appendEvent(dst []byte, b *idem.Batch) []byte {
+func (f *Function) appendKinesisEvent(dst []byte, b *idem.Batch) []byte {
 	dst = append(dst, `{"Records":[`...)
 	var stream string
 	var arnStart, arnEnd int // where the current stream's quoted ARN lies in dst

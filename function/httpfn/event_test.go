@@ -43,10 +43,17 @@ func reference(t testing.TB, region string, b *idem.Batch) []byte {
 			IdempotencyKey: r.IdempotencyKey,
 		})
 	}
+	return encodeJSON(t, ev)
+}
+
+// encodeJSON is what encoding/json writes for v, with HTML escaping off
+// and no trailing newline, as the hand-written encoders write.
+func encodeJSON(t testing.TB, v any) []byte {
+	t.Helper()
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(ev); err != nil {
+	if err := enc.Encode(v); err != nil {
 		t.Fatal(err)
 	}
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))

@@ -2,12 +2,20 @@ package httpfn
 
 import "github.com/idem-run/idem"
 
-// AppendKinesisEvent appends b to dst as the KinesisEvent JSON that Invoke
-// POSTs (each record with its "idempotencyKey"), with region in awsRegion
-// and in the stream ARNs. Other drivers that hand a batch to Lambda code
-// (function/process) build their events with it, so that a function
-// receives byte-identical events whichever way idem reaches it.
-func AppendKinesisEvent(dst []byte, region string, b *idem.Batch) []byte {
+// AppendEvent appends b to dst as the event JSON that Invoke POSTs, in the
+// shape b.Format names: a KinesisEvent by default, a KafkaEvent for
+// idem.EventFormatKafka (each record with its "idempotencyKey"), with
+// region in awsRegion and in the ARNs. Other drivers that hand a batch to
+// Lambda code (function/process) build their events with it, so that a
+// function receives byte-identical events whichever way idem reaches it.
+func AppendEvent(dst []byte, region string, b *idem.Batch) []byte {
 	f := Function{region: region}
 	return f.appendEvent(dst, b)
+}
+
+// AppendKinesisEvent appends b to dst as a KinesisEvent, whatever b.Format
+// says. New code should use AppendEvent.
+func AppendKinesisEvent(dst []byte, region string, b *idem.Batch) []byte {
+	f := Function{region: region}
+	return f.appendKinesisEvent(dst, b)
 }

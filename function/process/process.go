@@ -441,8 +441,8 @@ func environment(cfg Config, path, dir string) ([]string, error) {
 // process, the Runtime API handler owns it and returns it to the pool.
 type eventBuf struct{ b []byte }
 
-// Invoke encodes b as a KinesisEvent (as httpfn does, each record with its
-// "idempotencyKey"), hands it to an idle process, and waits for the
+// Invoke encodes b as the Lambda event its Format names, a KinesisEvent or
+// a KafkaEvent (as httpfn does, each record with its "idempotencyKey"), hands it to an idle process, and waits for the
 // process's answer. At most Config.Concurrency invocations run at once;
 // others wait for a process to become idle. A process's response is read
 // by function.ParseResponse, partial and complete failures included; the
@@ -458,7 +458,7 @@ type eventBuf struct{ b []byte }
 // dropped.
 func (f *Function) Invoke(ctx context.Context, b *idem.Batch) (function.Result, error) {
 	inv, err := f.run(ctx, requestID(b), func(dst []byte) []byte {
-		return httpfn.AppendKinesisEvent(dst, f.cfg.Region, b)
+		return httpfn.AppendEvent(dst, f.cfg.Region, b)
 	}, false, nil)
 	if err != nil {
 		return function.Result{}, err

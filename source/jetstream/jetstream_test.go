@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -50,21 +49,6 @@ func runServer(t testing.TB) *server.Server {
 		s.WaitForShutdown()
 	})
 	return s
-}
-
-// localURL returns the test NATS server's URL: IDEM_TEST_NATS_URL or the
-// local server at 127.0.0.1:4222, which must run JetStream.
-func localURL(t testing.TB) string {
-	t.Helper()
-	if u := os.Getenv("IDEM_TEST_NATS_URL"); u != "" {
-		return u
-	}
-	c, err := net.DialTimeout("tcp", "127.0.0.1:4222", 2*time.Second)
-	if err != nil {
-		testsvc.Absent(t, "NATS is not reachable at 127.0.0.1:4222 (set IDEM_TEST_NATS_URL to use another): %v", err)
-	}
-	c.Close()
-	return "nats://127.0.0.1:4222"
 }
 
 func connect(t testing.TB, url string) (*nats.Conn, natsjs.JetStream) {
@@ -243,7 +227,7 @@ func runConformance(t *testing.T, url string) {
 
 // TestConformance runs the suite against the local NATS server (skipped if
 // absent, failed under CI=true).
-func TestConformance(t *testing.T) { runConformance(t, localURL(t)) }
+func TestConformance(t *testing.T) { runConformance(t, testsvc.NATSURL(t)) }
 
 // TestConformanceInProcess runs the suite against an in-process
 // nats-server of the version go.mod names.

@@ -20,7 +20,7 @@
 //     one ordering group under parallelizationFactor, in offset order.
 //   - Data is the value (nil for a tombstone); ArrivalTime is the record's
 //     timestamp, CreateTime or LogAppendTime as the topic says.
-//   - Headers are not carried: idem.Record has no field for them.
+//   - Headers are the record's headers, in order (nil when it has none).
 //
 // # Guarantees
 //
@@ -459,6 +459,7 @@ func (s *Source) records(shard string, recs []*kgo.Record) []idem.Record {
 			PartitionKey: keyStr[k : k+len(r.Key)],
 			Data:         r.Value,
 			ArrivalTime:  r.Timestamp,
+			Headers:      headers(r.Headers),
 		}
 		k += len(r.Key)
 	}
@@ -466,6 +467,18 @@ func (s *Source) records(shard string, recs []*kgo.Record) []idem.Record {
 }
 
 const seqWidth = 20
+
+// headers converts a record's headers, nil for none.
+func headers(hs []kgo.RecordHeader) []idem.Header {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]idem.Header, len(hs))
+	for i, h := range hs {
+		out[i] = idem.Header{Key: h.Key, Value: h.Value}
+	}
+	return out
+}
 
 // Wait returns nil as soon as shard is known to hold a committed record at
 // or above the position after, ctx.Err() when ctx is done, ErrClosed when
