@@ -348,6 +348,21 @@ type KafkaSource struct {
 	// PollInterval is how often a caught-up reader looks for new records.
 	// Default: 100ms
 	PollInterval Duration `yaml:"pollInterval"`
+	// Group, when set, makes every idem process that runs the mapping a
+	// member of this Kafka consumer group: the group's protocol divides the
+	// partitions among the processes, a partition moves only after its
+	// owner committed its batch in flight, and idem's checkpoints are
+	// committed as the group's offsets so Kafka tooling shows the lag
+	// (idem never reads them back). With a shared store it needs `lease`,
+	// which fences a process that stalls past its session. One mapping a
+	// group.
+	// Default: none (the process reads every partition)
+	Group string `yaml:"group,omitempty"`
+	// SessionTimeout is how long the group waits for a member that stopped
+	// heartbeating (a killed process) before moving its partitions, within
+	// the brokers' group.min/max.session.timeout.ms.
+	// Default: 10s with a group
+	SessionTimeout Duration `yaml:"sessionTimeout,omitempty"`
 }
 
 // JetStreamSource is `source.jetstream`.
@@ -765,6 +780,9 @@ func (f *File) applyDefaults(set func(path string) bool) {
 		src, p := &f.Mappings[i].Source, fmt.Sprintf("mappings[%d].source.", i)
 		if k := src.Kafka; k != nil && !set(p+"kafka.pollInterval") && k.PollInterval == 0 {
 			k.PollInterval = Duration(100 * time.Millisecond)
+		}
+		if k := src.Kafka; k != nil && k.Group != "" && !set(p+"kafka.sessionTimeout") && k.SessionTimeout == 0 {
+			k.SessionTimeout = Duration(10 * time.Second)
 		}
 		if r := src.Redis; r != nil {
 			if !set(p+"redis.addr") && r.Addr == "" {

@@ -252,6 +252,14 @@ func TestParseErrors(t *testing.T) {
 				"mappings[0].source.jetstream.partitionByToken.count: 0 is out of range (1 to 1024)"}},
 		{"jetstream with both partitionings", mappingSourceDoc("{jetstream: {url: 'nats://h:4222', stream: s, partitions: ['a.>'], partitionByToken: {token: 2, count: 4}}}"),
 			[]string{"mappings[0].source.jetstream.partitionByToken: conflicts with partitions: set one"}},
+		{"kafka session timeout without a group", mappingSourceDoc("{kafka: {brokers: ['k:9092'], topic: t, sessionTimeout: 5s}}"),
+			[]string{"mappings[0].source.kafka.sessionTimeout: needs kafka.group"}},
+		{"kafka group with a shared store and no lease", "store: {redis: {addr: '127.0.0.1:6379'}}\n" + mappingSourceDoc("{kafka: {brokers: ['k:9092'], topic: t, group: g}}"),
+			[]string{"mappings[0].source.kafka.group: needs lease with a shared store: the group balances partitions, but only leases stop a process that stalled past its session from committing"}},
+		{"two mappings in one kafka group", "streams: [{name: s}]\nfunctions: [{name: f}]\nmappings:\n" +
+			"  - {name: m, function: f, startingPosition: LATEST, source: {kafka: {brokers: ['k:9092'], topic: t, group: g}}}\n" +
+			"  - {name: n, function: f, startingPosition: LATEST, source: {kafka: {brokers: ['k:9092'], topic: u, group: g}}}\n",
+			[]string{`mappings[1].source.kafka.group: "g" is mappings[0]'s group too: give each mapping a group of its own`}},
 		{"redis without keys", mappingSourceDoc("{redis: {}}"),
 			[]string{"mappings[0].source.redis.keys: required (one stream key per shard)"}},
 		// Stores.
@@ -715,5 +723,17 @@ func TestEventFormatDefaults(t *testing.T) {
 		if got := f.Mappings[0].EventFormat; got != tc.want {
 			t.Errorf("%s%s: eventFormat %q, want %q", tc.src, tc.extra, got, tc.want)
 		}
+	}
+}
+
+// TestKafkaGroupDefaults: a group gets the default session timeout; the
+// embedded store needs no lease for it (one process).
+func TestKafkaGroupDefaults(t *testing.T) {
+	f, err := Parse([]byte(mappingSourceDoc("{kafka: {brokers: ['k:9092'], topic: t, group: g}}")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Mappings[0].Source.Kafka.SessionTimeout; got != Duration(10*time.Second) {
+		t.Errorf("sessionTimeout %s, want 10s", got)
 	}
 }

@@ -41,3 +41,25 @@ func (c *checker) lease(f *File) {
 	}
 	c.durRange("lease.ttl", l.TTL, minLeaseTTL, maxLeaseTTL)
 }
+
+// kafkaGroups checks the mappings' Kafka consumer groups: a group balances
+// partitions but fences nothing, so processes sharing a store need leases;
+// and two mappings in one group would take each other's partitions.
+func (c *checker) kafkaGroups(f *File) {
+	seen := make(map[string]int)
+	for i := range f.Mappings {
+		k := f.Mappings[i].Source.Kafka
+		if k == nil || k.Group == "" {
+			continue
+		}
+		p := fmt.Sprintf("mappings[%d].source.kafka.group", i)
+		if j, dup := seen[k.Group]; dup {
+			c.addf(p, "%q is mappings[%d]'s group too: give each mapping a group of its own", k.Group, j)
+			continue
+		}
+		seen[k.Group] = i
+		if f.Lease == nil && (f.Store.Postgres != nil || f.Store.Redis != nil) {
+			c.addf(p, "needs lease with a shared store: the group balances partitions, but only leases stop a process that stalled past its session from committing")
+		}
+	}
+}

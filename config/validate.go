@@ -123,6 +123,7 @@ func (f *File) check() []*FieldError {
 	c.store(&f.Store)
 	c.auth(&f.Auth)
 	c.lease(f)
+	c.kafkaGroups(f)
 
 	streams := make(map[string]string, len(f.Streams))
 	for i := range f.Streams {
@@ -367,6 +368,12 @@ func (c *checker) externalSource(p string, r *SourceRef) {
 			c.addf(p+".kafka.topic", "required")
 		}
 		c.durRange(p+".kafka.pollInterval", k.PollInterval, Duration(time.Millisecond), Duration(time.Minute))
+		if k.Group == "" && k.SessionTimeout != 0 {
+			c.addf(p+".kafka.sessionTimeout", "needs kafka.group")
+		}
+		if k.Group != "" && k.SessionTimeout != 0 {
+			c.durRange(p+".kafka.sessionTimeout", k.SessionTimeout, Duration(time.Second), Duration(30*time.Minute))
+		}
 	}
 	if js := r.JetStream; js != nil {
 		if js.URL == "" {

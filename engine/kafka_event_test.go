@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/idem-run/idem"
@@ -69,21 +67,7 @@ func TestKafkaEvent(t *testing.T) {
 func testKafkaEvent(t *testing.T, eventID bool) {
 	ctx := context.Background()
 	v := newEnv(t)
-	fc, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(fc.Close)
-	brokers := fc.ListenAddrs()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	topic := uniqueStreamName("kafka")
-	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, nil, topic); err != nil {
-		t.Fatalf("creating topic %s: %v", topic, err)
-	}
+	brokers, topic, cl := newKafkaTopic(t, 1)
 	ts := time.UnixMilli(1700000000000)
 	var recs []*kgo.Record
 	for i := range 5 {

@@ -109,6 +109,16 @@ func (s *shard) status(now time.Time) ShardStatus {
 // With shard leases (WithShardLeases) it processes only while it holds the
 // shard's lease; see runLeased.
 func (s *shard) run(ctx, work context.Context) {
+	if a, ok := s.m.cfg.Source.(source.Assigner); ok {
+		s.runAssigned(ctx, work, a)
+		return
+	}
+	s.runOwned(ctx, work)
+}
+
+// runOwned processes the shard until ctx is done: under its lease with
+// WithShardLeases, else as its only reader.
+func (s *shard) runOwned(ctx, work context.Context) {
 	if s.e.lease != nil {
 		s.runLeased(ctx, work)
 		return
@@ -247,6 +257,9 @@ func (s *shard) load(ctx context.Context) error {
 func (s *shard) publish(cp store.Checkpoint) {
 	c := cp
 	s.counters.Store(&c)
+	if m, ok := s.m.cfg.Source.(source.CheckpointMirror); ok {
+		m.MirrorCheckpoint(s.id, cp.Sequence)
+	}
 	s.posMu.Lock()
 	s.checkpoint = cp.Sequence
 	s.latest = idem.MaxSequence(s.latest, cp.Sequence)

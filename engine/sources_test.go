@@ -73,32 +73,36 @@ func openEmbeddedSource(t *testing.T, v *env, shards int) (source.Driver, string
 	}
 }
 
-// openKafkaSource makes a topic of shards partitions on an in-process kfake
-// cluster of its own. Records are produced with kgo's default partitioner
-// (murmur2 of the key, as the Java client), so one key is one partition.
-func openKafkaSource(t *testing.T, _ *env, shards int) (source.Driver, string, putFunc) {
+// newKafkaTopic makes a topic of partitions partitions on an in-process
+// kfake cluster of its own, and returns the brokers, the topic and an
+// admin client, all gone when t ends.
+func newKafkaTopic(t *testing.T, partitions int) ([]string, string, *kgo.Client) {
 	t.Helper()
-	ctx := context.Background()
 	fc, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(fc.Close)
 	brokers := fc.ListenAddrs()
-	admCl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(0))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(admCl.Close)
+	t.Cleanup(cl.Close)
 	topic := uniqueStreamName("kafka")
-	if _, err := kadm.NewClient(admCl).CreateTopic(ctx, int32(shards), 1, nil, topic); err != nil {
+	if _, err := kadm.NewClient(cl).CreateTopic(context.Background(), int32(partitions), 1, nil, topic); err != nil {
 		t.Fatalf("creating topic %s: %v", topic, err)
 	}
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(prod.Close)
+	return brokers, topic, cl
+}
+
+// openKafkaSource makes a topic of shards partitions on an in-process kfake
+// cluster of its own. Records are produced with kgo's default partitioner
+// (murmur2 of the key, as the Java client), so one key is one partition.
+func openKafkaSource(t *testing.T, _ *env, shards int) (source.Driver, string, putFunc) {
+	t.Helper()
+	ctx := context.Background()
+	brokers, topic, prod := newKafkaTopic(t, shards)
 	src, err := kafka.New(ctx, topic, kafka.WithBrokers(brokers...), kafka.WithPollInterval(20*time.Millisecond))
 	if err != nil {
 		t.Fatalf("kafka.New(%s): %v", topic, err)

@@ -205,7 +205,12 @@ func (s *Server) openSource(r *config.SourceRef) (source.Driver, error) {
 	defer cancel()
 	switch {
 	case r.Kafka != nil:
-		k, err := kafka.New(ctx, r.Kafka.Topic, kafka.WithBrokers(r.Kafka.Brokers...), kafka.WithPollInterval(r.Kafka.PollInterval.D()))
+		opts := []kafka.Option{kafka.WithBrokers(r.Kafka.Brokers...), kafka.WithPollInterval(r.Kafka.PollInterval.D())}
+		if r.Kafka.Group != "" {
+			opts = append(opts, kafka.WithConsumerGroup(r.Kafka.Group), kafka.WithLogger(s.log),
+				kafka.WithSessionTimeout(r.Kafka.SessionTimeout.D()))
+		}
+		k, err := kafka.New(ctx, r.Kafka.Topic, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("kafka: %w", err)
 		}

@@ -99,3 +99,34 @@ type Lineage interface {
 	// shard; false for an open one.
 	Finished(ctx context.Context, shard string, after idem.Sequence) (bool, error)
 }
+
+// Assigner is implemented by sources that divide a stream's shards among
+// the processes reading it, as a Kafka consumer group does: the engine
+// processes a shard only while the source assigns it to this process, and
+// hands it back, its last batch committed, before another process may take
+// it. Assignment balances shards; it does not fence a process that stalls
+// past its session: shard leases (engine.WithShardLeases) do that.
+type Assigner interface {
+	// Acquire reports whether shard is assigned to this process, and if so
+	// holds it for the caller until Release: a revocation of the shard waits
+	// for Release (up to a bound the source documents). changed is closed
+	// at the next change of this process's assignment.
+	Acquire(shard string) (ok bool, changed <-chan struct{})
+	// Assigned reports whether a shard acquired earlier is still assigned
+	// (false once a revocation waits for its Release), with a channel
+	// closed at the next change, as Acquire.
+	Assigned(shard string) (ok bool, changed <-chan struct{})
+	// Release ends the caller's hold on shard: it stopped processing the
+	// shard and committed its checkpoint.
+	Release(shard string)
+}
+
+// CheckpointMirror is implemented by sources that can show idem's progress
+// in their own tooling, as a Kafka consumer group's committed offsets do for
+// lag exporters. It is best effort: idem's store keeps the checkpoint that
+// counts, and a mirror may lag it.
+type CheckpointMirror interface {
+	// MirrorCheckpoint records that shard's records up to and including
+	// after are done. It must not block.
+	MirrorCheckpoint(shard string, after idem.Sequence)
+}

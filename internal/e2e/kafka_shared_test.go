@@ -18,11 +18,18 @@ import (
 )
 
 // TestKafkaTwoProcessesShareMapping runs two `idem serve` processes on one
-// Kafka mapping with a shared PostgreSQL store and shard leases. One is
-// killed with SIGKILL mid-run: the other takes its partitions over when
-// their leases expire, no record is lost, and, the counter function's
-// state living in the store, no record is counted twice.
+// Kafka mapping with a shared PostgreSQL store and shard leases, with and
+// without a Kafka consumer group. One is killed with SIGKILL mid-run: the
+// other takes its partitions over (when their leases expire, and with a
+// group once the group's session ends), no record is lost, and, the
+// counter function's state living in the store, no record is counted
+// twice. With the group, the two processes first divide the partitions.
 func TestKafkaTwoProcessesShareMapping(t *testing.T) {
+	t.Run("leases", func(t *testing.T) { testKafkaTwoProcesses(t, false) })
+	t.Run("consumer group", func(t *testing.T) { testKafkaTwoProcesses(t, true) })
+}
+
+func testKafkaTwoProcesses(t *testing.T, group bool) {
 	_, counterBin := binaries(t)
 	dsn := testsvc.PostgresDSN(t)
 	ctx := context.Background()
@@ -62,6 +69,10 @@ func TestKafkaTwoProcessesShareMapping(t *testing.T) {
 	produce(0, n/2)
 
 	dir := t.TempDir()
+	groupKeys := ""
+	if group {
+		groupKeys = ", group: idem-orders, sessionTimeout: 6s"
+	}
 	config := func(name, addr string) string {
 		cfg := filepath.Join(dir, name+".yaml")
 		writeFile(t, cfg, fmt.Sprintf(`dataDir: %s
@@ -74,12 +85,12 @@ functions:
   - {name: counter}
 mappings:
   - name: orders-to-counter
-    source: {kafka: {brokers: [%q], topic: %s, pollInterval: 20ms}}
+    source: {kafka: {brokers: [%q], topic: %s, pollInterval: 20ms%s}}
     function: counter
     startingPosition: TRIM_HORIZON
     batchSize: 20
     destinationConfig: {onFailure: {stream: orders-failed}}
-`, filepath.Join(dir, name+"-data"), addr, dsn, schema, fc.ListenAddrs()[0], topic))
+`, filepath.Join(dir, name+"-data"), addr, dsn, schema, fc.ListenAddrs()[0], topic, groupKeys))
 		return cfg
 	}
 	addrA, addrB := freeAddr(t), freeAddr(t)
@@ -90,17 +101,29 @@ mappings:
 	// Let both work, then crash A, while it holds partitions, as records
 	// keep coming.
 	apiA := newAPI(addrA)
+	running := func(api *api) (int, error) {
+		sts, err := api.status(ctx)
+		n := 0
+		for _, s := range sts {
+			if s.State == "running" && s.Processed > 0 {
+				n++
+			}
+		}
+		return n, err
+	}
 	eventually(t, time.Minute, "A holding a partition", func() (bool, string) {
-		sts, err := apiA.status(ctx)
+		ra, err := running(apiA)
 		if err != nil {
 			return false, err.Error()
 		}
-		for _, s := range sts {
-			if s.State == "running" && s.Processed > 0 {
-				return true, ""
-			}
+		if !group {
+			return ra > 0, "A processes no partition yet"
 		}
-		return false, "A processes no partition yet"
+		rb, err := running(apiB)
+		if err != nil {
+			return false, err.Error()
+		}
+		return ra > 0 && rb > 0 && ra+rb == partitions, fmt.Sprintf("A runs %d partitions, B %d: not divided yet", ra, rb)
 	})
 	apiA.closeIdle()
 	a.kill()

@@ -86,6 +86,11 @@ func TestCloseEndsWatcher(t *testing.T) {
 // TestNoGoroutineOutlivesClose: after Close, the goroutines of the Source
 // and of the client it made are gone (the cluster's are counted before).
 func TestNoGoroutineOutlivesClose(t *testing.T) {
+	t.Run("no group", func(t *testing.T) { testNoGoroutineOutlivesClose(t) })
+	t.Run("consumer group", func(t *testing.T) { testNoGoroutineOutlivesClose(t, WithConsumerGroup("g")) })
+}
+
+func testNoGoroutineOutlivesClose(t *testing.T, opts ...Option) {
 	fc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "t"))
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +98,7 @@ func TestNoGoroutineOutlivesClose(t *testing.T) {
 	defer fc.Close()
 	before := runtime.NumGoroutine()
 	ctx := context.Background()
-	s, err := New(ctx, "t", WithBrokers(fc.ListenAddrs()...), WithPollInterval(5*time.Millisecond))
+	s, err := New(ctx, "t", append([]Option{WithBrokers(fc.ListenAddrs()...), WithPollInterval(5 * time.Millisecond)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

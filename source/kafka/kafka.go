@@ -69,6 +69,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"strconv"
 	"strings"
@@ -113,6 +114,11 @@ type options struct {
 	clientOpts []kgo.Opt
 	poll       time.Duration
 	retention  time.Duration
+
+	group         string
+	groupOpts     []kgo.Opt
+	revokeTimeout time.Duration
+	log           *slog.Logger
 }
 
 // WithBrokers sets the seed brokers ("host:port") of the client the Source
@@ -175,6 +181,8 @@ type Source struct {
 	parts   map[int32]*partState
 
 	w watcher
+
+	member *member // nil without WithConsumerGroup
 }
 
 var _ source.Driver = (*Source)(nil)
@@ -189,7 +197,7 @@ type topicMeta struct {
 // (otherwise the error wraps source.ErrStreamNotFound) and reading its
 // retention. ctx bounds only these first requests.
 func New(ctx context.Context, topic string, opts ...Option) (*Source, error) {
-	o := options{poll: DefaultPollInterval}
+	o := options{poll: DefaultPollInterval, revokeTimeout: DefaultRevokeTimeout, log: slog.Default()}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -204,6 +212,12 @@ func New(ctx context.Context, topic string, opts ...Option) (*Source, error) {
 		return nil, fmt.Errorf("kafka: poll interval %s must be positive", o.poll)
 	case o.retention < 0:
 		return nil, fmt.Errorf("kafka: retention %s must not be negative", o.retention)
+	case o.group != "" && o.client != nil:
+		return nil, errors.New("kafka: WithConsumerGroup needs WithBrokers: the group member is a client of its own")
+	case o.group == "" && (len(o.groupOpts) > 0):
+		return nil, errors.New("kafka: WithGroupOptions without WithConsumerGroup")
+	case o.revokeTimeout <= 0:
+		return nil, fmt.Errorf("kafka: revoke timeout %s must be positive", o.revokeTimeout)
 	}
 	s := &Source{
 		topic: topic,
@@ -243,6 +257,11 @@ func New(ctx context.Context, topic string, opts ...Option) (*Source, error) {
 		}
 		s.retention = d
 	}
+	if o.group != "" {
+		if err := s.joinGroup(&o); err != nil {
+			return fail(err)
+		}
+	}
 	return s, nil
 }
 
@@ -261,6 +280,9 @@ func (s *Source) Close() error {
 	s.cancel()
 	if started {
 		<-s.w.done
+	}
+	if s.member != nil {
+		s.member.leave()
 	}
 	if s.own {
 		s.cl.Close()
