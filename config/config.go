@@ -252,6 +252,14 @@ type Mapping struct {
 	// Kinesis-style "<shardId>:<sequence>".
 	// Default: kafka for a kafka source, kinesis otherwise
 	EventFormat string `yaml:"eventFormat,omitempty"`
+	// FilterCriteria decides which records reach the function, as Lambda's:
+	// up to 5 patterns in EventBridge syntax, ORed; a record that matches
+	// none is skipped and checkpointed, never retried. KinesisEvent records
+	// are filtered on data (as JSON): {"data": {"type": ["order"]}};
+	// KafkaEvent records on value, key, topic, partition, offset,
+	// timestamp and timestampType.
+	// Default: none (every record is delivered)
+	FilterCriteria *FilterCriteria `yaml:"filterCriteria,omitempty"`
 	// PermanentErrorTypes (idem extension) are function error types, such as
 	// ValidationError or HTTP.400, that skip the remaining retries at once:
 	// retrying a record that fails because of its data only costs money.
@@ -363,6 +371,33 @@ type KafkaSource struct {
 	// the brokers' group.min/max.session.timeout.ms.
 	// Default: 10s with a group
 	SessionTimeout Duration `yaml:"sessionTimeout,omitempty"`
+}
+
+// FilterCriteria is `mappings[].filterCriteria`.
+type FilterCriteria struct {
+	// Filters are the patterns, ORed.
+	// Default: none
+	Filters []Filter `yaml:"filters"`
+}
+
+// Filter is one `filterCriteria.filters[]` entry.
+type Filter struct {
+	// Pattern is an EventBridge event pattern, as a JSON string.
+	// Default: none, required
+	Pattern string `yaml:"pattern"`
+}
+
+// Patterns returns the mapping's filter patterns; none without
+// filterCriteria.
+func (m *Mapping) Patterns() []string {
+	if m.FilterCriteria == nil {
+		return nil
+	}
+	out := make([]string, len(m.FilterCriteria.Filters))
+	for i, f := range m.FilterCriteria.Filters {
+		out[i] = f.Pattern
+	}
+	return out
 }
 
 // JetStreamSource is `source.jetstream`.

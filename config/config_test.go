@@ -430,9 +430,20 @@ functions:
 			[]string{`"data dir": unknown key`}},
 		{"go takes no settings", "functions: [{name: f, go: {package: main}}]\n",
 			[]string{"functions[0].go.package: unknown key"}},
-		{"not supported yet", mappingDoc("    tumblingWindow: 30s\n    filterCriteria: {filters: [{pattern: \"{}\"}]}\n"), []string{
+		{"not supported yet", mappingDoc("    tumblingWindow: 30s\n"), []string{
 			"mappings[0].tumblingWindow: not supported yet",
-			"mappings[0].filterCriteria: not supported yet",
+		}},
+		{"bad filter patterns", mappingDoc("    filterCriteria: {filters: [{pattern: \"{}\"}, {pattern: ''}, {pattern: '{\"partitionKey\": [\"a\"]}'}, {pattern: '{\"data\": {\"n\": [{\"numeric\": [\"!\", 1]}]}}'}]}\n"), []string{
+			"mappings[0].filterCriteria.filters[0].pattern: empty pattern: name at least one field",
+			`mappings[0].filterCriteria.filters[1].pattern: required (an EventBridge pattern in JSON, e.g. '{"data": {"type": ["order"]}}')`,
+			"mappings[0].filterCriteria.filters[2].pattern: partitionKey: kinesis events are filtered on data only",
+			`mappings[0].filterCriteria.filters[3].pattern: data.n[0].numeric[0]: unknown operator "!" (allowed: =, <, <=, >, >=)`,
+		}},
+		{"too many filters", mappingDoc("    filterCriteria: {filters: [" + strings.Repeat("{pattern: '{\"data\": {\"a\": [1]}}'}, ", 5) + "{pattern: '{\"data\": {\"a\": [1]}}'}]}\n"), []string{
+			"mappings[0].filterCriteria.filters: 6 patterns, above the limit of 5",
+		}},
+		{"empty filters", mappingDoc("    filterCriteria: {filters: []}\n"), []string{
+			"mappings[0].filterCriteria.filters: required: at least one pattern (or leave filterCriteria out)",
 		}},
 		{"bad duration", mappingDoc("    maximumBatchingWindow: 5x\n"),
 			[]string{`mappings[0].maximumBatchingWindow: "5x" is not a duration such as 90s, 5m or 24h`}},

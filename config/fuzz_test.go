@@ -37,6 +37,7 @@ func FuzzParse(f *testing.F) {
 		mappingDoc("    idempotency: {key: \"order.[\", retention: 1h}\n"),
 		mappingDoc("    maximumRecordAge: 60\n    batchSize: 1.5\n    tumblingWindow: 1s\n"),
 		mappingDoc("    startingPositionTimestamp: \"2026-01-01T00:00:00Z\"\n"),
+		mappingDoc("    filterCriteria: {filters: [{pattern: '{\"data\": {\"a\": [{\"numeric\": [\">\", 1]}, {\"prefix\": \"x\"}]}}'}]}\n"),
 	} {
 		f.Add([]byte(s))
 	}

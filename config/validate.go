@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jmespath/go-jmespath"
+
+	"github.com/idem-run/idem/internal/pattern"
 )
 
 // The values of closed sets.
@@ -303,6 +305,7 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 			c.addf(fmt.Sprintf("%s.functionResponseTypes[%d]", p, j), "%q is not supported (allowed: %s)", t, reportBatchItemFailures)
 		}
 	}
+	c.filters(p, m)
 	switch m.EventFormat {
 	case eventFormatKinesis:
 	case eventFormatKafka:
@@ -450,4 +453,34 @@ func functionNames(f *File) []string {
 		}
 	}
 	return names
+}
+
+// maxFilters is Lambda's default quota of filterCriteria patterns.
+const maxFilters = 5
+
+func (c *checker) filters(p string, m *Mapping) {
+	fc := m.FilterCriteria
+	if fc == nil {
+		return
+	}
+	if len(fc.Filters) == 0 {
+		c.addf(p+".filterCriteria.filters", "required: at least one pattern (or leave filterCriteria out)")
+	}
+	if len(fc.Filters) > maxFilters {
+		c.addf(p+".filterCriteria.filters", "%d patterns, above the limit of %d", len(fc.Filters), maxFilters)
+	}
+	format := m.EventFormat
+	if format != eventFormatKafka {
+		format = eventFormatKinesis
+	}
+	for i, f := range fc.Filters {
+		fp := fmt.Sprintf("%s.filterCriteria.filters[%d].pattern", p, i)
+		if f.Pattern == "" {
+			c.addf(fp, "required (an EventBridge pattern in JSON, e.g. '{\"data\": {\"type\": [\"order\"]}}')")
+			continue
+		}
+		if _, err := pattern.CompileFilter(f.Pattern, format); err != nil {
+			c.add(fp, err)
+		}
+	}
 }

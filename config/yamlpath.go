@@ -265,7 +265,7 @@ func (idx *index) materializeNulls(f *File) {
 // as such, so that users don't take them for typos (or think them applied).
 func unsupported(path string) bool {
 	parent, key, _ := cutLast(path)
-	return (key == "tumblingWindow" || key == "filterCriteria") && isItem(parent, "mappings")
+	return key == "tumblingWindow" && isItem(parent, "mappings")
 }
 
 // translate turns a yaml.v3 decoding error into problems named by path.

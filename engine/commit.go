@@ -110,6 +110,7 @@ type commit struct {
 	state        *batchState
 	stateRecords int // the records of state whose writes commit: a prefix
 	skipped      []idem.Sequence
+	filtered     []idem.Sequence // matched no filterCriteria pattern
 	discarded    []idem.Record
 	failures     []store.Failure
 	conditions   map[string]int
@@ -155,11 +156,12 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	defer s.mu.Unlock()
 
 	win := s.win
-	seqs := make([]idem.Sequence, 0, len(c.completed)+len(c.skipped)+len(c.discarded))
+	seqs := make([]idem.Sequence, 0, len(c.completed)+len(c.skipped)+len(c.filtered)+len(c.discarded))
 	for i := range c.completed {
 		seqs = append(seqs, c.completed[i].Sequence)
 	}
 	seqs = append(seqs, c.skipped...)
+	seqs = append(seqs, c.filtered...)
 	for i := range c.discarded {
 		seqs = append(seqs, c.discarded[i].Sequence)
 	}
@@ -228,6 +230,10 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	}
 	if n := len(c.skipped); n > 0 {
 		s.e.metrics.skipped.WithLabelValues(cfg.Name).Add(float64(n))
+	}
+	if n := len(c.filtered); n > 0 {
+		s.e.metrics.filtered.WithLabelValues(cfg.Name).Add(float64(n))
+		s.filtered.Add(uint64(n))
 	}
 	for cond, n := range c.conditions {
 		s.e.metrics.discarded.WithLabelValues(cfg.Name, cond).Add(float64(n))

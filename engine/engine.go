@@ -125,6 +125,10 @@ func (e *Engine) Add(m Mapping) error {
 	if err != nil {
 		return fmt.Errorf("mapping %q: %w", m.Name, err)
 	}
+	filters, err := compileFilters(m.EventFormat, m.Filters)
+	if err != nil {
+		return fmt.Errorf("mapping %q: %w", m.Name, err)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.running {
@@ -135,7 +139,7 @@ func (e *Engine) Add(m Mapping) error {
 			return fmt.Errorf("mapping %q: added twice", m.Name)
 		}
 	}
-	mp := &mapping{e: e, cfg: m, keyer: k, permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker)}
+	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker)}
 	if c, ok := e.store.(store.Claims); ok {
 		mp.journal = &journal{claims: c, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now}
 	}
@@ -248,6 +252,9 @@ type ShardStatus struct {
 	Discarded     uint64 `json:"discarded"`
 	Skipped       uint64 `json:"skipped"`
 	Lost          uint64 `json:"lost"`
+	// Filtered counts records that matched none of the mapping's filters,
+	// since this process started (the other counts are durable).
+	Filtered uint64 `json:"filtered"`
 }
 
 // Status reports every mapping's shards, sorted by mapping and shard.

@@ -157,6 +157,7 @@ func totals(e *engine.Engine) (st engine.ShardStatus) {
 		st.Discarded += s.Discarded
 		st.Invocations += s.Invocations
 		st.Lost += s.Lost
+		st.Filtered += s.Filtered
 		st.Checkpoint = idem.MaxSequence(st.Checkpoint, s.Checkpoint)
 	}
 	return st

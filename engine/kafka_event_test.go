@@ -16,7 +16,6 @@ import (
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/engine"
 	"github.com/idem-run/idem/source"
-	"github.com/idem-run/idem/source/kafka"
 )
 
 // kafkaEventFunction is an HTTP function that decodes events.KafkaEvent,
@@ -81,11 +80,7 @@ func testKafkaEvent(t *testing.T, eventID bool) {
 	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	src, err := kafka.New(ctx, topic, kafka.WithBrokers(brokers...), kafka.WithPollInterval(20*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { src.Close() })
+	src := openKafka(t, brokers, topic)
 
 	f := &kafkaEventFunction{t: t, eventID: eventID}
 	m := engine.Mapping{

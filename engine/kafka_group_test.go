@@ -41,11 +41,8 @@ func TestKafkaConsumerGroupBalancesAndHandsOver(t *testing.T) {
 	group := "idem-" + topic
 
 	run := func(owner string) (*engine.Engine, func()) {
-		src, err := kafka.New(ctx, topic, kafka.WithBrokers(brokers...), kafka.WithPollInterval(20*time.Millisecond),
+		src := openKafka(t, brokers, topic,
 			kafka.WithConsumerGroup(group), kafka.WithSessionTimeout(6*time.Second), kafka.WithLogger(testLogger(t)))
-		if err != nil {
-			t.Fatal(err)
-		}
 		e := engine.New(pg, engine.WithLogger(testLogger(t)), engine.WithDrainTimeout(5*time.Second),
 			engine.WithShardLeases(owner, 2*time.Second))
 		m := engine.Mapping{Name: "m", Stream: topic, Source: src, Function: "count", Invoker: gofunc.New(countingHandler(nil)),

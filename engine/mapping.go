@@ -82,6 +82,14 @@ type Mapping struct {
 	// KinesisEvent.
 	EventFormat idem.EventFormat
 
+	// Filters are filterCriteria patterns (EventBridge syntax, up to
+	// MaxFilters, ORed): a record that matches none is skipped and
+	// checkpointed, never delivered nor retried. KinesisEvent records are
+	// filtered on {"data": …} (their data as JSON), KafkaEvent records on
+	// value, key, topic, partition, offset, timestamp and timestampType.
+	// Default: none, every record is delivered.
+	Filters []string
+
 	// Scope is the idempotency scope: records COMPLETED in it are not
 	// delivered again, across mapping renames. Default: the function's name.
 	Scope string
@@ -197,6 +205,9 @@ func (m Mapping) Validate() error {
 	}
 	switch m.EventFormat {
 	case "", idem.EventFormatKinesis, idem.EventFormatKafka:
+		if _, err := compileFilters(m.EventFormat, m.Filters); err != nil {
+			bad("%v", err)
+		}
 	default:
 		bad("eventFormat: %q is not kinesis or kafka", m.EventFormat)
 	}

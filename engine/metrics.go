@@ -7,6 +7,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	processed   *prometheus.CounterVec
 	skipped     *prometheus.CounterVec
+	filtered    *prometheus.CounterVec
 	discarded   *prometheus.CounterVec
 	lost        *prometheus.CounterVec
 	invocations *prometheus.CounterVec
@@ -21,6 +22,7 @@ func newMetrics() *metrics {
 	return &metrics{
 		processed:   counter("records_processed_total", "Records whose function succeeded.", "mapping"),
 		skipped:     counter("records_skipped_total", "Records not delivered because their idempotency key was already completed in the scope.", "mapping"),
+		filtered:    counter("records_filtered_total", "Records not delivered because they matched none of the mapping's filterCriteria patterns.", "mapping"),
 		discarded:   counter("records_discarded_total", "Records sent to the on-failure destination (or dropped when none is configured).", "mapping", "condition"),
 		lost:        counter("records_lost_total", "Records that retention removed before they were read.", "mapping"),
 		invocations: counter("invocations_total", "Function invocations by outcome.", "mapping", "outcome"),
@@ -33,7 +35,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) register(r prometheus.Registerer) {
-	for _, c := range []prometheus.Collector{m.processed, m.skipped, m.discarded, m.lost, m.invocations, m.retries, m.duration} {
+	for _, c := range []prometheus.Collector{m.processed, m.skipped, m.filtered, m.discarded, m.lost, m.invocations, m.retries, m.duration} {
 		r.MustRegister(c)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/internal/pattern"
 	"github.com/idem-run/idem/source"
 	"github.com/idem-run/idem/store"
 )
@@ -23,6 +24,7 @@ type mapping struct {
 	e         *Engine
 	cfg       Mapping
 	keyer     *keyer
+	filters   []*pattern.Pattern // filterCriteria; none: deliver everything
 	permanent map[string]bool
 	journal   *journal // nil when the store keeps no claims
 	// txd offers the store's transactions to the handler; nil when the
@@ -60,6 +62,7 @@ type shard struct {
 	inFlight      atomic.Int64
 	invocations   atomic.Uint64
 	retries       atomic.Uint64
+	filtered      atomic.Uint64 // records that matched no filter, since the engine started
 	counters      atomic.Pointer[store.Checkpoint]
 	finished      atomic.Bool // a closed shard read to its end
 
@@ -88,7 +91,7 @@ func (s *shard) status(now time.Time) ShardStatus {
 	st := ShardStatus{
 		Mapping: s.m.cfg.Name, Function: s.m.cfg.Function, Stream: s.m.cfg.Stream, Shard: s.id, Scope: s.m.cfg.Scope,
 		State: s.state.Load().(string), LastError: s.lastError.Load().(string),
-		InFlight: s.inFlight.Load(), Invocations: s.invocations.Load(), Retries: s.retries.Load(),
+		InFlight: s.inFlight.Load(), Invocations: s.invocations.Load(), Retries: s.retries.Load(), Filtered: s.filtered.Load(),
 		Processed: c.Processed, Discarded: c.Discarded, Skipped: c.Skipped, Lost: c.Lost,
 	}
 	s.posMu.Lock()
@@ -404,7 +407,12 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	if !s.m.keyer.byIdentity() {
 		seen = make(map[string]struct{}, len(recs))
 	}
+	var filtered []idem.Sequence
 	for i := range recs {
+		if s.m.filtered(&recs[i]) {
+			filtered = append(filtered, recs[i].Sequence)
+			continue
+		}
 		if err := s.m.keyer.key(&recs[i]); err != nil {
 			keyFailed = append(keyFailed, recs[i])
 			keyErrs = append(keyErrs, err)
@@ -446,8 +454,8 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	}
 	pending = kept
 	// Anything resolved without invoking commits first, in one write.
-	if len(skippedSeqs) > 0 || len(keyFailed) > 0 {
-		c := commit{skipped: skippedSeqs}
+	if len(skippedSeqs) > 0 || len(keyFailed) > 0 || len(filtered) > 0 {
+		c := commit{skipped: skippedSeqs, filtered: filtered}
 		for i, r := range keyFailed {
 			s.e.log.Error("discarding record: its idempotency key cannot be computed", "mapping", cfg.Name, "err", keyErrs[i])
 			c.discard(s, []idem.Record{r}, conditionRetriesExhausted, 0, "IdempotencyKeyError", keyErrs[i].Error())

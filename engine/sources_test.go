@@ -96,6 +96,17 @@ func newKafkaTopic(t *testing.T, partitions int) ([]string, string, *kgo.Client)
 	return brokers, topic, cl
 }
 
+// openKafka opens a Source over topic, closed when t ends.
+func openKafka(t *testing.T, brokers []string, topic string, opts ...kafka.Option) *kafka.Source {
+	t.Helper()
+	src, err := kafka.New(context.Background(), topic, append([]kafka.Option{kafka.WithBrokers(brokers...), kafka.WithPollInterval(20 * time.Millisecond)}, opts...)...)
+	if err != nil {
+		t.Fatalf("kafka.New(%s): %v", topic, err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
+}
+
 // openKafkaSource makes a topic of shards partitions on an in-process kfake
 // cluster of its own. Records are produced with kgo's default partitioner
 // (murmur2 of the key, as the Java client), so one key is one partition.
@@ -103,11 +114,7 @@ func openKafkaSource(t *testing.T, _ *env, shards int) (source.Driver, string, p
 	t.Helper()
 	ctx := context.Background()
 	brokers, topic, prod := newKafkaTopic(t, shards)
-	src, err := kafka.New(ctx, topic, kafka.WithBrokers(brokers...), kafka.WithPollInterval(20*time.Millisecond))
-	if err != nil {
-		t.Fatalf("kafka.New(%s): %v", topic, err)
-	}
-	t.Cleanup(func() { src.Close() })
+	src := openKafka(t, brokers, topic)
 	return src, topic, func(key string, data ...string) {
 		t.Helper()
 		for len(data) > 0 {

@@ -182,6 +182,7 @@ func (s *Server) setup() error {
 			ReportBatchItemFailures:    m.ReportBatchItemFailures(),
 			PermanentErrorTypes:        m.PermanentErrorTypes,
 			EventFormat:                idem.EventFormat(m.EventFormat),
+			Filters:                    m.Patterns(),
 			Scope:                      m.Idempotency.Scope,
 			KeyExpression:              m.Idempotency.Key,
 			MarkRetention:              m.Idempotency.Retention.D(),

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -51,6 +52,9 @@ type sourceCase struct {
 	kafkaEvent bool
 	// check looks at what the function saw, beyond order and exactly-once.
 	check func(t *testing.T, got []seen)
+	// keys are the partition keys the mapping's filters let through; nil
+	// for all.
+	keys []string
 }
 
 // TestSourcesFromConfig runs one mapping per kind of source, configured by
@@ -85,6 +89,14 @@ func TestSourcesFromConfig(t *testing.T) {
 			}
 		}},
 		{name: "redis", setup: redisKeys},
+		{name: "kafka with filterCriteria", kafkaEvent: true, keys: []string{"a", "c", "f"}, setup: func(t *testing.T) (string, string, func(string, ...string)) {
+			src, _, put := kafkaTopic(t)
+			return src, `filterCriteria: {filters: [{pattern: '{"value": {"key": ["a", "c"]}}'}, {pattern: '{"key": [{"prefix": "f"}]}'}]}`, put
+		}},
+		{name: "redis with filterCriteria", keys: []string{"b", "d", "e", "f"}, setup: func(t *testing.T) (string, string, func(string, ...string)) {
+			src, _, put := redisKeys(t)
+			return src, `filterCriteria: {filters: [{pattern: '{"data": {"key": [{"anything-but": ["a", "c"]}]}}'}]}`, put
+		}},
 		{name: "kinesis", setup: kinesisStream},
 	} {
 		t.Run(tc.name, func(t *testing.T) { testSourceFromConfig(t, tc) })
@@ -124,6 +136,9 @@ mappings:
 		}
 		put(k, data...)
 	}
+	if tc.keys != nil {
+		keys = tc.keys
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		mu.Lock()
@@ -141,10 +156,13 @@ mappings:
 	mu.Lock()
 	defer mu.Unlock()
 	if len(got) != len(keys)*perKey {
-		t.Fatalf("the function saw %d records, want %d: a record ran twice", len(got), len(keys)*perKey)
+		t.Fatalf("the function saw %d records, want %d: a record ran twice, or a filter let one through", len(got), len(keys)*perKey)
 	}
 	next := map[string]int{}
 	for _, s := range got {
+		if !slices.Contains(keys, s.key) {
+			t.Fatalf("key %s reached the function: the filters should have dropped it", s.key)
+		}
 		want := fmt.Sprintf(`{"key":%q,"n":%d}`, s.key, next[s.key])
 		if s.data != want {
 			t.Fatalf("key %s: got %s, want %s (order per key)", s.key, s.data, want)

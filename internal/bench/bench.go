@@ -232,6 +232,7 @@ const (
 	modeMarks
 	modeState
 	modeBaseline
+	modeFiltered // exactly-once behind a filterCriteria pattern every record matches
 )
 
 // load fills a fresh stream with n records of size bytes, spread over the
@@ -318,6 +319,9 @@ func throughput(ctx context.Context, cfg Config, dir string, m mode) (Scenario, 
 	}
 	if m == modeMarks {
 		mp.KeyExpression = "id"
+	}
+	if m == modeFiltered {
+		mp.Filters = []string{`{"data": {"id": [{"exists": true}]}}`}
 	}
 	if err := e.Add(mp); err != nil {
 		return Scenario{}, err

@@ -47,6 +47,7 @@ func BenchmarkEngine(b *testing.B) {
 		{"AtLeastOnce", modeAtLeastOnce},
 		{"ExactlyOnce", modeExactlyOnce},
 		{"ExactlyOncePayloadKeys", modeMarks},
+		{"ExactlyOnceFiltered", modeFiltered},
 		{"ExactlyOnceState", modeState},
 		{"PerRecordBaseline", modeBaseline},
 	} {

@@ -1,0 +1,67 @@
+package engine
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/internal/pattern"
+)
+
+// MaxFilters is how many filterCriteria patterns a mapping may have, as
+// Lambda's default quota.
+const MaxFilters = 5
+
+// compileFilters compiles a mapping's filterCriteria patterns; errors name
+// the pattern by index.
+func compileFilters(format idem.EventFormat, srcs []string) ([]*pattern.Pattern, error) {
+	if len(srcs) > MaxFilters {
+		return nil, fmt.Errorf("filterCriteria.filters: %d patterns, above the limit of %d", len(srcs), MaxFilters)
+	}
+	ps := make([]*pattern.Pattern, len(srcs))
+	for i, src := range srcs {
+		p, err := pattern.CompileFilter(src, string(format))
+		if err != nil {
+			return nil, fmt.Errorf("filterCriteria.filters[%d].pattern: %w", i, err)
+		}
+		ps[i] = p
+	}
+	return ps, nil
+}
+
+// filtered reports whether r matches none of the mapping's filters: it is
+// then skipped and checkpointed, never delivered nor retried, as Lambda
+// does. Data that is not JSON matches only patterns that do not look into
+// it.
+func (m *mapping) filtered(r *idem.Record) bool {
+	if len(m.filters) == 0 {
+		return false
+	}
+	ev := make(map[string]any, 7)
+	data := "data"
+	if m.cfg.EventFormat == idem.EventFormatKafka {
+		data = "value"
+		ev["topic"] = r.Stream
+		if dash := strings.LastIndexByte(r.ShardID, '-'); dash >= 0 {
+			if p, err := strconv.ParseInt(r.ShardID[dash+1:], 10, 32); err == nil {
+				ev["partition"] = float64(p)
+			}
+		}
+		if n, ok := r.Sequence.Uint64(); ok && n > 0 {
+			ev["offset"] = float64(n - 1)
+		}
+		ev["timestamp"] = float64(r.ArrivalTime.UnixMilli())
+		ev["timestampType"] = "CREATE_TIME"
+		ev["key"] = r.PartitionKey
+	}
+	if v, err := pattern.Decode(r.Data); err == nil {
+		ev[data] = v
+	}
+	for _, p := range m.filters {
+		if p.Match(ev) {
+			return false
+		}
+	}
+	return true
+}
