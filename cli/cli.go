@@ -343,10 +343,10 @@ func statusCmd() *cobra.Command {
 				return enc.Encode(st)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "MAPPING\tSHARD\tSTATE\tCHECKPOINT\tLAG\tITERATOR AGE\tIN-FLIGHT\tINVOCATIONS\tRETRIES\tPROCESSED\tDISCARDED\tSKIPPED\tLOST\tFILTERED")
+			fmt.Fprintln(tw, "MAPPING\tSHARD\tSTATE\tCHECKPOINT\tLAG\tITERATOR AGE\tIN-FLIGHT\tINVOCATIONS\tRETRIES\tPROCESSED\tDISCARDED\tSKIPPED\tLOST")
 			for _, s := range st.Shards {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s.Mapping, s.Shard, s.State, shortSequence(s.Checkpoint), s.LagRecords,
-					(time.Duration(s.IteratorAgeMs) * time.Millisecond).String(), s.InFlight, s.Invocations, s.Retries, s.Processed, s.Discarded, s.Skipped, s.Lost, s.Filtered)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s.Mapping, s.Shard, s.State, shortSequence(s.Checkpoint), s.LagRecords,
+					(time.Duration(s.IteratorAgeMs) * time.Millisecond).String(), s.InFlight, s.Invocations, s.Retries, s.Processed, s.Discarded, s.Skipped, s.Lost)
 			}
 			if len(st.Functions) > 0 {
 				fmt.Fprintln(tw, "\nFUNCTION\tKIND\tRUNNING\tRESTARTS\tCRASH LOOP\tLAST EXIT")
