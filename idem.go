@@ -191,8 +191,13 @@ type Batch struct {
 	Function string
 	// InvocationID identifies this invocation in logs and headers.
 	InvocationID string
-	// Records are in shard order, at least one.
+	// Records are in shard order, at least one; none in the final
+	// invocation of a tumbling window (Window.Final).
 	Records []Record
+	// Window is set for a mapping with a tumblingWindow: the window the
+	// records arrived in and the state its previous invocation returned.
+	// nil otherwise.
+	Window *Window
 	// Format is the Lambda event shape function drivers build for the
 	// batch: "" or EventFormatKinesis for KinesisEvent, EventFormatKafka
 	// for KafkaEvent. The engine sets it from the mapping.
@@ -204,6 +209,27 @@ type Batch struct {
 	// tx is the store transaction the batch's effects commit in; nil
 	// without one.
 	tx Transaction
+}
+
+// Window is a tumbling window, Lambda's way of aggregating over a stream:
+// a shard's records are grouped by arrival time into windows of the
+// mapping's tumblingWindow, a batch never spans two, and each invocation
+// gets the state the previous invocation of its window returned
+// (BatchResult.State), committed with the checkpoint. When the window ends
+// the function is invoked once more, with no records and Final set, to act
+// on the aggregate; the state is then dropped.
+type Window struct {
+	// Start and End bound the window: records that arrived at or after
+	// Start and before End.
+	Start, End time.Time
+	// State is what the window's previous invocation returned; empty at
+	// its first.
+	State map[string]string
+	// Final marks the window's last invocation, with no records.
+	Final bool
+	// Stream and ShardID name the shard the window is of (a final
+	// invocation has no records to tell).
+	Stream, ShardID string
 }
 
 // NewBatch makes a Batch whose records see the given per-record states. The
@@ -252,6 +278,9 @@ type BatchResult struct {
 	// checkpoint moves to just before the lowest one; every later record is
 	// delivered again, even one that succeeded. Empty means success.
 	BatchItemFailures []BatchItemFailure `json:"batchItemFailures"`
+	// State is the tumbling window's state after this batch (Batch.Window),
+	// handed to the window's next invocation; ignored without a window.
+	State map[string]string `json:"state,omitempty"`
 }
 
 // BatchItemFailure names one failed record.

@@ -236,6 +236,14 @@ type Mapping struct {
 	// order, never concurrently.
 	// Default: 1
 	ParallelizationFactor int `yaml:"parallelizationFactor"`
+	// TumblingWindow groups each shard's records by arrival time into
+	// windows of this length, 0 to 900s, as Lambda's: the function gets a
+	// KinesisTimeWindowEvent with the state its window's previous
+	// invocation returned, the state commits with the checkpoint, and a
+	// final invocation with no records and isFinalInvokeForWindow closes
+	// each window. Needs parallelizationFactor 1 and KinesisEvent.
+	// Default: 0 (no windows)
+	TumblingWindow Duration `yaml:"tumblingWindow,omitempty"`
 	// FunctionResponseTypes may hold only ReportBatchItemFailures, which
 	// makes the function's batchItemFailures response count; without it a
 	// response is ignored. Use the ReportBatchItemFailures method to read it.

@@ -430,8 +430,12 @@ functions:
 			[]string{`"data dir": unknown key`}},
 		{"go takes no settings", "functions: [{name: f, go: {package: main}}]\n",
 			[]string{"functions[0].go.package: unknown key"}},
-		{"not supported yet", mappingDoc("    tumblingWindow: 30s\n"), []string{
-			"mappings[0].tumblingWindow: not supported yet",
+		{"tumbling window out of range, with parallelization", mappingDoc("    tumblingWindow: 901s\n    parallelizationFactor: 2\n"), []string{
+			"mappings[0].tumblingWindow: 15m1s is above the maximum 15m",
+			"mappings[0].tumblingWindow: needs parallelizationFactor 1 (a shard has one window state), not 2",
+		}},
+		{"tumbling window with KafkaEvent", mappingSourceDoc("{kafka: {brokers: ['k:9092'], topic: t}}, tumblingWindow: 30s"), []string{
+			"mappings[0].tumblingWindow: not available with eventFormat kafka (KafkaEvent has no window), as on Lambda: set eventFormat: kinesis",
 		}},
 		{"bad filter patterns", mappingDoc("    filterCriteria: {filters: [{pattern: \"{}\"}, {pattern: ''}, {pattern: '{\"partitionKey\": [\"a\"]}'}, {pattern: '{\"data\": {\"n\": [{\"numeric\": [\"!\", 1]}]}}'}]}\n"), []string{
 			"mappings[0].filterCriteria.filters[0].pattern: empty pattern: name at least one field",

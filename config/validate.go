@@ -300,6 +300,15 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 		c.addf(p+".maximumRecordAge", "%s is above the maximum %s (or -1 for no limit)", age, maxRecordAge)
 	}
 	c.intRange(p+".parallelizationFactor", m.ParallelizationFactor, minParallelization, maxParallelizing)
+	if m.TumblingWindow != 0 {
+		c.durRange(p+".tumblingWindow", m.TumblingWindow, 0, Duration(900*time.Second))
+		if m.ParallelizationFactor > 1 {
+			c.addf(p+".tumblingWindow", "needs parallelizationFactor 1 (a shard has one window state), not %d", m.ParallelizationFactor)
+		}
+		if m.EventFormat == eventFormatKafka {
+			c.addf(p+".tumblingWindow", "not available with eventFormat kafka (KafkaEvent has no window), as on Lambda: set eventFormat: kinesis")
+		}
+	}
 	for j, t := range m.FunctionResponseTypes {
 		if t != reportBatchItemFailures {
 			c.addf(fmt.Sprintf("%s.functionResponseTypes[%d]", p, j), "%q is not supported (allowed: %s)", t, reportBatchItemFailures)

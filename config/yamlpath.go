@@ -261,11 +261,15 @@ func (idx *index) materializeNulls(f *File) {
 	}
 }
 
-// unsupported are Lambda settings idem does not implement yet. They are named
-// as such, so that users don't take them for typos (or think them applied).
+// unsupportedMappingKeys are Lambda mapping settings idem does not
+// implement yet (none today). They are named as such, so that users don't
+// take them for typos (or think them applied).
+var unsupportedMappingKeys = map[string]bool{}
+
+// unsupported reports whether path is such a setting.
 func unsupported(path string) bool {
 	parent, key, _ := cutLast(path)
-	return key == "tumblingWindow" && isItem(parent, "mappings")
+	return unsupportedMappingKeys[key] && isItem(parent, "mappings")
 }
 
 // translate turns a yaml.v3 decoding error into problems named by path.

@@ -111,9 +111,13 @@ type commit struct {
 	stateRecords int // the records of state whose writes commit: a prefix
 	skipped      []idem.Sequence
 	filtered     []idem.Sequence // matched no filterCriteria pattern
-	discarded    []idem.Record
-	failures     []store.Failure
-	conditions   map[string]int
+	// window, with tumbling windows, commits windowState as the open
+	// window's state after the completed records.
+	window      bool
+	windowState map[string]string
+	discarded   []idem.Record
+	failures    []store.Failure
+	conditions  map[string]int
 }
 
 // discard sends recs to the on-failure destination in this commit.
@@ -179,6 +183,11 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	if c.state != nil {
 		c.state.appendCommitted(w, c.stateRecords)
 	}
+	if c.window {
+		if err := s.appendWindow(w, c.windowState); err != nil {
+			return err
+		}
+	}
 	var newProgress store.Progress
 	switch {
 	case cfg.AtLeastOnce:
@@ -220,6 +229,9 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	s.cp = cp
 	if w.HasProgress {
 		s.prog.p = newProgress
+	}
+	if c.window {
+		s.tw.state = c.windowState
 	}
 	s.publish(cp)
 	if win.next == len(win.seqs) {

@@ -82,6 +82,15 @@ type Mapping struct {
 	// KinesisEvent.
 	EventFormat idem.EventFormat
 
+	// TumblingWindow, when positive, groups each shard's records by arrival
+	// time into windows of this length (up to MaxTumblingWindow): a batch
+	// never spans two, each invocation gets the state its window's previous
+	// invocation returned (idem.Batch.Window, BatchResult.State), committed
+	// with the checkpoint, and a last invocation with no records and
+	// Window.Final closes the window. Needs ParallelizationFactor 1 and
+	// KinesisEvent. Default: 0, no windows.
+	TumblingWindow time.Duration
+
 	// Filters are filterCriteria patterns (EventBridge syntax, up to
 	// MaxFilters, ORed): a record that matches none is skipped and
 	// checkpointed, never delivered nor retried. KinesisEvent records are
@@ -202,6 +211,15 @@ func (m Mapping) Validate() error {
 	}
 	if m.Source != nil && m.MarkRetention < m.Source.Retention() {
 		bad("idempotency.retention: %s is shorter than the stream's retention %s: a replay of retained records could run one twice", m.MarkRetention, m.Source.Retention())
+	}
+	if m.TumblingWindow < 0 || m.TumblingWindow > MaxTumblingWindow {
+		bad("tumblingWindow: %s is outside 0s to %s", m.TumblingWindow, MaxTumblingWindow)
+	}
+	if m.TumblingWindow > 0 && m.ParallelizationFactor > 1 {
+		bad("tumblingWindow: needs parallelizationFactor 1 (a shard has one window state), not %d", m.ParallelizationFactor)
+	}
+	if m.TumblingWindow > 0 && m.EventFormat == idem.EventFormatKafka {
+		bad("tumblingWindow: not available with KafkaEvent (eventFormat kafka), as on Lambda")
 	}
 	switch m.EventFormat {
 	case "", idem.EventFormatKinesis, idem.EventFormatKafka:

@@ -63,6 +63,7 @@ type shard struct {
 	invocations   atomic.Uint64
 	retries       atomic.Uint64
 	filtered      atomic.Uint64 // records that matched no filter, since the engine started
+	tw            tumbling      // the open tumbling window; only the shard's reader uses it
 	counters      atomic.Pointer[store.Checkpoint]
 	finished      atomic.Bool // a closed shard read to its end
 
@@ -196,6 +197,12 @@ func (s *shard) runOnce(ctx, work context.Context) error {
 					return nil
 				}
 			}
+			if s.windowDue() {
+				if err := s.closeWindow(ctx, work); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := cfg.Source.Wait(ctx, s.id, s.cp.Sequence); err != nil && ctx.Err() == nil {
 				return fmt.Errorf("waiting for records: %w", err)
 			}
@@ -231,6 +238,11 @@ func (s *shard) load(ctx context.Context) error {
 		s.fenceWrite(w)
 		if err := s.e.store.Commit(ctx, w); err != nil {
 			return fmt.Errorf("creating checkpoint: %w", err)
+		}
+	}
+	if cfg.TumblingWindow > 0 {
+		if err := s.loadWindow(ctx); err != nil {
+			return err
 		}
 	}
 	if s.m.keyer.byIdentity() && !cfg.AtLeastOnce {
@@ -537,8 +549,17 @@ func (s *shard) group(recs []idem.Record) [][]idem.Record {
 func (s *shard) processGroup(ctx, work context.Context, recs []idem.Record) error {
 	cfg := &s.m.cfg
 	for len(recs) > 0 {
+		var window time.Time
+		if cfg.TumblingWindow > 0 {
+			// A batch never spans two windows.
+			window = s.windowOf(&recs[0])
+			if err := s.enterWindow(ctx, work, window); err != nil {
+				return err
+			}
+		}
 		n, size := 0, 0
-		for n < len(recs) && n < cfg.BatchSize && (n == 0 || size+len(recs[n].Data) <= MaxBatchBytes) {
+		for n < len(recs) && n < cfg.BatchSize && (n == 0 || size+len(recs[n].Data) <= MaxBatchBytes) &&
+			(cfg.TumblingWindow == 0 || s.windowOf(&recs[n]).Equal(window)) {
 			size += len(recs[n].Data)
 			n++
 		}
@@ -552,10 +573,12 @@ func (s *shard) processGroup(ctx, work context.Context, recs []idem.Record) erro
 
 // outcome is what one invocation means under the mapping's rules.
 type outcome struct {
-	failedAt  int    // index of the lowest failed record; -1: none; len: whole batch
-	errType   string // the function error's type, for permanentErrorTypes
-	errMsg    string
-	permanent bool
+	// windowState is the tumbling window's state the function returned.
+	windowState map[string]string
+	failedAt    int    // index of the lowest failed record; -1: none; len: whole batch
+	errType     string // the function error's type, for permanentErrorTypes
+	errMsg      string
+	permanent   bool
 }
 
 // completed returns how many leading records of an invocation of n
@@ -607,7 +630,7 @@ func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
 		// state and, in its transaction, their SQL; an invocation that
 		// completed none has its transaction undone.
 		if n := out.completed(len(sub)); n > 0 {
-			c := commit{completed: sub[:n], state: bs, stateRecords: n}
+			c := commit{completed: sub[:n], state: bs, stateRecords: n, window: cfg.TumblingWindow > 0, windowState: out.windowState}
 			if err := s.commit(work, &c); err != nil {
 				return err
 			}
@@ -749,6 +772,9 @@ func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outc
 		batch = idem.NewBatch(cfg.Name, cfg.Function, newInvocationID(), b, views)
 	}
 	batch.Format = cfg.EventFormat
+	if cfg.TumblingWindow > 0 {
+		batch.Window = s.window(false)
+	}
 	ctx, cancel := context.WithTimeout(work, cfg.FunctionTimeout)
 	if s.m.journal != nil {
 		ctx = idem.WithJournal(ctx, s.m.journal)
@@ -767,6 +793,13 @@ func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outc
 	out := s.judge(b, res, err)
 	if bs.tx != nil {
 		out = bs.tx.judge(out, len(b))
+	}
+	if cfg.TumblingWindow > 0 && out.failedAt != len(b) {
+		st, err := windowState(res)
+		if err != nil {
+			out = outcome{failedAt: len(b), errType: "Function.InvalidState", errMsg: err.Error()}
+		}
+		out.windowState = st
 	}
 	label := "success"
 	switch {

@@ -5,6 +5,7 @@ package function
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/idem-run/idem"
@@ -43,6 +44,10 @@ type Result struct {
 	// Err is the error of a native (RecordFunc) failure: its type and
 	// permanence drive retries as a function error's would.
 	Err *Error
+	// State is the response's "state", unparsed (ParseState reads it): a
+	// tumbling window's state for the window's next invocation. nil when
+	// the response has none.
+	State json.RawMessage
 }
 
 // Error is a function error.

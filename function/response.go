@@ -24,8 +24,9 @@ import (
 //
 // Each entry {"itemIdentifier": "<id>"} of batchItemFailures adds <id> to
 // Result.Failures, in the order given, duplicates kept. Keys other than
-// batchItemFailures (state, for tumbling windows) and other keys of an entry
-// are ignored. ParseResponse does not know the batch: the engine checks that
+// batchItemFailures are ignored, except state (for tumbling windows), which
+// Result.State keeps unparsed for ParseState; other keys of an entry are
+// ignored. ParseResponse does not know the batch: the engine checks that
 // each identifier names one of its records.
 //
 // # Complete failure
@@ -94,7 +95,7 @@ func ParseResponse(body []byte) (Result, error) {
 	if _, err := dec.Token(); err != nil { // '{'
 		return Result{}, decodeError(err, body)
 	}
-	var list json.RawMessage
+	var list, state json.RawMessage
 	found := false
 	for dec.More() {
 		tok, err := dec.Token()
@@ -107,6 +108,8 @@ func ParseResponse(body []byte) (Result, error) {
 			return Result{}, decodeError(err, body)
 		}
 		switch {
+		case key == "state":
+			state = bytes.Clone(value)
 		case key == "batchItemFailures":
 			if found {
 				return Result{Invalid: "batchItemFailures is given twice"}, nil
@@ -117,10 +120,10 @@ func ParseResponse(body []byte) (Result, error) {
 		}
 	}
 	if !found || list[0] == 'n' {
-		return Result{}, nil
+		return Result{State: state}, nil
 	}
 	if list[0] != '[' {
-		return Result{Invalid: fmt.Sprintf("batchItemFailures is a JSON %s, not an array: %s", kind(list), quote(list))}, nil
+		return Result{Invalid: fmt.Sprintf("batchItemFailures is a JSON %s, not an array: %s", kind(list), quote(list)), State: state}, nil
 	}
 	var entries []json.RawMessage
 	if err := json.Unmarshal(list, &entries); err != nil {
@@ -137,7 +140,26 @@ func ParseResponse(body []byte) (Result, error) {
 		}
 		failures = append(failures, id)
 	}
-	return Result{Failures: failures}, nil
+	return Result{Failures: failures, State: state}, nil
+}
+
+// ParseState reads a tumbling window's state, the "state" of a response
+// (Result.State): an object of strings, as Lambda's TimeWindowEventResponse
+// has. Absent or null is the empty state. Anything else is an error that
+// names what was wrong.
+func ParseState(raw json.RawMessage) (map[string]string, error) {
+	raw = trimJSONSpace(raw)
+	if len(raw) == 0 || raw[0] == 'n' {
+		return nil, nil
+	}
+	if raw[0] != '{' {
+		return nil, fmt.Errorf("state is a JSON %s, not an object of strings: %s", kind(raw), quote(raw))
+	}
+	var st map[string]string
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return nil, fmt.Errorf("state is not an object of strings: %v", err)
+	}
+	return st, nil
 }
 
 // parseEntry reads one batchItemFailures entry: its identifier, or why it

@@ -182,6 +182,9 @@ func FuzzParseResponse(f *testing.F) {
 			}
 			return
 		}
+		if st, err := function.ParseState(res.State); err == nil && res.State != nil && st == nil && string(res.State) != "null" {
+			t.Fatalf("state %s parsed as none", res.State)
+		}
 		if res.Invalid != "" {
 			if len(res.Invalid) > 600 {
 				t.Fatalf("Invalid is %d bytes", len(res.Invalid))
@@ -211,3 +214,41 @@ func FuzzParseResponse(f *testing.F) {
 }
 
 func trim(b []byte) string { return strings.Trim(string(b), " \t\r\n") }
+
+// TestParseState: a tumbling window's state is an object of strings;
+// absent and null are the empty state; anything else is an error naming
+// what was wrong. ParseResponse keeps it unparsed.
+func TestParseState(t *testing.T) {
+	res, err := function.ParseResponse([]byte(`{"state": {"sum": "15", "n": "3"}, "batchItemFailures": []}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := function.ParseState(res.State)
+	if err != nil || len(st) != 2 || st["sum"] != "15" {
+		t.Fatalf("state %v, %v", st, err)
+	}
+	for _, body := range []string{`{}`, `{"state": null}`, ``, `null`} {
+		res, err := function.ParseResponse([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := function.ParseState(res.State); err != nil || st != nil {
+			t.Errorf("%s: state %v, %v; want none", body, st, err)
+		}
+	}
+	for body, want := range map[string]string{
+		`{"state": [1]}`:         "state is a JSON array, not an object of strings",
+		`{"state": {"n": 1}}`:    "state is not an object of strings",
+		`{"state": "sum=1"}`:     "state is a JSON string",
+		`{"state": {"n": null}}`: "",
+	} {
+		res, err := function.ParseResponse([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = function.ParseState(res.State)
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
+			t.Errorf("%s: %v, want %q", body, err, want)
+		}
+	}
+}

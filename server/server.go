@@ -183,6 +183,7 @@ func (s *Server) setup() error {
 			PermanentErrorTypes:        m.PermanentErrorTypes,
 			EventFormat:                idem.EventFormat(m.EventFormat),
 			Filters:                    m.Patterns(),
+			TumblingWindow:             m.TumblingWindow.D(),
 			Scope:                      m.Idempotency.Scope,
 			KeyExpression:              m.Idempotency.Key,
 			MarkRetention:              m.Idempotency.Retention.D(),

@@ -25,6 +25,7 @@ package gofunc
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -136,17 +137,22 @@ func translate(ctx context.Context, start time.Time, br idem.BatchResult, herr e
 	if herr != nil {
 		return function.Result{}, toError(herr)
 	}
+	var state json.RawMessage
+	if br.State != nil {
+		// A map of strings always marshals.
+		state, _ = json.Marshal(br.State)
+	}
 	if len(br.BatchItemFailures) == 0 {
-		return function.Result{}, nil
+		return function.Result{State: state}, nil
 	}
 	failures := make([]string, len(br.BatchItemFailures))
 	for i, item := range br.BatchItemFailures {
 		if item.ItemIdentifier == "" {
-			return function.Result{Invalid: fmt.Sprintf("batchItemFailures[%d]: itemIdentifier is an empty string", i)}, nil
+			return function.Result{Invalid: fmt.Sprintf("batchItemFailures[%d]: itemIdentifier is an empty string", i), State: state}, nil
 		}
 		failures[i] = item.ItemIdentifier
 	}
-	return function.Result{Failures: failures}, nil
+	return function.Result{Failures: failures, State: state}, nil
 }
 
 // timeout reports a handler that outlived its deadline in Lambda's words.

@@ -4,12 +4,14 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/idem-run/idem"
@@ -175,7 +177,44 @@ func (f *Function) appendKinesisEvent(dst []byte, b *idem.Batch) []byte {
 		dst = appendString(dst, r.IdempotencyKey)
 		dst = append(dst, '}')
 	}
-	return append(dst, "]}"...)
+	dst = append(dst, ']')
+	if w := b.Window; w != nil {
+		dst = f.appendWindow(dst, w)
+	}
+	return append(dst, '}')
+}
+
+// appendWindow appends the fields of an events.KinesisTimeWindowEvent
+// beyond its Records, as encoding/json writes them.
+func (f *Function) appendWindow(dst []byte, w *idem.Window) []byte {
+	dst = append(dst, `,"window":{"start":"`...)
+	dst = w.Start.UTC().AppendFormat(dst, time.RFC3339)
+	dst = append(dst, `","end":"`...)
+	dst = w.End.UTC().AppendFormat(dst, time.RFC3339)
+	dst = append(dst, `"},"state":`...)
+	if w.State == nil {
+		dst = append(dst, "null"...)
+	} else {
+		dst = append(dst, '{')
+		for i, k := range slices.Sorted(maps.Keys(w.State)) {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, k)
+			dst = append(dst, ':')
+			dst = appendString(dst, w.State[k])
+		}
+		dst = append(dst, '}')
+	}
+	dst = append(dst, `,"shardId":`...)
+	dst = appendString(dst, w.ShardID)
+	dst = append(dst, `,"eventSourceARN":"arn:aws:kinesis:`...)
+	dst = appendStringBody(dst, f.region)
+	dst = append(dst, `:000000000000:stream/`...)
+	dst = appendStringBody(dst, w.Stream)
+	dst = append(dst, `","isFinalInvokeForWindow":`...)
+	dst = strconv.AppendBool(dst, w.Final)
+	return append(dst, `,"isWindowTerminatedEarly":false`...)
 }
 
 // appendEpochSeconds writes the arrival time as events.SecondsEpochTime

@@ -1,0 +1,135 @@
+package engine_test
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/engine"
+	"github.com/idem-run/idem/function/gofunc"
+	"github.com/idem-run/idem/source"
+	stembedded "github.com/idem-run/idem/store/embedded"
+)
+
+// windowCall is one invocation of a tumbling-window function.
+type windowCall struct {
+	start   time.Time
+	final   bool
+	state   string // the state it received: the running sum
+	records []string
+}
+
+// summer adds the records' numbers to its window's state["sum"] and keeps
+// every call.
+type summer struct {
+	mu    sync.Mutex
+	calls []windowCall
+}
+
+func (s *summer) handler() idem.Handler {
+	return idem.HandlerFunc(func(_ context.Context, b *idem.Batch) (idem.BatchResult, error) {
+		w := b.Window
+		call := windowCall{start: w.Start, final: w.Final, state: w.State["sum"]}
+		sum, _ := strconv.Atoi(w.State["sum"])
+		for _, r := range b.Records {
+			n, _ := strconv.Atoi(string(r.Data))
+			sum += n
+			call.records = append(call.records, string(r.Data))
+			if r.ArrivalTime.Before(w.Start) || !r.ArrivalTime.Before(w.End) {
+				call.records = append(call.records, "OUTSIDE")
+			}
+		}
+		s.mu.Lock()
+		s.calls = append(s.calls, call)
+		s.mu.Unlock()
+		return idem.BatchResult{State: map[string]string{"sum": strconv.Itoa(sum)}}, nil
+	})
+}
+
+func (s *summer) finals() []windowCall {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []windowCall
+	for _, c := range s.calls {
+		if c.final {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// TestTumblingWindow: records are grouped by their timestamps into
+// windows; each window's state carries across invocations and across an
+// engine restart (it commits with the checkpoint), a batch never spans two
+// windows, and each window ends with a final invocation that sees the
+// window's whole sum.
+func TestTumblingWindow(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t)
+	st := stembedded.New(v.db)
+	brokers, topic, cl := newKafkaTopic(t, 1)
+	const d = 15 * time.Minute
+	// Windows in the future, so that none ends by the clock during the
+	// test: only a later window's record closes one.
+	w0 := time.Now().Add(24 * time.Hour).UTC().Truncate(d)
+	produce := func(window time.Time, nums ...int) {
+		t.Helper()
+		var recs []*kgo.Record
+		for i, n := range nums {
+			recs = append(recs, &kgo.Record{Topic: topic, Key: []byte("k"), Value: []byte(strconv.Itoa(n)), Timestamp: window.Add(time.Duration(i+1) * time.Second)})
+		}
+		if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &summer{}
+	run := func() (*engine.Engine, func()) {
+		e := engine.New(st, engine.WithLogger(testLogger(t)), engine.WithDrainTimeout(2*time.Second))
+		if err := e.Add(engine.Mapping{Name: "m", Stream: topic, Source: openKafka(t, brokers, topic), Function: "sum",
+			Invoker: gofunc.New(s.handler()), StartingPosition: source.TrimHorizon, BatchSize: 2, TumblingWindow: d}); err != nil {
+			t.Fatal(err)
+		}
+		stop := startEngine(t, e, "A")
+		t.Cleanup(stop)
+		return e, stop
+	}
+
+	produce(w0, 1, 2, 3)
+	e, stop := run()
+	waitFor(t, "3 records", func() bool { return totals(e).Processed == 3 })
+	stop()
+	e, _ = run()
+	produce(w0, 4, 5)
+	waitFor(t, "5 records", func() bool { return totals(e).Processed == 5 })
+	if f := s.finals(); len(f) != 0 {
+		t.Fatalf("final invocations %+v before the window ended", f)
+	}
+	produce(w0.Add(d), 10, 20) // the next window: closes the first
+	produce(w0.Add(3*d), 100)  // and this one the second
+	waitFor(t, "two windows closed", func() bool { return len(s.finals()) == 2 })
+
+	f := s.finals()
+	if !f[0].start.Equal(w0) || f[0].state != "15" || len(f[0].records) != 0 {
+		t.Errorf("first window's final invocation %+v, want start %s and sum 15", f[0], w0)
+	}
+	if !f[1].start.Equal(w0.Add(d)) || f[1].state != "30" {
+		t.Errorf("second window's final invocation %+v, want start %s and sum 30", f[1], w0.Add(d))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.calls {
+		for _, r := range c.records {
+			if r == "OUTSIDE" {
+				t.Errorf("a batch of window %s held a record of another window: %+v", c.start, c)
+			}
+		}
+		if len(c.records) > 2 {
+			t.Errorf("batch of %d records, above batchSize 2: %+v", len(c.records), c)
+		}
+	}
+}

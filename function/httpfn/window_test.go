@@ -1,0 +1,52 @@
+package httpfn
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/idem-run/idem"
+)
+
+type wireWindowEvent struct {
+	Records []wireRecord `json:"Records"`
+	events.TimeWindowProperties
+}
+
+// TestWindowEventMatchesEncodingJSON: a tumbling window's batch is an
+// events.KinesisTimeWindowEvent, byte for byte, final invocation included.
+func TestWindowEventMatchesEncodingJSON(t *testing.T) {
+	f := &Function{region: "local"}
+	start := time.Date(2026, 11, 23, 12, 0, 30, 0, time.UTC)
+	recs := []idem.Record{{Stream: "orders", ShardID: "shardId-000000000001", Sequence: idem.SequenceOf(5), PartitionKey: "k",
+		Data: []byte(`{"n":1}`), ArrivalTime: start.Add(time.Second), IdempotencyKey: "orders/shardId-000000000001/5"}}
+	for _, w := range []idem.Window{
+		{Start: start, End: start.Add(30 * time.Second), Stream: "orders", ShardID: "shardId-000000000001"},
+		{Start: start, End: start.Add(30 * time.Second), State: map[string]string{"sum": "42", "b\"<": "\u2028é", "a": ""}, Stream: "orders", ShardID: "shardId-000000000001"},
+		{Start: start.In(time.FixedZone("x", 3600)).Add(time.Millisecond), End: start.Add(30 * time.Second), State: map[string]string{}, Final: true, Stream: "orders", ShardID: "shardId-000000000001"},
+	} {
+		b := idem.NewBatch("m", "f", "i", recs, nil)
+		if w.Final {
+			b.Records = nil
+		}
+		b.Window = &w
+		got := f.appendEvent(nil, b)
+		ref := wireWindowEvent{Records: []wireRecord{}, TimeWindowProperties: events.TimeWindowProperties{
+			Window: events.Window{Start: events.RFC3339EpochTime{Time: w.Start.UTC()}, End: events.RFC3339EpochTime{Time: w.End.UTC()}}, State: w.State, ShardID: w.ShardID,
+			EventSourceARN: "arn:aws:kinesis:local:000000000000:stream/orders", IsFinalInvokeForWindow: w.Final}}
+		var plain wireEvent
+		if err := json.Unmarshal(reference(t, "local", b), &plain); err != nil {
+			t.Fatal(err)
+		}
+		ref.Records = plain.Records
+		if want := encodeJSON(t, ref); !bytes.Equal(got, want) {
+			t.Fatalf("\n got %s\nwant %s", got, want)
+		}
+		var ev events.KinesisTimeWindowEvent
+		if err := json.Unmarshal(got, &ev); err != nil || ev.IsFinalInvokeForWindow != w.Final || len(ev.State) != len(w.State) {
+			t.Fatalf("decoding: %v %+v", err, ev.TimeWindowProperties)
+		}
+	}
+}
