@@ -160,6 +160,12 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	defer s.mu.Unlock()
 
 	win := s.win
+	if win.failed {
+		// Another commit of this window failed: the store may or may not
+		// hold it, so a checkpoint or progress computed here could cover
+		// records whose effects were rolled back, or undo ones that landed.
+		return errors.New("an earlier commit of this window failed: restarting the shard from what the store holds")
+	}
 	seqs := make([]idem.Sequence, 0, len(c.completed)+len(c.skipped)+len(c.filtered)+len(c.discarded))
 	for i := range c.completed {
 		seqs = append(seqs, c.completed[i].Sequence)
@@ -170,6 +176,13 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 		seqs = append(seqs, c.discarded[i].Sequence)
 	}
 	win.resolve(seqs)
+	committed := false
+	defer func() {
+		if !committed {
+			win.unresolve(seqs)
+			win.failed = true
+		}
+	}()
 
 	cp := s.cp
 	cp.Processed += uint64(len(c.completed))
@@ -226,6 +239,7 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 			return fmt.Errorf("committing checkpoint %q with the function's transaction: %w", cp.Sequence, err)
 		}
 	}
+	committed = true
 	s.cp = cp
 	if w.HasProgress {
 		s.prog.p = newProgress

@@ -246,20 +246,21 @@ func (s *shard) load(ctx context.Context) error {
 		}
 	}
 	if s.m.keyer.byIdentity() && !cfg.AtLeastOnce {
+		// Reloaded at every (re)start and merged with what this engine
+		// committed: a commit whose outcome was unknown (its connection
+		// lost during COMMIT) may have landed, and under leases another
+		// engine may have moved the progress on while this one did not
+		// hold the shard.
 		s.prog.mu.Lock()
-		if !s.prog.loaded || s.e.lease != nil {
-			p, err := s.e.store.Progress(ctx, s.pkKey)
-			if err != nil {
-				s.prog.mu.Unlock()
-				return fmt.Errorf("loading progress of scope %q: %w", cfg.Scope, err)
-			}
-			if s.prog.loaded {
-				// Under leases another engine may have moved the progress
-				// on while this one did not hold the shard: keep both.
-				p = mergeProgress(s.prog.p, p.HighWater, p.Above)
-			}
-			s.prog.p, s.prog.loaded = p, true
+		p, err := s.e.store.Progress(ctx, s.pkKey)
+		if err != nil {
+			s.prog.mu.Unlock()
+			return fmt.Errorf("loading progress of scope %q: %w", cfg.Scope, err)
 		}
+		if s.prog.loaded {
+			p = mergeProgress(s.prog.p, p.HighWater, p.Above)
+		}
+		s.prog.p, s.prog.loaded = p, true
 		s.prog.mu.Unlock()
 	}
 	s.mu.Lock()
@@ -377,6 +378,11 @@ type window struct {
 	seqs []idem.Sequence
 	done []bool
 	next int // index of the first unresolved record
+	// failed is set when a commit of the window failed: its outcome may be
+	// unknown (a connection lost during COMMIT), so nothing more of the
+	// window may commit on top of what this process believes; the shard
+	// restarts from what the store holds.
+	failed bool
 }
 
 func (w *window) index(seq idem.Sequence) int {
@@ -384,6 +390,16 @@ func (w *window) index(seq idem.Sequence) int {
 }
 
 // resolve marks seqs resolved; it returns whether the contiguous prefix grew.
+// unresolve undoes resolve(seqs), for a commit that failed.
+func (w *window) unresolve(seqs []idem.Sequence) {
+	for _, q := range seqs {
+		if i := w.index(q); i < len(w.seqs) && w.seqs[i] == q {
+			w.done[i] = false
+			w.next = min(w.next, i)
+		}
+	}
+}
+
 func (w *window) resolve(seqs []idem.Sequence) bool {
 	for _, q := range seqs {
 		if i := w.index(q); i < len(w.seqs) && w.seqs[i] == q {
