@@ -127,17 +127,16 @@ func (s *shard) closeWindow(ctx, work context.Context) error {
 		if work.Err() != nil {
 			return work.Err()
 		}
-		if err == nil && res.Invalid == "" && res.Err == nil {
+		// The final invocation has no records: only a function error
+		// fails it; batchItemFailures and state are ignored.
+		if err == nil && res.Err != nil {
+			err = res.Err
+		}
+		if err == nil {
 			s.e.metrics.invocations.WithLabelValues(cfg.Name, "success").Inc()
 			break
 		}
 		s.e.metrics.invocations.WithLabelValues(cfg.Name, "error").Inc()
-		if err == nil {
-			err = errors.New(res.Invalid)
-			if res.Err != nil {
-				err = res.Err
-			}
-		}
 		attempts++
 		if exhausted(cfg.MaximumRetryAttempts, attempts) {
 			st, _ := json.Marshal(s.tw.state)

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"testing"
@@ -131,5 +132,48 @@ func TestTumblingWindow(t *testing.T) {
 		if len(c.records) > 2 {
 			t.Errorf("batch of %d records, above batchSize 2: %+v", len(c.records), c)
 		}
+	}
+}
+
+// TestTumblingWindowFinalRetried: a final invocation that fails is retried
+// until it succeeds, and the window's state reaches it intact.
+func TestTumblingWindowFinalRetried(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t)
+	brokers, topic, cl := newKafkaTopic(t, 1)
+	const d = time.Minute
+	w0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // long past: the clock closes the window
+	for i, n := range []string{"1", "2"} {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(n), Timestamp: w0.Add(time.Duration(i) * time.Second)}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var finals []string
+	h := idem.HandlerFunc(func(_ context.Context, b *idem.Batch) (idem.BatchResult, error) {
+		sum, _ := strconv.Atoi(b.Window.State["sum"])
+		if b.Window.Final {
+			mu.Lock()
+			defer mu.Unlock()
+			finals = append(finals, b.Window.State["sum"])
+			if len(finals) < 3 {
+				return idem.BatchResult{}, errors.New("not yet")
+			}
+			return idem.BatchResult{}, nil
+		}
+		for _, r := range b.Records {
+			n, _ := strconv.Atoi(string(r.Data))
+			sum += n
+		}
+		return idem.BatchResult{State: map[string]string{"sum": strconv.Itoa(sum)}}, nil
+	})
+	v.run(engine.Mapping{Name: "m", Stream: topic, Source: openKafka(t, brokers, topic), Function: "sum", Invoker: gofunc.New(h),
+		StartingPosition: source.TrimHorizon, TumblingWindow: d, RetryBaseDelay: time.Millisecond, RetryMaxDelay: 5 * time.Millisecond})
+	waitFor(t, "the final invocation to succeed", func() bool { mu.Lock(); defer mu.Unlock(); return len(finals) >= 3 })
+	time.Sleep(50 * time.Millisecond) // a fourth, if the window were not closed
+	mu.Lock()
+	defer mu.Unlock()
+	if len(finals) != 3 || finals[0] != "3" || finals[2] != "3" {
+		t.Errorf("final invocations saw sums %q, want 3 three times", finals)
 	}
 }
