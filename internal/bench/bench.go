@@ -233,6 +233,7 @@ const (
 	modeState
 	modeBaseline
 	modeFiltered // exactly-once behind a filterCriteria pattern every record matches
+	modeWindowed // exactly-once with a tumbling window: a state write in every commit
 )
 
 // load fills a fresh stream with n records of size bytes, spread over the
@@ -282,6 +283,12 @@ func throughput(ctx context.Context, cfg Config, dir string, m mode) (Scenario, 
 		return idem.BatchResult{}, nil
 	})
 	switch m {
+	case modeWindowed:
+		h = idem.HandlerFunc(func(_ context.Context, b *idem.Batch) (idem.BatchResult, error) {
+			handled.Add(int64(len(b.Records)))
+			n, _ := strconv.Atoi(b.Window.State["records"])
+			return idem.BatchResult{State: map[string]string{"records": strconv.Itoa(n + len(b.Records))}}, nil
+		})
 	case modeState:
 		h = idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
 			handled.Add(1)
@@ -322,6 +329,9 @@ func throughput(ctx context.Context, cfg Config, dir string, m mode) (Scenario, 
 	}
 	if m == modeFiltered {
 		mp.Filters = []string{`{"data": {"id": [{"exists": true}]}}`}
+	}
+	if m == modeWindowed {
+		mp.TumblingWindow = engine.MaxTumblingWindow
 	}
 	if err := e.Add(mp); err != nil {
 		return Scenario{}, err

@@ -48,6 +48,7 @@ func BenchmarkEngine(b *testing.B) {
 		{"ExactlyOnce", modeExactlyOnce},
 		{"ExactlyOncePayloadKeys", modeMarks},
 		{"ExactlyOnceFiltered", modeFiltered},
+		{"ExactlyOnceWindowed", modeWindowed},
 		{"ExactlyOnceState", modeState},
 		{"PerRecordBaseline", modeBaseline},
 	} {
