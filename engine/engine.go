@@ -38,6 +38,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/internal/pattern"
 	"github.com/idem-run/idem/store"
 )
 
@@ -139,7 +140,11 @@ func (e *Engine) Add(m Mapping) error {
 			return fmt.Errorf("mapping %q: added twice", m.Name)
 		}
 	}
-	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker)}
+	dataField := "data"
+	if m.EventFormat == idem.EventFormatKafka {
+		dataField = "value"
+	}
+	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, project: pattern.NewProjection(dataField, filters...), permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker)}
 	if c, ok := e.store.(store.Claims); ok {
 		mp.journal = &journal{claims: c, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now}
 	}

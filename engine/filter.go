@@ -55,8 +55,10 @@ func (m *mapping) filtered(r *idem.Record) bool {
 		ev["timestampType"] = "CREATE_TIME"
 		ev["key"] = r.PartitionKey
 	}
-	if v, err := pattern.Decode(r.Data); err == nil {
-		ev[data] = v
+	if m.project.Used() {
+		if v, err := m.project.Decode(r.Data); err == nil {
+			ev[data] = v
+		}
 	}
 	for _, p := range m.filters {
 		if p.Match(ev) {

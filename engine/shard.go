@@ -24,7 +24,8 @@ type mapping struct {
 	e         *Engine
 	cfg       Mapping
 	keyer     *keyer
-	filters   []*pattern.Pattern // filterCriteria; none: deliver everything
+	filters   []*pattern.Pattern  // filterCriteria; none: deliver everything
+	project   *pattern.Projection // decodes what filters read of a record's data
 	permanent map[string]bool
 	journal   *journal // nil when the store keeps no claims
 	// txd offers the store's transactions to the handler; nil when the
