@@ -693,3 +693,44 @@ func post(t *testing.T, url, body string, headers ...string) response {
 	b, _ := io.ReadAll(resp.Body)
 	return response{resp.StatusCode, resp.Header, string(b)}
 }
+
+// TestQueueStatus: a function's queue reports what waits, what runs and
+// what became of the rest.
+func TestQueueStatus(t *testing.T) {
+	release := make(chan struct{})
+	var runs atomic.Int64
+	e := start(t, "", nil, goFunction("f", func(ctx context.Context, p []byte) ([]byte, error) {
+		runs.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return p, nil
+	}))
+	for i := range 5 {
+		if _, err := e.client.Invoke(context.Background(), &lambda.InvokeInput{FunctionName: aws.String("f"),
+			InvocationType: types.InvocationTypeEvent, Payload: fmt.Appendf(nil, `{"i":%d}`, i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "a run to start", func() bool { return runs.Load() > 0 })
+	st := e.svc.Status(context.Background())
+	if len(st) != 1 || st[0].Function != "f" || st[0].Queued != 5 || st[0].Dispatched < 1 || st[0].Processed != 0 {
+		t.Fatalf("status while blocked: %+v, want 5 queued, some dispatched", st)
+	}
+	close(release)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st = e.svc.Status(context.Background())
+		if st[0].Queued == 0 && st[0].Processed == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status after release: %+v", st[0])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st[0].Dispatched != 0 || st[0].OldestAgeMs != 0 {
+		t.Errorf("status when drained: %+v", st[0])
+	}
+}

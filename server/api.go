@@ -16,6 +16,7 @@ import (
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/engine"
 	"github.com/idem-run/idem/internal/pebbledb"
+	"github.com/idem-run/idem/invoke"
 )
 
 // The HTTP API's JSON shapes. They are what the CLI speaks; keep them
@@ -70,6 +71,8 @@ type StatusResponse struct {
 	Shards []engine.ShardStatus `json:"shards"`
 	// Functions reports process functions, so a crash loop is visible.
 	Functions []FunctionStatus `json:"functions,omitempty"`
+	// Queues reports each function's queue of asynchronous invocations.
+	Queues []invoke.QueueStatus `json:"queues,omitempty"`
 }
 
 // FunctionStatus is the state of one process function's processes.
@@ -223,8 +226,11 @@ func (s *Server) handleStreams(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, infos)
 }
 
-func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	out := StatusResponse{Shards: s.engine.Status()}
+	if s.invoke != nil {
+		out.Queues = s.invoke.Status(r.Context())
+	}
 	for _, p := range s.procs {
 		st := p.fn.Status()
 		out.Functions = append(out.Functions, FunctionStatus{Name: p.name, Kind: "process", Concurrency: st.Concurrency,

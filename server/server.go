@@ -118,7 +118,7 @@ func (s *Server) setup() error {
 		opts = append(opts, engine.WithShardLeases(engine.DefaultLeaseOwner(), l.TTL.D()))
 	}
 	s.engine = engine.New(s.store, opts...)
-	s.registry.MustRegister(&statusCollector{e: s.engine})
+	s.registry.MustRegister(&statusCollector{s: s})
 
 	fns := make(map[string]function.Driver)
 	var errs []error
@@ -366,21 +366,34 @@ func (s *Server) Close() error {
 
 // statusCollector exports per-shard lag and iterator age from the engine's
 // status at scrape time.
-type statusCollector struct{ e *engine.Engine }
+// statusCollector turns the engine's shard status and the asynchronous
+// queues' status into gauges at each scrape.
+type statusCollector struct{ s *Server }
 
 var (
 	lagDesc         = prometheus.NewDesc("idem_shard_lag_records", "Records above the mapping's checkpoint.", []string{"mapping", "shard"}, nil)
 	iteratorAgeDesc = prometheus.NewDesc("idem_shard_iterator_age_seconds", "Age of the oldest unresolved record.", []string{"mapping", "shard"}, nil)
+	queuedDesc      = prometheus.NewDesc("idem_async_queued_events", "Asynchronous invocations accepted and not done yet.", []string{"function"}, nil)
+	queueAgeDesc    = prometheus.NewDesc("idem_async_oldest_event_age_seconds", "How long the oldest queued asynchronous invocation has waited.", []string{"function"}, nil)
 )
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- lagDesc
 	ch <- iteratorAgeDesc
+	ch <- queuedDesc
+	ch <- queueAgeDesc
 }
 
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, st := range c.e.Status() {
+	for _, st := range c.s.engine.Status() {
 		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(st.LagRecords), st.Mapping, st.Shard)
 		ch <- prometheus.MustNewConstMetric(iteratorAgeDesc, prometheus.GaugeValue, float64(st.IteratorAgeMs)/1000, st.Mapping, st.Shard)
+	}
+	if c.s.invoke == nil {
+		return
+	}
+	for _, q := range c.s.invoke.Status(context.Background()) {
+		ch <- prometheus.MustNewConstMetric(queuedDesc, prometheus.GaugeValue, float64(q.Queued), q.Function)
+		ch <- prometheus.MustNewConstMetric(queueAgeDesc, prometheus.GaugeValue, float64(q.OldestAgeMs)/1000, q.Function)
 	}
 }
