@@ -223,9 +223,9 @@ func uniqueName(kind string) string {
 	return fmt.Sprintf("idem_server_%s_%d", kind, time.Now().UnixNano())
 }
 
-// kafkaTopic makes a 3-partition topic on an in-process kfake cluster.
-func kafkaTopic(t *testing.T) (string, string, func(string, ...string)) {
-	ctx := context.Background()
+// newKafka makes a topic of partitions partitions on an in-process kfake
+// cluster, and returns the broker, the topic and a producing client.
+func newKafka(t *testing.T, partitions int32) (string, string, *kgo.Client) {
 	fc, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
 		t.Fatal(err)
@@ -237,10 +237,17 @@ func kafkaTopic(t *testing.T) (string, string, func(string, ...string)) {
 	}
 	t.Cleanup(cl.Close)
 	topic := uniqueName("kafka")
-	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 3, 1, nil, topic); err != nil {
+	if _, err := kadm.NewClient(cl).CreateTopic(context.Background(), partitions, 1, nil, topic); err != nil {
 		t.Fatal(err)
 	}
-	src := fmt.Sprintf("{kafka: {brokers: [%q], topic: %s, pollInterval: 20ms}}", fc.ListenAddrs()[0], topic)
+	return fc.ListenAddrs()[0], topic, cl
+}
+
+// kafkaTopic makes a 3-partition topic on an in-process kfake cluster.
+func kafkaTopic(t *testing.T) (string, string, func(string, ...string)) {
+	ctx := context.Background()
+	broker, topic, cl := newKafka(t, 3)
+	src := fmt.Sprintf("{kafka: {brokers: [%q], topic: %s, pollInterval: 20ms}}", broker, topic)
 	return src, "", func(key string, data ...string) {
 		recs := make([]*kgo.Record, len(data))
 		for i, d := range data {
