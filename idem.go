@@ -227,6 +227,10 @@ type Window struct {
 	State map[string]string
 	// Final marks the window's last invocation, with no records.
 	Final bool
+	// TerminatedEarly, with Final, says the window is not over: the state
+	// outgrew its limit (1 MB), so this aggregate ends here and the window
+	// goes on with an empty state.
+	TerminatedEarly bool
 	// Stream and ShardID name the shard the window is of (a final
 	// invocation has no records to tell).
 	Stream, ShardID string

@@ -199,7 +199,7 @@ func (s *shard) runOnce(ctx, work context.Context) error {
 				}
 			}
 			if s.windowDue() {
-				if err := s.closeWindow(ctx, work); err != nil {
+				if err := s.closeWindow(ctx, work, false); err != nil {
 					return err
 				}
 				continue
@@ -590,8 +590,10 @@ func (s *shard) processGroup(ctx, work context.Context, recs []idem.Record) erro
 
 // outcome is what one invocation means under the mapping's rules.
 type outcome struct {
-	// windowState is the tumbling window's state the function returned.
+	// windowState is the tumbling window's state the function returned;
+	// windowEarly, that it was too large, so the window ends early.
 	windowState map[string]string
+	windowEarly bool
 	failedAt    int    // index of the lowest failed record; -1: none; len: whole batch
 	errType     string // the function error's type, for permanentErrorTypes
 	errMsg      string
@@ -650,6 +652,11 @@ func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
 			c := commit{completed: sub[:n], state: bs, stateRecords: n, window: cfg.TumblingWindow > 0, windowState: out.windowState}
 			if err := s.commit(work, &c); err != nil {
 				return err
+			}
+			if out.windowEarly {
+				if err := s.closeWindow(ctx, work, true); err != nil {
+					return err
+				}
 			}
 		} else {
 			bs.rollback()
@@ -790,7 +797,7 @@ func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outc
 	}
 	batch.Format = cfg.EventFormat
 	if cfg.TumblingWindow > 0 {
-		batch.Window = s.window(false)
+		batch.Window = s.window(false, false)
 	}
 	ctx, cancel := context.WithTimeout(work, cfg.FunctionTimeout)
 	if s.m.journal != nil {
@@ -812,11 +819,19 @@ func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outc
 		out = bs.tx.judge(out, len(b))
 	}
 	if cfg.TumblingWindow > 0 && out.failedAt != len(b) {
-		st, err := windowState(res)
-		if err != nil {
+		st, oversize, err := windowState(res)
+		switch {
+		case err != nil:
 			out = outcome{failedAt: len(b), errType: "Function.InvalidState", errMsg: err.Error()}
+		case oversize:
+			// The records completed; the window ends early, with the
+			// state it had before.
+			s.e.log.Warn("tumbling window state above the limit: terminating the window early", "mapping", cfg.Name, "shard", s.id,
+				"window", s.tw.start, "bytes", len(res.State), "limit", MaxWindowState)
+			out.windowState, out.windowEarly = s.tw.state, true
+		default:
+			out.windowState = st
 		}
-		out.windowState = st
 	}
 	label := "success"
 	switch {

@@ -73,7 +73,7 @@ func (s *shard) windowOf(r *idem.Record) time.Time {
 // enterWindow makes start the open window, closing an earlier one first.
 func (s *shard) enterWindow(ctx, work context.Context, start time.Time) error {
 	if s.tw.open && start.After(s.tw.start) {
-		if err := s.closeWindow(ctx, work); err != nil {
+		if err := s.closeWindow(ctx, work, false); err != nil {
 			return err
 		}
 	}
@@ -84,18 +84,20 @@ func (s *shard) enterWindow(ctx, work context.Context, start time.Time) error {
 }
 
 // window is the idem.Window of a batch in the open window.
-func (s *shard) window(final bool) *idem.Window {
+func (s *shard) window(final, early bool) *idem.Window {
 	return &idem.Window{Start: s.tw.start, End: s.tw.start.Add(s.m.cfg.TumblingWindow), State: maps.Clone(s.tw.state),
-		Final: final, Stream: s.m.cfg.Stream, ShardID: s.id}
+		Final: final, TerminatedEarly: early, Stream: s.m.cfg.Stream, ShardID: s.id}
 }
 
 // windowState reads the state an invocation returned, for the commit of
-// the records it completed.
-func windowState(res function.Result) (map[string]string, error) {
+// the records it completed. oversize reports a state above
+// MaxWindowState: the window is then terminated early.
+func windowState(res function.Result) (state map[string]string, oversize bool, err error) {
 	if len(res.State) > MaxWindowState {
-		return nil, fmt.Errorf("the returned state is %d bytes, above the limit of %d", len(res.State), MaxWindowState)
+		return nil, true, nil
 	}
-	return function.ParseState(res.State)
+	state, err = function.ParseState(res.State)
+	return state, false, err
 }
 
 // appendWindow adds the open window with state to w; s.tw takes it once w
@@ -113,12 +115,14 @@ func (s *shard) appendWindow(w *store.Write, state map[string]string) error {
 // no records and isFinalInvokeForWindow, and then drops the window's
 // state in a commit of its own. A failed final invocation is retried as a
 // batch is, up to maximumRetryAttempts; after that the window's state is
-// dropped and logged, with an error.
-func (s *shard) closeWindow(ctx, work context.Context) error {
+// dropped and logged, with an error. early terminates the window early
+// (its state outgrew MaxWindowState): the final invocation says so, and
+// the window stays open with an empty state.
+func (s *shard) closeWindow(ctx, work context.Context, early bool) error {
 	cfg := &s.m.cfg
 	for attempts := 0; ; {
 		b := idem.NewBatch(cfg.Name, cfg.Function, newInvocationID(), nil, nil)
-		b.Window = s.window(true)
+		b.Window = s.window(true, early)
 		b.Format = cfg.EventFormat
 		ictx, cancel := context.WithTimeout(work, cfg.FunctionTimeout)
 		s.invocations.Add(1)
@@ -151,13 +155,23 @@ func (s *shard) closeWindow(ctx, work context.Context) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: s.cp,
-		State: []store.StateOp{{Namespace: cfg.Scope, Key: s.windowKey(), Delete: true}}}
+	w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: s.cp}
+	if early {
+		if err := s.appendWindow(w, nil); err != nil {
+			return err
+		}
+	} else {
+		w.State = []store.StateOp{{Namespace: cfg.Scope, Key: s.windowKey(), Delete: true}}
+	}
 	s.fenceWrite(w)
 	if err := s.e.store.Commit(work, w); err != nil {
 		return fmt.Errorf("closing the tumbling window: %w", err)
 	}
-	s.tw = tumbling{}
+	if early {
+		s.tw.state = nil
+	} else {
+		s.tw = tumbling{}
+	}
 	return nil
 }
 

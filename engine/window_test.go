@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,5 +176,56 @@ func TestTumblingWindowFinalRetried(t *testing.T) {
 	defer mu.Unlock()
 	if len(finals) != 3 || finals[0] != "3" || finals[2] != "3" {
 		t.Errorf("final invocations saw sums %q, want 3 three times", finals)
+	}
+}
+
+// TestTumblingWindowTerminatedEarly: a state above the 1 MB limit does not
+// fail the batch (which would block the shard): the window ends early with
+// the state it had, and goes on with an empty one.
+func TestTumblingWindowTerminatedEarly(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t)
+	brokers, topic, cl := newKafkaTopic(t, 1)
+	w0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 4 {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(strconv.Itoa(i + 1)), Timestamp: w0.Add(time.Duration(i) * time.Second)}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type final struct {
+		sum   string
+		early bool
+	}
+	var mu sync.Mutex
+	var finals []final
+	batches := 0
+	h := idem.HandlerFunc(func(_ context.Context, b *idem.Batch) (idem.BatchResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if b.Window.Final {
+			finals = append(finals, final{b.Window.State["sum"], b.Window.TerminatedEarly})
+			return idem.BatchResult{}, nil
+		}
+		batches++
+		if batches == 2 {
+			return idem.BatchResult{State: map[string]string{"big": strings.Repeat("x", engine.MaxWindowState)}}, nil
+		}
+		sum, _ := strconv.Atoi(b.Window.State["sum"])
+		for _, r := range b.Records {
+			n, _ := strconv.Atoi(string(r.Data))
+			sum += n
+		}
+		return idem.BatchResult{State: map[string]string{"sum": strconv.Itoa(sum)}}, nil
+	})
+	e, _ := v.run(engine.Mapping{Name: "m", Stream: topic, Source: openKafka(t, brokers, topic), Function: "sum", Invoker: gofunc.New(h),
+		StartingPosition: source.TrimHorizon, BatchSize: 2, TumblingWindow: time.Minute})
+	waitFor(t, "the window to end", func() bool { mu.Lock(); defer mu.Unlock(); return len(finals) == 2 })
+	if p := totals(e).Processed; p != 4 {
+		t.Errorf("processed %d, want 4", p)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if finals[0] != (final{"3", true}) || finals[1] != (final{"", false}) {
+		t.Errorf("final invocations %+v, want the early one with sum 3, then the window's end with an empty state", finals)
 	}
 }

@@ -214,7 +214,8 @@ func (f *Function) appendWindow(dst []byte, w *idem.Window) []byte {
 	dst = appendStringBody(dst, w.Stream)
 	dst = append(dst, `","isFinalInvokeForWindow":`...)
 	dst = strconv.AppendBool(dst, w.Final)
-	return append(dst, `,"isWindowTerminatedEarly":false`...)
+	dst = append(dst, `,"isWindowTerminatedEarly":`...)
+	return strconv.AppendBool(dst, w.TerminatedEarly)
 }
 
 // appendEpochSeconds writes the arrival time as events.SecondsEpochTime

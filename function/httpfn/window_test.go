@@ -26,6 +26,7 @@ func TestWindowEventMatchesEncodingJSON(t *testing.T) {
 		{Start: start, End: start.Add(30 * time.Second), Stream: "orders", ShardID: "shardId-000000000001"},
 		{Start: start, End: start.Add(30 * time.Second), State: map[string]string{"sum": "42", "b\"<": "\u2028é", "a": ""}, Stream: "orders", ShardID: "shardId-000000000001"},
 		{Start: start.In(time.FixedZone("x", 3600)).Add(time.Millisecond), End: start.Add(30 * time.Second), State: map[string]string{}, Final: true, Stream: "orders", ShardID: "shardId-000000000001"},
+		{Start: start, End: start.Add(30 * time.Second), State: map[string]string{"n": "1"}, Final: true, TerminatedEarly: true, Stream: "orders", ShardID: "shardId-000000000001"},
 	} {
 		b := idem.NewBatch("m", "f", "i", recs, nil)
 		if w.Final {
@@ -35,7 +36,8 @@ func TestWindowEventMatchesEncodingJSON(t *testing.T) {
 		got := f.appendEvent(nil, b)
 		ref := wireWindowEvent{Records: []wireRecord{}, TimeWindowProperties: events.TimeWindowProperties{
 			Window: events.Window{Start: events.RFC3339EpochTime{Time: w.Start.UTC()}, End: events.RFC3339EpochTime{Time: w.End.UTC()}}, State: w.State, ShardID: w.ShardID,
-			EventSourceARN: "arn:aws:kinesis:local:000000000000:stream/orders", IsFinalInvokeForWindow: w.Final}}
+			EventSourceARN: "arn:aws:kinesis:local:000000000000:stream/orders", IsFinalInvokeForWindow: w.Final,
+			IsWindowTerminatedEarly: w.TerminatedEarly}}
 		var plain wireEvent
 		if err := json.Unmarshal(reference(t, "local", b), &plain); err != nil {
 			t.Fatal(err)
