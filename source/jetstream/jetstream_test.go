@@ -92,6 +92,15 @@ func makeStream(t testing.TB, js natsjs.JetStream, cfg natsjs.StreamConfig) nats
 		cfg.Subjects = []string{cfg.Name + ".>"}
 	}
 	st, err := js.CreateStream(ctx, cfg)
+	for attempt := 1; err != nil && attempt < 3 && strings.Contains(err.Error(), "err_code=10049"); attempt++ {
+		// The in-process server, under the race detector and a loaded
+		// machine, now and then fails to create a file store ("error
+		// creating store for stream"); it is the test server's
+		// hiccup, not the driver's, and a second attempt succeeds.
+		t.Logf("creating stream %s: %v; trying again", cfg.Name, err)
+		time.Sleep(50 * time.Millisecond)
+		st, err = js.CreateStream(ctx, cfg)
+	}
 	if err != nil {
 		t.Fatalf("creating stream %s: %v", cfg.Name, err)
 	}
