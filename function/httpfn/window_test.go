@@ -52,3 +52,29 @@ func TestWindowEventMatchesEncodingJSON(t *testing.T) {
 		}
 	}
 }
+
+// FuzzAppendWindow compares the window fields the hand-written encoder
+// writes with encoding/json's, on arbitrary states, shards and times.
+func FuzzAppendWindow(f *testing.F) {
+	f.Add("sum", "42", "k\u2028", "\"<&>", "shardId-000000000001", "orders", int64(1700000000), true, false)
+	f.Add("", "", "\xff", "é", "", "s", int64(0), false, true)
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, shard, stream string, sec int64, final, early bool) {
+		sec %= 1 << 33 // years 1 to 2242: RFC 3339 without surprises
+		if sec < 0 {
+			sec = -sec
+		}
+		start := time.Unix(sec, 0)
+		w := idem.Window{Start: start, End: start.Add(time.Minute), State: map[string]string{k1: v1, k2: v2},
+			Final: final, TerminatedEarly: early, Stream: stream, ShardID: shard}
+		b := idem.NewBatch("m", "f", "i", nil, nil)
+		b.Window = &w
+		got := (&Function{region: "r"}).appendEvent(nil, b)
+		ref := wireWindowEvent{Records: []wireRecord{}, TimeWindowProperties: events.TimeWindowProperties{
+			Window: events.Window{Start: events.RFC3339EpochTime{Time: w.Start.UTC()}, End: events.RFC3339EpochTime{Time: w.End.UTC()}},
+			State: w.State, ShardID: shard, EventSourceARN: "arn:aws:kinesis:r:000000000000:stream/" + stream,
+			IsFinalInvokeForWindow: final, IsWindowTerminatedEarly: early}}
+		if want := encodeJSON(t, ref); !bytes.Equal(got, want) {
+			t.Fatalf("\n got %s\nwant %s", got, want)
+		}
+	})
+}
