@@ -71,7 +71,7 @@ func FuzzAppendWindow(f *testing.F) {
 		got := (&Function{region: "r"}).appendEvent(nil, b)
 		ref := wireWindowEvent{Records: []wireRecord{}, TimeWindowProperties: events.TimeWindowProperties{
 			Window: events.Window{Start: events.RFC3339EpochTime{Time: w.Start.UTC()}, End: events.RFC3339EpochTime{Time: w.End.UTC()}},
-			State: w.State, ShardID: shard, EventSourceARN: "arn:aws:kinesis:r:000000000000:stream/" + stream,
+			State:  w.State, ShardID: shard, EventSourceARN: "arn:aws:kinesis:r:000000000000:stream/" + stream,
 			IsFinalInvokeForWindow: final, IsWindowTerminatedEarly: early}}
 		if want := encodeJSON(t, ref); !bytes.Equal(got, want) {
 			t.Fatalf("\n got %s\nwant %s", got, want)
