@@ -81,6 +81,31 @@ const (
 	EventFormatKafka EventFormat = "kafka"
 )
 
+// KafkaPartition is the partition of a Kafka source's record: the number
+// its ShardID ("<topic>-<partition>") ends with; 0 for other sources.
+func (r *Record) KafkaPartition() int32 {
+	dash := strings.LastIndexByte(r.ShardID, '-')
+	if dash < 0 {
+		return 0
+	}
+	n, err := strconv.ParseInt(r.ShardID[dash+1:], 10, 32)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return int32(n)
+}
+
+// KafkaOffset is the offset of a Kafka source's record. Its Sequence is
+// the offset plus one (so that the zero Sequence is the position before
+// offset 0); 0 for a sequence that is not a positive 64-bit number.
+func (r *Record) KafkaOffset() uint64 {
+	n, ok := r.Sequence.Uint64()
+	if !ok || n == 0 {
+		return 0
+	}
+	return n - 1
+}
+
 // SequenceNumber returns the sequence as the string Lambda events carry.
 func (r *Record) SequenceNumber() string { return string(r.Sequence) }
 

@@ -121,16 +121,7 @@ func (c *checker) invokeSettings(f *File, p string, fn *Function) {
 			c.addf(dp, "unknown stream %q (%s)", d.Stream, configured("streams", streamNames(f)))
 		}
 	}
-	for j, t := range a.PermanentErrorTypes {
-		if strings.TrimSpace(t) == "" {
-			c.addf(fmt.Sprintf("%s.permanentErrorTypes[%d]", ap, j), "empty (an error type such as ValidationError)")
-		}
-	}
-	if a.Retry.BaseDelay <= 0 {
-		c.addf(ap+".retry.baseDelay", "%s must be greater than 0s", a.Retry.BaseDelay)
-	} else if a.Retry.MaxDelay < a.Retry.BaseDelay {
-		c.addf(ap+".retry.maxDelay", "%s is below the minimum %s (%s.retry.baseDelay)", a.Retry.MaxDelay, a.Retry.BaseDelay, ap)
-	}
+	c.retries(ap, a.PermanentErrorTypes, a.Retry)
 
 	ip := p + ".idempotency"
 	if fn.Idempotency.Key != "" {

@@ -337,17 +337,7 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 		}
 	}
 
-	for j, t := range m.PermanentErrorTypes {
-		if strings.TrimSpace(t) == "" {
-			c.addf(fmt.Sprintf("%s.permanentErrorTypes[%d]", p, j), "empty (an error type such as ValidationError)")
-		}
-	}
-
-	if m.Retry.BaseDelay <= 0 {
-		c.addf(p+".retry.baseDelay", "%s must be greater than 0s", m.Retry.BaseDelay)
-	} else if m.Retry.MaxDelay < m.Retry.BaseDelay {
-		c.addf(p+".retry.maxDelay", "%s is below the minimum %s (%s.retry.baseDelay)", m.Retry.MaxDelay, m.Retry.BaseDelay, p)
-	}
+	c.retries(p, m.PermanentErrorTypes, m.Retry)
 
 	ip := p + ".idempotency"
 	if m.Idempotency.Scope == "" {
@@ -491,5 +481,20 @@ func (c *checker) filters(p string, m *Mapping) {
 		if _, err := pattern.CompileFilter(f.Pattern, format); err != nil {
 			c.add(fp, err)
 		}
+	}
+}
+
+// retries checks the retry settings that mappings and asynchronous
+// invocations share, under path p.
+func (c *checker) retries(p string, permanent []string, r Retry) {
+	for j, t := range permanent {
+		if strings.TrimSpace(t) == "" {
+			c.addf(fmt.Sprintf("%s.permanentErrorTypes[%d]", p, j), "empty (an error type such as ValidationError)")
+		}
+	}
+	if r.BaseDelay <= 0 {
+		c.addf(p+".retry.baseDelay", "%s must be greater than 0s", r.BaseDelay)
+	} else if r.MaxDelay < r.BaseDelay {
+		c.addf(p+".retry.maxDelay", "%s is below the minimum %s (%s.retry.baseDelay)", r.MaxDelay, r.BaseDelay, p)
 	}
 }

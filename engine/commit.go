@@ -213,7 +213,7 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 		expires := s.e.now().Add(cfg.MarkRetention)
 		for _, recs := range [][]idem.Record{c.completed, c.discarded} {
 			for i := range recs {
-				w.Marks = append(w.Marks, store.Mark{Key: markKey(cfg.Scope, recs[i].IdempotencyKey), Expires: expires})
+				w.Marks = append(w.Marks, store.Mark{Key: store.MarkKeyOf(cfg.Scope, recs[i].IdempotencyKey), Expires: expires})
 			}
 		}
 	}

@@ -2,8 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/internal/pattern"
@@ -43,14 +41,8 @@ func (m *mapping) filtered(r *idem.Record) bool {
 	if m.cfg.EventFormat == idem.EventFormatKafka {
 		data = "value"
 		ev["topic"] = r.Stream
-		if dash := strings.LastIndexByte(r.ShardID, '-'); dash >= 0 {
-			if p, err := strconv.ParseInt(r.ShardID[dash+1:], 10, 32); err == nil {
-				ev["partition"] = float64(p)
-			}
-		}
-		if n, ok := r.Sequence.Uint64(); ok && n > 0 {
-			ev["offset"] = float64(n - 1)
-		}
+		ev["partition"] = float64(r.KafkaPartition())
+		ev["offset"] = float64(r.KafkaOffset())
 		ev["timestamp"] = float64(r.ArrivalTime.UnixMilli())
 		ev["timestampType"] = "CREATE_TIME"
 		ev["key"] = r.PartitionKey

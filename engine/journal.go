@@ -30,7 +30,7 @@ const stepNamespace = "\x00step"
 
 func (j *journal) Run(ctx context.Context, recordKey, step string, fn func(ctx context.Context, key string) ([]byte, error)) ([]byte, error) {
 	key := j.scope + "/" + recordKey + "/" + step
-	mk := markKey(stepNamespace, key)
+	mk := store.MarkKeyOf(stepNamespace, key)
 	// The payload of a step is its identity: one key is one step.
 	ph := store.PayloadHash(sha256.Sum256([]byte(key)))
 	c, err := j.claims.Claim(ctx, mk, ph, j.lease, j.now())

@@ -3,13 +3,11 @@ package engine
 import (
 	"encoding/json"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 
 	"github.com/jmespath/go-jmespath"
 
 	"github.com/idem-run/idem"
-	"github.com/idem-run/idem/store"
 )
 
 // KeyError reports that a record's idempotency key could not be computed
@@ -82,15 +80,4 @@ func (k *keyer) key(r *idem.Record) error {
 		r.IdempotencyKey = string(b)
 	}
 	return nil
-}
-
-// markKey hashes (scope, key) into the 128-bit key marks are stored under.
-func markKey(scope, key string) store.MarkKey {
-	h := fnv.New128a()
-	h.Write([]byte(scope))
-	h.Write([]byte{0})
-	h.Write([]byte(key))
-	var mk store.MarkKey
-	h.Sum(mk[:0])
-	return mk
 }

@@ -69,7 +69,7 @@ var leasePayload = store.PayloadHash(sha256.Sum256([]byte("idem shard lease")))
 
 // leaseKey is the claims key of a mapping's lease on a shard.
 func leaseKey(mapping, stream, shard string) store.MarkKey {
-	return markKey("\x00lease", mapping+"\x00"+stream+"\x00"+shard)
+	return store.MarkKeyOf("\x00lease", mapping+"\x00"+stream+"\x00"+shard)
 }
 
 // runLeased processes the shard while it holds the shard's lease, until

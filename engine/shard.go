@@ -531,7 +531,7 @@ func (s *shard) completed(ctx context.Context, recs []idem.Record) ([]bool, erro
 	}
 	keys := make([]store.MarkKey, len(recs))
 	for i := range recs {
-		keys[i] = markKey(s.m.cfg.Scope, recs[i].IdempotencyKey)
+		keys[i] = store.MarkKeyOf(s.m.cfg.Scope, recs[i].IdempotencyKey)
 	}
 	if err := s.e.store.Completed(ctx, keys, s.e.now(), done); err != nil {
 		return nil, fmt.Errorf("looking up completion marks: %w", err)

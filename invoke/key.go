@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"unicode"
 
@@ -20,17 +19,6 @@ const maxKeyBytes = 1024
 // NUL keeps it apart from every scope a configuration can name, and from
 // the engine's step journal ("\x00step").
 func keyScope(function string) string { return "\x00invoke/" + function }
-
-// markKey hashes (scope, key) into a store.MarkKey, as the engine does.
-func markKey(scope, key string) store.MarkKey {
-	h := fnv.New128a()
-	h.Write([]byte(scope))
-	h.Write([]byte{0})
-	h.Write([]byte(key))
-	var mk store.MarkKey
-	h.Sum(mk[:0])
-	return mk
-}
 
 // payloadHash is the SHA-256 a claim keeps, so that a repeat with another
 // payload under the same key is refused.

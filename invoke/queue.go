@@ -119,7 +119,7 @@ func (s *Service) Enqueue(ctx context.Context, req Request) (deduplicated bool, 
 	if key == "" {
 		return false, f.q.put(ctx, &env)
 	}
-	mk, ph := markKey(keyScope(f.cfg.Name), key), payloadHash(req.Payload)
+	mk, ph := store.MarkKeyOf(keyScope(f.cfg.Name), key), payloadHash(req.Payload)
 	for {
 		f.mu.Lock()
 		r := f.queued[mk]
@@ -334,7 +334,7 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 	log = log.With("requestId", env.RequestID)
 	var mk store.MarkKey
 	if env.Key != "" {
-		mk = markKey(keyScope(f.cfg.Name), env.Key)
+		mk = store.MarkKeyOf(keyScope(f.cfg.Name), env.Key)
 		f.mu.Lock()
 		if f.queued[mk] == nil {
 			r := &reservation{hash: payloadHash(env.Payload), ready: make(chan struct{})}

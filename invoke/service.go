@@ -411,7 +411,7 @@ func (s *Service) call(f *fn, req *Request, clientContext []byte) ([]byte, error
 // invokeKeyed runs a keyed invocation at most once per key: the first
 // claims the key and runs, repeats get its stored result.
 func (s *Service) invokeKeyed(ctx context.Context, f *fn, req *Request, key string) (Result, error) {
-	mk, ph := markKey(keyScope(f.cfg.Name), key), payloadHash(req.Payload)
+	mk, ph := store.MarkKeyOf(keyScope(f.cfg.Name), key), payloadHash(req.Payload)
 	waitUntil := s.now().Add(f.lease())
 	for {
 		c, err := s.claims.Claim(ctx, mk, ph, f.lease(), s.now())

@@ -22,6 +22,7 @@ package store
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"slices"
 	"time"
 
@@ -93,6 +94,19 @@ func (p *Progress) Done(seq idem.Sequence) bool {
 
 // MarkKey is the 128-bit hash of (scope, idempotency key).
 type MarkKey [16]byte
+
+// MarkKeyOf hashes (scope, key) into the MarkKey marks and claims are
+// stored under (FNV-1a, 128 bits, with a NUL between the two): every
+// component that keys records by idempotency key must spell it alike.
+func MarkKeyOf(scope, key string) MarkKey {
+	h := fnv.New128a()
+	h.Write([]byte(scope))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	var mk MarkKey
+	h.Sum(mk[:0])
+	return mk
+}
 
 // Mark records that an idempotency key is COMPLETED until Expires.
 type Mark struct {

@@ -8,7 +8,6 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,19 +56,16 @@ func (f *Function) appendKafkaEvent(dst []byte, b *idem.Batch) []byte {
 		}
 		dst = appendString(dst, shard)
 		dst = append(dst, `:[`...)
-		partition := int64(0)
-		if dash := strings.LastIndexByte(shard, '-'); dash >= 0 {
-			if n, err := strconv.ParseInt(shard[dash+1:], 10, 32); err == nil {
-				partition = n
-			}
-		}
 		first := true
+		var partition int64 // the group's, from its first record
 		for i := range b.Records {
 			r := &b.Records[i]
 			if r.ShardID != shard {
 				continue
 			}
-			if !first {
+			if first {
+				partition = int64(r.KafkaPartition())
+			} else {
 				dst = append(dst, ',')
 			}
 			first = false
@@ -78,7 +74,7 @@ func (f *Function) appendKafkaEvent(dst []byte, b *idem.Batch) []byte {
 			dst = append(dst, `,"partition":`...)
 			dst = strconv.AppendInt(dst, partition, 10)
 			dst = append(dst, `,"offset":`...)
-			dst = strconv.AppendUint(dst, kafkaOffset(r.Sequence), 10)
+			dst = strconv.AppendUint(dst, r.KafkaOffset(), 10)
 			dst = append(dst, `,"timestamp":`...)
 			if r.ArrivalTime.IsZero() {
 				dst = append(dst, '0')
@@ -120,17 +116,6 @@ func (f *Function) appendKafkaEvent(dst []byte, b *idem.Batch) []byte {
 		dst = append(dst, ']')
 	}
 	return append(dst, `},"bootstrapServers":""}`...)
-}
-
-// kafkaOffset returns the Kafka offset of a Kafka source's record: its
-// Sequence minus one. A sequence that is not a positive 64-bit number
-// (not a Kafka source's) gives 0.
-func kafkaOffset(seq idem.Sequence) uint64 {
-	n, ok := seq.Uint64()
-	if !ok || n == 0 {
-		return 0
-	}
-	return n - 1
 }
 
 // appendKinesisEvent appends b as the JSON of an events.KinesisEvent whose records

@@ -116,9 +116,9 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/internal/redisclient"
 	"github.com/idem-run/idem/source"
 )
 
@@ -255,18 +255,8 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 	}
 	if s.client == nil {
 		s.own = true
-		s.client = goredis.NewClient(&goredis.Options{
-			Addr:                  cfg.addr,
-			DB:                    cfg.db,
-			MaxRetries:            -1, // one attempt: a driver never retries
-			DialerRetries:         1,
-			ContextTimeoutEnabled: true,
-			// One connection per shard may be blocked in Wait.
-			PoolSize: 10*runtime.GOMAXPROCS(0) + 2*len(keys),
-			MaintNotificationsConfig: &maintnotifications.Config{
-				Mode: maintnotifications.ModeDisabled,
-			},
-		})
+		// One connection per shard may be blocked in Wait.
+		s.client = redisclient.New(cfg.addr, cfg.db, 10*runtime.GOMAXPROCS(0)+2*len(keys))
 	}
 	fail := func(err error) (*Source, error) {
 		if s.own {

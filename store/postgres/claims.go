@@ -104,42 +104,27 @@ func (s *Store) Complete(ctx context.Context, c store.Claim, result []byte, expi
 // a completed record is left as it is, and a fenced claim makes an error
 // wrapping store.ErrFenced. See store.Claims.
 func (s *Store) Release(ctx context.Context, c store.Claim) error {
-	wrap := func(err error) error {
-		return fmt.Errorf("postgres: release claim %x token %d: %w", c.Key[:], c.Token, err)
-	}
-	if err := s.enter(); err != nil {
-		return wrap(err)
-	}
-	tag, err := s.pool.Exec(ctx, s.q.release, c.Key[:], int64(c.Token))
-	if err != nil {
-		return wrap(s.dbErr(err))
-	}
-	if tag.RowsAffected() == 1 {
-		return nil
-	}
-	// Not in progress under this token: completed by it, or fenced.
-	var status string
-	err = s.pool.QueryRow(ctx, s.q.claimHeld, c.Key[:], int64(c.Token)).Scan(&status)
-	if errNoRows(err) {
-		return wrap(store.ErrFenced)
-	}
-	if err != nil {
-		return wrap(s.dbErr(err))
-	}
-	return nil
+	return s.updateClaim(ctx, "release", c, s.q.release, c.Key[:], int64(c.Token))
 }
 
 // Extend moves c's lease to end at until, if c's token is still the key's
 // and the record is in progress; a completed record is left as it is, and
 // a fenced claim makes an error wrapping store.ErrFenced. See store.Claims.
 func (s *Store) Extend(ctx context.Context, c store.Claim, until time.Time) error {
+	return s.updateClaim(ctx, "extend", c, s.q.extend, c.Key[:], int64(c.Token), until)
+}
+
+// updateClaim runs query, an update of c's record that applies only while
+// c holds it in progress. When it updates nothing, the record is either
+// completed under c's token (nothing to do) or fenced.
+func (s *Store) updateClaim(ctx context.Context, verb string, c store.Claim, query string, args ...any) error {
 	wrap := func(err error) error {
-		return fmt.Errorf("postgres: extend claim %x token %d: %w", c.Key[:], c.Token, err)
+		return fmt.Errorf("postgres: %s claim %x token %d: %w", verb, c.Key[:], c.Token, err)
 	}
 	if err := s.enter(); err != nil {
 		return wrap(err)
 	}
-	tag, err := s.pool.Exec(ctx, s.q.extend, c.Key[:], int64(c.Token), until)
+	tag, err := s.pool.Exec(ctx, query, args...)
 	if err != nil {
 		return wrap(s.dbErr(err))
 	}

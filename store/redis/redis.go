@@ -66,8 +66,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
+	"github.com/idem-run/idem/internal/redisclient"
 	"github.com/idem-run/idem/store"
 )
 
@@ -162,16 +162,7 @@ func New(ctx context.Context, opts ...Option) (*Store, error) {
 	s := &Store{client: cfg.client, prefix: "{" + cfg.prefix + "}:", grace: cfg.grace}
 	if s.client == nil {
 		s.own = true
-		s.client = goredis.NewClient(&goredis.Options{
-			Addr:                  cfg.addr,
-			DB:                    cfg.db,
-			MaxRetries:            -1, // one attempt: a driver never retries
-			DialerRetries:         1,
-			ContextTimeoutEnabled: true,
-			MaintNotificationsConfig: &maintnotifications.Config{
-				Mode: maintnotifications.ModeDisabled,
-			},
-		})
+		s.client = redisclient.New(cfg.addr, cfg.db, 0)
 	}
 	fail := func(err error) (*Store, error) {
 		if s.own {
