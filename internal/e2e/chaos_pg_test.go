@@ -243,40 +243,12 @@ mappings:
 // fails because the server is down is sent again, and may then append its
 // records twice: the stream holds the truth.
 func produceTransfers(ctx context.Context, a *api, stream string, transfers []transferData, perPost int, pace time.Duration) producerResult {
-	var res producerResult
-	for first := 0; first < len(transfers); first += perPost {
-		recs := make([]server.PutRecord, 0, perPost)
-		for _, tr := range transfers[first:min(first+perPost, len(transfers))] {
-			b, _ := json.Marshal(tr)
-			recs = append(recs, server.PutRecord{PartitionKey: tr.From, Data: string(b)})
-		}
-		for {
-			resp, err := a.put(ctx, stream, recs)
-			if err == nil {
-				for i, r := range resp.Records {
-					res.acks = append(res.acks, ack{shard: r.ShardID, seq: r.SequenceNumber, data: recs[i].Data})
-				}
-				break
-			}
-			var he *httpError
-			if ctx.Err() != nil || (errors.As(err, &he) && he.code < 500) {
-				res.err = fmt.Errorf("put of transfers %d to %d: %w", first, first+len(recs)-1, err)
-				return res
-			}
-			res.failedPosts++
-			select {
-			case <-ctx.Done():
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-		if pace > 0 {
-			select {
-			case <-ctx.Done():
-			case <-time.After(pace):
-			}
-		}
+	recs := make([]server.PutRecord, len(transfers))
+	for i, tr := range transfers {
+		b, _ := json.Marshal(tr)
+		recs[i] = server.PutRecord{PartitionKey: tr.From, Data: string(b)}
 	}
-	return res
+	return putAll(ctx, a, stream, "transfers", recs, perPost, pace)
 }
 
 // fileSize returns the size of path, 0 when it does not exist.

@@ -60,12 +60,21 @@ type producerResult struct {
 // it. A POST sent again may append its records twice: the stream holds the
 // truth.
 func produce(ctx context.Context, a *api, stream string, total, keys, perPost int, pace time.Duration) producerResult {
+	recs := make([]server.PutRecord, total)
+	for i := range recs {
+		recs[i] = server.PutRecord{PartitionKey: fmt.Sprintf("pk-%02d", i%keys), Data: fmt.Sprintf("record-%05d", i)}
+	}
+	return putAll(ctx, a, stream, "records", recs, perPost, pace)
+}
+
+// putAll puts recs in POSTs of perPost records, pausing pace after each,
+// and sends a POST again, after a short wait, while the server is down (no
+// answer, or a 5xx); any other failure ends it. what names the records in
+// errors.
+func putAll(ctx context.Context, a *api, stream, what string, all []server.PutRecord, perPost int, pace time.Duration) producerResult {
 	var res producerResult
-	for first := 0; first < total; first += perPost {
-		recs := make([]server.PutRecord, 0, perPost)
-		for i := first; i < first+perPost && i < total; i++ {
-			recs = append(recs, server.PutRecord{PartitionKey: fmt.Sprintf("pk-%02d", i%keys), Data: fmt.Sprintf("record-%05d", i)})
-		}
+	for first := 0; first < len(all); first += perPost {
+		recs := all[first:min(first+perPost, len(all))]
 		for {
 			resp, err := a.put(ctx, stream, recs)
 			if err == nil {
@@ -76,7 +85,7 @@ func produce(ctx context.Context, a *api, stream string, total, keys, perPost in
 			}
 			var he *httpError
 			if ctx.Err() != nil || (errors.As(err, &he) && he.code < 500) {
-				res.err = fmt.Errorf("put of records %d to %d: %w", first, first+len(recs)-1, err)
+				res.err = fmt.Errorf("put of %s %d to %d: %w", what, first, first+len(recs)-1, err)
 				return res
 			}
 			res.failedPosts++

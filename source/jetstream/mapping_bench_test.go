@@ -3,19 +3,10 @@ package jetstream_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/idem-run/idem"
-	"github.com/idem-run/idem/engine"
-	"github.com/idem-run/idem/function/gofunc"
-	"github.com/idem-run/idem/internal/pebbledb"
-	"github.com/idem-run/idem/source"
+	idembench "github.com/idem-run/idem/internal/bench"
 	"github.com/idem-run/idem/source/jetstream"
-	stembedded "github.com/idem-run/idem/store/embedded"
 )
 
 // BenchmarkMappingExactlyOnce drains the benchmark stream through a whole
@@ -31,39 +22,14 @@ func BenchmarkMappingExactlyOnce(b *testing.B) {
 			ctx := context.Background()
 			b.ResetTimer()
 			for range b.N {
-				db, err := pebbledb.Open(filepath.Join(b.TempDir(), "db"))
-				if err != nil {
-					b.Fatal(err)
-				}
 				src, err := jetstream.New(ctx, js, name)
 				if err != nil {
 					b.Fatal(err)
 				}
-				h := idem.HandlerFunc(func(context.Context, *idem.Batch) (idem.BatchResult, error) { return idem.BatchResult{}, nil })
-				e := engine.New(stembedded.New(db), engine.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-				if err := e.Add(engine.Mapping{Name: "bench", Stream: name, Source: src, Function: "noop", Invoker: gofunc.New(h),
-					BatchSize: batch, StartingPosition: source.TrimHorizon, FunctionTimeout: time.Minute}); err != nil {
-					b.Fatal(err)
-				}
-				runCtx, stop := context.WithCancel(ctx)
-				done := make(chan error, 1)
-				go func() { done <- e.Run(runCtx) }()
-				for {
-					var n uint64
-					for _, s := range e.Status() {
-						n += s.Processed
-					}
-					if n >= benchMessages {
-						break
-					}
-					time.Sleep(time.Millisecond)
-				}
-				stop()
-				if err := <-done; err != nil {
+				if err := idembench.Drain(ctx, b.TempDir(), src, name, batch, benchMessages); err != nil {
 					b.Fatal(err)
 				}
 				src.Close(ctx)
-				db.Close()
 			}
 			b.ReportMetric(float64(b.N*benchMessages)/b.Elapsed().Seconds(), "records/s")
 		})
