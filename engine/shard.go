@@ -391,22 +391,34 @@ func (w *window) index(seq idem.Sequence) int {
 }
 
 // resolve marks seqs resolved; it returns whether the contiguous prefix grew.
-// unresolve undoes resolve(seqs), for a commit that failed.
-func (w *window) unresolve(seqs []idem.Sequence) {
+// each calls f with the index of every sequence of seqs the window holds.
+// seqs mostly come in window order (a batch's records), so each lookup
+// first tries the place after the previous one, and searches only when
+// that misses.
+func (w *window) each(seqs []idem.Sequence, f func(i int)) {
+	hint := 0
 	for _, q := range seqs {
-		if i := w.index(q); i < len(w.seqs) && w.seqs[i] == q {
-			w.done[i] = false
-			w.next = min(w.next, i)
+		i := hint
+		if i >= len(w.seqs) || w.seqs[i] != q {
+			i = w.index(q)
+		}
+		if i < len(w.seqs) && w.seqs[i] == q {
+			f(i)
+			hint = i + 1
 		}
 	}
 }
 
+// unresolve undoes resolve(seqs), for a commit that failed.
+func (w *window) unresolve(seqs []idem.Sequence) {
+	w.each(seqs, func(i int) {
+		w.done[i] = false
+		w.next = min(w.next, i)
+	})
+}
+
 func (w *window) resolve(seqs []idem.Sequence) bool {
-	for _, q := range seqs {
-		if i := w.index(q); i < len(w.seqs) && w.seqs[i] == q {
-			w.done[i] = true
-		}
-	}
+	w.each(seqs, func(i int) { w.done[i] = true })
 	before := w.next
 	for w.next < len(w.done) && w.done[w.next] {
 		w.next++
