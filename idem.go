@@ -135,12 +135,11 @@ func SequenceOf(n uint64) Sequence {
 func AppendSequence(dst []byte, n uint64) []byte { return appendPadded(dst, n) }
 
 func appendPadded(dst []byte, n uint64) []byte {
+	const zeros = "00000000000000000000"
 	var b [20]byte
-	for i := len(b) - 1; i >= 0; i-- {
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return append(dst, b[:]...)
+	d := strconv.AppendUint(b[:0], n, 10)
+	dst = append(dst, zeros[len(d):]...)
+	return append(dst, d...)
 }
 
 // Compare returns -1, 0 or +1 as s is below, equal to or above t, as

@@ -443,41 +443,52 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	cfg := &s.m.cfg
 	var keyFailed []idem.Record
 	var keyErrs []error
-	pending := make([]idem.Record, 0, len(recs))
 	var seen map[string]struct{} // payload keys of the window
-	if !s.m.keyer.byIdentity() {
+	byIdentity := s.m.keyer.byIdentity()
+	if byIdentity {
+		identities(recs)
+	} else {
 		seen = make(map[string]struct{}, len(recs))
 	}
+	oldest := recs[0].ArrivalTime
+	seqs := make([]idem.Sequence, 0, len(recs))
 	var filtered []idem.Sequence
+	// The records to run are compacted in place (the window owns recs):
+	// pending[j] is written only after recs[i >= j] was read.
+	pending := recs[:0]
 	for i := range recs {
-		if s.m.filtered(&recs[i]) {
-			filtered = append(filtered, recs[i].Sequence)
+		r := &recs[i]
+		if s.m.filtered(r) {
+			seqs = append(seqs, r.Sequence)
+			filtered = append(filtered, r.Sequence)
 			continue
 		}
-		if err := s.m.keyer.key(&recs[i]); err != nil {
-			keyFailed = append(keyFailed, recs[i])
-			keyErrs = append(keyErrs, err)
-			continue
-		}
-		if seen != nil {
+		if !byIdentity {
+			if err := s.m.keyer.key(r); err != nil {
+				seqs = append(seqs, r.Sequence)
+				keyFailed = append(keyFailed, *r)
+				keyErrs = append(keyErrs, err)
+				continue
+			}
 			// A second record with one payload key is judged after the
 			// first commits: cut the window before it.
-			if _, dup := seen[recs[i].IdempotencyKey]; dup {
-				recs = recs[:i]
+			if _, dup := seen[r.IdempotencyKey]; dup {
 				break
 			}
-			seen[recs[i].IdempotencyKey] = struct{}{}
+			seen[r.IdempotencyKey] = struct{}{}
 		}
-		pending = append(pending, recs[i])
+		seqs = append(seqs, r.Sequence)
+		if len(pending) != i {
+			pending = append(pending, *r)
+		} else {
+			pending = pending[:i+1] // in place already
+		}
 	}
-	w := &window{seqs: make([]idem.Sequence, len(recs)), done: make([]bool, len(recs))}
-	for i := range recs {
-		w.seqs[i] = recs[i].Sequence
-	}
+	w := &window{seqs: seqs, done: make([]bool, len(seqs))}
 	s.mu.Lock()
 	s.win = w
 	s.mu.Unlock()
-	s.oldestArrival.Store(recs[0].ArrivalTime.UnixNano())
+	s.oldestArrival.Store(oldest.UnixNano())
 	defer s.oldestArrival.Store(0)
 
 	skipped, err := s.completed(ctx, pending)
@@ -487,11 +498,14 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	var skippedSeqs []idem.Sequence
 	kept := pending[:0]
 	for i := range pending {
-		if skipped[i] {
+		switch {
+		case skipped[i]:
 			skippedSeqs = append(skippedSeqs, pending[i].Sequence)
-			continue
+		case len(kept) != i:
+			kept = append(kept, pending[i])
+		default:
+			kept = kept[:i+1] // in place already
 		}
-		kept = append(kept, pending[i])
 	}
 	pending = kept
 	// Anything resolved without invoking commits first, in one write.

@@ -15,7 +15,8 @@ type batchState struct {
 	st        store.Driver
 	namespace string
 	overlay   map[string]*store.StateOp // latest write per key in the batch
-	ops       [][]store.StateOp         // per record, in order
+	ops       [][]store.StateOp         // per record, in order; nil until a write
+	n         int                       // records in the batch
 	// tx is the invocation's store transaction, when the handler may write
 	// in it; its commit carries this state.
 	tx *invocationTx
@@ -29,16 +30,23 @@ func (b *batchState) rollback() {
 }
 
 func newBatchState(st store.Driver, namespace string, n int) (*batchState, []idem.State) {
-	b := &batchState{st: st, namespace: namespace, ops: make([][]store.StateOp, n)}
+	b := &batchState{st: st, namespace: namespace, n: n}
+	// One allocation for all views: most batches never touch state, and a
+	// batch of ten thousand records would otherwise allocate as many.
+	rs := make([]recordState, n)
 	views := make([]idem.State, n)
 	for i := range views {
-		views[i] = &recordState{b: b, i: i}
+		rs[i] = recordState{b: b, i: i}
+		views[i] = &rs[i]
 	}
 	return b, views
 }
 
 // appendCommitted adds the writes of records [0, n) to w, in order.
 func (b *batchState) appendCommitted(w *store.Write, n int) {
+	if b.overlay == nil {
+		return // nothing written
+	}
 	for i := 0; i < n && i < len(b.ops); i++ {
 		w.State = append(w.State, b.ops[i]...)
 	}
@@ -78,6 +86,7 @@ func (s *recordState) Delete(_ context.Context, key string) error {
 func (s *recordState) write(op store.StateOp) {
 	if s.b.overlay == nil {
 		s.b.overlay = make(map[string]*store.StateOp)
+		s.b.ops = make([][]store.StateOp, s.b.n)
 	}
 	s.b.ops[s.i] = append(s.b.ops[s.i], op)
 	o := op

@@ -14,12 +14,19 @@ import (
 	"github.com/idem-run/idem/source/kafka"
 )
 
-// benchRecords records of benchValueBytes each fill the benchmark topic,
+// benchRecords records of about 100 bytes each fill the benchmark topic,
 // one partition of an in-process kfake cluster, produced once per process.
-const (
-	benchRecords    = 100_000
-	benchValueBytes = 100
-)
+// The values are JSON objects that differ record to record, compressing
+// about as real events do: values of zeros compressed fifty-fold, so that
+// one fetch held the whole topic and a reader's steady state went
+// unmeasured.
+const benchRecords = 500_000
+
+// benchValue is the value of the record at index i.
+func benchValue(i int) []byte {
+	return fmt.Appendf(nil, `{"id":%d,"account":"acct-%05d","amount":%d.%02d,"currency":"EUR","at":"2026-11-23T14:%02d:%02d.%03dZ"}`,
+		i, (i*7919)%100_000, (i*31)%10_000, i%100, (i/60_000)%60, (i/1000)%60, i%1000)
+}
 
 var bench struct {
 	once    sync.Once
@@ -30,7 +37,7 @@ var bench struct {
 
 // benchTopic returns the brokers and the filled topic. The cluster lives
 // until the process exits: benchmark functions run several times.
-func benchTopic(b *testing.B) ([]string, string) {
+func benchTopic(b testing.TB) ([]string, string) {
 	b.Helper()
 	bench.once.Do(func() {
 		fc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "bench"))
@@ -46,11 +53,10 @@ func benchTopic(b *testing.B) ([]string, string) {
 		}
 		defer prod.Close()
 		ctx := context.Background()
-		value := make([]byte, benchValueBytes)
 		var firstErr error
 		var mu sync.Mutex
 		for i := range benchRecords {
-			prod.Produce(ctx, &kgo.Record{Key: fmt.Appendf(nil, "k%d", i%100), Value: value}, func(_ *kgo.Record, err error) {
+			prod.Produce(ctx, &kgo.Record{Key: fmt.Appendf(nil, "k%d", i%100), Value: benchValue(i)}, func(_ *kgo.Record, err error) {
 				if err != nil {
 					mu.Lock()
 					firstErr = err
@@ -79,26 +85,33 @@ func reportRate(b *testing.B) {
 // from the start to the last record, per iteration.
 func BenchmarkRawRead(b *testing.B) {
 	brokers, topic := benchTopic(b)
-	ctx := context.Background()
 	b.ResetTimer()
 	for range b.N {
-		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
-			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}),
-			kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-		if err != nil {
+		if err := rawRead(context.Background(), brokers, topic); err != nil {
 			b.Fatal(err)
 		}
-		n := 0
-		for n < benchRecords {
-			fs := cl.PollFetches(ctx)
-			if err := fs.Err(); err != nil {
-				b.Fatal(err)
-			}
-			n += fs.NumRecords()
-		}
-		cl.Close()
 	}
 	reportRate(b)
+}
+
+// rawRead reads the whole topic with a new kgo consumer.
+func rawRead(ctx context.Context, brokers []string, topic string) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	n := 0
+	for n < benchRecords {
+		fs := cl.PollFetches(ctx)
+		if err := fs.Err(); err != nil {
+			return err
+		}
+		n += fs.NumRecords()
+	}
+	return nil
 }
 
 // BenchmarkSourceRead reads the same topic through the driver, one Read

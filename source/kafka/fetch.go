@@ -18,8 +18,9 @@ import (
 const (
 	minFetchBytes     = 64 << 10
 	maxFetchBytes     = 16 << 20
-	initialAvgBytes   = 512 // wire bytes per record before any fetch
-	perRecordOverhead = 128 // a record's wire bytes beyond its value, at most, roughly
+	initialAvgBytes   = 512     // wire bytes per record before any fetch
+	firstFetchBytes   = 1 << 20 // at most, before any fetch told the record size
+	perRecordOverhead = 128     // a record's wire bytes beyond its value, at most, roughly
 )
 
 // partState is what a Source keeps of one partition: the records of its
@@ -42,6 +43,17 @@ type partState struct {
 	// -1 before any; avg is the estimated wire bytes per record.
 	lso int64
 	avg int
+	// ahead is the fetch in flight from next, started by a Read that left
+	// the cache short while the partition held more; nil when none is.
+	ahead *aheadFetch
+}
+
+// aheadFetch is a fetch a Read started for the next one: the reader of a
+// backlog then finds its records fetched and decoded while it processed the
+// previous batch, as a kgo consumer's buffered fetches are.
+type aheadFetch struct {
+	from int64
+	done chan struct{} // closed once the result is in the cache, or dropped
 }
 
 // part returns the state of partition p.
@@ -50,7 +62,7 @@ func (s *Source) part(p int32) *partState {
 	defer s.partsMu.Unlock()
 	ps := s.parts[p]
 	if ps == nil {
-		ps = &partState{lso: -1, avg: initialAvgBytes}
+		ps = &partState{lso: -1}
 		s.parts[p] = ps
 	}
 	return ps
@@ -119,10 +131,63 @@ func (ps *partState) noteQuiet(n, to int64) {
 func (ps *partState) store(n, from int64, f fetched) {
 	ps.from, ps.next, ps.recs = n, max(f.next, from), f.recs
 	ps.lso = f.lso
+	ps.sample(f)
+}
+
+// extend appends a fetch from offset from to the cache, if the cache still
+// ends there; otherwise the cache moved on (a reader went back and fetched
+// elsewhere) and the fetch is dropped. The caller holds ps.mu.
+func (ps *partState) extend(from int64, f fetched) {
+	if from != ps.next {
+		return
+	}
+	if len(ps.recs) == 0 {
+		ps.recs = nil // not the old backing array: let it go
+	}
+	ps.recs = append(ps.recs, f.recs...)
+	ps.next = max(f.next, from)
+	ps.lso = f.lso
+	ps.sample(f)
+}
+
+// sample folds a fetch's bytes per record into the average.
+func (ps *partState) sample(f fetched) {
 	if len(f.recs) > 0 && f.wire > 0 {
 		sample := max(f.wire/len(f.recs), 16)
-		ps.avg = (3*ps.avg + sample) / 4
+		if ps.avg == 0 {
+			ps.avg = sample
+		} else {
+			ps.avg = (3*ps.avg + sample) / 4
+		}
 	}
+}
+
+// short reports whether a Read at offset n continues in the cache (or right
+// after it) and finds fewer than limit records there, while the fetch in
+// flight would add more. The caller holds ps.mu.
+func (ps *partState) short(n int64, limit int) bool {
+	return ps.ahead != nil && ps.ahead.from == ps.next &&
+		n >= ps.from && n <= ps.next && len(ps.recs) < limit
+}
+
+// wantsAhead reports whether the cache should grow by a fetch ahead: it
+// holds less than two Reads' worth of records, the partition is known to
+// hold committed records beyond it, and no fetch is in flight already. Two
+// Reads' worth lets the fetching go on while the reader processes a batch,
+// rather than the two taking turns; it bounds the memory a partition's
+// cache takes to about three batches. The caller holds ps.mu.
+func (ps *partState) wantsAhead(limit int) bool {
+	return ps.ahead == nil && len(ps.recs) < 2*limit && ps.lso > ps.next
+}
+
+// startAhead records a fetch ahead from the end of the cache, returning it
+// and how many bytes it asks for: enough to fill the cache to two Reads'
+// worth. The caller holds ps.mu.
+func (ps *partState) startAhead(limit, maxBytes int) (*aheadFetch, int32) {
+	a := &aheadFetch{from: ps.next, done: make(chan struct{})}
+	ps.ahead = a
+	want := 2*limit - len(ps.recs)
+	return a, fetchBytes(ps.avg, want, maxBytes*want/limit)
 }
 
 // setLSO notes a last stable offset listed.
@@ -143,8 +208,15 @@ func (ps *partState) ready(n int64) bool {
 	return ps.lso > ps.skip(n)
 }
 
-// fetchBytes is how many bytes a Read asks for.
+// fetchBytes is how many bytes a Read asks for, avg being the wire bytes
+// per record, or 0 if unknown. A first fetch asks for no more than
+// firstFetchBytes: records compress, and a guess of their size could fetch
+// (and decode, before the first record is returned) a hundred times the
+// records asked for.
 func fetchBytes(avg, limit, maxBytes int) int32 {
+	if avg == 0 {
+		return min(fetchBytes(initialAvgBytes, limit, maxBytes), firstFetchBytes)
+	}
 	want := int64(limit) * int64(avg)
 	want = min(want, int64(maxBytes)+int64(limit)*perRecordOverhead)
 	return int32(max(min(want, maxFetchBytes), minFetchBytes))

@@ -2,11 +2,15 @@ package kafka
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/idem-run/idem"
 )
 
 func TestRetentionOf(t *testing.T) {
@@ -37,6 +41,8 @@ func TestFetchBytes(t *testing.T) {
 		{512, 1000, 1 << 30, 512 * 1000},          // limit records of the average size
 		{512, 1000, 10_000, 10_000 + 1000*128},    // no more than maxBytes plus framing
 		{100_000, 10_000, 1 << 30, maxFetchBytes}, // at most the maximum
+		{0, 10_000, 1 << 30, firstFetchBytes},     // a first fetch, smaller
+		{0, 1000, 1 << 30, 1000 * 512},            // a first fetch, of the initial guess
 	} {
 		if got := int(fetchBytes(tc.avg, tc.limit, tc.maxBytes)); got != tc.want {
 			t.Errorf("fetchBytes(%d, %d, %d) = %d, want %d", tc.avg, tc.limit, tc.maxBytes, got, tc.want)
@@ -96,8 +102,10 @@ func testNoGoroutineOutlivesClose(t *testing.T, opts ...Option) {
 		t.Fatal(err)
 	}
 	defer fc.Close()
-	before := runtime.NumGoroutine()
 	ctx := context.Background()
+	// Records on t-0, so that its first Read leaves fetches ahead running.
+	produceN(t, fc.ListenAddrs(), "t", 0, 5000)
+	before := runtime.NumGoroutine()
 	s, err := New(ctx, "t", append([]Option{WithBrokers(fc.ListenAddrs()...), WithPollInterval(5 * time.Millisecond)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
@@ -118,5 +126,85 @@ func testNoGoroutineOutlivesClose(t *testing.T, opts ...Option) {
 			t.Fatalf("%d goroutines after Close, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestIncrement(t *testing.T) {
+	for _, n := range []uint64{0, 8, 9, 19, 99, 1099, 999_999, 1<<63 - 1, 1<<64 - 2} {
+		b := idem.AppendSequence(nil, n)
+		increment(b)
+		if want := string(idem.AppendSequence(nil, n+1)); string(b) != want {
+			t.Errorf("increment(%d) = %s, want %s", n, b, want)
+		}
+	}
+}
+
+// produceN produces n records of about 100 bytes to partition p of topic,
+// in batches of 100.
+func produceN(t *testing.T, brokers []string, topic string, p int32, n int) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.ProducerBatchCompression(kgo.NoCompression()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := context.Background()
+	for i := 0; i < n; i += 100 {
+		var recs []*kgo.Record
+		for j := i; j < min(i+100, n); j++ {
+			recs = append(recs, &kgo.Record{Topic: topic, Partition: p, Value: fmt.Appendf(nil, "%0100d", j)})
+		}
+		if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFetchAhead: between Reads of a partition with more records, the next
+// ones are fetched, up to two Reads' worth, and the records come out all
+// the same, in order, once each.
+func TestFetchAhead(t *testing.T) {
+	fc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	const n, limit = 5000, 100
+	produceN(t, fc.ListenAddrs(), "t", 0, n) // 5000 × 100 B: the first fetch (64 KiB) holds a few hundred
+	ctx := context.Background()
+	s, err := New(ctx, "t", WithBrokers(fc.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ps := s.part(0)
+	after, next := idem.Sequence(""), 0
+	for next < n {
+		res, err := s.Read(ctx, "t-0", after, limit, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range res.Records {
+			if want := fmt.Sprintf("%0100d", next); string(r.Data) != want {
+				t.Fatalf("record %d: got %.20q…, want %.20q…", next, r.Data, want)
+			}
+			next++
+			after = r.Sequence
+		}
+		// Only fetching ahead grows the cache between Reads.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			ps.mu.Lock()
+			cached, end := len(ps.recs), ps.next
+			ps.mu.Unlock()
+			if cached >= 2*limit || end == n {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after reading %d records, the cache holds %d up to offset %d: nothing fetched ahead", next, cached, end)
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 }

@@ -57,7 +57,17 @@
 //
 // Read issues one Fetch request (at most a few when the position was
 // trimmed or only transaction markers follow it) straight to the
-// partition's leader, with no fetch session and no wait. Wait does not hold
+// partition's leader, with no fetch session and no wait. A reader behind
+// the partition's end has its next records fetched, and decoded, ahead of
+// it while it processes the last batch, as a kgo consumer's are: one
+// goroutine per partition being read fetches until the cache holds two
+// Reads' worth of records (so a partition's cache takes about three
+// batches of memory at most) and ends there, at the partition's end, on an
+// error (the Read that needs the records fetches again and reports it), or
+// at Close. A Read whose records are in flight waits for them, and one
+// whose batch would come up short waits for the rest. The first fetch of a
+// partition asks for at most 1 MiB, to learn how large its records are on
+// the wire before asking for a batch's worth. Wait does not hold
 // a long-polling fetch, which would queue every other fetch to that broker
 // behind it: one goroutine per Source lists the last stable offsets of the
 // topic's partitions every poll interval while anyone waits, and wakes the
@@ -180,7 +190,8 @@ type Source struct {
 	partsMu sync.Mutex
 	parts   map[int32]*partState
 
-	w watcher
+	w  watcher
+	bg sync.WaitGroup // fetches ahead in flight
 
 	member *member // nil without WithConsumerGroup
 }
@@ -281,6 +292,7 @@ func (s *Source) Close() error {
 	if started {
 		<-s.w.done
 	}
+	s.bg.Wait()
 	if s.member != nil {
 		s.member.leave()
 	}
@@ -383,8 +395,8 @@ func (s *Source) listed(list kadm.ListedOffsets, err error, p int32, what string
 // names, stopping before their Data would exceed maxBytes (but with at least
 // one record when there is one). It never waits for records. A read behind
 // the log start reports the loss and continues at the log start; a read
-// beyond the partition's end fails with ErrPositionAhead. The records' Data
-// is not reused by later Reads.
+// beyond the partition's end fails with ErrPositionAhead. The records and
+// their Data are not reused by later Reads.
 func (s *Source) Read(ctx context.Context, shard string, after idem.Sequence, limit, maxBytes int) (source.ReadResult, error) {
 	if err := s.usable(ctx); err != nil {
 		return source.ReadResult{}, err
@@ -403,7 +415,21 @@ func (s *Source) Read(ctx context.Context, shard string, after idem.Sequence, li
 	ps := s.part(p)
 	var res source.ReadResult
 	ps.mu.Lock()
+	for a := ps.ahead; a != nil && ps.short(n, limit); a = ps.ahead {
+		// The fetch that holds this Read's records, or the rest of its
+		// batch, is in flight: wait for it.
+		ps.mu.Unlock()
+		select {
+		case <-a.done:
+		case <-ctx.Done():
+			return source.ReadResult{}, ctx.Err()
+		}
+		ps.mu.Lock()
+	}
 	recs, from := ps.take(n, limit, maxBytes)
+	if len(recs) > 0 {
+		s.fetchAhead(p, ps, limit, maxBytes)
+	}
 	lso, avg := ps.lso, ps.avg
 	ps.mu.Unlock()
 	if len(recs) > 0 {
@@ -431,12 +457,53 @@ func (s *Source) Read(ctx context.Context, shard string, after idem.Sequence, li
 		ps.mu.Lock()
 		ps.store(n, from, f)
 		recs, from = ps.take(n, limit, maxBytes)
+		if len(recs) > 0 {
+			s.fetchAhead(p, ps, limit, maxBytes)
+		}
 		ps.mu.Unlock()
 		if len(recs) > 0 || from >= f.lso || fetches >= maxFetchesPerRead {
 			return s.result(shard, recs, f.lso, res), nil
 		}
 		// Only transaction markers or aborted records so far: go on.
 	}
+}
+
+// fetchAhead starts fetching partition p beyond its cache, for the next
+// Reads, when ps wants it (see partState.wantsAhead): fetch after fetch, until
+// the cache holds two Reads' worth of records or the partition's end. A
+// fetch's result joins the cache if the cache still ends where it started;
+// an error ends the fetching (the Read that needs those records fetches
+// again, and reports it). The goroutine ends with Close. The caller holds
+// ps.mu.
+func (s *Source) fetchAhead(p int32, ps *partState, limit, maxBytes int) {
+	if !ps.wantsAhead(limit) {
+		return
+	}
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	if s.w.closed {
+		return
+	}
+	a, bytes := ps.startAhead(limit, maxBytes)
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		for {
+			f, err := s.fetch(s.ctx, p, a.from, 0, bytes)
+			ps.mu.Lock()
+			if err == nil {
+				ps.extend(a.from, f)
+			}
+			ps.ahead = nil
+			close(a.done)
+			if err != nil || !ps.wantsAhead(limit) {
+				ps.mu.Unlock()
+				return
+			}
+			a, bytes = ps.startAhead(limit, maxBytes)
+			ps.mu.Unlock()
+		}
+	}()
 }
 
 // maxFetchesPerRead bounds the fetches of one Read: a read behind a trim
@@ -455,30 +522,42 @@ func (s *Source) result(shard string, recs []*kgo.Record, lso int64, res source.
 }
 
 // records converts kgo records to idem records, with one allocation for all
-// sequences and one for all keys.
+// sequences and keys.
 func (s *Source) records(shard string, recs []*kgo.Record) []idem.Record {
 	if len(recs) == 0 {
 		return nil
 	}
-	seqs := make([]byte, 0, len(recs)*seqWidth)
 	nk := 0
 	for _, r := range recs {
-		seqs = idem.AppendSequence(seqs, uint64(r.Offset)+1)
 		nk += len(r.Key)
 	}
-	keys := make([]byte, 0, nk)
+	var b strings.Builder
+	b.Grow(len(recs)*seqWidth + nk)
+	// Offsets mostly follow one another: the next sequence is the last
+	// one's digits incremented, not formatted anew.
+	var seq [seqWidth]byte
+	last := int64(-2)
 	for _, r := range recs {
-		keys = append(keys, r.Key...)
+		if r.Offset == last+1 {
+			increment(seq[:])
+		} else {
+			idem.AppendSequence(seq[:0], uint64(r.Offset)+1)
+		}
+		last = r.Offset
+		b.Write(seq[:])
 	}
-	seqStr, keyStr := string(seqs), string(keys)
+	for _, r := range recs {
+		b.Write(r.Key)
+	}
+	all := b.String()
 	out := make([]idem.Record, len(recs))
-	k := 0
+	k := len(recs) * seqWidth
 	for i, r := range recs {
 		out[i] = idem.Record{
 			Stream:       s.topic,
 			ShardID:      shard,
-			Sequence:     idem.Sequence(seqStr[i*seqWidth : (i+1)*seqWidth]),
-			PartitionKey: keyStr[k : k+len(r.Key)],
+			Sequence:     idem.Sequence(all[i*seqWidth : (i+1)*seqWidth]),
+			PartitionKey: all[k : k+len(r.Key)],
 			Data:         r.Value,
 			ArrivalTime:  r.Timestamp,
 			Headers:      headers(r.Headers),
@@ -489,6 +568,18 @@ func (s *Source) records(shard string, recs []*kgo.Record) []idem.Record {
 }
 
 const seqWidth = 20
+
+// increment adds one to the decimal number in digits, which must not be
+// all nines.
+func increment(digits []byte) {
+	for i := len(digits) - 1; i >= 0; i-- {
+		if digits[i] != '9' {
+			digits[i]++
+			return
+		}
+		digits[i] = '0'
+	}
+}
 
 // headers converts a record's headers, nil for none.
 func headers(hs []kgo.RecordHeader) []idem.Header {
