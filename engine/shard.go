@@ -174,8 +174,20 @@ func (s *shard) runOnce(ctx, work context.Context) error {
 	cfg := &s.m.cfg
 	limit := cfg.BatchSize * cfg.ParallelizationFactor
 	maxBytes := MaxBatchBytes * cfg.ParallelizationFactor
+	var ahead *readAhead
+	defer func() { ahead.discard() }()
 	for ctx.Err() == nil {
-		recs, lost, trimmed, err := s.readWindow(ctx, limit, maxBytes)
+		var recs []idem.Record
+		var lost uint64
+		var trimmed idem.Sequence
+		var err error
+		if ahead.from(s.cp.Sequence) {
+			recs, lost, trimmed, err = ahead.result()
+		} else {
+			ahead.discard()
+			recs, lost, trimmed, err = s.readWindow(ctx, limit, maxBytes)
+		}
+		ahead = nil
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -209,6 +221,9 @@ func (s *shard) runOnce(ctx, work context.Context) error {
 			}
 			continue
 		}
+		if cfg.MaximumBatchingWindow <= 0 {
+			ahead = s.readAhead(ctx, recs[len(recs)-1].Sequence, limit, maxBytes)
+		}
 		if err := s.processWindow(ctx, work, recs); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -217,6 +232,63 @@ func (s *shard) runOnce(ctx, work context.Context) error {
 		}
 	}
 	return nil
+}
+
+// readAhead is a Read of the records after a window, issued while the
+// window is processed: a shard's next records are read (a network round
+// trip for most sources) while its function runs and its commit syncs,
+// rather than after. Its result is used only if the window resolved
+// completely, so that the checkpoint is where the read started; a window
+// cut short, retried or failed discards it, and its records are read again
+// from the checkpoint. A mapping with a batching window does not read
+// ahead: its reads wait for records to accumulate.
+type readAhead struct {
+	after  idem.Sequence
+	cancel context.CancelFunc
+	done   chan struct{}
+	recs   []idem.Record
+	lost   uint64
+	trim   idem.Sequence
+	err    error
+}
+
+// readAhead starts reading up to limit records after the sequence after.
+func (s *shard) readAhead(ctx context.Context, after idem.Sequence, limit, maxBytes int) *readAhead {
+	rctx, cancel := context.WithCancel(ctx)
+	a := &readAhead{after: after, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		res, err := s.m.cfg.Source.Read(rctx, s.id, after, limit, maxBytes)
+		if err != nil {
+			a.err = fmt.Errorf("reading after %q: %w", after, err)
+			return
+		}
+		s.noteLatest(res.Latest)
+		a.recs, a.lost, a.trim = res.Records, res.Lost, res.Trimmed
+	}()
+	return a
+}
+
+// from reports whether a is a read after position (nil is none).
+func (a *readAhead) from(position idem.Sequence) bool {
+	return a != nil && a.after == position
+}
+
+// result waits for the read and returns what readWindow would have.
+func (a *readAhead) result() ([]idem.Record, uint64, idem.Sequence, error) {
+	<-a.done
+	a.cancel()
+	return a.recs, a.lost, a.trim, a.err
+}
+
+// discard cancels the read and waits for it to end: no goroutine outlives
+// its shard's run, and the next Read of the shard follows this one.
+func (a *readAhead) discard() {
+	if a == nil {
+		return
+	}
+	a.cancel()
+	<-a.done
 }
 
 // load reads the checkpoint and the scope's progress, creating the

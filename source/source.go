@@ -59,7 +59,8 @@ type ReadResult struct {
 }
 
 // Driver is one stream as the engine reads it. Implementations must be safe
-// for concurrent use by one goroutine per shard. Drivers make one attempt:
+// for concurrent use by one goroutine per shard (one Read or Wait at a time
+// per shard, not always from the same goroutine). Drivers make one attempt:
 // they never retry, sleep or log; the engine does.
 type Driver interface {
 	// Shards lists the stream's shard IDs, in a stable order.
@@ -72,8 +73,9 @@ type Driver interface {
 
 	// Read returns up to limit records of shard whose Sequence is above after,
 	// and stops early before exceeding maxBytes of Data (but returns at least
-	// one record when there is one). The records' Data may be reused by the
-	// driver after the next Read of the same shard.
+	// one record when there is one). The records and their Data are the
+	// caller's: later Reads do not reuse them (the engine reads a shard's
+	// next records while it still processes the last).
 	Read(ctx context.Context, shard string, after idem.Sequence, limit, maxBytes int) (ReadResult, error)
 
 	// Wait blocks until shard may hold a record above after, ctx is done, or

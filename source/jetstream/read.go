@@ -315,10 +315,10 @@ func (c *cursor) promote(through uint64) {
 
 // Read returns up to limit records of shard above after, in stream order,
 // stopping before maxBytes of data (but returning at least one record when
-// there is one). Their Data belongs to the driver's buffers until the next
-// Read of shard. A Read that continues where the previous one ended (the
-// engine's usual next read) costs one pull request and one stream info;
-// any other position first makes a new consumer there.
+// there is one). Their Data is each message's own, never reused. A Read
+// that continues where the previous one ended (the engine's usual next
+// read) costs one pull request and one stream info; any other position
+// first makes a new consumer there.
 //
 // Lost reports messages removed (by the stream's limits, or a purge)
 // between after and the first record returned, and Trimmed the last of

@@ -82,6 +82,7 @@ func RunConformance(t *testing.T, h Harness) {
 		{"LimitAndMaxBytes", testLimitAndMaxBytes},
 		{"UnknownShard", testUnknownShard},
 		{"TrimmedReportsLoss", testTrimmedReportsLoss},
+		{"RecordsStayValid", testRecordsStayValid},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -491,4 +492,23 @@ func testTrimmedReportsLoss(t *testing.T, h Harness, _ Features) {
 	if res := f.read(shard, res.Trimmed, 10, 1<<20); res.Lost != 0 || len(res.Records) != 2 {
 		t.Fatalf("Read from Trimmed: %d records, %d lost; want 2 and 0", len(res.Records), res.Lost)
 	}
+}
+
+// testRecordsStayValid: the records a Read returns, and their Data, are not
+// reused by later Reads of the shard: the engine reads a shard's next
+// records while it still processes the last.
+func testRecordsStayValid(t *testing.T, h Harness, _ Features) {
+	f := newFixture(t, h, 1)
+	recs := f.appendN(30, "a", "b", "c")
+	shard := recs[0].shard
+	first := f.read(shard, f.start(shard, source.TrimHorizon, time.Time{}), 10, 1<<20).Records
+	if len(first) == 0 {
+		t.Fatal("the first Read returned nothing")
+	}
+	f.readAll(shard, first[len(first)-1].Sequence, 7)
+	var got []appended
+	for _, r := range first {
+		got = append(got, appended{shard: r.ShardID, seq: r.Sequence, key: r.PartitionKey, data: r.Data})
+	}
+	sameRecords(t, "the first Read's records after later Reads", got, recs[:len(first)])
 }
