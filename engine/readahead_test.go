@@ -94,3 +94,66 @@ func TestReadsAheadWhileProcessing(t *testing.T) {
 		}
 	}
 }
+
+// waitHeld is a source whose Wait after a given position tells that it
+// started, then waits for a go-ahead before waiting on the stream.
+type waitHeld struct {
+	source.Driver
+	after   idem.Sequence
+	waiting chan struct{} // closed at the first Wait after after
+	release chan struct{}
+	once    sync.Once
+}
+
+func (w *waitHeld) Wait(ctx context.Context, shard string, after idem.Sequence) error {
+	if after == w.after {
+		w.once.Do(func() { close(w.waiting) })
+		select {
+		case <-w.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return w.Driver.Wait(ctx, shard, after)
+}
+
+// TestLossWithinBatchingWindowReported: records trimmed while a batching
+// window gathers records are reported lost, not stepped over: the read that
+// found them gone ends the gathering, and the next read, from the
+// checkpoint, reports them.
+func TestLossWithinBatchingWindowReported(t *testing.T) {
+	v := newEnv(t)
+	v.stream("s", 1)
+	v.put("s", "k", "0", "1", "2")
+	first := v.records("s")
+	src := &waitHeld{Driver: v.source("s"), after: first[2].Sequence, waiting: make(chan struct{}), release: make(chan struct{})}
+	var mu sync.Mutex
+	var got []string
+	h := idem.HandlerFunc(func(ctx context.Context, b *idem.Batch) (idem.BatchResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, r := range b.Records {
+			got = append(got, string(r.Data))
+		}
+		return idem.BatchResult{}, nil
+	})
+	e, _ := v.run(engine.Mapping{Name: "m", Stream: "s", Source: src, Function: "f", Invoker: gofunc.New(h),
+		BatchSize: 100, MaximumBatchingWindow: time.Second, StartingPosition: source.TrimHorizon})
+	select {
+	case <-src.waiting:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the mapping never waited for more records after the first three")
+	}
+	v.put("s", "k", "3", "4", "5")
+	all := v.records("s")
+	if err := v.db.TrimThrough(context.Background(), "s", all[0].ShardID, all[4].Sequence); err != nil {
+		t.Fatal(err)
+	}
+	close(src.release)
+	waitFor(t, "4 processed and 2 lost", func() bool { s := totals(e); return s.Processed == 4 && s.Lost == 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != "[0 1 2 5]" {
+		t.Fatalf("processed %q, want 0 1 2 5", got)
+	}
+}

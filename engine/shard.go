@@ -381,8 +381,6 @@ func (s *shard) readWindow(ctx context.Context, limit, maxBytes int) (recs []ide
 	if cfg.MaximumBatchingWindow <= 0 || len(recs) == 0 || len(recs) >= limit {
 		return recs, lost, trimmed, nil
 	}
-	// Later reads may reuse the driver's buffers: own the records so far.
-	recs = cloneRecords(recs)
 	size := 0
 	for i := range recs {
 		size += len(recs[i].Data)
@@ -400,10 +398,15 @@ func (s *shard) readWindow(ctx context.Context, limit, maxBytes int) (recs []ide
 			return nil, 0, "", fmt.Errorf("reading after %q: %w", after, err)
 		}
 		s.noteLatest(more.Latest)
-		for _, r := range cloneRecords(more.Records) {
-			recs = append(recs, r)
+		if more.Lost > 0 {
+			// Retention trimmed records after these: leave them to the
+			// next read from the checkpoint, which reports the loss.
+			break
+		}
+		for _, r := range more.Records {
 			size += len(r.Data)
 		}
+		recs = append(recs, more.Records...)
 	}
 	return recs, lost, trimmed, nil
 }
@@ -412,15 +415,6 @@ func (s *shard) noteLatest(seq idem.Sequence) {
 	s.posMu.Lock()
 	s.latest = idem.MaxSequence(s.latest, seq)
 	s.posMu.Unlock()
-}
-
-func cloneRecords(in []idem.Record) []idem.Record {
-	out := make([]idem.Record, len(in))
-	for i, r := range in {
-		r.Data = append([]byte(nil), r.Data...)
-		out[i] = r
-	}
-	return out
 }
 
 // commitLost records records lost to retention; when nothing else was read,
