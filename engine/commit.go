@@ -220,7 +220,7 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 
 	var err error
 	for attempt := 1; tx == nil; attempt++ {
-		if err = s.e.store.Commit(ctx, w); err == nil {
+		if err = s.apply(ctx, w); err == nil {
 			break
 		}
 		if ctx.Err() != nil || attempt == 5 || errors.Is(err, store.ErrFenced) {
@@ -247,7 +247,11 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	if c.window {
 		s.tw.state = c.windowState
 	}
-	s.publish(cp)
+	if tx != nil || len(s.unsynced) == 0 {
+		s.publish(cp)
+	} else {
+		s.show(cp) // mirrored once durable
+	}
 	if win.next == len(win.seqs) {
 		s.oldestArrival.Store(0)
 	}

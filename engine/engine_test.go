@@ -107,6 +107,17 @@ func (v *env) run(ms ...engine.Mapping) (*engine.Engine, func()) {
 	return e, stop
 }
 
+// numbered makes stream, of one shard, with n records "0" to "n-1" of one
+// key, and returns them.
+func (v *env) numbered(stream string, n int) []idem.Record {
+	v.t.Helper()
+	v.stream(stream, 1)
+	for i := range n {
+		v.put(stream, "k", fmt.Sprint(i))
+	}
+	return v.records(stream)
+}
+
 func (v *env) records(stream string) []idem.Record {
 	v.t.Helper()
 	var out []idem.Record

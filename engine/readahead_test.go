@@ -53,11 +53,7 @@ func (r *readsSeen) Read(ctx context.Context, shard string, after idem.Sequence,
 // once, in order, all the same.
 func TestReadsAheadWhileProcessing(t *testing.T) {
 	v := newEnv(t)
-	v.stream("s", 1)
-	for i := range 30 {
-		v.put("s", "k", fmt.Sprint(i))
-	}
-	recs := v.records("s")
+	recs := v.numbered("s", 30)
 	src := &readsSeen{Driver: v.source("s"), after: make(map[idem.Sequence]chan struct{}), closed: make(map[idem.Sequence]bool)}
 	var mu sync.Mutex
 	var got []string

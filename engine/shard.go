@@ -50,7 +50,7 @@ type shard struct {
 	// mu serialises commits of the shard, so that the checkpoint written is
 	// always the newest and the window's tracking stays consistent.
 	mu  sync.Mutex
-	cp  store.Checkpoint // durable checkpoint, as last committed
+	cp  store.Checkpoint // checkpoint as last committed: durable, or applied and syncing (unsynced)
 	win *window          // the window being processed
 
 	// Observed without the lock, for status.
@@ -71,6 +71,10 @@ type shard struct {
 	// fence is the lease every write of the shard is conditional on, while
 	// it holds one (WithShardLeases); nil otherwise.
 	fence atomic.Pointer[store.Fence]
+
+	// unsynced are the shard's commits applied but maybe not yet durable,
+	// oldest first (store.Pipeliner); guarded by mu.
+	unsynced []unsynced
 }
 
 func newShard(m *mapping, id string) *shard {
@@ -165,7 +169,12 @@ func (s *shard) process(ctx, work context.Context) (fenced bool) {
 
 // runOnce loads the durable position and processes windows until ctx is
 // done or an error occurs.
-func (s *shard) runOnce(ctx, work context.Context) error {
+func (s *shard) runOnce(ctx, work context.Context) (err error) {
+	defer func() {
+		if serr := s.syncAll(); serr != nil && err == nil {
+			err = serr
+		}
+	}()
 	if err := s.load(ctx); err != nil {
 		return err
 	}
@@ -215,6 +224,10 @@ func (s *shard) runOnce(ctx, work context.Context) error {
 					return err
 				}
 				continue
+			}
+			// Idle: what was committed is made durable, and mirrored.
+			if err := s.syncAll(); err != nil {
+				return err
 			}
 			if err := cfg.Source.Wait(ctx, s.id, s.cp.Sequence); err != nil && ctx.Err() == nil {
 				return fmt.Errorf("waiting for records: %w", err)
@@ -343,16 +356,88 @@ func (s *shard) load(ctx context.Context) error {
 	return nil
 }
 
+// publish makes a durable checkpoint the one status shows and the source
+// mirrors.
 func (s *shard) publish(cp store.Checkpoint) {
+	s.show(cp)
+	s.mirror(cp)
+}
+
+// show makes cp the checkpoint status shows.
+func (s *shard) show(cp store.Checkpoint) {
 	c := cp
 	s.counters.Store(&c)
-	if m, ok := s.m.cfg.Source.(source.CheckpointMirror); ok {
-		m.MirrorCheckpoint(s.id, cp.Sequence)
-	}
 	s.posMu.Lock()
 	s.checkpoint = cp.Sequence
 	s.latest = idem.MaxSequence(s.latest, cp.Sequence)
 	s.posMu.Unlock()
+}
+
+// mirror shows cp, which must be durable, in the source's own tooling.
+func (s *shard) mirror(cp store.Checkpoint) {
+	if m, ok := s.m.cfg.Source.(source.CheckpointMirror); ok {
+		m.MirrorCheckpoint(s.id, cp.Sequence)
+	}
+}
+
+// maxUnsynced bounds a shard's commits applied but not yet durable, with a
+// store.Pipeliner: the sync of one overlaps the next batches' invocations,
+// and a crash redelivers at most this many batches more than it would.
+const maxUnsynced = 8
+
+// unsynced is a commit applied but maybe not yet durable.
+type unsynced struct {
+	synced func() error
+	cp     store.Checkpoint
+}
+
+// apply commits w: with a store.Pipeliner, without waiting for it to be
+// durable (after making room among the unsynced commits); otherwise
+// durably. The caller holds s.mu.
+func (s *shard) apply(ctx context.Context, w *store.Write) error {
+	p, ok := s.e.store.(store.Pipeliner)
+	if !ok {
+		return s.e.store.Commit(ctx, w)
+	}
+	if len(s.unsynced) >= maxUnsynced {
+		if err := s.syncOldest(); err != nil {
+			return err
+		}
+	}
+	synced, err := p.CommitPipelined(ctx, w)
+	if err != nil {
+		return err
+	}
+	s.unsynced = append(s.unsynced, unsynced{synced: synced, cp: w.NewCheckpoint})
+	return nil
+}
+
+// syncOldest waits for the oldest unsynced commit to be durable, and
+// mirrors its checkpoint. The caller holds s.mu.
+func (s *shard) syncOldest() error {
+	u := s.unsynced[0]
+	s.unsynced[0] = unsynced{}
+	s.unsynced = s.unsynced[1:]
+	if err := u.synced(); err != nil {
+		return fmt.Errorf("a commit applied earlier did not become durable: %w", err)
+	}
+	s.mirror(u.cp)
+	return nil
+}
+
+// syncAll waits until every commit of the shard is durable: before the
+// shard stops (a partition or lease handed over, the engine's end) or
+// idles. The first failure is returned; every commit is waited for.
+func (s *shard) syncAll() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var first error
+	for len(s.unsynced) > 0 {
+		if err := s.syncOldest(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // lag is how many records lie between checkpoint and latest, for sources

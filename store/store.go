@@ -203,3 +203,26 @@ type Driver interface {
 	// only way a checkpoint moves backwards).
 	DeleteCheckpoint(ctx context.Context, key CheckpointKey) error
 }
+
+// Pipeliner is implemented by stores that can apply a Write at once and make
+// it durable in the background, as Pebble's write-ahead log allows: a shard
+// then invokes its function over the next batch while the last commit
+// syncs, instead of waiting for the disk after every batch. The engine keeps
+// a few commits of a shard unsynced at most, and waits for them before
+// anything outside the store may learn of them (a Kafka group's offsets, a
+// partition or lease handed over, the engine's end).
+//
+// Exactly-once holds because a write is atomic and writes become durable in
+// the order they were applied: a crash loses a suffix of whole writes
+// (checkpoint, progress, marks and state together), whose records are
+// delivered again and counted once.
+type Pipeliner interface {
+	// CommitPipelined applies w atomically, as Commit does, visible at once
+	// to the store's readers, and returns before it is durable; synced
+	// blocks until it is and reports a failure to make it so. After such a
+	// failure the store refuses all further use: what it showed may be
+	// lost. A w whose Failures append to a stream is durable before
+	// CommitPipelined returns (a stream's readers must never see records
+	// that a crash could take back).
+	CommitPipelined(ctx context.Context, w *Write) (synced func() error, err error)
+}

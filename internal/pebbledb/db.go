@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -125,6 +126,9 @@ type DB struct {
 	// exclusively by Close, so that Pebble is never closed under a reader.
 	closeMu sync.RWMutex
 	closed  bool
+	// failed holds the error of a write-ahead log sync that failed (see
+	// CommitPipelined): every later method returns it.
+	failed atomic.Pointer[error]
 	// done is closed by Close: it wakes waiters and stops the sweeper.
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -248,12 +252,21 @@ func (db *DB) recover(st *stream) error {
 // enter is called by every method that uses Pebble; the returned release
 // must be called when it is done.
 func (db *DB) enter() (release func(), err error) {
+	if err := db.failed.Load(); err != nil {
+		return nil, *err
+	}
 	db.closeMu.RLock()
 	if db.closed {
 		db.closeMu.RUnlock()
 		return nil, ErrClosed
 	}
 	return db.closeMu.RUnlock, nil
+}
+
+// fail makes every later use of db return err: a write it applied may not
+// be durable, so nothing it shows can be trusted.
+func (db *DB) fail(err error) {
+	db.failed.CompareAndSwap(nil, &err)
 }
 
 // Close stops the sweeper, waits for methods in progress, and closes Pebble.

@@ -597,3 +597,64 @@ func TestPurgeMarks(t *testing.T) {
 		t.Fatalf("%d expiry entries left, want %d", got, live)
 	}
 }
+
+// TestCommitPipelined: a pipelined commit is visible when CommitPipelined
+// returns and durable once synced; one with failure records is durable, and
+// its records visible, at once.
+func TestCommitPipelined(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, db, "dlq", 1)
+	key := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "0"}
+	synced, err := db.CommitPipelined(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: sq(7)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, ok, err := db.Checkpoint(ctx, key); err != nil || !ok || c.Sequence != sq(7) {
+		t.Fatalf("checkpoint before the sync = %+v, %v, %v; want %s", c, ok, err, sq(7))
+	}
+	if err := synced(); err != nil {
+		t.Fatal(err)
+	}
+	synced, err = db.CommitPipelined(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: sq(8)},
+		Failures: []store.Failure{{Destination: "dlq", Metadata: []byte("meta")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := db.Read(ctx, "dlq", ShardID(0), sq(0), 10, 1<<20); err != nil || len(res.Records) != 1 {
+		t.Fatalf("dlq after a pipelined commit with a failure: %+v, %v", res.Records, err)
+	}
+	if err := synced(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if db, err = Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if c, ok, err := db.Checkpoint(ctx, key); err != nil || !ok || c.Sequence != sq(8) {
+		t.Fatalf("checkpoint after reopening = %+v, %v, %v; want %s", c, ok, err, sq(8))
+	}
+}
+
+// TestFailedSyncRefusesUse: after a sync of the write-ahead log failed,
+// every use of the DB reports it: what it showed may be lost.
+func TestFailedSyncRefusesUse(t *testing.T) {
+	db := openMem(t)
+	ctx := context.Background()
+	key := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "0"}
+	cause := errors.New("disk gone")
+	db.fail(cause)
+	if _, _, err := db.Checkpoint(ctx, key); !errors.Is(err, cause) {
+		t.Fatalf("Checkpoint after a failed sync: %v, want %v", err, cause)
+	}
+	if err := db.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: sq(1)}}); !errors.Is(err, cause) {
+		t.Fatalf("Commit after a failed sync: %v, want %v", err, cause)
+	}
+}

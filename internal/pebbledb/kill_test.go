@@ -47,7 +47,34 @@ func TestKillChild(t *testing.T) {
 	}
 	for g := range 8 {
 		go func() {
+			// Pipelined commits, up to 4 applied and unsynced, each
+			// acknowledged once synced.
+			type applied struct {
+				synced func() error
+				seq    int
+			}
+			var queue []applied
 			for i := 0; ; i++ {
+				if g%4 == 3 {
+					synced, err := db.CommitPipelined(ctx, &store.Write{
+						Checkpoint:    store.CheckpointKey{Mapping: "m", Stream: "k", Shard: strconv.Itoa(g)},
+						NewCheckpoint: store.Checkpoint{Sequence: sq(i + 1)},
+					})
+					if err != nil {
+						ack("error %v", err)
+						return
+					}
+					queue = append(queue, applied{synced, i + 1})
+					if len(queue) == 4 {
+						if err := queue[0].synced(); err != nil {
+							ack("error %v", err)
+							return
+						}
+						ack("pcp %d %d", g, queue[0].seq)
+						queue = queue[1:]
+					}
+					continue
+				}
 				if g%2 == 1 {
 					// A checkpoint with a mark and a failure record.
 					var mk store.MarkKey
@@ -84,8 +111,9 @@ func TestKillChild(t *testing.T) {
 	os.Exit(2)
 }
 
-// TestKill: a process killed with SIGKILL in the middle of concurrent Puts
-// and Commits loses nothing it acknowledged.
+// TestKill: a process killed with SIGKILL in the middle of concurrent Puts,
+// Commits and pipelined commits loses nothing it acknowledged (a pipelined
+// commit is acknowledged once synced).
 func TestKill(t *testing.T) {
 	if os.Getenv(killDirEnv) != "" {
 		t.Skip("in the child")
@@ -112,7 +140,7 @@ func TestKill(t *testing.T) {
 	}
 	var puts []put
 	cps := map[string]uint64{}
-	commits := 0
+	commits, pipelined := 0, 0
 	sc := bufio.NewScanner(stdout)
 	timeout := time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() })
 	for len(puts) < want && sc.Scan() {
@@ -125,6 +153,10 @@ func TestKill(t *testing.T) {
 			seq, _ := strconv.ParseUint(f[2], 10, 64)
 			cps[f[1]] = seq
 			commits++
+		case len(f) == 3 && f[0] == "pcp":
+			seq, _ := strconv.ParseUint(f[2], 10, 64)
+			cps[f[1]] = seq
+			pipelined++
 		case len(f) > 0 && f[0] == "error":
 			cmd.Process.Kill()
 			t.Fatalf("child: %s", sc.Text())
@@ -179,5 +211,8 @@ func TestKill(t *testing.T) {
 			t.Fatalf("put after kill got %s/%d, at or below acknowledged %d", res[0].Shard, res[0].Sequence, p.seq)
 		}
 	}
-	t.Logf("%d puts and %d commits acknowledged before the kill", len(puts), commits)
+	if pipelined == 0 {
+		t.Fatal("no pipelined commit was acknowledged")
+	}
+	t.Logf("%d puts, %d commits and %d pipelined commits acknowledged before the kill", len(puts), commits, pipelined)
 }

@@ -177,27 +177,44 @@ func (db *DB) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) err
 // Errors: ErrStreamNotFound for a missing destination (nothing is written),
 // store.ErrFenced (nothing is written), ErrClosed, ctx.Err().
 func (db *DB) Commit(ctx context.Context, w *store.Write) error {
+	_, err := db.commit(ctx, w, false)
+	return err
+}
+
+// CommitPipelined is Commit without waiting for the write-ahead log's sync
+// (store.Pipeliner): the write is applied, and visible, when it returns;
+// synced waits for the sync. A sync that fails makes every later use of db
+// fail with that error, for what readers saw may be lost. A w with Failures
+// is synced before it returns, as Commit does: its records become visible
+// to the destination's readers only once durable.
+func (db *DB) CommitPipelined(ctx context.Context, w *store.Write) (synced func() error, err error) {
+	return db.commit(ctx, w, len(w.Failures) == 0)
+}
+
+// commit is Commit, or with pipelined CommitPipelined.
+func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synced func() error, err error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	release, err := db.enter()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer release()
 	cp := w.Checkpoint
 	wrap := func(err error) error {
 		return fmt.Errorf("pebbledb: commit for mapping %q stream %q shard %s: %w", cp.Mapping, cp.Stream, cp.Shard, err)
 	}
+	done := func() error { return nil }
 	// Refuse what decodeCheckpoint would call corrupt: written, it would
 	// make the checkpoint unreadable for good.
 	if !w.NewCheckpoint.Sequence.Valid() {
-		return wrap(fmt.Errorf("checkpoint sequence %q is not a decimal number", w.NewCheckpoint.Sequence))
+		return nil, wrap(fmt.Errorf("checkpoint sequence %q is not a decimal number", w.NewCheckpoint.Sequence))
 	}
 	dests := make([]*stream, len(w.Failures))
 	for i := range w.Failures {
 		if dests[i], err = db.stream(w.Failures[i].Destination); err != nil {
-			return wrap(fmt.Errorf("on-failure destination: %w", err))
+			return nil, wrap(fmt.Errorf("on-failure destination: %w", err))
 		}
 	}
 
@@ -206,25 +223,29 @@ func (db *DB) Commit(ctx context.Context, w *store.Write) error {
 		stored, err = decodeCheckpoint(v)
 		return err
 	}); err != nil {
-		return wrap(err)
+		return nil, wrap(err)
 	}
 	if w.NewCheckpoint.Sequence.Compare(stored.Sequence) < 0 {
-		return wrap(fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, stored.Sequence, w.NewCheckpoint.Sequence))
+		return nil, wrap(fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, stored.Sequence, w.NewCheckpoint.Sequence))
 	}
 
 	b := db.pdb.NewBatch()
-	defer b.Close()
+	defer func() {
+		if b != nil {
+			b.Close()
+		}
+	}()
 	var scratch [64]byte
 	if err := b.Set(checkpointKey(cp), appendCheckpoint(scratch[:0], w.NewCheckpoint), nil); err != nil {
-		return wrap(err)
+		return nil, wrap(err)
 	}
 	if w.HasProgress {
 		v, err := appendProgress(nil, &w.Progress)
 		if err != nil {
-			return wrap(err)
+			return nil, wrap(err)
 		}
 		if err := b.Set(progressKey(w.ProgressKey), v, nil); err != nil {
-			return wrap(err)
+			return nil, wrap(err)
 		}
 	}
 	var kb [17]byte
@@ -232,10 +253,10 @@ func (db *DB) Commit(ctx context.Context, w *store.Write) error {
 	for _, m := range w.Marks {
 		exp := m.Expires.UnixNano()
 		if err := b.Set(markKey(&kb, m.Key), appendMark(scratch[:0], exp), nil); err != nil {
-			return wrap(err)
+			return nil, wrap(err)
 		}
 		if err := b.Set(expiryKey(&xb, exp, m.Key), nil, nil); err != nil {
-			return wrap(err)
+			return nil, wrap(err)
 		}
 	}
 	for i := range w.State {
@@ -250,7 +271,7 @@ func (db *DB) Commit(ctx context.Context, w *store.Write) error {
 			err = d.Finish()
 		}
 		if err != nil {
-			return wrap(err)
+			return nil, wrap(err)
 		}
 	}
 
@@ -276,13 +297,29 @@ func (db *DB) Commit(ctx context.Context, w *store.Write) error {
 		db.claimMu.Lock()
 		defer db.claimMu.Unlock()
 		if err := db.checkFence(w.Fence); err != nil {
-			return wrap(err)
+			return nil, wrap(err)
 		}
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return wrap(err)
+	if !pipelined {
+		if err := b.Commit(pebble.Sync); err != nil {
+			return nil, wrap(err)
+		}
+		return done, nil
 	}
-	return nil
+	if err := db.pdb.ApplyNoSyncWait(b, pebble.Sync); err != nil {
+		return nil, wrap(err)
+	}
+	pb := b
+	b = nil // closed once synced
+	return func() error {
+		defer pb.Close()
+		if err := pb.SyncWait(); err != nil {
+			err = wrap(fmt.Errorf("syncing the write-ahead log: %w", err))
+			db.fail(err)
+			return err
+		}
+		return nil
+	}, nil
 }
 
 // failureRecords lays out one failure as the records to append.

@@ -57,6 +57,14 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	return s.db.Commit(ctx, w)
 }
 
+// CommitPipelined applies w and returns before it is durable
+// (store.Pipeliner); synced waits for Pebble's write-ahead log to sync it.
+func (s *Store) CommitPipelined(ctx context.Context, w *store.Write) (synced func() error, err error) {
+	return s.db.CommitPipelined(ctx, w)
+}
+
+var _ store.Pipeliner = (*Store)(nil)
+
 // DeleteCheckpoint removes a mapping's checkpoint.
 func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) error {
 	return s.db.DeleteCheckpoint(ctx, key)
