@@ -431,6 +431,11 @@ func (s *shard) syncOldest() error {
 func (s *shard) syncAll() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.syncAllLocked()
+}
+
+// syncAllLocked is syncAll for a caller that holds s.mu.
+func (s *shard) syncAllLocked() error {
 	var first error
 	for len(s.unsynced) > 0 {
 		if err := s.syncOldest(); err != nil && first == nil {
@@ -507,6 +512,11 @@ func (s *shard) noteLatest(seq idem.Sequence) {
 func (s *shard) commitLost(ctx context.Context, lost uint64, trimmed idem.Sequence, moveCheckpoint bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Earlier commits first, so that their checkpoints are mirrored before
+	// this one, never after.
+	if err := s.syncAllLocked(); err != nil {
+		return err
+	}
 	cp := s.cp
 	cp.Lost += lost
 	if moveCheckpoint {
