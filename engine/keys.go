@@ -67,7 +67,6 @@ func identities(recs []idem.Record) {
 	}
 	var b strings.Builder
 	b.Grow(n)
-	ends := make([]int, len(recs))
 	for i := range recs {
 		r := &recs[i]
 		if r.Stream == recs[0].Stream && r.ShardID == recs[0].ShardID {
@@ -79,12 +78,13 @@ func identities(recs []idem.Record) {
 			b.WriteByte('/')
 		}
 		b.WriteString(string(r.Sequence))
-		ends[i] = b.Len()
 	}
 	all, at := b.String(), 0
 	for i := range recs {
-		recs[i].IdempotencyKey = all[at:ends[i]]
-		at = ends[i]
+		r := &recs[i]
+		n := len(r.Stream) + len(r.ShardID) + len(r.Sequence) + 2
+		r.IdempotencyKey = all[at : at+n]
+		at += n
 	}
 }
 

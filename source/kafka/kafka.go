@@ -553,14 +553,17 @@ func (s *Source) records(shard string, recs []*kgo.Record) []idem.Record {
 	out := make([]idem.Record, len(recs))
 	k := len(recs) * seqWidth
 	for i, r := range recs {
-		out[i] = idem.Record{
-			Stream:       s.topic,
-			ShardID:      shard,
-			Sequence:     idem.Sequence(all[i*seqWidth : (i+1)*seqWidth]),
-			PartitionKey: all[k : k+len(r.Key)],
-			Data:         r.Value,
-			ArrivalTime:  r.Timestamp,
-			Headers:      headers(r.Headers),
+		// Field by field: out is zeroed already, and a composite literal
+		// would be built aside and copied, pointers and all.
+		o := &out[i]
+		o.Stream = s.topic
+		o.ShardID = shard
+		o.Sequence = idem.Sequence(all[i*seqWidth : (i+1)*seqWidth])
+		o.PartitionKey = all[k : k+len(r.Key)]
+		o.Data = r.Value
+		o.ArrivalTime = r.Timestamp
+		if len(r.Headers) > 0 {
+			o.Headers = headers(r.Headers)
 		}
 		k += len(r.Key)
 	}
