@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"sync"
 	"time"
 
@@ -294,6 +295,7 @@ func (s *Source) fetch(ctx context.Context, p int32, offset int64, maxWait time.
 		IsolationLevel: kgo.ReadCommitted(),
 		Topic:          s.topic,
 		Partition:      p,
+		Pools:          []kgo.Pool{&s.slabs},
 	}, part, s.dec, nil)
 	if fp.Err != nil && len(fp.Records) == 0 {
 		return fetched{}, fmt.Errorf("kafka: decoding %s at offset %d: %w", shard, offset, fp.Err)
@@ -422,4 +424,40 @@ func (s *Source) listLSOs() {
 	close(s.w.changed)
 	s.w.changed = make(chan struct{})
 	s.w.mu.Unlock()
+}
+
+// slabPool recycles the slices kgo decodes a record batch's records into:
+// a record is converted to an idem.Record by the Read that returns it, and
+// recycled right after (kgo.Record.Recycle), so that a reader catching up
+// does not allocate, and collect, a slab of kgo records per batch. Slabs
+// are kept by capacity, in powers of two from 64 records; larger batches
+// are not pooled.
+type slabPool struct {
+	byLog [maxSlabLog - minSlabLog + 1]sync.Pool
+}
+
+const minSlabLog, maxSlabLog = 6, 16
+
+// slabLog is the power of two a slab for n records has.
+func slabLog(n int) int {
+	return max(bits.Len(uint(max(n, 1)-1)), minSlabLog)
+}
+
+// GetRecords returns an empty slice of capacity n at least.
+func (sp *slabPool) GetRecords(n int) []kgo.Record {
+	l := slabLog(n)
+	if l > maxSlabLog {
+		return make([]kgo.Record, 0, n)
+	}
+	if v, ok := sp.byLog[l-minSlabLog].Get().(*[]kgo.Record); ok {
+		return (*v)[:0]
+	}
+	return make([]kgo.Record, 0, 1<<l)
+}
+
+// PutRecords takes a slice back, zeroed by kgo.
+func (sp *slabPool) PutRecords(s []kgo.Record) {
+	if l := slabLog(cap(s)); l <= maxSlabLog && cap(s) == 1<<l {
+		sp.byLog[l-minSlabLog].Put(&s)
+	}
 }

@@ -208,3 +208,22 @@ func TestFetchAhead(t *testing.T) {
 		}
 	}
 }
+
+// TestSlabPool: a slab comes back by its power of two, and a request gets
+// at least its capacity.
+func TestSlabPool(t *testing.T) {
+	var sp slabPool
+	for _, n := range []int{0, 1, 63, 64, 65, 1000, 1 << 16, 1<<16 + 1} {
+		s := sp.GetRecords(n)
+		if len(s) != 0 || cap(s) < n {
+			t.Fatalf("GetRecords(%d): len %d cap %d", n, len(s), cap(s))
+		}
+		sp.PutRecords(s)
+	}
+	s := sp.GetRecords(1000)
+	s = append(s, kgo.Record{Offset: 7})
+	sp.PutRecords(s[:0])
+	if got := sp.GetRecords(600); cap(got) != 1024 {
+		t.Fatalf("GetRecords(600) after a slab of 1024 came back: cap %d", cap(got))
+	}
+}

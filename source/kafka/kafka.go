@@ -190,8 +190,9 @@ type Source struct {
 	partsMu sync.Mutex
 	parts   map[int32]*partState
 
-	w  watcher
-	bg sync.WaitGroup // fetches ahead in flight
+	w     watcher
+	bg    sync.WaitGroup // fetches ahead in flight
+	slabs slabPool       // kgo's record slabs, recycled
 
 	member *member // nil without WithConsumerGroup
 }
@@ -518,6 +519,9 @@ func (s *Source) result(shard string, recs []*kgo.Record, lso int64, res source.
 	}
 	res.Latest = position(lso)
 	res.Records = s.records(shard, recs)
+	for _, r := range recs {
+		r.Recycle() // converted: its slab may serve another batch
+	}
 	return res
 }
 
