@@ -186,16 +186,7 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 	var ahead *readAhead
 	defer func() { ahead.discard() }()
 	for ctx.Err() == nil {
-		var recs []idem.Record
-		var lost uint64
-		var trimmed idem.Sequence
-		var err error
-		if ahead.from(s.cp.Sequence) {
-			recs, lost, trimmed, err = ahead.result()
-		} else {
-			ahead.discard()
-			recs, lost, trimmed, err = s.readWindow(ctx, limit, maxBytes)
-		}
+		recs, lost, trimmed, err := s.nextWindow(ctx, ahead, limit, maxBytes)
 		ahead = nil
 		if err != nil {
 			if ctx.Err() != nil {
@@ -235,7 +226,7 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 			continue
 		}
 		if cfg.MaximumBatchingWindow <= 0 {
-			ahead = s.readAhead(ctx, recs[len(recs)-1].Sequence, limit, maxBytes)
+			ahead = s.startReadAhead(ctx, recs[len(recs)-1].Sequence, limit, maxBytes)
 		}
 		if err := s.processWindow(ctx, work, recs); err != nil {
 			if ctx.Err() != nil {
@@ -245,6 +236,16 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 		}
 	}
 	return nil
+}
+
+// nextWindow reads the records after the checkpoint: ahead's, if it read
+// from there, else read now (ahead discarded).
+func (s *shard) nextWindow(ctx context.Context, ahead *readAhead, limit, maxBytes int) ([]idem.Record, uint64, idem.Sequence, error) {
+	if ahead.from(s.cp.Sequence) {
+		return ahead.result()
+	}
+	ahead.discard()
+	return s.readWindow(ctx, limit, maxBytes)
 }
 
 // readAhead is a Read of the records after a window, issued while the
@@ -265,8 +266,8 @@ type readAhead struct {
 	err    error
 }
 
-// readAhead starts reading up to limit records after the sequence after.
-func (s *shard) readAhead(ctx context.Context, after idem.Sequence, limit, maxBytes int) *readAhead {
+// startReadAhead starts reading up to limit records after the sequence after.
+func (s *shard) startReadAhead(ctx context.Context, after idem.Sequence, limit, maxBytes int) *readAhead {
 	rctx, cancel := context.WithCancel(ctx)
 	a := &readAhead{after: after, cancel: cancel, done: make(chan struct{})}
 	go func() {
