@@ -220,7 +220,7 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 
 	var err error
 	for attempt := 1; tx == nil; attempt++ {
-		if err = s.apply(ctx, w); err == nil {
+		if err = s.apply(ctx, w, len(seqs)); err == nil {
 			break
 		}
 		if ctx.Err() != nil || attempt == 5 || errors.Is(err, store.ErrFenced) {

@@ -73,8 +73,10 @@ type shard struct {
 	fence atomic.Pointer[store.Fence]
 
 	// unsynced are the shard's commits applied but maybe not yet durable,
-	// oldest first (store.Pipeliner); guarded by mu.
-	unsynced []unsynced
+	// oldest first (store.Pipeliner), resolving unsyncedRecords records;
+	// guarded by mu.
+	unsynced        []unsynced
+	unsyncedRecords int
 }
 
 func newShard(m *mapping, id string) *shard {
@@ -381,26 +383,34 @@ func (s *shard) mirror(cp store.Checkpoint) {
 	}
 }
 
-// maxUnsynced bounds a shard's commits applied but not yet durable, with a
-// store.Pipeliner: the sync of one overlaps the next batches' invocations,
-// and a crash redelivers at most this many batches more than it would.
-const maxUnsynced = 8
+// A shard's commits applied but not yet durable, with a store.Pipeliner,
+// are at most maxUnsynced, resolving at most maxUnsyncedRecords records
+// between them (but always at least the newest commit): the syncs overlap
+// the next batches' invocations, and a crash redelivers at most that many
+// records more than it would. Sixty-four lets small batches go on through
+// a whole fsync: at 8, batches of 100 spent two thirds of their time
+// waiting for syncs.
+const (
+	maxUnsynced        = 64
+	maxUnsyncedRecords = 20_000
+)
 
 // unsynced is a commit applied but maybe not yet durable.
 type unsynced struct {
-	synced func() error
-	cp     store.Checkpoint
+	synced  func() error
+	cp      store.Checkpoint
+	records int // resolved by the commit
 }
 
-// apply commits w: with a store.Pipeliner, without waiting for it to be
-// durable (after making room among the unsynced commits); otherwise
-// durably. The caller holds s.mu.
-func (s *shard) apply(ctx context.Context, w *store.Write) error {
+// apply commits w, which resolves records: with a store.Pipeliner, without
+// waiting for it to be durable (after making room among the unsynced
+// commits); otherwise durably. The caller holds s.mu.
+func (s *shard) apply(ctx context.Context, w *store.Write, records int) error {
 	p, ok := s.e.store.(store.Pipeliner)
 	if !ok {
 		return s.e.store.Commit(ctx, w)
 	}
-	if len(s.unsynced) >= maxUnsynced {
+	for len(s.unsynced) > 0 && (len(s.unsynced) >= maxUnsynced || s.unsyncedRecords+records > maxUnsyncedRecords) {
 		if err := s.syncOldest(); err != nil {
 			return err
 		}
@@ -409,7 +419,8 @@ func (s *shard) apply(ctx context.Context, w *store.Write) error {
 	if err != nil {
 		return err
 	}
-	s.unsynced = append(s.unsynced, unsynced{synced: synced, cp: w.NewCheckpoint})
+	s.unsynced = append(s.unsynced, unsynced{synced: synced, cp: w.NewCheckpoint, records: records})
+	s.unsyncedRecords += records
 	return nil
 }
 
@@ -419,6 +430,7 @@ func (s *shard) syncOldest() error {
 	u := s.unsynced[0]
 	s.unsynced[0] = unsynced{}
 	s.unsynced = s.unsynced[1:]
+	s.unsyncedRecords -= u.records
 	if err := u.synced(); err != nil {
 		return fmt.Errorf("a commit applied earlier did not become durable: %w", err)
 	}
