@@ -497,7 +497,10 @@ func (s *Source) fetchAhead(p int32, ps *partState, limit, maxBytes int) {
 			}
 			ps.ahead = nil
 			close(a.done)
-			if err != nil || !ps.wantsAhead(limit) {
+			// A fetch that moved nothing on (the cache went elsewhere, or
+			// a broker returned nothing below its stable offset) ends it
+			// too: the next Read starts it again if need be.
+			if err != nil || ps.next <= a.from || !ps.wantsAhead(limit) {
 				ps.mu.Unlock()
 				return
 			}
