@@ -247,10 +247,9 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	if c.window {
 		s.tw.state = c.windowState
 	}
-	if tx != nil || len(s.unsynced) == 0 {
-		s.publish(cp)
-	} else {
-		s.show(cp) // mirrored once durable
+	s.show(cp)
+	if len(s.unsynced) == 0 {
+		s.mirror(cp) // durable already; otherwise mirrored once synced
 	}
 	if win.next == len(win.seqs) {
 		s.oldestArrival.Store(0)

@@ -140,11 +140,7 @@ func (e *Engine) Add(m Mapping) error {
 			return fmt.Errorf("mapping %q: added twice", m.Name)
 		}
 	}
-	dataField := "data"
-	if m.EventFormat == idem.EventFormatKafka {
-		dataField = "value"
-	}
-	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, project: pattern.NewProjection(dataField, filters...), permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker)}
+	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, project: pattern.NewProjection(dataField(m.EventFormat), filters...), permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker)}
 	if c, ok := e.store.(store.Claims); ok {
 		mp.journal = &journal{claims: c, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now}
 	}

@@ -28,6 +28,15 @@ func compileFilters(format idem.EventFormat, srcs []string) ([]*pattern.Pattern,
 	return ps, nil
 }
 
+// dataField is the event field that holds a record's data, as filter
+// patterns name it: "value" in a KafkaEvent, "data" in a KinesisEvent.
+func dataField(format idem.EventFormat) string {
+	if format == idem.EventFormatKafka {
+		return "value"
+	}
+	return "data"
+}
+
 // filtered reports whether r matches none of the mapping's filters: it is
 // then skipped and checkpointed, never delivered nor retried, as Lambda
 // does. Data that is not JSON matches only patterns that do not look into
@@ -37,9 +46,7 @@ func (m *mapping) filtered(r *idem.Record) bool {
 		return false
 	}
 	ev := make(map[string]any, 7)
-	data := "data"
 	if m.cfg.EventFormat == idem.EventFormatKafka {
-		data = "value"
 		ev["topic"] = r.Stream
 		ev["partition"] = float64(r.KafkaPartition())
 		ev["offset"] = float64(r.KafkaOffset())
@@ -49,7 +56,7 @@ func (m *mapping) filtered(r *idem.Record) bool {
 	}
 	if m.project.Used() {
 		if v, err := m.project.Decode(r.Data); err == nil {
-			ev[data] = v
+			ev[dataField(m.cfg.EventFormat)] = v
 		}
 	}
 	for _, p := range m.filters {

@@ -247,7 +247,7 @@ func (s *shard) nextWindow(ctx context.Context, ahead *readAhead, limit, maxByte
 		return ahead.result()
 	}
 	ahead.discard()
-	return s.readWindow(ctx, limit, maxBytes)
+	return s.readWindow(ctx, s.cp.Sequence, limit, maxBytes)
 }
 
 // readAhead is a Read of the records after a window, issued while the
@@ -268,19 +268,13 @@ type readAhead struct {
 	err    error
 }
 
-// startReadAhead starts reading up to limit records after the sequence after.
+// startReadAhead starts readWindow after the sequence after.
 func (s *shard) startReadAhead(ctx context.Context, after idem.Sequence, limit, maxBytes int) *readAhead {
 	rctx, cancel := context.WithCancel(ctx)
 	a := &readAhead{after: after, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
-		res, err := s.m.cfg.Source.Read(rctx, s.id, after, limit, maxBytes)
-		if err != nil {
-			a.err = fmt.Errorf("reading after %q: %w", after, err)
-			return
-		}
-		s.noteLatest(res.Latest)
-		a.recs, a.lost, a.trim = res.Records, res.Lost, res.Trimmed
+		a.recs, a.lost, a.trim, a.err = s.readWindow(rctx, after, limit, maxBytes)
 	}()
 	return a
 }
@@ -470,14 +464,14 @@ func lag(latest, checkpoint idem.Sequence) uint64 {
 	return l - c
 }
 
-// readWindow reads up to limit records after the checkpoint. With a batching
-// window it keeps reading until the batch is full, the window ends, or the
-// payload reaches maxBytes.
-func (s *shard) readWindow(ctx context.Context, limit, maxBytes int) (recs []idem.Record, lost uint64, trimmed idem.Sequence, err error) {
+// readWindow reads up to limit records after the position after. With a
+// batching window it keeps reading until the batch is full, the window
+// ends, or the payload reaches maxBytes.
+func (s *shard) readWindow(ctx context.Context, after idem.Sequence, limit, maxBytes int) (recs []idem.Record, lost uint64, trimmed idem.Sequence, err error) {
 	cfg := &s.m.cfg
-	res, err := cfg.Source.Read(ctx, s.id, s.cp.Sequence, limit, maxBytes)
+	res, err := cfg.Source.Read(ctx, s.id, after, limit, maxBytes)
 	if err != nil {
-		return nil, 0, "", fmt.Errorf("reading after %q: %w", s.cp.Sequence, err)
+		return nil, 0, "", fmt.Errorf("reading after %q: %w", after, err)
 	}
 	s.noteLatest(res.Latest)
 	recs, lost, trimmed = res.Records, res.Lost, res.Trimmed
@@ -564,7 +558,6 @@ func (w *window) index(seq idem.Sequence) int {
 	return sort.Search(len(w.seqs), func(i int) bool { return w.seqs[i].Compare(seq) >= 0 })
 }
 
-// resolve marks seqs resolved; it returns whether the contiguous prefix grew.
 // each calls f with the index of every sequence of seqs the window holds.
 // seqs mostly come in window order (a batch's records), so each lookup
 // first tries the place after the previous one, and searches only when
@@ -591,6 +584,7 @@ func (w *window) unresolve(seqs []idem.Sequence) {
 	})
 }
 
+// resolve marks seqs resolved; it returns whether the contiguous prefix grew.
 func (w *window) resolve(seqs []idem.Sequence) bool {
 	w.each(seqs, func(i int) { w.done[i] = true })
 	before := w.next
@@ -619,9 +613,7 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	var keyErrs []error
 	var seen map[string]struct{} // payload keys of the window
 	byIdentity := s.m.keyer.byIdentity()
-	if byIdentity {
-		identities(recs)
-	} else {
+	if !byIdentity {
 		seen = make(map[string]struct{}, len(recs))
 	}
 	oldest := recs[0].ArrivalTime
@@ -652,11 +644,10 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 			seen[r.IdempotencyKey] = struct{}{}
 		}
 		seqs = append(seqs, r.Sequence)
-		if len(pending) != i {
-			pending = append(pending, *r)
-		} else {
-			pending = pending[:i+1] // in place already
-		}
+		pending = keepAt(pending, recs, i)
+	}
+	if byIdentity {
+		identities(pending) // filtered records need none
 	}
 	w := &window{seqs: seqs, done: make([]bool, len(seqs))}
 	s.mu.Lock()
@@ -672,14 +663,11 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	var skippedSeqs []idem.Sequence
 	kept := pending[:0]
 	for i := range pending {
-		switch {
-		case skipped[i]:
+		if skipped[i] {
 			skippedSeqs = append(skippedSeqs, pending[i].Sequence)
-		case len(kept) != i:
-			kept = append(kept, pending[i])
-		default:
-			kept = kept[:i+1] // in place already
+			continue
 		}
+		kept = keepAt(kept, pending, i)
 	}
 	pending = kept
 	// Anything resolved without invoking commits first, in one write.
@@ -711,6 +699,16 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// keepAt appends recs[i] to kept, a prefix of recs being compacted in
+// place (len(kept) <= i), without copying a record onto itself: a window's
+// records are 150 bytes each, full of pointers.
+func keepAt(kept, recs []idem.Record, i int) []idem.Record {
+	if len(kept) == i {
+		return kept[:i+1]
+	}
+	return append(kept, recs[i])
 }
 
 // completed reports which records are already resolved in the scope: by

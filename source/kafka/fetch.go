@@ -44,14 +44,14 @@ type partState struct {
 	// -1 before any; avg is the estimated wire bytes per record.
 	lso int64
 	avg int
-	// ahead is the fetch in flight from next, started by a Read that left
-	// the cache short while the partition held more; nil when none is.
+	// ahead is the fetch in flight from next (Source.fetchAhead); nil when
+	// none is.
 	ahead *aheadFetch
 }
 
-// aheadFetch is a fetch a Read started for the next one: the reader of a
-// backlog then finds its records fetched and decoded while it processed the
-// previous batch, as a kgo consumer's buffered fetches are.
+// aheadFetch is a fetch ahead of the reader, for its next Reads: the reader
+// of a backlog then finds its records fetched and decoded while it
+// processed the previous batch, as a kgo consumer's buffered fetches are.
 type aheadFetch struct {
 	from int64
 	done chan struct{} // closed once the result is in the cache, or dropped

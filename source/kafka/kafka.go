@@ -63,8 +63,8 @@
 // goroutine per partition being read fetches until the cache holds two
 // Reads' worth of records (so a partition's cache takes about three
 // batches of memory at most) and ends there, at the partition's end, on an
-// error (the Read that needs the records fetches again and reports it), or
-// at Close. A Read whose records are in flight waits for them, and one
+// error (the Read that needs the records fetches again and reports it),
+// after a fetch that moved nothing on, or at Close. A Read whose records are in flight waits for them, and one
 // whose batch would come up short waits for the rest. The first fetch of a
 // partition asks for at most 1 MiB, to learn how large its records are on
 // the wire before asking for a batch's worth. Wait does not hold
