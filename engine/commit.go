@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/function"
@@ -80,7 +81,7 @@ func (s *shard) judge(b []idem.Record, res function.Result, err error) outcome {
 // records offset+1, so the offset names Sequence offset+1.
 func indexOfEventID(b []idem.Record, id string, kafka bool) int {
 	for i := range b {
-		if b[i].EventID() == id || b[i].SequenceNumber() == id {
+		if isEventID(&b[i], id) || string(b[i].Sequence) == id {
 			return i
 		}
 	}
@@ -104,6 +105,13 @@ func indexOfEventID(b []idem.Record, id string, kafka bool) int {
 	return -1
 }
 
+// isEventID reports whether id is r.EventID(), without building it: a
+// response's failures are looked up among every record of the batch.
+func isEventID(r *idem.Record, id string) bool {
+	return len(id) == len(r.ShardID)+1+len(r.Sequence) && id[len(r.ShardID)] == ':' &&
+		strings.HasPrefix(id, r.ShardID) && strings.HasSuffix(id, string(r.Sequence))
+}
+
 // commit is what resolving some records of a window changes.
 type commit struct {
 	completed    []idem.Record
@@ -118,6 +126,9 @@ type commit struct {
 	discarded   []idem.Record
 	failures    []store.Failure
 	conditions  map[string]int
+	// release ends the claims of records resolved without running (keys
+	// by identity: resolved in the scope by another mapping).
+	release []store.MarkKey
 }
 
 // discard sends recs to the on-failure destination in this commit.
@@ -205,12 +216,23 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	switch {
 	case cfg.AtLeastOnce:
 	case s.m.keyer.byIdentity():
-		s.prog.mu.Lock()
-		defer s.prog.mu.Unlock()
-		newProgress = mergeProgress(s.prog.p, cp.Sequence, win.above(nil))
+		// The mapping's own progress: its checkpoint moved over the
+		// records its filter rejected, which Filter tells apart.
+		newProgress = mergeProgress(s.prog, cp.Sequence, win.above(nil))
+		newProgress.Filter = s.m.filters.encoded
 		w.HasProgress, w.ProgressKey, w.Progress = true, s.pkKey, newProgress
+		// The records that ran, or were discarded, are resolved: their
+		// claims end with this write.
+		w.ReleaseOwner = s.owner
+		w.Release = append(w.Release, c.release...)
+		for _, recs := range [][]idem.Record{c.completed, c.discarded} {
+			for i := range recs {
+				w.Release = append(w.Release, store.MarkKeyOf(cfg.Scope, recs[i].IdempotencyKey))
+			}
+		}
 	default:
-		expires := s.e.now().Add(cfg.MarkRetention)
+		// A mark replaces the record's claim.
+		expires := s.markExpiry()
 		for _, recs := range [][]idem.Record{c.completed, c.discarded} {
 			for i := range recs {
 				w.Marks = append(w.Marks, store.Mark{Key: store.MarkKeyOf(cfg.Scope, recs[i].IdempotencyKey), Expires: expires})
@@ -225,6 +247,14 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 		}
 		if ctx.Err() != nil || attempt == 5 || errors.Is(err, store.ErrFenced) {
 			return fmt.Errorf("committing checkpoint %q: %w", cp.Sequence, err)
+		}
+		if cp != s.cp && s.landed(ctx, cp) {
+			// The write landed though its answer was lost (a connection
+			// dropped after the commit): writing it again would append
+			// its on-failure records twice.
+			s.e.log.Warn("commit answered with an error but landed; not writing it again", "mapping", cfg.Name, "shard", s.id, "err", err)
+			err = nil
+			break
 		}
 		s.e.log.Warn("commit failed; retrying", "mapping", cfg.Name, "shard", s.id, "attempt", attempt, "err", err)
 		if sleep(ctx, s.backoff(attempt)) != nil {
@@ -242,7 +272,7 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 	committed = true
 	s.cp = cp
 	if w.HasProgress {
-		s.prog.p = newProgress
+		s.prog = newProgress
 	}
 	if c.window {
 		s.tw.state = c.windowState
@@ -268,6 +298,31 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 		s.e.metrics.discarded.WithLabelValues(cfg.Name, cond).Add(float64(n))
 	}
 	return nil
+}
+
+// landed reports whether the store holds cp as the shard's checkpoint: a
+// commit whose answer was an error may have landed all the same. Only the
+// shard's owner writes its checkpoint, and a commit that changes it (the
+// sequence, or a counter: every commit with on-failure records does)
+// is there when cp is.
+func (s *shard) landed(ctx context.Context, cp store.Checkpoint) bool {
+	stored, ok, err := s.e.store.Checkpoint(ctx, s.cpKey)
+	return err == nil && ok && stored == cp
+}
+
+// MaxClockSkew is the clock skew between idem processes sharing a store
+// that completion marks allow for: marks are kept this much longer than
+// their retention, and an engine whose clock is further than this from
+// the store's (store.Clock) refuses to start.
+const MaxClockSkew = time.Minute
+
+// markExpiry is when a completion mark committed now expires: after the
+// longer of the mapping's retention and the source's (which a source may
+// learn is longer while it runs, such as a Kafka topic's retention.ms
+// changed, or its segments rolling late), plus the clock skew allowed.
+func (s *shard) markExpiry() time.Time {
+	cfg := &s.m.cfg
+	return s.e.now().Add(max(cfg.MarkRetention, cfg.Source.Retention()) + MaxClockSkew)
 }
 
 // mergeProgress folds a mapping's new checkpoint and its out-of-order

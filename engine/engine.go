@@ -38,7 +38,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/idem-run/idem"
-	"github.com/idem-run/idem/internal/pattern"
 	"github.com/idem-run/idem/store"
 )
 
@@ -55,7 +54,6 @@ type Engine struct {
 	mu       sync.Mutex
 	running  bool
 	mappings []*mapping
-	progress map[store.ProgressKey]*progressCell
 }
 
 // Option configures an Engine.
@@ -102,7 +100,6 @@ func New(st store.Driver, opts ...Option) *Engine {
 		drainTimeout: 10 * time.Second,
 		discovery:    30 * time.Second,
 		now:          time.Now,
-		progress:     make(map[store.ProgressKey]*progressCell),
 	}
 	for _, o := range opts {
 		o.apply(e)
@@ -126,7 +123,7 @@ func (e *Engine) Add(m Mapping) error {
 	if err != nil {
 		return fmt.Errorf("mapping %q: %w", m.Name, err)
 	}
-	filters, err := compileFilters(m.EventFormat, m.Filters)
+	filters, err := newFilterSet(m.EventFormat, m.Filters)
 	if err != nil {
 		return fmt.Errorf("mapping %q: %w", m.Name, err)
 	}
@@ -140,7 +137,7 @@ func (e *Engine) Add(m Mapping) error {
 			return fmt.Errorf("mapping %q: added twice", m.Name)
 		}
 	}
-	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, project: pattern.NewProjection(dataField(m.EventFormat), filters...), permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker)}
+	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker), scopeFilters: map[string]*filterSet{}}
 	if c, ok := e.store.(store.Claims); ok {
 		mp.journal = &journal{claims: c, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now}
 	}
@@ -169,6 +166,12 @@ func (e *Engine) Run(ctx context.Context) error {
 	mappings := e.mappings
 	e.mu.Unlock()
 
+	if c, ok := e.store.(store.Clock); ok {
+		if err := checkClock(ctx, c); err != nil {
+			return err
+		}
+	}
+
 	// work outlives ctx by the drain timeout, so that a batch being invoked
 	// when shutdown starts can still commit.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
@@ -181,6 +184,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			return fmt.Errorf("mapping %q: listing shards of %q: %w", m.cfg.Name, m.cfg.Stream, err)
 		}
 		initial[i] = ids
+		if err := m.loadStarted(ctx, ids); err != nil {
+			return fmt.Errorf("mapping %q: %w", m.cfg.Name, err)
+		}
 	}
 
 	var wg sync.WaitGroup
@@ -205,26 +211,6 @@ func (e *Engine) Run(ctx context.Context) error {
 		<-done
 	}
 	return nil
-}
-
-// progressCell is a scope's progress over one shard, shared in memory by
-// every mapping of that scope so that their commits merge rather than
-// overwrite each other.
-type progressCell struct {
-	mu     sync.Mutex
-	loaded bool
-	p      store.Progress
-}
-
-func (e *Engine) progressCell(k store.ProgressKey) *progressCell {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	c, ok := e.progress[k]
-	if !ok {
-		c = &progressCell{}
-		e.progress[k] = c
-	}
-	return c
 }
 
 // ShardStatus is the state of one mapping in one shard, for `idem status`.
@@ -280,4 +266,25 @@ func (e *Engine) Status() []ShardStatus {
 		return out[i].Shard < out[j].Shard
 	})
 	return out
+}
+
+// checkClock refuses a clock further from the store's than MaxClockSkew:
+// processes sharing the store decide mark expiry and claim leases from
+// their own clocks, within that margin.
+func checkClock(ctx context.Context, c store.Clock) error {
+	before := time.Now()
+	at, err := c.Time(ctx)
+	if err != nil {
+		return fmt.Errorf("engine: reading the store's clock: %w", err)
+	}
+	rtt := time.Since(before)
+	local := before.Add(rtt / 2)
+	skew := at.Sub(local)
+	if skew < 0 {
+		skew = -skew
+	}
+	if skew > MaxClockSkew+rtt/2 {
+		return fmt.Errorf("engine: this machine's clock is %s away from the store's, above the %s that mark expiry and claim leases allow for: synchronise it (NTP) before starting", skew.Round(time.Millisecond), MaxClockSkew)
+	}
+	return nil
 }

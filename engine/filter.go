@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/json"
 	"fmt"
 
 	"github.com/idem-run/idem"
@@ -37,16 +38,61 @@ func dataField(format idem.EventFormat) string {
 	return "data"
 }
 
-// filtered reports whether r matches none of the mapping's filters: it is
-// then skipped and checkpointed, never delivered nor retried, as Lambda
-// does. Data that is not JSON matches only patterns that do not look into
-// it.
-func (m *mapping) filtered(r *idem.Record) bool {
-	if len(m.filters) == 0 {
+// filterSet is a mapping's filterCriteria, compiled: the mapping's own, or
+// another mapping's of the same scope read back from its progress
+// (store.Progress.Filter), to tell the records that mapping ran from those
+// it filtered out.
+type filterSet struct {
+	format   idem.EventFormat
+	patterns []*pattern.Pattern // none: every record is selected
+	project  *pattern.Projection
+	encoded  string // store.Progress.Filter: "" for no filters
+}
+
+// storedFilter is a filterSet as a progress keeps it.
+type storedFilter struct {
+	Format   idem.EventFormat `json:"format,omitempty"`
+	Patterns []string         `json:"patterns"`
+}
+
+// newFilterSet compiles a mapping's patterns.
+func newFilterSet(format idem.EventFormat, srcs []string) (*filterSet, error) {
+	ps, err := compileFilters(format, srcs)
+	if err != nil {
+		return nil, err
+	}
+	f := &filterSet{format: format, patterns: ps, project: pattern.NewProjection(dataField(format), ps...)}
+	if len(srcs) > 0 {
+		b, err := json.Marshal(storedFilter{Format: format, Patterns: srcs})
+		if err != nil {
+			return nil, fmt.Errorf("encoding filterCriteria: %w", err)
+		}
+		f.encoded = string(b)
+	}
+	return f, nil
+}
+
+// decodeFilterSet compiles a filter as a progress keeps it.
+func decodeFilterSet(encoded string) (*filterSet, error) {
+	if encoded == "" {
+		return &filterSet{}, nil
+	}
+	var sf storedFilter
+	if err := json.Unmarshal([]byte(encoded), &sf); err != nil {
+		return nil, fmt.Errorf("decoding a stored filter: %w", err)
+	}
+	return newFilterSet(sf.Format, sf.Patterns)
+}
+
+// rejects reports whether r matches none of the patterns: it is then
+// skipped and checkpointed, never delivered nor retried, as Lambda does.
+// Data that is not JSON matches only patterns that do not look into it.
+func (f *filterSet) rejects(r *idem.Record) bool {
+	if len(f.patterns) == 0 {
 		return false
 	}
 	ev := make(map[string]any, 7)
-	if m.cfg.EventFormat == idem.EventFormatKafka {
+	if f.format == idem.EventFormatKafka {
 		ev["topic"] = r.Stream
 		ev["partition"] = float64(r.KafkaPartition())
 		ev["offset"] = float64(r.KafkaOffset())
@@ -54,12 +100,12 @@ func (m *mapping) filtered(r *idem.Record) bool {
 		ev["timestampType"] = "CREATE_TIME"
 		ev["key"] = r.PartitionKey
 	}
-	if m.project.Used() {
-		if v, err := m.project.Decode(r.Data); err == nil {
-			ev[dataField(m.cfg.EventFormat)] = v
+	if f.project.Used() {
+		if v, err := f.project.Decode(r.Data); err == nil {
+			ev[dataField(f.format)] = v
 		}
 	}
-	for _, p := range m.filters {
+	for _, p := range f.patterns {
 		if p.Match(ev) {
 			return false
 		}

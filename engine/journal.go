@@ -15,6 +15,18 @@ import (
 // under a lease as long as the function's timeout, completed with its
 // result. Steps are journaled as they finish, not with the batch: their
 // effect is outside, and already happened.
+//
+// A step's key is idem.StepKey(scope, recordKey, step): scope and step
+// escaped ('%' as %25, '/' as %2F), so that no two (record, step) pairs
+// share a key, and keys without those characters unchanged.
+//
+// An attempt takes its steps with Takeover (store.ClaimTaker), not Claim:
+// one attempt of a record runs at a time (the shard is processed by one
+// owner, under its lease and fence), so a step record still in progress
+// was left by an earlier attempt that is over: one that panicked, failed
+// to journal, or died with its process. Waiting for that lease would fail
+// every retry until it expired. The earlier owner, should it still be
+// running, is fenced: its Complete is refused.
 type journal struct {
 	claims    store.Claims
 	scope     string
@@ -28,26 +40,34 @@ var _ idem.Journal = (*journal)(nil)
 // stepNamespace keeps step keys apart from completion marks of the scope.
 const stepNamespace = "\x00step"
 
+// Run implements idem.Journal.
 func (j *journal) Run(ctx context.Context, recordKey, step string, fn func(ctx context.Context, key string) ([]byte, error)) ([]byte, error) {
-	key := j.scope + "/" + recordKey + "/" + step
+	key := idem.StepKey(j.scope, recordKey, step)
 	mk := store.MarkKeyOf(stepNamespace, key)
 	// The payload of a step is its identity: one key is one step.
 	ph := store.PayloadHash(sha256.Sum256([]byte(key)))
-	c, err := j.claims.Claim(ctx, mk, ph, j.lease, j.now())
+	c, err := j.take(ctx, mk, ph)
 	switch {
 	case errors.Is(err, store.ErrClaimHeld):
-		return nil, fmt.Errorf("%w: %v", idem.ErrStepInProgress, err)
+		return nil, fmt.Errorf("%w: %w", idem.ErrStepInProgress, err)
 	case err != nil:
 		return nil, fmt.Errorf("claiming step %s: %w", key, err)
 	case c.Status == store.Completed:
 		return c.Result, nil
 	}
-	res, ferr := fn(ctx, key)
-	if ferr != nil {
-		// Let the next delivery try at once; a failure to release only
-		// delays it until the lease ends.
-		_ = j.claims.Release(context.WithoutCancel(ctx), c)
-		return nil, ferr
+	// Every way out but a journaled result releases the claim, a panic
+	// included (the panic goes on, for the invoker to recover), so that
+	// the next delivery runs the step at once. A failure to release only
+	// delays it until the lease ends, on a store without Takeover.
+	journaled := false
+	defer func() {
+		if !journaled {
+			_ = j.claims.Release(context.WithoutCancel(ctx), c)
+		}
+	}()
+	res, err := fn(ctx, key)
+	if err != nil {
+		return nil, err
 	}
 	if res == nil {
 		res = []byte("null")
@@ -55,5 +75,15 @@ func (j *journal) Run(ctx context.Context, recordKey, step string, fn func(ctx c
 	if err := j.claims.Complete(context.WithoutCancel(ctx), c, res, j.now().Add(j.retention)); err != nil {
 		return nil, fmt.Errorf("journaling step %s: %w", key, err)
 	}
+	journaled = true
 	return res, nil
+}
+
+// take claims a step: with Takeover where the store has it, otherwise with
+// Claim, which makes a retry wait for an earlier attempt's lease.
+func (j *journal) take(ctx context.Context, mk store.MarkKey, ph store.PayloadHash) (store.Claim, error) {
+	if t, ok := j.claims.(store.ClaimTaker); ok {
+		return t.Takeover(ctx, mk, ph, j.lease, j.now())
+	}
+	return j.claims.Claim(ctx, mk, ph, j.lease, j.now())
 }

@@ -6,15 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/idem-run/idem"
-	"github.com/idem-run/idem/internal/pattern"
 	"github.com/idem-run/idem/source"
 	"github.com/idem-run/idem/store"
 )
@@ -24,8 +23,7 @@ type mapping struct {
 	e         *Engine
 	cfg       Mapping
 	keyer     *keyer
-	filters   []*pattern.Pattern  // filterCriteria; none: deliver everything
-	project   *pattern.Projection // decodes what filters read of a record's data
+	filters   *filterSet // filterCriteria
 	permanent map[string]bool
 	journal   *journal // nil when the store keeps no claims
 	// txd offers the store's transactions to the handler; nil when the
@@ -34,6 +32,12 @@ type mapping struct {
 
 	mu     sync.Mutex
 	shards []*shard
+	// scopeFilters caches the filters of the scope's other mappings, by
+	// their encoding (store.Progress.Filter); guarded by mu.
+	scopeFilters map[string]*filterSet
+	// initial are the shards of the mapping's first start (loadStarted);
+	// guarded by mu.
+	initial map[string]bool
 }
 
 // shard runs one mapping over one shard: one goroutine reads windows of
@@ -45,13 +49,21 @@ type shard struct {
 	id    string
 	cpKey store.CheckpointKey
 	pkKey store.ProgressKey
-	prog  *progressCell
+	// owner names the shard's record claims: whoever processes this
+	// mapping's shard next takes them again at once.
+	owner store.MarkKey
+	// claimedUntil is when the window's record claims run out (Unix
+	// nanoseconds).
+	claimedUntil atomic.Int64
 
 	// mu serialises commits of the shard, so that the checkpoint written is
 	// always the newest and the window's tracking stays consistent.
 	mu  sync.Mutex
 	cp  store.Checkpoint // checkpoint as last committed: durable, or applied and syncing (unsynced)
 	win *window          // the window being processed
+	// prog is the mapping's own progress over the shard, as last
+	// committed (keys by identity); only this shard writes it.
+	prog store.Progress
 
 	// Observed without the lock, for status.
 	state         atomic.Value // string
@@ -85,9 +97,9 @@ func newShard(m *mapping, id string) *shard {
 		e:     m.e,
 		id:    id,
 		cpKey: store.CheckpointKey{Mapping: m.cfg.Name, Stream: m.cfg.Stream, Shard: id},
-		pkKey: store.ProgressKey{Scope: m.cfg.Scope, Stream: m.cfg.Stream, Shard: id},
+		pkKey: store.ProgressKey{Scope: m.cfg.Scope, Stream: m.cfg.Stream, Shard: id, Mapping: m.cfg.Name},
+		owner: store.MarkKeyOf("\x00owner", m.cfg.Name+"\x00"+m.cfg.Stream+"\x00"+id),
 	}
-	s.prog = m.e.progressCell(s.pkKey)
 	s.state.Store("starting")
 	s.lastError.Store("")
 	s.counters.Store(&store.Checkpoint{})
@@ -312,9 +324,17 @@ func (s *shard) load(ctx context.Context) error {
 		return fmt.Errorf("loading checkpoint: %w", err)
 	}
 	if !ok {
-		start, err := cfg.Source.Start(ctx, s.id, cfg.StartingPosition, cfg.StartingPositionTimestamp)
+		pos, ts := cfg.StartingPosition, cfg.StartingPositionTimestamp
+		if !s.m.initialShard(s.id) {
+			// A shard that appeared after the mapping started (a partition
+			// added, a Kinesis child): every record of it is new to the
+			// mapping, whatever its starting position, as on Lambda.
+			pos, ts = source.TrimHorizon, time.Time{}
+			s.e.log.Info("a shard that appeared after the mapping started: reading it from its beginning", "mapping", cfg.Name, "shard", s.id)
+		}
+		start, err := cfg.Source.Start(ctx, s.id, pos, ts)
 		if err != nil {
-			return fmt.Errorf("finding %s: %w", cfg.StartingPosition, err)
+			return fmt.Errorf("finding %s: %w", pos, err)
 		}
 		cp = store.Checkpoint{Sequence: start}
 		w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: cp}
@@ -328,26 +348,16 @@ func (s *shard) load(ctx context.Context) error {
 			return err
 		}
 	}
+	var prog store.Progress
 	if s.m.keyer.byIdentity() && !cfg.AtLeastOnce {
-		// Reloaded at every (re)start and merged with what this engine
-		// committed: a commit whose outcome was unknown (its connection
-		// lost during COMMIT) may have landed, and under leases another
-		// engine may have moved the progress on while this one did not
-		// hold the shard.
-		s.prog.mu.Lock()
-		p, err := s.e.store.Progress(ctx, s.pkKey)
-		if err != nil {
-			s.prog.mu.Unlock()
-			return fmt.Errorf("loading progress of scope %q: %w", cfg.Scope, err)
+		// Reloaded at every (re)start: a commit whose outcome was unknown
+		// (its connection lost during COMMIT) may have landed.
+		if prog, err = s.e.store.Progress(ctx, s.pkKey); err != nil {
+			return fmt.Errorf("loading progress of mapping %q in scope %q: %w", cfg.Name, cfg.Scope, err)
 		}
-		if s.prog.loaded {
-			p = mergeProgress(s.prog.p, p.HighWater, p.Above)
-		}
-		s.prog.p, s.prog.loaded = p, true
-		s.prog.mu.Unlock()
 	}
 	s.mu.Lock()
-	s.cp = cp
+	s.cp, s.prog = cp, prog
 	s.mu.Unlock()
 	s.publish(cp)
 	return nil
@@ -624,7 +634,7 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	pending := recs[:0]
 	for i := range recs {
 		r := &recs[i]
-		if s.m.filtered(r) {
+		if s.m.filters.rejects(r) {
 			seqs = append(seqs, r.Sequence)
 			filtered = append(filtered, r.Sequence)
 			continue
@@ -656,23 +666,14 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	s.oldestArrival.Store(oldest.UnixNano())
 	defer s.oldestArrival.Store(0)
 
-	skipped, err := s.completed(ctx, pending)
+	cl, err := s.claim(ctx, pending)
 	if err != nil {
 		return err
 	}
-	var skippedSeqs []idem.Sequence
-	kept := pending[:0]
-	for i := range pending {
-		if skipped[i] {
-			skippedSeqs = append(skippedSeqs, pending[i].Sequence)
-			continue
-		}
-		kept = keepAt(kept, pending, i)
-	}
-	pending = kept
+	pending = cl.run
 	// Anything resolved without invoking commits first, in one write.
-	if len(skippedSeqs) > 0 || len(keyFailed) > 0 || len(filtered) > 0 {
-		c := commit{skipped: skippedSeqs, filtered: filtered}
+	if len(cl.skipped) > 0 || len(keyFailed) > 0 || len(filtered) > 0 {
+		c := commit{skipped: cl.skipped, filtered: filtered, release: cl.release}
 		for i, r := range keyFailed {
 			s.e.log.Error("discarding record: its idempotency key cannot be computed", "mapping", cfg.Name, "err", keyErrs[i])
 			c.discard(s, []idem.Record{r}, conditionRetriesExhausted, 0, "IdempotencyKeyError", keyErrs[i].Error())
@@ -682,6 +683,12 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 		}
 	}
 	if len(pending) == 0 {
+		if cl.wait > 0 {
+			// Every record left is claimed elsewhere: wait for that run.
+			s.state.Store("waiting for a claim")
+			defer s.state.Store("running")
+			return sleep(ctx, cl.wait)
+		}
 		return nil
 	}
 	groups := s.group(pending)
@@ -711,32 +718,6 @@ func keepAt(kept, recs []idem.Record, i int) []idem.Record {
 	return append(kept, recs[i])
 }
 
-// completed reports which records are already resolved in the scope: by
-// comparing sequence numbers with the scope's progress (keys by identity),
-// or by one batched lookup of marks (keys from the payload).
-func (s *shard) completed(ctx context.Context, recs []idem.Record) ([]bool, error) {
-	done := make([]bool, len(recs))
-	if len(recs) == 0 || s.m.cfg.AtLeastOnce {
-		return done, nil
-	}
-	if s.m.keyer.byIdentity() {
-		s.prog.mu.Lock()
-		for i := range recs {
-			done[i] = s.prog.p.Done(recs[i].Sequence)
-		}
-		s.prog.mu.Unlock()
-		return done, nil
-	}
-	keys := make([]store.MarkKey, len(recs))
-	for i := range recs {
-		keys[i] = store.MarkKeyOf(s.m.cfg.Scope, recs[i].IdempotencyKey)
-	}
-	if err := s.e.store.Completed(ctx, keys, s.e.now(), done); err != nil {
-		return nil, fmt.Errorf("looking up completion marks: %w", err)
-	}
-	return done, nil
-}
-
 // group splits records into ParallelizationFactor groups by partition key,
 // keeping each group in shard order.
 func (s *shard) group(recs []idem.Record) [][]idem.Record {
@@ -746,9 +727,7 @@ func (s *shard) group(recs []idem.Record) [][]idem.Record {
 	}
 	groups := make([][]idem.Record, n)
 	for _, r := range recs {
-		h := fnv.New32a()
-		h.Write([]byte(r.PartitionKey))
-		g := h.Sum32() % uint32(n)
+		g := fnv32a(r.PartitionKey) % uint32(n)
 		groups[g] = append(groups[g], r)
 	}
 	out := groups[:0]
@@ -758,6 +737,17 @@ func (s *shard) group(recs []idem.Record) [][]idem.Record {
 		}
 	}
 	return out
+}
+
+// fnv32a is FNV-1a over s, as hash/fnv's New32a computes it, without the
+// hasher's allocation: grouping hashes every record's partition key.
+func fnv32a(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
 }
 
 // processGroup invokes the function over recs, one batch at a time.
@@ -792,10 +782,13 @@ type outcome struct {
 	// windowEarly, that it was too large, so the window ends early.
 	windowState map[string]string
 	windowEarly bool
-	failedAt    int    // index of the lowest failed record; -1: none; len: whole batch
-	errType     string // the function error's type, for permanentErrorTypes
-	errMsg      string
-	permanent   bool
+	failedAt    int // index of the lowest failed record; -1: none; len: whole batch
+	// keepFailedAt is the failed record's index when failedAt was set to
+	// 0 so that none of a tumbling window's batch commits.
+	keepFailedAt int
+	errType      string // the function error's type, for permanentErrorTypes
+	errMsg       string
+	permanent    bool
 }
 
 // completed returns how many leading records of an invocation of n
@@ -839,9 +832,21 @@ func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
 			queue[0] = sub
 		}
 
+		if err := s.renewClaims(work, sub); err != nil {
+			return err
+		}
 		bs, out, err := s.invoke(work, sub)
 		if err != nil {
 			return err
+		}
+		if cfg.TumblingWindow > 0 && out.failedAt > 0 && out.failedAt < len(sub) {
+			// The state the function returned counts the records after
+			// the failed one too: committing it with only those before
+			// would count them twice once they run again. Nothing of the
+			// batch commits; it runs again with the state from before.
+			out.windowState, out.windowEarly = nil, false
+			out.keepFailedAt = out.failedAt
+			out.failedAt = 0
 		}
 		// The records the invocation completed commit first, with their
 		// state and, in its transaction, their SQL; an invocation that
@@ -869,19 +874,25 @@ func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
 				sub = sub[out.failedAt:]
 				queue[0] = sub
 			}
-			if !failingIsRecord || sub[0].Sequence != failingSeq {
-				failingSeq, failingIsRecord, attempts = sub[0].Sequence, true, 0
+			at := out.keepFailedAt // in a tumbling window, the batch ran again whole
+			if !failingIsRecord || sub[at].Sequence != failingSeq {
+				failingSeq, failingIsRecord, attempts = sub[at].Sequence, true, 0
 			}
 			attempts++
 			if out.permanent || exhausted(cfg.MaximumRetryAttempts, attempts) {
 				// Only the failed record is discarded: the records after it
 				// never failed themselves.
 				c := commit{}
-				c.discard(s, sub[:1], conditionRetriesExhausted, attempts, out.errType, out.errMsg)
+				c.discard(s, sub[at:at+1], conditionRetriesExhausted, attempts, out.errType, out.errMsg)
 				if err := s.commit(work, &c); err != nil {
 					return err
 				}
-				if sub = sub[1:]; len(sub) == 0 {
+				if at > 0 {
+					sub = slices.Delete(slices.Clone(sub), at, at+1)
+				} else {
+					sub = sub[1:]
+				}
+				if len(sub) == 0 {
 					queue = queue[1:]
 				} else {
 					queue[0] = sub

@@ -54,6 +54,26 @@ type Claims interface {
 	Lookup(ctx context.Context, key MarkKey, now time.Time) (c Claim, ok bool, err error)
 }
 
+// ClaimTaker is implemented by Claims that let a caller take a key over
+// from another owner whose lease still runs. It exists for work whose
+// ownership is proved by something else than the claim: a journaled step
+// runs inside a shard's record, which one owner at a time processes (the
+// shard's lease and fence), so an in-progress step record left by an
+// earlier attempt of the same record belongs to an attempt that is over
+// (it panicked, failed to journal, or its process died). Waiting for its
+// lease would fail every retry in the meantime.
+type ClaimTaker interface {
+	// Takeover is Claim, except for an in-progress record with the same
+	// payload hash: whatever its lease, it is taken over, and the caller
+	// gets Status Acquired with a fencing token higher than the old
+	// owner's, whose Complete, Release and Extend are then refused with
+	// ErrFenced. A completed record is returned as Completed (with its
+	// Result) until it expires; a live record whose PayloadHash differs
+	// makes an error wrapping ErrPayloadMismatch. Takeover never returns
+	// ErrClaimHeld.
+	Takeover(ctx context.Context, key MarkKey, payloadHash PayloadHash, lease time.Duration, now time.Time) (Claim, error)
+}
+
 // PayloadHash is a SHA-256 of the work's input, kept with its record so a
 // repeat with another payload under one key is detected.
 type PayloadHash [32]byte

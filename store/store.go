@@ -61,12 +61,18 @@ type Checkpoint struct {
 	Lost uint64
 }
 
-// ProgressKey names the completion progress of one idempotency scope over
-// one shard.
+// ProgressKey names the completion progress of one mapping of an
+// idempotency scope over one shard. Each mapping writes only its own
+// progress, so writers in several processes never overwrite each other;
+// a record is resolved in the scope when any mapping's progress says so
+// (ScopeProgress reads them all). Mapping "" names the scope-wide progress
+// earlier versions wrote, still read, and the progress of work that is not
+// a mapping's (the Invoke API's queues).
 type ProgressKey struct {
-	Scope  string
-	Stream string
-	Shard  string
+	Scope   string
+	Stream  string
+	Shard   string
+	Mapping string
 }
 
 // Progress is how the default idempotency key (stream/shard/sequence) is
@@ -75,12 +81,26 @@ type ProgressKey struct {
 // one small value per batch, and a replay in the same scope is skipped by
 // comparing numbers.
 type Progress struct {
-	// HighWater: every sequence at or below it is resolved in the scope:
-	// completed, or discarded to the on-failure destination.
+	// HighWater: every sequence at or below it that Filter selects is
+	// resolved in the scope: completed, or discarded to the on-failure
+	// destination.
 	HighWater idem.Sequence
 	// Above lists, sorted ascending, sequences above HighWater that are
 	// completed.
 	Above []idem.Sequence
+	// Filter describes which records the mapping runs at all (its
+	// filterCriteria), in the engine's own encoding; empty: every record.
+	// The mapping's checkpoint, and so its HighWater, moves over the
+	// records it filtered out, which it never ran: they are resolved for
+	// the mapping, not for the scope, and another mapping of the scope
+	// reads the Filter to tell them apart. Stores keep it verbatim.
+	Filter string
+}
+
+// MappingProgress is one mapping's progress, as ScopeProgress returns it.
+type MappingProgress struct {
+	Mapping string
+	Progress
 }
 
 // Done reports whether seq is resolved in p.
@@ -139,7 +159,8 @@ type Write struct {
 	Checkpoint    CheckpointKey
 	NewCheckpoint Checkpoint
 
-	// Progress, when HasProgress, replaces the scope's progress.
+	// Progress, when HasProgress, replaces the progress of ProgressKey
+	// (one mapping's, never another's).
 	HasProgress bool
 	ProgressKey ProgressKey
 	Progress    Progress
@@ -149,6 +170,13 @@ type Write struct {
 
 	State    []StateOp
 	Failures []Failure
+
+	// Release ends the record claims (ClaimRecords) of these keys that
+	// ReleaseOwner holds; a key another owner claimed since is left alone.
+	// A key that also gets a Mark needs no release: the mark replaces the
+	// claim.
+	Release      []MarkKey
+	ReleaseOwner MarkKey
 
 	// Fence, when set, makes the Write conditional on a lease: Commit
 	// applies it only if the claims record (store.Claims) of Fence.Key
@@ -168,7 +196,7 @@ type Fence struct {
 
 // Reset clears a Write for reuse without giving up its buffers.
 func (w *Write) Reset() {
-	*w = Write{Marks: w.Marks[:0], State: w.State[:0], Failures: w.Failures[:0], Progress: Progress{Above: w.Progress.Above[:0]}}
+	*w = Write{Marks: w.Marks[:0], State: w.State[:0], Failures: w.Failures[:0], Release: w.Release[:0], Progress: Progress{Above: w.Progress.Above[:0]}}
 }
 
 // Driver is a store as the engine uses it. Implementations are safe for
@@ -179,9 +207,19 @@ type Driver interface {
 	// Checkpoint returns the checkpoint of key, and false if there is none.
 	Checkpoint(ctx context.Context, key CheckpointKey) (Checkpoint, bool, error)
 
-	// Progress returns a scope's completion progress over a shard; the zero
-	// Progress if there is none.
+	// Progress returns one mapping's completion progress over a shard (or
+	// the scope-wide one of Mapping ""); the zero Progress if there is
+	// none.
 	Progress(ctx context.Context, key ProgressKey) (Progress, error)
+
+	// ScopeProgress returns the progress of every mapping of key.Scope
+	// over key.Stream and key.Shard, Mapping "" included, in no particular
+	// order; key.Mapping is ignored.
+	ScopeProgress(ctx context.Context, key ProgressKey) ([]MappingProgress, error)
+
+	// ClaimRecords takes claims on records' idempotency keys before they
+	// run, in one round trip; see RecordClaims.
+	ClaimRecords(ctx context.Context, c *RecordClaims) error
 
 	// Completed reports, for each key, whether it holds a mark that has not
 	// expired at now. Expiry is decided here from timestamps, never by

@@ -85,6 +85,18 @@ func live(c *store.Claim, now time.Time) bool {
 // Claim implements store.Claims. Expired records are replaced in place;
 // the fencing token carries on from the replaced one.
 func (db *DB) Claim(ctx context.Context, key store.MarkKey, payload store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
+	return db.claim(ctx, key, payload, lease, now, false)
+}
+
+// Takeover implements store.ClaimTaker: Claim, except that a live
+// in-progress record with the same payload is replaced too, with the next
+// fencing token.
+func (db *DB) Takeover(ctx context.Context, key store.MarkKey, payload store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
+	return db.claim(ctx, key, payload, lease, now, true)
+}
+
+// claim is Claim, or Takeover when takeover is set.
+func (db *DB) claim(ctx context.Context, key store.MarkKey, payload store.PayloadHash, lease time.Duration, now time.Time, takeover bool) (store.Claim, error) {
 	if err := ctx.Err(); err != nil {
 		return store.Claim{}, err
 	}
@@ -100,13 +112,14 @@ func (db *DB) Claim(ctx context.Context, key store.MarkKey, payload store.Payloa
 		return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, err)
 	}
 	if found && live(&old, now) {
-		if old.PayloadHash != payload {
+		switch {
+		case old.PayloadHash != payload:
 			return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, store.ErrPayloadMismatch)
-		}
-		if old.Status == store.Completed {
+		case old.Status == store.Completed:
 			return old, nil
+		case !takeover:
+			return store.Claim{}, fmt.Errorf("pebbledb: claim %x until %s: %w", key, old.LeaseUntil.Format(time.RFC3339Nano), store.ErrClaimHeld)
 		}
-		return store.Claim{}, fmt.Errorf("pebbledb: claim %x until %s: %w", key, old.LeaseUntil.Format(time.RFC3339Nano), store.ErrClaimHeld)
 	}
 	c := store.Claim{Key: key, Status: store.Acquired, Token: old.Token + 1, PayloadHash: payload, LeaseUntil: now.Add(lease)}
 	if err := db.pdb.Set(claimKey(key), appendClaim(nil, &c), pebble.Sync); err != nil {

@@ -89,12 +89,20 @@ func checkpointKey(k store.CheckpointKey) []byte {
 	return appendStr(b, k.Shard)
 }
 
+// progressKey is 'p' | str(scope) | str(stream) | str(shard), followed by
+// str(mapping) for a mapping's own progress: the scope-wide progress of
+// Mapping "" (what earlier versions wrote) is the bare prefix, and every
+// mapping's progress of a shard lies under it (scopeProgressBounds).
 func progressKey(k store.ProgressKey) []byte {
-	b := make([]byte, 0, 1+strLen(k.Scope)+strLen(k.Stream)+strLen(k.Shard))
+	b := make([]byte, 0, 1+strLen(k.Scope)+strLen(k.Stream)+strLen(k.Shard)+strLen(k.Mapping))
 	b = append(b, prefixProgress)
 	b = appendStr(b, k.Scope)
 	b = appendStr(b, k.Stream)
-	return appendStr(b, k.Shard)
+	b = appendStr(b, k.Shard)
+	if k.Mapping != "" {
+		b = appendStr(b, k.Mapping)
+	}
+	return b
 }
 
 func markKey(dst *[17]byte, k store.MarkKey) []byte {
@@ -339,6 +347,9 @@ func appendProgress(b []byte, p *store.Progress) ([]byte, error) {
 		b = appendStr(b, string(s))
 		prev = s
 	}
+	if p.Filter != "" {
+		b = appendStr(b, p.Filter) // absent in what earlier versions wrote
+	}
 	return b, nil
 }
 
@@ -368,6 +379,9 @@ func decodeProgress(v []byte) (store.Progress, error) {
 			return store.Progress{}, fmt.Errorf("%w: progress: sequence %q after %q", errCorrupt, s, prev)
 		}
 		p.Above[i], prev = s, s
+	}
+	if len(r.b) > 0 {
+		p.Filter = string(r.bytes(r.uvarint("progress: filter"), "progress: filter"))
 	}
 	if err := r.end("progress"); err != nil {
 		return store.Progress{}, err

@@ -148,6 +148,12 @@ type DB struct {
 	// DB has one process as its only writer, so a mutex is the whole of
 	// the compare-and-set a shared store does with a transaction.
 	claimMu sync.Mutex
+
+	// records are the record claims (store.RecordClaims), under claimMu.
+	// They live in memory only: one process owns the data directory, so a
+	// claim can only ever be contended by that process, and a crash that
+	// forgets them also ends every run they guarded.
+	records map[store.MarkKey]recordClaim
 }
 
 // Open opens (creating if needed) the database in dir and starts the
@@ -174,7 +180,7 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, err)
 	}
-	db := &DB{pdb: pdb, opts: o, done: make(chan struct{}), streams: make(map[string]*stream)}
+	db := &DB{pdb: pdb, opts: o, done: make(chan struct{}), streams: make(map[string]*stream), records: make(map[store.MarkKey]recordClaim)}
 	if err := db.load(); err != nil {
 		pdb.Close()
 		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, err)

@@ -291,6 +291,7 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 		db.markMu.RLock()
 		defer db.markMu.RUnlock()
 	}
+	endsClaims := len(w.Release) > 0 || len(w.Marks) > 0
 	if w.Fence != nil {
 		// Check and write under claimMu: a Claim that takes the key over
 		// comes entirely before (and fences this Write) or after it.
@@ -300,15 +301,29 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 			return nil, wrap(err)
 		}
 	}
+	// The record claims w ends are ended once it is applied: a claimer
+	// that still finds one waits, and then finds what w wrote.
+	endClaims := func() {
+		if !endsClaims {
+			return
+		}
+		if w.Fence == nil {
+			db.claimMu.Lock()
+			defer db.claimMu.Unlock()
+		}
+		db.endClaims(w)
+	}
 	if !pipelined {
 		if err := b.Commit(pebble.Sync); err != nil {
 			return nil, wrap(err)
 		}
+		endClaims()
 		return done, nil
 	}
 	if err := db.pdb.ApplyNoSyncWait(b, pebble.Sync); err != nil {
 		return nil, wrap(err)
 	}
+	endClaims()
 	pb := b
 	b = nil // closed once synced
 	return func() error {

@@ -34,9 +34,20 @@ func (s *Store) Checkpoint(ctx context.Context, key store.CheckpointKey) (store.
 	return s.db.Checkpoint(ctx, key)
 }
 
-// Progress returns a scope's completion progress over a shard.
+// Progress returns a mapping's completion progress over a shard.
 func (s *Store) Progress(ctx context.Context, key store.ProgressKey) (store.Progress, error) {
 	return s.db.Progress(ctx, key)
+}
+
+// ScopeProgress returns every mapping's progress of a scope over a shard.
+func (s *Store) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]store.MappingProgress, error) {
+	return s.db.ScopeProgress(ctx, key)
+}
+
+// ClaimRecords claims records' idempotency keys before they run; the
+// claims live in memory, since one process owns the data directory.
+func (s *Store) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
+	return s.db.ClaimRecords(ctx, c)
 }
 
 // Completed reports which keys hold a mark unexpired at now.
@@ -93,4 +104,11 @@ func (s *Store) Extend(ctx context.Context, c store.Claim, until time.Time) erro
 // Lookup returns an idempotency record; see store.Claims.
 func (s *Store) Lookup(ctx context.Context, key store.MarkKey, now time.Time) (store.Claim, bool, error) {
 	return s.db.Lookup(ctx, key, now)
+}
+
+var _ store.ClaimTaker = (*Store)(nil)
+
+// Takeover takes an idempotency record over; see store.ClaimTaker.
+func (s *Store) Takeover(ctx context.Context, key store.MarkKey, payload store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
+	return s.db.Takeover(ctx, key, payload, lease, now)
 }

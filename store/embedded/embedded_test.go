@@ -45,6 +45,9 @@ func (h *harness) Open(_ context.Context, t testing.TB) (store.Driver, error) {
 	return h.open(t, t.TempDir())
 }
 
+// ProcessLocalClaims: the embedded store keeps record claims in memory.
+func (h *harness) ProcessLocalClaims() {}
+
 func (h *harness) Reopen(_ context.Context, t testing.TB, crashed store.Driver) (store.Driver, error) {
 	h.mu.Lock()
 	dir, db := h.dirs[crashed], h.dbs[crashed]

@@ -3,8 +3,10 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/idem-run/idem/store"
@@ -78,6 +80,78 @@ func (s *Store) Claim(ctx context.Context, key store.MarkKey, payloadHash store.
 		return c, nil
 	}
 	return store.Claim{}, wrap(fmt.Errorf("until %s: %w", c.LeaseUntil.Format(time.RFC3339Nano), store.ErrClaimHeld))
+}
+
+// takeoverQuery is Takeover's statement, with "{s}" for the schema. Its
+// upsert replaces the record unless it is completed and unexpired at $4,
+// or in progress under a running lease for another payload; the record in
+// the way, if any, is read from the statement's snapshot. Tokens come
+// from the sequence Claim uses; an update draws its own, once it holds
+// the row, so that of two takeovers racing on a key the later one holds
+// the higher token (EXCLUDED.token, drawn before the wait, could be the
+// lower one).
+const takeoverQuery = `WITH up AS (
+	INSERT INTO {s}.claims AS c (key, status, token, payload_hash, lease_until, expires, result)
+	VALUES ($1, 'ACQUIRED', nextval('{s}.claim_tokens'), $2, $3, NULL, NULL)
+	ON CONFLICT (key) DO UPDATE SET
+		status = 'ACQUIRED', token = nextval('{s}.claim_tokens'), payload_hash = EXCLUDED.payload_hash,
+		lease_until = EXCLUDED.lease_until, expires = NULL, result = NULL
+	WHERE NOT ((c.status = 'COMPLETED' AND (c.expires IS NULL OR $4 < c.expires))
+		OR (c.status = 'ACQUIRED' AND $4 < c.lease_until AND c.payload_hash <> $2))
+	RETURNING c.status, c.token, c.payload_hash, c.lease_until, c.expires, c.result)
+SELECT true, status, token, payload_hash, lease_until, expires, result FROM up
+UNION ALL
+SELECT false, c.status, c.token, c.payload_hash, c.lease_until, c.expires, c.result
+FROM {s}.claims c WHERE c.key = $1 AND NOT EXISTS (SELECT 1 FROM up)`
+
+// takeoverTries bounds Takeover's statements: one more runs only when a
+// concurrent writer changed the key between the statement's snapshot and
+// its upsert, so the record in the way could not be read.
+const takeoverTries = 10
+
+// Takeover implements store.ClaimTaker in one statement (an upsert and,
+// when it refuses, a read of the record in the way), run again when the
+// read raced with another writer of the key.
+func (s *Store) Takeover(ctx context.Context, key store.MarkKey, payloadHash store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
+	wrap := func(err error) error { return fmt.Errorf("postgres: take over claim %x: %w", key[:], err) }
+	if err := s.enter(); err != nil {
+		return store.Claim{}, wrap(err)
+	}
+	query := strings.ReplaceAll(takeoverQuery, "{s}", pgx.Identifier{s.schema}.Sanitize())
+	for range takeoverTries {
+		var acquired bool
+		var r claimRow
+		err := s.pool.QueryRow(ctx, query, key[:], payloadHash[:], now.Add(lease), now).
+			Scan(&acquired, &r.status, &r.token, &r.hash, &r.leaseUntil, &r.expires, &r.result)
+		if errNoRows(err) {
+			// The record in the way was written after the snapshot.
+			continue
+		}
+		if err != nil {
+			return store.Claim{}, wrap(s.dbErr(err))
+		}
+		c, err := r.claim(key)
+		if err != nil {
+			return store.Claim{}, wrap(err)
+		}
+		if acquired {
+			return c, nil
+		}
+		// The snapshot's record must explain the refusal; one that does
+		// not was changed since, and the statement runs again.
+		live := c.LeaseUntil.After(now)
+		if c.Status == store.Completed {
+			live = !r.expires.Valid || c.Expires.After(now)
+		}
+		switch {
+		case !live:
+		case c.PayloadHash != payloadHash:
+			return store.Claim{}, wrap(store.ErrPayloadMismatch)
+		case c.Status == store.Completed:
+			return c, nil
+		}
+	}
+	return store.Claim{}, wrap(fmt.Errorf("the key changed under %d tries", takeoverTries))
 }
 
 // Complete stores result for c until expires (never, if expires is zero),

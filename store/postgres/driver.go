@@ -39,25 +39,39 @@ func (s *Store) Checkpoint(ctx context.Context, key store.CheckpointKey) (store.
 	return c, true, nil
 }
 
-// Progress returns a scope's completion progress over a shard; the zero
-// Progress if there is none.
+// Progress returns one mapping's completion progress over a shard (Mapping
+// "" for the scope-wide row); the zero Progress if there is none.
 func (s *Store) Progress(ctx context.Context, key store.ProgressKey) (store.Progress, error) {
 	wrap := func(err error) error {
-		return fmt.Errorf("postgres: progress of scope %q stream %q shard %s: %w", key.Scope, key.Stream, key.Shard, err)
+		return fmt.Errorf("postgres: progress of scope %q mapping %q stream %q shard %s: %w", key.Scope, key.Mapping, key.Stream, key.Shard, err)
 	}
 	if err := s.enter(); err != nil {
 		return store.Progress{}, wrap(err)
 	}
-	var hw string
+	var hw, filter string
 	var above []string
-	err := s.pool.QueryRow(ctx, s.q.progress, escape(key.Scope), escape(key.Stream), escape(key.Shard)).Scan(&hw, &above)
+	err := s.pool.QueryRow(ctx, s.q.progress, escape(key.Scope), escape(key.Stream), escape(key.Shard), escape(key.Mapping)).
+		Scan(&hw, &above, &filter)
 	if errNoRows(err) {
 		return store.Progress{}, nil
 	}
 	if err != nil {
 		return store.Progress{}, wrap(s.dbErr(err))
 	}
-	p := store.Progress{HighWater: idem.Sequence(hw)}
+	p, err := progressOf(hw, above, filter)
+	if err != nil {
+		return store.Progress{}, wrap(err)
+	}
+	return p, nil
+}
+
+// progressOf builds a Progress from its stored columns.
+func progressOf(hw string, above []string, filter string) (store.Progress, error) {
+	f, err := unescape(filter)
+	if err != nil {
+		return store.Progress{}, fmt.Errorf("stored filter: %w", err)
+	}
+	p := store.Progress{HighWater: idem.Sequence(hw), Filter: f}
 	if len(above) > 0 {
 		p.Above = make([]idem.Sequence, len(above))
 		for i, a := range above {
@@ -167,8 +181,9 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // number), the progress, the marks (one multi-row upsert over unnest
 // arrays; of repeated keys the last wins), the state writes (one upsert and
 // one delete over unnest arrays; of repeated keys the last op wins), and
-// one statement per on-failure batch with its records. Rows are written in
-// key order, so concurrent Commits lock shared rows in one order. Commit
+// one statement per on-failure batch with its records, and one delete of the
+// record claims that the marks replace (whoever's) and that w.Release ends
+// (w.ReleaseOwner's only). Rows are written in key order, so concurrent Commits lock shared rows in one order. Commit
 // does not keep w.
 //
 // Errors: store.ErrCheckpointBackwards and store.ErrFenced (nothing
@@ -227,11 +242,20 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
 		for i, a := range w.Progress.Above {
 			above[i] = string(a)
 		}
-		b.Queue(s.q.putProgress, escape(pk.Scope), escape(pk.Stream), escape(pk.Shard), string(w.Progress.HighWater), above)
+		b.Queue(s.q.putProgress, escape(pk.Scope), escape(pk.Stream), escape(pk.Shard), escape(pk.Mapping),
+			string(w.Progress.HighWater), above, escape(w.Progress.Filter))
 	}
+	var marked [][]byte
 	if len(w.Marks) > 0 {
-		keys, expires := markArgs(w.Marks)
-		b.Queue(s.q.putMarks, keys, expires)
+		var expires []time.Time
+		marked, expires = markArgs(w.Marks)
+		b.Queue(s.q.putMarks, marked, expires)
+	}
+	if len(marked) > 0 || len(w.Release) > 0 {
+		if marked == nil {
+			marked = [][]byte{}
+		}
+		b.Queue(s.q.endRecordClaims, marked, keyArgs(w.Release), w.ReleaseOwner[:])
 	}
 	if len(w.State) > 0 {
 		put, del := stateArgs(w.State)

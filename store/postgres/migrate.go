@@ -169,6 +169,103 @@ BEGIN
 END
 $fn$;
 `,
+	// 3: progress per mapping, with the mapping's filter; record claims.
+	`
+-- Each mapping keeps its own progress row, so writers never overwrite
+-- each other's; the rows written before are the scope-wide one, mapping ''.
+ALTER TABLE {s}.progress
+	ADD COLUMN mapping text NOT NULL DEFAULT '',
+	ADD COLUMN filter  text NOT NULL DEFAULT '';
+ALTER TABLE {s}.progress DROP CONSTRAINT progress_pkey;
+ALTER TABLE {s}.progress ADD PRIMARY KEY (scope, stream, shard, mapping);
+
+-- record_claims holds the claims of records that are running (RecordClaims).
+-- A commit deletes them, so the table stays as small as the work in
+-- flight; no index on lease_until, so that renewing a lease is a HOT update.
+CREATE TABLE {s}.record_claims (
+	key         bytea       PRIMARY KEY,
+	owner       bytea       NOT NULL,
+	lease_until timestamptz NOT NULL
+);
+
+-- claim_records claims p_keys for p_owner, in window order with prefix
+-- semantics (store.RecordClaims), in one call. It checks the fence first
+-- (check_fence raises IDM02, and nothing is claimed). It then upserts
+-- every key not completed in key order, which locks rows in one order for
+-- every caller (no deadlocks): a row is taken when free, expired, or
+-- already p_owner's, and a row held by another owner stays locked but
+-- unchanged. Reading the rows again then tells each key's status in window
+-- order; keys after the first one held elsewhere, and keys a mark
+-- committed meanwhile, get back the claim they had before (p_owner's
+-- earlier lease, or none). r_status has one entry per key: 1 acquired,
+-- 2 held by another owner, 3 completed; the caller ignores those after
+-- r_held, the position (from 1) of the first key held elsewhere, whose
+-- lease ends at r_held_until.
+CREATE FUNCTION {s}.claim_records(p_keys bytea[], p_owner bytea, p_lease_until timestamptz, p_now timestamptz,
+	p_marks boolean, p_fence_key bytea, p_fence_token bigint)
+RETURNS TABLE (r_status smallint[], r_held integer, r_held_until timestamptz)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+	v_n      integer := coalesce(cardinality(p_keys), 0);
+	v_done   boolean[];
+	v_prev   timestamptz[];
+	v_status smallint[];
+	v_held   bigint;
+	v_late   boolean;
+BEGIN
+	IF p_fence_key IS NOT NULL THEN
+		PERFORM {s}.check_fence(p_fence_key, p_fence_token);
+	END IF;
+	IF v_n = 0 THEN
+		RETURN QUERY SELECT '{}'::smallint[], NULL::integer, NULL::timestamptz;
+		RETURN;
+	END IF;
+	-- Each key before: completed or not, and p_owner's earlier lease.
+	SELECT array_agg(m.key IS NOT NULL ORDER BY u.ord), array_agg(c.lease_until ORDER BY u.ord)
+	INTO v_done, v_prev
+	FROM unnest(p_keys) WITH ORDINALITY AS u (k, ord)
+	LEFT JOIN {s}.marks m ON p_marks AND m.key = u.k AND m.expires > p_now
+	LEFT JOIN {s}.record_claims c ON c.key = u.k AND c.owner = p_owner;
+
+	INSERT INTO {s}.record_claims AS c (key, owner, lease_until)
+	SELECT DISTINCT u.k, p_owner, p_lease_until FROM unnest(p_keys, v_done) AS u (k, done)
+	WHERE NOT u.done ORDER BY 1
+	ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until
+	WHERE c.owner = EXCLUDED.owner OR c.lease_until <= p_now;
+
+	-- Each key now, with the rows locked: a mark read now was committed
+	-- before its commit could end a claim this call holds.
+	SELECT array_agg((CASE WHEN u.done OR m.key IS NOT NULL THEN 3 WHEN c.owner = p_owner THEN 1 ELSE 2 END)::smallint ORDER BY u.ord),
+		min(u.ord) FILTER (WHERE NOT u.done AND m.key IS NULL AND c.owner IS DISTINCT FROM p_owner),
+		coalesce(bool_or(NOT u.done AND m.key IS NOT NULL), false)
+	INTO v_status, v_held, v_late
+	FROM unnest(p_keys, v_done) WITH ORDINALITY AS u (k, done, ord)
+	LEFT JOIN {s}.marks m ON p_marks AND NOT u.done AND m.key = u.k AND m.expires > p_now
+	LEFT JOIN {s}.record_claims c ON NOT u.done AND c.key = u.k;
+
+	IF v_held IS NOT NULL OR v_late THEN
+		WITH x AS (
+			SELECT DISTINCT ON (u.k) u.k, u.ord, u.st, u.prev
+			FROM unnest(p_keys, v_done, v_status, v_prev) WITH ORDINALITY AS u (k, done, st, prev, ord)
+			WHERE NOT u.done
+			ORDER BY u.k, u.ord
+		), undo AS (
+			SELECT x.k, CASE WHEN x.st = 3 THEN NULL ELSE x.prev END AS prev FROM x
+			WHERE x.st = 3 OR (x.st = 1 AND x.ord > coalesce(v_held, v_n + 1))
+		), restored AS (
+			UPDATE {s}.record_claims c SET lease_until = undo.prev FROM undo
+			WHERE c.key = undo.k AND c.owner = p_owner AND undo.prev IS NOT NULL
+			RETURNING c.key
+		)
+		DELETE FROM {s}.record_claims c USING undo
+		WHERE c.key = undo.k AND c.owner = p_owner AND undo.prev IS NULL;
+	END IF;
+
+	RETURN QUERY SELECT v_status, v_held::integer,
+		(SELECT c.lease_until FROM {s}.record_claims c WHERE v_held IS NOT NULL AND c.key = p_keys[v_held]);
+END
+$fn$;
+`,
 }
 
 // lockKey is the advisory lock that serializes migrations of one schema
@@ -224,15 +321,17 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema, ident string) (err
 
 // queries are the statements the driver runs, with the schema filled in.
 type queries struct {
-	checkpoint, deleteCheckpoint, progress, completed, state string
+	checkpoint, deleteCheckpoint, progress, scopeProgress, completed, state, now string
 
-	putCheckpoint, putProgress, putMarks, putState, deleteState, putFailure string
+	putCheckpoint, putProgress, putMarks, putState, deleteState, putFailure, endRecordClaims string
+
+	claimRecords string
 
 	claim, complete, release, extend, claimHeld, lookup, checkFence string
 
 	failures string
 
-	purgeMarks, purgeCompletedClaims, purgeAbandonedClaims string
+	purgeMarks, purgeCompletedClaims, purgeAbandonedClaims, purgeRecordClaims string
 }
 
 func newQueries(ident string) queries {
@@ -240,13 +339,15 @@ func newQueries(ident string) queries {
 	return queries{
 		checkpoint:       r.Replace(`SELECT sequence, processed, skipped, discarded, lost FROM {s}.checkpoints WHERE mapping = $1 AND stream = $2 AND shard = $3`),
 		deleteCheckpoint: r.Replace(`DELETE FROM {s}.checkpoints WHERE mapping = $1 AND stream = $2 AND shard = $3`),
-		progress:         r.Replace(`SELECT high_water, above FROM {s}.progress WHERE scope = $1 AND stream = $2 AND shard = $3`),
+		progress:         r.Replace(`SELECT high_water, above, filter FROM {s}.progress WHERE scope = $1 AND stream = $2 AND shard = $3 AND mapping = $4`),
+		scopeProgress:    r.Replace(`SELECT mapping, high_water, above, filter FROM {s}.progress WHERE scope = $1 AND stream = $2 AND shard = $3`),
+		now:              `SELECT now()`,
 		completed:        r.Replace(`SELECT key FROM {s}.marks WHERE key = ANY($1::bytea[]) AND expires > $2`),
 		state:            r.Replace(`SELECT value FROM {s}.state WHERE namespace = $1 AND key = $2`),
 
 		putCheckpoint: r.Replace(`SELECT {s}.put_checkpoint($1, $2, $3, $4, $5, $6, $7, $8)`),
-		putProgress: r.Replace(`INSERT INTO {s}.progress (scope, stream, shard, high_water, above) VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (scope, stream, shard) DO UPDATE SET high_water = EXCLUDED.high_water, above = EXCLUDED.above`),
+		putProgress: r.Replace(`INSERT INTO {s}.progress (scope, stream, shard, mapping, high_water, above, filter) VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (scope, stream, shard, mapping) DO UPDATE SET high_water = EXCLUDED.high_water, above = EXCLUDED.above, filter = EXCLUDED.filter`),
 		putMarks: r.Replace(`INSERT INTO {s}.marks (key, expires) SELECT * FROM unnest($1::bytea[], $2::timestamptz[])
 ON CONFLICT (key) DO UPDATE SET expires = EXCLUDED.expires`),
 		putState: r.Replace(`INSERT INTO {s}.state (namespace, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
@@ -257,6 +358,14 @@ INSERT INTO {s}.failure_records (failure_id, position, stream, shard, sequence, 
 SELECT f.id, r.ord - 1, r.stream, r.shard, r.sequence, r.partition_key, r.data, r.arrival_time
 FROM f, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::timestamptz[])
 	WITH ORDINALITY AS r (stream, shard, sequence, partition_key, data, arrival_time, ord)`),
+		// The rows are locked in key order first, as claim_records locks
+		// them, so that concurrent writers never wait on each other in a
+		// cycle.
+		endRecordClaims: r.Replace(`DELETE FROM {s}.record_claims WHERE key IN (
+	SELECT key FROM {s}.record_claims WHERE key = ANY($1::bytea[]) OR (key = ANY($2::bytea[]) AND owner = $3)
+	ORDER BY key FOR UPDATE)`),
+
+		claimRecords: r.Replace(`SELECT r_status, r_held, r_held_until FROM {s}.claim_records($1, $2, $3, $4, $5, $6, $7)`),
 
 		claim:      r.Replace(`SELECT r_acquired, r_status, r_token, r_payload_hash, r_lease_until, r_expires, r_result FROM {s}.claim($1, $2, $3, $4)`),
 		complete:   r.Replace(`UPDATE {s}.claims SET status = 'COMPLETED', result = $3, expires = $4 WHERE key = $1 AND token = $2`),
@@ -279,6 +388,8 @@ ORDER BY f.id, r.position`),
 	SELECT key FROM {s}.claims WHERE status = 'COMPLETED' AND expires <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 		purgeAbandonedClaims: r.Replace(`DELETE FROM {s}.claims WHERE key IN (
 	SELECT key FROM {s}.claims WHERE status = 'ACQUIRED' AND lease_until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+		purgeRecordClaims: r.Replace(`DELETE FROM {s}.record_claims WHERE key IN (
+	SELECT key FROM {s}.record_claims WHERE lease_until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 	}
 }
 

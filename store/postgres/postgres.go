@@ -52,8 +52,19 @@
 // # Expiry
 //
 // Completed and Lookup decide expiry from the time passed in, never from a
-// background delete. A purge goroutine (WithPurgeInterval) deletes expired
-// marks and idempotency records to reclaim space only; Close stops it.
+// background delete, and so do ClaimRecords for the leases of record
+// claims. A purge goroutine (WithPurgeInterval) deletes expired marks,
+// idempotency records and record claims a crash left behind, to reclaim
+// space only; Close stops it.
+//
+// # Progress and record claims
+//
+// Progress is one row per (scope, stream, shard, mapping): each mapping
+// writes only its own, and rows written before there were mappings' rows
+// are the scope-wide one, of the empty mapping. A record claim is a row of
+// record_claims (key, owner, lease_until), taken by one call of the
+// function claim_records for a whole window, and deleted by the Commit
+// that marks its key or releases it.
 //
 // # Schema
 //
@@ -241,7 +252,9 @@ func (s *Store) purgeLoop(ctx context.Context, interval time.Duration) {
 // Purge deletes, as of now, the completion marks that expired and the
 // idempotency records that no longer count (completed ones past their
 // expiry; in-progress ones whose lease ended over an hour ago), a chunk at a
-// time, and reports how many of each it deleted. The purge goroutine calls
+// time, and reports how many of each it deleted; claims counts record
+// claims (ClaimRecords) whose lease ended over an hour ago too, which a
+// crash left behind. The purge goroutine calls
 // it; tests and operators may call it directly. Purging changes no answer
 // of Completed or Lookup, which decide expiry from timestamps; fencing
 // tokens come from a sequence, so they keep increasing for a key whose
@@ -272,5 +285,9 @@ func (s *Store) Purge(ctx context.Context, now time.Time) (marks, claims int64, 
 		return marks, done, err
 	}
 	abandoned, err := del("abandoned idempotency records", s.q.purgeAbandonedClaims, now.Add(-abandonedClaimGrace))
-	return marks, done + abandoned, err
+	if err != nil {
+		return marks, done + abandoned, err
+	}
+	records, err := del("abandoned record claims", s.q.purgeRecordClaims, now.Add(-abandonedClaimGrace))
+	return marks, done + abandoned + records, err
 }

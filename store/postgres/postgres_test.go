@@ -521,8 +521,13 @@ func TestClose(t *testing.T) {
 		s.Completed(ctx, []store.MarkKey{{}}, time.Now(), make([]bool, 1)),
 		s.Complete(ctx, store.Claim{}, nil, time.Time{}),
 		s.Release(ctx, store.Claim{}),
+		s.ClaimRecords(ctx, &store.RecordClaims{Keys: []store.MarkKey{{}}}),
 	}
-	_, _, err := s.Checkpoint(ctx, store.CheckpointKey{})
+	_, err := s.ScopeProgress(ctx, store.ProgressKey{})
+	errs = append(errs, err)
+	_, err = s.Time(ctx)
+	errs = append(errs, err)
+	_, _, err = s.Checkpoint(ctx, store.CheckpointKey{})
 	errs = append(errs, err)
 	_, err = s.Progress(ctx, store.ProgressKey{})
 	errs = append(errs, err)

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/idem-run/idem/store"
 )
 
@@ -15,12 +17,59 @@ import (
 // token is the deployment's token counter incremented, so it is higher
 // than any token the key ever had, even if Redis collected the old record.
 func (s *Store) Claim(ctx context.Context, key store.MarkKey, payload store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
-	if err := s.enter("claim"); err != nil {
+	return s.claim(ctx, "claim", claimScript, key, payload, lease, now)
+}
+
+// takeoverScript is claimScript, except that a live acquired record with
+// the same payload hash is replaced too: only a completed one is returned,
+// and only a live one for another payload refused.
+//
+// KEYS: claim, token counter. ARGV: payload hash, now (Unix ns), lease
+// until (Unix ns), PEXPIREAT of the new record (Unix ms).
+//
+// Reply: {'acquired', token}, {'completed', token, hash, lease, expires,
+// result}, or {'mismatch'}.
+var takeoverScript = goredis.NewScript(luaCompare + `
+local h = redis.call('HMGET', KEYS[1], 'status', 'token', 'hash', 'lease', 'expires', 'result')
+if h[1] then
+  local live
+  if h[1] == 'C' then
+    live = h[5] == '0' or cmpdec(ARGV[2], h[5]) < 0
+  else
+    live = cmpdec(ARGV[2], h[4]) < 0
+  end
+  if live then
+    if h[3] ~= ARGV[1] then
+      return {'mismatch'}
+    end
+    if h[1] == 'C' then
+      return {'completed', h[2], h[3], h[4], h[5], h[6] or ''}
+    end
+  end
+end
+local token = string.format('%d', redis.call('INCR', KEYS[2]))
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'status', 'A', 'token', token, 'hash', ARGV[1], 'lease', ARGV[3], 'expires', '0')
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+return {'acquired', token}
+`)
+
+// Takeover implements store.ClaimTaker in one script, takeoverScript: as
+// Claim, with the token counter's next token, but an in-progress record
+// for the same payload is taken over whatever its lease.
+func (s *Store) Takeover(ctx context.Context, key store.MarkKey, payload store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
+	return s.claim(ctx, "take over claim", takeoverScript, key, payload, lease, now)
+}
+
+// claim runs script, claimScript or takeoverScript, which share their
+// keys, arguments and replies, and reads its reply.
+func (s *Store) claim(ctx context.Context, op string, script *goredis.Script, key store.MarkKey, payload store.PayloadHash, lease time.Duration, now time.Time) (store.Claim, error) {
+	if err := s.enter(op); err != nil {
 		return store.Claim{}, err
 	}
-	wrap := func(err error) error { return fmt.Errorf("redis store: claim %x: %w", key, err) }
+	wrap := func(err error) error { return fmt.Errorf("redis store: %s %x: %w", op, key, err) }
 	until := now.Add(lease)
-	res, err := claimScript.Run(ctx, s.client, []string{s.claimKey(key), s.tokenKey()},
+	res, err := script.Run(ctx, s.client, []string{s.claimKey(key), s.tokenKey()},
 		payload[:], unixNano(now), unixNano(until), s.gcAt(until)).Result()
 	if err != nil {
 		return store.Claim{}, wrap(err)

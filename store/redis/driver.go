@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -45,27 +46,52 @@ func (s *Store) Checkpoint(ctx context.Context, key store.CheckpointKey) (store.
 	return c, true, nil
 }
 
-// Progress returns a scope's completion progress over a shard, the zero
-// Progress if there is none.
+// Progress returns one mapping's completion progress over a shard, the
+// zero Progress if there is none. Mapping "" reads the scope-wide progress:
+// the hash's field "", or else the string key earlier versions wrote.
 func (s *Store) Progress(ctx context.Context, key store.ProgressKey) (store.Progress, error) {
 	if err := s.enter("progress"); err != nil {
 		return store.Progress{}, err
 	}
-	v, err := s.client.Get(ctx, s.progressKey(key)).Result()
+	wrap := func(err error) error {
+		return fmt.Errorf("redis store: progress of scope %q mapping %q stream %q shard %s: %w", key.Scope, key.Mapping, key.Stream, key.Shard, err)
+	}
+	var v string
+	var err error
+	if key.Mapping != "" {
+		v, err = s.client.HGet(ctx, s.mappingProgressKey(key), key.Mapping).Result()
+	} else {
+		// One round trip, atomic: a commit of Mapping "" moves the value
+		// from the string key to the hash.
+		var hget *goredis.StringCmd
+		var get *goredis.StringCmd
+		_, err = s.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+			hget = p.HGet(ctx, s.mappingProgressKey(key), "")
+			get = p.Get(ctx, s.progressKey(key))
+			return nil
+		})
+		if err == nil || errors.Is(err, goredis.Nil) {
+			if v, err = hget.Result(); errors.Is(err, goredis.Nil) {
+				v, err = get.Result()
+			}
+		}
+	}
 	if errors.Is(err, goredis.Nil) {
 		return store.Progress{}, nil
 	}
-	if err == nil {
-		var p store.Progress
-		if p, err = decodeProgress(v); err == nil {
-			return p, nil
-		}
+	if err != nil {
+		return store.Progress{}, wrap(err)
 	}
-	return store.Progress{}, fmt.Errorf("redis store: progress of scope %q stream %q shard %s: %w", key.Scope, key.Stream, key.Shard, err)
+	p, err := decodeProgress(v)
+	if err != nil {
+		return store.Progress{}, wrap(err)
+	}
+	return p, nil
 }
 
 // appendProgress spells p as its high water, then ",seq" per sequence
-// above it: sequences are digits, so the commas cannot be mistaken.
+// above it, then "|" and the filter when there is one: sequences are
+// digits, so neither the commas nor the bar can be mistaken.
 func appendProgress(b []byte, p *store.Progress) ([]byte, error) {
 	if !p.HighWater.Valid() {
 		return nil, fmt.Errorf("progress high water %q is not a decimal number", p.HighWater)
@@ -78,12 +104,19 @@ func appendProgress(b []byte, p *store.Progress) ([]byte, error) {
 		b = append(b, ',')
 		b = append(b, q...)
 	}
+	if p.Filter != "" {
+		b = append(b, '|')
+		b = append(b, p.Filter...)
+	}
 	return b, nil
 }
 
+// decodeProgress reads what appendProgress wrote (or, without a filter,
+// what earlier versions wrote).
 func decodeProgress(v string) (store.Progress, error) {
+	v, filter, _ := strings.Cut(v, "|")
 	hw, rest, more := strings.Cut(v, ",")
-	p := store.Progress{HighWater: idem.Sequence(hw)}
+	p := store.Progress{HighWater: idem.Sequence(hw), Filter: filter}
 	if !p.HighWater.Valid() {
 		return store.Progress{}, fmt.Errorf("corrupt progress %q", v)
 	}
@@ -173,9 +206,11 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // Commit applies w in one Lua script (EVALSHA, EVAL the first time the
 // server sees it): the checkpoint, unless it would move backwards (an
 // error wrapping store.ErrCheckpointBackwards, and nothing written); the
-// progress; the marks, each stored with its expiry and a PEXPIREAT one
-// grace later; the state writes in order; and for each failure, entries
-// appended to the destination's stream (see Store.Failures). The server
+// progress of w.ProgressKey's mapping; the marks, each stored with its
+// expiry and a PEXPIREAT one grace later, each deleting the key's record
+// claim; the state writes in order; for each failure, entries appended to
+// the destination's stream (see Store.Failures); and the deletion of the
+// record claims of w.Release that w.ReleaseOwner holds. The server
 // runs the script alone, so the Write is applied whole or not at all; it
 // is durable as far as the server's persistence settings make it (see
 // Store.Durable). Commit does not keep w.
@@ -198,10 +233,10 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	if !w.NewCheckpoint.Sequence.Valid() {
 		return wrap(fmt.Errorf("checkpoint sequence %q is not a decimal number", w.NewCheckpoint.Sequence))
 	}
-	nkeys := 2 + len(w.Marks) + len(w.State) + len(w.Failures)
+	nkeys := 4 + 2*len(w.Marks) + len(w.State) + len(w.Failures) + len(w.Release)
 	keys := make([]string, 0, nkeys)
-	keys = append(keys, s.checkpointKey(cp), s.progressKey(w.ProgressKey))
-	nargs := 11 + 2*len(w.Marks) + 2*len(w.State)
+	keys = append(keys, s.checkpointKey(cp), s.mappingProgressKey(w.ProgressKey), s.progressKey(w.ProgressKey))
+	nargs := 14 + 2*len(w.Marks) + 2*len(w.State)
 	for i := range w.Failures {
 		nargs += 1 + 9 + 17*len(w.Failures[i].Records)
 	}
@@ -218,10 +253,14 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	args = append(args, string(c.Sequence),
 		strconv.FormatUint(c.Processed, 10), strconv.FormatUint(c.Skipped, 10),
 		strconv.FormatUint(c.Discarded, 10), strconv.FormatUint(c.Lost, 10),
-		hasProgress, progress, len(w.Marks), len(w.State), len(w.Failures), fenceToken(w.Fence))
+		hasProgress, progress, len(w.Marks), len(w.State), len(w.Failures), fenceToken(w.Fence),
+		w.ProgressKey.Mapping, len(w.Release), hex.EncodeToString(w.ReleaseOwner[:]))
 	for _, m := range w.Marks {
 		keys = append(keys, s.markKey(m.Key))
 		args = append(args, strconv.FormatInt(m.Expires.UnixNano(), 10), strconv.FormatInt(s.gcAt(m.Expires), 10))
+	}
+	for _, m := range w.Marks {
+		keys = append(keys, s.recordClaimKey(m.Key))
 	}
 	for i := range w.State {
 		op := &w.State[i]
@@ -236,6 +275,9 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 		f := &w.Failures[i]
 		keys = append(keys, s.failureKey(f.Destination))
 		args = appendFailure(args, f)
+	}
+	for _, k := range w.Release {
+		keys = append(keys, s.recordClaimKey(k))
 	}
 	if w.Fence != nil {
 		keys = append(keys, s.claimKey(w.Fence.Key))

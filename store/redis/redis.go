@@ -31,8 +31,10 @@
 // and deployments with other prefixes spread over the cluster.
 //
 //	{p}:cp:<len>:<mapping><len>:<stream><shard>  hash: seq processed skipped discarded lost
-//	{p}:pg:<len>:<scope><len>:<stream><shard>    string: high water, then ",seq" per sequence above it
+//	{p}:pm:<len>:<scope><len>:<stream><shard>    hash: per mapping, high water, then ",seq" per sequence above it, then "|filter"
+//	{p}:pg:<len>:<scope><len>:<stream><shard>    string: the scope-wide progress earlier versions wrote (read as mapping "")
 //	{p}:m:<32 hex digits>                        string: mark expiry, Unix nanoseconds
+//	{p}:rc:<32 hex digits>                       string: record claim, owner (hex) ":" lease end (Unix ns)
 //	{p}:s:<len>:<namespace><key>                 string: state value
 //	{p}:f:<destination>                          stream: on-failure entries (Store.Failures)
 //	{p}:c:<32 hex digits>                        hash: idempotency claim
@@ -50,6 +52,13 @@
 // must exceed the clock skew between idem's hosts and the Redis server.
 // Fencing tokens come from one counter per deployment, so a claim record
 // removed by that collection never lets a token go back.
+//
+// # Eviction
+//
+// An evicted key is a lost commit: a mark, a checkpoint, progress or the
+// fencing-token counter (fencing tokens would start again). New therefore
+// refuses a server whose maxmemory-policy is not noeviction, and warns
+// when it cannot read the setting.
 //
 // Redis 6.2 or later is required (SET PXAT, exclusive XRANGE).
 package redis
@@ -132,8 +141,8 @@ func WithClient(client goredis.UniversalClient) Option {
 	return func(c *config) { c.client = client }
 }
 
-// WithLogger sets the logger New reports the server's durability to
-// (default slog.Default()). The Store logs nothing else; go-redis has a
+// WithLogger sets the logger New reports the server's durability, and an
+// eviction policy it could not read, to (default slog.Default()). The Store logs nothing else; go-redis has a
 // process-wide logger of its own (redis.SetLogger), left to the program.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
@@ -143,8 +152,9 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l }
 // the clock skew between idem's hosts and the server.
 func WithExpiryGrace(d time.Duration) Option { return func(c *config) { c.grace = max(d, 0) } }
 
-// New connects to Redis, checks that it answers, and reads its persistence
-// settings (see Durable). ctx bounds those first calls only.
+// New connects to Redis, checks that it answers, refuses a server that may
+// evict keys (a maxmemory-policy other than noeviction), and reads its
+// persistence settings (see Durable). ctx bounds those first calls only.
 func New(ctx context.Context, opts ...Option) (*Store, error) {
 	cfg := config{addr: DefaultAddr, prefix: DefaultPrefix, grace: DefaultExpiryGrace}
 	for _, o := range opts {
@@ -173,6 +183,20 @@ func New(ctx context.Context, opts ...Option) (*Store, error) {
 	if err := s.client.Ping(ctx).Err(); err != nil {
 		return fail(fmt.Errorf("redis store: ping %s: %w", cfg.addr, err))
 	}
+	if policy, err := s.configGet(ctx, "maxmemory-policy"); err != nil {
+		cfg.logger.Warn("redis store: could not read the server's maxmemory-policy; "+
+			"unless it is noeviction, Redis may evict completion marks, checkpoints, progress, claims or the fencing-token counter, "+
+			"and records then run twice: set maxmemory-policy noeviction",
+			"prefix", cfg.prefix, "error", err)
+	} else if policy != "noeviction" {
+		server := "the server"
+		if s.own {
+			server += " at " + cfg.addr
+		}
+		return fail(fmt.Errorf("redis store: %s has maxmemory-policy %q, which may evict completion marks, "+
+			"checkpoints, progress, claims or the fencing-token counter, so that records run twice: "+
+			"set maxmemory-policy noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf)", server, policy))
+	}
 	durable, appendonly, appendfsync, err := s.checkDurability(ctx)
 	if err != nil {
 		cfg.logger.Warn("redis store: could not read the server's persistence settings; "+
@@ -187,23 +211,25 @@ func New(ctx context.Context, opts ...Option) (*Store, error) {
 	return s, nil
 }
 
+// configGet reads one server setting.
+func (s *Store) configGet(ctx context.Context, param string) (string, error) {
+	m, err := s.client.ConfigGet(ctx, param).Result()
+	if err != nil {
+		return "", fmt.Errorf("CONFIG GET %s: %w", param, err)
+	}
+	v, ok := m[param]
+	if !ok {
+		return "", fmt.Errorf("CONFIG GET %s: no such setting", param)
+	}
+	return v, nil
+}
+
 // checkDurability reads appendonly and appendfsync.
 func (s *Store) checkDurability(ctx context.Context) (durable bool, appendonly, appendfsync string, err error) {
-	get := func(param string) (string, error) {
-		m, err := s.client.ConfigGet(ctx, param).Result()
-		if err != nil {
-			return "", fmt.Errorf("CONFIG GET %s: %w", param, err)
-		}
-		v, ok := m[param]
-		if !ok {
-			return "", fmt.Errorf("CONFIG GET %s: no such setting", param)
-		}
-		return v, nil
-	}
-	if appendonly, err = get("appendonly"); err != nil {
+	if appendonly, err = s.configGet(ctx, "appendonly"); err != nil {
 		return false, "", "", err
 	}
-	if appendfsync, err = get("appendfsync"); err != nil {
+	if appendfsync, err = s.configGet(ctx, "appendfsync"); err != nil {
 		return false, appendonly, "", err
 	}
 	return appendonly == "yes" && appendfsync == "always", appendonly, appendfsync, nil
@@ -263,8 +289,15 @@ func (s *Store) checkpointKey(k store.CheckpointKey) string {
 	return s.key("cp", k.Mapping, k.Stream, k.Shard)
 }
 
+// progressKey is the scope-wide progress string earlier versions wrote.
 func (s *Store) progressKey(k store.ProgressKey) string {
 	return s.key("pg", k.Scope, k.Stream, k.Shard)
+}
+
+// mappingProgressKey is the hash of a scope's progress over a shard, a
+// field per mapping.
+func (s *Store) mappingProgressKey(k store.ProgressKey) string {
+	return s.key("pm", k.Scope, k.Stream, k.Shard)
 }
 
 func (s *Store) stateKey(namespace, key string) string { return s.key("s", namespace, key) }
@@ -283,6 +316,8 @@ func (s *Store) hexKey(kind string, k store.MarkKey) string {
 func (s *Store) markKey(k store.MarkKey) string { return s.hexKey("m", k) }
 
 func (s *Store) claimKey(k store.MarkKey) string { return s.hexKey("c", k) }
+
+func (s *Store) recordClaimKey(k store.MarkKey) string { return s.hexKey("rc", k) }
 
 func (s *Store) tokenKey() string { return s.prefix + "ctoken" }
 

@@ -347,9 +347,9 @@ func TestWriteWhollyRefused(t *testing.T) {
 	}
 }
 
-// TestKeys: every key sits under "{prefix}:", so in one cluster slot; marks
-// and claims get a PEXPIREAT one grace after their expiry, checkpoints and
-// state none; expiry is decided from timestamps while the key remains.
+// TestKeys: every key sits under "{prefix}:", so in one cluster slot; marks,
+// claims and record claims get a PEXPIREAT one grace after their expiry,
+// checkpoints, progress and state none; expiry is decided from timestamps while the key remains.
 func TestKeys(t *testing.T) {
 	grace := 2 * time.Hour
 	f := newFixture(t, redisstore.WithExpiryGrace(grace))
@@ -368,6 +368,11 @@ func TestKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rec := markKey("record")
+	rc := store.RecordClaims{Owner: markKey("owner"), Keys: []store.MarkKey{rec}, LeaseUntil: now.Add(2 * time.Minute), Now: now}
+	if err := f.s.ClaimRecords(f.ctx, &rc); err != nil || rc.Status[0] != store.Acquired {
+		t.Fatalf("ClaimRecords = %v, %v", rc.Status, err)
+	}
 	keys, err := keysOf(f.ctx, f.admin, f.prefix)
 	if err != nil {
 		t.Fatal(err)
@@ -381,7 +386,8 @@ func TestKeys(t *testing.T) {
 		p + "f:dlq",
 		p + "m:" + hex.EncodeToString(expired[:]),
 		p + "m:" + hex.EncodeToString(live[:]),
-		p + "pg:2:sc2:in0",
+		p + "pm:2:sc2:in0",
+		p + "rc:" + hex.EncodeToString(rec[:]),
 		p + "s:1:nk",
 	}
 	if !slices.Equal(keys, want) {
@@ -400,6 +406,8 @@ func TestKeys(t *testing.T) {
 			wantAt = now.Add(-time.Minute + grace)
 		case want[5]:
 			wantAt = now.Add(time.Hour + grace)
+		case want[7]:
+			wantAt = now.Add(2*time.Minute + grace)
 		}
 		if wantAt.IsZero() {
 			if ttl >= 0 {
@@ -539,9 +547,9 @@ func TestDurabilityWarning(t *testing.T) {
 		vals    map[string]string
 		durable bool
 	}{
-		{"durable", map[string]string{"appendonly": "yes", "appendfsync": "always"}, true},
-		{"everysec", map[string]string{"appendonly": "yes", "appendfsync": "everysec"}, false},
-		{"no AOF", map[string]string{"appendonly": "no", "appendfsync": "always"}, false},
+		{"durable", map[string]string{"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"}, true},
+		{"everysec", map[string]string{"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}, false},
+		{"no AOF", map[string]string{"appendonly": "no", "appendfsync": "always", "maxmemory-policy": "noeviction"}, false},
 		{"CONFIG refused", nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -609,6 +617,9 @@ func TestClosed(t *testing.T) {
 	checks := map[string]error{}
 	_, _, checks["Checkpoint"] = s.Checkpoint(ctx, store.CheckpointKey{})
 	_, checks["Progress"] = s.Progress(ctx, store.ProgressKey{})
+	_, checks["ScopeProgress"] = s.ScopeProgress(ctx, store.ProgressKey{})
+	checks["ClaimRecords"] = s.ClaimRecords(ctx, &store.RecordClaims{Keys: []store.MarkKey{{}}})
+	_, checks["Time"] = s.Time(ctx)
 	checks["Completed"] = s.Completed(ctx, nil, time.Now(), nil)
 	_, checks["State"] = s.State(ctx, "n", "k")
 	checks["Commit"] = s.Commit(ctx, &store.Write{})

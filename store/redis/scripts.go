@@ -29,15 +29,22 @@ end
 // its first write: Redis does not roll a script back, so an error after a
 // write would leave part of the Write applied.
 //
-// KEYS: checkpoint, progress, then one per mark, per state op, per failure.
+// KEYS: checkpoint, progress hash, legacy progress string, then one per
+// mark, one record claim per mark, one per state op, one per failure, one
+// record claim per release, and the fence's claim last when there is a
+// fence.
+//
 // ARGV: 1 sequence, 2-5 processed skipped discarded lost, 6 '1' to write
 // progress, 7 progress, 8-10 the counts of marks, state ops and failures,
-// 11 the fence token; then per mark its expiry (Unix ns) and PXAT (Unix ms); per state op 's'
-// or 'd' and the value; per failure its number of entries, and per entry
-// its number of field and value arguments followed by them.
+// 11 the fence token or an empty string for none, 12 the progress's
+// mapping (its field in the hash), 13 the count of releases, 14 the release
+// owner; then per mark its expiry (Unix ns) and PXAT (Unix ms); per state
+// op 's' or 'd' and the value; per failure its number of entries, and per
+// entry its number of field and value arguments followed by them.
 //
-// ARGV 11 is the fence's token, or an empty string for none; when set, the last key is
-// the fence's claim, which must hold that token.
+// The progress of the empty mapping replaces the legacy string key, which is
+// deleted. A mark deletes the key's record claim, whoever holds it; a
+// release deletes it only if the release owner holds it.
 //
 // Reply: {'ok'}, {'backwards', stored sequence} or {'fenced', held token}
 // with nothing written.
@@ -52,28 +59,40 @@ local cur = redis.call('HGET', KEYS[1], 'seq')
 if cur and cmpdec(ARGV[1], cur) < 0 then
   return {'backwards', cur}
 end
-local nm, ns, nf = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local fk = 2 + nm + ns
+local nm, ns, nf, nr = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[13])
+local mk, ck, sk = 3, 3 + nm, 3 + 2 * nm
+local fk = sk + ns
+local rk = fk + nf
 for i = 1, nf do
   local t = redis.call('TYPE', KEYS[fk + i])['ok']
   if t ~= 'none' and t ~= 'stream' then
     return redis.error_reply('WRONGTYPE on-failure key ' .. KEYS[fk + i] .. ' holds a ' .. t .. ', not a stream')
   end
 end
+if ARGV[6] == '1' then
+  local t = redis.call('TYPE', KEYS[2])['ok']
+  if t ~= 'none' and t ~= 'hash' then
+    return redis.error_reply('WRONGTYPE progress key ' .. KEYS[2] .. ' holds a ' .. t .. ', not a hash')
+  end
+end
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'processed', ARGV[2], 'skipped', ARGV[3], 'discarded', ARGV[4], 'lost', ARGV[5])
 if ARGV[6] == '1' then
-  redis.call('SET', KEYS[2], ARGV[7])
+  redis.call('HSET', KEYS[2], ARGV[12], ARGV[7])
+  if ARGV[12] == '' then
+    redis.call('DEL', KEYS[3])
+  end
 end
-local a = 12
+local a = 15
 for i = 1, nm do
-  redis.call('SET', KEYS[2 + i], ARGV[a], 'PXAT', ARGV[a + 1])
+  redis.call('SET', KEYS[mk + i], ARGV[a], 'PXAT', ARGV[a + 1])
+  redis.call('DEL', KEYS[ck + i])
   a = a + 2
 end
 for i = 1, ns do
   if ARGV[a] == 'd' then
-    redis.call('DEL', KEYS[2 + nm + i])
+    redis.call('DEL', KEYS[sk + i])
   else
-    redis.call('SET', KEYS[2 + nm + i], ARGV[a + 1])
+    redis.call('SET', KEYS[sk + i], ARGV[a + 1])
   end
   a = a + 2
 end
@@ -86,7 +105,73 @@ for i = 1, nf do
     a = a + 1 + n
   end
 end
+local owner = ARGV[14] .. ':'
+for i = 1, nr do
+  local c = redis.call('GET', KEYS[rk + i])
+  if c and string.sub(c, 1, #owner) == owner then
+    redis.call('DEL', KEYS[rk + i])
+  end
+end
 return {'ok'}
+`)
+
+// A record claim (store.RecordClaims) is a string: the owner in hex, ':',
+// and the lease's end in Unix ns; its key expires one grace after the
+// lease, as garbage collection only.
+
+// claimRecordsScript claims keys in window order (store.RecordClaims): a
+// key with a live mark is completed; a key whose claim another owner holds
+// under a running lease stops the walk; any other key is claimed (or
+// claimed again) for the owner. Keys after the one that stopped it are not
+// touched. Redis runs the script alone, so the walk is atomic.
+//
+// KEYS: one record claim per key, then one mark per key when marks are
+// looked up, then the fence's claim when there is a fence.
+//
+// ARGV: 1 owner (hex), 2 now (Unix ns), 3 lease until (Unix ns), 4 PXAT of
+// the claims (Unix ms), 5 '1' to look marks up, 6 fence token or an empty
+// string for none, 7 the number of keys.
+//
+// Reply: {'ok', statuses}, {'held', statuses, lease of the held key} or
+// {'fenced', held token} with nothing claimed. statuses has one digit per
+// key walked: 1 acquired, 2 held elsewhere (the last), 3 completed.
+var claimRecordsScript = goredis.NewScript(luaCompare + `
+if ARGV[6] ~= '' then
+  local held = redis.call('HGET', KEYS[#KEYS], 'token')
+  if held ~= ARGV[6] then
+    return {'fenced', held or 'none'}
+  end
+end
+local n = tonumber(ARGV[7])
+local marks = ARGV[5] == '1'
+local now = ARGV[2]
+local val = ARGV[1] .. ':' .. ARGV[3]
+local st = {}
+for i = 1, n do
+  local done = false
+  if marks then
+    local m = redis.call('GET', KEYS[n + i])
+    done = m and cmpdec(m, now) > 0
+  end
+  if done then
+    st[i] = '3'
+  else
+    local c = redis.call('GET', KEYS[i])
+    if c then
+      local owner, lease = string.match(c, '^(%x*):(%d+)$')
+      if not owner then
+        return redis.error_reply('corrupt record claim ' .. KEYS[i])
+      end
+      if owner ~= ARGV[1] and cmpdec(lease, now) > 0 then
+        st[i] = '2'
+        return {'held', table.concat(st), lease}
+      end
+    end
+    redis.call('SET', KEYS[i], val, 'PXAT', ARGV[4])
+    st[i] = '1'
+  end
+end
+return {'ok', table.concat(st)}
 `)
 
 // A claim record is a hash: status ('A' acquired, 'C' completed), token,

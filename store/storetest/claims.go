@@ -26,6 +26,9 @@ var claimTests = []struct {
 	{"ClaimSurvivesRestart", testClaimSurvivesRestart},
 	{"ClaimExtend", testClaimExtend},
 	{"FencedCommit", testFencedCommit},
+	{"TakeoverOfAHeldClaim", testTakeoverOfAHeldClaim},
+	{"TakeoverCompletedAndMismatch", testTakeoverCompletedAndMismatch},
+	{"TakeoverRace", testTakeoverRace},
 }
 
 func claimsOf(f *fixture) store.Claims {
@@ -299,5 +302,161 @@ func testFencedCommit(t *testing.T, f *fixture, c store.Claims) {
 	f.wantCheckpoint(cpKey, store.Checkpoint{Sequence: sq(3), Processed: 3})
 	if got, err := f.d.State(f.ctx, ns, "k"); err != nil || !bytes.Equal(got, []byte("fresh")) {
 		t.Fatalf("state after a stale commit = %q, %v; want fresh", got, err)
+	}
+}
+
+// takerOf returns c's Takeover. Every idem store implements it: a driver
+// with Claims but without it (or a wrapper that does not forward it) fails.
+func takerOf(t *testing.T, c store.Claims) store.ClaimTaker {
+	t.Helper()
+	tk, ok := c.(store.ClaimTaker)
+	if !ok {
+		t.Fatalf("%T implements store.Claims but not store.ClaimTaker", c)
+	}
+	return tk
+}
+
+// testTakeoverOfAHeldClaim: Takeover acquires a free key, and takes a key
+// held under a running lease over, with a higher token; the old owner is
+// fenced (Complete, Release, Extend change nothing), and the new owner
+// holds the key against Claim.
+func testTakeoverOfAHeldClaim(t *testing.T, f *fixture, c store.Claims) {
+	tk := takerOf(t, c)
+	key, now := f.mark(0), time.Now()
+	first, err := tk.Takeover(f.ctx, key, payload("p"), time.Hour, now)
+	if err != nil || first.Status != store.Acquired || first.Token == 0 {
+		t.Fatalf("Takeover of a free key = %+v, %v; want acquired", first, err)
+	}
+	old, err := tk.Takeover(f.ctx, key, payload("p"), time.Hour, now)
+	if err != nil || old.Status != store.Acquired || old.Token <= first.Token {
+		t.Fatalf("Takeover of its own held key = %+v, %v; want a token above %d", old, err, first.Token)
+	}
+	taken, err := tk.Takeover(f.ctx, key, payload("p"), time.Hour, now.Add(time.Second))
+	if err != nil || taken.Status != store.Acquired || taken.Token <= old.Token {
+		t.Fatalf("Takeover under a running lease = %+v, %v; want a token above %d", taken, err, old.Token)
+	}
+	if got := taken.LeaseUntil; got.Sub(now.Add(time.Hour+time.Second)).Abs() > time.Millisecond {
+		t.Fatalf("taken over lease ends at %s, want %s", got, now.Add(time.Hour+time.Second))
+	}
+	if err := c.Complete(f.ctx, old, []byte("stale"), now.Add(time.Hour)); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("old owner's Complete: %v, want ErrFenced", err)
+	}
+	if err := c.Release(f.ctx, old); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("old owner's Release: %v, want ErrFenced", err)
+	}
+	if err := c.Extend(f.ctx, old, now.Add(2*time.Hour)); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("old owner's Extend: %v, want ErrFenced", err)
+	}
+	if _, err := c.Claim(f.ctx, key, payload("p"), time.Hour, now.Add(2*time.Second)); !errors.Is(err, store.ErrClaimHeld) {
+		t.Fatalf("Claim of a taken over key: %v, want ErrClaimHeld", err)
+	}
+	got, ok, err := c.Lookup(f.ctx, key, now.Add(2*time.Second))
+	if err != nil || !ok || got.Status != store.InProgress || got.Token != taken.Token {
+		t.Fatalf("Lookup = %+v, %v, %v; want IN_PROGRESS with token %d", got, ok, err, taken.Token)
+	}
+	if err := c.Complete(f.ctx, taken, []byte("fresh"), now.Add(time.Hour)); err != nil {
+		t.Fatalf("new owner's Complete: %v", err)
+	}
+	got, ok, err = c.Lookup(f.ctx, key, now.Add(3*time.Second))
+	if err != nil || !ok || got.Status != store.Completed || string(got.Result) != "fresh" {
+		t.Fatalf("Lookup = %+v, %v, %v; want the new owner's result", got, ok, err)
+	}
+	// A released claim is taken like any other.
+	rel, err := tk.Takeover(f.ctx, f.mark(1), payload("p"), time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Release(f.ctx, rel); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := tk.Takeover(f.ctx, f.mark(1), payload("p"), time.Hour, now); err != nil || again.Status != store.Acquired || again.Token <= rel.Token {
+		t.Fatalf("Takeover of a released key = %+v, %v; want a token above %d", again, err, rel.Token)
+	}
+}
+
+// testTakeoverCompletedAndMismatch: Takeover returns a completed record
+// until it expires and refuses a live record made for another payload, in
+// progress or completed; an expired record is replaced, whatever its
+// payload.
+func testTakeoverCompletedAndMismatch(t *testing.T, f *fixture, c store.Claims) {
+	tk := takerOf(t, c)
+	key, now := f.mark(0), time.Now()
+	cl, err := c.Claim(f.ctx, key, payload("a"), time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tk.Takeover(f.ctx, key, payload("b"), time.Hour, now); !errors.Is(err, store.ErrPayloadMismatch) {
+		t.Fatalf("Takeover in progress with another payload: %v, want ErrPayloadMismatch", err)
+	}
+	if err := c.Complete(f.ctx, cl, []byte(`{"ok":1}`), now.Add(time.Hour)); err != nil {
+		t.Fatalf("Complete after a refused Takeover: %v", err)
+	}
+	got, err := tk.Takeover(f.ctx, key, payload("a"), time.Hour, now.Add(time.Second))
+	if err != nil || got.Status != store.Completed || string(got.Result) != `{"ok":1}` || got.Token != cl.Token || got.PayloadHash != payload("a") {
+		t.Fatalf("Takeover of a completed key = %+v, %v; want the completed record", got, err)
+	}
+	if _, err := tk.Takeover(f.ctx, key, payload("b"), time.Hour, now.Add(time.Second)); !errors.Is(err, store.ErrPayloadMismatch) {
+		t.Fatalf("Takeover of completed with another payload: %v, want ErrPayloadMismatch", err)
+	}
+	fresh, err := tk.Takeover(f.ctx, key, payload("b"), time.Hour, now.Add(2*time.Hour))
+	if err != nil || fresh.Status != store.Acquired || fresh.Token <= cl.Token {
+		t.Fatalf("Takeover after expiry = %+v, %v; want acquired with a token above %d", fresh, err, cl.Token)
+	}
+	// An in-progress record whose lease ran out is replaced, even for
+	// another payload, as Claim replaces it.
+	lapsed, err := tk.Takeover(f.ctx, key, payload("c"), time.Hour, now.Add(4*time.Hour))
+	if err != nil || lapsed.Status != store.Acquired || lapsed.Token <= fresh.Token {
+		t.Fatalf("Takeover of a lapsed lease for another payload = %+v, %v; want a token above %d", lapsed, err, fresh.Token)
+	}
+}
+
+// testTakeoverRace: many goroutines take one key over at once, in many
+// trials: each gets its own token, and only the highest token completes;
+// every other owner is fenced.
+func testTakeoverRace(t *testing.T, f *fixture, c store.Claims) {
+	tk := takerOf(t, c)
+	const trials, takers = 20, 8
+	now := time.Now()
+	for trial := range trials {
+		key := f.mark(trial)
+		claims := make(chan store.Claim, takers)
+		errs := make(chan error, takers)
+		var wg sync.WaitGroup
+		for range takers {
+			wg.Go(func() {
+				cl, err := tk.Takeover(f.ctx, key, payload("p"), time.Hour, now)
+				if err != nil || cl.Status != store.Acquired {
+					errs <- fmt.Errorf("Takeover = %+v, %v", cl, err)
+					return
+				}
+				claims <- cl
+			})
+		}
+		wg.Wait()
+		close(errs)
+		close(claims)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		tokens := make(map[uint64]bool)
+		var last store.Claim
+		for cl := range claims {
+			if tokens[cl.Token] {
+				t.Fatalf("trial %d: token %d given twice", trial, cl.Token)
+			}
+			tokens[cl.Token] = true
+			if cl.Token > last.Token {
+				last = cl
+			}
+		}
+		for tok := range tokens {
+			err := c.Complete(f.ctx, store.Claim{Key: key, Token: tok}, []byte("r"), now.Add(time.Hour))
+			switch {
+			case tok == last.Token && err != nil:
+				t.Fatalf("trial %d: the last owner's Complete: %v", trial, err)
+			case tok != last.Token && !errors.Is(err, store.ErrFenced):
+				t.Fatalf("trial %d: an earlier owner's Complete: %v, want ErrFenced", trial, err)
+			}
+		}
 	}
 }

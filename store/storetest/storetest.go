@@ -65,6 +65,12 @@ func RunConformance(t *testing.T, h Harness) {
 			tc.run(t, newFixture(t, h))
 		})
 	}
+	for _, tc := range recordTests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.run(t, newFixture(t, h))
+		})
+	}
 	for _, tc := range claimTests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -634,23 +640,27 @@ func RunBenchmarks(b *testing.B, h Harness) {
 	for _, bc := range []struct {
 		name  string
 		marks int
+		claim bool
 	}{
-		{"Checkpoint", 0},
-		{"Checkpoint+100Marks", 100},
+		{"Checkpoint", 0, false},
+		{"Checkpoint+100Marks", 100, false},
+		// Payload keys under claims: ClaimRecords of the batch's keys
+		// (marks looked up), then the Commit whose marks end the claims.
+		{"ClaimRecords+Checkpoint+100Marks", 100, true},
 	} {
 		for _, parallel := range []bool{false, true} {
 			name := bc.name + "/durable/serial"
 			if parallel {
 				name = bc.name + "/durable/parallel"
 			}
-			b.Run(name, func(b *testing.B) { benchCommit(b, h, bc.marks, parallel) })
+			b.Run(name, func(b *testing.B) { benchCommit(b, h, bc.marks, bc.claim, parallel) })
 		}
 	}
 }
 
 const benchBatch = 100
 
-func benchCommit(b *testing.B, h Harness, marks int, parallel bool) {
+func benchCommit(b *testing.B, h Harness, marks int, claim, parallel bool) {
 	ctx := context.Background()
 	d, err := h.Open(ctx, b)
 	if err != nil {
@@ -668,6 +678,7 @@ func benchCommit(b *testing.B, h Harness, marks int, parallel bool) {
 		mu.Unlock()
 		w := &store.Write{}
 		shard := fmt.Sprintf("shard-%d", id)
+		c := &store.RecordClaims{Owner: store.MarkKeyOf(mapping, shard), Marks: true}
 		var seq uint64
 		return func() error {
 			w.Reset()
@@ -680,6 +691,20 @@ func benchCommit(b *testing.B, h Harness, marks int, parallel bool) {
 				binary.BigEndian.PutUint64(k[:8], uint64(id)<<32|uint64(i))
 				binary.BigEndian.PutUint64(k[8:], seq)
 				w.Marks = append(w.Marks, store.Mark{Key: k, Expires: expires})
+			}
+			if claim {
+				c.Keys = c.Keys[:0]
+				for i := range w.Marks {
+					c.Keys = append(c.Keys, w.Marks[i].Key)
+				}
+				c.Now = time.Now()
+				c.LeaseUntil = c.Now.Add(time.Minute)
+				if err := d.ClaimRecords(ctx, c); err != nil {
+					return err
+				}
+				if c.Held() != len(c.Keys) {
+					return fmt.Errorf("key %d of a fresh batch held elsewhere", c.Held())
+				}
 			}
 			return d.Commit(ctx, w)
 		}

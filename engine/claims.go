@@ -1,0 +1,203 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/store"
+)
+
+// Records run only under a claim (store.RecordClaims): a window's records
+// are claimed together, in one round trip, before any of them runs, and
+// each claim ends with the commit that resolves its record. Completion
+// marks and progress say that a record ran; the claim says that it is
+// running, so that two shards reading one payload key, or two mappings of
+// one scope reading one record, never run it at the same time.
+//
+// A window runs the records before the first one claimed elsewhere; that
+// record and the ones after it wait for the next window, read again from
+// the checkpoint, as a record being retried holds up its shard: skipped if
+// the other run completed it, run if its claim was released or expired.
+
+// claimMargin is how long a claim outlives the invocations it guards, for
+// the commit that ends it.
+const claimMargin = 30 * time.Second
+
+// errClaimLost reports that a claim of the window's records ran out and
+// was taken by another owner before an invocation: the shard restarts from
+// its checkpoint, and waits for that owner.
+var errClaimLost = errors.New("a claim on the window's records was taken over by another owner: restarting from the checkpoint")
+
+// claimLease is how long a claim is taken for: two invocations and the
+// commit after them, so that a batch's retries renew it only now and then.
+func (s *shard) claimLease() time.Duration {
+	return 2*s.m.cfg.FunctionTimeout + claimMargin
+}
+
+// markKeys returns the mark keys of recs' idempotency keys in the scope.
+func (s *shard) markKeys(recs []idem.Record) []store.MarkKey {
+	keys := make([]store.MarkKey, len(recs))
+	for i := range recs {
+		keys[i] = store.MarkKeyOf(s.m.cfg.Scope, recs[i].IdempotencyKey)
+	}
+	return keys
+}
+
+// claimed is what claiming a window's records found.
+type claimed struct {
+	run     []idem.Record   // claimed and not resolved: to run, in order
+	skipped []idem.Sequence // already resolved in the scope
+	release []store.MarkKey // the claims of skipped to end, in their commit
+	cut     bool            // a record was claimed elsewhere: run holds those before it
+	wait    time.Duration   // how long to wait when nothing could be claimed
+}
+
+// claim claims recs, in order, and sorts them: those already resolved in
+// the scope (completion marks, or any mapping's progress), those to run,
+// and, from the first record another owner holds, those left for a later
+// window. recs is compacted in place into the result's run.
+func (s *shard) claim(ctx context.Context, recs []idem.Record) (claimed, error) {
+	cfg := &s.m.cfg
+	if len(recs) == 0 || cfg.AtLeastOnce {
+		return claimed{run: recs}, nil
+	}
+	byIdentity := s.m.keyer.byIdentity()
+	now := s.e.now()
+	rc := store.RecordClaims{
+		Owner: s.owner, Keys: s.markKeys(recs), Marks: !byIdentity,
+		LeaseUntil: now.Add(s.claimLease()), Now: now, Fence: s.fence.Load(),
+	}
+	if err := s.e.store.ClaimRecords(ctx, &rc); err != nil {
+		return claimed{}, fmt.Errorf("claiming %d records: %w", len(recs), err)
+	}
+	s.claimedUntil.Store(rc.LeaseUntil.UnixNano())
+	held := rc.Held()
+	var out claimed
+	if held < len(recs) {
+		out.cut = true
+		if held == 0 {
+			out.wait = min(max(rc.HeldUntil.Sub(now), 10*time.Millisecond), 500*time.Millisecond)
+		}
+	}
+	var rows []scopeRow
+	if byIdentity && held > 0 {
+		var err error
+		if rows, err = s.scopeRows(ctx); err != nil {
+			return claimed{}, err
+		}
+	}
+	run := recs[:0]
+	for i := 0; i < held; i++ {
+		r := &recs[i]
+		done := rc.Status[i] == store.Completed
+		if byIdentity && !done {
+			done = s.resolvedElsewhere(rows, r)
+			if done {
+				out.release = append(out.release, rc.Keys[i])
+			}
+		}
+		if done {
+			out.skipped = append(out.skipped, r.Sequence)
+			continue
+		}
+		run = keepAt(run, recs, i)
+	}
+	out.run = run
+	return out, nil
+}
+
+// scopeRow is another mapping's progress over the shard, with its filter.
+type scopeRow struct {
+	p      store.Progress
+	filter *filterSet
+}
+
+// scopeRows reads the progress of the scope's other mappings over the
+// shard (and the scope-wide progress of earlier versions), after the
+// window's records were claimed: a mapping that completed one of them
+// committed its progress before it let the claim go.
+func (s *shard) scopeRows(ctx context.Context) ([]scopeRow, error) {
+	all, err := s.e.store.ScopeProgress(ctx, s.pkKey)
+	if err != nil {
+		return nil, fmt.Errorf("loading the progress of scope %q: %w", s.m.cfg.Scope, err)
+	}
+	rows := make([]scopeRow, 0, len(all))
+	for i := range all {
+		mp := &all[i]
+		if mp.Mapping == s.m.cfg.Name && mp.Mapping != "" {
+			continue // this mapping's own: s.prog is newer
+		}
+		f, err := s.m.scopeFilter(mp.Filter)
+		if err != nil {
+			return nil, fmt.Errorf("progress of mapping %q in scope %q: %w", mp.Mapping, s.m.cfg.Scope, err)
+		}
+		rows = append(rows, scopeRow{p: mp.Progress, filter: f})
+	}
+	return rows, nil
+}
+
+// scopeFilter compiles a filter read from a progress, once per encoding.
+func (m *mapping) scopeFilter(encoded string) (*filterSet, error) {
+	if encoded == m.filters.encoded {
+		return m.filters, nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if f, ok := m.scopeFilters[encoded]; ok {
+		return f, nil
+	}
+	f, err := decodeFilterSet(encoded)
+	if err != nil {
+		return nil, err
+	}
+	m.scopeFilters[encoded] = f
+	return f, nil
+}
+
+// resolvedElsewhere reports whether r is resolved in the scope: by this
+// mapping's own progress, or by another mapping's whose filter selects r
+// (a record another mapping filtered out never ran there, though its
+// checkpoint moved over it).
+func (s *shard) resolvedElsewhere(rows []scopeRow, r *idem.Record) bool {
+	s.mu.Lock()
+	done := s.prog.Done(r.Sequence)
+	s.mu.Unlock()
+	if done {
+		return true
+	}
+	for i := range rows {
+		if rows[i].p.Done(r.Sequence) && !rows[i].filter.rejects(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// renewClaims takes the claims of b again before it is invoked, when the
+// window's claims may run out before the invocation and its commit end: a batch retried
+// for long keeps its records claimed. A record claimed by another owner
+// meanwhile (its claim ran out and was taken) ends the window with
+// errClaimLost.
+func (s *shard) renewClaims(ctx context.Context, b []idem.Record) error {
+	cfg := &s.m.cfg
+	if cfg.AtLeastOnce {
+		return nil
+	}
+	now := s.e.now()
+	if until := s.claimedUntil.Load(); until != 0 && now.Add(cfg.FunctionTimeout+claimMargin).UnixNano() < until {
+		return nil
+	}
+	rc := store.RecordClaims{
+		Owner: s.owner, Keys: s.markKeys(b), LeaseUntil: now.Add(s.claimLease()), Now: now, Fence: s.fence.Load(),
+	}
+	if err := s.e.store.ClaimRecords(ctx, &rc); err != nil {
+		return fmt.Errorf("renewing the claims of %d records: %w", len(b), err)
+	}
+	if rc.Held() < len(b) {
+		return errClaimLost
+	}
+	return nil
+}

@@ -1,0 +1,135 @@
+package pebbledb
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/idem-run/idem/store"
+)
+
+// recordClaim is a record claim held in memory (see DB.records).
+type recordClaim struct {
+	owner store.MarkKey
+	until int64 // lease end, Unix nanoseconds
+}
+
+// ClaimRecords claims c.Keys for c.Owner in order, up to the first key
+// another owner's live claim holds (store.RecordClaims). Claims are kept
+// in memory, under the lock that also orders them against the commits
+// that end them.
+//
+// Errors: store.ErrFenced (nothing claimed), ErrClosed, ctx.Err().
+func (db *DB) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	c.Reset()
+	now, until := c.Now.UnixNano(), c.LeaseUntil.UnixNano()
+	db.claimMu.Lock()
+	defer db.claimMu.Unlock()
+	if c.Fence != nil {
+		if err := db.checkFence(c.Fence); err != nil {
+			return fmt.Errorf("pebbledb: claiming %d records: %w", len(c.Keys), err)
+		}
+	}
+	var kb [17]byte
+	for i, k := range c.Keys {
+		if c.Marks {
+			var expires int64
+			found, err := db.get(markKey(&kb, k), func(v []byte) (err error) {
+				expires, err = decodeMark(v)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("pebbledb: mark %x: %w", k[:], err)
+			}
+			if found && expires > now {
+				c.Status[i] = store.Completed
+				continue
+			}
+		}
+		if rc, ok := db.records[k]; ok && rc.owner != c.Owner && rc.until > now {
+			c.Status[i] = store.InProgress
+			c.HeldUntil = time.Unix(0, rc.until)
+			return nil
+		}
+		db.records[k] = recordClaim{owner: c.Owner, until: until}
+		c.Status[i] = store.Acquired
+	}
+	return nil
+}
+
+// endClaims ends the record claims a committed w ends: its releases, for
+// their owner, and those of the keys it marked completed, whoever's. The
+// caller holds claimMu.
+func (db *DB) endClaims(w *store.Write) {
+	if len(db.records) == 0 {
+		return
+	}
+	for _, k := range w.Release {
+		if rc, ok := db.records[k]; ok && rc.owner == w.ReleaseOwner {
+			delete(db.records, k)
+		}
+	}
+	for i := range w.Marks {
+		delete(db.records, w.Marks[i].Key)
+	}
+}
+
+// ScopeProgress returns the progress of every mapping of key.Scope over
+// key.Stream and key.Shard, the scope-wide progress (Mapping "") included.
+//
+// Errors: ErrClosed, ctx.Err().
+func (db *DB) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]store.MappingProgress, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	wrap := func(err error) error {
+		return fmt.Errorf("pebbledb: progress of scope %q stream %q shard %s: %w", key.Scope, key.Stream, key.Shard, err)
+	}
+	key.Mapping = ""
+	lower := progressKey(key)
+	upper := prefixEnd(lower)
+	it, err := db.pdb.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, wrap(err)
+	}
+	defer it.Close()
+	var out []store.MappingProgress
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		mp := store.MappingProgress{}
+		if len(k) > len(lower) {
+			r := reader{b: k[len(lower):]}
+			mp.Mapping = string(r.bytes(r.uvarint("progress key: mapping"), "progress key: mapping"))
+			if err := r.end("progress key"); err != nil {
+				return nil, wrap(err)
+			}
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, wrap(err)
+		}
+		if mp.Progress, err = decodeProgress(v); err != nil {
+			return nil, wrap(fmt.Errorf("mapping %q: %w", mp.Mapping, err))
+		}
+		out = append(out, mp)
+	}
+	if err := it.Error(); err != nil {
+		return nil, wrap(err)
+	}
+	return out, nil
+}

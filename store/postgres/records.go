@@ -1,0 +1,142 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/idem-run/idem/store"
+)
+
+var _ store.Clock = (*Store)(nil)
+
+// ScopeProgress returns the progress rows of every mapping of key.Scope over
+// key.Stream and key.Shard, the scope-wide row of Mapping "" included, in
+// one query; key.Mapping is ignored.
+func (s *Store) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]store.MappingProgress, error) {
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: progress of scope %q stream %q shard %s: %w", key.Scope, key.Stream, key.Shard, err)
+	}
+	if err := s.enter(); err != nil {
+		return nil, wrap(err)
+	}
+	rows, err := s.pool.Query(ctx, s.q.scopeProgress, escape(key.Scope), escape(key.Stream), escape(key.Shard))
+	if err != nil {
+		return nil, wrap(s.dbErr(err))
+	}
+	var out []store.MappingProgress
+	var mapping, hw, filter string
+	var above []string
+	_, err = pgx.ForEachRow(rows, []any{&mapping, &hw, &above, &filter}, func() error {
+		m, err := unescape(mapping)
+		if err != nil {
+			return fmt.Errorf("stored mapping %q: %w", mapping, err)
+		}
+		p, err := progressOf(hw, above, filter)
+		if err != nil {
+			return fmt.Errorf("mapping %q: %w", m, err)
+		}
+		out = append(out, store.MappingProgress{Mapping: m, Progress: p})
+		return nil
+	})
+	if err != nil {
+		return nil, wrap(s.dbErr(err))
+	}
+	return out, nil
+}
+
+// ClaimRecords claims c.Keys for c.Owner in one statement, the function
+// claim_records: a fence check, then an upsert of every key in key order
+// (so concurrent claimers lock rows in one order and never deadlock), then
+// one read that tells each key's status in window order, and the undoing of
+// what the upsert took past the first key held elsewhere. See
+// store.RecordClaims. A fence that no longer holds makes an error wrapping
+// store.ErrFenced, and nothing is claimed. Times are kept to the
+// microsecond.
+func (s *Store) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
+	c.Reset()
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: claim records of owner %x (%d keys): %w", c.Owner[:], len(c.Keys), err)
+	}
+	if err := s.enter(); err != nil {
+		return wrap(err)
+	}
+	if len(c.Keys) == 0 && c.Fence == nil {
+		return nil
+	}
+	var fenceKey []byte
+	var fenceToken pgtype.Int8
+	if f := c.Fence; f != nil {
+		fenceKey = f.Key[:]
+		fenceToken = pgtype.Int8{Int64: int64(f.Token), Valid: true}
+	}
+	var status []int16
+	var held pgtype.Int4
+	var heldUntil pgtype.Timestamptz
+	err := s.pool.QueryRow(ctx, s.q.claimRecords, keyArgs(c.Keys), c.Owner[:], c.LeaseUntil, c.Now, c.Marks, fenceKey, fenceToken).
+		Scan(&status, &held, &heldUntil)
+	if err != nil {
+		if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeFenced && c.Fence != nil {
+			return wrap(fmt.Errorf("%w: fence %x token %d (held: %s)", store.ErrFenced, c.Fence.Key[:], c.Fence.Token, pe.Detail))
+		}
+		return wrap(s.dbErr(err))
+	}
+	if len(status) != len(c.Keys) {
+		return wrap(fmt.Errorf("%d statuses for %d keys", len(status), len(c.Keys)))
+	}
+	n := len(c.Keys)
+	if held.Valid {
+		n = int(held.Int32) // positions count from 1: the held key is index n-1
+	}
+	for i := range n {
+		switch status[i] {
+		case 1:
+			c.Status[i] = store.Acquired
+		case 2:
+			c.Status[i] = store.InProgress
+		case 3:
+			c.Status[i] = store.Completed
+		default:
+			return wrap(fmt.Errorf("status %d for key %x", status[i], c.Keys[i][:]))
+		}
+	}
+	if held.Valid {
+		if c.Status[n-1] != store.InProgress || !heldUntil.Valid {
+			return wrap(fmt.Errorf("key %x reported held without a lease", c.Keys[n-1][:]))
+		}
+		c.HeldUntil = heldUntil.Time
+	}
+	return nil
+}
+
+// keyArgs returns keys as a bytea array argument, in one buffer.
+func keyArgs(keys []store.MarkKey) [][]byte {
+	const size = len(store.MarkKey{})
+	buf := make([]byte, len(keys)*size)
+	out := make([][]byte, len(keys))
+	for i := range keys {
+		b := buf[i*size : (i+1)*size : (i+1)*size]
+		copy(b, keys[i][:])
+		out[i] = b
+	}
+	return out
+}
+
+// Time returns the database server's current time (SELECT now()): the
+// clock processes sharing the store compare theirs with, so that mark
+// expiry and leases hold across hosts; see store.Clock.
+func (s *Store) Time(ctx context.Context) (time.Time, error) {
+	if err := s.enter(); err != nil {
+		return time.Time{}, fmt.Errorf("postgres: server time: %w", err)
+	}
+	var t time.Time
+	if err := s.pool.QueryRow(ctx, s.q.now).Scan(&t); err != nil {
+		return time.Time{}, fmt.Errorf("postgres: server time: %w", s.dbErr(err))
+	}
+	return t, nil
+}

@@ -1,0 +1,81 @@
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// RecordClaims asks ClaimRecords to claim the idempotency keys of records
+// about to run, and carries back what it found.
+//
+// Marks and progress say that a record ran; a claim says that it is
+// running. Without one, two shards that read records with one payload key,
+// or two mappings of one scope reading the same record, both find it not
+// done and both run it: the duplicate that races, which exactly-once is
+// there to prevent. So a record runs only under a claim: taken for all of
+// a window's records at once, with a lease as long as an invocation may
+// take, fenced like commits, and ended by the commit that resolves the
+// record (a Mark replaces it, or Write.Release ends it).
+//
+// A claim belongs to an Owner, not to a process: the engine names one
+// mapping's shard, so that whoever processes that shard next (after a
+// retry, a restart or a handover under shard leases) takes its own
+// claims again at once instead of waiting for them to expire.
+type RecordClaims struct {
+	// Owner names who claims.
+	Owner MarkKey
+	// Keys are claimed in order.
+	Keys []MarkKey
+	// Marks, when set, looks each key's completion mark up first: a key
+	// with a mark that has not expired at Now is Completed, and not
+	// claimed.
+	Marks bool
+	// LeaseUntil is when the claims may be taken over if the owner has
+	// not ended them.
+	LeaseUntil time.Time
+	// Now decides which marks and leases have expired.
+	Now time.Time
+	// Fence, when set, makes the claims conditional on a lease, as for a
+	// Write: unless the claims record of Fence.Key holds Fence.Token,
+	// ClaimRecords returns an error wrapping ErrFenced and claims nothing.
+	Fence *Fence
+
+	// Status is set by ClaimRecords, one per key: Acquired (the owner
+	// holds the claim now, whether it held it before or not), Completed,
+	// or InProgress (another owner's lease runs). Keys after the first
+	// InProgress one are neither looked up nor claimed, and have status 0:
+	// a caller that must keep its records in order runs only the keys
+	// before it, and holds no claim that could make another owner wait on
+	// it while it waits itself.
+	Status []ClaimStatus
+	// HeldUntil is when the lease of the first InProgress key ends.
+	HeldUntil time.Time
+}
+
+// Held returns the index of the first key held by another owner, or
+// len(c.Keys) when there is none.
+func (c *RecordClaims) Held() int {
+	for i, st := range c.Status {
+		if st == InProgress {
+			return i
+		}
+	}
+	return len(c.Keys)
+}
+
+// Reset sizes Status for Keys and clears the results: drivers call it
+// first.
+func (c *RecordClaims) Reset() {
+	c.Status = append(c.Status[:0], make([]ClaimStatus, len(c.Keys))...)
+	c.HeldUntil = time.Time{}
+}
+
+// Clock is implemented by stores that have a clock of their own (a
+// database server's). Mark expiry and claim leases are decided from the
+// times the engine passes in, so processes sharing a store compare their
+// clocks with the store's at start: a skew larger than the engine's margin
+// would shorten retention or leases.
+type Clock interface {
+	// Time returns the store's current time.
+	Time(ctx context.Context) (time.Time, error)
+}
