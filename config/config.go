@@ -369,9 +369,10 @@ type KafkaSource struct {
 	// partitions among the processes, a partition moves only after its
 	// owner committed its batch in flight, and idem's checkpoints are
 	// committed as the group's offsets so Kafka tooling shows the lag
-	// (idem never reads them back). With a shared store it needs `lease`,
-	// which fences a process that stalls past its session. One mapping a
-	// group.
+	// (idem never reads them back). It needs a shared store (PostgreSQL or
+	// Redis: with the embedded store, a partition that moved would find no
+	// checkpoint in the new owner's data directory) and `lease`, which
+	// fences a process that stalls past its session. One mapping a group.
 	// Default: none (the process reads every partition)
 	Group string `yaml:"group,omitempty"`
 	// SessionTimeout is how long the group waits for a member that stopped

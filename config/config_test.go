@@ -256,7 +256,9 @@ func TestParseErrors(t *testing.T) {
 			[]string{"mappings[0].source.kafka.sessionTimeout: needs kafka.group"}},
 		{"kafka group with a shared store and no lease", "store: {redis: {addr: '127.0.0.1:6379'}}\n" + mappingSourceDoc("{kafka: {brokers: ['k:9092'], topic: t, group: g}}"),
 			[]string{"mappings[0].source.kafka.group: needs lease with a shared store: the group balances partitions, but only leases stop a process that stalled past its session from committing"}},
-		{"two mappings in one kafka group", "streams: [{name: s}]\nfunctions: [{name: f}]\nmappings:\n" +
+		{"kafka group with the embedded store", mappingSourceDoc("{kafka: {brokers: ['k:9092'], topic: t, group: g}}"),
+			[]string{"mappings[0].source.kafka.group: a consumer group needs a shared store (store.postgres or store.redis, with lease): the group moves partitions between processes, and with the embedded store each process keeps its checkpoints in its own ./idem-data, so a partition that moves would restart from startingPosition"}},
+		{"two mappings in one kafka group", "store: {redis: {addr: '127.0.0.1:6379'}}\nlease: {}\nstreams: [{name: s}]\nfunctions: [{name: f}]\nmappings:\n" +
 			"  - {name: m, function: f, startingPosition: LATEST, source: {kafka: {brokers: ['k:9092'], topic: t, group: g}}}\n" +
 			"  - {name: n, function: f, startingPosition: LATEST, source: {kafka: {brokers: ['k:9092'], topic: u, group: g}}}\n",
 			[]string{`mappings[1].source.kafka.group: "g" is mappings[0]'s group too: give each mapping a group of its own`}},
@@ -741,10 +743,9 @@ func TestEventFormatDefaults(t *testing.T) {
 	}
 }
 
-// TestKafkaGroupDefaults: a group gets the default session timeout; the
-// embedded store needs no lease for it (one process).
+// TestKafkaGroupDefaults: a group gets the default session timeout.
 func TestKafkaGroupDefaults(t *testing.T) {
-	f, err := Parse([]byte(mappingSourceDoc("{kafka: {brokers: ['k:9092'], topic: t, group: g}}")))
+	f, err := Parse([]byte("store: {postgres: {dsn: 'postgres://idem@127.0.0.1/idem'}}\nlease: {}\n" + mappingSourceDoc("{kafka: {brokers: ['k:9092'], topic: t, group: g}}")))
 	if err != nil {
 		t.Fatal(err)
 	}

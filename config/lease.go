@@ -42,9 +42,13 @@ func (c *checker) lease(f *File) {
 	c.durRange("lease.ttl", l.TTL, minLeaseTTL, maxLeaseTTL)
 }
 
-// kafkaGroups checks the mappings' Kafka consumer groups: a group balances
-// partitions but fences nothing, so processes sharing a store need leases;
-// and two mappings in one group would take each other's partitions.
+// kafkaGroups checks the mappings' Kafka consumer groups. A group moves
+// partitions between processes, so they must share the store that holds the
+// checkpoints: with the embedded store each process has its own data
+// directory, and a partition that moves finds no checkpoint there (it would
+// start again from startingPosition, skipping or replaying records). A group
+// balances partitions but fences nothing, so processes sharing a store need
+// leases. And two mappings in one group would take each other's partitions.
 func (c *checker) kafkaGroups(f *File) {
 	seen := make(map[string]int)
 	for i := range f.Mappings {
@@ -58,7 +62,11 @@ func (c *checker) kafkaGroups(f *File) {
 			continue
 		}
 		seen[k.Group] = i
-		if f.Lease == nil && (f.Store.Postgres != nil || f.Store.Redis != nil) {
+		if f.Store.Postgres == nil && f.Store.Redis == nil {
+			c.addf(p, "a consumer group needs a shared store (store.postgres or store.redis, with lease): the group moves partitions between processes, and with the embedded store each process keeps its checkpoints in its own %s, so a partition that moves would restart from startingPosition", f.DataDir)
+			continue
+		}
+		if f.Lease == nil {
 			c.addf(p, "needs lease with a shared store: the group balances partitions, but only leases stop a process that stalled past its session from committing")
 		}
 	}

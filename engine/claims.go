@@ -65,6 +65,20 @@ func (s *shard) claim(ctx context.Context, recs []idem.Record) (claimed, error) 
 		return claimed{run: recs}, nil
 	}
 	byIdentity := s.m.keyer.byIdentity()
+	if byIdentity && s.m.alone {
+		// Nobody else can run these records: only resolve them.
+		out := claimed{}
+		run := recs[:0]
+		for i := range recs {
+			if s.resolvedElsewhere(s.rows, &recs[i]) {
+				out.skipped = append(out.skipped, recs[i].Sequence)
+				continue
+			}
+			run = keepAt(run, recs, i)
+		}
+		out.run = run
+		return out, nil
+	}
 	now := s.e.now()
 	rc := store.RecordClaims{
 		Owner: s.owner, Keys: s.markKeys(recs), Marks: !byIdentity,
@@ -183,7 +197,7 @@ func (s *shard) resolvedElsewhere(rows []scopeRow, r *idem.Record) bool {
 // errClaimLost.
 func (s *shard) renewClaims(ctx context.Context, b []idem.Record) error {
 	cfg := &s.m.cfg
-	if cfg.AtLeastOnce {
+	if cfg.AtLeastOnce || (s.m.alone && s.m.keyer.byIdentity()) {
 		return nil
 	}
 	now := s.e.now()
@@ -200,4 +214,27 @@ func (s *shard) renewClaims(ctx context.Context, b []idem.Record) error {
 		return errClaimLost
 	}
 	return nil
+}
+
+// setAlone decides, before the mappings start, which of them are alone in
+// their scope: keys by identity over a store this process owns alone
+// (store.ProcessLocal), and no other mapping of this engine reads the same
+// stream in the same scope. Their records need no claims.
+func (e *Engine) setAlone(mappings []*mapping) {
+	pl, ok := e.store.(store.ProcessLocal)
+	if !ok || !pl.ProcessLocal() {
+		return
+	}
+	for _, m := range mappings {
+		if !m.keyer.byIdentity() {
+			continue
+		}
+		alone := true
+		for _, o := range mappings {
+			if o != m && o.cfg.Scope == m.cfg.Scope && o.cfg.Stream == m.cfg.Stream {
+				alone = false
+			}
+		}
+		m.alone = alone
+	}
 }

@@ -223,11 +223,13 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 		w.HasProgress, w.ProgressKey, w.Progress = true, s.pkKey, newProgress
 		// The records that ran, or were discarded, are resolved: their
 		// claims end with this write.
-		w.ReleaseOwner = s.owner
-		w.Release = append(w.Release, c.release...)
-		for _, recs := range [][]idem.Record{c.completed, c.discarded} {
-			for i := range recs {
-				w.Release = append(w.Release, store.MarkKeyOf(cfg.Scope, recs[i].IdempotencyKey))
+		if !s.m.alone {
+			w.ReleaseOwner = s.owner
+			w.Release = append(w.Release, c.release...)
+			for _, recs := range [][]idem.Record{c.completed, c.discarded} {
+				for i := range recs {
+					w.Release = append(w.Release, store.MarkKeyOf(cfg.Scope, recs[i].IdempotencyKey))
+				}
 			}
 		}
 	default:

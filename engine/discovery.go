@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/source"
 	"github.com/idem-run/idem/store"
 )
@@ -83,6 +85,9 @@ func (s *shard) waitForParents(ctx context.Context) bool {
 	}
 }
 
+// parentsFinished reports whether every parent of the shard was read to
+// its end. A parent that Shards no longer lists has expired: see
+// expiredParent.
 func (s *shard) parentsFinished(ctx context.Context, lin source.Lineage) (bool, error) {
 	parents, err := lin.Parents(ctx, s.id)
 	if err != nil {
@@ -97,7 +102,11 @@ func (s *shard) parentsFinished(ctx context.Context, lin source.Lineage) (bool, 
 	}
 	for _, p := range parents {
 		if !slices.Contains(listed, p) {
-			continue // expired: nothing left to read
+			fin, err := s.expiredParent(ctx, p)
+			if err != nil || !fin {
+				return false, err
+			}
+			continue
 		}
 		cp, ok, err := s.e.store.Checkpoint(ctx, store.CheckpointKey{Mapping: s.m.cfg.Name, Stream: s.m.cfg.Stream, Shard: p})
 		if err != nil {
@@ -111,5 +120,83 @@ func (s *shard) parentsFinished(ctx context.Context, lin source.Lineage) (bool, 
 			return false, err
 		}
 	}
+	return true, nil
+}
+
+// expiredEnd is the checkpoint of an expired parent whose unread records
+// were reported lost: above every sequence number (Kinesis' have at most
+// 129 digits), so every record of the parent is at or below it, and a
+// later check finds the loss already counted. No driver reads from it: a
+// shard that Shards no longer lists is never started again.
+var expiredEnd = idem.Sequence(strings.Repeat("9", 160))
+
+// expiredParentMu serializes the handling of expired parents, so that the
+// two children of a split count their parent's loss once.
+var expiredParentMu sync.Mutex
+
+// expiredParent decides about a parent that Shards no longer lists: Kinesis
+// expired it, retention after it closed. It is finished, and the child may
+// start, in every case; what remains is whether records of it were lost:
+//
+//   - the child has a checkpoint of its own: it started before, once its
+//     parents were dealt with; nothing more to count.
+//   - the parent has no checkpoint: this mapping never read it (it was
+//     created after the parent expired, or never got to it). As with a
+//     starting position, records that expired before a mapping first read
+//     a shard are not counted as its losses.
+//   - the parent runs in this process and found its end (with the driver's
+//     help: a reader that finds its shard expired reports the loss itself
+//     and moves to the shard's end), or its checkpoint is expiredEnd: done.
+//     Without leases, a parent that runs here and has not found its end
+//     yet is waited for: its reader reports the loss.
+//   - otherwise the parent expired with its reader behind (idem was down
+//     longer than the retention, or the reader lagged): its remaining
+//     records are gone. Kinesis no longer says how many, so one lost
+//     record is committed on the parent's checkpoint, which moves to
+//     expiredEnd, and counted and logged as any loss.
+//
+// What this cannot tell apart once the parent expired: a parent read to its
+// end whose child never wrote a checkpoint before a restart (no record for
+// a whole retention period), and, with leases, a parent whose reader in
+// another process hits the expiry as the child looks. Each counts one
+// record lost (or one more): a loss is never missed, at the price of a
+// rare extra count.
+func (s *shard) expiredParent(ctx context.Context, p string) (bool, error) {
+	cfg := s.m.cfg
+	if _, ok, err := s.e.store.Checkpoint(ctx, store.CheckpointKey{Mapping: cfg.Name, Stream: cfg.Stream, Shard: s.id}); err != nil {
+		return false, fmt.Errorf("checkpoint of shard %s: %w", s.id, err)
+	} else if ok {
+		return true, nil
+	}
+	s.m.mu.Lock()
+	i := slices.IndexFunc(s.m.shards, func(o *shard) bool { return o.id == p })
+	here, finished := i >= 0, i >= 0 && s.m.shards[i].finished.Load()
+	s.m.mu.Unlock()
+	switch {
+	case finished:
+		return true, nil
+	case here && s.e.lease == nil:
+		// This process is the parent's only reader: it finds the
+		// expiry itself, reports the loss, and finishes.
+		return false, nil
+	}
+	expiredParentMu.Lock()
+	defer expiredParentMu.Unlock()
+	key := store.CheckpointKey{Mapping: cfg.Name, Stream: cfg.Stream, Shard: p}
+	cp, ok, err := s.e.store.Checkpoint(ctx, key)
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("checkpoint of expired parent %s: %w", p, err)
+	case !ok || cp.Sequence == expiredEnd:
+		return true, nil
+	}
+	after := cp.Sequence
+	cp.Lost++
+	cp.Sequence = expiredEnd
+	if err := s.e.store.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: cp}); err != nil {
+		return false, fmt.Errorf("committing the loss of expired parent %s: %w", p, err)
+	}
+	s.e.log.Warn("records expired by retention before they were read: the parent shard expired before it was read to its end", "mapping", cfg.Name, "stream", cfg.Stream, "shard", p, "lost", 1, "after", after, "child", s.id)
+	s.e.metrics.lost.WithLabelValues(cfg.Name).Add(1)
 	return true, nil
 }

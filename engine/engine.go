@@ -189,6 +189,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 	}
 
+	e.setAlone(mappings)
 	var wg sync.WaitGroup
 	for i, m := range mappings {
 		m.startShards(ctx, work, &wg, initial[i])

@@ -106,8 +106,12 @@ type Mapping struct {
 	// as JSON whose value is the idempotency key. Default: the record's
 	// identity, stream/shardId/sequence.
 	KeyExpression string
-	// MarkRetention is how long completion marks are kept; at least the
-	// source's retention. Default: the source's retention.
+	// MarkRetention is how long completion marks are kept. Each commit
+	// keeps its marks for the longer of this and the source's retention
+	// at that moment (source.Driver.Retention: how long the source may
+	// still serve a record, which may grow while it runs), so a replay of
+	// retained records never runs one twice. Default: the source's
+	// retention.
 	MarkRetention time.Duration
 
 	// AtLeastOnce turns idempotency off: no completion progress or marks are
@@ -208,9 +212,6 @@ func (m Mapping) Validate() error {
 		if _, err := jmespath.Compile(m.KeyExpression); err != nil {
 			bad("idempotency.key: %q does not compile: %v", m.KeyExpression, err)
 		}
-	}
-	if m.Source != nil && m.MarkRetention < m.Source.Retention() {
-		bad("idempotency.retention: %s is shorter than the stream's retention %s: a replay of retained records could run one twice", m.MarkRetention, m.Source.Retention())
 	}
 	if m.TumblingWindow < 0 || m.TumblingWindow > MaxTumblingWindow {
 		bad("tumblingWindow: %s is outside 0s to %s", m.TumblingWindow, MaxTumblingWindow)

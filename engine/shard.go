@@ -38,6 +38,10 @@ type mapping struct {
 	// initial are the shards of the mapping's first start (loadStarted);
 	// guarded by mu.
 	initial map[string]bool
+	// alone is set when no run but this mapping's can take the records
+	// it reads in its scope (claimsNeeded): keys by identity then need no
+	// claims, and the scope's other progress is read once per start.
+	alone bool
 }
 
 // shard runs one mapping over one shard: one goroutine reads windows of
@@ -64,6 +68,9 @@ type shard struct {
 	// prog is the mapping's own progress over the shard, as last
 	// committed (keys by identity); only this shard writes it.
 	prog store.Progress
+	// rows are the scope's other progress over the shard, read at start,
+	// when the mapping is alone in its scope (mapping.alone).
+	rows []scopeRow
 
 	// Observed without the lock, for status.
 	state         atomic.Value // string
@@ -354,6 +361,11 @@ func (s *shard) load(ctx context.Context) error {
 		// (its connection lost during COMMIT) may have landed.
 		if prog, err = s.e.store.Progress(ctx, s.pkKey); err != nil {
 			return fmt.Errorf("loading progress of mapping %q in scope %q: %w", cfg.Name, cfg.Scope, err)
+		}
+		if s.m.alone {
+			if s.rows, err = s.scopeRows(ctx); err != nil {
+				return err
+			}
 		}
 	}
 	s.mu.Lock()

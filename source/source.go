@@ -83,8 +83,20 @@ type Driver interface {
 	// callers read again to find out.
 	Wait(ctx context.Context, shard string, after idem.Sequence) error
 
-	// Retention is how long the stream keeps records: completion marks must
-	// outlive it, or a replay of retained records could run one twice.
+	// Retention is the longest a record can still be served after it was
+	// appended: not the nominal retention setting but an upper bound that
+	// includes how the source really deletes (Kafka's segment roll time,
+	// a sweeper's interval). The engine keeps completion marks at least
+	// this long after each commit, so a replay of records still served
+	// never runs one twice. The engine calls it on every commit: it must
+	// be cheap (a load), and it may change; a driver that reads it from the
+	// stream's configuration refreshes it in Shards, which the engine
+	// calls every discovery interval. A stream that never deletes by age
+	// reports a very long retention (about a hundred years), not 0.
+	//
+	// A retention that grows also lengthens the life of records appended
+	// before: marks committed under the shorter one can expire while such
+	// a record is still served.
 	Retention() time.Duration
 }
 
@@ -95,10 +107,13 @@ type Driver interface {
 type Lineage interface {
 	// Parents returns the shards a shard was split or merged from; none
 	// for an original shard. A parent no longer listed by Shards has
-	// expired and holds nothing more to read.
+	// expired: nothing more can be read from it, and the engine counts a
+	// loss for one whose checkpoint shows it was not read to its end.
 	Parents(ctx context.Context, shard string) ([]string, error)
 	// Finished reports whether a reader at after has read all of a closed
-	// shard; false for an open one.
+	// shard; false for an open one. A shard that expired with records
+	// above after is not finished: Read reports the loss (ReadResult.Lost,
+	// with Trimmed at the shard's end) and Finished is true from there.
 	Finished(ctx context.Context, shard string, after idem.Sequence) (bool, error)
 }
 

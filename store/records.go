@@ -79,3 +79,14 @@ type Clock interface {
 	// Time returns the store's current time.
 	Time(ctx context.Context) (time.Time, error)
 }
+
+// ProcessLocal is implemented by stores that one process owns alone (the
+// embedded store, over its data directory): their record claims can only
+// be contended from within that process, so an engine that knows every
+// mapping reading a shard for a scope skips the claims nobody else could
+// take.
+type ProcessLocal interface {
+	// ProcessLocal reports whether the store is owned by this process
+	// alone.
+	ProcessLocal() bool
+}

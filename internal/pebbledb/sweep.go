@@ -16,6 +16,12 @@ import (
 // markMu, which delays commits that write marks.
 const markChunk = 1024
 
+// SweepInterval is how often the background sweeper deletes the records
+// past their stream's retention: a record can still be read up to this long
+// after its retention ran out (longer if a sweep fails or the DB is
+// closed), which completion marks must allow for.
+func (db *DB) SweepInterval() time.Duration { return db.opts.sweepInterval }
+
 // sweeper runs Sweep every sweep interval until Close.
 func (db *DB) sweeper() {
 	defer db.wg.Done()

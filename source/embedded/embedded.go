@@ -62,10 +62,19 @@ func (s *Source) Wait(ctx context.Context, shard string, after idem.Sequence) er
 	return s.db.Wait(ctx, s.stream, shard, after)
 }
 
-// Retention is the stream's current retention; 0 if the DB is closed.
+// Retention is the longest a record of the stream can still be read after
+// it was appended: the stream's current retention plus the DB's sweep
+// interval, since the sweeper deletes expired records once per interval
+// (pebbledb.WithSweepInterval, a minute by default). A sweep that fails
+// leaves records until the next one succeeds, and records are not deleted
+// while the DB is closed; the engine's marks in the same DB expire by the
+// same sweeps. 0 if the DB is closed.
 func (s *Source) Retention() time.Duration {
-	d, _ := s.db.Retention(s.stream)
-	return d
+	d, err := s.db.Retention(s.stream)
+	if err != nil {
+		return 0
+	}
+	return d + s.db.SweepInterval()
 }
 
 // Stream is the name of the embedded stream s reads.

@@ -188,8 +188,8 @@ func TestRetentionReportsLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if src.Retention() != retention {
-		t.Fatalf("Retention = %s", src.Retention())
+	if want := retention + time.Minute; src.Retention() != want {
+		t.Fatalf("Retention = %s, want the stream's %s plus the default sweep interval", src.Retention(), retention)
 	}
 	old := put(t, db, "s", 5)
 	time.Sleep(5 * time.Millisecond)
@@ -265,6 +265,29 @@ func TestRetentionReportsLost(t *testing.T) {
 	res, err = src.Read(ctx, shard, "", 100, 1<<20)
 	if err != nil || res.Lost != 8 || res.Trimmed != idem.SequenceOf(8) || len(res.Records) != 1 || res.Records[0].Sequence != idem.SequenceOf(9) {
 		t.Fatalf("after trimming all and putting one: %+v, %v", res, err)
+	}
+}
+
+// TestRetentionAddsSweepInterval: records are deleted once per sweep
+// interval, so one can be read up to an interval past the stream's
+// retention, and Retention says so: completion marks must outlive it.
+func TestRetentionAddsSweepInterval(t *testing.T) {
+	db := openMem(t, pebbledb.WithSweepInterval(5*time.Minute))
+	if err := db.CreateStream("s", 1, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	src, err := embedded.New(db, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := src.Retention(), time.Hour+5*time.Minute; got != want {
+		t.Fatalf("Retention = %s, want %s", got, want)
+	}
+	if err := db.CreateStream("s", 1, 2*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := src.Retention(), 2*time.Hour+5*time.Minute; got != want {
+		t.Fatalf("after the retention changed: Retention = %s, want %s", got, want)
 	}
 }
 

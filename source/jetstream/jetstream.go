@@ -410,7 +410,10 @@ func (s *Source) Shards(ctx context.Context) ([]string, error) {
 // Retention is the stream's MaxAge as of the latest request that returned
 // its configuration, or UnlimitedRetention when it has none (a stream
 // limited only by MaxMsgs or MaxBytes can drop messages of any age; Read
-// still reports those as lost).
+// still reports those as lost). The server expires each message by its own
+// timer once it is MaxAge old, so MaxAge bounds how long a message is
+// served, give or take that timer's delay and the clock skew
+// between the server and idem.
 func (s *Source) Retention() time.Duration { return time.Duration(s.retention.Load()) }
 
 // noteInfo records what an Info told: the retention and the last sequence.

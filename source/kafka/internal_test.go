@@ -13,24 +13,33 @@ import (
 	"github.com/idem-run/idem"
 )
 
-func TestRetentionOf(t *testing.T) {
+// TestTopicRetention: a record can be read for retention.ms, plus the time
+// its segment stays active (segment.ms), plus the retention check interval.
+func TestTopicRetention(t *testing.T) {
+	const day, week = 24 * time.Hour, 7 * 24 * time.Hour
+	check := DefaultRetentionCheckInterval
 	for _, tc := range []struct {
-		policy, ms string
-		want       time.Duration
-		err        bool
+		policy, ms, segment string
+		want                time.Duration
+		err                 bool
 	}{
-		{"delete", "86400000", 24 * time.Hour, false},
-		{"delete", "-1", InfiniteRetention, false},
-		{"compact", "86400000", InfiniteRetention, false},
-		{"compact, delete", "3600000", time.Hour, false},
-		{"delete", "9223372036854775807", InfiniteRetention, false},
-		{"delete", "", 0, true},
-		{"delete", "soon", 0, true},
-		{"delete", "0", 0, true},
+		{"delete", "86400000", "", day + week + check, false},
+		{"delete", "86400000", "3600000", day + time.Hour + check, false},
+		{"delete", "-1", "3600000", InfiniteRetention, false},
+		{"compact", "86400000", "", InfiniteRetention, false},
+		{"compact, delete", "3600000", "60000", time.Hour + time.Minute + check, false},
+		{"delete", "9223372036854775807", "", InfiniteRetention, false},
+		{"delete", "86400000", "9223372036854775807", InfiniteRetention, false},
+		{"delete", "3153599999999", "3600000", InfiniteRetention, false}, // adds up to more
+		{"delete", "", "", 0, true},
+		{"delete", "soon", "", 0, true},
+		{"delete", "0", "", 0, true},
+		{"delete", "86400000", "-5", 0, true},
 	} {
-		got, err := retentionOf(tc.policy, tc.ms)
+		tcfg := topicConfig{policy: tc.policy, retentionMs: tc.ms, segmentMs: tc.segment, check: check}
+		got, err := tcfg.retention()
 		if (err != nil) != tc.err || got != tc.want {
-			t.Errorf("retentionOf(%q, %q) = %s, %v; want %s, error %v", tc.policy, tc.ms, got, err, tc.want, tc.err)
+			t.Errorf("retention of %+v = %s, %v; want %s, error %v", tcfg, got, err, tc.want, tc.err)
 		}
 	}
 }

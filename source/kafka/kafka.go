@@ -48,10 +48,17 @@
 // wrapping ErrPositionAhead, not an empty read: records appended later at
 // offsets below the position would otherwise be skipped without a trace.
 //
-// Retention comes from the topic's retention.ms and cleanup.policy: a
-// topic that never deletes by time (retention.ms -1, or a compacted topic
-// without "delete") reports InfiniteRetention, so completion marks are kept
-// as long as the records can be replayed.
+// Retention is the longest a record can still be served after it was
+// appended, which is longer than retention.ms: Kafka deletes whole segments,
+// a segment only once its newest record is older than retention.ms, and
+// checks every log.retention.check.interval.ms. The active segment rolls
+// only after segment.ms (7 days by default), so a record appended just
+// after a roll can be read for segment.ms + retention.ms + the check
+// interval. A topic that never deletes by time (retention.ms -1, or a
+// compacted topic without "delete") reports InfiniteRetention, so
+// completion marks are kept as long as the records can be replayed.
+// Shards reads the configuration again, so a changed retention.ms or
+// segment.ms is seen within a discovery interval.
 //
 // # Requests
 //
@@ -81,9 +88,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -104,9 +113,18 @@ const DefaultPollInterval = 100 * time.Millisecond
 const waitPolls = 10
 
 // InfiniteRetention is the Retention of a topic that never deletes records
-// by age: about a hundred years, so that completion marks outlive any
-// replay.
+// by age (retention.ms -1, or compaction without "delete"): about a hundred
+// years, so that completion marks outlive any replay. It is not larger so
+// that an expiry computed from it (now plus InfiniteRetention) still fits a
+// time.Duration and a Unix time in nanoseconds, as every store encodes one.
+// A retention that adds up to more is reported as InfiniteRetention.
 const InfiniteRetention = 100 * 365 * 24 * time.Hour
+
+// DefaultRetentionCheckInterval is Kafka's default
+// log.retention.check.interval.ms, which Retention adds when the brokers'
+// own value cannot be read (a principal not allowed to describe broker
+// configs).
+const DefaultRetentionCheckInterval = 5 * time.Minute
 
 // ErrClosed is returned by the methods of a Source after Close.
 var ErrClosed = errors.New("kafka: source closed")
@@ -162,8 +180,10 @@ func WithPollInterval(d time.Duration) Option {
 
 // WithRetention sets the topic's retention instead of reading it from the
 // topic's configuration, for a principal not allowed DescribeConfigs. It
-// must be at least the topic's real retention, or a replay could run a
-// record twice.
+// must be at least the longest a record can be read after it was appended
+// (retention.ms + segment.ms + log.retention.check.interval.ms, see
+// Retention), or a replay could run a record twice. Shards does not read
+// the configuration then.
 func WithRetention(d time.Duration) Option {
 	return func(o *options) { o.retention = d }
 }
@@ -177,7 +197,8 @@ type Source struct {
 	adm       *kadm.Client
 	own       bool
 	poll      time.Duration
-	retention time.Duration
+	retention atomic.Int64 // a time.Duration: Retention is called on every commit
+	declared  bool         // WithRetention: never read from the topic
 	dec       kgo.Decompressor
 
 	ctx    context.Context // cancelled by Close
@@ -261,13 +282,10 @@ func New(ctx context.Context, topic string, opts ...Option) (*Source, error) {
 	if _, err := s.loadMeta(ctx); err != nil {
 		return fail(err)
 	}
-	s.retention = o.retention
-	if s.retention == 0 {
-		d, err := s.describeRetention(ctx)
-		if err != nil {
-			return fail(err)
-		}
-		s.retention = d
+	s.retention.Store(int64(o.retention))
+	s.declared = o.retention != 0
+	if err := s.refreshRetention(ctx); err != nil {
+		return fail(err)
 	}
 	if o.group != "" {
 		if err := s.joinGroup(&o); err != nil {
@@ -306,21 +324,35 @@ func (s *Source) Close() error {
 // Topic is the name of the topic s reads.
 func (s *Source) Topic() string { return s.topic }
 
-// Retention is the topic's retention as New read it (or WithRetention set
-// it): retention.ms, or InfiniteRetention for a topic that does not delete
-// records by age.
-func (s *Source) Retention() time.Duration { return s.retention }
+// Retention is the longest a record of the topic can still be read after
+// it was appended, as New or the last Shards read it (or as WithRetention
+// declared it): retention.ms + segment.ms + log.retention.check.interval.ms
+// (see the package documentation), or InfiniteRetention for a topic that
+// does not delete records by age. It is a load, cheap enough for every
+// commit.
+//
+// With CreateTime timestamps, a record stamped ahead of the broker's clock
+// keeps its segment that much longer: Kafka bounds how far ahead with
+// message.timestamp.after.max.ms (1 hour by default since Kafka 4.0);
+// declare a longer retention with WithRetention if producers' clocks can be
+// further ahead.
+func (s *Source) Retention() time.Duration { return time.Duration(s.retention.Load()) }
 
 // Shards lists the topic's partitions as shard IDs, by partition number. It
 // asks the cluster each time, so partitions added since New appear. (Adding
 // partitions moves keys to other partitions: order per key holds only
-// within a partition.)
+// within a partition.) It also reads the topic's retention again (unless
+// WithRetention declared it), and fails if it cannot: a retention that
+// grew must not go unseen while completion marks expire by the old one.
 func (s *Source) Shards(ctx context.Context) ([]string, error) {
 	if err := s.usable(ctx); err != nil {
 		return nil, err
 	}
 	m, err := s.loadMeta(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.refreshRetention(ctx); err != nil {
 		return nil, err
 	}
 	n := int32(len(m.leaders))
@@ -788,7 +820,22 @@ func (s *Source) topicErr(err error) error {
 	return fmt.Errorf("kafka: topic %q: %w", s.topic, err)
 }
 
-// describeRetention reads retention.ms and cleanup.policy.
+// refreshRetention reads the topic's retention into s.retention, unless
+// WithRetention declared it.
+func (s *Source) refreshRetention(ctx context.Context) error {
+	if s.declared {
+		return nil
+	}
+	d, err := s.describeRetention(ctx)
+	if err != nil {
+		return err
+	}
+	s.retention.Store(int64(d))
+	return nil
+}
+
+// describeRetention reads the topic's cleanup.policy, retention.ms and
+// segment.ms, and the brokers' log.retention.check.interval.ms.
 func (s *Source) describeRetention(ctx context.Context) (time.Duration, error) {
 	rcs, err := s.adm.DescribeTopicConfigs(ctx, s.topic)
 	if err != nil {
@@ -801,23 +848,84 @@ func (s *Source) describeRetention(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("kafka: describing the configuration of topic %q (or set WithRetention): %w", s.topic, err)
 	}
-	policy, ms := "delete", ""
+	var tc topicConfig
+	tc.policy = "delete"
 	for _, c := range rc.Configs {
 		switch c.Key {
 		case "cleanup.policy":
-			policy = c.MaybeValue()
+			tc.policy = c.MaybeValue()
 		case "retention.ms":
-			ms = c.MaybeValue()
+			tc.retentionMs = c.MaybeValue()
+		case "segment.ms":
+			tc.segmentMs = c.MaybeValue()
 		}
 	}
-	return retentionOf(policy, ms)
+	tc.check = s.retentionCheckInterval(ctx)
+	return tc.retention()
 }
 
-// retentionOf turns a topic's cleanup.policy and retention.ms into a
-// retention: InfiniteRetention unless the topic deletes by age.
-func retentionOf(policy, ms string) (time.Duration, error) {
+// retentionCheckInterval returns the largest log.retention.check.interval.ms
+// of the brokers that lead the topic's partitions, or
+// DefaultRetentionCheckInterval for those whose configuration cannot be read.
+// It is a static broker setting: only describing a broker by ID shows it.
+func (s *Source) retentionCheckInterval(ctx context.Context) time.Duration {
+	m, err := s.cachedMeta(ctx)
+	if err != nil {
+		return DefaultRetentionCheckInterval
+	}
+	var ids []int32
+	for _, b := range m.leaders {
+		if b >= 0 && !slices.Contains(ids, b) {
+			ids = append(ids, b)
+		}
+	}
+	if len(ids) == 0 {
+		return DefaultRetentionCheckInterval
+	}
+	rcs, _ := s.adm.DescribeBrokerConfigs(ctx, ids...) // partial answers count
+	found := make(map[string]time.Duration, len(ids))
+	for _, rc := range rcs {
+		if rc.Err != nil {
+			continue
+		}
+		for _, c := range rc.Configs {
+			if c.Key != "log.retention.check.interval.ms" {
+				continue
+			}
+			if v, err := strconv.ParseInt(c.MaybeValue(), 10, 64); err == nil && v > 0 && v < int64(InfiniteRetention/time.Millisecond) {
+				found[rc.Name] = time.Duration(v) * time.Millisecond
+			}
+		}
+	}
+	longest := time.Duration(0)
+	for _, id := range ids {
+		d, ok := found[strconv.FormatInt(int64(id), 10)]
+		if !ok {
+			d = DefaultRetentionCheckInterval
+		}
+		longest = max(longest, d)
+	}
+	return longest
+}
+
+// topicConfig is what a topic's retention depends on, as DescribeConfigs
+// spells it.
+type topicConfig struct {
+	policy      string        // cleanup.policy
+	retentionMs string        // retention.ms
+	segmentMs   string        // segment.ms; "" is Kafka's default, 7 days
+	check       time.Duration // log.retention.check.interval.ms
+}
+
+// defaultSegmentMs is Kafka's default segment.ms (log.roll.hours 168).
+const defaultSegmentMs = "604800000"
+
+// retention turns a topic's configuration into the longest a record can be
+// read after it was appended: InfiniteRetention unless the topic deletes by
+// age, retention.ms + segment.ms + the check interval otherwise.
+func (tc topicConfig) retention() (time.Duration, error) {
 	deletes := false
-	for _, p := range strings.Split(policy, ",") {
+	for _, p := range strings.Split(tc.policy, ",") {
 		if strings.TrimSpace(p) == "delete" {
 			deletes = true
 		}
@@ -825,18 +933,27 @@ func retentionOf(policy, ms string) (time.Duration, error) {
 	if !deletes {
 		return InfiniteRetention, nil
 	}
-	if ms == "" {
+	if tc.retentionMs == "" {
 		return 0, errors.New("kafka: the topic's configuration has no retention.ms (set WithRetention)")
 	}
-	v, err := strconv.ParseInt(ms, 10, 64)
+	ret, err := strconv.ParseInt(tc.retentionMs, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("kafka: retention.ms %q: %w", ms, err)
+		return 0, fmt.Errorf("kafka: retention.ms %q: %w", tc.retentionMs, err)
 	}
-	if v < 0 || v >= int64(InfiniteRetention/time.Millisecond) {
-		return InfiniteRetention, nil
-	}
-	if v == 0 {
+	if ret == 0 {
 		return 0, errors.New("kafka: retention.ms is 0")
 	}
-	return time.Duration(v) * time.Millisecond, nil
+	if tc.segmentMs == "" {
+		tc.segmentMs = defaultSegmentMs
+	}
+	seg, err := strconv.ParseInt(tc.segmentMs, 10, 64)
+	if err != nil || seg < 0 {
+		return 0, fmt.Errorf("kafka: segment.ms %q is not a duration in milliseconds", tc.segmentMs)
+	}
+	const inf = int64(InfiniteRetention / time.Millisecond)
+	check := min(max(tc.check, 0).Milliseconds(), inf)
+	if ret < 0 || ret >= inf || seg >= inf || ret+seg+check >= inf {
+		return InfiniteRetention, nil
+	}
+	return time.Duration(ret+seg+check) * time.Millisecond, nil
 }

@@ -466,21 +466,26 @@ func TestWaitAcrossPartitions(t *testing.T) {
 	wg.Wait()
 }
 
-// TestRetention: retention.ms, infinite retention, compaction, override.
+// TestRetention: a record can be read for retention.ms plus segment.ms
+// (its segment stays active that long) plus the retention check interval
+// (kfake does not list it: Kafka's default); infinite retention,
+// compaction, override.
 func TestRetention(t *testing.T) {
 	ctx := testCtx(t)
 	c := newCluster(t)
+	const week, check = 7 * 24 * time.Hour, kafka.DefaultRetentionCheckInterval
 	for _, tc := range []struct {
 		name    string
 		configs map[string]*string
 		opts    []kafka.Option
 		want    time.Duration
 	}{
-		{"default", nil, nil, 7 * 24 * time.Hour},
-		{"one hour", map[string]*string{"retention.ms": kadm.StringPtr("3600000")}, nil, time.Hour},
+		{"default", nil, nil, week + week + check},
+		{"one hour", map[string]*string{"retention.ms": kadm.StringPtr("3600000")}, nil, time.Hour + week + check},
+		{"segment.ms", map[string]*string{"retention.ms": kadm.StringPtr("3600000"), "segment.ms": kadm.StringPtr("600000")}, nil, time.Hour + 10*time.Minute + check},
 		{"forever", map[string]*string{"retention.ms": kadm.StringPtr("-1")}, nil, kafka.InfiniteRetention},
 		{"compacted", map[string]*string{"cleanup.policy": kadm.StringPtr("compact"), "retention.ms": kadm.StringPtr("3600000")}, nil, kafka.InfiniteRetention},
-		{"compact,delete", map[string]*string{"cleanup.policy": kadm.StringPtr("compact,delete"), "retention.ms": kadm.StringPtr("3600000")}, nil, time.Hour},
+		{"compact,delete", map[string]*string{"cleanup.policy": kadm.StringPtr("compact,delete"), "retention.ms": kadm.StringPtr("3600000"), "segment.ms": kadm.StringPtr("60000")}, nil, time.Hour + time.Minute + check},
 		{"override", nil, []kafka.Option{kafka.WithRetention(48 * time.Hour)}, 48 * time.Hour},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -489,6 +494,57 @@ func TestRetention(t *testing.T) {
 				t.Fatalf("Retention = %s, want %s", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestRetentionRefreshedByShards: a change of the topic's retention.ms or
+// segment.ms shows in Retention after the next Shards, which the engine
+// calls every discovery interval; a declared retention stays.
+func TestRetentionRefreshedByShards(t *testing.T) {
+	ctx := testCtx(t)
+	c := newCluster(t)
+	topic := c.topic(ctx, t, 1, map[string]*string{"retention.ms": kadm.StringPtr("3600000"), "segment.ms": kadm.StringPtr("60000")})
+	src := c.source(ctx, t, topic)
+	declared := c.source(ctx, t, topic, kafka.WithRetention(48*time.Hour))
+	check := kafka.DefaultRetentionCheckInterval
+	if got, want := src.Retention(), time.Hour+time.Minute+check; got != want {
+		t.Fatalf("Retention = %s, want %s", got, want)
+	}
+	alter := func(k, v string) {
+		t.Helper()
+		res, err := c.adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Op: kadm.SetConfig, Name: k, Value: kadm.StringPtr(v)}}, topic)
+		if err == nil {
+			var r kadm.AlterConfigsResponse
+			r, err = res.On(topic, nil)
+			if err == nil {
+				err = r.Err
+			}
+		}
+		if err != nil {
+			t.Fatalf("setting %s=%s: %v", k, v, err)
+		}
+	}
+	for _, step := range []struct {
+		key, value string
+		want       time.Duration
+	}{
+		{"retention.ms", "86400000", 24*time.Hour + time.Minute + check},
+		{"segment.ms", "7200000", 24*time.Hour + 2*time.Hour + check},
+		{"retention.ms", "-1", kafka.InfiniteRetention},
+	} {
+		alter(step.key, step.value)
+		if _, err := src.Shards(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := src.Retention(); got != step.want {
+			t.Fatalf("after %s=%s and Shards: Retention = %s, want %s", step.key, step.value, got, step.want)
+		}
+		if _, err := declared.Shards(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := declared.Retention(); got != 48*time.Hour {
+			t.Fatalf("after %s=%s: a declared retention became %s", step.key, step.value, got)
+		}
 	}
 }
 

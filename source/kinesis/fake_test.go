@@ -48,6 +48,12 @@ type fakeAPI struct {
 	refuseTrimmed, walkTrimmed bool
 	throttle                   int // calls left to throttle
 	expire                     int // GetRecords calls left to answer ExpiredIterator
+	// ending, when set, closes the shard (a reshard): ListShards gives it
+	// as the ending sequence number, and GetRecords at the end returns no
+	// next iterator. gone expires the shard: ListShards no longer lists it
+	// and GetShardIterator answers ResourceNotFoundException.
+	ending string
+	gone   bool
 }
 
 const fakeShard = "shardId-000000000000"
@@ -80,10 +86,16 @@ func (f *fakeAPI) throttled() error {
 }
 
 func (f *fakeAPI) ListShards(ctx context.Context, in *kinesis.ListShardsInput, _ ...func(*kinesis.Options)) (*kinesis.ListShardsOutput, error) {
-	return &kinesis.ListShardsOutput{Shards: []types.Shard{{
-		ShardId:             aws.String(fakeShard),
-		SequenceNumberRange: &types.SequenceNumberRange{StartingSequenceNumber: aws.String("1")},
-	}}}, nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.gone {
+		return &kinesis.ListShardsOutput{}, nil
+	}
+	r := &types.SequenceNumberRange{StartingSequenceNumber: aws.String("1")}
+	if f.ending != "" {
+		r.EndingSequenceNumber = aws.String(f.ending)
+	}
+	return &kinesis.ListShardsOutput{Shards: []types.Shard{{ShardId: aws.String(fakeShard), SequenceNumberRange: r}}}, nil
 }
 
 func (f *fakeAPI) DescribeStreamSummary(ctx context.Context, in *kinesis.DescribeStreamSummaryInput, _ ...func(*kinesis.Options)) (*kinesis.DescribeStreamSummaryOutput, error) {
@@ -100,7 +112,7 @@ func (f *fakeAPI) GetShardIterator(ctx context.Context, in *kinesis.GetShardIter
 	if err := f.throttled(); err != nil {
 		return nil, err
 	}
-	if aws.ToString(in.ShardId) != fakeShard {
+	if aws.ToString(in.ShardId) != fakeShard || f.gone {
 		return nil, &types.ResourceNotFoundException{Message: aws.String("Shard " + aws.ToString(in.ShardId) + " does not exist")}
 	}
 	idx := 0
@@ -162,10 +174,14 @@ func (f *fakeAPI) GetRecords(ctx context.Context, in *kinesis.GetRecordsInput, _
 	if end < len(f.recs) {
 		behind = 1000
 	}
+	next := aws.String("it:" + strconv.Itoa(end))
+	if f.ending != "" && end == len(f.recs) {
+		next = nil // a closed shard read to its end
+	}
 	return &kinesis.GetRecordsOutput{
 		Records:            append([]types.Record(nil), f.recs[idx:end]...),
 		MillisBehindLatest: aws.Int64(behind),
-		NextShardIterator:  aws.String("it:" + strconv.Itoa(end)),
+		NextShardIterator:  next,
 	}, nil
 }
 
@@ -220,6 +236,42 @@ func TestLossDetected(t *testing.T) {
 				t.Fatalf("Read from Trimmed: %d records, %d lost; want 3 and 0", len(res.Records), res.Lost)
 			}
 		})
+	}
+}
+
+// TestExpiredShardReportsLoss: a closed shard that Kinesis expired while
+// its reader was behind is a loss, not its end: Read reports one lost
+// record and moves the reader to the shard's ending sequence number, from
+// where nothing is read and the shard is finished.
+func TestExpiredShardReportsLoss(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	f := newFake(6, 10)
+	f.ending = string(increment(increment(f.seq(5))))
+	s := fakeSource(t, f)
+	if _, err := s.Shards(ctx); err != nil { // the shard is known, closed
+		t.Fatal(err)
+	}
+	if fin, err := s.Finished(ctx, fakeShard, f.seq(5)); err != nil || !fin {
+		t.Fatalf("Finished at the last record of a closed shard = %v, %v; want true", fin, err)
+	}
+	f.mu.Lock()
+	f.gone = true
+	f.mu.Unlock()
+	if fin, err := s.Finished(ctx, fakeShard, f.seq(2)); err != nil || fin {
+		t.Fatalf("Finished behind the end of an expired shard = %v, %v; want false, nil", fin, err)
+	}
+	for range 2 { // reported again until the reader moves on
+		res := read(t, s, f.seq(2))
+		if res.Lost != 1 || len(res.Records) != 0 || res.Trimmed != idem.Sequence(f.ending) {
+			t.Fatalf("Read behind the end of an expired shard: %d records, Lost %d, Trimmed %q; want 0, 1, %q", len(res.Records), res.Lost, res.Trimmed, f.ending)
+		}
+	}
+	if res := read(t, s, idem.Sequence(f.ending)); res.Lost != 0 || len(res.Records) != 0 {
+		t.Fatalf("Read from the ending sequence number: %d records, %d lost; want none", len(res.Records), res.Lost)
+	}
+	if fin, err := s.Finished(ctx, fakeShard, idem.Sequence(f.ending)); err != nil || !fin {
+		t.Fatalf("Finished at the ending sequence number = %v, %v; want true", fin, err)
 	}
 }
 

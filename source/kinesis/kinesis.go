@@ -339,7 +339,10 @@ func (s *Source) closed() bool {
 }
 
 // Retention is the stream's retention period (RetentionPeriodHours), as
-// DescribeStreamSummary reported it at New or the last Shards call.
+// DescribeStreamSummary reported it at New or the last Shards call. Kinesis
+// defines it as the time from when a record is added to when it is no
+// longer accessible, so it bounds how long a record is served with no
+// margin added; a closed shard expires with its last records.
 func (s *Source) Retention() time.Duration { return time.Duration(s.retention.Load()) }
 
 func (s *Source) refreshRetention(ctx context.Context) error {
@@ -446,7 +449,8 @@ func compareIDs(a, b string) int {
 // Parents returns the IDs of shard's parents (none for an original shard):
 // the engine must finish reading them before it reads shard, to keep the
 // order of each partition key across a reshard. A parent may have expired
-// and no longer be listed; it then holds nothing more to read.
+// and no longer be listed: nothing more can be read from it, and the engine
+// counts a loss if its checkpoint shows it was not read to its end.
 func (s *Source) Parents(ctx context.Context, shardID string) ([]string, error) {
 	sh, err := s.shard(ctx, shardID)
 	if err != nil {

@@ -204,6 +204,11 @@ func (s *Source) Read(ctx context.Context, shardID string, after idem.Sequence, 
 	if err != nil {
 		return source.ReadResult{}, err
 	}
+	if pastEnd(sh.getInfo(), after) {
+		// A closed shard read (or lost) to its end: nothing to ask Kinesis,
+		// which may have expired the shard by now.
+		return source.ReadResult{Latest: sh.getLatest()}, nil
+	}
 	c := sh.cursorFor(after)
 	defer c.mu.Unlock()
 
@@ -265,10 +270,16 @@ func (s *Source) fill(ctx context.Context, sh *shard, c *cursor, after idem.Sequ
 			if err := s.open(ctx, sh, c, after); err != nil {
 				return err
 			}
+			if c.iter == nil {
+				return nil // the shard expired: c reports the loss
+			}
 		}
 		calls++
 		out, err := s.getRecords(ctx, sh, *c.iter)
 		if err != nil {
+			if s.expired(sh, c, after, err) {
+				return nil
+			}
 			if expiredIterator(err) {
 				s.log.Debug("kinesis: shard iterator expired, getting another", "shard", sh.id)
 				c.iter = nil
@@ -314,10 +325,45 @@ func (s *Source) fill(ctx context.Context, sh *shard, c *cursor, after idem.Sequ
 	return nil
 }
 
+// pastEnd reports whether after is at or beyond the ending sequence number
+// of a closed shard: no record of the shard is above it.
+func pastEnd(info ShardInfo, after idem.Sequence) bool {
+	return info.Closed() && after.Compare(info.EndingSequence) >= 0
+}
+
+// expired handles a ResourceNotFoundException for the iterator of a shard
+// listed earlier as closed: Kinesis dropped the shard at the end of its
+// retention, with whatever a reader at after had not read yet. That is a
+// loss, never the shard's normal end: c reports one lost record (Kinesis
+// no longer says how many) with Trimmed at the shard's ending sequence
+// number, from which Read returns nothing and Finished is true. It reports
+// whether it handled err.
+func (s *Source) expired(sh *shard, c *cursor, after idem.Sequence, err error) bool {
+	info := sh.getInfo()
+	if !errors.Is(err, source.ErrShardNotFound) || !info.Closed() {
+		return false
+	}
+	s.log.Warn("kinesis: closed shard expired before it was read to its end; records may have been lost to retention", "shard", sh.id, "after", after, "ending", info.EndingSequence)
+	// No iterator: a Read from after again (its loss not committed) asks
+	// Kinesis again, and reports the loss again.
+	c.iter, c.buf, c.ended, c.verify = nil, nil, false, false
+	c.lost, c.trimmed = 1, info.EndingSequence
+	return true
+}
+
 // open gets an iterator for c at after: TRIM_HORIZON for "", otherwise
 // AT_SEQUENCE_NUMBER after, so that the first record tells whether after
-// is still retained.
+// is still retained. A closed shard that Kinesis no longer knows has
+// expired: see expired.
 func (s *Source) open(ctx context.Context, sh *shard, c *cursor, after idem.Sequence) error {
+	err := s.openIter(ctx, sh, c, after)
+	if err != nil && s.expired(sh, c, after, err) {
+		return nil
+	}
+	return err
+}
+
+func (s *Source) openIter(ctx context.Context, sh *shard, c *cursor, after idem.Sequence) error {
 	c.buf, c.ended, c.fetched = nil, false, after
 	c.verify, c.expect, c.strict, c.refusal, c.sawBelow, c.trimJump = false, "", false, nil, false, false
 	if after == "" {
@@ -484,13 +530,19 @@ func (s *Source) Wait(ctx context.Context, shardID string, after idem.Sequence) 
 
 // Finished reports whether a reader at after has read all of shard: the
 // shard is closed (a reshard replaced it by its children) and holds no
-// record above after. The engine then starts reading the children. It
+// record above after, or after is at or beyond its ending sequence number
+// (where a Read that reported the shard expired leaves its reader). A
+// shard that expired with records above after is not finished until a
+// Read reported the loss. The engine then starts reading the children. It
 // makes the same calls as Read, and like Read returns false, not an error,
 // when throttled.
 func (s *Source) Finished(ctx context.Context, shardID string, after idem.Sequence) (bool, error) {
 	sh, err := s.shard(ctx, shardID)
 	if err != nil {
 		return false, err
+	}
+	if pastEnd(sh.getInfo(), after) {
+		return true, nil
 	}
 	if !sh.getInfo().Closed() {
 		if _, err := s.ShardInfos(ctx); err != nil {
@@ -510,7 +562,9 @@ func (s *Source) Finished(ctx context.Context, shardID string, after idem.Sequen
 			c.iter, c.buf = nil, nil
 			return false, err
 		}
-		if len(c.buf) > 0 {
+		if len(c.buf) > 0 || c.lost > 0 {
+			// Records to read, or a loss (an expired shard) that a Read
+			// must report first.
 			return false, nil
 		}
 		if c.ended {

@@ -59,7 +59,9 @@
 // own, so WithRetention declares how long entries stay: completion marks
 // are kept at least that long, and an entry that stays longer could run
 // again if it is replayed after its mark expired. Keep entries no longer
-// than the retention, e.g. with XADD … MINID ~ <now-retention in ms>-0.
+// than the retention, e.g. with XADD … MINID = <now-retention in ms>-0 (an
+// approximate MINID ~ keeps some entries longer: declare a retention with
+// room for it).
 //
 // Entries trimmed before a mapping read them are reported in
 // source.ReadResult.Lost, never skipped silently; Trimmed is the position
@@ -358,7 +360,12 @@ func (s *Source) Close() error {
 // Stream is the name records carry in Record.Stream (WithStream).
 func (s *Source) Stream() string { return s.name }
 
-// Retention is the declared retention (WithRetention).
+// Retention is the declared retention (WithRetention). Redis deletes
+// nothing by age, so it bounds how long an entry is served only if whatever
+// trims the streams keeps entries no longer: approximate trimming (MAXLEN ~
+// or MINID ~) keeps entries until a whole node of the stream can go, and a
+// trim that runs periodically keeps them up to its period longer; declare
+// the retention with those included.
 func (s *Source) Retention() time.Duration { return s.retention }
 
 // Shards lists the stream keys, in the order they were configured.

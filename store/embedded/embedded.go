@@ -44,6 +44,9 @@ func (s *Store) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]sto
 	return s.db.ScopeProgress(ctx, key)
 }
 
+// ProcessLocal reports true: one process owns the data directory.
+func (s *Store) ProcessLocal() bool { return true }
+
 // ClaimRecords claims records' idempotency keys before they run; the
 // claims live in memory, since one process owns the data directory.
 func (s *Store) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
