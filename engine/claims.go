@@ -50,7 +50,6 @@ func (s *shard) markKeys(recs []idem.Record) []store.MarkKey {
 type claimed struct {
 	run     []idem.Record   // claimed and not resolved: to run, in order
 	skipped []idem.Sequence // already resolved in the scope
-	release []store.MarkKey // the claims of skipped to end, in their commit
 	cut     bool            // a record was claimed elsewhere: run holds those before it
 	wait    time.Duration   // how long to wait when nothing could be claimed
 }
@@ -79,9 +78,12 @@ func (s *shard) claim(ctx context.Context, recs []idem.Record) (claimed, error) 
 		out.run = run
 		return out, nil
 	}
+	if byIdentity {
+		return s.claimRange(ctx, recs)
+	}
 	now := s.e.now()
 	rc := store.RecordClaims{
-		Owner: s.owner, Keys: s.markKeys(recs), Marks: !byIdentity,
+		Owner: s.owner, Keys: s.markKeys(recs), Marks: true,
 		LeaseUntil: now.Add(s.claimLease()), Now: now, Fence: s.fence.Load(),
 	}
 	if err := s.e.store.ClaimRecords(ctx, &rc); err != nil {
@@ -93,28 +95,57 @@ func (s *shard) claim(ctx context.Context, recs []idem.Record) (claimed, error) 
 	if held < len(recs) {
 		out.cut = true
 		if held == 0 {
-			out.wait = min(max(rc.HeldUntil.Sub(now), 10*time.Millisecond), 500*time.Millisecond)
-		}
-	}
-	var rows []scopeRow
-	if byIdentity && held > 0 {
-		var err error
-		if rows, err = s.scopeRows(ctx); err != nil {
-			return claimed{}, err
+			out.wait = waitFor(rc.HeldUntil.Sub(now))
 		}
 	}
 	run := recs[:0]
 	for i := 0; i < held; i++ {
-		r := &recs[i]
-		done := rc.Status[i] == store.Completed
-		if byIdentity && !done {
-			done = s.resolvedElsewhere(rows, r)
-			if done {
-				out.release = append(out.release, rc.Keys[i])
-			}
+		if rc.Status[i] == store.Completed {
+			out.skipped = append(out.skipped, recs[i].Sequence)
+			continue
 		}
-		if done {
-			out.skipped = append(out.skipped, r.Sequence)
+		run = keepAt(run, recs, i)
+	}
+	out.run = run
+	return out, nil
+}
+
+// waitFor is how long a shard whose next record is claimed elsewhere
+// waits before it tries again: until the claim's lease ends, but at least
+// 10 ms and at most 500 ms, since the holder's commit usually ends it
+// sooner.
+func waitFor(untilLeaseEnds time.Duration) time.Duration {
+	return min(max(untilLeaseEnds, 10*time.Millisecond), 500*time.Millisecond)
+}
+
+// claimRange claims the range of the window's records keyed by identity
+// (store.RangeClaim) and resolves those another mapping of the scope ran.
+// A range that overlaps another mapping's waits whole.
+func (s *shard) claimRange(ctx context.Context, recs []idem.Record) (claimed, error) {
+	now := s.e.now()
+	rc := store.RangeClaim{
+		Key: s.pkKey, From: recs[0].Sequence, To: recs[len(recs)-1].Sequence,
+		LeaseUntil: now.Add(s.claimLease()), Now: now, Fence: s.fence.Load(),
+	}
+	if err := s.e.store.ClaimRange(ctx, &rc); err != nil {
+		return claimed{}, fmt.Errorf("claiming records %s to %s: %w", rc.From, rc.To, err)
+	}
+	if rc.Held {
+		return claimed{run: recs[:0], cut: true, wait: waitFor(rc.HeldUntil.Sub(now))}, nil
+	}
+	s.claimedUntil.Store(rc.LeaseUntil.UnixNano())
+	s.mu.Lock()
+	s.claimFrom, s.claimTo = rc.From, rc.To
+	s.mu.Unlock()
+	rows, err := s.otherRows(rc.Progress)
+	if err != nil {
+		return claimed{}, err
+	}
+	var out claimed
+	run := recs[:0]
+	for i := range recs {
+		if s.resolvedElsewhere(rows, &recs[i]) {
+			out.skipped = append(out.skipped, recs[i].Sequence)
 			continue
 		}
 		run = keepAt(run, recs, i)
@@ -130,14 +161,18 @@ type scopeRow struct {
 }
 
 // scopeRows reads the progress of the scope's other mappings over the
-// shard (and the scope-wide progress of earlier versions), after the
-// window's records were claimed: a mapping that completed one of them
-// committed its progress before it let the claim go.
+// shard (and the scope-wide progress of earlier versions).
 func (s *shard) scopeRows(ctx context.Context) ([]scopeRow, error) {
 	all, err := s.e.store.ScopeProgress(ctx, s.pkKey)
 	if err != nil {
 		return nil, fmt.Errorf("loading the progress of scope %q: %w", s.m.cfg.Scope, err)
 	}
+	return s.otherRows(all)
+}
+
+// otherRows keeps the progress of mappings other than this one, with their
+// filters compiled.
+func (s *shard) otherRows(all []store.MappingProgress) ([]scopeRow, error) {
 	rows := make([]scopeRow, 0, len(all))
 	for i := range all {
 		mp := &all[i]
@@ -197,16 +232,30 @@ func (s *shard) resolvedElsewhere(rows []scopeRow, r *idem.Record) bool {
 // errClaimLost.
 func (s *shard) renewClaims(ctx context.Context, b []idem.Record) error {
 	cfg := &s.m.cfg
-	if cfg.AtLeastOnce || (s.m.alone && s.m.keyer.byIdentity()) {
+	byIdentity := s.m.keyer.byIdentity()
+	if cfg.AtLeastOnce || (s.m.alone && byIdentity) {
 		return nil
 	}
 	now := s.e.now()
 	if until := s.claimedUntil.Load(); until != 0 && now.Add(cfg.FunctionTimeout+claimMargin).UnixNano() < until {
 		return nil
 	}
-	rc := store.RecordClaims{
-		Owner: s.owner, Keys: s.markKeys(b), LeaseUntil: now.Add(s.claimLease()), Now: now, Fence: s.fence.Load(),
+	lease := now.Add(s.claimLease())
+	if byIdentity {
+		s.mu.Lock()
+		from, to := s.claimFrom, s.claimTo
+		s.mu.Unlock()
+		rc := store.RangeClaim{Key: s.pkKey, From: from, To: to, LeaseUntil: lease, Now: now, Fence: s.fence.Load()}
+		if err := s.e.store.ClaimRange(ctx, &rc); err != nil {
+			return fmt.Errorf("renewing the claim of records %s to %s: %w", from, to, err)
+		}
+		if rc.Held {
+			return errClaimLost
+		}
+		s.claimedUntil.Store(lease.UnixNano())
+		return nil
 	}
+	rc := store.RecordClaims{Owner: s.owner, Keys: s.markKeys(b), LeaseUntil: lease, Now: now, Fence: s.fence.Load()}
 	if err := s.e.store.ClaimRecords(ctx, &rc); err != nil {
 		return fmt.Errorf("renewing the claims of %d records: %w", len(b), err)
 	}

@@ -126,9 +126,6 @@ type commit struct {
 	discarded   []idem.Record
 	failures    []store.Failure
 	conditions  map[string]int
-	// release ends the claims of records resolved without running (keys
-	// by identity: resolved in the scope by another mapping).
-	release []store.MarkKey
 }
 
 // discard sends recs to the on-failure destination in this commit.
@@ -221,17 +218,9 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 		newProgress = mergeProgress(s.prog, cp.Sequence, win.above(nil))
 		newProgress.Filter = s.m.filters.encoded
 		w.HasProgress, w.ProgressKey, w.Progress = true, s.pkKey, newProgress
-		// The records that ran, or were discarded, are resolved: their
-		// claims end with this write.
-		if !s.m.alone {
-			w.ReleaseOwner = s.owner
-			w.Release = append(w.Release, c.release...)
-			for _, recs := range [][]idem.Record{c.completed, c.discarded} {
-				for i := range recs {
-					w.Release = append(w.Release, store.MarkKeyOf(cfg.Scope, recs[i].IdempotencyKey))
-				}
-			}
-		}
+		// The window's range claim ends with the commit that resolves
+		// the whole window.
+		w.EndRange = !s.m.alone && win.next == len(win.seqs)
 	default:
 		// A mark replaces the record's claim.
 		expires := s.markExpiry()

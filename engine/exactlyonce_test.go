@@ -80,7 +80,16 @@ func (c *runCounter) total() int {
 // still run every refund, and each record runs exactly once, in the
 // mapping whose filter selects it.
 func TestDisjointFiltersShareScope(t *testing.T) {
-	v := newEnv(t)
+	for _, k := range storeKinds {
+		t.Run(k.name, func(t *testing.T) {
+			v := newEnv(t)
+			v.store = k.open(t, v)
+			testDisjointFiltersShareScope(t, v)
+		})
+	}
+}
+
+func testDisjointFiltersShareScope(t *testing.T, v *env) {
 	v.stream("events", 1)
 	for i := range 6 {
 		typ := "order"
@@ -134,7 +143,16 @@ func TestDisjointFiltersShareScope(t *testing.T) {
 // the key up before the other commits; only a claim taken before the run
 // keeps the second from running while the first is in flight.
 func TestPayloadKeyRacesAcrossShards(t *testing.T) {
-	v := newEnv(t)
+	for _, k := range storeKinds {
+		t.Run(k.name, func(t *testing.T) {
+			v := newEnv(t)
+			v.store = k.open(t, v)
+			testPayloadKeyRacesAcrossShards(t, v)
+		})
+	}
+}
+
+func testPayloadKeyRacesAcrossShards(t *testing.T, v *env) {
 	v.stream("orders", 2)
 	// Partition keys spread over both shards.
 	for i := range 8 {
@@ -167,7 +185,16 @@ func TestPayloadKeyRacesAcrossShards(t *testing.T) {
 // one scope, keys by identity, read the same records at the same time.
 // Each record runs once, in one of them; the other skips it.
 func TestMappingsShareScopeConcurrently(t *testing.T) {
-	v := newEnv(t)
+	for _, k := range storeKinds {
+		t.Run(k.name, func(t *testing.T) {
+			v := newEnv(t)
+			v.store = k.open(t, v)
+			testMappingsShareScopeConcurrently(t, v)
+		})
+	}
+}
+
+func testMappingsShareScopeConcurrently(t *testing.T, v *env) {
 	v.stream("events", 1)
 	for i := range 5 {
 		v.put("events", "k", strconv.Itoa(i))

@@ -71,6 +71,9 @@ type shard struct {
 	// rows are the scope's other progress over the shard, read at start,
 	// when the mapping is alone in its scope (mapping.alone).
 	rows []scopeRow
+	// claimFrom and claimTo bound the window's range claim (keys by
+	// identity).
+	claimFrom, claimTo idem.Sequence
 
 	// Observed without the lock, for status.
 	state         atomic.Value // string
@@ -685,7 +688,7 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	pending = cl.run
 	// Anything resolved without invoking commits first, in one write.
 	if len(cl.skipped) > 0 || len(keyFailed) > 0 || len(filtered) > 0 {
-		c := commit{skipped: cl.skipped, filtered: filtered, release: cl.release}
+		c := commit{skipped: cl.skipped, filtered: filtered}
 		for i, r := range keyFailed {
 			s.e.log.Error("discarding record: its idempotency key cannot be computed", "mapping", cfg.Name, "err", keyErrs[i])
 			c.discard(s, []idem.Record{r}, conditionRetriesExhausted, 0, "IdempotencyKeyError", keyErrs[i].Error())

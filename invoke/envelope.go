@@ -9,7 +9,7 @@ import (
 // An event queued for asynchronous invocation is one record of the
 // function's queue stream:
 //
-//	{"v":1,"requestId":"…","key":"…"}\n<payload>
+//	{"v":1,"requestId":"…","key":"…","reservation":7}\n<payload>
 //
 // a one-line JSON header (json.Marshal never writes a raw newline), then
 // the payload verbatim. The payload is JSON, so the whole record reads as
@@ -22,6 +22,13 @@ type envelope struct {
 	RequestID string `json:"requestId"`
 	// Key is the invocation's idempotency key, if it has one.
 	Key string `json:"key,omitempty"`
+	// Reservation is the fencing token of the key's reservation (a claims
+	// record of queuedScope) the event was queued under; 0 for an event
+	// without a key, or queued by a version of idem without reservations.
+	// Of two events queued under one key (the first one's reservation
+	// lapsed before it was marked queued), the one whose token the
+	// reservation holds runs.
+	Reservation uint64 `json:"reservation,omitempty"`
 	// Payload is not in the header.
 	Payload []byte `json:"-"`
 }

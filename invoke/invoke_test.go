@@ -34,6 +34,7 @@ import (
 	"github.com/idem-run/idem/function/process"
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/invoke"
+	"github.com/idem-run/idem/store"
 	stembedded "github.com/idem-run/idem/store/embedded"
 )
 
@@ -52,27 +53,14 @@ type env struct {
 // test ends.
 func start(t *testing.T, dir string, streams []string, fns ...invoke.Function) *env {
 	t.Helper()
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	db, err := pebbledb.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range streams {
-		if err := db.CreateStream(s, 1, 24*time.Hour); err != nil {
-			t.Fatal(err)
-		}
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	svc, err := invoke.New(db, stembedded.New(db), fns, invoke.WithLogger(log))
-	if err != nil {
-		db.Close()
-		t.Fatal(err)
-	}
+	return startWith(t, dir, nil, streams, fns...)
+}
+
+// startWith is start with claims kept in claims, as idem processes sharing
+// a PostgreSQL store keep them; nil for the embedded store of dir.
+func startWith(t *testing.T, dir string, claims store.Claims, streams []string, fns ...invoke.Function) *env {
+	t.Helper()
+	db, svc := open(t, dir, claims, streams, fns...)
 	mux := http.NewServeMux()
 	mux.Handle(invoke.Route, svc)
 	srv := httptest.NewServer(mux)
@@ -93,6 +81,39 @@ func start(t *testing.T, dir string, streams []string, fns ...invoke.Function) *
 	}
 	t.Cleanup(e.stop)
 	return e
+}
+
+// open opens dir (a new temporary one when empty), makes the streams and
+// the Service of fns with its claims in claims (nil: the embedded store of
+// dir), without running its queues. The caller closes the DB.
+func open(t *testing.T, dir string, claims store.Claims, streams []string, fns ...invoke.Function) (*pebbledb.DB, *invoke.Service) {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	db, err := pebbledb.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range streams {
+		if err := db.CreateStream(s, 1, 24*time.Hour); err != nil {
+			db.Close()
+			t.Fatal(err)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if claims == nil {
+		claims = stembedded.New(db)
+	}
+	svc, err := invoke.New(db, claims, fns, invoke.WithLogger(log))
+	if err != nil {
+		db.Close()
+		t.Fatal(err)
+	}
+	return db, svc
 }
 
 // newClient is the AWS SDK's Lambda client with idem as its endpoint, and

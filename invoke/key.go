@@ -20,6 +20,13 @@ const maxKeyBytes = 1024
 // the engine's step journal ("\x00step").
 func keyScope(function string) string { return "\x00invoke/" + function }
 
+// queuedScope is the claims namespace of the reservations of a function's
+// keyed events: one per key while an event with that key is queued, in
+// the store, so that every process sharing the store sees it. It is apart
+// from keyScope: a run of the key (a synchronous invocation, or the event
+// itself) holds the other record.
+func queuedScope(function string) string { return "\x00invoke-queued/" + function }
+
 // payloadHash is the SHA-256 a claim keeps, so that a repeat with another
 // payload under the same key is refused.
 func payloadHash(payload []byte) store.PayloadHash { return sha256.Sum256(payload) }

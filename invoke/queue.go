@@ -60,6 +60,12 @@ type queue struct {
 	state    []store.StateOp
 	dirty    bool
 	kick     chan struct{}
+	// gen is the generation of the next commit; committed is the last
+	// one that landed, and flushed is closed (and replaced) as each lands.
+	// What is staged (remember, finish) commits with generation gen, or a
+	// later one if that commit fails.
+	gen, committed uint64
+	flushed        chan struct{}
 }
 
 type pendingEvent struct {
@@ -91,7 +97,7 @@ func newQueue(s *Service, f *fn) (*queue, error) {
 			return nil, fmt.Errorf("invoke: function %q: async on-failure destination: %w", f.cfg.Name, err)
 		}
 	}
-	q := &queue{s: s, f: f, stream: name, shard: shards[0], stNS: name, kick: make(chan struct{}, 1)}
+	q := &queue{s: s, f: f, stream: name, shard: shards[0], stNS: name, kick: make(chan struct{}, 1), gen: 1, flushed: make(chan struct{})}
 	q.cpKey = store.CheckpointKey{Mapping: name, Stream: name, Shard: q.shard}
 	q.prKey = store.ProgressKey{Scope: name, Stream: name, Shard: q.shard}
 	return q, nil
@@ -99,8 +105,10 @@ func newQueue(s *Service, f *fn) (*queue, error) {
 
 // Enqueue queues req for asynchronous invocation: once it returns nil, the
 // event is durable in the data directory. deduplicated reports a keyed
-// request whose key is already queued, running or completed: it was not
-// queued again.
+// request whose key is already queued (in this process or another sharing
+// the store), running as an event, or completed: it was not queued again.
+// A key whose run is in progress otherwise (a synchronous invocation) is
+// queued: the event waits for that run's outcome, and runs if it failed.
 func (s *Service) Enqueue(ctx context.Context, req Request) (deduplicated bool, err error) {
 	f, err := s.lookup(req.Function)
 	if err != nil {
@@ -119,59 +127,140 @@ func (s *Service) Enqueue(ctx context.Context, req Request) (deduplicated bool, 
 	if key == "" {
 		return false, f.q.put(ctx, &env)
 	}
-	mk, ph := store.MarkKeyOf(keyScope(f.cfg.Name), key), payloadHash(req.Payload)
+	return s.enqueueKeyed(ctx, f, &env)
+}
+
+// Contents of a reservation's result, for whoever reads the claims table.
+var (
+	reservationQueued    = []byte("queued")
+	reservationCompleted = []byte("completed")
+	reservationDone      = []byte("done")
+)
+
+// enqueueKeyed queues a keyed event under its key's reservation: a claims
+// record of queuedScope, taken for reserveLease, then, once the event is
+// durably queued, completed for the event's life (queuedFor). A repeat
+// that finds it completed is a replay, or a payload mismatch; one that
+// finds it in progress waits for the Enqueue holding it.
+func (s *Service) enqueueKeyed(ctx context.Context, f *fn, env *envelope) (deduplicated bool, err error) {
+	rk, ph := store.MarkKeyOf(queuedScope(f.cfg.Name), env.Key), payloadHash(env.Payload)
+	// Long enough for a reservation whose process died to lapse.
+	waitUntil := s.now().Add(2 * reserveLease)
 	for {
-		f.mu.Lock()
-		r := f.queued[mk]
-		owner := r == nil
-		if owner {
-			r = &reservation{hash: ph, ready: make(chan struct{})}
-			f.queued[mk] = r
-		}
-		f.mu.Unlock()
-		if !owner {
-			select {
-			case <-r.ready:
-			case <-ctx.Done():
+		r, err := s.claims.Claim(ctx, rk, ph, reserveLease, s.now())
+		switch {
+		case errors.Is(err, store.ErrPayloadMismatch):
+			return false, mismatch(f, env.Key, err)
+		case errors.Is(err, store.ErrClaimHeld):
+			if err := s.await(ctx, f, rk, waitUntil); err != nil {
+				return false, err
+			}
+			continue
+		case err != nil:
+			if ctx.Err() != nil {
 				return false, ctx.Err()
 			}
-			if r.err != nil {
-				continue // its put failed: try ours
-			}
-			if r.hash != ph {
-				return false, mismatch(f, key, store.ErrPayloadMismatch)
-			}
+			return false, serviceError("reserving the idempotency key", err)
+		case r.Status == store.Completed:
 			return true, nil
 		}
-		c, found, err := s.claims.Lookup(ctx, mk, s.now())
-		if err == nil && found {
-			f.unreserve(mk, r, errors.New("deduplicated"))
-			if c.PayloadHash != ph {
-				return false, mismatch(f, key, store.ErrPayloadMismatch)
-			}
-			return true, nil
-		}
-		if err == nil {
-			err = f.q.put(ctx, &env)
-		}
-		if err != nil {
-			f.unreserve(mk, r, err)
-			return false, err
-		}
-		close(r.ready)
-		return false, nil
+		done := f.fly(rk)
+		defer done()
+		return s.queueReserved(ctx, f, r, env)
 	}
 }
 
-// unreserve drops a reservation whose event was not queued.
-func (f *fn) unreserve(mk store.MarkKey, r *reservation, err error) {
-	f.mu.Lock()
-	if f.queued[mk] == r {
-		delete(f.queued, mk)
+// queueReserved queues env under its key's reservation r, unless the key
+// is completed, and marks r queued. A completed key's reservation is
+// completed until the key's result expires, so that later repeats are
+// answered from it alone.
+func (s *Service) queueReserved(ctx context.Context, f *fn, r store.Claim, env *envelope) (deduplicated bool, err error) {
+	mk := store.MarkKeyOf(keyScope(f.cfg.Name), env.Key)
+	run, found, err := s.claims.Lookup(ctx, mk, s.now())
+	switch {
+	case err != nil:
+		s.unreserve(ctx, f, r)
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		return false, serviceError("looking up the idempotency key", err)
+	case found && run.PayloadHash != r.PayloadHash:
+		s.unreserve(ctx, f, r)
+		return false, mismatch(f, env.Key, store.ErrPayloadMismatch)
+	case found && run.Status == store.Completed:
+		if err := s.claims.Complete(context.WithoutCancel(ctx), r, reservationCompleted, run.Expires); err != nil {
+			s.log.Warn("keeping a completed idempotency key's reservation; the next repeat looks the key up again", "function", f.cfg.Name, "err", err)
+		}
+		return true, nil
 	}
-	f.mu.Unlock()
-	r.err = err
-	close(r.ready)
+	// Not found, or in progress: a synchronous invocation's run (an event
+	// runs under its reservation). If that run fails the key must run
+	// again, so the event is queued either way, and waits for it.
+	env.Reservation = r.Token
+	if err := f.q.put(ctx, env); err != nil {
+		s.unreserve(ctx, f, r)
+		return false, err
+	}
+	if err := s.claims.Complete(context.WithoutCancel(ctx), r, reservationQueued, s.now().Add(f.queuedFor())); err != nil {
+		// The event is queued. A repeat after the reservation's lease
+		// queues another one, which supersedes this one (see runEvent).
+		s.log.Warn("marking a queued event's idempotency key reserved; a repeat after "+reserveLease.String()+" is queued again, and only the later event runs",
+			"function", f.cfg.Name, "requestId", env.RequestID, "err", err)
+	}
+	return false, nil
+}
+
+// unreserve releases the reservation of an event that was not queued.
+func (s *Service) unreserve(ctx context.Context, f *fn, r store.Claim) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := s.claims.Release(ctx, r); err != nil {
+		s.log.Warn("releasing the reservation of an event that was not queued; repeats wait until its lease ends", "function", f.cfg.Name, "err", err)
+	}
+}
+
+// superseded reports whether the reservation of the key of an event queued
+// under token is now held, queued, by another event (this one's lapsed
+// before it was marked queued, or after its maximumEventAge): that event
+// stands for the key, and this one must not run.
+func (s *Service) superseded(ctx context.Context, f *fn, key string, token uint64) bool {
+	rk := store.MarkKeyOf(queuedScope(f.cfg.Name), key)
+	r, found, err := s.claims.Lookup(ctx, rk, s.now())
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("looking up a queued event's reservation; running it", "function", f.cfg.Name, "err", err)
+		}
+		return false
+	}
+	return found && r.Status == store.Completed && r.Token != token
+}
+
+// endReservation ends the reservation of an event that is done, so that a
+// repeat is looked up by its key again: a replay if the key completed,
+// queued again if the event was given up. It tries until it succeeds or
+// ctx is done: until then, repeats are answered as replays.
+func (s *Service) endReservation(ctx context.Context, f *fn, env *envelope) {
+	c := store.Claim{Key: store.MarkKeyOf(queuedScope(f.cfg.Name), env.Key), Status: store.Acquired,
+		Token: env.Reservation, PayloadHash: payloadHash(env.Payload)}
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 30*time.Second) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		err := s.claims.Complete(cctx, c, reservationDone, s.now())
+		cancel()
+		if err == nil || errors.Is(err, store.ErrFenced) {
+			return // ErrFenced: another event holds it
+		}
+		s.log.Warn("ending a done event's reservation; repeats are answered as replays until it ends", "function", f.cfg.Name, "requestId", env.RequestID, "err", err)
+		if !sleep(ctx, delay) {
+			s.log.Error("a done event's reservation was not ended: repeats are answered as replays, and not run, until it expires",
+				"function", f.cfg.Name, "requestId", env.RequestID, "expiresWithin", f.queuedFor())
+			return
+		}
+	}
+}
+
+// serviceError is a failure of the store behind the Invoke API.
+func serviceError(what string, err error) *Error {
+	return &Error{Status: http.StatusInternalServerError, Code: codeService, Message: what + ": " + err.Error(), Err: err}
 }
 
 // put appends one event to the queue, durably.
@@ -181,7 +270,7 @@ func (q *queue) put(ctx context.Context, env *envelope) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return &Error{Status: http.StatusInternalServerError, Code: codeService, Message: "queueing the event: " + err.Error(), Err: err}
+		return serviceError("queueing the event", err)
 	}
 	return nil
 }
@@ -335,18 +424,22 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 	var mk store.MarkKey
 	if env.Key != "" {
 		mk = store.MarkKeyOf(keyScope(f.cfg.Name), env.Key)
-		f.mu.Lock()
-		if f.queued[mk] == nil {
-			r := &reservation{hash: payloadHash(env.Payload), ready: make(chan struct{})}
-			close(r.ready)
-			f.queued[mk] = r
+	}
+	reserved := env.Key != "" && env.Reservation != 0
+	if reserved && s.superseded(ctx, f, env.Key, env.Reservation) {
+		log.Info("event skipped: another event with its idempotency key was queued after this one's reservation lapsed", "key", env.Key)
+		q.finish(seq, skipped, nil)
+		return
+	}
+	// end settles the event. A reserved key's reservation ends once the
+	// outcome is committed: until then a repeat finds the reservation,
+	// after it the outcome (a completed key, or a given-up event).
+	end := func(o outcome, fr *store.Failure) {
+		gen := q.finish(seq, o, fr)
+		if reserved {
+			q.waitCommitted(gen)
+			s.endReservation(ctx, f, &env)
 		}
-		f.mu.Unlock()
-		defer func() {
-			f.mu.Lock()
-			delete(f.queued, mk)
-			f.mu.Unlock()
-		}()
 	}
 	var st attempts
 	if v, err := s.db.State(context.WithoutCancel(ctx), q.stNS, stateKey(seq)); err == nil {
@@ -360,7 +453,7 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 		now := s.now()
 		if !now.Before(expires) {
 			log.Warn("event discarded: older than maximumEventAge", "attempts", st.Count, "maximumEventAge", f.cfg.Async.MaximumEventAge)
-			q.finish(seq, discarded, q.failure(rec, &env, conditionEventAge, &st))
+			end(discarded, q.failure(rec, &env, conditionEventAge, &st))
 			return
 		}
 		if due := time.UnixMilli(st.NextAt); st.NextAt != 0 && due.After(now) {
@@ -379,7 +472,7 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 			case errors.Is(err, store.ErrPayloadMismatch):
 				log.Warn("event discarded: its idempotency key was first used with another payload", "key", env.Key)
 				st.ErrorType, st.ErrorMessage = "Idempotency.PayloadMismatch", mismatch(f, env.Key, err).Message
-				q.finish(seq, discarded, q.failure(rec, &env, conditionRetries, &st))
+				end(discarded, q.failure(rec, &env, conditionRetries, &st))
 				return
 			case errors.Is(err, store.ErrClaimHeld):
 				if s.await(ctx, f, mk, now.Add(f.lease())) != nil && ctx.Err() != nil {
@@ -397,7 +490,7 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 				continue
 			case c.Status == store.Completed:
 				log.Debug("event skipped: its idempotency key is completed")
-				q.finish(seq, skipped, nil)
+				end(skipped, nil)
 				return
 			}
 			claim = c
@@ -413,7 +506,7 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 		}
 		st.Count++
 		if ferr == nil {
-			q.finish(seq, processed, nil)
+			end(processed, nil)
 			return
 		}
 		fe := functionError(ferr)
@@ -421,13 +514,15 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 		permanent := fe.Permanent || slices.Contains(f.cfg.Async.PermanentErrorTypes, fe.Type) || errors.Is(ferr, function.ErrNoPayloadHandler)
 		if permanent || st.Count > f.cfg.Async.MaximumRetryAttempts {
 			log.Warn("event discarded: the function failed", "attempts", st.Count, "permanent", permanent, "errorType", fe.Type, "err", fe.Message)
-			q.finish(seq, discarded, q.failure(rec, &env, conditionRetries, &st))
+			end(discarded, q.failure(rec, &env, conditionRetries, &st))
 			return
 		}
 		delay := backoff(f.cfg.Async.BaseDelay, f.cfg.Async.MaxDelay, st.Count)
 		st.NextAt = s.now().Add(delay).UnixMilli()
 		log.Info("event failed; retrying after a backoff", "attempt", st.Count, "delay", delay, "errorType", fe.Type, "err", fe.Message)
-		q.remember(seq, &st)
+		// Committed before the next attempt can start, here or after a
+		// restart: a crash from now on never runs this attempt again.
+		q.waitCommitted(q.remember(seq, &st))
 		if ctx.Err() != nil {
 			return
 		}
@@ -445,18 +540,36 @@ func backoff(base, maxDelay time.Duration, n int) time.Duration {
 
 func stateKey(seq uint64) string { return string(idem.SequenceOf(seq)) }
 
-// remember queues an event's attempts for the next commit.
-func (q *queue) remember(seq uint64, st *attempts) {
+// remember queues an event's attempts for the next commit, and returns
+// the generation of that commit (for waitCommitted).
+func (q *queue) remember(seq uint64, st *attempts) (gen uint64) {
 	v, _ := json.Marshal(st)
 	q.mu.Lock()
 	q.state = append(q.state, store.StateOp{Namespace: q.stNS, Key: stateKey(seq), Value: v})
 	q.dirty = true
+	gen = q.gen
 	q.mu.Unlock()
 	q.signal()
+	return gen
 }
 
-// finish marks an event done, with its failure record if it was given up.
-func (q *queue) finish(seq uint64, o outcome, f *store.Failure) {
+// waitCommitted waits until the commit of generation gen has landed. The
+// commit loop outlives every event's goroutine, and retries a failed
+// commit until it lands.
+func (q *queue) waitCommitted(gen uint64) {
+	q.mu.Lock()
+	for q.committed < gen {
+		ch := q.flushed
+		q.mu.Unlock()
+		<-ch
+		q.mu.Lock()
+	}
+	q.mu.Unlock()
+}
+
+// finish marks an event done, with its failure record if it was given up,
+// and returns the generation of the commit that records it.
+func (q *queue) finish(seq uint64, o outcome, f *store.Failure) (gen uint64) {
 	q.mu.Lock()
 	i, found := slices.BinarySearchFunc(q.pending, seq, func(p pendingEvent, s uint64) int {
 		switch {
@@ -483,8 +596,10 @@ func (q *queue) finish(seq uint64, o outcome, f *store.Failure) {
 	}
 	q.state = append(q.state, store.StateOp{Namespace: q.stNS, Key: stateKey(seq), Delete: true})
 	q.dirty = true
+	gen = q.gen
 	q.mu.Unlock()
 	q.signal()
+	return gen
 }
 
 // failureRecord is Lambda's record of an asynchronous invocation that was
@@ -597,6 +712,8 @@ func (q *queue) flush() error {
 		State: q.state, Failures: q.failures,
 	}
 	q.state, q.failures, q.dirty = nil, nil, false
+	gen := q.gen
+	q.gen++
 	q.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -614,6 +731,9 @@ func (q *queue) flush() error {
 	advanced := hw > q.hw
 	q.pending = q.pending[n:]
 	q.hw = hw
+	q.committed = gen
+	close(q.flushed)
+	q.flushed = make(chan struct{})
 	q.mu.Unlock()
 	if advanced {
 		if err := q.s.db.TrimThrough(ctx, q.stream, q.shard, idem.SequenceOf(hw)); err != nil {

@@ -36,6 +36,11 @@ const (
 	MaxAsyncPayload = pebbledb.MaxRecordBytes - 2048
 	// maxClientContext is Lambda's limit on X-Amz-Client-Context.
 	maxClientContext = 3583
+	// reserveLease bounds the time between reserving a keyed event's key
+	// and marking the reservation queued, the event's append in between:
+	// if the process dies in that time, a repeat takes the key over once
+	// it ends.
+	reserveLease = 10 * time.Second
 	// pollMin and pollMax bound how often a repeat looks whether the
 	// invocation it waits for has finished in another idem process.
 	pollMin, pollMax = 20 * time.Millisecond, 500 * time.Millisecond
@@ -124,23 +129,13 @@ type fn struct {
 	q    *queue
 
 	mu sync.Mutex
-	// flights are the keyed invocations running in this process: repeats
+	// flights are the keyed invocations running in this process, and the
+	// keyed events being queued (under their reservation's key): repeats
 	// wait on done instead of polling the store.
 	flights map[store.MarkKey]*flight
-	// queued are the keyed events in this function's queue, waiting or
-	// running, so that a repeat is answered without queueing again.
-	queued map[store.MarkKey]*reservation
 }
 
 type flight struct{ done chan struct{} }
-
-// reservation is a keyed event on its way into the queue (ready open) or
-// in it.
-type reservation struct {
-	hash  store.PayloadHash
-	ready chan struct{}
-	err   error // set before ready closes: the event could not be queued
-}
 
 // New validates fns and creates each function's queue stream in db. Claims
 // (idempotency records) go to claims. It starts no goroutine: Run runs the
@@ -170,7 +165,7 @@ func New(db *pebbledb.DB, claims store.Claims, fns []Function, opts ...Option) (
 			errs = append(errs, fmt.Errorf("invoke: function %q: idempotency key %q: %w", cfg.Name, cfg.IdempotencyKey, err))
 			continue
 		}
-		f := &fn{cfg: cfg, expr: expr, flights: make(map[store.MarkKey]*flight), queued: make(map[store.MarkKey]*reservation)}
+		f := &fn{cfg: cfg, expr: expr, flights: make(map[store.MarkKey]*flight)}
 		q, err := newQueue(s, f)
 		if err != nil {
 			errs = append(errs, err)
@@ -343,6 +338,12 @@ func (f *fn) key(req *Request) (string, error) {
 }
 
 func (f *fn) lease() time.Duration { return f.cfg.Timeout + leaseMargin }
+
+// queuedFor is how long a keyed event's reservation is kept once the event
+// is queued: the event's whole life (no attempt starts after
+// maximumEventAge, and the last one ends within the lease). The event ends
+// it earlier when it is done.
+func (f *fn) queuedFor() time.Duration { return f.cfg.Async.MaximumEventAge + f.lease() }
 
 // Invoke runs req's function synchronously and returns its result. A
 // function error is Result.Err; the error is an *Error for a failure of

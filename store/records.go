@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"time"
+
+	"github.com/idem-run/idem"
 )
 
 // RecordClaims asks ClaimRecords to claim the idempotency keys of records
@@ -89,4 +91,42 @@ type ProcessLocal interface {
 	// ProcessLocal reports whether the store is owned by this process
 	// alone.
 	ProcessLocal() bool
+}
+
+// RangeClaim asks ClaimRange to claim, for one mapping, the sequences of a
+// shard it is about to run, and carries back what it found.
+//
+// Records keyed by identity (stream/shard/sequence) are claimed by range,
+// not one by one: only mappings of one scope reading the same shard can
+// contend for them, and each reads the shard in order, so one small row
+// per mapping and shard says what it is running. A record is held by
+// another mapping when it lies in that mapping's live range; the other
+// mapping's progress (Progress) then tells, once its range has ended,
+// which of the records it ran.
+type RangeClaim struct {
+	// Key names the claiming mapping (Key.Mapping) and the scope, stream
+	// and shard of the range.
+	Key ProgressKey
+	// From and To bound the range, inclusive.
+	From, To idem.Sequence
+	// LeaseUntil is when the claim may be ignored if the mapping has not
+	// ended it (Write.EndRange) or claimed again.
+	LeaseUntil time.Time
+	// Now decides which other claims have expired.
+	Now time.Time
+	// Fence, when set, makes the claim conditional on a lease, as for a
+	// Write: unless the claims record of Fence.Key holds Fence.Token,
+	// ClaimRange returns an error wrapping ErrFenced and claims nothing.
+	Fence *Fence
+
+	// Held is set by ClaimRange when another mapping's live range overlaps
+	// [From, To]: nothing was claimed, and HeldUntil is when the first such
+	// range's lease ends.
+	Held      bool
+	HeldUntil time.Time
+	// Progress is set by ClaimRange when the range was claimed: every
+	// mapping's progress of the scope over the shard (as ScopeProgress
+	// returns it), read after the claim was written, so that a record
+	// another mapping completed before its range ended shows here.
+	Progress []MappingProgress
 }

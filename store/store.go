@@ -178,6 +178,10 @@ type Write struct {
 	Release      []MarkKey
 	ReleaseOwner MarkKey
 
+	// EndRange ends the range claim (ClaimRange) of ProgressKey's mapping
+	// over its shard.
+	EndRange bool
+
 	// Fence, when set, makes the Write conditional on a lease: Commit
 	// applies it only if the claims record (store.Claims) of Fence.Key
 	// holds exactly Fence.Token at the moment of the write, whatever its
@@ -220,6 +224,12 @@ type Driver interface {
 	// ClaimRecords takes claims on records' idempotency keys before they
 	// run, in one round trip; see RecordClaims.
 	ClaimRecords(ctx context.Context, c *RecordClaims) error
+
+	// ClaimRange claims a range of a shard's sequences for one mapping of a
+	// scope (records keyed by identity), replacing the mapping's earlier
+	// range of that shard, and reads the scope's progress, in one round
+	// trip; see RangeClaim.
+	ClaimRange(ctx context.Context, c *RangeClaim) error
 
 	// Completed reports, for each key, whether it holds a mark that has not
 	// expired at now. Expiry is decided here from timestamps, never by

@@ -154,6 +154,10 @@ type DB struct {
 	// claim can only ever be contended by that process, and a crash that
 	// forgets them also ends every run they guarded.
 	records map[store.MarkKey]recordClaim
+	// ranges are the range claims (store.RangeClaim) by the progress key
+	// of their shard (Mapping "") and then by mapping, under claimMu, in
+	// memory for the same reason.
+	ranges map[string]map[string]rangeClaim
 }
 
 // Open opens (creating if needed) the database in dir and starts the
@@ -180,7 +184,7 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, err)
 	}
-	db := &DB{pdb: pdb, opts: o, done: make(chan struct{}), streams: make(map[string]*stream), records: make(map[store.MarkKey]recordClaim)}
+	db := &DB{pdb: pdb, opts: o, done: make(chan struct{}), streams: make(map[string]*stream), records: make(map[store.MarkKey]recordClaim), ranges: make(map[string]map[string]rangeClaim)}
 	if err := db.load(); err != nil {
 		pdb.Close()
 		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, err)

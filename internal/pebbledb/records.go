@@ -7,6 +7,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
 )
 
@@ -67,10 +68,14 @@ func (db *DB) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 	return nil
 }
 
-// endClaims ends the record claims a committed w ends: its releases, for
-// their owner, and those of the keys it marked completed, whoever's. The
+// endClaims ends the claims a committed w ends: its range claim, its
+// releases, for their owner, and the record claims of the keys it marked
+// completed, whoever's. The
 // caller holds claimMu.
 func (db *DB) endClaims(w *store.Write) {
+	if w.EndRange {
+		db.endRange(w)
+	}
 	if len(db.records) == 0 {
 		return
 	}
@@ -132,4 +137,78 @@ func (db *DB) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]store
 		return nil, wrap(err)
 	}
 	return out, nil
+}
+
+// rangeClaim is a range claim held in memory (see DB.ranges).
+type rangeClaim struct {
+	from, to idem.Sequence
+	until    int64 // lease end, Unix nanoseconds
+}
+
+// ClaimRange claims c's range for its mapping unless another mapping's
+// live range overlaps it, then reads the scope's progress
+// (store.RangeClaim).
+//
+// Errors: store.ErrFenced (nothing claimed), ErrClosed, ctx.Err().
+func (db *DB) ClaimRange(ctx context.Context, c *store.RangeClaim) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	c.Held, c.HeldUntil, c.Progress = false, time.Time{}, nil
+	shard := c.Key
+	shard.Mapping = ""
+	sk := string(progressKey(shard))
+	now := c.Now.UnixNano()
+	held := func() (bool, error) {
+		db.claimMu.Lock()
+		defer db.claimMu.Unlock()
+		if c.Fence != nil {
+			if err := db.checkFence(c.Fence); err != nil {
+				return false, fmt.Errorf("pebbledb: claiming a range of scope %q stream %q shard %s: %w", shard.Scope, shard.Stream, shard.Shard, err)
+			}
+		}
+		rs := db.ranges[sk]
+		for m, r := range rs {
+			if m == c.Key.Mapping || r.until <= now || r.to.Compare(c.From) < 0 || r.from.Compare(c.To) > 0 {
+				continue
+			}
+			if !c.Held || r.until < c.HeldUntil.UnixNano() {
+				c.Held, c.HeldUntil = true, time.Unix(0, r.until)
+			}
+		}
+		if c.Held {
+			return true, nil
+		}
+		if rs == nil {
+			rs = make(map[string]rangeClaim)
+			db.ranges[sk] = rs
+		}
+		rs[c.Key.Mapping] = rangeClaim{from: c.From, to: c.To, until: c.LeaseUntil.UnixNano()}
+		return false, nil
+	}
+	h, err := held()
+	release()
+	if err != nil || h {
+		return err
+	}
+	c.Progress, err = db.ScopeProgress(ctx, c.Key)
+	return err
+}
+
+// endRange ends the range claim a committed w ends. The caller holds
+// claimMu.
+func (db *DB) endRange(w *store.Write) {
+	shard := w.ProgressKey
+	shard.Mapping = ""
+	sk := string(progressKey(shard))
+	if rs := db.ranges[sk]; rs != nil {
+		delete(rs, w.ProgressKey.Mapping)
+		if len(rs) == 0 {
+			delete(db.ranges, sk)
+		}
+	}
 }

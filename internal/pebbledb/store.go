@@ -291,7 +291,7 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 		db.markMu.RLock()
 		defer db.markMu.RUnlock()
 	}
-	endsClaims := len(w.Release) > 0 || len(w.Marks) > 0
+	endsClaims := len(w.Release) > 0 || len(w.Marks) > 0 || w.EndRange
 	if w.Fence != nil {
 		// Check and write under claimMu: a Claim that takes the key over
 		// comes entirely before (and fences this Write) or after it.

@@ -44,6 +44,12 @@ func (s *Store) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]sto
 	return s.db.ScopeProgress(ctx, key)
 }
 
+// ClaimRange claims a range of a shard for a mapping; the claims live in
+// memory, since one process owns the data directory.
+func (s *Store) ClaimRange(ctx context.Context, c *store.RangeClaim) error {
+	return s.db.ClaimRange(ctx, c)
+}
+
 // ProcessLocal reports true: one process owns the data directory.
 func (s *Store) ProcessLocal() bool { return true }
 

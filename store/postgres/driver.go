@@ -183,8 +183,11 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // one delete over unnest arrays; of repeated keys the last op wins), and
 // one statement per on-failure batch with its records, and one delete of the
 // record claims that the marks replace (whoever's) and that w.Release ends
-// (w.ReleaseOwner's only). Rows are written in key order, so concurrent Commits lock shared rows in one order. Commit
-// does not keep w.
+// (w.ReleaseOwner's only). With w.EndRange, the range claim of
+// w.ProgressKey's mapping is deleted after the progress, in the same
+// transaction, so a claimer that finds the range ended finds the progress
+// that ended it. Rows are written in key order, so concurrent Commits lock
+// shared rows in one order. Commit does not keep w.
 //
 // Errors: store.ErrCheckpointBackwards and store.ErrFenced (nothing
 // written), store.ErrClosed,
@@ -244,6 +247,10 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
 		}
 		b.Queue(s.q.putProgress, escape(pk.Scope), escape(pk.Stream), escape(pk.Shard), escape(pk.Mapping),
 			string(w.Progress.HighWater), above, escape(w.Progress.Filter))
+	}
+	if w.EndRange {
+		pk := &w.ProgressKey
+		b.Queue(s.q.endRange, escape(pk.Scope), escape(pk.Stream), escape(pk.Shard), escape(pk.Mapping))
 	}
 	var marked [][]byte
 	if len(w.Marks) > 0 {

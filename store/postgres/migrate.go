@@ -266,6 +266,152 @@ BEGIN
 END
 $fn$;
 `,
+	// 4: range claims; record and range claims off the WAL's flush.
+	`
+-- Claims are leases over work in flight: losing them in a PostgreSQL
+-- crash lets the records they guard run a second time concurrently, and
+-- nothing else (completion commits durably, through Commit, and a record
+-- already completed is skipped by its mark or progress). So claims are not
+-- worth a WAL flush per window: their tables are UNLOGGED (no WAL at all;
+-- a crash or an immediate shutdown empties them, and they are empty on a
+-- streaming replica promoted by a failover), and the functions that take
+-- them commit asynchronously (synchronous_commit off for their own
+-- transaction only, so they are acknowledged before the flush).
+ALTER TABLE {s}.record_claims SET UNLOGGED;
+
+-- range_claims holds, per scope, stream and shard, each mapping's range of
+-- sequences being run (store.RangeClaim): one row per mapping, replaced by
+-- its next claim and deleted by the commit that ends it (EndRange), so the
+-- table stays as small as the shards being read. Sequences are numeric, so
+-- ranges compare as numbers; no index but the key, and room on each page,
+-- so that replacing a range is a HOT update.
+CREATE UNLOGGED TABLE {s}.range_claims (
+	scope       text        NOT NULL,
+	stream      text        NOT NULL,
+	shard       text        NOT NULL,
+	mapping     text        NOT NULL,
+	seq_from    numeric     NOT NULL,
+	seq_to      numeric     NOT NULL,
+	lease_until timestamptz NOT NULL,
+	PRIMARY KEY (scope, stream, shard, mapping)
+) WITH (fillfactor = 50);
+
+-- claim_range claims [p_from, p_to] of a shard for p_mapping of p_scope, in
+-- one call: it checks the fence first (check_fence raises IDM02, and
+-- nothing is claimed), then takes a transaction-scoped advisory lock on the
+-- scope, stream and shard, so that two claimers never both pass the
+-- overlap check (a hash collision only makes unrelated shards wait for
+-- each other). If another mapping's range there is live at p_now and
+-- overlaps, it returns one row whose r_held_until is the earliest such
+-- lease end, and writes nothing. Otherwise it replaces p_mapping's range
+-- and returns every mapping's progress of the scope over the shard, read
+-- after the write, r_held_until NULL (no rows: no progress yet). The
+-- empty sequence counts as 0. Like claim_records, it commits
+-- asynchronously.
+CREATE FUNCTION {s}.claim_range(p_scope text, p_stream text, p_shard text, p_mapping text,
+	p_from text, p_to text, p_lease_until timestamptz, p_now timestamptz,
+	p_fence_key bytea, p_fence_token bigint)
+RETURNS TABLE (r_held_until timestamptz, r_mapping text, r_high_water text, r_above text[], r_filter text)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+	v_from numeric := coalesce(nullif(p_from, '')::numeric, 0);
+	v_to   numeric := coalesce(nullif(p_to, '')::numeric, 0);
+	v_held timestamptz;
+BEGIN
+	PERFORM set_config('synchronous_commit', 'off', true);
+	IF p_fence_key IS NOT NULL THEN
+		PERFORM {s}.check_fence(p_fence_key, p_fence_token);
+	END IF;
+	PERFORM pg_advisory_xact_lock(hashtextextended(
+		format('idem/range/%s/%s/%s/%s', '{s}', p_scope, p_stream, p_shard), 0));
+
+	SELECT min(r.lease_until) INTO v_held FROM {s}.range_claims r
+	WHERE r.scope = p_scope AND r.stream = p_stream AND r.shard = p_shard AND r.mapping <> p_mapping
+		AND r.lease_until > p_now AND r.seq_from <= v_to AND r.seq_to >= v_from;
+	IF v_held IS NOT NULL THEN
+		RETURN QUERY SELECT v_held, NULL::text, NULL::text, NULL::text[], NULL::text;
+		RETURN;
+	END IF;
+
+	INSERT INTO {s}.range_claims AS r (scope, stream, shard, mapping, seq_from, seq_to, lease_until)
+	VALUES (p_scope, p_stream, p_shard, p_mapping, v_from, v_to, p_lease_until)
+	ON CONFLICT (scope, stream, shard, mapping) DO UPDATE SET
+		seq_from = EXCLUDED.seq_from, seq_to = EXCLUDED.seq_to, lease_until = EXCLUDED.lease_until;
+
+	RETURN QUERY SELECT NULL::timestamptz, p.mapping, p.high_water, p.above, p.filter FROM {s}.progress p
+	WHERE p.scope = p_scope AND p.stream = p_stream AND p.shard = p_shard;
+END
+$fn$;
+
+-- claim_records as in version 3, committing asynchronously (see above).
+CREATE OR REPLACE FUNCTION {s}.claim_records(p_keys bytea[], p_owner bytea, p_lease_until timestamptz, p_now timestamptz,
+	p_marks boolean, p_fence_key bytea, p_fence_token bigint)
+RETURNS TABLE (r_status smallint[], r_held integer, r_held_until timestamptz)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+	v_n      integer := coalesce(cardinality(p_keys), 0);
+	v_done   boolean[];
+	v_prev   timestamptz[];
+	v_status smallint[];
+	v_held   bigint;
+	v_late   boolean;
+BEGIN
+	-- The claims may be lost in a crash anyway (see above): the call's
+	-- transaction does not wait for the WAL flush.
+	PERFORM set_config('synchronous_commit', 'off', true);
+	IF p_fence_key IS NOT NULL THEN
+		PERFORM {s}.check_fence(p_fence_key, p_fence_token);
+	END IF;
+	IF v_n = 0 THEN
+		RETURN QUERY SELECT '{}'::smallint[], NULL::integer, NULL::timestamptz;
+		RETURN;
+	END IF;
+	-- Each key before: completed or not, and p_owner's earlier lease.
+	SELECT array_agg(m.key IS NOT NULL ORDER BY u.ord), array_agg(c.lease_until ORDER BY u.ord)
+	INTO v_done, v_prev
+	FROM unnest(p_keys) WITH ORDINALITY AS u (k, ord)
+	LEFT JOIN {s}.marks m ON p_marks AND m.key = u.k AND m.expires > p_now
+	LEFT JOIN {s}.record_claims c ON c.key = u.k AND c.owner = p_owner;
+
+	INSERT INTO {s}.record_claims AS c (key, owner, lease_until)
+	SELECT DISTINCT u.k, p_owner, p_lease_until FROM unnest(p_keys, v_done) AS u (k, done)
+	WHERE NOT u.done ORDER BY 1
+	ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until
+	WHERE c.owner = EXCLUDED.owner OR c.lease_until <= p_now;
+
+	-- Each key now, with the rows locked: a mark read now was committed
+	-- before its commit could end a claim this call holds.
+	SELECT array_agg((CASE WHEN u.done OR m.key IS NOT NULL THEN 3 WHEN c.owner = p_owner THEN 1 ELSE 2 END)::smallint ORDER BY u.ord),
+		min(u.ord) FILTER (WHERE NOT u.done AND m.key IS NULL AND c.owner IS DISTINCT FROM p_owner),
+		coalesce(bool_or(NOT u.done AND m.key IS NOT NULL), false)
+	INTO v_status, v_held, v_late
+	FROM unnest(p_keys, v_done) WITH ORDINALITY AS u (k, done, ord)
+	LEFT JOIN {s}.marks m ON p_marks AND NOT u.done AND m.key = u.k AND m.expires > p_now
+	LEFT JOIN {s}.record_claims c ON NOT u.done AND c.key = u.k;
+
+	IF v_held IS NOT NULL OR v_late THEN
+		WITH x AS (
+			SELECT DISTINCT ON (u.k) u.k, u.ord, u.st, u.prev
+			FROM unnest(p_keys, v_done, v_status, v_prev) WITH ORDINALITY AS u (k, done, st, prev, ord)
+			WHERE NOT u.done
+			ORDER BY u.k, u.ord
+		), undo AS (
+			SELECT x.k, CASE WHEN x.st = 3 THEN NULL ELSE x.prev END AS prev FROM x
+			WHERE x.st = 3 OR (x.st = 1 AND x.ord > coalesce(v_held, v_n + 1))
+		), restored AS (
+			UPDATE {s}.record_claims c SET lease_until = undo.prev FROM undo
+			WHERE c.key = undo.k AND c.owner = p_owner AND undo.prev IS NOT NULL
+			RETURNING c.key
+		)
+		DELETE FROM {s}.record_claims c USING undo
+		WHERE c.key = undo.k AND c.owner = p_owner AND undo.prev IS NULL;
+	END IF;
+
+	RETURN QUERY SELECT v_status, v_held::integer,
+		(SELECT c.lease_until FROM {s}.record_claims c WHERE v_held IS NOT NULL AND c.key = p_keys[v_held]);
+END
+$fn$;
+`,
 }
 
 // lockKey is the advisory lock that serializes migrations of one schema
@@ -323,15 +469,15 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema, ident string) (err
 type queries struct {
 	checkpoint, deleteCheckpoint, progress, scopeProgress, completed, state, now string
 
-	putCheckpoint, putProgress, putMarks, putState, deleteState, putFailure, endRecordClaims string
+	putCheckpoint, putProgress, putMarks, putState, deleteState, putFailure, endRecordClaims, endRange string
 
-	claimRecords string
+	claimRecords, claimRange string
 
 	claim, complete, release, extend, claimHeld, lookup, checkFence string
 
 	failures string
 
-	purgeMarks, purgeCompletedClaims, purgeAbandonedClaims, purgeRecordClaims string
+	purgeMarks, purgeCompletedClaims, purgeAbandonedClaims, purgeRecordClaims, purgeRangeClaims string
 }
 
 func newQueries(ident string) queries {
@@ -365,7 +511,10 @@ FROM f, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::
 	SELECT key FROM {s}.record_claims WHERE key = ANY($1::bytea[]) OR (key = ANY($2::bytea[]) AND owner = $3)
 	ORDER BY key FOR UPDATE)`),
 
+		endRange: r.Replace(`DELETE FROM {s}.range_claims WHERE scope = $1 AND stream = $2 AND shard = $3 AND mapping = $4`),
+
 		claimRecords: r.Replace(`SELECT r_status, r_held, r_held_until FROM {s}.claim_records($1, $2, $3, $4, $5, $6, $7)`),
+		claimRange:   r.Replace(`SELECT r_held_until, r_mapping, r_high_water, r_above, r_filter FROM {s}.claim_range($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`),
 
 		claim:      r.Replace(`SELECT r_acquired, r_status, r_token, r_payload_hash, r_lease_until, r_expires, r_result FROM {s}.claim($1, $2, $3, $4)`),
 		complete:   r.Replace(`UPDATE {s}.claims SET status = 'COMPLETED', result = $3, expires = $4 WHERE key = $1 AND token = $2`),
@@ -390,6 +539,8 @@ ORDER BY f.id, r.position`),
 	SELECT key FROM {s}.claims WHERE status = 'ACQUIRED' AND lease_until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 		purgeRecordClaims: r.Replace(`DELETE FROM {s}.record_claims WHERE key IN (
 	SELECT key FROM {s}.record_claims WHERE lease_until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+		purgeRangeClaims: r.Replace(`DELETE FROM {s}.range_claims WHERE (scope, stream, shard, mapping) IN (
+	SELECT scope, stream, shard, mapping FROM {s}.range_claims WHERE lease_until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 	}
 }
 

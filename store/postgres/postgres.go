@@ -64,7 +64,21 @@
 // are the scope-wide one, of the empty mapping. A record claim is a row of
 // record_claims (key, owner, lease_until), taken by one call of the
 // function claim_records for a whole window, and deleted by the Commit
-// that marks its key or releases it.
+// that marks its key or releases it. A range claim is a row of
+// range_claims (scope, stream, shard, mapping, seq_from, seq_to,
+// lease_until), one per mapping and shard, replaced by each call of the
+// function claim_range and deleted by the Commit that ends it (EndRange).
+//
+// Claims are not durable, on purpose: record_claims and range_claims are
+// UNLOGGED tables, and the functions that take claims commit
+// asynchronously (synchronous_commit off for their own transaction), so a
+// window's claim costs no WAL flush. The price: a PostgreSQL crash (or
+// immediate shutdown) empties both tables, a failover finds them empty on
+// the promoted replica, and an asynchronous commit acknowledged just
+// before a crash may be lost; records that were in flight then may run a
+// second time, concurrently with their first run. Their completion still
+// commits through Commit, durably, so a record completed before the crash
+// is never run again and the progress and marks stay exact.
 //
 // # Schema
 //
@@ -253,8 +267,8 @@ func (s *Store) purgeLoop(ctx context.Context, interval time.Duration) {
 // idempotency records that no longer count (completed ones past their
 // expiry; in-progress ones whose lease ended over an hour ago), a chunk at a
 // time, and reports how many of each it deleted; claims counts record
-// claims (ClaimRecords) whose lease ended over an hour ago too, which a
-// crash left behind. The purge goroutine calls
+// claims (ClaimRecords) and range claims (ClaimRange) whose lease ended
+// over an hour ago too, which a crash or a shard that ended left behind. The purge goroutine calls
 // it; tests and operators may call it directly. Purging changes no answer
 // of Completed or Lookup, which decide expiry from timestamps; fencing
 // tokens come from a sequence, so they keep increasing for a key whose
@@ -289,5 +303,9 @@ func (s *Store) Purge(ctx context.Context, now time.Time) (marks, claims int64, 
 		return marks, done + abandoned, err
 	}
 	records, err := del("abandoned record claims", s.q.purgeRecordClaims, now.Add(-abandonedClaimGrace))
-	return marks, done + abandoned + records, err
+	if err != nil {
+		return marks, done + abandoned + records, err
+	}
+	ranges, err := del("abandoned range claims", s.q.purgeRangeClaims, now.Add(-abandonedClaimGrace))
+	return marks, done + abandoned + records + ranges, err
 }

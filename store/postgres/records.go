@@ -58,6 +58,14 @@ func (s *Store) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]sto
 // store.RecordClaims. A fence that no longer holds makes an error wrapping
 // store.ErrFenced, and nothing is claimed. Times are kept to the
 // microsecond.
+//
+// The claims commit asynchronously (synchronous_commit off for that
+// transaction) into an UNLOGGED table: a window's claim costs no WAL
+// flush, and a PostgreSQL crash (or a failover to a replica) may forget
+// the claims of records in flight, which may then run a second time
+// concurrently; their completion (a mark, progress) still commits through
+// Commit, durably, and a record completed before the crash stays
+// completed.
 func (s *Store) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 	c.Reset()
 	wrap := func(err error) error {
@@ -112,6 +120,84 @@ func (s *Store) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 		c.HeldUntil = heldUntil.Time
 	}
 	return nil
+}
+
+// ClaimRange claims [c.From, c.To] of a shard for c.Key.Mapping in one
+// statement, the function claim_range: a fence check, a transaction-scoped
+// advisory lock on (scope, stream, shard) that serializes claimers of the
+// shard, the overlap check against the other mappings' live ranges
+// (sequences compared as numeric), then, unless another range holds it,
+// the upsert of the mapping's own range row and the read of every
+// mapping's progress of the scope over the shard, after the write. See
+// store.RangeClaim. A fence that no longer holds makes an error wrapping
+// store.ErrFenced, and nothing is claimed.
+//
+// The claim commits asynchronously into an UNLOGGED table (as record
+// claims do): it costs no WAL flush, and a PostgreSQL crash (or failover
+// to a replica) may forget the ranges in flight, whose records may then
+// run a second time concurrently; what they complete still commits
+// through Commit, durably.
+func (s *Store) ClaimRange(ctx context.Context, c *store.RangeClaim) error {
+	c.Held, c.HeldUntil, c.Progress = false, time.Time{}, nil
+	k := &c.Key
+	wrap := func(err error) error {
+		return fmt.Errorf("postgres: claim range [%s, %s] of scope %q mapping %q stream %q shard %s: %w",
+			c.From, c.To, k.Scope, k.Mapping, k.Stream, k.Shard, err)
+	}
+	if err := s.enter(); err != nil {
+		return wrap(err)
+	}
+	if !c.From.Valid() || !c.To.Valid() {
+		return wrap(errors.New("sequences are not decimal numbers"))
+	}
+	var fenceKey []byte
+	var fenceToken pgtype.Int8
+	if f := c.Fence; f != nil {
+		fenceKey = f.Key[:]
+		fenceToken = pgtype.Int8{Int64: int64(f.Token), Valid: true}
+	}
+	rows, err := s.pool.Query(ctx, s.q.claimRange, escape(k.Scope), escape(k.Stream), escape(k.Shard), escape(k.Mapping),
+		string(c.From), string(c.To), c.LeaseUntil, c.Now, fenceKey, fenceToken)
+	if err != nil {
+		return wrap(s.claimErr(c.Fence, err))
+	}
+	var heldUntil pgtype.Timestamptz
+	var mapping, hw, filter pgtype.Text
+	var above []string
+	var progress []store.MappingProgress
+	_, err = pgx.ForEachRow(rows, []any{&heldUntil, &mapping, &hw, &above, &filter}, func() error {
+		if heldUntil.Valid {
+			c.Held, c.HeldUntil = true, heldUntil.Time
+			return nil
+		}
+		m, err := unescape(mapping.String)
+		if err != nil {
+			return fmt.Errorf("stored mapping %q: %w", mapping.String, err)
+		}
+		p, err := progressOf(hw.String, above, filter.String)
+		if err != nil {
+			return fmt.Errorf("mapping %q: %w", m, err)
+		}
+		progress = append(progress, store.MappingProgress{Mapping: m, Progress: p})
+		return nil
+	})
+	if err != nil {
+		c.Held, c.HeldUntil = false, time.Time{}
+		return wrap(s.claimErr(c.Fence, err))
+	}
+	if !c.Held {
+		c.Progress = progress
+	}
+	return nil
+}
+
+// claimErr turns check_fence's refusal of fence into an error wrapping
+// store.ErrFenced.
+func (s *Store) claimErr(fence *store.Fence, err error) error {
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeFenced && fence != nil {
+		return fmt.Errorf("%w: fence %x token %d (held: %s)", store.ErrFenced, fence.Key[:], fence.Token, pe.Detail)
+	}
+	return s.dbErr(err)
 }
 
 // keyArgs returns keys as a bytea array argument, in one buffer.

@@ -210,7 +210,8 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // expiry and a PEXPIREAT one grace later, each deleting the key's record
 // claim; the state writes in order; for each failure, entries appended to
 // the destination's stream (see Store.Failures); and the deletion of the
-// record claims of w.Release that w.ReleaseOwner holds. The server
+// record claims of w.Release that w.ReleaseOwner holds; with w.EndRange,
+// the deletion of the range claim of w.ProgressKey's mapping. The server
 // runs the script alone, so the Write is applied whole or not at all; it
 // is durable as far as the server's persistence settings make it (see
 // Store.Durable). Commit does not keep w.
@@ -233,10 +234,10 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	if !w.NewCheckpoint.Sequence.Valid() {
 		return wrap(fmt.Errorf("checkpoint sequence %q is not a decimal number", w.NewCheckpoint.Sequence))
 	}
-	nkeys := 4 + 2*len(w.Marks) + len(w.State) + len(w.Failures) + len(w.Release)
+	nkeys := 5 + 2*len(w.Marks) + len(w.State) + len(w.Failures) + len(w.Release)
 	keys := make([]string, 0, nkeys)
-	keys = append(keys, s.checkpointKey(cp), s.mappingProgressKey(w.ProgressKey), s.progressKey(w.ProgressKey))
-	nargs := 14 + 2*len(w.Marks) + 2*len(w.State)
+	keys = append(keys, s.checkpointKey(cp), s.mappingProgressKey(w.ProgressKey), s.progressKey(w.ProgressKey), s.rangeKey(w.ProgressKey))
+	nargs := 15 + 2*len(w.Marks) + 2*len(w.State)
 	for i := range w.Failures {
 		nargs += 1 + 9 + 17*len(w.Failures[i].Records)
 	}
@@ -254,7 +255,7 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 		strconv.FormatUint(c.Processed, 10), strconv.FormatUint(c.Skipped, 10),
 		strconv.FormatUint(c.Discarded, 10), strconv.FormatUint(c.Lost, 10),
 		hasProgress, progress, len(w.Marks), len(w.State), len(w.Failures), fenceToken(w.Fence),
-		w.ProgressKey.Mapping, len(w.Release), hex.EncodeToString(w.ReleaseOwner[:]))
+		w.ProgressKey.Mapping, len(w.Release), hex.EncodeToString(w.ReleaseOwner[:]), flag(w.EndRange))
 	for _, m := range w.Marks {
 		keys = append(keys, s.markKey(m.Key))
 		args = append(args, strconv.FormatInt(m.Expires.UnixNano(), 10), strconv.FormatInt(s.gcAt(m.Expires), 10))
@@ -301,6 +302,14 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 		return wrap(fmt.Errorf("%w: fence %x token %d (held: %s)", store.ErrFenced, w.Fence.Key[:], w.Fence.Token, held))
 	}
 	return wrap(fmt.Errorf("unexpected script reply %q", code))
+}
+
+// flag is a script's boolean argument.
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 // fenceToken is the commit script's fence argument: f's token, or the empty string for

@@ -152,6 +152,95 @@ func (s *Store) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 	return nil
 }
 
+// ClaimRange claims [c.From, c.To] of a shard for c.Key.Mapping in one
+// script: the fence check, the overlap check against the other mappings'
+// live ranges (sequences compared as numbers of any length), and, unless
+// another range holds it, the replacement of the mapping's own range and
+// the read of every mapping's progress of the scope over the shard, with
+// no commit in between; see store.RangeClaim. A fence that no longer holds
+// makes an error wrapping store.ErrFenced, and nothing is claimed. Leases
+// are decided from c.Now, never from the hash's TTL (a grace past the
+// latest lease, for collection only).
+func (s *Store) ClaimRange(ctx context.Context, c *store.RangeClaim) error {
+	c.Held, c.HeldUntil, c.Progress = false, time.Time{}, nil
+	k := c.Key
+	wrap := func(err error) error {
+		return fmt.Errorf("redis store: claim range [%s, %s] of scope %q mapping %q stream %q shard %s: %w",
+			c.From, c.To, k.Scope, k.Mapping, k.Stream, k.Shard, err)
+	}
+	if err := s.enter("claim range"); err != nil {
+		return err
+	}
+	if !c.From.Valid() || !c.To.Valid() {
+		return wrap(errors.New("sequences are not decimal numbers"))
+	}
+	keys := make([]string, 3, 4)
+	keys[0], keys[1], keys[2] = s.rangeKey(k), s.mappingProgressKey(k), s.progressKey(k)
+	if c.Fence != nil {
+		keys = append(keys, s.claimKey(c.Fence.Key))
+	}
+	res, err := claimRangeScript.Run(ctx, s.client, keys, k.Mapping, string(c.From), string(c.To),
+		unixNano(c.Now), unixNano(c.LeaseUntil), s.grace.Milliseconds(), fenceToken(c.Fence)).Result()
+	if err != nil {
+		return wrap(err)
+	}
+	code, rest, err := scriptResult(res)
+	if err != nil {
+		return wrap(err)
+	}
+	switch code {
+	case "ok":
+	case "held":
+		lease, err := str(rest, 0)
+		if err != nil {
+			return wrap(err)
+		}
+		ns, err := strconv.ParseInt(lease, 10, 64)
+		if err != nil {
+			return wrap(fmt.Errorf("corrupt range claim lease %q", lease))
+		}
+		c.Held, c.HeldUntil = true, fromUnixNano(ns)
+		return nil
+	case "fenced":
+		held, _ := str(rest, 0)
+		return wrap(fmt.Errorf("%w: fence %x token %d (held: %s)", store.ErrFenced, c.Fence.Key[:], c.Fence.Token, held))
+	default:
+		return wrap(fmt.Errorf("unexpected script reply %q", code))
+	}
+	if len(rest) < 2 || len(rest)%2 != 0 {
+		return wrap(fmt.Errorf("script replied %d values", len(rest)))
+	}
+	out := make([]store.MappingProgress, 0, len(rest)/2)
+	for i := 2; i < len(rest); i += 2 {
+		m, err := str(rest, i)
+		if err != nil {
+			return wrap(err)
+		}
+		v, err := str(rest, i+1)
+		if err != nil {
+			return wrap(err)
+		}
+		p, err := decodeProgress(v)
+		if err != nil {
+			return wrap(fmt.Errorf("mapping %q: %w", m, err))
+		}
+		out = append(out, store.MappingProgress{Mapping: m, Progress: p})
+	}
+	if has, _ := str(rest, 1); has == "1" {
+		v, err := str(rest, 0)
+		if err != nil {
+			return wrap(err)
+		}
+		p, err := decodeProgress(v)
+		if err != nil {
+			return wrap(fmt.Errorf("scope-wide progress: %w", err))
+		}
+		out = append(out, store.MappingProgress{Progress: p})
+	}
+	c.Progress = out
+	return nil
+}
+
 // Time returns the server's current time (TIME): the clock processes
 // sharing the store compare theirs with, so that mark expiry and leases
 // hold across hosts; see store.Clock.

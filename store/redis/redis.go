@@ -35,6 +35,7 @@
 //	{p}:pg:<len>:<scope><len>:<stream><shard>    string: the scope-wide progress earlier versions wrote (read as mapping "")
 //	{p}:m:<32 hex digits>                        string: mark expiry, Unix nanoseconds
 //	{p}:rc:<32 hex digits>                       string: record claim, owner (hex) ":" lease end (Unix ns)
+//	{p}:rg:<len>:<scope><len>:<stream><shard>    hash: range claim per mapping, first ":" last sequence ":" lease end (Unix ns)
 //	{p}:s:<len>:<namespace><key>                 string: state value
 //	{p}:f:<destination>                          stream: on-failure entries (Store.Failures)
 //	{p}:c:<32 hex digits>                        hash: idempotency claim
@@ -298,6 +299,12 @@ func (s *Store) progressKey(k store.ProgressKey) string {
 // field per mapping.
 func (s *Store) mappingProgressKey(k store.ProgressKey) string {
 	return s.key("pm", k.Scope, k.Stream, k.Shard)
+}
+
+// rangeKey is the hash of the range claims of a scope over a shard, a
+// field per mapping.
+func (s *Store) rangeKey(k store.ProgressKey) string {
+	return s.key("rg", k.Scope, k.Stream, k.Shard)
 }
 
 func (s *Store) stateKey(namespace, key string) string { return s.key("s", namespace, key) }

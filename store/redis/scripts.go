@@ -29,22 +29,25 @@ end
 // its first write: Redis does not roll a script back, so an error after a
 // write would leave part of the Write applied.
 //
-// KEYS: checkpoint, progress hash, legacy progress string, then one per
-// mark, one record claim per mark, one per state op, one per failure, one
-// record claim per release, and the fence's claim last when there is a
-// fence.
+// KEYS: checkpoint, progress hash, legacy progress string, range claims
+// hash, then one per mark, one record claim per mark, one per state op,
+// one per failure, one record claim per release, and the fence's claim
+// last when there is a fence.
 //
 // ARGV: 1 sequence, 2-5 processed skipped discarded lost, 6 '1' to write
 // progress, 7 progress, 8-10 the counts of marks, state ops and failures,
 // 11 the fence token or an empty string for none, 12 the progress's
 // mapping (its field in the hash), 13 the count of releases, 14 the release
-// owner; then per mark its expiry (Unix ns) and PXAT (Unix ms); per state
+// owner, 15 '1' to end the mapping's range claim (its field in the range
+// claims hash); then per mark its expiry (Unix ns) and PXAT (Unix ms); per state
 // op 's' or 'd' and the value; per failure its number of entries, and per
 // entry its number of field and value arguments followed by them.
 //
 // The progress of the empty mapping replaces the legacy string key, which is
 // deleted. A mark deletes the key's record claim, whoever holds it; a
 // release deletes it only if the release owner holds it.
+// Ending the range claim deletes the mapping's field after the progress is
+// written.
 //
 // Reply: {'ok'}, {'backwards', stored sequence} or {'fenced', held token}
 // with nothing written.
@@ -60,7 +63,7 @@ if cur and cmpdec(ARGV[1], cur) < 0 then
   return {'backwards', cur}
 end
 local nm, ns, nf, nr = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[13])
-local mk, ck, sk = 3, 3 + nm, 3 + 2 * nm
+local mk, ck, sk = 4, 4 + nm, 4 + 2 * nm
 local fk = sk + ns
 local rk = fk + nf
 for i = 1, nf do
@@ -75,6 +78,12 @@ if ARGV[6] == '1' then
     return redis.error_reply('WRONGTYPE progress key ' .. KEYS[2] .. ' holds a ' .. t .. ', not a hash')
   end
 end
+if ARGV[15] == '1' then
+  local t = redis.call('TYPE', KEYS[4])['ok']
+  if t ~= 'none' and t ~= 'hash' then
+    return redis.error_reply('WRONGTYPE range claims key ' .. KEYS[4] .. ' holds a ' .. t .. ', not a hash')
+  end
+end
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'processed', ARGV[2], 'skipped', ARGV[3], 'discarded', ARGV[4], 'lost', ARGV[5])
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[2], ARGV[12], ARGV[7])
@@ -82,7 +91,10 @@ if ARGV[6] == '1' then
     redis.call('DEL', KEYS[3])
   end
 end
-local a = 15
+if ARGV[15] == '1' then
+  redis.call('HDEL', KEYS[4], ARGV[12])
+end
+local a = 16
 for i = 1, nm do
   redis.call('SET', KEYS[mk + i], ARGV[a], 'PXAT', ARGV[a + 1])
   redis.call('DEL', KEYS[ck + i])
@@ -172,6 +184,92 @@ for i = 1, n do
   end
 end
 return {'ok', table.concat(st)}
+`)
+
+// A range claim (store.RangeClaim) is a field of the range claims hash of
+// a scope, stream and shard: the mapping, and its value the range's first
+// and last sequences and the lease's end (Unix ns), ':' between them. The
+// hash expires one grace after the latest lease of its fields, as garbage
+// collection only; a field ended by a commit is deleted, and the hash with
+// its last field.
+
+// claimRangeScript claims a range of a shard for a mapping
+// (store.RangeClaim): if another mapping's range is live at now and
+// overlaps, it reports the earliest lease end among such ranges and writes
+// nothing; otherwise it replaces the mapping's field and returns the
+// scope's progress over the shard. Redis runs the script alone, so the
+// check, the write and the read are atomic: no commit comes between them.
+//
+// KEYS: range claims hash, progress hash, legacy progress string, then the
+// fence's claim when there is a fence.
+//
+// ARGV: 1 mapping, 2 from, 3 to, 4 now (Unix ns), 5 lease until (Unix ns),
+// 6 the expiry grace (ms), 7 fence token or an empty string for none.
+//
+// Reply: {'ok', legacy progress (empty when none), '1' when the legacy
+// progress counts (there is one and the hash has no field of mapping "")
+// else '0', then the hash's mapping and progress pairs}, {'held', lease
+// end} or {'fenced', held token}; nothing is claimed but for 'ok'.
+var claimRangeScript = goredis.NewScript(luaCompare + `
+if ARGV[7] ~= '' then
+  local held = redis.call('HGET', KEYS[#KEYS], 'token')
+  if held ~= ARGV[7] then
+    return {'fenced', held or 'none'}
+  end
+end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'hash' then
+  return redis.error_reply('WRONGTYPE range claims key ' .. KEYS[1] .. ' holds a ' .. t .. ', not a hash')
+end
+local from, to, now, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local last = lease
+local held
+local ranges = redis.call('HGETALL', KEYS[1])
+for i = 1, #ranges, 2 do
+  local f, l, u = string.match(ranges[i + 1], '^(%d*):(%d*):(%d+)$')
+  if not u then
+    return redis.error_reply('corrupt range claim ' .. KEYS[1] .. ' field ' .. ranges[i])
+  end
+  if ranges[i] ~= ARGV[1] then
+    if cmpdec(u, now) > 0 and cmpdec(f, to) <= 0 and cmpdec(l, from) >= 0 then
+      if not held or cmpdec(u, held) < 0 then
+        held = u
+      end
+    end
+    if cmpdec(u, last) > 0 then
+      last = u
+    end
+  end
+end
+if held then
+  return {'held', held}
+end
+-- The progress is read before the write, which the script's atomicity
+-- makes the same as after it, so that a key of the wrong type fails the
+-- script before it writes anything.
+local out = {'ok', '', '0'}
+local progress = redis.call('HGETALL', KEYS[2])
+local scopeWide = false
+for i = 1, #progress, 2 do
+  out[#out + 1] = progress[i]
+  out[#out + 1] = progress[i + 1]
+  if progress[i] == '' then
+    scopeWide = true
+  end
+end
+if not scopeWide then
+  local legacy = redis.call('GET', KEYS[3])
+  if legacy then
+    out[2], out[3] = legacy, '1'
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], from .. ':' .. to .. ':' .. lease)
+local ms = 1
+if #last > 6 then
+  ms = tonumber(string.sub(last, 1, -7))
+end
+redis.call('PEXPIREAT', KEYS[1], string.format('%d', ms + tonumber(ARGV[6])))
+return out
 `)
 
 // A claim record is a hash: status ('A' acquired, 'C' completed), token,

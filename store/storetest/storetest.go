@@ -71,6 +71,12 @@ func RunConformance(t *testing.T, h Harness) {
 			tc.run(t, newFixture(t, h))
 		})
 	}
+	for _, tc := range rangeTests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.run(t, newFixture(t, h))
+		})
+	}
 	for _, tc := range claimTests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
