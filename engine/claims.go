@@ -91,11 +91,14 @@ func (s *shard) claim(ctx context.Context, recs []idem.Record) (claimed, error) 
 	}
 	s.claimedUntil.Store(rc.LeaseUntil.UnixNano())
 	held := rc.Held()
+	if held > 0 {
+		s.waits = 0
+	}
 	var out claimed
 	if held < len(recs) {
 		out.cut = true
 		if held == 0 {
-			out.wait = waitFor(rc.HeldUntil.Sub(now))
+			out.wait = s.waitFor(rc.HeldUntil.Sub(now))
 		}
 	}
 	run := recs[:0]
@@ -111,36 +114,66 @@ func (s *shard) claim(ctx context.Context, recs []idem.Record) (claimed, error) 
 }
 
 // waitFor is how long a shard whose next record is claimed elsewhere
-// waits before it tries again: until the claim's lease ends, but at least
-// 10 ms and at most 500 ms, since the holder's commit usually ends it
-// sooner.
-func waitFor(untilLeaseEnds time.Duration) time.Duration {
-	return min(max(untilLeaseEnds, 10*time.Millisecond), 500*time.Millisecond)
+// waits before it tries again: 10 ms, doubling while it keeps finding the
+// record held, up to 500 ms or the claim's lease, whichever ends first.
+// The holder's commit (or, for a range, its moving on to its next window)
+// usually ends the claim within milliseconds.
+func (s *shard) waitFor(untilLeaseEnds time.Duration) time.Duration {
+	n := min(s.waits, 6)
+	s.waits++
+	return max(min(10*time.Millisecond<<n, 500*time.Millisecond, untilLeaseEnds), time.Millisecond)
 }
 
-// claimRange claims the range of the window's records keyed by identity
-// (store.RangeClaim) and resolves those another mapping of the scope ran.
-// A range that overlaps another mapping's waits whole.
+// claimsRanges reports whether the mapping claims its records by range:
+// keys by identity, in a scope another mapping may share.
+func (s *shard) claimsRanges() bool {
+	return !s.m.cfg.AtLeastOnce && s.m.keyer.byIdentity() && !s.m.alone
+}
+
+// A mapping's range claim runs from its window to the end of the shard
+// (rangeEnd): it reads the shard in order, so all it will run lies ahead.
+// It is taken again only when it is older than rangeRefresh, or its lease
+// nears its end: a busy shard claims a few times a second, not once a
+// window. Taking it again moves its start up to the window being read, so
+// that another mapping of the scope behind this one (say, with another
+// filter) waits at most about rangeRefresh for records this one has
+// passed. The scope's other progress read with the claim stays valid while
+// the claim lives: no other mapping can resolve a record in its range
+// meanwhile.
+
+// rangeEnd is a sequence above every source's: Kinesis numbers records
+// with 56 digits, Redis Streams with 40.
+const rangeEnd idem.Sequence = "99999999999999999999999999999999999999999999999999999999999999999999999999999999"
+
+// rangeRefresh is how long a range claim serves before it is taken again
+// from the window being read.
+const rangeRefresh = 50 * time.Millisecond
+
+// claimRange makes sure the window's records keyed by identity lie in the
+// shard's range claim (store.RangeClaim), taking it again when it is
+// missing, old or short of lease, and resolves those another mapping of
+// the scope ran. A range another mapping holds makes the window wait
+// whole.
 func (s *shard) claimRange(ctx context.Context, recs []idem.Record) (claimed, error) {
+	from := recs[0].Sequence
+	s.rangeMu.Lock()
 	now := s.e.now()
-	rc := store.RangeClaim{
-		Key: s.pkKey, From: recs[0].Sequence, To: recs[len(recs)-1].Sequence,
-		LeaseUntil: now.Add(s.claimLease()), Now: now, Fence: s.fence.Load(),
+	fresh := s.rangeFrom != "" && s.rangeFrom.Compare(from) <= 0 && now.Sub(s.rangeAt) < rangeRefresh &&
+		now.Add(s.m.cfg.FunctionTimeout+claimMargin).Before(s.rangeUntil)
+	s.rangeMu.Unlock()
+	if !fresh {
+		rc, err := s.takeRange(ctx, from)
+		if err != nil {
+			return claimed{}, fmt.Errorf("claiming records from %s: %w", from, err)
+		}
+		if rc.Held {
+			return claimed{run: recs[:0], cut: true, wait: s.waitFor(rc.HeldUntil.Sub(now))}, nil
+		}
 	}
-	if err := s.e.store.ClaimRange(ctx, &rc); err != nil {
-		return claimed{}, fmt.Errorf("claiming records %s to %s: %w", rc.From, rc.To, err)
-	}
-	if rc.Held {
-		return claimed{run: recs[:0], cut: true, wait: waitFor(rc.HeldUntil.Sub(now))}, nil
-	}
-	s.claimedUntil.Store(rc.LeaseUntil.UnixNano())
-	s.mu.Lock()
-	s.claimFrom, s.claimTo = rc.From, rc.To
-	s.mu.Unlock()
-	rows, err := s.otherRows(rc.Progress)
-	if err != nil {
-		return claimed{}, err
-	}
+	s.waits = 0
+	s.rangeMu.Lock()
+	rows := s.rangeRows
+	s.rangeMu.Unlock()
 	var out claimed
 	run := recs[:0]
 	for i := range recs {
@@ -152,6 +185,54 @@ func (s *shard) claimRange(ctx context.Context, recs []idem.Record) (claimed, er
 	}
 	out.run = run
 	return out, nil
+}
+
+// takeRange claims the shard from from to its end for the mapping, and
+// keeps the scope's other progress read with it; from "" renews the range
+// held now.
+func (s *shard) takeRange(ctx context.Context, from idem.Sequence) (store.RangeClaim, error) {
+	s.rangeMu.Lock()
+	defer s.rangeMu.Unlock()
+	now := s.e.now()
+	if from == "" {
+		if from = s.rangeFrom; from == "" {
+			return store.RangeClaim{}, nil // nothing to renew
+		}
+	}
+	rc := store.RangeClaim{Key: s.pkKey, From: from, To: rangeEnd, LeaseUntil: now.Add(s.claimLease()), Now: now, Fence: s.fence.Load()}
+	if err := s.e.store.ClaimRange(ctx, &rc); err != nil {
+		return rc, err
+	}
+	if rc.Held {
+		return rc, nil
+	}
+	rows, err := s.otherRows(rc.Progress)
+	if err != nil {
+		return rc, err
+	}
+	s.rangeFrom, s.rangeUntil, s.rangeAt, s.rangeRows = rc.From, rc.LeaseUntil, now, rows
+	s.claimedUntil.Store(rc.LeaseUntil.UnixNano())
+	return rc, nil
+}
+
+// endRange ends the shard's range claim, when it has one, with a write of
+// its own: a shard that goes idle or stops lets the records it claimed go
+// at once, rather than when the lease runs out.
+func (s *shard) endRange(ctx context.Context) error {
+	s.rangeMu.Lock()
+	defer s.rangeMu.Unlock()
+	if s.rangeFrom == "" {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := &store.Write{Checkpoint: s.cpKey, NewCheckpoint: s.cp, ProgressKey: s.pkKey, EndRange: true}
+	s.fenceWrite(w)
+	if err := s.e.store.Commit(ctx, w); err != nil {
+		return fmt.Errorf("ending the claim of records from %s: %w", s.rangeFrom, err)
+	}
+	s.rangeFrom, s.rangeUntil, s.rangeAt, s.rangeRows = "", time.Time{}, time.Time{}, nil
+	return nil
 }
 
 // scopeRow is another mapping's progress over the shard, with its filter.
@@ -242,17 +323,13 @@ func (s *shard) renewClaims(ctx context.Context, b []idem.Record) error {
 	}
 	lease := now.Add(s.claimLease())
 	if byIdentity {
-		s.mu.Lock()
-		from, to := s.claimFrom, s.claimTo
-		s.mu.Unlock()
-		rc := store.RangeClaim{Key: s.pkKey, From: from, To: to, LeaseUntil: lease, Now: now, Fence: s.fence.Load()}
-		if err := s.e.store.ClaimRange(ctx, &rc); err != nil {
-			return fmt.Errorf("renewing the claim of records %s to %s: %w", from, to, err)
+		rc, err := s.takeRange(ctx, "")
+		if err != nil {
+			return fmt.Errorf("renewing the claim of records from %s: %w", rc.From, err)
 		}
 		if rc.Held {
 			return errClaimLost
 		}
-		s.claimedUntil.Store(lease.UnixNano())
 		return nil
 	}
 	rc := store.RecordClaims{Owner: s.owner, Keys: s.markKeys(b), LeaseUntil: lease, Now: now, Fence: s.fence.Load()}

@@ -218,9 +218,6 @@ func (s *shard) commit(ctx context.Context, c *commit) error {
 		newProgress = mergeProgress(s.prog, cp.Sequence, win.above(nil))
 		newProgress.Filter = s.m.filters.encoded
 		w.HasProgress, w.ProgressKey, w.Progress = true, s.pkKey, newProgress
-		// The window's range claim ends with the commit that resolves
-		// the whole window.
-		w.EndRange = !s.m.alone && win.next == len(win.seqs)
 	default:
 		// A mark replaces the record's claim.
 		expires := s.markExpiry()

@@ -14,6 +14,11 @@
 // on-failure destination, or when retention removed it before it was read
 // (counted as lost and logged).
 //
+// Records run under claims (store.RecordClaims, store.RangeClaim), taken
+// for a window before it runs and ended by the commits that resolve it, so
+// that a record two shards or two mappings of one scope read at once runs
+// only once; see claims.go.
+//
 // With a store that has transactions (store.TxDriver) and an in-process
 // function (function.InProcess), that write is the commit of a transaction
 // the handler can write its own SQL in (idem.TxFrom): each record runs under

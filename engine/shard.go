@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -71,9 +69,17 @@ type shard struct {
 	// rows are the scope's other progress over the shard, read at start,
 	// when the mapping is alone in its scope (mapping.alone).
 	rows []scopeRow
-	// claimFrom and claimTo bound the window's range claim (keys by
-	// identity).
-	claimFrom, claimTo idem.Sequence
+	// waits counts the reader's waits in a row for records claimed
+	// elsewhere (waitFor).
+	waits int
+	// rangeMu guards the shard's range claim (claimsRanges): from where
+	// it runs (to the end of the shard), until when, when it was taken,
+	// and the scope's other progress read with it.
+	rangeMu    sync.Mutex
+	rangeFrom  idem.Sequence // "": none
+	rangeUntil time.Time
+	rangeAt    time.Time
+	rangeRows  []scopeRow
 
 	// Observed without the lock, for status.
 	state         atomic.Value // string
@@ -198,6 +204,9 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 		if serr := s.syncAll(); serr != nil && err == nil {
 			err = serr
 		}
+		if err == nil {
+			err = s.endRange(work)
+		}
 	}()
 	if err := s.load(ctx); err != nil {
 		return err
@@ -240,8 +249,12 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 				}
 				continue
 			}
-			// Idle: what was committed is made durable, and mirrored.
+			// Idle: what was committed is made durable, and mirrored, and
+			// the records claimed are let go.
 			if err := s.syncAll(); err != nil {
+				return err
+			}
+			if err := s.endRange(work); err != nil {
 				return err
 			}
 			if err := cfg.Source.Wait(ctx, s.id, s.cp.Sequence); err != nil && ctx.Err() == nil {
@@ -260,67 +273,6 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 		}
 	}
 	return nil
-}
-
-// nextWindow reads the records after the checkpoint: ahead's, if it read
-// from there, else read now (ahead discarded).
-func (s *shard) nextWindow(ctx context.Context, ahead *readAhead, limit, maxBytes int) ([]idem.Record, uint64, idem.Sequence, error) {
-	if ahead.from(s.cp.Sequence) {
-		return ahead.result()
-	}
-	ahead.discard()
-	return s.readWindow(ctx, s.cp.Sequence, limit, maxBytes)
-}
-
-// readAhead is a Read of the records after a window, issued while the
-// window is processed: a shard's next records are read (a network round
-// trip for most sources) while its function runs and its commit syncs,
-// rather than after. Its result is used only if the window resolved
-// completely, so that the checkpoint is where the read started; a window
-// cut short, retried or failed discards it, and its records are read again
-// from the checkpoint. A mapping with a batching window does not read
-// ahead: its reads wait for records to accumulate.
-type readAhead struct {
-	after  idem.Sequence
-	cancel context.CancelFunc
-	done   chan struct{}
-	recs   []idem.Record
-	lost   uint64
-	trim   idem.Sequence
-	err    error
-}
-
-// startReadAhead starts readWindow after the sequence after.
-func (s *shard) startReadAhead(ctx context.Context, after idem.Sequence, limit, maxBytes int) *readAhead {
-	rctx, cancel := context.WithCancel(ctx)
-	a := &readAhead{after: after, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(a.done)
-		a.recs, a.lost, a.trim, a.err = s.readWindow(rctx, after, limit, maxBytes)
-	}()
-	return a
-}
-
-// from reports whether a is a read after position (nil is none).
-func (a *readAhead) from(position idem.Sequence) bool {
-	return a != nil && a.after == position
-}
-
-// result waits for the read and returns what readWindow would have.
-func (a *readAhead) result() ([]idem.Record, uint64, idem.Sequence, error) {
-	<-a.done
-	a.cancel()
-	return a.recs, a.lost, a.trim, a.err
-}
-
-// discard cancels the read and waits for it to end: no goroutine outlives
-// its shard's run, and the next Read of the shard follows this one.
-func (a *readAhead) discard() {
-	if a == nil {
-		return
-	}
-	a.cancel()
-	<-a.done
 }
 
 // load reads the checkpoint and the scope's progress, creating the
@@ -789,222 +741,6 @@ func (s *shard) processGroup(ctx, work context.Context, recs []idem.Record) erro
 		recs = recs[n:]
 	}
 	return nil
-}
-
-// outcome is what one invocation means under the mapping's rules.
-type outcome struct {
-	// windowState is the tumbling window's state the function returned;
-	// windowEarly, that it was too large, so the window ends early.
-	windowState map[string]string
-	windowEarly bool
-	failedAt    int // index of the lowest failed record; -1: none; len: whole batch
-	// keepFailedAt is the failed record's index when failedAt was set to
-	// 0 so that none of a tumbling window's batch commits.
-	keepFailedAt int
-	errType      string // the function error's type, for permanentErrorTypes
-	errMsg       string
-	permanent    bool
-}
-
-// completed returns how many leading records of an invocation of n
-// records completed: all on success, those before the failed record on a
-// partial failure, none when the whole batch failed.
-func (o outcome) completed(n int) int {
-	switch {
-	case o.failedAt < 0:
-		return n
-	case o.failedAt < n:
-		return o.failedAt
-	}
-	return 0
-}
-
-// runBatch resolves every record of b: invoking, bisecting, retrying from a
-// reported failure, and discarding as the mapping says. It returns only when
-// all of b is resolved, or with an error when ctx is done or the store fails.
-func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
-	cfg := &s.m.cfg
-	queue := [][]idem.Record{b}
-	attempts := 0                // invocations of the head of the queue that failed
-	var failingSeq idem.Sequence // the record a partial failure named last
-	failingIsRecord := true      // whether attempts count a record's failures
-	for len(queue) > 0 {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		sub := queue[0]
-		if aged := s.agedPrefix(sub); aged > 0 {
-			c := commit{}
-			c.discard(s, sub[:aged], conditionRecordAge, attempts, "", "")
-			if err := s.commit(work, &c); err != nil {
-				return err
-			}
-			if sub = sub[aged:]; len(sub) == 0 {
-				queue = queue[1:]
-				attempts = 0
-				continue
-			}
-			queue[0] = sub
-		}
-
-		if err := s.renewClaims(work, sub); err != nil {
-			return err
-		}
-		bs, out, err := s.invoke(work, sub)
-		if err != nil {
-			return err
-		}
-		if cfg.TumblingWindow > 0 && out.failedAt > 0 && out.failedAt < len(sub) {
-			// The state the function returned counts the records after
-			// the failed one too: committing it with only those before
-			// would count them twice once they run again. Nothing of the
-			// batch commits; it runs again with the state from before.
-			out.windowState, out.windowEarly = nil, false
-			out.keepFailedAt = out.failedAt
-			out.failedAt = 0
-		}
-		// The records the invocation completed commit first, with their
-		// state and, in its transaction, their SQL; an invocation that
-		// completed none has its transaction undone.
-		if n := out.completed(len(sub)); n > 0 {
-			c := commit{completed: sub[:n], state: bs, stateRecords: n, window: cfg.TumblingWindow > 0, windowState: out.windowState}
-			if err := s.commit(work, &c); err != nil {
-				return err
-			}
-			if out.windowEarly {
-				if err := s.closeWindow(ctx, work, true); err != nil {
-					return err
-				}
-			}
-		} else {
-			bs.rollback()
-		}
-		switch {
-		case out.failedAt < 0: // success
-			queue = queue[1:]
-			attempts = 0
-
-		case out.failedAt < len(sub): // a partial failure names a record
-			if out.failedAt > 0 {
-				sub = sub[out.failedAt:]
-				queue[0] = sub
-			}
-			at := out.keepFailedAt // in a tumbling window, the batch ran again whole
-			if !failingIsRecord || sub[at].Sequence != failingSeq {
-				failingSeq, failingIsRecord, attempts = sub[at].Sequence, true, 0
-			}
-			attempts++
-			if out.permanent || exhausted(cfg.MaximumRetryAttempts, attempts) {
-				// Only the failed record is discarded: the records after it
-				// never failed themselves.
-				c := commit{}
-				c.discard(s, sub[at:at+1], conditionRetriesExhausted, attempts, out.errType, out.errMsg)
-				if err := s.commit(work, &c); err != nil {
-					return err
-				}
-				if at > 0 {
-					sub = slices.Delete(slices.Clone(sub), at, at+1)
-				} else {
-					sub = sub[1:]
-				}
-				if len(sub) == 0 {
-					queue = queue[1:]
-				} else {
-					queue[0] = sub
-				}
-				attempts = 0
-				continue
-			}
-			if err := s.retryAfter(ctx, attempts); err != nil {
-				return err
-			}
-
-		default: // the whole batch failed
-			failingIsRecord = false
-			if out.permanent {
-				c := commit{}
-				c.discard(s, sub, conditionRetriesExhausted, attempts+1, out.errType, out.errMsg)
-				if err := s.commit(work, &c); err != nil {
-					return err
-				}
-				queue = queue[1:]
-				attempts = 0
-				continue
-			}
-			if cfg.BisectBatchOnFunctionError && len(sub) > 1 {
-				half := len(sub) / 2
-				rest := queue[1:]
-				queue = append([][]idem.Record{sub[:half], sub[half:]}, rest...)
-				attempts = 0
-				continue
-			}
-			attempts++
-			if exhausted(cfg.MaximumRetryAttempts, attempts) {
-				c := commit{}
-				c.discard(s, sub, conditionRetriesExhausted, attempts, out.errType, out.errMsg)
-				if err := s.commit(work, &c); err != nil {
-					return err
-				}
-				queue = queue[1:]
-				attempts = 0
-				continue
-			}
-			if err := s.retryAfter(ctx, attempts); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// exhausted reports whether a batch that failed attempts times has used up
-// its retries: the first invocation is not a retry.
-func exhausted(maxRetries, attempts int) bool {
-	return maxRetries >= 0 && attempts > maxRetries
-}
-
-func (s *shard) retryAfter(ctx context.Context, attempts int) error {
-	s.retries.Add(1)
-	s.e.metrics.retries.WithLabelValues(s.m.cfg.Name).Inc()
-	return sleep(ctx, s.backoff(attempts))
-}
-
-// backoff is exponential with full jitter, capped.
-func (s *shard) backoff(attempt int) time.Duration {
-	cfg := &s.m.cfg
-	d := cfg.RetryBaseDelay
-	for i := 1; i < attempt && d < cfg.RetryMaxDelay; i++ {
-		d *= 2
-	}
-	if d > cfg.RetryMaxDelay {
-		d = cfg.RetryMaxDelay
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// agedPrefix counts the leading records older than maximumRecordAge.
-func (s *shard) agedPrefix(b []idem.Record) int {
-	maxAge := s.m.cfg.MaximumRecordAge
-	if maxAge <= 0 {
-		return 0
-	}
-	cutoff := s.e.now().Add(-maxAge)
-	n := 0
-	for n < len(b) && b[n].ArrivalTime.Before(cutoff) {
-		n++
-	}
-	return n
 }
 
 // invoke runs the function once over b and judges the result. The error is

@@ -21,8 +21,9 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
-	"hash/fnv"
+	"math/bits"
 	"slices"
 	"time"
 
@@ -117,15 +118,41 @@ type MarkKey [16]byte
 
 // MarkKeyOf hashes (scope, key) into the MarkKey marks and claims are
 // stored under (FNV-1a, 128 bits, with a NUL between the two): every
-// component that keys records by idempotency key must spell it alike.
+// component that keys records by idempotency key must spell it alike. It
+// computes what hash/fnv's New128a would, without its allocation: the
+// engine hashes every record of a window.
 func MarkKeyOf(scope, key string) MarkKey {
-	h := fnv.New128a()
-	h.Write([]byte(scope))
-	h.Write([]byte{0})
-	h.Write([]byte(key))
+	hi, lo := uint64(fnv128OffsetHi), uint64(fnv128OffsetLo)
+	hi, lo = fnv128(hi, lo, scope)
+	hi, lo = fnv128Byte(hi, lo, 0)
+	hi, lo = fnv128(hi, lo, key)
 	var mk MarkKey
-	h.Sum(mk[:0])
+	binary.BigEndian.PutUint64(mk[:8], hi)
+	binary.BigEndian.PutUint64(mk[8:], lo)
 	return mk
+}
+
+// FNV-1a's 128-bit offset basis, and its prime 2^88 + 0x13b.
+const (
+	fnv128OffsetHi = 0x6c62272e07bb0142
+	fnv128OffsetLo = 0x62b821756295c58d
+	fnv128PrimeLo  = 0x13b
+	fnv128PrimeHi  = 24 // the 2^88 part: the low word shifted into the high one by 88-64 bits
+)
+
+func fnv128(hi, lo uint64, s string) (uint64, uint64) {
+	for i := 0; i < len(s); i++ {
+		hi, lo = fnv128Byte(hi, lo, s[i])
+	}
+	return hi, lo
+}
+
+func fnv128Byte(hi, lo uint64, b byte) (uint64, uint64) {
+	lo ^= uint64(b)
+	// (hi, lo) * (2^88 + 0x13b) mod 2^128
+	carry, newLo := bits.Mul64(lo, fnv128PrimeLo)
+	newHi := hi*fnv128PrimeLo + carry + lo<<fnv128PrimeHi
+	return newHi, newLo
 }
 
 // Mark records that an idempotency key is COMPLETED until Expires.

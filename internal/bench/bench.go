@@ -234,6 +234,10 @@ const (
 	modeBaseline
 	modeFiltered // exactly-once behind a filterCriteria pattern every record matches
 	modeWindowed // exactly-once with a tumbling window: a state write in every commit
+	// modeSharedScope: two mappings of one scope over the stream, with
+	// disjoint filters (ids ending in an even digit, or an odd one), each
+	// claiming its windows by range.
+	modeSharedScope
 )
 
 // load fills a fresh stream with n records of size bytes, spread over the
@@ -332,6 +336,15 @@ func throughput(ctx context.Context, cfg Config, dir string, m mode) (Scenario, 
 	}
 	if m == modeWindowed {
 		mp.TumblingWindow = engine.MaxTumblingWindow
+	}
+	if m == modeSharedScope {
+		even, odd := mp, mp
+		even.Name, even.Filters = "bench-even", []string{`{"data": {"id": [{"suffix": "0"}, {"suffix": "2"}, {"suffix": "4"}, {"suffix": "6"}, {"suffix": "8"}]}}`}
+		odd.Name, odd.Filters = "bench-odd", []string{`{"data": {"id": [{"suffix": "1"}, {"suffix": "3"}, {"suffix": "5"}, {"suffix": "7"}, {"suffix": "9"}]}}`}
+		if err := e.Add(even); err != nil {
+			return Scenario{}, err
+		}
+		mp = odd
 	}
 	if err := e.Add(mp); err != nil {
 		return Scenario{}, err

@@ -50,6 +50,7 @@ func BenchmarkEngine(b *testing.B) {
 		{"ExactlyOnceFiltered", modeFiltered},
 		{"ExactlyOnceWindowed", modeWindowed},
 		{"ExactlyOnceState", modeState},
+		{"ExactlyOnceSharedScope", modeSharedScope},
 		{"PerRecordBaseline", modeBaseline},
 	} {
 		b.Run(bm.name, func(b *testing.B) {

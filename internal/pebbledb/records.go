@@ -20,7 +20,12 @@ type recordClaim struct {
 // ClaimRecords claims c.Keys for c.Owner in order, up to the first key
 // another owner's live claim holds (store.RecordClaims). Claims are kept
 // in memory, under the lock that also orders them against the commits
-// that end them.
+// that end them; the marks are looked up after, outside it, so that shards
+// claiming at once read Pebble in parallel. That order is safe: a commit
+// applies its marks before it ends the claims they replace, so a key
+// acquired here after another owner's claim ended has that owner's mark
+// visible to the lookup that follows, and is reported Completed (and its
+// claim let go) rather than run again.
 //
 // Errors: store.ErrFenced (nothing claimed), ErrClosed, ctx.Err().
 func (db *DB) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
@@ -33,6 +38,43 @@ func (db *DB) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 	}
 	defer release()
 	c.Reset()
+	if err := db.claimRecords(c); err != nil {
+		return err
+	}
+	if !c.Marks {
+		return nil
+	}
+	var completed []store.MarkKey
+	for i, k := range c.Keys {
+		if c.Status[i] == store.Completed {
+			continue
+		}
+		if c.Status[i] != store.Acquired {
+			break
+		}
+		done, err := db.marked(c, k)
+		if err != nil {
+			return err
+		}
+		if done {
+			c.Status[i] = store.Completed
+			completed = append(completed, k)
+		}
+	}
+	if len(completed) > 0 {
+		db.claimMu.Lock()
+		for _, k := range completed {
+			if rc, ok := db.records[k]; ok && rc.owner == c.Owner {
+				delete(db.records, k)
+			}
+		}
+		db.claimMu.Unlock()
+	}
+	return nil
+}
+
+// claimRecords takes c's claims, up to the first key held elsewhere.
+func (db *DB) claimRecords(c *store.RecordClaims) error {
 	now, until := c.Now.UnixNano(), c.LeaseUntil.UnixNano()
 	db.claimMu.Lock()
 	defer db.claimMu.Unlock()
@@ -41,23 +83,16 @@ func (db *DB) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 			return fmt.Errorf("pebbledb: claiming %d records: %w", len(c.Keys), err)
 		}
 	}
-	var kb [17]byte
 	for i, k := range c.Keys {
-		if c.Marks {
-			var expires int64
-			found, err := db.get(markKey(&kb, k), func(v []byte) (err error) {
-				expires, err = decodeMark(v)
+		if rc, ok := db.records[k]; ok && rc.owner != c.Owner && rc.until > now {
+			// Held elsewhere, unless it is completed already: a mark
+			// outranks a claim.
+			if done, err := db.marked(c, k); err != nil {
 				return err
-			})
-			if err != nil {
-				return fmt.Errorf("pebbledb: mark %x: %w", k[:], err)
-			}
-			if found && expires > now {
+			} else if done {
 				c.Status[i] = store.Completed
 				continue
 			}
-		}
-		if rc, ok := db.records[k]; ok && rc.owner != c.Owner && rc.until > now {
 			c.Status[i] = store.InProgress
 			c.HeldUntil = time.Unix(0, rc.until)
 			return nil
@@ -66,6 +101,23 @@ func (db *DB) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 		c.Status[i] = store.Acquired
 	}
 	return nil
+}
+
+// marked reports whether c asks for marks and k has one live at c.Now.
+func (db *DB) marked(c *store.RecordClaims, k store.MarkKey) (bool, error) {
+	if !c.Marks {
+		return false, nil
+	}
+	var kb [17]byte
+	var expires int64
+	found, err := db.get(markKey(&kb, k), func(v []byte) (err error) {
+		expires, err = decodeMark(v)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("pebbledb: mark %x: %w", k[:], err)
+	}
+	return found && expires > c.Now.UnixNano(), nil
 }
 
 // endClaims ends the claims a committed w ends: its range claim, its
