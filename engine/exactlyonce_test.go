@@ -371,3 +371,37 @@ func TestNewPartitionUnderLatestReadFromItsStart(t *testing.T) {
 		t.Fatalf("ran %s, want the 3 records of the new partition only", b)
 	}
 }
+
+// skewedClock is a store whose clock is ahead of this machine's.
+type skewedClock struct {
+	store.Driver
+	ahead time.Duration
+}
+
+func (s skewedClock) Time(context.Context) (time.Time, error) { return time.Now().Add(s.ahead), nil }
+
+// TestClockSkewRefused (issue 18, item 9): processes sharing a store
+// decide mark expiry with their own clocks, so an engine whose clock is
+// further from the store's than MaxClockSkew refuses to start; one within
+// it starts.
+func TestClockSkewRefused(t *testing.T) {
+	v := newEnv(t)
+	v.stream("in", 1)
+	m := engine.Mapping{Name: "m", Stream: "in", Source: v.source("in"), Function: "f",
+		Invoker: gofunc.New(idem.RecordFunc(func(context.Context, *idem.Record) error { return nil })), StartingPosition: source.TrimHorizon}
+	for _, c := range []struct {
+		ahead   time.Duration
+		refused bool
+	}{{2 * engine.MaxClockSkew, true}, {-2 * engine.MaxClockSkew, true}, {engine.MaxClockSkew / 2, false}} {
+		e := engine.New(skewedClock{Driver: stembedded.New(v.db), ahead: c.ahead}, engine.WithLogger(testLogger(t)))
+		if err := e.Add(m); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := e.Run(ctx)
+		cancel()
+		if refused := err != nil; refused != c.refused {
+			t.Errorf("store clock %s ahead: Run = %v, want refused %v", c.ahead, err, c.refused)
+		}
+	}
+}
