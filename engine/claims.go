@@ -134,12 +134,14 @@ func (s *shard) claimsRanges() bool {
 // (rangeEnd): it reads the shard in order, so all it will run lies ahead.
 // It is taken again only when it is older than rangeRefresh, or its lease
 // nears its end: a busy shard claims a few times a second, not once a
-// window. Taking it again moves its start up to the window being read, so
-// that another mapping of the scope behind this one (say, with another
-// filter) waits at most about rangeRefresh for records this one has
-// passed. The scope's other progress read with the claim stays valid while
-// the claim lives: no other mapping can resolve a record in its range
-// meanwhile.
+// window, and each time its start moves up to the window being read.
+// When another mapping of the scope holds a range that overlaps it (two
+// mappings' ranges to the end always do), the mapping claims just its
+// window instead, which is held only while the other's range really
+// covers it: the mapping behind another then follows it, a window at a
+// time, and waits at most about rangeRefresh once it has caught up. The
+// scope's other progress read with a claim stays valid while the claim
+// lives: no other mapping can resolve a record in its range meanwhile.
 
 // rangeEnd is a sequence above every source's: Kinesis numbers records
 // with 56 digits, Redis Streams with 40.
@@ -155,14 +157,19 @@ const rangeRefresh = 50 * time.Millisecond
 // the scope ran. A range another mapping holds makes the window wait
 // whole.
 func (s *shard) claimRange(ctx context.Context, recs []idem.Record) (claimed, error) {
-	from := recs[0].Sequence
+	from, to := recs[0].Sequence, recs[len(recs)-1].Sequence
 	s.rangeMu.Lock()
 	now := s.e.now()
-	fresh := s.rangeFrom != "" && s.rangeFrom.Compare(from) <= 0 && now.Sub(s.rangeAt) < rangeRefresh &&
-		now.Add(s.m.cfg.FunctionTimeout+claimMargin).Before(s.rangeUntil)
+	fresh := s.rangeFrom != "" && s.rangeFrom.Compare(from) <= 0 && s.rangeTo.Compare(to) >= 0 &&
+		now.Sub(s.rangeAt) < rangeRefresh && now.Add(s.m.cfg.FunctionTimeout+claimMargin).Before(s.rangeUntil)
 	s.rangeMu.Unlock()
 	if !fresh {
-		rc, err := s.takeRange(ctx, from)
+		rc, err := s.takeRange(ctx, from, rangeEnd)
+		if err == nil && rc.Held {
+			// Another mapping holds a range from somewhere ahead: claim
+			// just this window.
+			rc, err = s.takeRange(ctx, from, to)
+		}
 		if err != nil {
 			return claimed{}, fmt.Errorf("claiming records from %s: %w", from, err)
 		}
@@ -187,19 +194,18 @@ func (s *shard) claimRange(ctx context.Context, recs []idem.Record) (claimed, er
 	return out, nil
 }
 
-// takeRange claims the shard from from to its end for the mapping, and
-// keeps the scope's other progress read with it; from "" renews the range
-// held now.
-func (s *shard) takeRange(ctx context.Context, from idem.Sequence) (store.RangeClaim, error) {
+// takeRange claims [from, to] of the shard for the mapping, and keeps the
+// scope's other progress read with it; from "" renews the range held now.
+func (s *shard) takeRange(ctx context.Context, from, to idem.Sequence) (store.RangeClaim, error) {
 	s.rangeMu.Lock()
 	defer s.rangeMu.Unlock()
 	now := s.e.now()
 	if from == "" {
-		if from = s.rangeFrom; from == "" {
+		if from, to = s.rangeFrom, s.rangeTo; from == "" {
 			return store.RangeClaim{}, nil // nothing to renew
 		}
 	}
-	rc := store.RangeClaim{Key: s.pkKey, From: from, To: rangeEnd, LeaseUntil: now.Add(s.claimLease()), Now: now, Fence: s.fence.Load()}
+	rc := store.RangeClaim{Key: s.pkKey, From: from, To: to, LeaseUntil: now.Add(s.claimLease()), Now: now, Fence: s.fence.Load()}
 	if err := s.e.store.ClaimRange(ctx, &rc); err != nil {
 		return rc, err
 	}
@@ -210,7 +216,7 @@ func (s *shard) takeRange(ctx context.Context, from idem.Sequence) (store.RangeC
 	if err != nil {
 		return rc, err
 	}
-	s.rangeFrom, s.rangeUntil, s.rangeAt, s.rangeRows = rc.From, rc.LeaseUntil, now, rows
+	s.rangeFrom, s.rangeTo, s.rangeUntil, s.rangeAt, s.rangeRows = rc.From, rc.To, rc.LeaseUntil, now, rows
 	s.claimedUntil.Store(rc.LeaseUntil.UnixNano())
 	return rc, nil
 }
@@ -231,7 +237,7 @@ func (s *shard) endRange(ctx context.Context) error {
 	if err := s.e.store.Commit(ctx, w); err != nil {
 		return fmt.Errorf("ending the claim of records from %s: %w", s.rangeFrom, err)
 	}
-	s.rangeFrom, s.rangeUntil, s.rangeAt, s.rangeRows = "", time.Time{}, time.Time{}, nil
+	s.rangeFrom, s.rangeTo, s.rangeUntil, s.rangeAt, s.rangeRows = "", "", time.Time{}, time.Time{}, nil
 	return nil
 }
 
@@ -309,8 +315,8 @@ func (s *shard) resolvedElsewhere(rows []scopeRow, r *idem.Record) bool {
 // renewClaims takes the claims of b again before it is invoked, when the
 // window's claims may run out before the invocation and its commit end: a batch retried
 // for long keeps its records claimed. A record claimed by another owner
-// meanwhile (its claim ran out and was taken) ends the window with
-// errClaimLost.
+// meanwhile (its claim ran out and was taken), or completed elsewhere,
+// ends the window with errClaimLost.
 func (s *shard) renewClaims(ctx context.Context, b []idem.Record) error {
 	cfg := &s.m.cfg
 	byIdentity := s.m.keyer.byIdentity()
@@ -323,21 +329,35 @@ func (s *shard) renewClaims(ctx context.Context, b []idem.Record) error {
 	}
 	lease := now.Add(s.claimLease())
 	if byIdentity {
-		rc, err := s.takeRange(ctx, "")
+		rc, err := s.takeRange(ctx, "", "")
 		if err != nil {
 			return fmt.Errorf("renewing the claim of records from %s: %w", rc.From, err)
 		}
 		if rc.Held {
 			return errClaimLost
 		}
+		// The range may have run out and been taken, run and ended by
+		// another mapping meanwhile: what it resolved is not run again.
+		s.rangeMu.Lock()
+		rows := s.rangeRows
+		s.rangeMu.Unlock()
+		for i := range b {
+			if s.resolvedElsewhere(rows, &b[i]) {
+				return errClaimLost
+			}
+		}
 		return nil
 	}
-	rc := store.RecordClaims{Owner: s.owner, Keys: s.markKeys(b), LeaseUntil: lease, Now: now, Fence: s.fence.Load()}
+	// Marks are looked up too: a claim that ran out may have been taken,
+	// and ended by its owner's mark, which leaves no claim to find.
+	rc := store.RecordClaims{Owner: s.owner, Keys: s.markKeys(b), Marks: true, LeaseUntil: lease, Now: now, Fence: s.fence.Load()}
 	if err := s.e.store.ClaimRecords(ctx, &rc); err != nil {
 		return fmt.Errorf("renewing the claims of %d records: %w", len(b), err)
 	}
-	if rc.Held() < len(b) {
-		return errClaimLost
+	for _, st := range rc.Status {
+		if st != store.Acquired {
+			return errClaimLost
+		}
 	}
 	return nil
 }

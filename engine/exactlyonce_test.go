@@ -405,3 +405,48 @@ func TestClockSkewRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestScopeMappingsProgressTogether: two mappings sharing a scope, with
+// disjoint filters, over one shard with a backlog. Each should make
+// progress while the other has records to run. Range claims run to the
+// shard's end (rangeEnd), so two of them always overlap: unless the
+// mapping that finds the other's claims just its window, the first to
+// claim keeps the shard until it goes idle, and the other waits all that
+// time (forever under a steady load).
+func TestScopeMappingsProgressTogether(t *testing.T) {
+	v := newEnv(t)
+	v.stream("events", 1)
+	for i := range 60 {
+		typ := "order"
+		if i%2 == 1 {
+			typ = "refund"
+		}
+		v.put("events", "k", fmt.Sprintf(`{"type":%q,"n":%d}`, typ, i))
+	}
+	fn := gofunc.New(idem.RecordFunc(func(context.Context, *idem.Record) error {
+		time.Sleep(20 * time.Millisecond)
+		return nil
+	}))
+	mapping := func(name, typ string) engine.Mapping {
+		return engine.Mapping{Name: name, Stream: "events", Source: v.source("events"), Function: "shared", Invoker: fn, BatchSize: 1,
+			StartingPosition: source.TrimHorizon, Filters: []string{fmt.Sprintf(`{"data": {"type": [%q]}}`, typ)}}
+	}
+	e, _ := v.run(mapping("orders", "order"), mapping("refunds", "refund"))
+	waitFor(t, "both mappings progressing", func() bool {
+		sts := e.Status()
+		if len(sts) != 2 {
+			return false
+		}
+		for _, st := range sts {
+			if st.Processed == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, st := range e.Status() {
+		if st.Processed >= 30 {
+			t.Errorf("mapping %s ran its whole backlog (%d) before the other ran any", st.Mapping, st.Processed)
+		}
+	}
+}

@@ -72,11 +72,12 @@ type shard struct {
 	// waits counts the reader's waits in a row for records claimed
 	// elsewhere (waitFor).
 	waits int
-	// rangeMu guards the shard's range claim (claimsRanges): from where
-	// it runs (to the end of the shard), until when, when it was taken,
-	// and the scope's other progress read with it.
+	// rangeMu guards the shard's range claim (claimsRanges): what it
+	// covers (usually to the end of the shard), until when, when it was
+	// taken, and the scope's other progress read with it.
 	rangeMu    sync.Mutex
 	rangeFrom  idem.Sequence // "": none
+	rangeTo    idem.Sequence
 	rangeUntil time.Time
 	rangeAt    time.Time
 	rangeRows  []scopeRow
