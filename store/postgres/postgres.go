@@ -62,9 +62,10 @@
 // Progress is one row per (scope, stream, shard, mapping): each mapping
 // writes only its own, and rows written before there were mappings' rows
 // are the scope-wide one, of the empty mapping. A record claim is a row of
-// record_claims (key, owner, lease_until), taken by one call of the
-// function claim_records for a whole window, and deleted by the Commit
-// that marks its key or releases it. A range claim is a row of
+// record_claims (key, owner, lease_until; prev_lease is scratch for the
+// call that renews a lease), taken by one call of the function
+// claim_records for a whole window, and deleted by the Commit that marks
+// its key or releases it. A range claim is a row of
 // range_claims (scope, stream, shard, mapping, seq_from, seq_to,
 // lease_until), one per mapping and shard, replaced by each call of the
 // function claim_range and deleted by the Commit that ends it (EndRange).

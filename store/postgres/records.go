@@ -52,9 +52,11 @@ func (s *Store) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]sto
 
 // ClaimRecords claims c.Keys for c.Owner in one statement, the function
 // claim_records: a fence check, then an upsert of every key in key order
-// (so concurrent claimers lock rows in one order and never deadlock), then
-// one read that tells each key's status in window order, and the undoing of
-// what the upsert took past the first key held elsewhere. See
+// (so concurrent claimers lock rows in one order and never deadlock) that
+// returns the keys it took, then one read of the marks, with the rows
+// locked, that tells each key's status in window order, and, only when a
+// key is held elsewhere or completed, the undoing of what the upsert took
+// past the first key held elsewhere and of completed keys' claims. See
 // store.RecordClaims. A fence that no longer holds makes an error wrapping
 // store.ErrFenced, and nothing is claimed. Times are kept to the
 // microsecond.
