@@ -13,6 +13,10 @@ const (
 	conditionRecordAge        = "RecordAgeExceeded"
 )
 
+// lambdaTime is how Lambda writes the times of an on-failure record: UTC,
+// to the millisecond ("2024-01-02T03:04:05.835Z").
+const lambdaTime = "2006-01-02T15:04:05.000Z"
+
 // failureRecord is Lambda's on-failure metadata record for a stream batch.
 type failureRecord struct {
 	RequestContext struct {
@@ -57,14 +61,14 @@ func failureMetadata(requestID, function, condition string, invokes int, errType
 		f.ResponseContext.FunctionError = "Unhandled"
 	}
 	f.Version = "1.0"
-	f.Timestamp = now.UTC().Format("2006-01-02T15:04:05.000Z")
+	f.Timestamp = now.UTC().Format(lambdaTime)
 	first, last := recs[0], recs[len(recs)-1]
 	f.KinesisBatchInfo = batchInfo{
 		ShardID:                         first.ShardID,
 		StartSequenceNumber:             first.SequenceNumber(),
 		EndSequenceNumber:               last.SequenceNumber(),
-		ApproximateArrivalOfFirstRecord: first.ArrivalTime.UTC().Format(time.RFC3339Nano),
-		ApproximateArrivalOfLastRecord:  last.ArrivalTime.UTC().Format(time.RFC3339Nano),
+		ApproximateArrivalOfFirstRecord: first.ArrivalTime.UTC().Format(lambdaTime),
+		ApproximateArrivalOfLastRecord:  last.ArrivalTime.UTC().Format(lambdaTime),
 		BatchSize:                       len(recs),
 		StreamArn:                       StreamArn(first.Stream),
 	}

@@ -46,16 +46,15 @@ import (
 //     or keep only the last; idem refuses to guess, because either guess
 //     can turn a reported failure into a silent success.
 //
-// # Function errors
+// # A body that is not a response
 //
 // A body that is not JSON, or JSON that is not an object or null (a string
-// such as "ok", a number, a boolean, an array), returns a *Error of type
-// TypeInvalidResponse whose message says what was wrong and quotes at most
-// the first 100 bytes of the body. AWS counts a response that does not
-// parse as the response type as a complete failure; idem goes further and
-// makes it a function error, which fails the batch whatever the mapping's
-// functionResponseTypes: a function that answers "ok" or an HTML error page
-// is more likely broken than done.
+// such as "Successfully processed 3 records.", which AWS's own blueprints
+// return, a number, a boolean, an array), returns a Result whose Invalid
+// says what was wrong, quoting at most the first 100 bytes of the body, and
+// a nil error. As on Lambda, the engine reads a successful invocation's
+// body only when the mapping reports batch item failures: then such a body
+// is a complete failure; otherwise the batch succeeded, whatever it says.
 //
 // ParseResponse never retains body.
 func ParseResponse(body []byte) (Result, error) {
@@ -70,22 +69,15 @@ func ParseResponse(body []byte) (Result, error) {
 		if err == nil { // unreachable: Valid and Unmarshal agree
 			err = fmt.Errorf("invalid JSON")
 		}
-		return Result{}, &Error{
-			Type:    TypeInvalidResponse,
-			Message: fmt.Sprintf("response is not JSON (%v); body %s", err, quote(body)),
-			Err:     err,
-		}
+		return Result{Invalid: fmt.Sprintf("response is not JSON (%v); body %s", err, quote(body))}, nil
 	}
 	switch trimmed[0] {
 	case 'n':
 		return Result{}, nil
 	case '{':
 	default:
-		return Result{}, &Error{
-			Type: TypeInvalidResponse,
-			Message: fmt.Sprintf("response is a JSON %s, not an object with batchItemFailures; body %s",
-				kind(trimmed), quote(body)),
-		}
+		return Result{Invalid: fmt.Sprintf("response is a JSON %s, not an object with batchItemFailures; body %s",
+			kind(trimmed), quote(body))}, nil
 	}
 
 	// The body is valid JSON, so the decoder below cannot fail; its errors
