@@ -124,12 +124,6 @@ func (s *shard) waitFor(untilLeaseEnds time.Duration) time.Duration {
 	return max(min(10*time.Millisecond<<n, 500*time.Millisecond, untilLeaseEnds), time.Millisecond)
 }
 
-// claimsRanges reports whether the mapping claims its records by range:
-// keys by identity, in a scope another mapping may share.
-func (s *shard) claimsRanges() bool {
-	return !s.m.cfg.AtLeastOnce && s.m.keyer.byIdentity() && !s.m.alone
-}
-
 // A mapping's range claim runs from its window to the end of the shard
 // (rangeEnd): it reads the shard in order, so all it will run lies ahead.
 // It is taken again only when it is older than rangeRefresh, or its lease

@@ -72,7 +72,7 @@ type shard struct {
 	// waits counts the reader's waits in a row for records claimed
 	// elsewhere (waitFor).
 	waits int
-	// rangeMu guards the shard's range claim (claimsRanges): what it
+	// rangeMu guards the shard's range claim (keys by identity): what it
 	// covers (usually to the end of the shard), until when, when it was
 	// taken, and the scope's other progress read with it.
 	rangeMu    sync.Mutex
