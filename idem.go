@@ -24,6 +24,7 @@ package idem
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strconv"
 	"strings"
@@ -246,8 +247,21 @@ type Window struct {
 	// Start and End bound the window: records that arrived at or after
 	// Start and before End.
 	Start, End time.Time
-	// State is what the window's previous invocation returned; empty at
-	// its first.
+	// StateJSON is the state the window's previous invocation returned,
+	// exactly as it returned it: a JSON object, whose values may be of any
+	// JSON type ({"1": 282, "2": 715} is AWS's own example). It is nil at
+	// the window's first invocation and whenever the state is empty (null,
+	// or a Go handler that returned none); an empty object ({}) stays {}.
+	// Function drivers send it as the event's "state"; a Window made by
+	// hand may leave it nil, and then State is sent.
+	StateJSON json.RawMessage
+	// State is StateJSON as strings, for Go handlers (Lambda's Go and
+	// Java libraries type the state map[string]string): each key of
+	// StateJSON maps to its value if the value is a JSON string, and to
+	// the value's JSON text otherwise (282 becomes "282", null "null", an
+	// object its JSON). A handler that returned only strings gets them
+	// back unchanged; read StateJSON to tell "282" from 282. nil when
+	// StateJSON is nil.
 	State map[string]string
 	// Final marks the window's last invocation, with no records.
 	Final bool
@@ -307,8 +321,23 @@ type BatchResult struct {
 	// delivered again, even one that succeeded. Empty means success.
 	BatchItemFailures []BatchItemFailure `json:"batchItemFailures"`
 	// State is the tumbling window's state after this batch (Batch.Window),
-	// handed to the window's next invocation; ignored without a window.
+	// handed to the window's next invocation (as Window.State, and as
+	// Window.StateJSON: the map's JSON); ignored without a window and in
+	// the final invocation. Ignored when StateJSON is set.
 	State map[string]string `json:"state,omitempty"`
+	// StateJSON, when not nil, is the state as JSON instead of State: an
+	// object whose values may be of any type, or null for the empty state.
+	// It comes back exactly as given (without the whitespace around it) in
+	// Window.StateJSON. Anything but an object or null fails the batch
+	// (Function.InvalidState); a state above 1 MB terminates the window
+	// early, as for any function.
+	//
+	// A Go handler that sets neither State nor StateJSON returns the empty
+	// state: Go's zero value cannot tell "no state" from "empty", and a
+	// RecordFunc returns none. This is the one difference from the other
+	// kinds of function, for which a response without "state" fails the
+	// batch (Function.MissingState), as on Lambda.
+	StateJSON json.RawMessage `json:"-"`
 }
 
 // BatchItemFailure names one failed record.

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -17,7 +18,7 @@ import (
 type outcome struct {
 	// windowState is the tumbling window's state the function returned;
 	// windowEarly, that it was too large, so the window ends early.
-	windowState map[string]string
+	windowState json.RawMessage
 	windowEarly bool
 	failedAt    int // index of the lowest failed record; -1: none; len: whole batch
 	// keepFailedAt is the failed record's index when failedAt was set to

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -122,7 +123,7 @@ type commit struct {
 	// window, with tumbling windows, commits windowState as the open
 	// window's state after the completed records.
 	window      bool
-	windowState map[string]string
+	windowState json.RawMessage
 	discarded   []idem.Record
 	failures    []store.Failure
 	conditions  map[string]int
@@ -136,7 +137,7 @@ func (c *commit) discard(s *shard, recs []idem.Record, condition string, invokes
 		c.conditions = make(map[string]int)
 	}
 	c.conditions[condition] += len(recs)
-	meta := failureMetadata(newInvocationID(), cfg.Function, condition, invokes, errType, errMsg, recs, s.e.now())
+	meta := failureMetadata(newInvocationID(), cfg.Function, cfg.EventFormat, condition, invokes, errType, errMsg, recs, s.m.sizer().size(recs), s.e.now())
 	if cfg.OnFailure == "" {
 		s.e.log.Error("discarding records: no on-failure destination is configured", "mapping", cfg.Name, "shard", s.id,
 			"first", recs[0].Sequence, "last", recs[len(recs)-1].Sequence, "count", len(recs), "condition", condition, "metadata", string(meta))

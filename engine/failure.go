@@ -2,6 +2,7 @@ package engine
 
 import (
 	"encoding/json"
+	"strconv"
 	"time"
 
 	"github.com/idem-run/idem"
@@ -17,7 +18,10 @@ const (
 // to the millisecond ("2024-01-02T03:04:05.835Z").
 const lambdaTime = "2006-01-02T15:04:05.000Z"
 
-// failureRecord is Lambda's on-failure metadata record for a stream batch.
+// failureRecord is Lambda's on-failure metadata record for a stream batch:
+// KinesisBatchInfo for a Kinesis-shaped source, KafkaBatchInfo for a Kafka
+// one (the shape Lambda sends an SQS or SNS destination:
+// https://docs.aws.amazon.com/lambda/latest/dg/kafka-on-failure.html).
 type failureRecord struct {
 	RequestContext struct {
 		RequestID              string `json:"requestId"`
@@ -25,17 +29,22 @@ type failureRecord struct {
 		Condition              string `json:"condition"`
 		ApproximateInvokeCount int    `json:"approximateInvokeCount"`
 	} `json:"requestContext"`
-	ResponseContext struct {
-		StatusCode      int    `json:"statusCode"`
-		ExecutedVersion string `json:"executedVersion"`
-		FunctionError   string `json:"functionError"`
-	} `json:"responseContext"`
-	Version          string    `json:"version"`
-	Timestamp        string    `json:"timestamp"`
-	KinesisBatchInfo batchInfo `json:"KinesisBatchInfo"`
+	// ResponseContext is null for a batch the function never got
+	// (MaximumPayloadSizeExceeded), as on Lambda.
+	ResponseContext  *responseContext `json:"responseContext"`
+	Version          string           `json:"version"`
+	Timestamp        string           `json:"timestamp"`
+	KinesisBatchInfo *batchInfo       `json:"KinesisBatchInfo,omitempty"`
+	KafkaBatchInfo   *kafkaBatchInfo  `json:"KafkaBatchInfo,omitempty"`
 	// Idem adds why the batch failed, so an operator need not dig in logs.
 	IdemErrorType    string `json:"idemErrorType,omitempty"`
 	IdemErrorMessage string `json:"idemErrorMessage,omitempty"`
+}
+
+type responseContext struct {
+	StatusCode      int    `json:"statusCode"`
+	ExecutedVersion string `json:"executedVersion"`
+	FunctionError   string `json:"functionError"`
 }
 
 type batchInfo struct {
@@ -48,29 +57,67 @@ type batchInfo struct {
 	StreamArn                       string `json:"streamArn"`
 }
 
-// failureMetadata builds the JSON metadata record of a discarded batch.
-func failureMetadata(requestID, function, condition string, invokes int, errType, errMsg string, recs []idem.Record, now time.Time) []byte {
+// kafkaBatchInfo is Lambda's KafkaBatchInfo: the batch's records by
+// "<topic>-<partition>", with their first and last offsets and timestamps.
+type kafkaBatchInfo struct {
+	BatchSize        int                             `json:"batchSize"`
+	EventSourceArn   string                          `json:"eventSourceArn"`
+	BootstrapServers string                          `json:"bootstrapServers"`
+	PayloadSize      int                             `json:"payloadSize"`
+	RecordsInfo      map[string]*kafkaPartitionRange `json:"recordsInfo"`
+}
+
+type kafkaPartitionRange struct {
+	FirstRecordOffset    string `json:"firstRecordOffset"`
+	LastRecordOffset     string `json:"lastRecordOffset"`
+	FirstRecordTimestamp string `json:"firstRecordTimestamp"`
+	LastRecordTimestamp  string `json:"lastRecordTimestamp"`
+}
+
+// failureMetadata builds the JSON metadata record of a discarded batch, in
+// the shape Lambda writes for the event format the function gets (a Kafka
+// mapping's records say KafkaBatchInfo; every other source's, whose events
+// are KinesisEvents, KinesisBatchInfo). payloadSize is the bytes of the
+// batch's event.
+func failureMetadata(requestID, function string, format idem.EventFormat, condition string, invokes int, errType, errMsg string, recs []idem.Record, payloadSize int, now time.Time) []byte {
 	var f failureRecord
 	f.RequestContext.RequestID = requestID
 	f.RequestContext.FunctionArn = FunctionArn(function)
 	f.RequestContext.Condition = condition
 	f.RequestContext.ApproximateInvokeCount = invokes
-	f.ResponseContext.StatusCode = 200
-	f.ResponseContext.ExecutedVersion = "$LATEST"
-	if condition == conditionRetriesExhausted {
-		f.ResponseContext.FunctionError = "Unhandled"
+	if condition != conditionPayloadSize {
+		f.ResponseContext = &responseContext{StatusCode: 200, ExecutedVersion: "$LATEST"}
+		if condition == conditionRetriesExhausted {
+			f.ResponseContext.FunctionError = "Unhandled"
+		}
 	}
 	f.Version = "1.0"
 	f.Timestamp = now.UTC().Format(lambdaTime)
 	first, last := recs[0], recs[len(recs)-1]
-	f.KinesisBatchInfo = batchInfo{
-		ShardID:                         first.ShardID,
-		StartSequenceNumber:             first.SequenceNumber(),
-		EndSequenceNumber:               last.SequenceNumber(),
-		ApproximateArrivalOfFirstRecord: first.ArrivalTime.UTC().Format(lambdaTime),
-		ApproximateArrivalOfLastRecord:  last.ArrivalTime.UTC().Format(lambdaTime),
-		BatchSize:                       len(recs),
-		StreamArn:                       StreamArn(first.Stream),
+	if format == idem.EventFormatKafka {
+		info := &kafkaBatchInfo{BatchSize: len(recs), EventSourceArn: KafkaClusterArn(first.Stream), PayloadSize: payloadSize,
+			RecordsInfo: map[string]*kafkaPartitionRange{}}
+		for i := range recs {
+			r := &recs[i]
+			off, at := strconv.FormatUint(r.KafkaOffset(), 10), r.ArrivalTime.UTC().Format(lambdaTime)
+			p := info.RecordsInfo[r.ShardID]
+			if p == nil {
+				p = &kafkaPartitionRange{FirstRecordOffset: off, FirstRecordTimestamp: at}
+				info.RecordsInfo[r.ShardID] = p
+			}
+			p.LastRecordOffset, p.LastRecordTimestamp = off, at
+		}
+		f.KafkaBatchInfo = info
+	} else {
+		f.KinesisBatchInfo = &batchInfo{
+			ShardID:                         first.ShardID,
+			StartSequenceNumber:             first.SequenceNumber(),
+			EndSequenceNumber:               last.SequenceNumber(),
+			ApproximateArrivalOfFirstRecord: first.ArrivalTime.UTC().Format(lambdaTime),
+			ApproximateArrivalOfLastRecord:  last.ArrivalTime.UTC().Format(lambdaTime),
+			BatchSize:                       len(recs),
+			StreamArn:                       StreamArn(first.Stream),
+		}
 	}
 	f.IdemErrorType, f.IdemErrorMessage = errType, errMsg
 	b, _ := json.Marshal(&f)
@@ -82,3 +129,9 @@ func FunctionArn(name string) string { return "arn:aws:lambda:local:000000000000
 
 // StreamArn is the ARN idem reports for an embedded stream, in Kinesis' form.
 func StreamArn(name string) string { return "arn:aws:kinesis:local:000000000000:stream/" + name }
+
+// KafkaClusterArn is the event source ARN idem reports for a Kafka topic,
+// in Amazon MSK's form, as its KafkaEvents' eventSourceArn names it.
+func KafkaClusterArn(topic string) string {
+	return "arn:aws:kafka:local:000000000000:cluster/idem/" + topic
+}

@@ -21,8 +21,12 @@ const (
 	MinRecordAge             = 60 * time.Second
 	MaxRecordAge             = 604800 * time.Second
 	MaxParallelizationFactor = 10
-	// MaxBatchBytes is the payload at which a batch is sent even if it is not
-	// full: Lambda's 6 MB invocation payload limit.
+	// MaxBatchBytes is Lambda's 6 MB invocation payload limit: a batch holds
+	// at most the records whose whole event (function.EventSize: base64
+	// data, each record's JSON envelope, a tumbling window's state) fits in
+	// it, not their raw data. A record whose event alone is larger is
+	// never invoked: it goes to the on-failure destination with the
+	// condition MaximumPayloadSizeExceeded.
 	MaxBatchBytes = 6 << 20
 )
 

@@ -444,10 +444,11 @@ func lag(latest, checkpoint idem.Sequence) uint64 {
 
 // readWindow reads up to limit records after the position after. With a
 // batching window it keeps reading until the batch is full, the window
-// ends, or the payload reaches maxBytes.
+// ends, or the records' events (function.EventSize) reach maxBytes.
 func (s *shard) readWindow(ctx context.Context, after idem.Sequence, limit, maxBytes int) (recs []idem.Record, lost uint64, trimmed idem.Sequence, err error) {
 	cfg := &s.m.cfg
-	res, err := cfg.Source.Read(ctx, s.id, after, limit, maxBytes)
+	// maxBytes bounds the events' bytes; a source counts raw data.
+	res, err := cfg.Source.Read(ctx, s.id, after, limit, dataBudget(maxBytes))
 	if err != nil {
 		return nil, 0, "", fmt.Errorf("reading after %q: %w", after, err)
 	}
@@ -456,9 +457,12 @@ func (s *shard) readWindow(ctx context.Context, after idem.Sequence, limit, maxB
 	if cfg.MaximumBatchingWindow <= 0 || len(recs) == 0 || len(recs) >= limit {
 		return recs, lost, trimmed, nil
 	}
+	// Records have no idempotencyKey yet: their events are counted a
+	// little short, and processGroup cuts the batches exactly.
+	z := s.m.sizer()
 	size := 0
 	for i := range recs {
-		size += len(recs[i].Data)
+		size += z.record(&recs[i])
 	}
 	deadline := time.Now().Add(cfg.MaximumBatchingWindow)
 	wctx, cancel := context.WithDeadline(ctx, deadline)
@@ -468,7 +472,7 @@ func (s *shard) readWindow(ctx context.Context, after idem.Sequence, limit, maxB
 		if err := cfg.Source.Wait(wctx, s.id, after); err != nil || wctx.Err() != nil {
 			break
 		}
-		more, err := cfg.Source.Read(ctx, s.id, after, limit-len(recs), maxBytes-size)
+		more, err := cfg.Source.Read(ctx, s.id, after, limit-len(recs), dataBudget(maxBytes-size))
 		if err != nil {
 			return nil, 0, "", fmt.Errorf("reading after %q: %w", after, err)
 		}
@@ -478,10 +482,17 @@ func (s *shard) readWindow(ctx context.Context, after idem.Sequence, limit, maxB
 			// next read from the checkpoint, which reports the loss.
 			break
 		}
-		for _, r := range more.Records {
-			size += len(r.Data)
+		// A record whose event would take the window past maxBytes is
+		// left for the next read: it starts the next batch, whole.
+		n := 0
+		for n < len(more.Records) && size+z.record(&more.Records[n]) <= maxBytes {
+			size += z.record(&more.Records[n])
+			n++
 		}
-		recs = append(recs, more.Records...)
+		recs = append(recs, more.Records[:n]...)
+		if n < len(more.Records) {
+			break
+		}
 	}
 	return recs, lost, trimmed, nil
 }
@@ -721,6 +732,7 @@ func fnv32a(s string) uint32 {
 // processGroup invokes the function over recs, one batch at a time.
 func (s *shard) processGroup(ctx, work context.Context, recs []idem.Record) error {
 	cfg := &s.m.cfg
+	z := s.m.sizer()
 	for len(recs) > 0 {
 		var window time.Time
 		if cfg.TumblingWindow > 0 {
@@ -730,11 +742,31 @@ func (s *shard) processGroup(ctx, work context.Context, recs []idem.Record) erro
 				return err
 			}
 		}
-		n, size := 0, 0
-		for n < len(recs) && n < cfg.BatchSize && (n == 0 || size+len(recs[n].Data) <= MaxBatchBytes) &&
-			(cfg.TumblingWindow == 0 || s.windowOf(&recs[n]).Equal(window)) {
-			size += len(recs[n].Data)
+		// The batch's event stays within Lambda's payload limit: the
+		// first record separates nothing, so its separator is taken off.
+		var w *idem.Window
+		if cfg.TumblingWindow > 0 {
+			w = s.window(false, false)
+		}
+		n, size := 0, z.base(&recs[0], w)-1
+		for n < len(recs) && n < cfg.BatchSize && (cfg.TumblingWindow == 0 || s.windowOf(&recs[n]).Equal(window)) {
+			rs := z.record(&recs[n])
+			if size+rs > MaxBatchBytes {
+				break
+			}
+			size += rs
 			n++
+		}
+		if n == 0 {
+			// A record too large to send even alone is never invoked: it
+			// goes to the on-failure destination, and the shard goes on.
+			c := commit{}
+			c.discard(s, recs[:1], conditionPayloadSize, 0, "PayloadTooLarge", tooLargeMessage(size+z.record(&recs[0])))
+			if err := s.commit(work, &c); err != nil {
+				return err
+			}
+			recs = recs[1:]
+			continue
 		}
 		if err := s.runBatch(ctx, work, recs[:n]); err != nil {
 			return err
@@ -779,20 +811,8 @@ func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outc
 	if bs.tx != nil {
 		out = bs.tx.judge(out, len(b))
 	}
-	if cfg.TumblingWindow > 0 && out.failedAt != len(b) {
-		st, oversize, err := windowState(res)
-		switch {
-		case err != nil:
-			out = outcome{failedAt: len(b), errType: "Function.InvalidState", errMsg: err.Error()}
-		case oversize:
-			// The records completed; the window ends early, with the
-			// state it had before.
-			s.e.log.Warn("tumbling window state above the limit: terminating the window early", "mapping", cfg.Name, "shard", s.id,
-				"window", s.tw.start, "bytes", len(res.State), "limit", MaxWindowState)
-			out.windowState, out.windowEarly = s.tw.state, true
-		default:
-			out.windowState = st
-		}
+	if cfg.TumblingWindow > 0 {
+		s.judgeWindow(b, res, &out)
 	}
 	label := "success"
 	switch {

@@ -2,7 +2,13 @@ package engine_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +20,7 @@ import (
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/engine"
 	"github.com/idem-run/idem/function/gofunc"
+	"github.com/idem-run/idem/function/process"
 	"github.com/idem-run/idem/source"
 	stembedded "github.com/idem-run/idem/store/embedded"
 )
@@ -227,5 +234,213 @@ func TestTumblingWindowTerminatedEarly(t *testing.T) {
 	defer mu.Unlock()
 	if finals[0] != (final{"3", true}) || finals[1] != (final{"", false}) {
 		t.Errorf("final invocations %+v, want the early one with sum 3, then the window's end with an empty state", finals)
+	}
+}
+
+// windowProcessFunction builds function/process/testdata/window, an
+// unmodified aws-lambda-go function, and runs it as a process; out is the
+// file where it writes the state each invocation received.
+func windowProcessFunction(t *testing.T, mode string) (fn *process.Function, out string) {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bootstrap")
+	build := exec.Command("go", "build", "-o", bin, "./function/process/testdata/window")
+	build.Dir = ".."
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the Lambda function: %v\n%s", err, b)
+	}
+	out = filepath.Join(dir, "out")
+	fn, err := process.New(process.Config{Name: "agg", Command: bin, Timeout: 10 * time.Second,
+		Env: map[string]string{"IDEM_TEST_OUT": out, "IDEM_TEST_MODE": mode}}, process.WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fn.Close)
+	return fn, out
+}
+
+func readLines(t *testing.T, file string) []string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
+// TestTumblingWindowNumericStateProcessFunction (issue 19, item 2): a
+// Lambda function whose state has numbers, as AWS's own example
+// ({"state": {"1": 282, "2": 715}}), aggregates as on Lambda: each
+// invocation gets back the state the previous one returned, exactly, and
+// the final invocation the window's whole aggregate.
+func TestTumblingWindowNumericStateProcessFunction(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t)
+	brokers, topic, cl := newKafkaTopic(t, 1)
+	w0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // long past: the clock closes the window
+	for i := 1; i <= 5; i++ {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(strconv.Itoa(i)), Timestamp: w0.Add(time.Duration(i) * time.Second)}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fn, out := windowProcessFunction(t, "")
+	e, _ := v.run(engine.Mapping{Name: "m", Stream: topic, Source: openKafka(t, brokers, topic), Function: "agg", Invoker: fn,
+		StartingPosition: source.TrimHorizon, BatchSize: 2, TumblingWindow: time.Minute,
+		RetryBaseDelay: time.Millisecond, RetryMaxDelay: time.Millisecond})
+	waitFor(t, "the final invocation", func() bool { l := readLines(t, out); return strings.HasPrefix(l[len(l)-1], "final") })
+	want := []string{`batch null`, `batch {"sum":3,"count":2}`, `batch {"sum":10,"count":4}`, `final {"sum":15,"count":5}`}
+	if got := readLines(t, out); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("the function received the states\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if st := totals(e); st.Processed != 5 || st.Discarded != 0 {
+		t.Fatalf("processed %d, discarded %d; want 5, 0", st.Processed, st.Discarded)
+	}
+}
+
+// TestTumblingWindowMissingStateProcessFunction (issue 19, item 3): a
+// window's response without "state" (a function ported without windows in
+// mind, answering a KinesisEventResponse) fails the batch, as on Lambda,
+// with or without ReportBatchItemFailures, instead of resetting the
+// aggregate in silence.
+func TestTumblingWindowMissingStateProcessFunction(t *testing.T) {
+	fn, _ := windowProcessFunction(t, "nostate")
+	for _, rbif := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ReportBatchItemFailures=%v", rbif), func(t *testing.T) {
+			v := newEnv(t)
+			v.stream("in", 1)
+			v.stream("dlq", 1)
+			v.put("in", "k", "1", "2")
+			m := engine.Mapping{Name: "m", Stream: "in", Source: v.source("in"), Function: "agg", Invoker: fn,
+				StartingPosition: source.TrimHorizon, TumblingWindow: time.Minute, OnFailure: "dlq", ReportBatchItemFailures: rbif,
+				RetryBaseDelay: time.Millisecond, RetryMaxDelay: time.Millisecond}
+			m.RetryAttempts(1)
+			e, _ := v.run(m)
+			waitFor(t, "2 discarded", func() bool { return totals(e).Discarded == 2 })
+			if p := totals(e).Processed; p != 0 {
+				t.Fatalf("processed %d, want 0", p)
+			}
+			var meta string
+			for _, r := range v.records("dlq") {
+				meta += string(r.Data)
+			}
+			if !strings.Contains(meta, "Function.MissingState") || !strings.Contains(meta, `has no \"state\"`) {
+				t.Fatalf("on-failure records %s do not say the state is missing", meta)
+			}
+		})
+	}
+}
+
+// TestTumblingWindowStateJSONGoHandler (issue 19, item 2): a Go handler
+// returns its state as any JSON object (BatchResult.StateJSON); the next
+// invocation gets it back exactly in Window.StateJSON, and as strings in
+// Window.State. A Go handler that returns no state returns the empty one.
+func TestTumblingWindowStateJSONGoHandler(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t)
+	brokers, topic, cl := newKafkaTopic(t, 1)
+	w0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := 1; i <= 4; i++ {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(strconv.Itoa(i)), Timestamp: w0.Add(time.Duration(i) * time.Second)}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type seen struct {
+		json  string
+		state map[string]string
+		final bool
+	}
+	var mu sync.Mutex
+	var calls []seen
+	h := idem.HandlerFunc(func(_ context.Context, b *idem.Batch) (idem.BatchResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, seen{string(b.Window.StateJSON), b.Window.State, b.Window.Final})
+		switch len(calls) {
+		case 1:
+			return idem.BatchResult{StateJSON: json.RawMessage(` {"sum": 3, "tag": "<a&b>", "list": [1, "x"], "none": null} `)}, nil
+		case 2:
+			return idem.BatchResult{}, nil // no state: the empty one
+		}
+		return idem.BatchResult{State: map[string]string{"n": "1"}}, nil
+	})
+	v.run(engine.Mapping{Name: "m", Stream: topic, Source: openKafka(t, brokers, topic), Function: "sum", Invoker: gofunc.New(h),
+		StartingPosition: source.TrimHorizon, BatchSize: 1, TumblingWindow: time.Minute})
+	waitFor(t, "the final invocation", func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) > 0 && calls[len(calls)-1].final })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 5 {
+		t.Fatalf("calls %+v, want 4 batches and the final", calls)
+	}
+	want := []seen{
+		{json: ""},
+		{json: `{"sum": 3, "tag": "<a&b>", "list": [1, "x"], "none": null}`,
+			state: map[string]string{"sum": "3", "tag": "<a&b>", "list": `[1, "x"]`, "none": "null"}},
+		{json: ""},
+		{json: `{"n":"1"}`, state: map[string]string{"n": "1"}},
+		{json: `{"n":"1"}`, state: map[string]string{"n": "1"}, final: true},
+	}
+	for i, w := range want {
+		c := calls[i]
+		if c.json != w.json || !maps.Equal(c.state, w.state) || c.final != w.final || (c.state == nil) != (w.state == nil) {
+			t.Errorf("call %d got %+v, want %+v", i, c, w)
+		}
+	}
+}
+
+// TestTumblingWindowFinalSuspends (issue 19, item 5): a final invocation
+// that keeps failing past maximumRetryAttempts suspends the shard until it
+// succeeds, as on Lambda: the window's state is neither dropped nor lost,
+// and no record of the next window is processed before it.
+func TestTumblingWindowFinalSuspends(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t)
+	brokers, topic, cl := newKafkaTopic(t, 1)
+	const d = time.Minute
+	w0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i, ts := range []time.Time{w0, w0.Add(time.Second), w0.Add(d)} {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(strconv.Itoa(i + 1)), Timestamp: ts}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var finals []string
+	succeeded := false
+	var early []string // records seen before the first window's final succeeded
+	h := idem.HandlerFunc(func(_ context.Context, b *idem.Batch) (idem.BatchResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if b.Window.Final {
+			if b.Window.Start.Equal(w0) {
+				finals = append(finals, b.Window.State["sum"])
+				if len(finals) < 6 {
+					return idem.BatchResult{}, errors.New("not yet")
+				}
+				succeeded = true
+			}
+			return idem.BatchResult{}, nil
+		}
+		sum, _ := strconv.Atoi(b.Window.State["sum"])
+		for _, r := range b.Records {
+			n, _ := strconv.Atoi(string(r.Data))
+			sum += n
+			if !succeeded && r.ArrivalTime.Sub(w0) >= d {
+				early = append(early, string(r.Data))
+			}
+		}
+		return idem.BatchResult{State: map[string]string{"sum": strconv.Itoa(sum)}}, nil
+	})
+	m := engine.Mapping{Name: "m", Stream: topic, Source: openKafka(t, brokers, topic), Function: "sum", Invoker: gofunc.New(h),
+		StartingPosition: source.TrimHorizon, BatchSize: 1, TumblingWindow: d, RetryBaseDelay: time.Millisecond, RetryMaxDelay: 5 * time.Millisecond}
+	m.RetryAttempts(1)
+	e, _ := v.run(m)
+	waitFor(t, "the final invocation to succeed", func() bool { mu.Lock(); defer mu.Unlock(); return succeeded })
+	waitFor(t, "3 records", func() bool { return totals(e).Processed == 3 })
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(finals, " ") != "3 3 3 3 3 3" {
+		t.Errorf("final invocations saw sums %q, want 3 six times", finals)
+	}
+	if len(early) != 0 {
+		t.Errorf("records %q of the next window were processed before the final invocation succeeded", early)
 	}
 }

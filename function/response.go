@@ -136,22 +136,26 @@ func ParseResponse(body []byte) (Result, error) {
 }
 
 // ParseState reads a tumbling window's state, the "state" of a response
-// (Result.State): an object of strings, as Lambda's TimeWindowEventResponse
-// has. Absent or null is the empty state. Anything else is an error that
+// (Result.State): any JSON object, as Lambda's TimeWindowEventResponse has
+// ({"state": {"1": 282, "2": 715}} is AWS's own example; its values need
+// not be strings). It returns the object as the function wrote it, without
+// the whitespace around it, for the window's next invocation. null is the
+// empty state: a nil RawMessage. A response without state (raw is nil) is
+// also nil here: telling the two apart is the caller's (Lambda fails an
+// invocation whose response has no state). Anything else is an error that
 // names what was wrong.
-func ParseState(raw json.RawMessage) (map[string]string, error) {
+func ParseState(raw json.RawMessage) (json.RawMessage, error) {
 	raw = trimJSONSpace(raw)
 	if len(raw) == 0 || raw[0] == 'n' {
 		return nil, nil
 	}
 	if raw[0] != '{' {
-		return nil, fmt.Errorf("state is a JSON %s, not an object of strings: %s", kind(raw), quote(raw))
+		return nil, fmt.Errorf("state is a JSON %s, not an object: %s", kind(raw), quote(raw))
 	}
-	var st map[string]string
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return nil, fmt.Errorf("state is not an object of strings: %v", err)
+	if !json.Valid(raw) { // ParseResponse's state is valid; another caller's may not be
+		return nil, fmt.Errorf("state is not valid JSON: %s", quote(raw))
 	}
-	return st, nil
+	return raw, nil
 }
 
 // parseEntry reads one batchItemFailures entry: its identifier, or why it

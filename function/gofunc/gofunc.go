@@ -115,7 +115,7 @@ func translate(ctx context.Context, start time.Time, br idem.BatchResult, herr e
 		if errors.Is(cerr, context.DeadlineExceeded) {
 			te := timeout(ctx, start, herr)
 			if isRecord {
-				return function.Result{Failures: []string{re.Record}, Native: true, Err: te}, nil
+				return function.Result{Failures: []string{re.Record}, Native: true, Err: te, State: noState}, nil
 			}
 			return function.Result{}, te
 		}
@@ -132,16 +132,12 @@ func translate(ctx context.Context, start time.Time, br idem.BatchResult, herr e
 			cp.Permanent = true
 			fe = &cp
 		}
-		return function.Result{Failures: []string{re.Record}, Native: true, Err: fe}, nil
+		return function.Result{Failures: []string{re.Record}, Native: true, Err: fe, State: noState}, nil
 	}
 	if herr != nil {
 		return function.Result{}, toError(herr)
 	}
-	var state json.RawMessage
-	if br.State != nil {
-		// A map of strings always marshals.
-		state, _ = json.Marshal(br.State)
-	}
+	state := windowState(br)
 	if len(br.BatchItemFailures) == 0 {
 		return function.Result{State: state}, nil
 	}
@@ -233,4 +229,24 @@ func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v", e.Value) }
 func (e *PanicError) Unwrap() error {
 	err, _ := e.Value.(error)
 	return err
+}
+
+// noState is the state of a Go handler that returned none: the empty state
+// (JSON null), not a missing one. Go's zero value cannot tell the two
+// apart, and a RecordFunc returns no state, so the engine's rule that a
+// window's response must carry "state" (Function.MissingState) never
+// fails an in-process Go handler.
+var noState = json.RawMessage("null")
+
+// windowState is the state br returns, as JSON: StateJSON when set, else
+// State's JSON, else noState.
+func windowState(br idem.BatchResult) json.RawMessage {
+	switch {
+	case br.StateJSON != nil:
+		return br.StateJSON
+	case br.State != nil:
+		st, _ := json.Marshal(br.State) // a map of strings always marshals
+		return st
+	}
+	return noState
 }

@@ -170,14 +170,19 @@ func (f *Function) appendKinesisEvent(dst []byte, b *idem.Batch) []byte {
 }
 
 // appendWindow appends the fields of an events.KinesisTimeWindowEvent
-// beyond its Records, as encoding/json writes them.
+// beyond its Records, as encoding/json writes them, except that the state
+// is Window.StateJSON as it is, when set: values of any JSON type, which
+// events.TimeWindowProperties' map of strings cannot hold.
 func (f *Function) appendWindow(dst []byte, w *idem.Window) []byte {
 	dst = append(dst, `,"window":{"start":"`...)
 	dst = w.Start.UTC().AppendFormat(dst, time.RFC3339)
 	dst = append(dst, `","end":"`...)
 	dst = w.End.UTC().AppendFormat(dst, time.RFC3339)
 	dst = append(dst, `"},"state":`...)
-	if w.State == nil {
+	if w.StateJSON != nil {
+		// The state exactly as the function returned it: any JSON object.
+		dst = append(dst, w.StateJSON...)
+	} else if w.State == nil {
 		dst = append(dst, "null"...)
 	} else {
 		dst = append(dst, '{')

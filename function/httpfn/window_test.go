@@ -53,6 +53,26 @@ func TestWindowEventMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
+// TestWindowEventStateJSON (issue 19, item 2): a window's state of any
+// JSON (Window.StateJSON) goes out exactly as the function returned it,
+// in a valid event.
+func TestWindowEventStateJSON(t *testing.T) {
+	f := &Function{region: "local"}
+	start := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	state := `{"1": 282, "2": 715, "s": "<&>"}`
+	b := idem.NewBatch("m", "f", "i", nil, nil)
+	b.Window = &idem.Window{Start: start, End: start.Add(time.Minute), StateJSON: json.RawMessage(state),
+		State: map[string]string{"1": "282", "2": "715", "s": "<&>"}, Final: true, Stream: "orders", ShardID: "shardId-000000000001"}
+	got := f.appendEvent(nil, b)
+	var ev struct {
+		State json.RawMessage `json:"state"`
+		Final bool            `json:"isFinalInvokeForWindow"`
+	}
+	if err := json.Unmarshal(got, &ev); err != nil || string(ev.State) != state || !ev.Final {
+		t.Fatalf("event %s: state %s, %v", got, ev.State, err)
+	}
+}
+
 // FuzzAppendWindow compares the window fields the hand-written encoder
 // writes with encoding/json's, on arbitrary states, shards and times.
 func FuzzAppendWindow(f *testing.F) {

@@ -1,0 +1,10 @@
+package process
+
+import "github.com/idem-run/idem/function"
+
+var _ function.EventRegioner = (*Function)(nil)
+
+// EventRegion is the region written in the events the runtime gets
+// (AWS_REGION): the engine sizes a batch's event with it
+// (function.EventSize).
+func (f *Function) EventRegion() string { return f.cfg.Region }
