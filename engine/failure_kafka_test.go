@@ -14,6 +14,7 @@ import (
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/engine"
+	"github.com/idem-run/idem/function"
 	"github.com/idem-run/idem/source"
 )
 
@@ -38,6 +39,24 @@ func (f *failingFunction) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // "<topic>-<partition>"'s first and last offsets and timestamps (to the
 // millisecond), not a KinesisBatchInfo with a Kinesis streamArn.
 func TestKafkaOnFailureRecord(t *testing.T) {
+	for _, kind := range []string{"http", "process"} {
+		t.Run(kind, func(t *testing.T) {
+			var fn function.Driver
+			var httpFn *failingFunction
+			if kind == "http" {
+				httpFn = &failingFunction{}
+				fn = httpFunction(t, httpFn)
+			} else {
+				fn = lambdaProcess(t, "kafka", nil)
+			}
+			testKafkaOnFailureRecord(t, fn, httpFn)
+		})
+	}
+}
+
+// testKafkaOnFailureRecord checks the on-failure record of three records
+// that fn fails; http, when fn is one, gives the payload it received.
+func testKafkaOnFailureRecord(t *testing.T, fn function.Driver, http *failingFunction) {
 	ctx := context.Background()
 	v := newEnv(t)
 	v.stream("kafka-failed", 1)
@@ -45,14 +64,13 @@ func TestKafkaOnFailureRecord(t *testing.T) {
 	ts := time.Date(2026, 1, 2, 3, 4, 5, 835_000_000, time.UTC)
 	var recs []*kgo.Record
 	for i := range 3 {
-		recs = append(recs, &kgo.Record{Topic: topic, Partition: 0, Key: []byte("k"), Value: []byte(fmt.Sprintf(`{"n":%d}`, i)),
+		recs = append(recs, &kgo.Record{Topic: topic, Partition: 0, Key: []byte("k"), Value: []byte(fmt.Sprintf(`{"n":%d,"fail":true}`, i)),
 			Timestamp: ts.Add(time.Duration(i) * time.Second)})
 	}
 	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	f := &failingFunction{}
-	m := engine.Mapping{Name: "kafka-fail", Stream: topic, Source: openKafka(t, brokers, topic), Function: "fn", Invoker: httpFunction(t, f),
+	m := engine.Mapping{Name: "kafka-fail", Stream: topic, Source: openKafka(t, brokers, topic), Function: "fn", Invoker: fn,
 		BatchSize: 10, StartingPosition: source.TrimHorizon, EventFormat: idem.EventFormatKafka, OnFailure: "kafka-failed",
 		RetryBaseDelay: time.Millisecond, RetryMaxDelay: 5 * time.Millisecond}
 	m.RetryAttempts(0)
@@ -100,17 +118,22 @@ func TestKafkaOnFailureRecord(t *testing.T) {
 		t.Fatalf("no KafkaBatchInfo in %s", failed[0].Data)
 	}
 	if meta.RequestContext.Condition != "RetryAttemptsExhausted" || meta.RequestContext.ApproximateInvokeCount != 1 ||
-		meta.ResponseContext.FunctionError != "Unhandled" || meta.Version != "1.0" || meta.IdemErrorType != "OrderError" {
+		meta.ResponseContext.FunctionError != "Unhandled" || meta.Version != "1.0" || meta.IdemErrorType == "" ||
+		(http != nil && meta.IdemErrorType != "OrderError") {
 		t.Errorf("metadata record %s", failed[0].Data)
 	}
 	if bi.BatchSize != 3 || bi.EventSourceArn != "arn:aws:kafka:local:000000000000:cluster/idem/"+topic || bi.BootstrapServers == nil {
 		t.Errorf("KafkaBatchInfo %s", raw["KafkaBatchInfo"])
 	}
-	f.mu.Lock()
-	body := f.bodies[0]
-	f.mu.Unlock()
-	if bi.PayloadSize != len(body) {
-		t.Errorf("payloadSize %d, want the invocation's %d bytes", bi.PayloadSize, len(body))
+	if http != nil {
+		http.mu.Lock()
+		body := http.bodies[0]
+		http.mu.Unlock()
+		if bi.PayloadSize != len(body) {
+			t.Errorf("payloadSize %d, want the invocation's %d bytes", bi.PayloadSize, len(body))
+		}
+	} else if bi.PayloadSize < 100 {
+		t.Errorf("payloadSize %d, want the invocation's size", bi.PayloadSize)
 	}
 	p, ok := bi.RecordsInfo[topic+"-0"]
 	if len(bi.RecordsInfo) != 1 || !ok {
@@ -121,7 +144,7 @@ func TestKafkaOnFailureRecord(t *testing.T) {
 		t.Errorf("recordsInfo[%s-0] = %+v", topic, p)
 	}
 	for i, r := range failed[1:] {
-		if want := fmt.Sprintf(`{"n":%d}`, i); string(r.Data) != want {
+		if want := fmt.Sprintf(`{"n":%d,"fail":true}`, i); string(r.Data) != want {
 			t.Errorf("discarded record %d = %s, want %s", i, r.Data, want)
 		}
 	}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/engine"
-	"github.com/idem-run/idem/function/process"
 	"github.com/idem-run/idem/source"
 )
 
@@ -103,20 +101,8 @@ func TestBatchCutAtPayloadSizeWithBatchingWindow(t *testing.T) {
 // TestBatchCutAtPayloadSizeProcessFunction: the same six records through
 // an unmodified aws-lambda-go function run as a process.
 func TestBatchCutAtPayloadSizeProcessFunction(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "bootstrap")
-	build := exec.Command("go", "build", "-o", bin, "./function/process/testdata/fourth")
-	build.Dir = ".."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the Lambda function: %v\n%s", err, out)
-	}
-	sizes := filepath.Join(dir, "sizes")
-	fn, err := process.New(process.Config{Name: "fn", Command: bin, Timeout: 10 * time.Second,
-		Env: map[string]string{"IDEM_TEST_SIZES": sizes}}, process.WithLogger(testLogger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(fn.Close)
+	sizes := filepath.Join(t.TempDir(), "sizes")
+	fn := lambdaProcess(t, "fourth", map[string]string{"IDEM_TEST_SIZES": sizes})
 	v := newEnv(t)
 	sixMiB(v, "big")
 	m := engine.Mapping{Name: "big", Stream: "big", Source: v.source("big"), Function: "fn", Invoker: fn,

@@ -15,20 +15,8 @@ import (
 // unmodified aws-lambda-go function run as a process over idem's Runtime
 // API: ReportBatchItemFailures sends 10, 7, 4, 1.
 func TestWorkedExampleProcessFunction(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "bootstrap")
-	build := exec.Command("go", "build", "-o", bin, "./function/process/testdata/fourth")
-	build.Dir = ".."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the Lambda function: %v\n%s", err, out)
-	}
-	sizes := filepath.Join(dir, "sizes")
-	fn, err := process.New(process.Config{Name: "ship-order", Command: bin, Timeout: 10 * time.Second,
-		Env: map[string]string{"IDEM_TEST_SIZES": sizes}}, process.WithLogger(testLogger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(fn.Close)
+	sizes := filepath.Join(t.TempDir(), "sizes")
+	fn := lambdaProcess(t, "fourth", map[string]string{"IDEM_TEST_SIZES": sizes})
 
 	v := newEnv(t)
 	tenRecords(v)
@@ -43,4 +31,23 @@ func TestWorkedExampleProcessFunction(t *testing.T) {
 	if got := strings.Join(strings.Fields(string(b)), " "); got != "10 7 4 1" {
 		t.Fatalf("batch sizes %s, want 10 7 4 1", got)
 	}
+}
+
+// lambdaProcess builds function/process/testdata/<name>, an unmodified
+// aws-lambda-go function, and runs it as a process function called name,
+// with env in its environment, until the test ends.
+func lambdaProcess(t *testing.T, name string, env map[string]string) *process.Function {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "bootstrap")
+	build := exec.Command("go", "build", "-o", bin, "./function/process/testdata/"+name)
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the Lambda function %s: %v\n%s", name, err, out)
+	}
+	fn, err := process.New(process.Config{Name: name, Command: bin, Timeout: 10 * time.Second, Env: env}, process.WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fn.Close)
+	return fn
 }

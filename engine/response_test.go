@@ -4,14 +4,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/idem-run/idem/engine"
 	"github.com/idem-run/idem/function"
-	"github.com/idem-run/idem/function/process"
 	"github.com/idem-run/idem/source"
 )
 
@@ -29,18 +26,7 @@ func TestPlainStringResponse(t *testing.T) {
 			}))
 		},
 		"process": func(t *testing.T) function.Driver {
-			bin := filepath.Join(t.TempDir(), "bootstrap")
-			build := exec.Command("go", "build", "-o", bin, "./function/process/testdata/blueprint")
-			build.Dir = ".."
-			if out, err := build.CombinedOutput(); err != nil {
-				t.Fatalf("building the Lambda function: %v\n%s", err, out)
-			}
-			fn, err := process.New(process.Config{Name: "blueprint", Command: bin, Timeout: 10 * time.Second}, process.WithLogger(testLogger(t)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(fn.Close)
-			return fn
+			return lambdaProcess(t, "blueprint", nil)
 		},
 	}
 	for name, open := range kinds {

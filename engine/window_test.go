@@ -1,13 +1,14 @@
 package engine_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,12 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-lambda-go/events"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/engine"
+	"github.com/idem-run/idem/function"
 	"github.com/idem-run/idem/function/gofunc"
-	"github.com/idem-run/idem/function/process"
 	"github.com/idem-run/idem/source"
 	stembedded "github.com/idem-run/idem/store/embedded"
 )
@@ -237,26 +239,75 @@ func TestTumblingWindowTerminatedEarly(t *testing.T) {
 	}
 }
 
-// windowProcessFunction builds function/process/testdata/window, an
-// unmodified aws-lambda-go function, and runs it as a process; out is the
-// file where it writes the state each invocation received.
-func windowProcessFunction(t *testing.T, mode string) (fn *process.Function, out string) {
+// windowFunction is the tumbling-window aggregator of
+// function/process/testdata/window as a ported function of kind "process"
+// (the aws-lambda-go function itself) or "http" (the same answers from an
+// HTTP endpoint), in mode ("", "nostate", "failfinal", "miscased"; see its
+// doc). lines gives what it has recorded: "batch <state>" or "final
+// <state>" for each invocation, the state as it received it.
+func windowFunction(t *testing.T, kind, mode string) (fn function.Driver, lines func() []string) {
 	t.Helper()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "bootstrap")
-	build := exec.Command("go", "build", "-o", bin, "./function/process/testdata/window")
-	build.Dir = ".."
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the Lambda function: %v\n%s", err, b)
+	if kind == "process" {
+		out := filepath.Join(t.TempDir(), "out")
+		fn := lambdaProcess(t, "window", map[string]string{"IDEM_TEST_OUT": out, "IDEM_TEST_MODE": mode})
+		return fn, func() []string { return readLines(t, out) }
 	}
-	out = filepath.Join(dir, "out")
-	fn, err := process.New(process.Config{Name: "agg", Command: bin, Timeout: 10 * time.Second,
-		Env: map[string]string{"IDEM_TEST_OUT": out, "IDEM_TEST_MODE": mode}}, process.WithLogger(testLogger(t)))
-	if err != nil {
-		t.Fatal(err)
+	h := &windowHTTP{mode: mode}
+	return httpFunction(t, h), h.get
+}
+
+// windowHTTP answers as function/process/testdata/window does.
+type windowHTTP struct {
+	mode  string
+	mu    sync.Mutex
+	lines []string
+}
+
+func (f *windowHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var ev struct {
+		Records []events.KinesisEventRecord `json:"Records"`
+		State   json.RawMessage             `json:"state"`
+		Final   bool                        `json:"isFinalInvokeForWindow"`
 	}
-	t.Cleanup(fn.Close)
-	return fn, out
+	if err := json.NewDecoder(r.Body).Decode(&ev); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	kind := "batch "
+	if ev.Final {
+		kind = "final "
+	}
+	f.mu.Lock()
+	f.lines = append(f.lines, kind+string(ev.State))
+	finals := strings.Count(strings.Join(f.lines, "\n"), "final ")
+	f.mu.Unlock()
+	switch {
+	case f.mode == "failfinal" && ev.Final && finals <= 2:
+		w.Header().Set("X-Amz-Function-Error", "Unhandled")
+		w.Write([]byte(`{"errorType":"errorString","errorMessage":"the final invocation fails, for now"}`))
+		return
+	case f.mode == "nostate":
+		w.Write([]byte(`{"batchItemFailures":[]}`))
+		return
+	}
+	var st struct{ Sum, Count int }
+	json.Unmarshal(ev.State, &st)
+	for _, rec := range ev.Records {
+		n, _ := strconv.Atoi(string(rec.Kinesis.Data))
+		st.Sum += n
+		st.Count++
+	}
+	key := "batchItemFailures"
+	if f.mode == "miscased" {
+		key = "BatchItemFailures"
+	}
+	fmt.Fprintf(w, `{%q:[],"state":{"sum":%d,"count":%d}}`, key, st.Sum, st.Count)
+}
+
+func (f *windowHTTP) get() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.lines...)
 }
 
 func readLines(t *testing.T, file string) []string {
@@ -268,63 +319,119 @@ func readLines(t *testing.T, file string) []string {
 	return strings.Split(strings.TrimSpace(string(b)), "\n")
 }
 
-// TestTumblingWindowNumericStateProcessFunction (issue 19, item 2): a
-// Lambda function whose state has numbers, as AWS's own example
-// ({"state": {"1": 282, "2": 715}}), aggregates as on Lambda: each
-// invocation gets back the state the previous one returned, exactly, and
-// the final invocation the window's whole aggregate.
-func TestTumblingWindowNumericStateProcessFunction(t *testing.T) {
-	ctx := context.Background()
-	v := newEnv(t)
-	brokers, topic, cl := newKafkaTopic(t, 1)
-	w0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // long past: the clock closes the window
-	for i := 1; i <= 5; i++ {
-		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(strconv.Itoa(i)), Timestamp: w0.Add(time.Duration(i) * time.Second)}).FirstErr(); err != nil {
+// portedKinds are the kinds of function a ported Lambda function runs as.
+var portedKinds = []string{"http", "process"}
+
+// produceAt writes one record per value to topic, each at its time.
+func produceAt(t *testing.T, cl *kgo.Client, topic string, values []string, at []time.Time) {
+	t.Helper()
+	for i, v := range values {
+		if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: topic, Value: []byte(v), Timestamp: at[i]}).FirstErr(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	fn, out := windowProcessFunction(t, "")
-	e, _ := v.run(engine.Mapping{Name: "m", Stream: topic, Source: openKafka(t, brokers, topic), Function: "agg", Invoker: fn,
-		StartingPosition: source.TrimHorizon, BatchSize: 2, TumblingWindow: time.Minute,
-		RetryBaseDelay: time.Millisecond, RetryMaxDelay: time.Millisecond})
-	waitFor(t, "the final invocation", func() bool { l := readLines(t, out); return strings.HasPrefix(l[len(l)-1], "final") })
-	want := []string{`batch null`, `batch {"sum":3,"count":2}`, `batch {"sum":10,"count":4}`, `final {"sum":15,"count":5}`}
-	if got := readLines(t, out); strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Fatalf("the function received the states\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
-	if st := totals(e); st.Processed != 5 || st.Discarded != 0 {
-		t.Fatalf("processed %d, discarded %d; want 5, 0", st.Processed, st.Discarded)
+}
+
+// TestTumblingWindowNumericState (issue 19, item 2): a ported function
+// whose state has numbers, as AWS's own example ({"state": {"1": 282,
+// "2": 715}}), aggregates as on Lambda: each invocation gets back the
+// state the previous one returned, exactly, and the final invocation the
+// window's whole aggregate. The state is read even from a response whose
+// batchItemFailures key is in the wrong case, which only a mapping that
+// reports batch item failures reads.
+func TestTumblingWindowNumericState(t *testing.T) {
+	w0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // long past: the clock closes the window
+	for _, kind := range portedKinds {
+		for _, mode := range []string{"", "miscased"} {
+			t.Run(kind+"/"+cmp.Or(mode, "plain"), func(t *testing.T) {
+				v := newEnv(t)
+				brokers, topic, cl := newKafkaTopic(t, 1)
+				var at []time.Time
+				for i := 1; i <= 5; i++ {
+					at = append(at, w0.Add(time.Duration(i)*time.Second))
+				}
+				produceAt(t, cl, topic, []string{"1", "2", "3", "4", "5"}, at)
+				fn, lines := windowFunction(t, kind, mode)
+				e, _ := v.run(engine.Mapping{Name: "m", Stream: topic, Source: openKafka(t, brokers, topic), Function: "agg", Invoker: fn,
+					StartingPosition: source.TrimHorizon, BatchSize: 2, TumblingWindow: time.Minute, EventFormat: idem.EventFormatKinesis,
+					RetryBaseDelay: time.Millisecond, RetryMaxDelay: time.Millisecond})
+				waitFor(t, "the final invocation", func() bool { l := lines(); return len(l) > 0 && strings.HasPrefix(l[len(l)-1], "final") })
+				want := []string{`batch null`, `batch {"sum":3,"count":2}`, `batch {"sum":10,"count":4}`, `final {"sum":15,"count":5}`}
+				if got := lines(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+					t.Fatalf("the function received the states\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+				}
+				if st := totals(e); st.Processed != 5 || st.Discarded != 0 {
+					t.Fatalf("processed %d, discarded %d; want 5, 0", st.Processed, st.Discarded)
+				}
+			})
+		}
 	}
 }
 
-// TestTumblingWindowMissingStateProcessFunction (issue 19, item 3): a
-// window's response without "state" (a function ported without windows in
-// mind, answering a KinesisEventResponse) fails the batch, as on Lambda,
-// with or without ReportBatchItemFailures, instead of resetting the
-// aggregate in silence.
-func TestTumblingWindowMissingStateProcessFunction(t *testing.T) {
-	fn, _ := windowProcessFunction(t, "nostate")
-	for _, rbif := range []bool{false, true} {
-		t.Run(fmt.Sprintf("ReportBatchItemFailures=%v", rbif), func(t *testing.T) {
+// TestTumblingWindowMissingState (issue 19, item 3): a window's response
+// without "state" (a function ported without windows in mind, answering a
+// KinesisEventResponse) fails the batch, as on Lambda, with or without
+// ReportBatchItemFailures, instead of resetting the aggregate in silence.
+func TestTumblingWindowMissingState(t *testing.T) {
+	for _, kind := range portedKinds {
+		fn, _ := windowFunction(t, kind, "nostate")
+		for _, rbif := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/ReportBatchItemFailures=%v", kind, rbif), func(t *testing.T) {
+				v := newEnv(t)
+				v.stream("in", 1)
+				v.stream("dlq", 1)
+				v.put("in", "k", "1", "2")
+				m := engine.Mapping{Name: "m", Stream: "in", Source: v.source("in"), Function: "agg", Invoker: fn,
+					StartingPosition: source.TrimHorizon, TumblingWindow: time.Minute, OnFailure: "dlq", ReportBatchItemFailures: rbif,
+					RetryBaseDelay: time.Millisecond, RetryMaxDelay: time.Millisecond}
+				m.RetryAttempts(1)
+				e, _ := v.run(m)
+				waitFor(t, "2 discarded", func() bool { return totals(e).Discarded == 2 })
+				if p := totals(e).Processed; p != 0 {
+					t.Fatalf("processed %d, want 0", p)
+				}
+				var meta string
+				for _, r := range v.records("dlq") {
+					meta += string(r.Data)
+				}
+				if !strings.Contains(meta, "Function.MissingState") || !strings.Contains(meta, `has no \"state\"`) {
+					t.Fatalf("on-failure records %s do not say the state is missing", meta)
+				}
+			})
+		}
+	}
+}
+
+// TestTumblingWindowFinalSuspendsPorted (issue 19, item 5): a ported
+// function whose final invocation fails past maximumRetryAttempts
+// suspends the shard until it succeeds, as on Lambda: the final
+// invocation is retried with the window's whole state, and the next
+// window's record waits for it.
+func TestTumblingWindowFinalSuspendsPorted(t *testing.T) {
+	const d = time.Minute
+	w0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, kind := range portedKinds {
+		t.Run(kind, func(t *testing.T) {
 			v := newEnv(t)
-			v.stream("in", 1)
-			v.stream("dlq", 1)
-			v.put("in", "k", "1", "2")
-			m := engine.Mapping{Name: "m", Stream: "in", Source: v.source("in"), Function: "agg", Invoker: fn,
-				StartingPosition: source.TrimHorizon, TumblingWindow: time.Minute, OnFailure: "dlq", ReportBatchItemFailures: rbif,
-				RetryBaseDelay: time.Millisecond, RetryMaxDelay: time.Millisecond}
+			brokers, topic, cl := newKafkaTopic(t, 1)
+			produceAt(t, cl, topic, []string{"1", "2", "3"}, []time.Time{w0, w0.Add(time.Second), w0.Add(d)})
+			fn, lines := windowFunction(t, kind, "failfinal")
+			m := engine.Mapping{Name: "m", Stream: topic, Source: openKafka(t, brokers, topic), Function: "agg", Invoker: fn,
+				StartingPosition: source.TrimHorizon, BatchSize: 1, TumblingWindow: d, EventFormat: idem.EventFormatKinesis,
+				RetryBaseDelay: time.Millisecond, RetryMaxDelay: 5 * time.Millisecond}
 			m.RetryAttempts(1)
 			e, _ := v.run(m)
-			waitFor(t, "2 discarded", func() bool { return totals(e).Discarded == 2 })
-			if p := totals(e).Processed; p != 0 {
-				t.Fatalf("processed %d, want 0", p)
+			waitFor(t, "both windows' final invocations", func() bool {
+				return strings.Count(strings.Join(lines(), "\n"), "final ") == 4
+			})
+			want := []string{`batch null`, `batch {"sum":1,"count":1}`,
+				`final {"sum":3,"count":2}`, `final {"sum":3,"count":2}`, `final {"sum":3,"count":2}`,
+				`batch null`, `final {"sum":3,"count":1}`}
+			if got := lines(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Fatalf("invocations\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
-			var meta string
-			for _, r := range v.records("dlq") {
-				meta += string(r.Data)
-			}
-			if !strings.Contains(meta, "Function.MissingState") || !strings.Contains(meta, `has no \"state\"`) {
-				t.Fatalf("on-failure records %s do not say the state is missing", meta)
+			if st := totals(e); st.Processed != 3 || st.Discarded != 0 {
+				t.Fatalf("processed %d, discarded %d; want 3, 0", st.Processed, st.Discarded)
 			}
 		})
 	}

@@ -87,7 +87,11 @@ func ParseResponse(body []byte) (Result, error) {
 	if _, err := dec.Token(); err != nil { // '{'
 		return Result{}, decodeError(err, body)
 	}
+	// A response that is invalid still gives its state: a tumbling window
+	// reads it whether or not the mapping reports batch item failures, so
+	// the first reason found is kept and the scan goes on.
 	var list, state json.RawMessage
+	var invalid string
 	found := false
 	for dec.More() {
 		tok, err := dec.Token()
@@ -103,13 +107,18 @@ func ParseResponse(body []byte) (Result, error) {
 		case key == "state":
 			state = bytes.Clone(value)
 		case key == "batchItemFailures":
-			if found {
-				return Result{Invalid: "batchItemFailures is given twice"}, nil
+			if found && invalid == "" {
+				invalid = "batchItemFailures is given twice"
 			}
 			found, list = true, value
 		case strings.EqualFold(key, "batchItemFailures"):
-			return Result{Invalid: fmt.Sprintf("wrong key name %s: want batchItemFailures (keys are case sensitive)", quote([]byte(key)))}, nil
+			if invalid == "" {
+				invalid = fmt.Sprintf("wrong key name %s: want batchItemFailures (keys are case sensitive)", quote([]byte(key)))
+			}
 		}
+	}
+	if invalid != "" {
+		return Result{Invalid: invalid, State: state}, nil
 	}
 	if !found || list[0] == 'n' {
 		return Result{State: state}, nil
@@ -128,7 +137,7 @@ func ParseResponse(body []byte) (Result, error) {
 			return Result{}, decodeError(err, body)
 		}
 		if invalid != "" {
-			return Result{Invalid: fmt.Sprintf("batchItemFailures[%d]: %s", i, invalid)}, nil
+			return Result{Invalid: fmt.Sprintf("batchItemFailures[%d]: %s", i, invalid), State: state}, nil
 		}
 		failures = append(failures, id)
 	}

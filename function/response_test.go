@@ -265,3 +265,27 @@ func TestParseState(t *testing.T) {
 		t.Error("invalid JSON accepted")
 	}
 }
+
+// TestParseResponseInvalidKeepsState: a tumbling window reads a response's
+// state whether or not the mapping reports batch item failures, so a
+// response whose batchItemFailures is wrong (which only counts under
+// ReportBatchItemFailures) still gives its state, wherever it stands.
+func TestParseResponseInvalidKeepsState(t *testing.T) {
+	for _, body := range []string{
+		`{"BatchItemFailures": [], "state": {"sum": 3}}`,
+		`{"state": {"sum": 3}, "batchItemFailures": [], "batchItemFailures": []}`,
+		`{"batchItemFailures": [], "batchItemFailures": [], "state": {"sum": 3}}`,
+		`{"batchItemFailures": "x", "state": {"sum": 3}}`,
+		`{"batchItemFailures": [{"itemId": "x"}], "state": {"sum": 3}}`,
+		`{"batchItemFailures": [{"itemIdentifier": ""}], "state": {"sum": 3}}`,
+	} {
+		res, err := function.ParseResponse([]byte(body))
+		if err != nil || res.Invalid == "" {
+			t.Errorf("%s: %+v, %v; want Invalid", body, res, err)
+			continue
+		}
+		if st, err := function.ParseState(res.State); err != nil || string(st) != `{"sum": 3}` {
+			t.Errorf("%s: state %s, %v; want {\"sum\": 3}", body, st, err)
+		}
+	}
+}

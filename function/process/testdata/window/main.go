@@ -5,14 +5,19 @@
 // as raw JSON, to the file IDEM_TEST_OUT ("batch <state>" or "final
 // <state>"). With IDEM_TEST_MODE=nostate it answers as a function written
 // without windows in mind: a KinesisEventResponse, which has no state.
+// With IDEM_TEST_MODE=failfinal its first two final invocations fail (it
+// counts them in IDEM_TEST_OUT). With IDEM_TEST_MODE=miscased it answers
+// "BatchItemFailures", a key in the wrong case, beside its state.
 package main
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
@@ -39,6 +44,7 @@ func handler(_ context.Context, ev event) (any, error) {
 	if ev.IsFinalInvokeForWindow {
 		kind = "final"
 	}
+	mode := os.Getenv("IDEM_TEST_MODE")
 	if out := os.Getenv("IDEM_TEST_OUT"); out != "" {
 		f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 		if err != nil {
@@ -46,8 +52,11 @@ func handler(_ context.Context, ev event) (any, error) {
 		}
 		fmt.Fprintf(f, "%s %s\n", kind, ev.State)
 		f.Close()
+		if b, err := os.ReadFile(out); mode == "failfinal" && ev.IsFinalInvokeForWindow && err == nil && strings.Count(string(b), "final ") <= 2 {
+			return nil, errors.New("the final invocation fails, for now")
+		}
 	}
-	if os.Getenv("IDEM_TEST_MODE") == "nostate" {
+	if mode == "nostate" {
 		return events.KinesisEventResponse{BatchItemFailures: []events.KinesisBatchItemFailure{}}, nil
 	}
 	var st state
@@ -63,6 +72,9 @@ func handler(_ context.Context, ev event) (any, error) {
 		}
 		st.Sum += n
 		st.Count++
+	}
+	if mode == "miscased" {
+		return map[string]any{"BatchItemFailures": []any{}, "state": st}, nil
 	}
 	return response{State: &st, BatchItemFailures: []events.KinesisBatchItemFailure{}}, nil
 }
