@@ -33,6 +33,12 @@ import (
 // ErrClosed is returned by Driver methods called after Close.
 var ErrClosed = errors.New("store: closed")
 
+// ErrNoSpace is wrapped by the errors of writes refused because the disk
+// holding the store is full (or below its reserve): nothing of such a write
+// landed, and it may be retried once space is freed. Servers answer it with
+// 507 Insufficient Storage rather than blaming the request.
+var ErrNoSpace = errors.New("store: no space left on device")
+
 // ErrCheckpointBackwards is returned by Commit for a Write whose checkpoint
 // is below the stored one: a stale owner of the shard (one that lost it, or
 // a bug) must never rewind it. DeleteCheckpoint is the explicit reset.
