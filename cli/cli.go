@@ -83,10 +83,15 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return exitError
 }
 
+// defaultShutdownTimeout bounds `idem serve`'s shutdown: the engine's
+// drain (10s), the HTTP API's (5s), and closing the storage.
+const defaultShutdownTimeout = 30 * time.Second
+
 func serveCmd(verbose *bool, opts []server.Option) *cobra.Command {
-	var file, dataDir string
+	var file, dataDir, listen string
+	var shutdownTimeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "serve -c FILE [--data DIR]",
+		Use:   "serve -c FILE [--data DIR] [--listen ADDR]",
 		Short: "Run streams, mappings and the HTTP API from a config file",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -99,8 +104,13 @@ func serveCmd(verbose *bool, opts []server.Option) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if dataDir != "" {
-				cfg.DataDir = dataDir
+			if dataDir != "" || listen != "" {
+				if dataDir != "" {
+					cfg.DataDir = dataDir
+				}
+				if listen != "" {
+					cfg.Listen = listen
+				}
 				if err := cfg.Validate(); err != nil {
 					return err
 				}
@@ -109,10 +119,9 @@ func serveCmd(verbose *bool, opts []server.Option) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer srv.Close()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			if err := srv.Run(ctx); err != nil {
+			if err := serve(ctx, srv, shutdownTimeout); err != nil {
 				return err
 			}
 			log.Info("idem stopped")
@@ -121,8 +130,45 @@ func serveCmd(verbose *bool, opts []server.Option) *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&file, "config", "c", "", "config file (YAML)")
 	cmd.Flags().StringVar(&dataDir, "data", "", "data directory (overrides dataDir)")
+	cmd.Flags().StringVar(&listen, "listen", "", "host:port of the HTTP API (overrides listen)")
+	cmd.Flags().DurationVar(&shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout,
+		"on SIGTERM or interrupt, exit within this long, even if draining or closing the storage has not finished")
 	cmd.MarkFlagRequired("config")
 	return cmd
+}
+
+// serve runs srv until ctx is done, then stops and closes it within
+// timeout. When the drain or the storage's Close hangs past it, serve
+// returns an error, leaving them behind: the process is about to exit, and
+// the storage recovers what was not closed at its next start (work in
+// flight is delivered again).
+func serve(ctx context.Context, srv *server.Server, timeout time.Duration) error {
+	ran := make(chan error, 1)
+	go func() { ran <- srv.Run(ctx) }()
+	var runErr error
+	var deadline <-chan time.Time
+	select {
+	case runErr = <-ran:
+		deadline = time.After(timeout)
+	case <-ctx.Done():
+		deadline = time.After(timeout)
+		select {
+		case runErr = <-ran:
+		case <-deadline:
+			return fmt.Errorf("shutdown did not finish within --shutdown-timeout %s (in-flight work is delivered again at the next start); exiting", timeout)
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- srv.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil && runErr == nil {
+			runErr = fmt.Errorf("closing: %w", err)
+		}
+		return runErr
+	case <-deadline:
+		return errors.Join(runErr, fmt.Errorf("closing the storage did not finish within --shutdown-timeout %s (it recovers at the next start); exiting", timeout))
+	}
 }
 
 // client talks to a running idem's HTTP API.

@@ -24,6 +24,7 @@ type File struct {
 	// Default: ./idem-data
 	DataDir string `yaml:"dataDir"`
 	// Listen is the host:port of idem's HTTP API. Port 0 picks a free port.
+	// `idem serve --listen ADDR` overrides it, as --data does dataDir.
 	// Default: 127.0.0.1:7070
 	Listen string `yaml:"listen"`
 	// Streams are the embedded streams, each with a unique name.
@@ -40,7 +41,7 @@ type File struct {
 	// records live when they must be shared by several idem processes.
 	// Default: the embedded store, in dataDir.
 	Store Store `yaml:"store"`
-	// Auth protects the Invoke and put APIs with bearer tokens.
+	// Auth protects the HTTP API with tokens: full ones, and read-only ones.
 	// Default: see Auth (no authentication)
 	Auth Auth `yaml:"auth"`
 	// Lease lets several idem processes sharing a PostgreSQL or Redis store
@@ -152,9 +153,16 @@ type ProcessFunction struct {
 	// Default: none
 	Args []string `yaml:"args"`
 	// Env adds environment variables to the ones idem sets (AWS_REGION,
-	// AWS_LAMBDA_FUNCTION_NAME, AWS_LAMBDA_RUNTIME_API, ...).
+	// AWS_LAMBDA_FUNCTION_NAME, AWS_LAMBDA_RUNTIME_API, ..., and PATH, LANG,
+	// TZ and LD_LIBRARY_PATH, which it overrides).
 	// Default: none
 	Env map[string]string `yaml:"env"`
+	// InheritEnv passes idem's own environment to the processes too, below
+	// env and the variables idem sets. Off, they get only Lambda's variables
+	// and env, and none of idem's secrets (IDEM_TOKEN, database DSNs, cloud
+	// credentials).
+	// Default: false
+	InheritEnv bool `yaml:"inheritEnv"`
 	// Dir is the working directory (LAMBDA_TASK_ROOT).
 	// Default: idem's working directory
 	Dir string `yaml:"dir"`
@@ -650,9 +658,10 @@ func Parse(data []byte) (*File, error) {
 	// Validation problems under a path that failed to decode are
 	// consequences of that failure (a zero left behind), not news; in a list
 	// that lost an item, every index after it is off by one.
-	skip := newPathSet(idx.shifted(&f, errs), errs)
+	lost, rootLost := undecoded(errs)
+	skip := newPathSet(idx.shifted(&f, errs), errs, lost)
 	for _, e := range f.check() {
-		if skip.covers(e.Path) {
+		if rootLost || skip.covers(e.Path) {
 			continue
 		}
 		e.Line = idx.line(e.Path)

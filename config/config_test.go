@@ -482,6 +482,14 @@ functions:
 			// The item after a dropped one can't be trusted to have the
 			// right index, so it is not validated yet.
 		}},
+		// yaml.v3 decodes nothing of a mapping with a duplicate key: the
+		// settings it leaves unset are not reported missing.
+		{"duplicate top-level key", "dataDir: ./data\nlisten: 127.0.0.1:1\nlisten: 127.0.0.1:2\n", []string{
+			"listen: duplicate key (first at line 2)",
+		}},
+		{"duplicate nested key", "store:\n  postgres: {dsn: 'postgres://h/db', schema: a, schema: b}\n", []string{
+			"store.postgres.schema: duplicate key (first at line 2)",
+		}},
 		{"merge cycle", "mappings:\n  - &m {name: a, enabled: {<<: *m}}\n", []string{
 			"mappings[0].enabled: expected true or false, got a mapping",
 			"mappings[0].source.stream: required (the name of a configured stream, or another kind of source: kafka, jetstream, kinesis, redis)",

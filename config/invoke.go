@@ -57,19 +57,36 @@ type FunctionIdempotency struct {
 	Retention Duration `yaml:"retention"`
 }
 
-// Auth is `auth`: who may call idem's HTTP API.
+// Auth is `auth`: who may call idem's HTTP API. With Tokens or ReadTokens
+// set, every route needs a token except GET /healthz and GET /readyz (and
+// GET /metrics with OpenMetrics), whatever address listen binds.
 type Auth struct {
-	// Tokens, when set, are the bearer tokens the Invoke API and the put
-	// API (POST /v1/streams/…/records) accept: a request must carry
+	// Tokens, when set, are the tokens that may call every route, reads
+	// and writes (the Invoke API, puts): a request must carry
 	// `Authorization: Bearer <token>`, or an AWS Signature Version 4 made
 	// with a token as the secret access key (what the AWS CLI and SDKs
-	// send); others get 403. Each is 16 to 4096 printable characters
-	// without spaces. The other routes (status, records, state, metrics)
-	// stay open: bind listen to loopback to keep them private.
+	// send); others get 403. A signed write must sign its payload
+	// (UNSIGNED-PAYLOAD is refused), and a signed write is served once:
+	// a replay of it answers as the first did, without writing again.
+	// Each token is 16 to 4096 printable characters without spaces.
 	// Default: none (no authentication; idem warns at start when listen is
 	// not a loopback address)
 	Tokens []string `yaml:"tokens"`
+	// ReadTokens, when set, are tokens that may call the read routes (GET:
+	// status, streams, records, state, metrics) only; a write with one gets
+	// 403 saying the token is read-only. Same form as Tokens, and none may
+	// repeat a token of Tokens. With ReadTokens alone, nobody may write.
+	// Default: none
+	ReadTokens []string `yaml:"readTokens"`
+	// OpenMetrics leaves GET /metrics open to requests without a token
+	// when tokens are set, for a Prometheus that cannot send one (its
+	// `authorization` setting can send a read token).
+	// Default: false (metrics need a token when tokens are set)
+	OpenMetrics bool `yaml:"openMetrics"`
 }
+
+// Enabled reports whether the API needs tokens.
+func (a *Auth) Enabled() bool { return len(a.Tokens) > 0 || len(a.ReadTokens) > 0 }
 
 // Defaults and ranges of the Invoke API's settings.
 const (
@@ -134,9 +151,16 @@ func (c *checker) invokeSettings(f *File, p string, fn *Function) {
 
 // auth checks the API tokens.
 func (c *checker) auth(a *Auth) {
-	seen := make(map[string]bool, len(a.Tokens))
-	for i, t := range a.Tokens {
-		p := fmt.Sprintf("auth.tokens[%d]", i)
+	seen := make(map[string]bool, len(a.Tokens)+len(a.ReadTokens))
+	c.tokens("auth.tokens", a.Tokens, seen)
+	c.tokens("auth.readTokens", a.ReadTokens, seen)
+}
+
+// tokens checks one list of tokens; seen holds the tokens of the lists
+// checked before, which none may repeat.
+func (c *checker) tokens(path string, tokens []string, seen map[string]bool) {
+	for i, t := range tokens {
+		p := fmt.Sprintf("%s[%d]", path, i)
 		switch {
 		case len(t) < minTokenLen:
 			c.addf(p, "a token of %d characters is too short to be secret (allowed: %d to %d printable characters without spaces; e.g. the output of `openssl rand -hex 32`)", len(t), minTokenLen, maxTokenLen)

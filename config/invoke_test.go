@@ -9,7 +9,7 @@ import (
 func TestInvokeSettings(t *testing.T) {
 	f, err := Parse([]byte(`
 streams: [{name: failed}]
-auth: {tokens: [0123456789abcdef0123, another-token-of-16+]}
+auth: {tokens: [0123456789abcdef0123, another-token-of-16+], readTokens: [read-only-token-0123], openMetrics: true}
 functions:
   - name: ship
     async:
@@ -32,8 +32,8 @@ functions:
 	if fn.Idempotency != (FunctionIdempotency{Key: "order.id", Retention: Duration(time.Hour)}) {
 		t.Errorf("idempotency = %+v", fn.Idempotency)
 	}
-	if len(f.Auth.Tokens) != 2 {
-		t.Errorf("auth.tokens = %q", f.Auth.Tokens)
+	if len(f.Auth.Tokens) != 2 || len(f.Auth.ReadTokens) != 1 || !f.Auth.OpenMetrics || !f.Auth.Enabled() {
+		t.Errorf("auth = %+v", f.Auth)
 	}
 }
 
@@ -69,6 +69,10 @@ func TestInvokeSettingsErrors(t *testing.T) {
 			[]string{"auth.tokens[0]: must be printable ASCII without spaces"}},
 		{"repeated token", "auth: {tokens: [0123456789abcdefgh, 0123456789abcdefgh]}\n",
 			[]string{"auth.tokens[1]: repeats an earlier token"}},
+		{"read token of tokens", "auth: {tokens: [0123456789abcdefgh], readTokens: [0123456789abcdefgh]}\n",
+			[]string{"auth.readTokens[0]: repeats an earlier token"}},
+		{"short read token", "auth: {readTokens: [secret]}\n",
+			[]string{"auth.readTokens[0]: a token of 6 characters is too short"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -224,6 +224,25 @@ func (idx *index) shifted(f *File, errs []*FieldError) []*FieldError {
 	return out
 }
 
+// undecoded returns the mappings that yaml.v3 left undecoded because they
+// hold a duplicate key (it decodes none of such a mapping's keys), and
+// whether the top-level mapping is one: validating the zero values they
+// left would report their settings as missing, when they are set twice.
+func undecoded(errs []*FieldError) (lost []*FieldError, root bool) {
+	for _, e := range errs {
+		if !e.dup {
+			continue
+		}
+		parent, _, _ := cutLast(e.Path)
+		if parent == "" {
+			root = true
+			continue
+		}
+		lost = append(lost, &FieldError{Path: parent})
+	}
+	return lost, root
+}
+
 // line returns the line where path, or its nearest enclosing setting, is
 // written; 0 if neither is.
 func (idx *index) line(path string) int {

@@ -27,6 +27,9 @@ type outcome struct {
 	errType      string // the function error's type, for permanentErrorTypes
 	errMsg       string
 	permanent    bool
+	// conflict: the failure is the store transaction's conflict with
+	// another one, not the records': run again, they succeed.
+	conflict bool
 }
 
 // completed returns how many leading records of an invocation of n
@@ -51,6 +54,7 @@ func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
 	attempts := 0                // invocations of the head of the queue that failed
 	var failingSeq idem.Sequence // the record a partial failure named last
 	failingIsRecord := true      // whether attempts count a record's failures
+	conflicts := 0               // consecutive conflicts of the store's transactions
 	for len(queue) > 0 {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -102,6 +106,20 @@ func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
 		} else {
 			bs.rollback()
 		}
+		if out.conflict && out.failedAt >= 0 {
+			// Neither a retry nor a reason to bisect: the records did
+			// not fail, their transaction lost a race.
+			if out.failedAt > 0 && out.failedAt < len(sub) {
+				sub = sub[out.failedAt:]
+				queue[0] = sub
+			}
+			conflicts++
+			if err := s.conflictWait(ctx, conflicts, string(sub[0].Sequence), out); err != nil {
+				return err
+			}
+			continue
+		}
+		conflicts = 0
 		switch {
 		case out.failedAt < 0: // success
 			queue = queue[1:]

@@ -86,7 +86,10 @@ func (s *shard) claim(ctx context.Context, recs []idem.Record) (claimed, error) 
 		Owner: s.owner, Keys: s.markKeys(recs), Marks: true,
 		LeaseUntil: now.Add(s.claimLease()), Now: now, Fence: s.fence.Load(),
 	}
-	if err := s.e.store.ClaimRecords(ctx, &rc); err != nil {
+	// Keys completed under their legacy keys (store.Legacy) are looked up
+	// too; renewClaims need not, for legacy marks never appear later.
+	keyOf := func(i int) string { return recs[i].IdempotencyKey }
+	if err := s.e.legacy.ClaimRecords(ctx, s.e.store, &rc, cfg.Scope, keyOf); err != nil {
 		return claimed{}, fmt.Errorf("claiming %d records: %w", len(recs), err)
 	}
 	s.claimedUntil.Store(rc.LeaseUntil.UnixNano())

@@ -30,6 +30,15 @@ func invokeSafely(ctx context.Context, cfg *Mapping, b *idem.Batch) (res functio
 
 // judge applies Lambda's rules (ESM.md) to one invocation's answer.
 func (s *shard) judge(b []idem.Record, res function.Result, err error) outcome {
+	out := s.judgeResult(b, res, err)
+	if out.failedAt >= 0 {
+		out.conflict = resultConflict(s.e.store, res, err)
+	}
+	return out
+}
+
+// judgeResult is judge but for conflicts.
+func (s *shard) judgeResult(b []idem.Record, res function.Result, err error) outcome {
 	cfg := &s.m.cfg
 	whole := outcome{failedAt: len(b)}
 	if err != nil {

@@ -55,6 +55,9 @@ type Engine struct {
 	discovery    time.Duration
 	now          func() time.Time
 	lease        *leaseConfig // nil: no shard leases
+	// legacy looks up the records the store may hold under the keys of
+	// earlier versions (store.Legacy); set by Run before any shard starts.
+	legacy store.Legacy
 
 	mu       sync.Mutex
 	running  bool
@@ -144,7 +147,7 @@ func (e *Engine) Add(m Mapping) error {
 	}
 	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker), scopeFilters: map[string]*filterSet{}}
 	if c, ok := e.store.(store.Claims); ok {
-		mp.journal = &journal{claims: c, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now}
+		mp.journal = &journal{claims: c, legacy: &e.legacy, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now}
 	}
 	for _, t := range m.PermanentErrorTypes {
 		mp.permanent[t] = true
@@ -176,6 +179,11 @@ func (e *Engine) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	legacy, err := store.LegacyOf(ctx, e.store)
+	if err != nil {
+		return fmt.Errorf("engine: %w", err)
+	}
+	e.legacy = legacy
 
 	// work outlives ctx by the drain timeout, so that a batch being invoked
 	// when shutdown starts can still commit.

@@ -29,6 +29,7 @@ import (
 // running, is fenced: its Complete is refused.
 type journal struct {
 	claims    store.Claims
+	legacy    *store.Legacy // the engine's
 	scope     string
 	lease     time.Duration
 	retention time.Duration
@@ -46,7 +47,7 @@ func (j *journal) Run(ctx context.Context, recordKey, step string, fn func(ctx c
 	mk := store.MarkKeyOf(stepNamespace, key)
 	// The payload of a step is its identity: one key is one step.
 	ph := store.PayloadHash(sha256.Sum256([]byte(key)))
-	c, err := j.take(ctx, mk, ph)
+	c, err := j.take(ctx, mk, key, ph)
 	switch {
 	case errors.Is(err, store.ErrClaimHeld):
 		return nil, fmt.Errorf("%w: %w", idem.ErrStepInProgress, err)
@@ -81,9 +82,18 @@ func (j *journal) Run(ctx context.Context, recordKey, step string, fn func(ctx c
 
 // take claims a step: with Takeover where the store has it, otherwise with
 // Claim, which makes a retry wait for an earlier attempt's lease.
-func (j *journal) take(ctx context.Context, mk store.MarkKey, ph store.PayloadHash) (store.Claim, error) {
-	if t, ok := j.claims.(store.ClaimTaker); ok {
-		return t.Takeover(ctx, mk, ph, j.lease, j.now())
+// A step completed under its legacy key (store.Legacy) is answered from
+// there.
+func (j *journal) take(ctx context.Context, mk store.MarkKey, key string, ph store.PayloadHash) (store.Claim, error) {
+	var legacy store.Legacy
+	if j.legacy != nil {
+		legacy = *j.legacy
 	}
-	return j.claims.Claim(ctx, mk, ph, j.lease, j.now())
+	if t, ok := j.claims.(interface {
+		store.Claims
+		store.ClaimTaker
+	}); ok {
+		return legacy.Takeover(ctx, t, mk, stepNamespace, key, ph, j.lease, j.now())
+	}
+	return legacy.Claim(ctx, j.claims, mk, stepNamespace, key, ph, j.lease, j.now())
 }

@@ -67,9 +67,17 @@ func (e *Engine) checkLeases() error {
 // take over any other's.
 var leasePayload = store.PayloadHash(sha256.Sum256([]byte("idem shard lease")))
 
+// leaseScope is the scope of shard leases' claims keys.
+const leaseScope = "\x00lease"
+
+// leaseName names a mapping's lease on a shard in leaseScope.
+func leaseName(mapping, stream, shard string) string {
+	return mapping + "\x00" + stream + "\x00" + shard
+}
+
 // leaseKey is the claims key of a mapping's lease on a shard.
 func leaseKey(mapping, stream, shard string) store.MarkKey {
-	return store.MarkKeyOf("\x00lease", mapping+"\x00"+stream+"\x00"+shard)
+	return store.MarkKeyOf(leaseScope, leaseName(mapping, stream, shard))
 }
 
 // runLeased processes the shard while it holds the shard's lease, until
@@ -114,7 +122,9 @@ func (s *shard) acquire(ctx context.Context, claims store.Claims, key store.Mark
 	cfg := s.e.lease
 	failures := 0
 	for {
-		l, err := claims.Claim(ctx, key, leasePayload, cfg.ttl, s.e.now())
+		// A lease an earlier version still holds under its legacy key
+		// (store.Legacy) holds the shard until it runs out.
+		l, err := s.e.legacy.Claim(ctx, claims, key, leaseScope, leaseName(s.m.cfg.Name, s.m.cfg.Stream, s.id), leasePayload, cfg.ttl, s.e.now())
 		switch {
 		case err == nil && l.Status == store.Acquired:
 			return l, true

@@ -171,33 +171,6 @@ func (s *shard) runOwned(ctx, work context.Context) {
 	s.state.Store("stopped")
 }
 
-// process runs the shard from its durable checkpoint until ctx is done,
-// restarting it after errors. It returns early, with fenced true, when a
-// commit was refused because the shard's lease was lost.
-func (s *shard) process(ctx, work context.Context) (fenced bool) {
-	log := s.e.log.With("mapping", s.m.cfg.Name, "shard", s.id)
-	failures := 0
-	for ctx.Err() == nil {
-		err := s.runOnce(ctx, work)
-		if err == nil || ctx.Err() != nil {
-			break
-		}
-		if errors.Is(err, store.ErrFenced) {
-			s.lastError.Store(err.Error())
-			log.Error("shard stopped: its lease was taken over, so its commit was refused", "err", err)
-			return true
-		}
-		failures++
-		s.state.Store("error")
-		s.lastError.Store(err.Error())
-		log.Error("shard stopped; restarting from its last checkpoint", "err", err, "failures", failures)
-		if sleep(ctx, s.backoff(failures)) != nil {
-			break
-		}
-	}
-	return false
-}
-
 // runOnce loads the durable position and processes windows until ctx is
 // done or an error occurs.
 func (s *shard) runOnce(ctx, work context.Context) (err error) {

@@ -147,7 +147,11 @@ func (s *Service) enqueueKeyed(ctx context.Context, f *fn, env *envelope) (dedup
 	// Long enough for a reservation whose process died to lapse.
 	waitUntil := s.now().Add(2 * reserveLease)
 	for {
-		r, err := s.claims.Claim(ctx, rk, ph, reserveLease, s.now())
+		legacy, err := s.legacyOf(ctx)
+		r := store.Claim{}
+		if err == nil {
+			r, err = legacy.Claim(ctx, s.claims, rk, queuedScope(f.cfg.Name), env.Key, ph, reserveLease, s.now())
+		}
 		switch {
 		case errors.Is(err, store.ErrPayloadMismatch):
 			return false, mismatch(f, env.Key, err)
@@ -176,7 +180,12 @@ func (s *Service) enqueueKeyed(ctx context.Context, f *fn, env *envelope) (dedup
 // answered from it alone.
 func (s *Service) queueReserved(ctx context.Context, f *fn, r store.Claim, env *envelope) (deduplicated bool, err error) {
 	mk := store.MarkKeyOf(keyScope(f.cfg.Name), env.Key)
-	run, found, err := s.claims.Lookup(ctx, mk, s.now())
+	legacy, err := s.legacyOf(ctx)
+	var run store.Claim
+	var found bool
+	if err == nil {
+		run, found, err = legacy.Lookup(ctx, s.claims, mk, keyScope(f.cfg.Name), env.Key, s.now())
+	}
 	switch {
 	case err != nil:
 		s.unreserve(ctx, f, r)
@@ -225,7 +234,12 @@ func (s *Service) unreserve(ctx context.Context, f *fn, r store.Claim) {
 // stands for the key, and this one must not run.
 func (s *Service) superseded(ctx context.Context, f *fn, key string, token uint64) bool {
 	rk := store.MarkKeyOf(queuedScope(f.cfg.Name), key)
-	r, found, err := s.claims.Lookup(ctx, rk, s.now())
+	legacy, err := s.legacyOf(ctx)
+	var r store.Claim
+	var found bool
+	if err == nil {
+		r, found, err = legacy.Lookup(ctx, s.claims, rk, queuedScope(f.cfg.Name), key, s.now())
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Warn("looking up a queued event's reservation; running it", "function", f.cfg.Name, "err", err)
@@ -467,7 +481,11 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 		}
 		var claim store.Claim
 		if env.Key != "" {
-			c, err := s.claims.Claim(ctx, mk, payloadHash(env.Payload), f.lease(), now)
+			legacy, err := s.legacyOf(ctx)
+			c := store.Claim{}
+			if err == nil {
+				c, err = legacy.Claim(ctx, s.claims, mk, keyScope(f.cfg.Name), env.Key, payloadHash(env.Payload), f.lease(), now)
+			}
 			switch {
 			case errors.Is(err, store.ErrPayloadMismatch):
 				log.Warn("event discarded: its idempotency key was first used with another payload", "key", env.Key)

@@ -120,6 +120,26 @@ type Service struct {
 	log    *slog.Logger
 	now    func() time.Time
 	fns    map[string]*fn
+
+	// legacyMu guards legacy, read from claims on first use (legacyOf).
+	legacyMu     sync.Mutex
+	legacyLoaded bool
+	legacy       store.Legacy
+}
+
+// legacyOf returns what looks up the idempotency records claims may hold
+// under the keys of earlier versions (store.Legacy), asking claims once.
+func (s *Service) legacyOf(ctx context.Context) (store.Legacy, error) {
+	s.legacyMu.Lock()
+	defer s.legacyMu.Unlock()
+	if !s.legacyLoaded {
+		l, err := store.LegacyOf(ctx, s.claims)
+		if err != nil {
+			return store.Legacy{}, err
+		}
+		s.legacy, s.legacyLoaded = l, true
+	}
+	return s.legacy, nil
 }
 
 // fn is one function as the Service runs it.
@@ -415,7 +435,11 @@ func (s *Service) invokeKeyed(ctx context.Context, f *fn, req *Request, key stri
 	mk, ph := store.MarkKeyOf(keyScope(f.cfg.Name), key), payloadHash(req.Payload)
 	waitUntil := s.now().Add(f.lease())
 	for {
-		c, err := s.claims.Claim(ctx, mk, ph, f.lease(), s.now())
+		legacy, err := s.legacyOf(ctx)
+		c := store.Claim{}
+		if err == nil {
+			c, err = legacy.Claim(ctx, s.claims, mk, keyScope(f.cfg.Name), key, ph, f.lease(), s.now())
+		}
 		switch {
 		case errors.Is(err, store.ErrPayloadMismatch):
 			return Result{}, mismatch(f, key, err)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/idem-run/idem/engine"
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/invoke"
+	"github.com/idem-run/idem/store"
 )
 
 // The HTTP API's JSON shapes. They are what the CLI speaks; keep them
@@ -95,6 +97,9 @@ type errorResponse struct {
 // maxRequestBytes bounds a request body: Lambda's 6 MB payload limit.
 const maxRequestBytes = 6 << 20
 
+// routes returns the API: every route behind the tokens (see
+// authenticator.open for the few that are not), under the deadlines that
+// bound slow clients.
 func (s *Server) routes(reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/streams/{stream}/records", s.guardPut(s.handlePut))
@@ -104,8 +109,9 @@ func (s *Server) routes(reg *prometheus.Registry) http.Handler {
 	mux.HandleFunc("GET /v1/status", s.handleStatus)
 	mux.HandleFunc("GET /v1/state/{scope}/{key}", s.handleState)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", s.handleReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	return mux
+	return s.deadlines(s.auth.guard(mux))
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -149,9 +155,9 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := s.db.Put(r.Context(), stream, recs)
 	if err != nil {
-		code := http.StatusBadRequest
-		if errors.Is(err, pebbledb.ErrStreamNotFound) {
-			code = http.StatusNotFound
+		code := putErrorStatus(err)
+		if code == http.StatusInsufficientStorage {
+			err = fmt.Errorf("the disk holding idem's data is full; nothing was written (retry once space is freed): %w", err)
 		}
 		writeError(w, code, err)
 		return
@@ -161,6 +167,33 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 		out.Records[i] = PutResult{ShardID: pr.Shard, SequenceNumber: string(idem.SequenceOf(pr.Sequence))}
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// putErrorStatus classifies a put's error: the request's mistakes are 400
+// and 404, a full disk 507, a store that is closing or a client that left
+// 503, anything else 500 (a server's failure is never blamed on the
+// request).
+func putErrorStatus(err error) int {
+	switch {
+	case errors.Is(err, pebbledb.ErrStreamNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, pebbledb.ErrInvalidPartitionKey), errors.Is(err, pebbledb.ErrRecordTooLarge):
+		return http.StatusBadRequest
+	}
+	return storeErrorStatus(err)
+}
+
+// storeErrorStatus classifies a failed store operation: 507 for a full
+// disk, 503 for a store that is closing (or a request given up), 500
+// otherwise.
+func storeErrorStatus(err error) int {
+	switch {
+	case errors.Is(err, store.ErrNoSpace):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
@@ -187,8 +220,8 @@ func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := s.db.Read(r.Context(), stream, shard, after, limit, 64<<20)
 	if err != nil {
-		code := http.StatusBadRequest
-		if errors.Is(err, pebbledb.ErrStreamNotFound) {
+		code := storeErrorStatus(err)
+		if errors.Is(err, pebbledb.ErrStreamNotFound) || errors.Is(err, pebbledb.ErrShardNotFound) {
 			code = http.StatusNotFound
 		}
 		writeError(w, code, err)

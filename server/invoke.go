@@ -49,14 +49,17 @@ func (s *Server) goFunction(name string) (function.Driver, error) {
 // without tokens.
 func (s *Server) setupInvoke(fns map[string]function.Driver) error {
 	cfg := s.cfg
-	s.auth = newAuthenticator(cfg.Auth.Tokens)
-	if len(cfg.Auth.Tokens) == 0 && !config.LoopbackListen(cfg.Listen) {
-		s.log.Warn("the HTTP API listens beyond loopback without auth.tokens: anyone who can reach "+cfg.Listen+" can invoke functions and put records; set auth.tokens, or listen on 127.0.0.1",
+	s.auth = newAuthenticator(cfg.Auth, s.unverifiedBodyBytes, s.log)
+	if !cfg.Auth.Enabled() && !config.LoopbackListen(cfg.Listen) {
+		s.log.Warn("the HTTP API listens beyond loopback without auth.tokens: anyone who can reach "+cfg.Listen+" can invoke functions, put records, and read records, state and status; set auth.tokens, or listen on 127.0.0.1",
 			"listen", cfg.Listen)
 	}
 	claims, ok := s.store.(store.Claims)
 	if !ok {
 		return errors.New("the store keeps no idempotency claims (store.Claims): the Invoke API needs them")
+	}
+	if s.auth != nil {
+		s.auth.claims = claims
 	}
 	list := make([]invoke.Function, 0, len(cfg.Functions))
 	for _, f := range cfg.Functions {
@@ -108,19 +111,20 @@ func (s *Server) runInvoke(ctx context.Context) <-chan error {
 	return done
 }
 
-// invokeRoutes registers the Invoke API, behind the tokens.
+// invokeRoutes registers the Invoke API (behind the tokens, as every route:
+// see routes).
 func (s *Server) invokeRoutes(mux *http.ServeMux) {
-	mux.Handle(invoke.Route, s.auth.guard(s.invoke))
+	mux.Handle(invoke.Route, s.invoke)
 }
 
-// guardPut protects the put API with the tokens, and keeps the Invoke API's
-// event queues (idem:invoke:<function>) for the Invoke API alone.
+// guardPut keeps the Invoke API's event queues (idem:invoke:<function>) for
+// the Invoke API alone.
 func (s *Server) guardPut(h http.HandlerFunc) http.Handler {
-	return s.auth.guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if invoke.IsQueueStream(r.PathValue("stream")) {
 			writeError(w, http.StatusForbidden, fmt.Errorf("stream %q is the event queue of the Invoke API: send events with POST /2015-03-31/functions/{name}/invocations and X-Amz-Invocation-Type: Event", r.PathValue("stream")))
 			return
 		}
 		h(w, r)
-	}))
+	})
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,20 +31,33 @@ const token = "0123456789abcdef0123456789abcdef"
 // the test ends, and returns its address.
 func serve(t *testing.T, yaml string, log *bytes.Buffer, opts ...server.Option) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	addr, stop := start(t, t.TempDir(), "127.0.0.1:0", yaml, log, opts...)
+	t.Cleanup(stop)
+	return addr
+}
+
+// start runs a server.Server for yaml with dataDir dir, listening on listen
+// (port 0: a free port), and returns its address and a function that
+// stops it (which the test's end calls too).
+func start(t *testing.T, dir, listen, yaml string, log *bytes.Buffer, opts ...server.Option) (addr string, stop func()) {
+	t.Helper()
+	addr = listen
+	if strings.HasSuffix(listen, ":0") {
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = ln.Addr().String()
+		ln.Close()
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	cfg, err := config.Parse([]byte(fmt.Sprintf("dataDir: %s\nlisten: %s\n%s", t.TempDir(), addr, yaml)))
+	cfg, err := config.Parse([]byte(fmt.Sprintf("dataDir: %s\nlisten: %s\n%s", dir, addr, yaml)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if log == nil {
 		log = new(bytes.Buffer)
 	}
-	opts = append(opts, server.WithLogger(slog.New(slog.NewTextHandler(log, nil))))
+	opts = append(opts, server.WithLogger(slog.New(slog.NewTextHandler(&syncWriter{w: log}, nil))))
 	s, err := server.New(cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -51,25 +65,41 @@ func serve(t *testing.T, yaml string, log *bytes.Buffer, opts ...server.Option) 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		s.Close()
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+			s.Close()
+		})
+	}
+	t.Cleanup(stop)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, err := http.Get("http://" + addr + "/healthz")
 		if err == nil {
 			resp.Body.Close()
-			return addr
+			return addr, stop
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the server did not come up: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// syncWriter serializes writes to w: a server logs from many goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
 
 func client(addr, secret string) *lambda.Client {
@@ -119,7 +149,8 @@ functions: [{name: upper}]
 		{"put bearer", "POST", "/v1/streams/events/records", "Bearer " + token, `{"records":[{"partitionKey":"k","data":"d"}]}`, 200},
 		{"put no token", "POST", "/v1/streams/events/records", "", `{"records":[{"partitionKey":"k","data":"d"}]}`, 403},
 		{"put to a queue", "POST", "/v1/streams/idem:invoke:upper/records", "Bearer " + token, `{"records":[{"partitionKey":"k","data":"d"}]}`, 403},
-		{"status stays open", "GET", "/v1/status", "", "", 200},
+		{"status needs a token", "GET", "/v1/status", "", "", 403},
+		{"status bearer", "GET", "/v1/status", "Bearer " + token, "", 200},
 	} {
 		req, _ := http.NewRequest(tc.method, "http://"+addr+tc.path, strings.NewReader(tc.body))
 		if tc.auth != "" {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,6 +56,17 @@ type Server struct {
 	invoke         *invoke.Service
 	auth           *authenticator
 
+	// Limits on clients (limits.go).
+	bodyTimeout         time.Duration
+	maxConns            int
+	unverifiedBodyBytes int64
+
+	// phase is phaseStarting, phaseServing or phaseStopping.
+	phase atomic.Int32
+	// ready reports why the server cannot do its work, or nil; GET /readyz
+	// answers it.
+	ready func(context.Context) error
+
 	closeOnce sync.Once
 }
 
@@ -85,7 +97,9 @@ func WithLogger(l *slog.Logger) Option { return optionFunc(func(s *Server) { s.l
 // except the storage's retention worker; Run starts the rest. Close releases
 // what New opened.
 func New(cfg *config.File, opts ...Option) (*Server, error) {
-	s := &Server{cfg: cfg, log: slog.Default(), handlers: make(map[string]idem.Handler)}
+	s := &Server{cfg: cfg, log: slog.Default(), handlers: make(map[string]idem.Handler),
+		bodyTimeout: defaultBodyTimeout, maxConns: connLimit(), unverifiedBodyBytes: defaultUnverifiedBodyBytes}
+	s.ready = s.checkReady
 	for _, o := range opts {
 		o.apply(s)
 	}
@@ -127,8 +141,9 @@ func (s *Server) setup() error {
 		case f.Process != nil:
 			pf := f.Process
 			d, err := process.New(process.Config{Name: f.Name, Command: pf.Command, Args: pf.Args, Env: pf.Env, Dir: pf.Dir,
-				Concurrency: pf.Concurrency, Timeout: f.Timeout.D(), MemorySize: pf.MemorySize, Region: pf.Region},
-				process.WithLogger(s.log))
+				Concurrency: pf.Concurrency, Timeout: f.Timeout.D(), MemorySize: pf.MemorySize, Region: pf.Region,
+				InheritEnv: pf.InheritEnv},
+				process.WithLogger(s.log), process.WithPIDDir(cfg.DataDir+"/process"))
 			if err != nil {
 				errs = append(errs, fmt.Errorf("functions[%d].process: %w", i, err))
 				continue
@@ -269,7 +284,12 @@ func (s *Server) openStore() error {
 	defer cancel()
 	switch sc := s.cfg.Store; {
 	case sc.Postgres != nil:
-		pg, err := postgres.New(ctx, sc.Postgres.DSN, postgres.WithSchema(sc.Postgres.Schema), postgres.WithLogger(s.log))
+		opts := []postgres.Option{postgres.WithSchema(sc.Postgres.Schema), postgres.WithLogger(s.log)}
+		if l := s.cfg.Lease; l != nil {
+			// A stalled owner's transaction must not hold up the new one.
+			opts = append(opts, postgres.WithLeaseTTL(l.TTL.D()))
+		}
+		pg, err := postgres.New(ctx, sc.Postgres.DSN, opts...)
 		if err != nil {
 			return fmt.Errorf("store.postgres: %w", err)
 		}
@@ -295,9 +315,13 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
 	s.ln = ln
-	s.http = &http.Server{Handler: s.routes(s.registry), ReadHeaderTimeout: 10 * time.Second}
+	s.http = &http.Server{Handler: s.routes(s.registry), ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout: idleTimeout, MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	s.log.Info("idem serving", "listen", ln.Addr().String(), "dataDir", s.cfg.DataDir,
-		"streams", len(s.cfg.Streams), "mappings", len(s.cfg.Mappings))
+		"streams", len(s.cfg.Streams), "mappings", len(s.cfg.Mappings), "maxConnections", s.maxConns)
+	s.phase.Store(phaseServing)
+	ln = newLimitListener(ln, s.maxConns)
 
 	httpErr := make(chan error, 1)
 	go func() { httpErr <- s.http.Serve(ln) }()
@@ -319,6 +343,7 @@ func (s *Server) Run(ctx context.Context) error {
 		runErr = err
 		engineDone <- err
 	}
+	s.phase.Store(phaseStopping)
 	stopEngine()
 	if err := <-engineDone; err != nil && runErr == nil {
 		runErr = err

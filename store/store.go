@@ -14,17 +14,19 @@
 //
 // # Encodings
 //
-// Mark keys are 128-bit hashes of (scope, idempotency key), so a lookup costs
-// the same whatever the key's length. Sequences are the source's, compared
+// Mark keys are 128-bit hashes of (scope, idempotency key) (MarkKeyOf), so a
+// lookup costs the same whatever the key's length. Sequences are the source's, compared
 // as numbers (idem.Sequence.Compare).
 package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"math/bits"
+	"hash"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/idem-run/idem"
@@ -123,42 +125,59 @@ func (p *Progress) Done(seq idem.Sequence) bool {
 type MarkKey [16]byte
 
 // MarkKeyOf hashes (scope, key) into the MarkKey marks and claims are
-// stored under (FNV-1a, 128 bits, with a NUL between the two): every
-// component that keys records by idempotency key must spell it alike. It
-// computes what hash/fnv's New128a would, without its allocation: the
-// engine hashes every record of a window.
+// stored under: the first 16 bytes of the SHA-256 of len(scope) (8 bytes,
+// big-endian), scope, then key. Every component that keys records by
+// idempotency key must spell it alike.
+//
+// The hash is cryptographic because keys come from payloads and
+// Idempotency-Key headers: under a hash that is not collision resistant
+// (the FNV-1a of earlier versions, see LegacyKeyed), whoever chooses keys
+// can make a new key collide with one already completed, and have its
+// record skipped. The length prefix keeps ("a", "bc") and ("ab", "c")
+// apart. MarkKeyOf does not allocate (the engine hashes every record of a
+// window): a short scope and key are hashed from a buffer on the stack,
+// longer ones by a hasher kept in a pool.
 func MarkKeyOf(scope, key string) MarkKey {
-	hi, lo := uint64(fnv128OffsetHi), uint64(fnv128OffsetLo)
-	hi, lo = fnv128(hi, lo, scope)
-	hi, lo = fnv128Byte(hi, lo, 0)
-	hi, lo = fnv128(hi, lo, key)
-	var mk MarkKey
-	binary.BigEndian.PutUint64(mk[:8], hi)
-	binary.BigEndian.PutUint64(mk[8:], lo)
-	return mk
-}
-
-// FNV-1a's 128-bit offset basis, and its prime 2^88 + 0x13b.
-const (
-	fnv128OffsetHi = 0x6c62272e07bb0142
-	fnv128OffsetLo = 0x62b821756295c58d
-	fnv128PrimeLo  = 0x13b
-	fnv128PrimeHi  = 24 // the 2^88 part: the low word shifted into the high one by 88-64 bits
-)
-
-func fnv128(hi, lo uint64, s string) (uint64, uint64) {
-	for i := 0; i < len(s); i++ {
-		hi, lo = fnv128Byte(hi, lo, s[i])
+	n := 8 + len(scope) + len(key)
+	if n > markKeyStack {
+		return markKeyLong(scope, key)
 	}
-	return hi, lo
+	var buf [markKeyStack]byte
+	binary.BigEndian.PutUint64(buf[:8], uint64(len(scope)))
+	copy(buf[8:], scope)
+	copy(buf[8+len(scope):], key)
+	sum := sha256.Sum256(buf[:n])
+	return MarkKey(sum[:len(MarkKey{})])
 }
 
-func fnv128Byte(hi, lo uint64, b byte) (uint64, uint64) {
-	lo ^= uint64(b)
-	// (hi, lo) * (2^88 + 0x13b) mod 2^128
-	carry, newLo := bits.Mul64(lo, fnv128PrimeLo)
-	newHi := hi*fnv128PrimeLo + carry + lo<<fnv128PrimeHi
-	return newHi, newLo
+// markKeyStack is the longest input MarkKeyOf hashes from the stack.
+const markKeyStack = 256
+
+// markHasher is a SHA-256 with a buffer to feed it strings through
+// without converting them (which would allocate).
+type markHasher struct {
+	h   hash.Hash
+	buf [markKeyStack]byte
+}
+
+var markHashers = sync.Pool{New: func() any { return &markHasher{h: sha256.New()} }}
+
+// markKeyLong is MarkKeyOf for inputs longer than markKeyStack.
+func markKeyLong(scope, key string) MarkKey {
+	m := markHashers.Get().(*markHasher)
+	defer markHashers.Put(m)
+	m.h.Reset()
+	binary.BigEndian.PutUint64(m.buf[:8], uint64(len(scope)))
+	m.h.Write(m.buf[:8])
+	for _, s := range [2]string{scope, key} {
+		for len(s) > 0 {
+			c := copy(m.buf[:], s)
+			m.h.Write(m.buf[:c])
+			s = s[c:]
+		}
+	}
+	sum := m.h.Sum(m.buf[:0])
+	return MarkKey(sum[:len(MarkKey{})])
 }
 
 // Mark records that an idempotency key is COMPLETED until Expires.

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -49,6 +51,7 @@ type instance struct {
 	f        *Function
 	id       string // its Runtime API path segment
 	cmd      *exec.Cmd
+	pidFile  string // its pid file; "" for none
 	started  time.Time
 	exited   chan struct{} // closed once the process has exited
 	waitErr  error         // how it exited; read after exited is closed
@@ -143,15 +146,31 @@ func (f *Function) start(restart bool) (*instance, error) {
 		return nil, fmt.Errorf("process: creating the stderr pipe: %w", err)
 	}
 	cmd := &exec.Cmd{
-		Path:        f.path,
-		Args:        append([]string{f.cfg.Command}, f.cfg.Args...),
-		Env:         append(slices.Clip(f.env), "AWS_LAMBDA_RUNTIME_API="+f.apiHost+f.prefix+"/"+id),
+		Path: f.path,
+		Args: append([]string{f.cfg.Command}, f.cfg.Args...),
+		Env: append(slices.Clip(f.env),
+			"AWS_LAMBDA_RUNTIME_API="+f.apiHost+f.prefix+"/"+id,
+			"AWS_LAMBDA_LOG_STREAM_NAME="+logStreamName(time.Now())),
 		Dir:         f.dir,
 		Stdout:      outW,
 		Stderr:      errW,
 		SysProcAttr: sysProcAttr(),
 	}
-	err = cmd.Start()
+	inst := &instance{
+		f:          f,
+		id:         id,
+		cmd:        cmd,
+		exited:     make(chan struct{}),
+		shutdown:   make(chan struct{}),
+		extensions: make(map[string]bool),
+	}
+	if f.pidDir != "" {
+		inst.pidFile = filepath.Join(f.pidDir, f.cfg.Name+"-"+id+".pid")
+	}
+	started := make(chan error, 1)
+	f.tasks.Add(1)
+	go inst.run(started, outR, errR)
+	err = <-started
 	_ = outW.Close() // the child has its copies
 	_ = errW.Close()
 	if err != nil {
@@ -159,32 +178,53 @@ func (f *Function) start(restart bool) (*instance, error) {
 		_ = errR.Close()
 		return nil, fmt.Errorf("process: starting %s: %w", f.path, err)
 	}
-	inst := &instance{
-		f:          f,
-		id:         id,
-		cmd:        cmd,
-		started:    time.Now(),
-		exited:     make(chan struct{}),
-		shutdown:   make(chan struct{}),
-		extensions: make(map[string]bool),
-	}
+	inst.started = time.Now()
 	f.instances[id] = inst
 	f.log.Debug("process started", "pid", cmd.Process.Pid, "process", id)
-	f.tasks.Add(3)
+	f.tasks.Add(2)
 	go inst.pipe(outR, "stdout")
 	go inst.pipe(errR, "stderr")
-	go func() {
-		defer f.tasks.Done()
-		inst.waitErr = cmd.Wait()
-		// What the process started dies with it, as with Lambda's sandbox;
-		// and the log pipes then reach their end.
-		signalGroup(cmd.Process, sigKill)
-		close(inst.exited)
-		deadline := time.Now().Add(time.Second) // for a descendant that escaped the group
-		_ = outR.SetReadDeadline(deadline)
-		_ = errR.SetReadDeadline(deadline)
-	}()
 	return inst, nil
+}
+
+// run starts the process, reports how on started, and, once it started,
+// waits for it to exit and closes inst.exited.
+//
+// It keeps its goroutine on one OS thread from start to exit: on Linux the
+// kernel kills the process when the thread that started it ends (see
+// sysProcAttr), and the Go runtime ends a thread when a goroutine locked
+// to it exits. Locked, the thread cannot end before the process has been
+// waited for, and after that the signal no longer matters. Wait blocks the
+// thread anyway, so the lock costs no thread of its own.
+func (inst *instance) run(started chan<- error, outR, errR *os.File) {
+	f := inst.f
+	defer f.tasks.Done()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := inst.cmd.Start(); err != nil {
+		started <- err
+		return
+	}
+	if inst.pidFile != "" {
+		err := writePIDFile(inst.pidFile, inst.cmd.Process.Pid)
+		if err != nil && !errors.Is(err, errNoStartTime) { // no pid files off Linux
+			f.log.Warn("cannot write the process's pid file", "process", inst.id, "err", err)
+		}
+	}
+	started <- nil
+	inst.waitErr = inst.cmd.Wait()
+	// What the process started dies with it, as with Lambda's sandbox;
+	// and the log pipes then reach their end.
+	signalGroup(inst.cmd.Process, sigKill)
+	if inst.pidFile != "" {
+		if err := os.Remove(inst.pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			f.log.Warn("cannot remove the process's pid file", "process", inst.id, "err", err)
+		}
+	}
+	close(inst.exited)
+	deadline := time.Now().Add(time.Second) // for a descendant that escaped the group
+	_ = outR.SetReadDeadline(deadline)
+	_ = errR.SetReadDeadline(deadline)
 }
 
 // startFailed records a process that could not be started at all, and

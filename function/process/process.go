@@ -39,6 +39,38 @@
 // lambda.WithEnableSIGTERM makes; event/next blocks until the function
 // shuts down and then answers a SHUTDOWN event.
 //
+// # Environment
+//
+// A process gets Lambda's environment, not idem's: idem's environment holds
+// idem's secrets (IDEM_TOKEN, database DSNs, cloud credentials). It has
+//
+//   - Lambda's reserved variables: _HANDLER (the command's base name),
+//     AWS_REGION and AWS_DEFAULT_REGION, AWS_LAMBDA_FUNCTION_NAME,
+//     AWS_LAMBDA_FUNCTION_MEMORY_SIZE, AWS_LAMBDA_FUNCTION_VERSION ($LATEST),
+//     AWS_LAMBDA_INITIALIZATION_TYPE (on-demand), AWS_LAMBDA_LOG_GROUP_NAME
+//     (/aws/lambda/NAME), AWS_LAMBDA_LOG_STREAM_NAME (one per process),
+//     AWS_LAMBDA_RUNTIME_API, LAMBDA_TASK_ROOT (Config.Dir) and
+//     LAMBDA_RUNTIME_DIR (the command's directory); Config.Env cannot
+//     override them;
+//   - TZ=:UTC and LANG=en_US.UTF-8, as on Lambda;
+//   - PATH: idem's own, so that an interpreter (node, python) is found where
+//     the host installed it rather than where a Lambda sandbox keeps it;
+//     Lambda's default when idem has none;
+//   - LD_LIBRARY_PATH: idem's own, for those interpreters' libraries, then
+//     LAMBDA_TASK_ROOT and LAMBDA_TASK_ROOT/lib, for the function's;
+//   - Config.Env, which overrides TZ, LANG, PATH and LD_LIBRARY_PATH.
+//
+// No credentials are set: a function that calls AWS gets them through
+// Config.Env. Config.InheritEnv passes the rest of idem's environment too
+// (its TZ, LANG and LD_LIBRARY_PATH then replace the defaults).
+//
+// # Leftover processes
+//
+// On Linux each process gets SIGKILL from the kernel when idem dies,
+// however it dies, so that none outlives the idem serving its Runtime API.
+// With WithPIDDir, a restarted idem also ends the processes that an earlier
+// run left behind in any other way.
+//
 // # Errors
 //
 // Function errors are *function.Error values whose Type is what Lambda
@@ -143,10 +175,19 @@ type Config struct {
 	Command string
 	// Args are the arguments after the command name.
 	Args []string
-	// Env adds to (and overrides) the environment the process inherits from
-	// idem. The variables idem sets itself (AWS_LAMBDA_RUNTIME_API,
-	// AWS_REGION, …) cannot be overridden: New refuses them.
+	// Env adds variables to the process's environment, overriding the
+	// defaults (PATH, LANG, TZ, LD_LIBRARY_PATH) and, with InheritEnv, what
+	// the process inherits. The variables idem sets itself
+	// (AWS_LAMBDA_RUNTIME_API, AWS_REGION, …) cannot be overridden: New
+	// refuses them.
 	Env map[string]string
+	// InheritEnv passes idem's own environment to the process, below Env
+	// and the variables idem sets. Off by default, because idem's
+	// environment holds idem's secrets (IDEM_TOKEN, database DSNs, cloud
+	// credentials) that a function has no business seeing: without it the
+	// process gets only Lambda's variables and Env, as a Lambda function
+	// gets only its configuration's. See the package documentation.
+	InheritEnv bool
 	// Dir is the process's working directory and its LAMBDA_TASK_ROOT.
 	// Default: idem's working directory.
 	Dir string
@@ -177,7 +218,8 @@ type Option interface {
 }
 
 type options struct {
-	log *slog.Logger
+	log    *slog.Logger
+	pidDir string
 }
 
 type optionFunc func(*options)
@@ -196,6 +238,23 @@ func WithLogger(l *slog.Logger) Option {
 	})
 }
 
+// WithPIDDir keeps a pid file for each running process in dir (created if
+// missing), so that a later New given the same dir ends the processes an
+// idem killed without closing its Functions left behind: New kills each
+// such process, with its process group, if its pid still names the
+// process the file recorded (it started at the recorded time), and removes
+// the file. A process's file is removed when it exits. Files of an idem
+// that still runs are left alone, so the Functions of one idem may share
+// dir, as long as their names differ; two idems must not share it.
+//
+// On Linux the kernel already kills each process when idem dies, however it
+// dies; the pid files catch what that misses (a process's own children that
+// left its process group). Pid files are written only on Linux, where a
+// process's start time can be read. Default: no pid files.
+func WithPIDDir(dir string) Option {
+	return optionFunc(func(o *options) { o.pidDir = dir })
+}
+
 // Function runs one Lambda function as Config.Concurrency child processes.
 // It is safe for concurrent use; Invoke is called concurrently for
 // different shards. Close stops the processes and the Runtime API server.
@@ -204,8 +263,9 @@ type Function struct {
 	path    string // the resolved executable
 	dir     string // the absolute working directory
 	log     *slog.Logger
+	pidDir  string // where the pid files are; "" for none
 	arn     string
-	env     []string // the environment, without AWS_LAMBDA_RUNTIME_API
+	env     []string // the environment, less the per-process variables
 	prefix  string   // "/" and 32 hex digits
 	apiHost string   // 127.0.0.1:PORT
 	srv     *http.Server
@@ -264,6 +324,14 @@ func New(cfg Config, opts ...Option) (*Function, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.pidDir != "" {
+		if err := os.MkdirAll(o.pidDir, 0o755); err != nil {
+			return nil, fmt.Errorf("process: pid directory: %w", err)
+		}
+		if err := reap(o.pidDir, o.log); err != nil {
+			return nil, fmt.Errorf("process: ending the processes an earlier run left: %w", err)
+		}
+	}
 	var secret [16]byte
 	if _, err := rand.Read(secret[:]); err != nil {
 		return nil, fmt.Errorf("process: generating the Runtime API prefix: %w", err)
@@ -277,6 +345,7 @@ func New(cfg Config, opts ...Option) (*Function, error) {
 		path:       path,
 		dir:        dir,
 		log:        o.log.With("function", cfg.Name),
+		pidDir:     o.pidDir,
 		arn:        "arn:aws:lambda:" + cfg.Region + ":000000000000:function:" + cfg.Name,
 		env:        env,
 		prefix:     "/" + hex.EncodeToString(secret[:]),
@@ -383,10 +452,14 @@ var reserved = map[string]string{
 	"AWS_LAMBDA_FUNCTION_NAME":        "it is the function's name",
 	"AWS_LAMBDA_FUNCTION_VERSION":     "it is always $LATEST",
 	"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "set memorySize instead",
+	"AWS_LAMBDA_INITIALIZATION_TYPE":  "it is always on-demand",
+	"AWS_LAMBDA_LOG_GROUP_NAME":       "it follows the function's name",
+	"AWS_LAMBDA_LOG_STREAM_NAME":      "it names each process",
 	"AWS_REGION":                      "set region instead",
 	"AWS_DEFAULT_REGION":              "set region instead",
 	"_HANDLER":                        "it is the command's name",
 	"LAMBDA_TASK_ROOT":                "set dir instead",
+	"LAMBDA_RUNTIME_DIR":              "it is the command's directory",
 	"AWS_LAMBDA_RUNTIME_API":          "idem serves the Runtime API",
 	// aws-lambda-go serves RPC instead of the Runtime API when it is set.
 	"_LAMBDA_SERVER_PORT": "idem speaks the Runtime API, not RPC",
@@ -395,9 +468,28 @@ var reserved = map[string]string{
 	"AWS_LAMBDA_MAX_CONCURRENCY": "set concurrency instead",
 }
 
-// environment builds the process environment: idem's own, without the
-// reserved variables, then Lambda's, then cfg.Env. AWS_LAMBDA_RUNTIME_API
-// is added per process.
+// Lambda's values of the variables a function may override (its
+// "unreserved" variables), for a process that does not inherit them.
+const (
+	lambdaPath = "/usr/local/bin:/usr/bin/:/bin:/opt/bin"
+	lambdaLang = "en_US.UTF-8"
+	lambdaTZ   = ":UTC"
+)
+
+// environment builds the process environment, less the variables that
+// differ per process (AWS_LAMBDA_RUNTIME_API, AWS_LAMBDA_LOG_STREAM_NAME):
+//
+//   - with cfg.InheritEnv, idem's own, without the reserved variables;
+//   - PATH, LANG, TZ and LD_LIBRARY_PATH, unless inherited;
+//   - cfg.Env;
+//   - Lambda's reserved variables.
+//
+// PATH is idem's PATH, or Lambda's default when idem has none: a runtime
+// such as node or python is wherever the host installed it, not where a
+// Lambda sandbox keeps it, and idem finds it (and Command) on its own PATH
+// too. LD_LIBRARY_PATH likewise begins with idem's, for those interpreters'
+// libraries, and then names LAMBDA_TASK_ROOT and LAMBDA_TASK_ROOT/lib, as
+// Lambda's does, for libraries the function bundles.
 func environment(cfg Config, path, dir string) ([]string, error) {
 	var errs []error
 	for _, k := range slices.Sorted(maps.Keys(cfg.Env)) {
@@ -415,26 +507,55 @@ func environment(cfg Config, path, dir string) ([]string, error) {
 		return nil, errors.Join(errs...)
 	}
 	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if _, set := cfg.Env[k]; set || reserved[k] != "" {
-			continue
+	has := make(map[string]bool)
+	if cfg.InheritEnv {
+		for _, kv := range os.Environ() {
+			k, _, _ := strings.Cut(kv, "=")
+			if _, set := cfg.Env[k]; set || reserved[k] != "" || has[k] {
+				continue
+			}
+			has[k] = true
+			env = append(env, kv)
 		}
-		env = append(env, kv)
+	}
+	libs := dir + string(os.PathListSeparator) + filepath.Join(dir, "lib")
+	if l := os.Getenv("LD_LIBRARY_PATH"); l != "" {
+		libs = l + string(os.PathListSeparator) + libs
+	}
+	for _, kv := range [][2]string{
+		{"PATH", cmpOr(os.Getenv("PATH"), lambdaPath)},
+		{"LANG", lambdaLang},
+		{"TZ", lambdaTZ},
+		{"LD_LIBRARY_PATH", libs},
+	} {
+		if _, set := cfg.Env[kv[0]]; !set && !has[kv[0]] {
+			env = append(env, kv[0]+"="+kv[1])
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(cfg.Env)) {
+		env = append(env, k+"="+cfg.Env[k])
 	}
 	env = append(env,
 		"AWS_LAMBDA_FUNCTION_NAME="+cfg.Name,
 		"AWS_LAMBDA_FUNCTION_VERSION=$LATEST",
 		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE="+strconv.Itoa(cfg.MemorySize),
+		"AWS_LAMBDA_INITIALIZATION_TYPE=on-demand",
+		"AWS_LAMBDA_LOG_GROUP_NAME=/aws/lambda/"+cfg.Name,
 		"AWS_REGION="+cfg.Region,
 		"AWS_DEFAULT_REGION="+cfg.Region,
 		"_HANDLER="+filepath.Base(path),
 		"LAMBDA_TASK_ROOT="+dir,
+		"LAMBDA_RUNTIME_DIR="+filepath.Dir(path),
 	)
-	for _, k := range slices.Sorted(maps.Keys(cfg.Env)) {
-		env = append(env, k+"="+cfg.Env[k])
-	}
 	return env, nil
+}
+
+// logStreamName is a process's AWS_LAMBDA_LOG_STREAM_NAME, in Lambda's form:
+// the date, the version and a random id of the execution environment.
+func logStreamName(now time.Time) string {
+	var id [16]byte
+	_, _ = rand.Read(id[:]) // never fails on supported platforms
+	return now.UTC().Format("2006/01/02") + "/[$LATEST]" + hex.EncodeToString(id[:])
 }
 
 // eventBuf is a pooled event body. Once Invoke hands an invocation to a

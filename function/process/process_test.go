@@ -30,7 +30,7 @@ var (
 	build    sync.Once
 )
 
-var testFunctions = []string{"kinesis", "panic", "exit", "sleep", "overlap", "noop", "raw"}
+var testFunctions = []string{"kinesis", "panic", "exit", "sleep", "overlap", "noop", "raw", "environ"}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
@@ -133,15 +133,15 @@ func (l *logs) dump(tb testing.TB) {
 }
 
 // start runs the test function name with cfg (Name and Command filled in)
-// and closes it at the end of the test.
-func start(t *testing.T, name string, cfg Config) (*Function, *logs) {
+// and opts and closes it at the end of the test.
+func start(t *testing.T, name string, cfg Config, opts ...Option) (*Function, *logs) {
 	t.Helper()
 	if cfg.Name == "" {
 		cfg.Name = name
 	}
 	cfg.Command = binary(t, name)
 	l := &logs{tb: t}
-	f, err := New(cfg, WithLogger(slog.New(logHandler{l: l})))
+	f, err := New(cfg, append([]Option{WithLogger(slog.New(logHandler{l: l}))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

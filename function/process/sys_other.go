@@ -16,3 +16,9 @@ const (
 func sysProcAttr() *syscall.SysProcAttr { return nil }
 
 func signalGroup(p *os.Process, _ syscall.Signal) { _ = p.Kill() }
+
+// startTime is only known on Linux: elsewhere no pid file is written, and
+// so no leftover process is ever killed by its pid.
+func startTime(int) (start uint64, zombie bool, err error) { return 0, false, errNoStartTime }
+
+func killLeftover(int) {}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -122,8 +123,12 @@ func (db *DB) claim(ctx context.Context, key store.MarkKey, payload store.Payloa
 		}
 	}
 	c := store.Claim{Key: key, Status: store.Acquired, Token: old.Token + 1, PayloadHash: payload, LeaseUntil: now.Add(lease)}
-	if err := db.pdb.Set(claimKey(key), appendClaim(nil, &c), pebble.Sync); err != nil {
+	v := appendClaim(nil, &c)
+	if err := db.admit(len(v) + 32); err != nil {
 		return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, err)
+	}
+	if err := db.pdb.Set(claimKey(key), v, pebble.Sync); err != nil {
+		return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, noSpace(err))
 	}
 	return c, nil
 }
@@ -197,8 +202,11 @@ func (db *DB) finish(ctx context.Context, c store.Claim, update func(*store.Clai
 	if v == nil {
 		return nil
 	}
-	if err := db.pdb.Set(claimKey(c.Key), v, pebble.Sync); err != nil {
+	if err := db.admit(len(v) + 32); err != nil {
 		return fmt.Errorf("pebbledb: claim %x: %w", c.Key, err)
+	}
+	if err := db.pdb.Set(claimKey(c.Key), v, pebble.Sync); err != nil {
+		return fmt.Errorf("pebbledb: claim %x: %w", c.Key, noSpace(err))
 	}
 	return nil
 }
@@ -224,4 +232,106 @@ func (db *DB) Lookup(ctx context.Context, key store.MarkKey, now time.Time) (sto
 		c.Status = store.InProgress
 	}
 	return c, true, nil
+}
+
+// legacyKey is 'h': when the last mark or claims record under a legacy
+// key expires (LegacyKeysUntil), as version | varint Unix nanoseconds, 0
+// for none.
+var legacyKey = []byte{prefixLegacy}
+
+// LegacyKeysUntil returns when the last mark or claims record keyed by the
+// FNV-1a hash of earlier versions stops counting (store.LegacyKeyed). The
+// first call on a directory finds out, from the latest expiry entry of its
+// marks and a scan of its claims records, and keeps the answer: records
+// written later, all under SHA-256 keys, never extend it, and a directory
+// this version created holds none when first asked. A record that never
+// expires counts as the far future.
+//
+// Errors: ErrClosed, ctx.Err().
+func (db *DB) LegacyKeysUntil(ctx context.Context) (time.Time, error) {
+	if err := ctx.Err(); err != nil {
+		return time.Time{}, err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer release()
+	wrap := func(err error) error { return fmt.Errorf("pebbledb: legacy keys: %w", err) }
+	var until int64
+	found, err := db.get(legacyKey, func(v []byte) error {
+		r := reader{b: v}
+		r.version("legacy keys")
+		until = r.varint("legacy keys: until")
+		return r.end("legacy keys")
+	})
+	if err != nil {
+		return time.Time{}, wrap(err)
+	}
+	if !found {
+		if until, err = db.scanLegacyKeys(ctx); err != nil {
+			return time.Time{}, wrap(err)
+		}
+		v := binary.AppendVarint([]byte{valueVersion}, until)
+		if err := db.admit(len(legacyKey) + len(v) + 32); err != nil {
+			return time.Time{}, wrap(err)
+		}
+		if err := db.pdb.Set(legacyKey, v, pebble.Sync); err != nil {
+			return time.Time{}, wrap(noSpace(err))
+		}
+	}
+	if until == 0 {
+		return time.Time{}, nil
+	}
+	return time.Unix(0, until), nil
+}
+
+// scanLegacyKeys returns the latest time, in Unix nanoseconds, at which a
+// mark or claims record of the directory stops counting: 0 for none,
+// math.MaxInt64 for one that never expires.
+func (db *DB) scanLegacyKeys(ctx context.Context) (int64, error) {
+	var latest int64
+	// Expiry entries sort by time: the last is the latest mark's (or a
+	// later entry of a mark renewed since, which only makes it later).
+	it, err := db.pdb.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: []byte{prefixExpiry}, UpperBound: []byte{prefixExpiry + 1}})
+	if err != nil {
+		return 0, err
+	}
+	if it.Last() {
+		k := it.Key()
+		if len(k) != expiryKeyLen {
+			it.Close()
+			return 0, fmt.Errorf("%w: expiry key %x", errCorrupt, k)
+		}
+		latest = int64(binary.BigEndian.Uint64(k[1:9]) ^ (1 << 63))
+	}
+	if err := it.Close(); err != nil {
+		return 0, err
+	}
+	it, err = db.pdb.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: []byte{prefixClaim}, UpperBound: []byte{prefixClaim + 1}})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		var k store.MarkKey
+		copy(k[:], it.Key()[1:])
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return 0, err
+		}
+		c, err := decodeClaim(k, v)
+		if err != nil {
+			return 0, fmt.Errorf("claim %x: %w", k[:], err)
+		}
+		switch {
+		case c.Status == store.Completed && c.Expires.IsZero():
+			return math.MaxInt64, nil
+		case c.Status == store.Completed:
+			latest = max(latest, c.Expires.UnixNano())
+		default:
+			latest = max(latest, c.LeaseUntil.UnixNano())
+		}
+	}
+	return latest, it.Error()
 }

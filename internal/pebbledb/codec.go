@@ -21,6 +21,7 @@ const (
 	prefixExpiry     = 'x'
 	prefixState      = 'v'
 	prefixClaim      = 'i'
+	prefixLegacy     = 'h'
 )
 
 // valueVersion is the leading byte of every value this code writes.

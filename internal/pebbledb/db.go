@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -47,6 +49,13 @@ type options struct {
 	sweepInterval time.Duration
 	pollInterval  time.Duration
 	logger        *slog.Logger
+	diskReserve   uint64
+	fatal         func(msg string)
+	// diskFree, when set, replaces the statfs of the data directory: tests
+	// fill and free a disk at will.
+	diskFree func() (uint64, error)
+	// closeTimeout bounds Close once the DB failed.
+	closeTimeout time.Duration
 }
 
 // Defaults, in one place. The cache and memtables bound Pebble's memory:
@@ -58,6 +67,9 @@ func defaultOptions() options {
 		memTableSize:  16 << 20,
 		sweepInterval: time.Minute,
 		pollInterval:  time.Second,
+		diskReserve:   DefaultDiskReserve,
+		fatal:         exitFatal,
+		closeTimeout:  10 * time.Second,
 	}
 }
 
@@ -71,6 +83,9 @@ func (o *options) validate() error {
 	}
 	if o.pollInterval <= 0 {
 		errs = append(errs, fmt.Errorf("pebbledb: poll interval %s must be positive", o.pollInterval))
+	}
+	if o.fatal == nil {
+		errs = append(errs, errors.New("pebbledb: the fatal hook must not be nil"))
 	}
 	return errors.Join(errs...)
 }
@@ -101,6 +116,37 @@ func WithPollInterval(d time.Duration) Option {
 	return optionFunc(func(o *options) { o.pollInterval = d })
 }
 
+// WithDiskReserve sets the free space, in bytes, below which writes are
+// refused with an error wrapping store.ErrNoSpace instead of being handed to
+// Pebble: a write that meets a full disk inside Pebble's write-ahead log
+// leaves Pebble no safe way on (see WithFatal), and Pebble needs room of its
+// own to flush and compact, which is what frees space again. Writes resume
+// by themselves once space is freed. The sweeper's deletions go on down to
+// half the reserve. 0 turns the check off. Default: DefaultDiskReserve
+// (64 MiB).
+func WithDiskReserve(bytes uint64) Option {
+	return optionFunc(func(o *options) { o.diskReserve = bytes })
+}
+
+// WithFatal sets what happens where Pebble's state leaves no safe way on (it
+// calls its Logger.Fatalf: a write-ahead log write or sync failed, most
+// often for a full disk that the reserve did not foresee). By then the DB
+// has failed: every method returns an error wrapping ErrFatal (and
+// store.ErrNoSpace for a full disk), Health reports it, and Close gives up
+// on Pebble after a bounded wait. fatal receives a one-line message; it
+// should end the process. If it returns, the goroutine Pebble called from
+// exits (runtime.Goexit), for Pebble must not go on. Default: print the
+// message to stderr and exit with status 70 (EX_SOFTWARE), rather than wedge
+// with writes hanging in Pebble's commit pipeline.
+func WithFatal(fatal func(msg string)) Option {
+	return optionFunc(func(o *options) { o.fatal = fatal })
+}
+
+// withFS makes the DB use fs, for tests that crash a vfs.MemFS.
+func withFS(fs vfs.FS) Option {
+	return optionFunc(func(o *options) { o.fs = fs })
+}
+
 // WithLogger receives what happens in the background, where no caller can
 // be handed an error: the sweeper's failures (the next sweep retries) and
 // Pebble's own messages (background errors such as a full disk at Error,
@@ -117,18 +163,38 @@ func WithLogger(l *slog.Logger) Option {
 //
 // Open starts one goroutine, the sweeper, which enforces retention and
 // deletes expired marks every sweep interval; Close stops it and waits for
-// it, along with Pebble's own goroutines.
+// it, along with Pebble's own goroutines. The one exception is a DB that
+// failed (ErrFatal): Pebble may then hold goroutines that never finish, and
+// Close returns after a bounded wait, leaving them for the process's exit.
+//
+// # A full disk
+//
+// Writes are refused with store.ErrNoSpace while the data directory's
+// filesystem has less free space than the reserve (WithDiskReserve), before
+// anything reaches Pebble; they resume once space is freed. Where Pebble
+// still meets a full disk writing its write-ahead log, its state leaves no
+// safe way on: the DB says so, fails every later call, and exits the
+// process with a clear message (WithFatal) rather than wedge.
 type DB struct {
-	pdb  *pebble.DB
-	opts options
+	pdb   *pebble.DB
+	lock  *pebble.Lock
+	dir   string
+	opts  options
+	space *space
 
-	// closeMu is held shared by every method that touches pdb and
-	// exclusively by Close, so that Pebble is never closed under a reader.
-	closeMu sync.RWMutex
-	closed  bool
-	// failed holds the error of a write-ahead log sync that failed (see
-	// CommitPipelined): every later method returns it.
-	failed atomic.Pointer[error]
+	// users counts the methods using pdb, and has the closing bit set once
+	// Close began: Pebble is closed only when no method uses it.
+	users atomic.Int64
+	// idle is closed by the last method out once Close began.
+	idle      chan struct{}
+	idleOnce  sync.Once
+	closeOnce sync.Once
+	closeErr  error
+	// failed holds the error that failed the DB: a write-ahead log sync
+	// that failed (see CommitPipelined), or Pebble's fatal error; every
+	// later method returns it. failedCh is closed when it is set.
+	failed   atomic.Pointer[error]
+	failedCh chan struct{}
 	// done is closed by Close: it wakes waiters and stops the sweeper.
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -170,24 +236,54 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
+	db := &DB{dir: dir, opts: o, idle: make(chan struct{}), failedCh: make(chan struct{}), done: make(chan struct{}), streams: make(map[string]*stream), records: make(map[store.MarkKey]recordClaim), ranges: make(map[string]map[string]rangeClaim)}
+	warn := func(msg string, args ...any) {
+		if o.logger != nil {
+			o.logger.Warn(msg, args...)
+		}
+	}
+	db.space = newSpace(dir, o.fs, o.diskReserve, o.diskFree, warn)
+	if err := o.fs.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, noSpace(err))
+	}
+	// Take Pebble's lock first, to say who holds it if it is refused.
+	lock, err := pebble.LockDirectory(dir, o.fs)
+	if err != nil {
+		return nil, lockedError(dir, o.fs, err)
+	}
+	logger := pebbleLogger{l: o.logger, db: db}
 	popts := &pebble.Options{
 		FS:                          o.fs,
+		Lock:                        lock,
 		CacheSize:                   o.cacheSize,
 		MemTableSize:                o.memTableSize,
 		MemTableStopWritesThreshold: 4,
-		Logger:                      pebbleLogger{o.logger},
+		Logger:                      logger,
+		EventListener: &pebble.EventListener{BackgroundError: func(err error) {
+			logger.Errorf("background error: %s", err)
+			if errors.Is(err, syscall.ENOSPC) {
+				// A flush or compaction ran out of space: refuse
+				// writes until a probe finds the reserve free.
+				db.space.full.Store(true)
+			}
+		}},
 	}
 	for i := range popts.Levels {
 		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	pdb, err := pebble.Open(dir, popts)
 	if err != nil {
-		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, err)
+		lock.Close()
+		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, noSpace(err))
 	}
-	db := &DB{pdb: pdb, opts: o, done: make(chan struct{}), streams: make(map[string]*stream), records: make(map[store.MarkKey]recordClaim), ranges: make(map[string]map[string]rangeClaim)}
+	db.pdb, db.lock = pdb, lock
+	if err := writePID(o.fs, dir); err != nil {
+		warn("pebbledb: cannot write the pid file; a second process will not learn who holds the directory", "dir", dir, "err", err)
+	}
 	if err := db.load(); err != nil {
 		pdb.Close()
-		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, err)
+		lock.Close()
+		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, noSpace(err))
 	}
 	db.wg.Add(1)
 	go db.sweeper()
@@ -265,42 +361,121 @@ func (db *DB) enter() (release func(), err error) {
 	if err := db.failed.Load(); err != nil {
 		return nil, *err
 	}
-	db.closeMu.RLock()
-	if db.closed {
-		db.closeMu.RUnlock()
+	if db.users.Add(1)&closing != 0 {
+		db.leave()
 		return nil, ErrClosed
 	}
-	return db.closeMu.RUnlock, nil
+	return db.leave, nil
+}
+
+// closing is the bit of DB.users that Close sets.
+const closing = 1 << 62
+
+// leave ends a method's use of pdb.
+func (db *DB) leave() {
+	if db.users.Add(-1) == closing {
+		db.idleOnce.Do(func() { close(db.idle) })
+	}
 }
 
 // fail makes every later use of db return err: a write it applied may not
 // be durable, so nothing it shows can be trusted.
 func (db *DB) fail(err error) {
-	db.failed.CompareAndSwap(nil, &err)
+	if db.failed.CompareAndSwap(nil, &err) {
+		close(db.failedCh)
+	}
 }
 
-// Close stops the sweeper, waits for methods in progress, and closes Pebble.
-// Waiters return ErrClosed. Closing twice returns nil.
+// Close stops the sweeper, waits for methods in progress, closes Pebble and
+// removes the pid file. Waiters return ErrClosed. Closing twice returns nil.
+//
+// Once the DB failed (ErrFatal), methods and Pebble's own goroutines may be
+// stuck for good in Pebble's broken commit pipeline: Close then waits for
+// them a bounded time (10s), and returns an error saying Pebble could not be
+// closed cleanly, leaving them, and the directory lock, to the process's
+// exit.
 func (db *DB) Close() error {
-	db.closeMu.Lock()
-	if db.closed {
-		db.closeMu.Unlock()
+	first := false
+	db.closeOnce.Do(func() {
+		first = true
+		db.closeErr = db.close()
+	})
+	if !first {
 		return nil
 	}
-	db.closed = true
+	return db.closeErr
+}
+
+func (db *DB) close() error {
+	if db.users.Or(closing) == 0 {
+		db.idleOnce.Do(func() { close(db.idle) })
+	}
 	close(db.done)
-	db.closeMu.Unlock()
-	db.wg.Wait()
-	if err := db.pdb.Close(); err != nil {
+	stopped := make(chan struct{})
+	go func() {
+		// Exits once the sweeper does; only a failed DB's stuck
+		// sweeper keeps it.
+		db.wg.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-db.idle:
+		select {
+		case <-stopped:
+			return db.closePebble()
+		case <-db.failedCh:
+		}
+	case <-db.failedCh:
+	}
+
+	// Failed: nothing more is written, and Pebble may never finish.
+	timer := time.NewTimer(db.opts.closeTimeout)
+	defer timer.Stop()
+	for _, c := range []chan struct{}{db.idle, stopped} {
+		select {
+		case <-c:
+		case <-timer.C:
+			return db.abandon("methods in progress are stuck in it")
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- db.closePebble() }()
+	select {
+	case err := <-closed:
+		return errors.Join(*db.failed.Load(), err)
+	case <-timer.C:
+		return db.abandon("its Close is stuck")
+	}
+}
+
+// abandon is the error of a failed DB whose Pebble could not be closed.
+func (db *DB) abandon(why string) error {
+	return fmt.Errorf("pebbledb: close %s: pebble could not be closed cleanly within %s (%s); its goroutines are left to the process's exit: %w", db.dir, db.opts.closeTimeout, why, *db.failed.Load())
+}
+
+// closePebble closes Pebble, then removes the pid file and releases the
+// directory lock.
+func (db *DB) closePebble() error {
+	err := db.pdb.Close()
+	if rerr := db.opts.fs.Remove(db.opts.fs.PathJoin(db.dir, pidFile)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+		err = rerr
+	}
+	if lerr := db.lock.Close(); err == nil {
+		err = lerr
+	}
+	if err != nil {
 		return fmt.Errorf("pebbledb: close: %w", err)
 	}
 	return nil
 }
 
-// pebbleLogger hands Pebble's messages to an optional slog.Logger. Fatalf
-// panics: Pebble calls it when continuing would risk the data, so it must
-// not return.
-type pebbleLogger struct{ l *slog.Logger }
+// pebbleLogger hands Pebble's messages to an optional slog.Logger, and its
+// Fatalf to DB.fatal: Pebble calls it when continuing would risk the data,
+// so it must not return.
+type pebbleLogger struct {
+	l  *slog.Logger
+	db *DB
+}
 
 func (p pebbleLogger) Infof(format string, args ...any) {
 	if p.l != nil {
@@ -315,5 +490,5 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 }
 
 func (p pebbleLogger) Fatalf(format string, args ...any) {
-	panic(fmt.Sprintf("pebble: "+format, args...))
+	p.db.fatal(format, args...)
 }

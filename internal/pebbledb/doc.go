@@ -22,6 +22,35 @@
 //
 // Retention deletes records older than the stream's retention whether or not
 // anyone read them; Read reports them in source.ReadResult.Lost.
+
+// A crash, power loss included, loses at most a suffix of whole writes, and
+// nothing acknowledged: TestPowerLoss crashes an in-memory filesystem that
+// drops unsynced data (vfs.NewCrashableMem) under load, many times, and
+// checks that each commit's checkpoint, marks, state and on-failure records
+// survive together or not at all.
+//
+// # A full disk
+//
+// A write that would leave the data directory's filesystem with less free
+// space than the reserve (WithDiskReserve, 64 MiB by default) is refused
+// before it reaches Pebble, with an error wrapping store.ErrNoSpace: nothing
+// of it lands, and writes resume by themselves once space is freed. Free
+// space is read with statfs at most every 100ms or every sixteenth of the
+// reserve written. Health reports the condition for readiness checks.
+//
+// Pebble can still meet a full disk (or another I/O error) writing or
+// syncing its write-ahead log; its state then leaves no safe way on, and it
+// says so through Logger.Fatalf. There the DB fails (every later method
+// returns an error wrapping ErrFatal, and store.ErrNoSpace for a full disk),
+// logs the cause, and exits the process with a clear message (WithFatal)
+// rather than wedge with writes hanging in Pebble's commit pipeline. A
+// restart recovers every acknowledged write.
+//
+// # One process per directory
+//
+// Pebble's LOCK file keeps a second process (or a second Open in this one)
+// out of a data directory; Open then fails with ErrLocked, naming the pid of
+// the holder, which it finds in the idem.pid file the holder wrote.
 //
 // # Key encoding
 //
@@ -41,6 +70,7 @@
 //	mark         'k' | 16-byte store.MarkKey                        v | varint expires ns
 //	expiry       'x' | u64 (expires ns XOR 1<<63) | 16-byte MarkKey (empty)
 //	state        'v' | str(namespace) | str(key)                    v | value bytes
+//	legacy keys  'h'                                                v | varint ns the last FNV-1a-keyed mark or claim expires (0: none)
 //
 // A record key is laid out so that one shard's records are one contiguous,
 // ordered key range:

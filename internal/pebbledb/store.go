@@ -152,7 +152,11 @@ func (db *DB) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) err
 		return err
 	}
 	defer release()
-	if err := db.pdb.Delete(checkpointKey(key), pebble.Sync); err != nil {
+	err = db.admit(64)
+	if err == nil {
+		err = noSpace(db.pdb.Delete(checkpointKey(key), pebble.Sync))
+	}
+	if err != nil {
 		return fmt.Errorf("pebbledb: delete checkpoint of mapping %q stream %q shard %s: %w", key.Mapping, key.Stream, key.Shard, err)
 	}
 	return nil
@@ -175,7 +179,8 @@ func (db *DB) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) err
 // lock Claim takes, and the batch committed under it too.
 //
 // Errors: ErrStreamNotFound for a missing destination (nothing is written),
-// store.ErrFenced (nothing is written), ErrClosed, ctx.Err().
+// store.ErrFenced (nothing is written), store.ErrNoSpace (nothing is
+// written), ErrFatal, ErrClosed, ctx.Err().
 func (db *DB) Commit(ctx context.Context, w *store.Write) error {
 	_, err := db.commit(ctx, w, false)
 	return err
@@ -275,6 +280,19 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 		}
 	}
 
+	// Admit the write before any sequence of a destination is allocated:
+	// a refused write leaves no gap.
+	size := b.Len()
+	for i := range w.Failures {
+		size += 64 + len(w.Failures[i].Metadata)
+		for _, r := range w.Failures[i].Records {
+			size += 64 + len(r.PartitionKey) + len(r.Data)
+		}
+	}
+	if err := db.admit(size); err != nil {
+		return nil, wrap(err)
+	}
+
 	var ps []*pending
 	defer func() {
 		for _, p := range ps {
@@ -315,13 +333,13 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 	}
 	if !pipelined {
 		if err := b.Commit(pebble.Sync); err != nil {
-			return nil, wrap(err)
+			return nil, wrap(noSpace(err))
 		}
 		endClaims()
 		return done, nil
 	}
 	if err := db.pdb.ApplyNoSyncWait(b, pebble.Sync); err != nil {
-		return nil, wrap(err)
+		return nil, wrap(noSpace(err))
 	}
 	endClaims()
 	pb := b
@@ -329,7 +347,7 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 	return func() error {
 		defer pb.Close()
 		if err := pb.SyncWait(); err != nil {
-			err = wrap(fmt.Errorf("syncing the write-ahead log: %w", err))
+			err = wrap(fmt.Errorf("syncing the write-ahead log: %w; the write was applied and may or may not survive a restart", noSpace(err)))
 			db.fail(err)
 			return err
 		}

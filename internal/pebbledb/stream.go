@@ -358,8 +358,11 @@ func (db *DB) CreateStream(name string, shards int, retention time.Duration) err
 			return nil
 		}
 	}
-	if err := db.pdb.Set(metaKey(name), encodeStreamMeta(m), pebble.Sync); err != nil {
+	if err := db.admit(len(name) + 16); err != nil {
 		return fmt.Errorf("pebbledb: stream %q: %w", name, err)
+	}
+	if err := db.pdb.Set(metaKey(name), encodeStreamMeta(m), pebble.Sync); err != nil {
+		return fmt.Errorf("pebbledb: stream %q: %w", name, noSpace(err))
 	}
 	if ok {
 		st.retention.Store(m.retention)
@@ -403,7 +406,7 @@ func validateRecords(stream string, recs []PutRecord) error {
 // Concurrent Puts share fsyncs.
 //
 // Errors: ErrStreamNotFound, ErrInvalidPartitionKey, ErrRecordTooLarge,
-// ErrClosed, ctx.Err().
+// store.ErrNoSpace (nothing was appended), ErrFatal, ErrClosed, ctx.Err().
 func (db *DB) Put(ctx context.Context, stream string, recs []PutRecord) ([]PutResult, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -428,13 +431,16 @@ func (db *DB) Put(ctx context.Context, stream string, recs []PutRecord) ([]PutRe
 	for i := range recs {
 		size += len(st.shards[0].lower) + len(recs[i].PartitionKey) + len(recs[i].Data) + 24
 	}
+	if err := db.admit(size); err != nil {
+		return nil, fmt.Errorf("pebbledb: put to stream %q: %w", stream, err)
+	}
 	b := db.pdb.NewBatchWithSize(size)
 	defer b.Close()
 	p := st.append(b, recs, res, time.Now())
 	err = b.Commit(pebble.Sync)
 	p.finish()
 	if err != nil {
-		return nil, fmt.Errorf("pebbledb: put to stream %q: %w", stream, err)
+		return nil, fmt.Errorf("pebbledb: put to stream %q: %w", stream, noSpace(err))
 	}
 	return res, nil
 }

@@ -102,6 +102,9 @@ func (db *DB) trim(ctx context.Context, sh *shard, cutoff int64) error {
 // through, and moves its horizon there. Callers hold sweepMu.
 func (db *DB) trimThrough(sh *shard, trimmed, through uint64) error {
 	s := through + 1
+	if err := db.admitMaintenance(); err != nil {
+		return err
+	}
 	b := db.pdb.NewBatch()
 	defer b.Close()
 	if err := b.DeleteRange(seqKey(sh.prefix, trimmed+1), seqKey(sh.prefix, s), nil); err != nil {
@@ -111,7 +114,7 @@ func (db *DB) trimThrough(sh *shard, trimmed, through uint64) error {
 		return err
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
-		return err
+		return noSpace(err)
 	}
 	sh.trimmed.Store(s - 1)
 	return nil
@@ -223,6 +226,9 @@ func (db *DB) purgeChunk(now int64) (more bool, err error) {
 	if n == 0 {
 		return false, nil
 	}
+	if err := db.admitMaintenance(); err != nil {
+		return false, err
+	}
 	end := bound
 	if valid {
 		end = append([]byte(nil), it.Key()...)
@@ -233,7 +239,7 @@ func (db *DB) purgeChunk(now int64) (more bool, err error) {
 	// Losing a purge to a crash only brings back expired marks, which
 	// Completed ignores: no need to wait for a sync.
 	if err := b.Commit(pebble.NoSync); err != nil {
-		return false, err
+		return false, noSpace(err)
 	}
 	return valid, nil
 }

@@ -8,6 +8,13 @@
 // Commit writes everything with pebble.Sync: once it returns nil, nothing
 // of the Write is lost to a crash; if it fails, none of it is applied.
 // Concurrent Commits share fsyncs through Pebble's group commit.
+//
+// # A full disk
+//
+// Writes are refused with an error wrapping store.ErrNoSpace while the disk
+// is below the DB's reserve, and resume once space is freed; Health reports
+// it. See pebbledb's package documentation for what happens when Pebble
+// itself meets a full disk.
 package embedded
 
 import (
@@ -24,7 +31,10 @@ type Store struct {
 	db *pebbledb.DB
 }
 
-var _ store.Driver = (*Store)(nil)
+var (
+	_ store.Driver      = (*Store)(nil)
+	_ store.LegacyKeyed = (*Store)(nil)
+)
 
 // New returns the store over db.
 func New(db *pebbledb.DB) *Store { return &Store{db: db} }
@@ -49,6 +59,19 @@ func (s *Store) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]sto
 func (s *Store) ClaimRange(ctx context.Context, c *store.RangeClaim) error {
 	return s.db.ClaimRange(ctx, c)
 }
+
+// LegacyKeysUntil returns when the last mark or claims record keyed by the
+// FNV-1a hash of earlier versions stops counting (store.LegacyKeyed).
+func (s *Store) LegacyKeysUntil(ctx context.Context) (time.Time, error) {
+	return s.db.LegacyKeysUntil(ctx)
+}
+
+// Health reports whether the store can take writes: nil, or an error
+// wrapping store.ErrNoSpace (the disk is below its reserve; writes resume
+// once space is freed), pebbledb.ErrFatal (Pebble could not go on; the
+// process must restart) or store.ErrClosed. It is cheap enough for every
+// readiness probe.
+func (s *Store) Health() error { return s.db.Health() }
 
 // ProcessLocal reports true: one process owns the data directory.
 func (s *Store) ProcessLocal() bool { return true }

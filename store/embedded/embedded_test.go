@@ -63,6 +63,22 @@ func (h *harness) Reopen(_ context.Context, t testing.TB, crashed store.Driver) 
 
 func TestConformance(t *testing.T) { storetest.RunConformance(t, newHarness()) }
 
+// OpenFresh implements storetest.LegacyHarness: every Open has a data
+// directory of its own.
+func (h *harness) OpenFresh(ctx context.Context, t testing.TB) (store.Driver, error) {
+	return h.Open(ctx, t)
+}
+
+// Upgrade implements storetest.LegacyHarness: a restart over the same
+// directory, which finds what it holds when first asked.
+func (h *harness) Upgrade(ctx context.Context, t testing.TB, d store.Driver) (store.Driver, error) {
+	return h.Reopen(ctx, t, d)
+}
+
+// TestLegacyKeys: what completed under the FNV-1a keys of earlier versions
+// stays completed after the upgrade, until it expires.
+func TestLegacyKeys(t *testing.T) { storetest.RunLegacy(t, newHarness()) }
+
 func BenchmarkStore(b *testing.B) { storetest.RunBenchmarks(b, newHarness()) }
 
 func openDB(t *testing.T) *pebbledb.DB {
@@ -203,5 +219,41 @@ func TestPurgeExpiredMarks(t *testing.T) {
 		if ok != (i%2 == 0) {
 			t.Fatalf("mark %d completed = %v after the purge, want %v", i, ok, i%2 == 0)
 		}
+	}
+}
+
+// TestNoSpace: below the DB's disk reserve the store refuses a Commit with
+// store.ErrNoSpace, writing nothing, and Health says so; reads go on.
+func TestNoSpace(t *testing.T) {
+	ctx := context.Background()
+	db, err := pebbledb.Open(t.TempDir(), pebbledb.WithDiskReserve(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s := embedded.New(db)
+	key := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "0"}
+	err = s.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: idem.SequenceOf(1)}})
+	if !errors.Is(err, store.ErrNoSpace) {
+		t.Fatalf("Commit below the reserve: %v, want store.ErrNoSpace", err)
+	}
+	if err := s.Health(); !errors.Is(err, store.ErrNoSpace) {
+		t.Fatalf("Health below the reserve = %v", err)
+	}
+	if _, ok, err := s.Checkpoint(ctx, key); err != nil || ok {
+		t.Fatalf("Checkpoint after a refused Commit: %v, %v", ok, err)
+	}
+
+	db2, err := pebbledb.Open(t.TempDir(), pebbledb.WithDiskReserve(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	if err := embedded.New(db2).Health(); err != nil {
+		t.Fatalf("Health without a reserve = %v", err)
+	}
+	db2.Close()
+	if err := embedded.New(db2).Health(); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Health after Close = %v", err)
 	}
 }

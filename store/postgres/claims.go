@@ -242,3 +242,25 @@ func (s *Store) Lookup(ctx context.Context, key store.MarkKey, now time.Time) (s
 	}
 	return c, true, nil
 }
+
+// LegacyKeysUntil returns when the last mark or claims record keyed by
+// the FNV-1a hash of earlier versions expires (store.LegacyKeyed): what
+// migration 6 found when it upgraded the schema, or the zero time for a
+// schema created by this version.
+func (s *Store) LegacyKeysUntil(ctx context.Context) (time.Time, error) {
+	wrap := func(err error) error { return fmt.Errorf("postgres: reading legacy_keys: %w", err) }
+	if err := s.enter(); err != nil {
+		return time.Time{}, wrap(err)
+	}
+	var until time.Time
+	err := s.pool.QueryRow(ctx, "SELECT until FROM "+pgx.Identifier{s.schema}.Sanitize()+".legacy_keys").Scan(&until)
+	if errNoRows(err) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, wrap(s.dbErr(err))
+	}
+	return until, nil
+}
+
+var _ store.LegacyKeyed = (*Store)(nil)

@@ -505,6 +505,28 @@ BEGIN
 END
 $fn$;
 `,
+	// 6: store.MarkKeyOf became SHA-256 (issue 15). Marks and claims
+	// records written before keep their FNV-1a keys, which cannot be
+	// recomputed from the rows, until they expire; legacy_keys holds when
+	// the last of them does (a record that never expires counts as the
+	// year 9999), and callers look legacy keys up until then
+	// (store.LegacyKeyed). A schema this version creates gets no row.
+	// Record claims are left out: they guard runs of processes of the
+	// earlier version, which an upgrade stops first.
+	`
+CREATE TABLE {s}.legacy_keys (
+	only_row boolean     PRIMARY KEY DEFAULT true CHECK (only_row),
+	until    timestamptz NOT NULL
+);
+INSERT INTO {s}.legacy_keys (until)
+SELECT max(u.t) FROM (
+	SELECT max(m.expires) FROM {s}.marks m
+	UNION ALL
+	SELECT max(CASE WHEN c.status = 'COMPLETED' THEN coalesce(c.expires, '9999-12-31 00:00:00+00') ELSE c.lease_until END)
+	FROM {s}.claims c
+) AS u (t)
+HAVING max(u.t) IS NOT NULL;
+`,
 }
 
 // lockKey is the advisory lock that serializes migrations of one schema
@@ -529,6 +551,11 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema, ident string) (err
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
+	// Wait for another process's migration however long it takes, whatever
+	// lock_timeout WithLeaseTTL set.
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0"); err != nil {
+		return wrap(err)
+	}
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(schema)); err != nil {
 		return wrap(err)
 	}

@@ -37,6 +37,36 @@
 // number of concurrent invocations (shards times parallelizationFactor) for
 // handlers that use both.
 //
+// # Conflicts, deadlocks and lock waits
+//
+// A handler's writes hold their row locks until the batch commits, so
+// concurrent batches (shards, parallelizationFactor) that write the same
+// rows wait for each other, and deadlock when they lock them in different
+// orders: PostgreSQL then fails one transaction's statement with SQLSTATE
+// 40P01 (after deadlock_timeout, one second by default). Such a failure,
+// a serialization failure (40001) and a lock wait cut short by lock_timeout
+// (55P03) are conflicts (IsConflict): the handler returns the error, its
+// record's savepoint is undone and the records before it commit, and the
+// engine runs the batch again from that record after a short jittered
+// wait, logged at Warn and counted (idem_store_conflicts_total), without
+// counting it against maximumRetryAttempts. A conflict is not a failure of
+// the record, but each one costs the batch a round of work, and each
+// deadlock first costs a deadlock_timeout, so avoid them:
+//
+//   - Lock the rows a record writes in one order, by key: update the two
+//     accounts of a transfer lower key first, not debit first.
+//   - Across the records of a batch, the same order cannot be kept (each
+//     record's rows are locked as it runs, and held). Route the records
+//     that write the same rows to the same shard (the partition key), so
+//     that one shard, not several, writes them; or write in a batch
+//     handler (BatchTx) that sorts the whole batch's writes by key first.
+//   - Keep batches that write hot rows small (batchSize), since a batch
+//     holds every row it wrote until it commits.
+//
+// With WithLeaseTTL, a session left idle in a transaction for the lease
+// ttl (a paused or hung owner) is ended by the server, which releases its
+// locks, and no statement waits for a lock longer than the ttl.
+//
 // # Encodings
 //
 // Sequences are stored as the text the source gave (zero padding and all,
@@ -94,11 +124,14 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/idem-run/idem/store"
@@ -151,6 +184,7 @@ type options struct {
 	schema        string
 	logger        *slog.Logger
 	purgeInterval time.Duration
+	leaseTTL      time.Duration
 }
 
 // WithSchema sets the PostgreSQL schema that holds idem's tables (default
@@ -167,6 +201,27 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 // are deleted (default DefaultPurgeInterval); zero or less turns the purge
 // goroutine off (call Purge yourself, or let another process purge).
 func WithPurgeInterval(d time.Duration) Option { return func(o *options) { o.purgeInterval = d } }
+
+// WithLeaseTTL bounds every transaction of the store by the shard lease
+// ttl (the configuration's lease.ttl), so that an owner that stalls holding
+// row locks cannot stop the shard's new owner for longer than the stall
+// that cost it its lease. Each of the pool's sessions starts with
+// idle_in_transaction_session_timeout and lock_timeout set to ttl, in the
+// connection's startup message (no round trip per transaction): the server
+// ends the session of a transaction left idle for ttl (a paused or hung
+// process), which releases its locks and rolls it back, and a statement
+// that waits for a lock longer than ttl fails with SQLSTATE 55P03, which
+// IsConflict reports, so that its batch runs again rather than sleeping
+// behind a holder that may never return. A handler must then not keep
+// idem's transaction idle (between its statements, or in a journaled step)
+// for as long as ttl. Settings of the same names in the DSN win. Default:
+// off (the server's settings, usually no limit).
+func WithLeaseTTL(ttl time.Duration) Option { return func(o *options) { o.leaseTTL = ttl } }
+
+// cancelGrace is how long a statement whose context is done may take to
+// end once the server was asked to cancel it, before its connection is
+// closed.
+const cancelGrace = 2 * time.Second
 
 // New connects to the database named by dsn (a PostgreSQL URL or keyword/
 // value string; pgx's pool settings such as pool_max_conns apply), creates
@@ -196,6 +251,26 @@ func New(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	// microseconds.
 	if _, ok := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !ok {
 		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	}
+	if o.leaseTTL > 0 {
+		ms := strconv.FormatInt(max(o.leaseTTL.Milliseconds(), 1), 10) + "ms"
+		for _, p := range []string{"idle_in_transaction_session_timeout", "lock_timeout"} {
+			if _, ok := cfg.ConnConfig.RuntimeParams[p]; !ok {
+				cfg.ConnConfig.RuntimeParams[p] = ms
+			}
+		}
+	}
+	// A statement whose context is done (a handler's deadline, a lease
+	// lost) is cancelled by the server rather than by closing its
+	// connection, pgx's default: the transaction survives it, so the
+	// record's savepoint undoes the record alone and the records before it
+	// still commit, and the connection's cache of prepared statements,
+	// which an error invalidates, is deallocated on a live connection
+	// instead of failing with "failed to deallocate cached statement(s):
+	// conn closed" at the next statement. A server that does not answer
+	// the cancellation within cancelGrace has its connection closed.
+	cfg.ConnConfig.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: cancelGrace}
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

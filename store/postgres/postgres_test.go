@@ -124,6 +124,30 @@ func (h *harness) Reopen(ctx context.Context, tb testing.TB, crashed store.Drive
 
 func TestConformance(t *testing.T) { storetest.RunConformance(t, newHarness(t)) }
 
+// legacyHarness gives every store a schema of its own; Upgrade takes the
+// schema back to before migration 6 (the schema of a version whose mark
+// keys were FNV-1a, which the test filled through it) and opens it again,
+// so that migration 6 runs over what it holds.
+type legacyHarness struct{ *harness }
+
+func (h legacyHarness) OpenFresh(ctx context.Context, t testing.TB) (store.Driver, error) {
+	return h.open(ctx, t, freshSchema(t, h.dsn))
+}
+
+func (h legacyHarness) Upgrade(ctx context.Context, t testing.TB, d store.Driver) (store.Driver, error) {
+	s := d.(*Store)
+	ident := pgx.Identifier{s.Schema()}.Sanitize()
+	if _, err := s.pool.Exec(ctx, "DROP TABLE "+ident+".legacy_keys; DELETE FROM "+ident+".schema_migrations WHERE version = 6"); err != nil {
+		return nil, err
+	}
+	s.Close()
+	return h.open(ctx, t, s.Schema())
+}
+
+// TestLegacyKeys: what completed under the FNV-1a keys of earlier versions
+// stays completed after migration 6, until it expires.
+func TestLegacyKeys(t *testing.T) { storetest.RunLegacy(t, legacyHarness{newHarness(t)}) }
+
 // BenchmarkStore gives every Open its own schema: the benchmarks reuse
 // their checkpoint keys from one run to the next, and a shared schema
 // would refuse the second run's lower checkpoints.

@@ -2,8 +2,11 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -235,3 +238,126 @@ func (s *Store) Lookup(ctx context.Context, key store.MarkKey, now time.Time) (s
 	c.Status = store.InProgress
 	return c, true, nil
 }
+
+// legacyKeysKey holds what LegacyKeysUntil found: the Unix milliseconds
+// when the last record under a legacy key expires, 0 for none.
+func (s *Store) legacyKeysKey() string { return s.prefix + "legacykeys" }
+
+// LegacyKeysUntil returns when the last mark or claims record keyed by the
+// FNV-1a hash of earlier versions expires (store.LegacyKeyed). The first
+// call on a deployment finds out, from the time to live of every mark and
+// claims record it holds (a scan, once), and keeps the answer, so that
+// records written later, all under SHA-256 keys, never extend it; a
+// deployment this version started holds none when first asked. The times
+// to live include the expiry grace, which only makes the answer later.
+func (s *Store) LegacyKeysUntil(ctx context.Context) (time.Time, error) {
+	if err := s.enter("legacy keys"); err != nil {
+		return time.Time{}, err
+	}
+	wrap := func(err error) error { return fmt.Errorf("redis store: legacy keys: %w", err) }
+	v, err := s.client.Get(ctx, s.legacyKeysKey()).Result()
+	if errors.Is(err, goredis.Nil) {
+		var ms int64
+		if ms, err = s.scanLegacyKeys(ctx); err != nil {
+			return time.Time{}, wrap(err)
+		}
+		// Another process may have kept its answer first: both are
+		// safe, and every process reads the one kept.
+		if _, err := s.client.SetNX(ctx, s.legacyKeysKey(), ms, 0).Result(); err != nil {
+			return time.Time{}, wrap(err)
+		}
+		v, err = s.client.Get(ctx, s.legacyKeysKey()).Result()
+	}
+	if err != nil {
+		return time.Time{}, wrap(err)
+	}
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return time.Time{}, wrap(fmt.Errorf("%s holds %q, not Unix milliseconds", s.legacyKeysKey(), v))
+	}
+	if ms == 0 {
+		return time.Time{}, nil
+	}
+	return time.UnixMilli(ms), nil
+}
+
+// legacyForever is LegacyKeysUntil's answer, in Unix milliseconds, when a
+// record never expires: the start of the year 9999.
+const legacyForever = 253370764800000
+
+// scanLegacyKeys returns the latest expiry, in Unix milliseconds, of the
+// marks and claims records the deployment holds: 0 for none,
+// legacyForever if one has no expiry.
+func (s *Store) scanLegacyKeys(ctx context.Context) (int64, error) {
+	now, err := s.client.Time(ctx).Result()
+	if err != nil {
+		return 0, err
+	}
+	var (
+		mu     sync.Mutex
+		latest int64
+	)
+	scan := func(ctx context.Context, c goredis.UniversalClient) error {
+		for _, kind := range []string{"m", "c"} {
+			it := c.Scan(ctx, 0, globEscape(s.prefix)+kind+":*", 1000).Iterator()
+			var keys []string
+			flush := func() error {
+				if len(keys) == 0 {
+					return nil
+				}
+				cmds := make([]*goredis.DurationCmd, len(keys))
+				_, err := c.Pipelined(ctx, func(p goredis.Pipeliner) error {
+					for i, k := range keys {
+						cmds[i] = p.PTTL(ctx, k)
+					}
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for _, cmd := range cmds {
+					switch ttl := cmd.Val(); {
+					case ttl == -1: // no expiry (go-redis passes -1 and -2 through)
+						latest = legacyForever
+					case ttl >= 0:
+						latest = max(latest, now.Add(ttl).UnixMilli()+1)
+					}
+				}
+				keys = keys[:0]
+				return nil
+			}
+			for it.Next(ctx) {
+				if keys = append(keys, it.Val()); len(keys) == 1000 {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+			}
+			if err := it.Err(); err != nil {
+				return err
+			}
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if cc, ok := s.client.(*goredis.ClusterClient); ok {
+		// The prefix's hash tag puts every key on one shard; scan them all
+		// rather than compute which (ForEachMaster scans them at once,
+		// hence mu).
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error { return scan(ctx, c) })
+	} else {
+		err = scan(ctx, s.client)
+	}
+	return min(latest, legacyForever), err
+}
+
+// globEscape escapes the characters SCAN's MATCH gives a meaning.
+func globEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`, `]`, `\]`).Replace(s)
+}
+
+var _ store.LegacyKeyed = (*Store)(nil)

@@ -140,6 +140,22 @@ func (h *harness) Reopen(ctx context.Context, t testing.TB, crashed store.Driver
 
 func TestConformance(t *testing.T) { storetest.RunConformance(t, newHarness(t)) }
 
+// OpenFresh implements storetest.LegacyHarness: every Open has a prefix of
+// its own.
+func (h *harness) OpenFresh(ctx context.Context, t testing.TB) (store.Driver, error) {
+	return h.Open(ctx, t)
+}
+
+// Upgrade implements storetest.LegacyHarness: a new process over the same
+// prefix, which finds what the deployment holds when first asked.
+func (h *harness) Upgrade(ctx context.Context, t testing.TB, d store.Driver) (store.Driver, error) {
+	return h.Reopen(ctx, t, d)
+}
+
+// TestLegacyKeys: what completed under the FNV-1a keys of earlier versions
+// stays completed after the upgrade, until it expires.
+func TestLegacyKeys(t *testing.T) { storetest.RunLegacy(t, newHarness(t)) }
+
 func BenchmarkStore(b *testing.B) { storetest.RunBenchmarks(b, newHarness(b)) }
 
 // fixture is one Store under a fresh prefix, with an admin client.

@@ -1,0 +1,83 @@
+package server_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestDiskFullAnswers507 fills the real, small filesystem that holds the
+// data directory (a tmpfs, which needs root to mount): a put answers 507
+// saying the disk is full, at once and without hanging, /readyz fails,
+// and both recover on their own once space is freed. Without root or
+// mount it skips, except under CI=true, where it fails.
+func TestDiskFullAnswers507(t *testing.T) {
+	unavailable := func(why string) {
+		t.Helper()
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but a tmpfs cannot be mounted: %s", why)
+		}
+		t.Skipf("skipping: a tmpfs cannot be mounted: %s", why)
+	}
+	if os.Geteuid() != 0 {
+		unavailable("not root")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		unavailable(fmt.Sprintf("mount: %v: %s", err, out))
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	addr, _ := start(t, filepath.Join(mnt, "data"), "127.0.0.1:0", "streams: [{name: events}]\n", nil)
+	put := func() (int, string) {
+		return call(t, "POST", "http://"+addr+"/v1/streams/events/records", "", `{"records":[{"partitionKey":"k","data":"d"}]}`)
+	}
+	until := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: never", what)
+			}
+		}
+	}
+	if code, body := put(); code != 200 {
+		t.Fatalf("put with space: %d %s", code, body)
+	}
+
+	// Leave 32 MiB free, below the embedded store's 64 MiB reserve.
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	ballast := filepath.Join(mnt, "ballast")
+	if err := os.WriteFile(ballast, make([]byte, free-32<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var code int
+	var body string
+	until("a put refused for the full disk", func() bool { code, body = put(); return code != 200 })
+	if code != 507 || !strings.Contains(body, "disk holding idem's data is full") {
+		t.Fatalf("put on a full disk: %d %s, want 507 saying the disk is full", code, body)
+	}
+	if code, body := call(t, "GET", "http://"+addr+"/readyz", "", ""); code != 503 {
+		t.Errorf("readyz on a full disk: %d %s, want 503", code, body)
+	}
+
+	if err := os.Remove(ballast); err != nil {
+		t.Fatal(err)
+	}
+	until("a put once space is freed", func() bool { code, body = put(); return code == 200 })
+	until("ready once space is freed", func() bool {
+		code, _ := call(t, "GET", "http://"+addr+"/readyz", "", "")
+		return code == 200
+	})
+}
