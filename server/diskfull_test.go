@@ -1,14 +1,14 @@
 package server_test
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/idem-run/idem/internal/testsvc"
 )
 
 // TestDiskFullAnswers507 fills the real, small filesystem that holds the
@@ -17,25 +17,7 @@ import (
 // and both recover on their own once space is freed. Without root or
 // mount it skips, except under CI=true, where it fails.
 func TestDiskFullAnswers507(t *testing.T) {
-	unavailable := func(why string) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but a tmpfs cannot be mounted: %s", why)
-		}
-		t.Skipf("skipping: a tmpfs cannot be mounted: %s", why)
-	}
-	if os.Geteuid() != 0 {
-		unavailable("not root")
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		unavailable(fmt.Sprintf("mount: %v: %s", err, out))
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
+	mnt := testsvc.Tmpfs(t, "160m")
 	addr, _ := start(t, filepath.Join(mnt, "data"), "127.0.0.1:0", "streams: [{name: events}]\n", nil)
 	put := func() (int, string) {
 		return call(t, "POST", "http://"+addr+"/v1/streams/events/records", "", `{"records":[{"partitionKey":"k","data":"d"}]}`)

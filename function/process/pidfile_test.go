@@ -12,33 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// leftoverProcess starts a process that lives until killed, in its own
-// process group as the processes of a Function are, and returns it with a
-// channel closed once it has exited.
-func leftoverProcess(t *testing.T) (*exec.Cmd, chan struct{}) {
-	t.Helper()
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip("no sleep command:", err)
-	}
-	cmd := exec.Command(sleep, "3600")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-	})
-	return cmd, done
-}
+	"github.com/idem-run/idem/internal/testsvc"
+)
 
 func mustStartTime(t *testing.T, pid int) uint64 {
 	t.Helper()
@@ -67,14 +43,14 @@ func TestReapLeftovers(t *testing.T) {
 	}
 	// An earlier idem (this process's pid with another start time: no
 	// longer running) left a process behind, which must be killed...
-	left, leftDone := leftoverProcess(t)
+	left, leftDone := testsvc.Sleeper(t)
 	leftFile := write("fn-1.pid", left.Process.Pid, mustStartTime(t, left.Process.Pid), me, myStart+1)
 	// ...and a file whose pid now names another process (the start time
 	// differs): that process must live.
-	reused, reusedDone := leftoverProcess(t)
+	reused, reusedDone := testsvc.Sleeper(t)
 	reusedFile := write("fn-2.pid", reused.Process.Pid, mustStartTime(t, reused.Process.Pid)+1, me, myStart+1)
 	// A running idem's (this one's) process is not touched.
-	mine, mineDone := leftoverProcess(t)
+	mine, mineDone := testsvc.Sleeper(t)
 	mineFile := write("other-1.pid", mine.Process.Pid, mustStartTime(t, mine.Process.Pid), me, myStart)
 	junk := write("junk.pid", 0, 0, 0, 0)
 	if err := os.WriteFile(junk, []byte("not a pid file"), 0o644); err != nil {
@@ -165,7 +141,7 @@ func TestStartTime(t *testing.T) {
 
 	// A process that exited and was not waited for is a zombie: it does
 	// not run, though its pid and start time still read.
-	cmd, done := leftoverProcess(t)
+	cmd, done := testsvc.Sleeper(t)
 	st = mustStartTime(t, cmd.Process.Pid)
 	_ = cmd.Process.Kill()
 	<-done // waited for: gone

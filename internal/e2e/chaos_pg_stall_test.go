@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -51,16 +50,7 @@ func TestChaosPostgresStalledOwner(t *testing.T) {
 		tick       = 50 * time.Millisecond // 200 transfers/s
 	)
 	pg := startPrivatePostgres(t)
-	fc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fc.Close()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(fc.ListenAddrs()...), kgo.DefaultProduceTopic(topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	fc, cl := kafkaTopic(t, topic, partitions)
 
 	rng := rand.New(rand.NewPCG(15, 3))
 	transfers := make([]transferData, total)

@@ -23,6 +23,8 @@ import (
 
 	"github.com/idem-run/idem/engine"
 	"github.com/idem-run/idem/server"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // binDir is the temporary directory the binaries are built into; TestMain
@@ -537,4 +539,22 @@ func waitCaughtUp(t *testing.T, a *api, mapping, stream string, timeout time.Dur
 		return true, ""
 	})
 	return out
+}
+
+// kafkaTopic starts an in-process Kafka cluster (kfake) with topic of
+// partitions, and a client that produces to it; both close when the test
+// ends.
+func kafkaTopic(t *testing.T, topic string, partitions int32) (*kfake.Cluster, *kgo.Client) {
+	t.Helper()
+	fc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fc.Close)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(fc.ListenAddrs()...), kgo.DefaultProduceTopic(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return fc, cl
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/idem-run/idem/internal/testsvc"
@@ -44,16 +43,7 @@ func testKafkaTwoProcesses(t *testing.T, group bool) {
 	})
 
 	const topic, partitions, keys, n = "orders", 4, 40, 4000
-	fc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fc.Close()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(fc.ListenAddrs()...), kgo.DefaultProduceTopic(topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	fc, cl := kafkaTopic(t, topic, partitions)
 	want := map[string]int{}
 	produce := func(from, to int) {
 		recs := make([]*kgo.Record, 0, to-from)

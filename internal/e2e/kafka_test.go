@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/idem-run/idem/engine"
@@ -27,16 +26,7 @@ func TestKafkaCrashExactlyOnce(t *testing.T) {
 	if testing.Short() {
 		n, kills = 1000, 3
 	}
-	fc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fc.Close()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(fc.ListenAddrs()...), kgo.DefaultProduceTopic(topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	fc, cl := kafkaTopic(t, topic, partitions)
 	ctx := context.Background()
 	want := map[string]int{}
 	recs := make([]*kgo.Record, 0, n)

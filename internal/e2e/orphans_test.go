@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/idem-run/idem/internal/testsvc"
 )
 
 // TestOrphans kills `idem serve` with SIGKILL and checks that the processes
@@ -23,7 +25,7 @@ func TestOrphans(t *testing.T) {
 	idemBin, _ := binaries(t)
 	sleep, err := exec.LookPath("sleep")
 	if err != nil {
-		t.Skip("no sleep command:", err)
+		testsvc.Absent(t, "no sleep command: %v", err)
 	}
 	// The function's name, unique to this run, finds its processes: each
 	// has it in its environment as AWS_LAMBDA_FUNCTION_NAME. sleep ignores
@@ -54,8 +56,8 @@ functions:
 	// started), recorded in a pid file by the dead idem, and one whose pid
 	// file's start time is not its own (its pid was reused): the restarted
 	// idem kills the first only.
-	left, leftDone := startSleep(t, sleep)
-	other, otherDone := startSleep(t, sleep)
+	left, leftDone := testsvc.Sleeper(t)
+	other, otherDone := testsvc.Sleeper(t)
 	pidDir := filepath.Join(dataDir, "process")
 	dead := srv.cmd.Process.Pid
 	writeFile(t, filepath.Join(pidDir, name+"-7.pid"),
@@ -94,28 +96,6 @@ functions:
 		}
 		t.Fatalf("%s holds %q after idem stopped, want nothing", pidDir, names)
 	}
-}
-
-// startSleep starts `sleep 3600` in a process group of its own, as idem
-// starts a function's process, and returns it with a channel closed once it
-// has exited. A cleanup kills it.
-func startSleep(t *testing.T, sleep string) (*exec.Cmd, chan struct{}) {
-	t.Helper()
-	cmd := exec.Command(sleep, "3600")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-	})
-	return cmd, done
 }
 
 // waitProcesses waits up to a minute until exactly n processes of function

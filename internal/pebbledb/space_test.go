@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idem-run/idem/internal/testsvc"
+
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
@@ -175,20 +177,7 @@ func TestDiskFullRefusesWrites(t *testing.T) {
 	checkAcked(t, db, "s", acked)
 
 	free.Store(reserve)
-	deadline = time.Now().Add(hangLimit)
-	for {
-		i++
-		err := put(i)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, store.ErrNoSpace) {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("writes did not resume once space was freed")
-		}
-	}
+	i = putUntilResumed(t, put, i)
 	if err := db.Health(); err != nil {
 		t.Fatalf("Health once space was freed = %v", err)
 	}
@@ -290,25 +279,7 @@ func TestFatalDiskFull(t *testing.T) {
 // acknowledged is lost. Without root or mount it skips, except under
 // CI=true, where it fails.
 func TestDiskFullTmpfs(t *testing.T) {
-	unavailable := func(why string) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but a tmpfs cannot be mounted: %s", why)
-		}
-		t.Skipf("skipping: a tmpfs cannot be mounted: %s", why)
-	}
-	if os.Geteuid() != 0 {
-		unavailable("not root")
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		unavailable(fmt.Sprintf("mount: %v: %s", err, out))
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
+	mnt := testsvc.Tmpfs(t, "48m")
 	ballast := filepath.Join(mnt, "ballast")
 	if err := os.WriteFile(ballast, make([]byte, 16<<20), 0o600); err != nil {
 		t.Fatal(err)
@@ -367,20 +338,7 @@ func TestDiskFullTmpfs(t *testing.T) {
 	if err := os.Remove(ballast); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(hangLimit)
-	for {
-		i++
-		err := put(i)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, store.ErrNoSpace) {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("writes did not resume once space was freed")
-		}
-	}
+	i = putUntilResumed(t, put, i)
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -485,4 +443,24 @@ func BenchmarkAdmit(b *testing.B) {
 			}
 		}
 	})
+}
+
+// putUntilResumed calls put with the numbers after i until a put succeeds,
+// once space was freed: every failure before must be store.ErrNoSpace, and
+// writes must resume within hangLimit. It returns the last number put.
+func putUntilResumed(t *testing.T, put func(int) error, i int) int {
+	t.Helper()
+	for deadline := time.Now().Add(hangLimit); ; {
+		i++
+		err := put(i)
+		if err == nil {
+			return i
+		}
+		if !errors.Is(err, store.ErrNoSpace) {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writes did not resume once space was freed")
+		}
+	}
 }
