@@ -1,7 +1,7 @@
-// Package cli is idem's command line: `idem serve`, `put`, `records`,
-// `status`, `state` and `bench`. A program that embeds idem to register
-// in-process Go functions calls Main with its handlers and gets the same
-// commands.
+// Package cli is idem's command line: `idem serve`, `validate`, `put`,
+// `records`, `status`, `state` and `bench`. A program that embeds idem to
+// register in-process Go functions calls Main with its handlers and gets
+// the same commands.
 package cli
 
 import (
@@ -25,7 +25,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/idem-run/idem"
-	"github.com/idem-run/idem/config"
 	"github.com/idem-run/idem/internal/bench"
 	"github.com/idem-run/idem/server"
 )
@@ -65,6 +64,8 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		serveCmd(&verbose, opts),
+		validateCmd(opts),
+		configCmd(),
 		putCmd(),
 		recordsCmd(),
 		statusCmd(),
@@ -74,6 +75,10 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK
+	}
+	var reported reportedError
+	if errors.As(err, &reported) {
+		return exitError
 	}
 	fmt.Fprintln(stderr, "idem:", err)
 	var ue usageError
@@ -100,20 +105,9 @@ func serveCmd(verbose *bool, opts []server.Option) *cobra.Command {
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-			cfg, err := config.Load(file)
+			cfg, err := loadConfig(file, dataDir, listen, opts)
 			if err != nil {
 				return err
-			}
-			if dataDir != "" || listen != "" {
-				if dataDir != "" {
-					cfg.DataDir = dataDir
-				}
-				if listen != "" {
-					cfg.Listen = listen
-				}
-				if err := cfg.Validate(); err != nil {
-					return err
-				}
 			}
 			srv, err := server.New(cfg, append([]server.Option{server.WithLogger(log)}, opts...)...)
 			if err != nil {

@@ -1,18 +1,15 @@
 package config
 
 import (
-	"bytes"
 	"cmp"
-	"errors"
 	"fmt"
-	"io"
 	"os"
+	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/goccy/go-yaml/ast"
 )
 
 // File is the whole config file. It is plain data: the wiring converts it into
@@ -20,7 +17,7 @@ import (
 type File struct {
 	// DataDir is where the embedded streams and the store keep their data,
 	// relative to the working directory unless absolute. `idem serve --data
-	// DIR` overrides it: set the field and call Validate again.
+	// DIR` overrides it. (In Go: set the field and call Validate again.)
 	// Default: ./idem-data
 	DataDir string `yaml:"dataDir"`
 	// Listen is the host:port of idem's HTTP API. Port 0 picks a free port.
@@ -552,30 +549,28 @@ func (d Duration) String() string {
 	return s
 }
 
-// UnmarshalYAML reads a duration string, 0 or -1. A bad value is a
-// *yaml.TypeError naming the line and column, which Parse turns into an error
-// naming the path.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	bad := func(format string, args ...any) error {
-		return &yaml.TypeError{Errors: []string{
-			fmt.Sprintf("line %d, column %d: ", n.Line, n.Column) + fmt.Sprintf(format, args...),
-		}}
-	}
-	if n.Kind != yaml.ScalarNode {
-		return bad("expected a duration such as 90s or 24h, got %s", kindName(n.Kind))
-	}
-	if n.ShortTag() == "!!int" {
-		switch i, err := strconv.ParseInt(n.Value, 10, 64); {
-		case err == nil && (i == 0 || i == -1):
-			*d = Duration(i)
+// UnmarshalYAML reads a duration string, 0 or -1, from a goccy/go-yaml
+// node. Its errors say what is wrong; Parse adds the path and line.
+func (d *Duration) UnmarshalYAML(n ast.Node) error {
+	n = unwrap(n)
+	text, ok := scalarText(n)
+	switch {
+	case !ok:
+		return fmt.Errorf("expected a duration such as 90s or 24h, got %s", kind(n))
+	case n.Type() == ast.IntegerType:
+		switch text {
+		case "0":
+			*d = 0
 			return nil
-		default:
-			return bad("%s is not a duration: give a unit, as in %ss or %sm (a bare number is only allowed as 0, or -1 where it means no limit)", n.Value, n.Value, n.Value)
+		case "-1":
+			*d = -1
+			return nil
 		}
+		return fmt.Errorf("%s is not a duration: give a unit, as in %ss or %sm (a bare number is only allowed as 0, or -1 where it means no limit)", text, text, text)
 	}
-	v, err := time.ParseDuration(n.Value)
+	v, err := time.ParseDuration(text)
 	if err != nil {
-		return bad("%q is not a duration such as 90s, 5m or 24h", n.Value)
+		return fmt.Errorf("%q is not a duration such as 90s, 5m or 24h", text)
 	}
 	*d = Duration(v)
 	return nil
@@ -624,50 +619,45 @@ func Load(path string) (*File, error) {
 	return f, nil
 }
 
-// Parse reads a config file's bytes, applies defaults to absent keys and
-// validates the result. On any problem it returns a nil File and every
-// problem found, each a *FieldError, joined with errors.Join.
+// Parse reads a config file's bytes, expands environment variables from
+// the process environment (see the package doc), applies defaults to absent
+// keys and validates the result. On any problem it returns a nil File and
+// every problem found, each a *FieldError, joined with errors.Join.
 func Parse(data []byte) (*File, error) {
+	return ParseWithEnv(data, os.LookupEnv)
+}
+
+// ParseWithEnv is Parse with the environment given by lookup, which has
+// os.LookupEnv's signature: tests, and tools that check a file for another
+// environment, give their own. A nil lookup has every variable unset.
+func ParseWithEnv(data []byte, lookup func(name string) (value string, ok bool)) (*File, error) {
 	root, ferr := parseDocument(data)
 	if ferr != nil {
 		return nil, join([]*FieldError{ferr})
 	}
-	idx := newIndex(root)
-
+	env := newExpander(lookup)
+	d := newDecoder(root, len(data), env)
 	var f File
-	var errs []*FieldError
-	if err := decodeStrict(data, &f); err != nil {
-		var te *yaml.TypeError
-		if !errors.As(err, &te) {
-			// yaml.v3 stopped: what it left in f is not worth checking.
-			return nil, join(idx.translate(err))
-		}
-		errs = append(errs, idx.translate(err)...)
+	d.decode(root, reflect.ValueOf(&f).Elem(), "")
+	if d.budget < 0 {
+		return nil, join([]*FieldError{{Err: fmt.Errorf("invalid YAML: aliases expand the file to more than %d values", len(data)+maxExpansion)}})
 	}
-	decoded := newPathSet(errs)
-	for _, e := range idx.errs {
-		if !decoded.covers(e.Path) {
+	errs := d.errs
+
+	d.materializeNulls(&f)
+	f.applyDefaults(func(path string) bool { return d.set[path] })
+
+	// Validation problems under a path that failed to decode are
+	// consequences of that failure (a zero left behind), not news.
+	skip := newPathSet(errs)
+	for _, e := range f.check() {
+		if !skip.covers(e.Path) {
+			e.Line = d.lineOf(e.Path)
 			errs = append(errs, e)
 		}
 	}
-	errs = dedupe(errs)
-
-	idx.materializeNulls(&f)
-	f.applyDefaults(idx.set)
-
-	// Validation problems under a path that failed to decode are
-	// consequences of that failure (a zero left behind), not news; in a list
-	// that lost an item, every index after it is off by one.
-	lost, rootLost := undecoded(errs)
-	skip := newPathSet(idx.shifted(&f, errs), errs, lost)
-	for _, e := range f.check() {
-		if rootLost || skip.covers(e.Path) {
-			continue
-		}
-		e.Line = idx.line(e.Path)
-		errs = append(errs, e)
-	}
 	if len(errs) > 0 {
+		env.redact(errs)
 		// In file order, so that the report reads top to bottom.
 		slices.SortStableFunc(errs, func(a, b *FieldError) int { return cmp.Compare(a.Line, b.Line) })
 		return nil, join(errs)
@@ -675,96 +665,15 @@ func Parse(data []byte) (*File, error) {
 	return &f, nil
 }
 
-// parseDocument returns the top-level mapping of the one YAML document in
-// data, or the reason there is none.
-func parseDocument(data []byte) (root *yaml.Node, ferr *FieldError) {
-	defer func() {
-		if r := recover(); r != nil {
-			root, ferr = nil, &FieldError{Err: fmt.Errorf("invalid YAML: the YAML parser failed: %v", r)}
-		}
-	}()
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	switch err := dec.Decode(&doc); {
-	case errors.Is(err, io.EOF):
-		return nil, emptyError()
-	case err != nil:
-		return nil, syntaxError(err)
-	}
-	var next yaml.Node
-	switch err := dec.Decode(&next); {
-	case errors.Is(err, io.EOF):
-	case err != nil:
-		return nil, syntaxError(err)
-	default:
-		return nil, &FieldError{Line: next.Line, Err: fmt.Errorf("line %d: a second YAML document (after ---) is not allowed: the config is one document", next.Line)}
-	}
-	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 {
-		return nil, emptyError()
-	}
-	root = doc.Content[0]
-	for root.Kind == yaml.AliasNode && root.Alias != nil {
-		root = root.Alias
-	}
-	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
-		return nil, emptyError()
-	}
-	if root.Kind != yaml.MappingNode {
-		return nil, &FieldError{Line: root.Line, Err: fmt.Errorf("line %d: the top level must be a mapping with keys dataDir, listen, streams, functions and mappings, not %s", root.Line, kindName(root.Kind))}
-	}
-	return root, nil
-}
-
-func emptyError() *FieldError {
-	return &FieldError{Err: errors.New("config is empty: expected a YAML mapping with streams, functions and mappings")}
-}
-
-// syntaxError reports a YAML syntax error with its line. yaml.v3 writes
-// "yaml: line N: problem", with N counted from 0 for parser (as opposed to
-// scanner) errors; those are corrected here.
-func syntaxError(err error) *FieldError {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	line := 0
-	problem := msg
-	if n, _ := fmt.Sscanf(msg, "line %d: ", &line); n == 1 {
-		_, problem, _ = strings.Cut(msg, ": ")
-	}
-	for _, p := range []string{"did not find expected", "found duplicate %", "found incompatible YAML document", "found undefined tag handle"} {
-		if strings.HasPrefix(problem, p) {
-			line++
-			break
-		}
-	}
-	if line == 0 {
-		return &FieldError{Err: fmt.Errorf("invalid YAML: %s", problem)}
-	}
-	return &FieldError{Line: line, Err: fmt.Errorf("invalid YAML: line %d: %s", line, problem)}
-}
-
-// decodeStrict decodes data into f, refusing unknown keys. Problems yaml.v3
-// can skip over come back as one *yaml.TypeError listing them all.
-func decodeStrict(data []byte, f *File) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("the YAML decoder failed: %v", r)
-		}
-	}()
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	return dec.Decode(f)
-}
-
 // pathSet holds the paths of problems, to recognise the problems that follow
 // from them.
 type pathSet map[string]bool
 
-func newPathSet(lists ...[]*FieldError) pathSet {
+func newPathSet(errs []*FieldError) pathSet {
 	s := make(pathSet)
-	for _, l := range lists {
-		for _, e := range l {
-			if e.Path != "" {
-				s[e.Path] = true
-			}
+	for _, e := range errs {
+		if e.Path != "" {
+			s[e.Path] = true
 		}
 	}
 	return s
@@ -783,25 +692,6 @@ func (s pathSet) covers(path string) bool {
 		path = path[:i]
 	}
 	return false
-}
-
-// dedupe drops repeated problems (yaml.v3 reports a merged anchor's problems
-// once per use) and problems at a path that already has one.
-func dedupe(errs []*FieldError) []*FieldError {
-	seen := make(map[string]bool, len(errs))
-	out := errs[:0]
-	for _, e := range errs {
-		k := e.Path
-		if k == "" {
-			k = "\x00" + e.Error()
-		}
-		if seen[k] {
-			continue
-		}
-		seen[k] = true
-		out = append(out, e)
-	}
-	return out
 }
 
 // Defaults, in the one place they live. Each field's doc repeats its default.
@@ -923,20 +813,4 @@ func (f *File) applyDefaults(set func(path string) bool) {
 	}
 	f.applyInvokeDefaults(set)
 	f.applyLeaseDefaults(set)
-}
-
-func kindName(k yaml.Kind) string {
-	switch k {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		return "a single value"
-	case yaml.AliasNode:
-		return "an alias"
-	case yaml.DocumentNode:
-		return "a document"
-	}
-	return "nothing"
 }

@@ -2,13 +2,14 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/goccy/go-yaml"
 )
 
 func TestParseExample(t *testing.T) {
@@ -479,11 +480,11 @@ functions:
 			[]string{"streams: expected a list, got a mapping"}},
 		{"duplicate key", "streams:\n  - name: a\n    name: b\n  - name: c\n    shards: 0\n", []string{
 			"streams[0].name: duplicate key (first at line 2)",
-			// The item after a dropped one can't be trusted to have the
-			// right index, so it is not validated yet.
+			// The items of a list keep their index whatever their problems.
+			"streams[1].shards: 0 is below the minimum 1",
 		}},
-		// yaml.v3 decodes nothing of a mapping with a duplicate key: the
-		// settings it leaves unset are not reported missing.
+		// The first value of a key written twice is decoded (and not
+		// validated), so no setting of its mapping is reported missing.
 		{"duplicate top-level key", "dataDir: ./data\nlisten: 127.0.0.1:1\nlisten: 127.0.0.1:2\n", []string{
 			"listen: duplicate key (first at line 2)",
 		}},
@@ -496,6 +497,20 @@ functions:
 			"mappings[0].function: required (the name of a configured function)",
 			"mappings[0].startingPosition: required (one of TRIM_HORIZON, LATEST, AT_TIMESTAMP)",
 			"mappings[0].idempotency.scope: required (1 to 128 characters of A-Z a-z 0-9 . _ -; Parse defaults it to the function name)",
+		}},
+		{"merge into itself", "mappings:\n  - &m {name: a, source: {<<: *m}}\n", []string{
+			"mappings[0].source: alias *m refers to a value that contains it",
+			"mappings[0].function: required (the name of a configured function)",
+			"mappings[0].startingPosition: required (one of TRIM_HORIZON, LATEST, AT_TIMESTAMP)",
+			"mappings[0].idempotency.scope: required (1 to 128 characters of A-Z a-z 0-9 . _ -; Parse defaults it to the function name)",
+		}},
+		{"merge of a scalar", "streams: [{<<: 5, name: a}]\n",
+			[]string{"streams[0]: <<: expected a mapping or a list of mappings to merge, got 5"}},
+		{"alias without anchor", "streams: [*s]\n",
+			[]string{"streams[0]: alias *s has no anchor before it"}},
+		{"problem in a merged value", "streams:\n  - &s {name: a, shards: x}\n  - {<<: *s, name: b}\n", []string{
+			`streams[0].shards: expected an integer, got "x"`,
+			`streams[1].shards: expected an integer, got "x"`,
 		}},
 		{"nested map for a scalar on one line", "streams: [{name: a, shards: {}}, {name: b, shards: {}}]\n", []string{
 			"streams[0].shards: expected an integer, got a mapping",
@@ -551,11 +566,13 @@ func TestParseFileErrors(t *testing.T) {
 		{"comments only", "# nothing yet\n", "config is empty: expected a YAML mapping with streams, functions and mappings"},
 		{"null", "~\n", "config is empty: expected a YAML mapping with streams, functions and mappings"},
 		{"document marker", "---\n", "config is empty: expected a YAML mapping with streams, functions and mappings"},
-		{"malformed", "streams:\n  - name: a\n   shards: 2\n", "invalid YAML: line 2: did not find expected '-' indicator"},
-		{"unclosed flow", "streams: [{name: a}\n", "invalid YAML: line 2: did not find expected ',' or ']'"},
-		{"tab indent", "streams:\n\t- name: a\n", "invalid YAML: line 2: found character that cannot start any token"},
+		{"malformed", "streams:\n  - name: a\n   shards: 2\n", "invalid YAML: line 3: value is not allowed in this context"},
+		{"unclosed flow", "streams: [{name: a}\n", "invalid YAML: line 1: sequence end token ']' not found"},
+		{"tab indent", "streams:\n\t- name: a\n", `invalid YAML: line 2: found character '\t' that cannot start any token`},
 		{"list at top", "- a\n- b\n", "line 1: the top level must be a mapping with keys dataDir, listen, streams, functions and mappings, not a list"},
 		{"scalar at top", "hello\n", "line 1: the top level must be a mapping with keys dataDir, listen, streams, functions and mappings, not a single value"},
+		{"too deep", "streams: " + strings.Repeat("[", 1001) + strings.Repeat("]", 1001) + "\n", "invalid YAML: line 1: nested more than 1000 levels deep"},
+		{"not UTF-8", "listen: \xff\n", "invalid YAML: the file is not UTF-8"},
 		{"two documents", "listen: a:1\n---\nlisten: b:2\n", "line 2: a second YAML document (after ---) is not allowed: the config is one document"},
 	}
 	for _, tt := range tests {
@@ -568,6 +585,18 @@ func TestParseFileErrors(t *testing.T) {
 				t.Errorf("Parse error:\n%s\nwant:\n%s", err, tt.want)
 			}
 		})
+	}
+}
+
+// Aliases cannot make a small file cost unbounded work.
+func TestParseAliasBomb(t *testing.T) {
+	doc := "mappings:\n  - &m0 {name: m}\n"
+	for i := 1; i < 10; i++ { // each merges the one before ten times
+		doc += fmt.Sprintf("  - &m%d {<<: [%s]}\n", i, strings.Repeat(fmt.Sprintf("*m%d, ", i-1), 10))
+	}
+	_, err := Parse([]byte(doc))
+	if err == nil || !strings.HasPrefix(err.Error(), "invalid YAML: aliases expand the file to more than") {
+		t.Errorf("Parse = %.500v", err)
 	}
 }
 
@@ -660,10 +689,10 @@ func TestDuration(t *testing.T) {
 		{"0", 0, ""},
 		{"-1", -1, ""},
 		{"-1s", -time.Second, ""},
-		{"5", 0, "line 1, column 4: 5 is not a duration: give a unit, as in 5s or 5m (a bare number is only allowed as 0, or -1 where it means no limit)"},
-		{"1.5", 0, `line 1, column 4: "1.5" is not a duration such as 90s, 5m or 24h`},
-		{"soon", 0, `line 1, column 4: "soon" is not a duration such as 90s, 5m or 24h`},
-		{"[1s]", 0, "line 1, column 4: expected a duration such as 90s or 24h, got a list"},
+		{"5", 0, "5 is not a duration: give a unit, as in 5s or 5m (a bare number is only allowed as 0, or -1 where it means no limit)"},
+		{"1.5", 0, `"1.5" is not a duration such as 90s, 5m or 24h`},
+		{"soon", 0, `"soon" is not a duration such as 90s, 5m or 24h`},
+		{"[1s]", 0, "expected a duration such as 90s or 24h, got a list"},
 	}
 	for _, tt := range tests {
 		var v struct {

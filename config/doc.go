@@ -20,6 +20,25 @@
 // silent 100. A File built in Go gets no defaults: Validate checks it as it
 // is.
 //
+// # Environment variables
+//
+// The value of a string setting (a list item or a map value included; not
+// a key, number, boolean or duration) may refer to environment variables, so
+// that DSNs and tokens come from the environment or a secret mount instead of
+// sitting in the file:
+//
+//	store:
+//	  postgres:
+//	    dsn: ${PG_DSN}
+//	    schema: ${PG_SCHEMA:-idem}
+//
+// ${NAME} is the variable's value, and an unset variable is an error naming
+// it and the setting; ${NAME:-default} is default when the variable is unset
+// or empty. A name is letters, digits and _, not starting with a digit.
+// $${ is a literal ${, and any other $ is literal. A problem with a value
+// that came from the environment shows it as written, (from ${PG_DSN}), and
+// never the value. ParseWithEnv takes the environment as a lookup function.
+//
 // # Layering
 //
 // The types here are plain data with YAML tags and a few read-only helpers.

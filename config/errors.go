@@ -18,10 +18,6 @@ type FieldError struct {
 	Line int
 	// Err says what is wrong, with the allowed range.
 	Err error
-
-	// dup marks a duplicate key, which makes yaml.v3 drop the whole
-	// mapping it is in.
-	dup bool
 }
 
 // Error returns "path: problem", or only the problem when there is no path.

@@ -40,7 +40,7 @@ func (s *Server) goFunction(name string) (function.Driver, error) {
 	case ih != nil:
 		return gofunc.NewInvoke(ih), nil
 	}
-	return nil, errors.New("has no http or process kind and no Go handler is registered under that name (a program embedding idem registers it with server.WithHandler or server.WithInvokeHandler)")
+	return nil, fmt.Errorf("%q has no http or process kind and no Go handler is registered under that name (a program embedding idem registers it with server.WithHandler or server.WithInvokeHandler, and runs `serve` and `validate` with it)", name)
 }
 
 // setupInvoke makes the Invoke API's service over the function drivers:

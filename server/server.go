@@ -21,7 +21,6 @@ import (
 	"github.com/idem-run/idem/config"
 	"github.com/idem-run/idem/engine"
 	"github.com/idem-run/idem/function"
-	"github.com/idem-run/idem/function/httpfn"
 	"github.com/idem-run/idem/function/process"
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/invoke"
@@ -92,16 +91,19 @@ func WithHandler(name string, h idem.Handler) Option {
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return optionFunc(func(s *Server) { s.log = l }) }
 
-// New opens the data directory, creates the configured streams, and
-// validates the wiring of functions and mappings. It starts no goroutine
-// except the storage's retention worker; Run starts the rest. Close releases
-// what New opened.
+// New checks the wiring of cfg with Check, which opens nothing, then opens
+// the data directory, creates the configured streams, and wires functions
+// and mappings. It starts no goroutine except the storage's retention
+// worker; Run starts the rest. Close releases what New opened.
 func New(cfg *config.File, opts ...Option) (*Server, error) {
 	s := &Server{cfg: cfg, log: slog.Default(), handlers: make(map[string]idem.Handler),
 		bodyTimeout: defaultBodyTimeout, maxConns: connLimit(), unverifiedBodyBytes: defaultUnverifiedBodyBytes}
 	s.ready = s.checkReady
 	for _, o := range opts {
 		o.apply(s)
+	}
+	if err := s.check(); err != nil {
+		return nil, err
 	}
 	db, err := pebbledb.Open(cfg.DataDir)
 	if err != nil {
@@ -139,11 +141,7 @@ func (s *Server) setup() error {
 	for i, f := range cfg.Functions {
 		switch {
 		case f.Process != nil:
-			pf := f.Process
-			d, err := process.New(process.Config{Name: f.Name, Command: pf.Command, Args: pf.Args, Env: pf.Env, Dir: pf.Dir,
-				Concurrency: pf.Concurrency, Timeout: f.Timeout.D(), MemorySize: pf.MemorySize, Region: pf.Region,
-				InheritEnv: pf.InheritEnv},
-				process.WithLogger(s.log), process.WithPIDDir(cfg.DataDir+"/process"))
+			d, err := process.New(processConfig(&f), process.WithLogger(s.log), process.WithPIDDir(cfg.DataDir+"/process"))
 			if err != nil {
 				errs = append(errs, fmt.Errorf("functions[%d].process: %w", i, err))
 				continue
@@ -151,7 +149,7 @@ func (s *Server) setup() error {
 			fns[f.Name] = d
 			s.procs = append(s.procs, namedProcess{f.Name, d})
 		case f.HTTP != nil:
-			d, err := httpfn.New(f.HTTP.URL, httpfn.Timeout(f.Timeout.D()), httpfn.Name(f.Name))
+			d, err := httpFunction(&f)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("functions[%d].http: %w", i, err))
 				continue
@@ -160,7 +158,7 @@ func (s *Server) setup() error {
 		default:
 			d, err := s.goFunction(f.Name)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("functions[%d] %q: %w", i, f.Name, err))
+				errs = append(errs, &config.FieldError{Path: fmt.Sprintf("functions[%d]", i), Err: err})
 				continue
 			}
 			fns[f.Name] = d
@@ -185,29 +183,7 @@ func (s *Server) setup() error {
 			errs = append(errs, fmt.Errorf("mappings[%d].source: %w", i, err))
 			continue
 		}
-		em := engine.Mapping{
-			Name: m.Name, Stream: m.Source.Name(), Source: src,
-			Function: m.Function, Invoker: fns[m.Function], FunctionTimeout: timeouts[m.Function],
-			BatchSize:                  m.BatchSize,
-			MaximumBatchingWindow:      m.MaximumBatchingWindow.D(),
-			StartingPosition:           source.StartingPosition(m.StartingPosition),
-			BisectBatchOnFunctionError: m.BisectBatchOnFunctionError,
-			MaximumRecordAge:           m.MaximumRecordAge.D(),
-			ParallelizationFactor:      m.ParallelizationFactor,
-			ReportBatchItemFailures:    m.ReportBatchItemFailures(),
-			PermanentErrorTypes:        m.PermanentErrorTypes,
-			EventFormat:                idem.EventFormat(m.EventFormat),
-			Filters:                    m.Patterns(),
-			TumblingWindow:             m.TumblingWindow.D(),
-			Scope:                      m.Idempotency.Scope,
-			KeyExpression:              m.Idempotency.Key,
-			MarkRetention:              m.Idempotency.Retention.D(),
-			RetryBaseDelay:             m.Retry.BaseDelay.D(),
-			RetryMaxDelay:              m.Retry.MaxDelay.D(),
-		}
-		em.StartingPositionTimestamp = m.StartingPositionTime()
-		em.RetryAttempts(m.MaximumRetryAttempts)
-		em.OnFailure = m.OnFailureStream()
+		em := engineMapping(&m, src, fns[m.Function], timeouts[m.Function])
 		if err := s.engine.Add(em); err != nil {
 			errs = append(errs, fmt.Errorf("mappings[%d]: %w", i, err))
 		}

@@ -305,6 +305,16 @@ type Function struct {
 	initErr    *function.Error
 }
 
+// Check reports the problems New would refuse cfg for (a setting out of
+// range, a command that is not an executable file, a dir that does not
+// exist, an environment variable idem sets itself) without starting
+// anything, so that a configuration can be checked before it is run.
+func Check(cfg Config) error {
+	cfg, path, dir, err := validate(cfg)
+	_, envErr := environment(cfg, path, dir)
+	return errors.Join(err, envErr)
+}
+
 // New validates cfg, starts the Runtime API server on a loopback port and
 // cfg.Concurrency processes, and returns without waiting for them to
 // initialize: the first invocations wait until a process asks for work. It
