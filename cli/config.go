@@ -3,7 +3,7 @@ package cli
 import (
 	"github.com/spf13/cobra"
 
-	"github.com/idem-run/idem/config"
+	"github.com/idem-run/idem/config/schema"
 )
 
 // configCmd groups the commands about the config file itself, as opposed to
@@ -34,11 +34,11 @@ The schema checks each setting alone; idem serve and idem validate also
 check what depends on other settings, such as the streams a mapping names.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			schema, err := config.Schema()
+			out, err := schema.Generate()
 			if err != nil {
 				return err
 			}
-			_, err = cmd.OutOrStdout().Write(schema)
+			_, err = cmd.OutOrStdout().Write(out)
 			return err
 		},
 	}

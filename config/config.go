@@ -296,7 +296,7 @@ type Mapping struct {
 // response counts.
 func (m *Mapping) ReportBatchItemFailures() bool {
 	for _, t := range m.FunctionResponseTypes {
-		if t == reportBatchItemFailures {
+		if t == ReportBatchItemFailuresType {
 			return true
 		}
 	}

@@ -91,14 +91,14 @@ func (a *Auth) Enabled() bool { return len(a.Tokens) > 0 || len(a.ReadTokens) > 
 // Defaults and ranges of the Invoke API's settings.
 const (
 	defaultAsyncRetryAttempts = 2
-	maxAsyncRetryAttempts     = 2
+	MaxAsyncRetryAttempts     = 2 // bounds functions[].async.maximumRetryAttempts
 	defaultMaximumEventAge    = Duration(6 * time.Hour)
 	minEventAge, maxEventAge  = Duration(60 * time.Second), Duration(6 * time.Hour)
 	defaultAsyncBaseDelay     = Duration(time.Second)
 	defaultAsyncMaxDelay      = Duration(2 * time.Minute)
 	defaultInvokeRetention    = Duration(24 * time.Hour)
 	minInvokeRetention        = Duration(time.Minute)
-	minTokenLen, maxTokenLen  = 16, 4096
+	MinTokenLen, MaxTokenLen  = 16, 4096 // bound the length of auth tokens
 )
 
 // applyInvokeDefaults fills the Invoke API's settings the file left out.
@@ -127,7 +127,7 @@ func (f *File) applyInvokeDefaults(set func(path string) bool) {
 // invokeSettings checks a function's async and idempotency settings.
 func (c *checker) invokeSettings(f *File, p string, fn *Function) {
 	a, ap := &fn.Async, p+".async"
-	c.intRange(ap+".maximumRetryAttempts", a.MaximumRetryAttempts, 0, maxAsyncRetryAttempts)
+	c.intRange(ap+".maximumRetryAttempts", a.MaximumRetryAttempts, 0, MaxAsyncRetryAttempts)
 	c.durRange(ap+".maximumEventAge", a.MaximumEventAge, minEventAge, maxEventAge)
 	if d := a.OnFailure; d != nil {
 		dp := ap + ".onFailure.stream"
@@ -162,10 +162,10 @@ func (c *checker) tokens(path string, tokens []string, seen map[string]bool) {
 	for i, t := range tokens {
 		p := fmt.Sprintf("%s[%d]", path, i)
 		switch {
-		case len(t) < minTokenLen:
-			c.addf(p, "a token of %d characters is too short to be secret (allowed: %d to %d printable characters without spaces; e.g. the output of `openssl rand -hex 32`)", len(t), minTokenLen, maxTokenLen)
-		case len(t) > maxTokenLen:
-			c.addf(p, "%d characters is above the maximum %d", len(t), maxTokenLen)
+		case len(t) < MinTokenLen:
+			c.addf(p, "a token of %d characters is too short to be secret (allowed: %d to %d printable characters without spaces; e.g. the output of `openssl rand -hex 32`)", len(t), MinTokenLen, MaxTokenLen)
+		case len(t) > MaxTokenLen:
+			c.addf(p, "%d characters is above the maximum %d", len(t), MaxTokenLen)
 		case strings.ContainsFunc(t, func(r rune) bool { return r > unicode.MaxASCII || !unicode.IsPrint(r) || unicode.IsSpace(r) }):
 			c.addf(p, "must be printable ASCII without spaces")
 		case seen[t]:

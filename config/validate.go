@@ -16,26 +16,26 @@ import (
 
 // The values of closed sets.
 const (
-	trimHorizon             = "TRIM_HORIZON"
-	latest                  = "LATEST"
-	atTimestamp             = "AT_TIMESTAMP"
-	reportBatchItemFailures = "ReportBatchItemFailures"
-	eventFormatKafka        = "kafka"
-	eventFormatKinesis      = "kinesis"
+	trimHorizon                 = "TRIM_HORIZON"
+	latest                      = "LATEST"
+	atTimestamp                 = "AT_TIMESTAMP"
+	ReportBatchItemFailuresType = "ReportBatchItemFailures" // the one functionResponseTypes value
+	eventFormatKafka            = "kafka"
+	eventFormatKinesis          = "kinesis"
 )
 
 // Ranges, as AWS documents them for stream event source mappings, and idem's.
 const (
-	minShards, maxShards                 = 1, 1024
-	minRetention, maxRetention           = Duration(time.Hour), Duration(8760 * time.Hour)
-	maxTimeout                           = Duration(900 * time.Second)
-	minBatchSize, maxBatchSize           = 1, 10000
-	maxBatchingWindow                    = Duration(300 * time.Second)
-	minRetryAttempts, maxRetryAttempts   = -1, 10000
-	minRecordAge, maxRecordAge           = Duration(60 * time.Second), Duration(604800 * time.Second)
-	minParallelization, maxParallelizing = 1, 10
-	maxNameLen                           = 128
-	nameRule                             = "1 to 128 characters of A-Z a-z 0-9 . _ -"
+	MinShards, MaxShards                   = 1, 1024 // bound streams[].shards
+	minRetention, maxRetention             = Duration(time.Hour), Duration(8760 * time.Hour)
+	maxTimeout                             = Duration(900 * time.Second)
+	MinBatchSize, MaxBatchSize             = 1, 10000 // bound mappings[].batchSize
+	maxBatchingWindow                      = Duration(300 * time.Second)
+	MinRetryAttempts, MaxRetryAttempts     = -1, 10000 // bound mappings[].maximumRetryAttempts
+	minRecordAge, maxRecordAge             = Duration(60 * time.Second), Duration(604800 * time.Second)
+	MinParallelization, MaxParallelization = 1, 10 // bound mappings[].parallelizationFactor
+	MaxNameLen                             = 128   // bounds the length of names and idempotency scopes
+	nameRule                               = "1 to 128 characters of A-Z a-z 0-9 . _ -"
 )
 
 // Validate reports every problem of f at once, each a *FieldError naming the
@@ -92,7 +92,7 @@ func (c *checker) name(path, s string) {
 }
 
 func validName(s string) bool {
-	if len(s) == 0 || len(s) > maxNameLen {
+	if len(s) == 0 || len(s) > MaxNameLen {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -132,7 +132,7 @@ func (f *File) check() []*FieldError {
 		s, p := &f.Streams[i], fmt.Sprintf("streams[%d]", i)
 		c.name(p+".name", s.Name)
 		c.unique(streams, p+".name", s.Name)
-		c.intRange(p+".shards", s.Shards, minShards, maxShards)
+		c.intRange(p+".shards", s.Shards, MinShards, MaxShards)
 		c.durRange(p+".retention", s.Retention, minRetention, maxRetention)
 	}
 
@@ -287,9 +287,9 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 		}
 	}
 
-	c.intRange(p+".batchSize", m.BatchSize, minBatchSize, maxBatchSize)
+	c.intRange(p+".batchSize", m.BatchSize, MinBatchSize, MaxBatchSize)
 	c.durRange(p+".maximumBatchingWindow", m.MaximumBatchingWindow, 0, maxBatchingWindow)
-	c.intRange(p+".maximumRetryAttempts", m.MaximumRetryAttempts, minRetryAttempts, maxRetryAttempts)
+	c.intRange(p+".maximumRetryAttempts", m.MaximumRetryAttempts, MinRetryAttempts, MaxRetryAttempts)
 	switch age := m.MaximumRecordAge; {
 	case age == -1:
 	case age < 0:
@@ -299,7 +299,7 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 	case age > maxRecordAge:
 		c.addf(p+".maximumRecordAge", "%s is above the maximum %s (or -1 for no limit)", age, maxRecordAge)
 	}
-	c.intRange(p+".parallelizationFactor", m.ParallelizationFactor, minParallelization, maxParallelizing)
+	c.intRange(p+".parallelizationFactor", m.ParallelizationFactor, MinParallelization, MaxParallelization)
 	if m.TumblingWindow != 0 {
 		c.durRange(p+".tumblingWindow", m.TumblingWindow, 0, Duration(900*time.Second))
 		if m.ParallelizationFactor > 1 {
@@ -310,8 +310,8 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 		}
 	}
 	for j, t := range m.FunctionResponseTypes {
-		if t != reportBatchItemFailures {
-			c.addf(fmt.Sprintf("%s.functionResponseTypes[%d]", p, j), "%q is not supported (allowed: %s)", t, reportBatchItemFailures)
+		if t != ReportBatchItemFailuresType {
+			c.addf(fmt.Sprintf("%s.functionResponseTypes[%d]", p, j), "%q is not supported (allowed: %s)", t, ReportBatchItemFailuresType)
 		}
 	}
 	c.filters(p, m)
@@ -454,8 +454,8 @@ func functionNames(f *File) []string {
 	return names
 }
 
-// maxFilters is Lambda's default quota of filterCriteria patterns.
-const maxFilters = 5
+// MaxFilters is Lambda's default quota of filterCriteria patterns.
+const MaxFilters = 5
 
 func (c *checker) filters(p string, m *Mapping) {
 	fc := m.FilterCriteria
@@ -465,8 +465,8 @@ func (c *checker) filters(p string, m *Mapping) {
 	if len(fc.Filters) == 0 {
 		c.addf(p+".filterCriteria.filters", "required: at least one pattern (or leave filterCriteria out)")
 	}
-	if len(fc.Filters) > maxFilters {
-		c.addf(p+".filterCriteria.filters", "%d patterns, above the limit of %d", len(fc.Filters), maxFilters)
+	if len(fc.Filters) > MaxFilters {
+		c.addf(p+".filterCriteria.filters", "%d patterns, above the limit of %d", len(fc.Filters), MaxFilters)
 	}
 	format := m.EventFormat
 	if format != eventFormatKafka {

@@ -1,4 +1,4 @@
-package config
+package schema
 
 import (
 	"bytes"
@@ -16,15 +16,17 @@ import (
 
 	"github.com/goccy/go-yaml"
 	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/idem-run/idem/config"
 )
 
 // schemaFile is the committed copy of the schema, relative to this package.
-var schemaFile = filepath.Join("..", "docs", "idem.schema.json")
+var schemaFile = filepath.Join("..", "..", "docs", "idem.schema.json")
 
 const regenerate = "go run ./cmd/idem config schema > docs/idem.schema.json"
 
 func TestSchemaUpToDate(t *testing.T) {
-	want, err := Schema()
+	want, err := Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +43,7 @@ func TestSchemaUpToDate(t *testing.T) {
 // checks it against the draft-07 metaschema.
 func validator(t *testing.T) *jsonschema.Schema {
 	t.Helper()
-	data, err := Schema()
+	data, err := Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +122,7 @@ var schemaLine = regexp.MustCompile(`^# yaml-language-server: \$schema=(\S+)\n`)
 
 func TestSchemaExamples(t *testing.T) {
 	sch := validator(t)
-	files, err := filepath.Glob(filepath.Join("..", "examples", "*", "*.yaml"))
+	files, err := filepath.Glob(filepath.Join("..", "..", "examples", "*", "*.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,13 +145,13 @@ func TestSchemaExamples(t *testing.T) {
 			if err := sch.Validate(yamlTree(t, data)); err != nil {
 				t.Errorf("%s: %v", file, err)
 			}
-			if _, err := Load(file); err != nil {
+			if _, err := config.Load(file); err != nil {
 				t.Errorf("%s: %v", file, err)
 			}
 		})
 	}
 	// The test data's full config too.
-	data, err := os.ReadFile(filepath.Join("testdata", "example.yaml"))
+	data, err := os.ReadFile(filepath.Join("..", "testdata", "example.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +176,7 @@ var readmeSkipped = map[string]string{}
 // block configures), so they are not given to Parse.
 func TestSchemaREADME(t *testing.T) {
 	sch := validator(t)
-	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +336,7 @@ func (l location) String() string {
 func locations(t *testing.T, tree any) []location {
 	t.Helper()
 	var root map[string]any
-	data, err := Schema()
+	data, err := Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -418,7 +420,7 @@ func verdicts(t *testing.T, sch *jsonschema.Schema, tree any) (schemaErr, parseE
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, parseErr = Parse(data) // JSON is YAML
+	_, parseErr = config.Parse(data) // JSON is YAML
 	return sch.Validate(jsonTree(t, tree)), parseErr
 }
 
@@ -441,7 +443,7 @@ func fullTrees(t *testing.T, sch *jsonschema.Schema) []any {
 // schema has, so that the tests below reach them all.
 func TestSchemaCoversFullConfigs(t *testing.T) {
 	var root map[string]any
-	data, err := Schema()
+	data, err := Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -690,7 +692,7 @@ func TestSchemaDefaultsMatchParse(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f, err := Parse(data)
+			f, err := config.Parse(data)
 			if err != nil {
 				t.Errorf("%s: Parse without it: %v", l, err)
 				continue
@@ -739,13 +741,13 @@ func goValue(t *testing.T, typ reflect.Type, v any) any {
 	case typ == durationType:
 		switch v := v.(type) {
 		case float64:
-			return Duration(v)
+			return config.Duration(v)
 		case string:
 			d, err := time.ParseDuration(v)
 			if err != nil {
 				t.Fatal(err)
 			}
-			return Duration(d)
+			return config.Duration(d)
 		}
 	case typ.Kind() == reflect.Int:
 		return int(v.(float64))
@@ -857,7 +859,7 @@ func TestDurationPattern(t *testing.T) {
 // written with YAML keys rather than Go names where it starts with one.
 func TestSchemaDescriptions(t *testing.T) {
 	var root map[string]any
-	data, err := Schema()
+	data, err := Generate()
 	if err != nil {
 		t.Fatal(err)
 	}

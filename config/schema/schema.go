@@ -1,8 +1,13 @@
-package config
+// Package schema generates the JSON Schema of idem's config file, the one
+// `idem config schema` prints and docs/idem.schema.json holds. It is apart
+// from package config so that that package keeps to reading and checking a
+// config: a program that only parses one does not take in the generator,
+// which reflects on config.File and parses the Go source of the config types
+// (config.Sources) for their doc comments, the descriptions and defaults.
+package schema
 
 import (
 	"bytes"
-	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,16 +20,20 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/config"
+	"github.com/idem-run/idem/source"
 )
 
 // The schema is generated, never written by hand: its keys and types come
 // from the File type by reflection, its descriptions, defaults and required
-// keys from the fields' doc comments (the sources below, parsed when Schema
+// keys from the fields' doc comments (config.Sources, parsed when Generate
 // runs, so the schema cannot drift from the documentation), and what a doc
 // comment cannot say in a form a program reads (ranges, patterns, enums, the
 // keys of which at most one may be set) from schemaRules, which names
-// validate.go's constants where it has them. Tests check every rule against
-// Parse.
+// package config's constants where it has them. Tests check every rule
+// against config.Parse.
 //
 // The schema is at most as permissive as Parse about keys, types, enums and
 // integer ranges: a file it accepts has the shape Parse accepts. It is
@@ -34,11 +43,8 @@ import (
 // depends on other settings (names that must refer to configured streams
 // and functions) is left to Parse, and so are durations' ranges: JSON
 // Schema cannot compare a duration string with a bound.
-//
-//go:embed config.go invoke.go lease.go
-var typeSources embed.FS
 
-// schemaDialect is the JSON Schema version of Schema's output: draft-07, the
+// schemaDialect is the JSON Schema version of Generate's output: draft-07, the
 // newest that yaml-language-server and most editors implement fully.
 const schemaDialect = "http://json-schema.org/draft-07/schema#"
 
@@ -95,58 +101,58 @@ var schemaRules = map[string]schemaRule{
 	"store.postgres.schema":                  {pattern: `^[a-z][a-z0-9_]*$`, maxLength: 63},
 	"store.redis.db":                         between(0, 15),
 	"store.redis.prefix":                     {pattern: `^[^{} \t\n]+$`},
-	"auth.tokens[]":                          {pattern: tokenPattern, minLength: minTokenLen, maxLength: maxTokenLen},
-	"auth.readTokens[]":                      {pattern: tokenPattern, minLength: minTokenLen, maxLength: maxTokenLen},
-	"streams[].name":                         {pattern: namePattern, maxLength: maxNameLen},
-	"streams[].shards":                       between(minShards, maxShards),
+	"auth.tokens[]":                          {pattern: tokenPattern, minLength: config.MinTokenLen, maxLength: config.MaxTokenLen},
+	"auth.readTokens[]":                      {pattern: tokenPattern, minLength: config.MinTokenLen, maxLength: config.MaxTokenLen},
+	"streams[].name":                         {pattern: namePattern, maxLength: config.MaxNameLen},
+	"streams[].shards":                       between(config.MinShards, config.MaxShards),
 	"functions[]":                            {atMostOne: []string{"http", "go", "process"}},
-	"functions[].name":                       {pattern: namePattern, maxLength: maxNameLen},
+	"functions[].name":                       {pattern: namePattern, maxLength: config.MaxNameLen},
 	"functions[].go":                         {nullable: true},
-	"functions[].async.maximumRetryAttempts": between(0, maxAsyncRetryAttempts),
+	"functions[].async.maximumRetryAttempts": between(0, config.MaxAsyncRetryAttempts),
 	"functions[].async.permanentErrorTypes[]":            {pattern: `\S`},
 	"functions[].process.args[]":                         {scalar: true},
 	"functions[].process.env{}":                          {scalar: true},
 	"functions[].process.concurrency":                    between(1, 1024),
 	"functions[].process.memorySize":                     between(128, 10240),
-	"mappings[].name":                                    {pattern: namePattern, maxLength: maxNameLen},
+	"mappings[].name":                                    {pattern: namePattern, maxLength: config.MaxNameLen},
 	"mappings[].source":                                  {exactlyOne: []string{"stream", "kafka", "jetstream", "kinesis", "redis"}},
 	"mappings[].source.kafka.sessionTimeout":             {zero: true},
 	"mappings[].source.jetstream":                        {atMostOne: []string{"partitions", "partitionByToken"}},
 	"mappings[].source.jetstream.partitionByToken.token": atLeast(0),
 	"mappings[].source.jetstream.partitionByToken.count": between(1, 1024),
 	"mappings[].source.redis.db":                         between(0, 15),
-	"mappings[].startingPosition":                        {enum: []string{trimHorizon, latest, atTimestamp}},
+	"mappings[].startingPosition":                        {enum: []string{string(source.TrimHorizon), string(source.Latest), string(source.AtTimestamp)}},
 	"mappings[].startingPositionTimestamp":               {format: "date-time"},
-	"mappings[].batchSize":                               between(minBatchSize, maxBatchSize),
+	"mappings[].batchSize":                               between(config.MinBatchSize, config.MaxBatchSize),
 	"mappings[].maximumBatchingWindow":                   {zero: true},
-	"mappings[].maximumRetryAttempts":                    between(minRetryAttempts, maxRetryAttempts),
+	"mappings[].maximumRetryAttempts":                    between(config.MinRetryAttempts, config.MaxRetryAttempts),
 	"mappings[].maximumRecordAge":                        {noLimit: true},
-	"mappings[].parallelizationFactor":                   between(minParallelization, maxParallelizing),
+	"mappings[].parallelizationFactor":                   between(config.MinParallelization, config.MaxParallelization),
 	"mappings[].tumblingWindow":                          {zero: true},
-	"mappings[].functionResponseTypes[]":                 {enum: []string{reportBatchItemFailures}},
-	"mappings[].eventFormat":                             {enum: []string{eventFormatKafka, eventFormatKinesis}},
-	"mappings[].filterCriteria.filters":                  {required: true, maxItems: maxFilters},
+	"mappings[].functionResponseTypes[]":                 {enum: []string{config.ReportBatchItemFailuresType}},
+	"mappings[].eventFormat":                             {enum: []string{string(idem.EventFormatKafka), string(idem.EventFormatKinesis)}},
+	"mappings[].filterCriteria.filters":                  {required: true, maxItems: config.MaxFilters},
 	"mappings[].permanentErrorTypes[]":                   {pattern: `\S`},
-	"mappings[].idempotency.scope":                       {pattern: namePattern, maxLength: maxNameLen},
+	"mappings[].idempotency.scope":                       {pattern: namePattern, maxLength: config.MaxNameLen},
 	// With an external source, whose retention idem does not know,
 	// nothing bounds it.
 	"mappings[].idempotency.retention": {zero: true},
 }
 
-// Schema returns the JSON Schema (draft-07) of the config file, indented,
+// Generate returns the JSON Schema (draft-07) of the config file, indented,
 // as `idem config schema` prints it and docs/idem.schema.json holds it:
 // editors use it to complete and check idem.yaml (with a
 // `# yaml-language-server: $schema=...` first line), and CI can check a file
 // with any JSON Schema validator. It refuses unknown keys wherever Parse
 // does. Passing the schema is necessary, not sufficient: Parse also checks
 // what depends on other settings.
-func Schema() ([]byte, error) {
+func Generate() ([]byte, error) {
 	docs, err := readDocs()
 	if err != nil {
-		return nil, fmt.Errorf("config: schema: %w", err)
+		return nil, fmt.Errorf("schema: %w", err)
 	}
 	g := &generator{docs: docs, used: make(map[string]bool)}
-	root := g.object(reflect.TypeFor[File](), "", nil)
+	root := g.object(reflect.TypeFor[config.File](), "", nil)
 	root.Schema = schemaDialect
 	root.Comment = "Generated by `idem config schema` from the config package's types and doc comments; do not edit."
 	root.Title = "idem.yaml"
@@ -157,14 +163,14 @@ func Schema() ([]byte, error) {
 		}
 	}
 	if err := errors.Join(g.errs...); err != nil {
-		return nil, fmt.Errorf("config: schema: %w", err)
+		return nil, fmt.Errorf("schema: %w", err)
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(root); err != nil {
-		return nil, fmt.Errorf("config: schema: %w", err)
+		return nil, fmt.Errorf("schema: %w", err)
 	}
 	return buf.Bytes(), nil
 }
@@ -212,7 +218,7 @@ func (ps properties) MarshalJSON() ([]byte, error) {
 		if i > 0 {
 			buf.WriteByte(',')
 		}
-		// Encode as Schema does: descriptions keep their < and >.
+		// Encode as Generate does: descriptions keep their < and >.
 		enc := json.NewEncoder(&buf)
 		enc.SetEscapeHTML(false)
 		if err := enc.Encode(p.key); err != nil {
@@ -234,7 +240,7 @@ type generator struct {
 	errs []error
 }
 
-var durationType = reflect.TypeFor[Duration]()
+var durationType = reflect.TypeFor[config.Duration]()
 
 // object returns the schema of struct type t at path. overrides replace the
 // defaults its fields' doc comments state: a parent's doc comment says
@@ -398,14 +404,14 @@ func (g *generator) value(t reflect.Type, path, dflt string) *jsonSchema {
 // readDocs returns the doc comments of the config types and of their
 // fields, keyed "Type" and "Type.Field".
 func readDocs() (map[string]string, error) {
-	entries, err := typeSources.ReadDir(".")
+	entries, err := config.Sources.ReadDir(".")
 	if err != nil {
 		return nil, err
 	}
 	docs := make(map[string]string)
 	fset := token.NewFileSet()
 	for _, e := range entries {
-		src, err := typeSources.ReadFile(e.Name())
+		src, err := config.Sources.ReadFile(e.Name())
 		if err != nil {
 			return nil, err
 		}
