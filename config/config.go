@@ -24,6 +24,12 @@ type File struct {
 	// `idem serve --listen ADDR` overrides it, as --data does dataDir.
 	// Default: 127.0.0.1:7070
 	Listen string `yaml:"listen"`
+	// Region is the AWS region idem presents itself in, one for every
+	// place: the ARNs it prints, events' awsRegion, AWS_REGION of process
+	// functions (unless a process function sets its own region). Lambda
+	// clients expect well-formed ARNs, whose region is a real one.
+	// Default: us-east-1
+	Region string `yaml:"region"`
 	// Streams are the embedded streams, each with a unique name.
 	// Default: none
 	Streams []Stream `yaml:"streams"`
@@ -709,6 +715,10 @@ const (
 	defaultMaxDelay              = Duration(30 * time.Second)
 )
 
+// DefaultRegion is the region of a file without `region:`, as the AWS
+// CLI's and SDKs' most common default.
+const DefaultRegion = "us-east-1"
+
 // applyDefaults fills settings that the file left out. set reports whether a
 // path was given a non-null value; a setting is defaulted only when it was not
 // set and is still zero (a value merged in with `<<:` is not zero).
@@ -718,6 +728,9 @@ func (f *File) applyDefaults(set func(path string) bool) {
 	}
 	if !set("listen") && f.Listen == "" {
 		f.Listen = defaultListen
+	}
+	if !set("region") && f.Region == "" {
+		f.Region = DefaultRegion
 	}
 	for i := range f.Mappings {
 		src, p := &f.Mappings[i].Source, fmt.Sprintf("mappings[%d].source.", i)

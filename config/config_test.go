@@ -120,6 +120,7 @@ mappings:
 	want := File{
 		DataDir: "./idem-data",
 		Listen:  "127.0.0.1:7070",
+		Region:  "us-east-1",
 		Streams: []Stream{{Name: "orders", Shards: 1, Retention: Duration(48 * time.Hour)}},
 		Functions: []Function{{
 			Name:    "ship",

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -122,6 +123,9 @@ func (f *File) check() []*FieldError {
 		c.addf("dataDir", "required (a directory; default %s)", defaultDataDir)
 	}
 	c.listen("listen", f.Listen)
+	if f.Region != "" && !regionPattern.MatchString(f.Region) {
+		c.addf("region", "%q is not an AWS region name (such as us-east-1)", f.Region)
+	}
 	c.store(&f.Store)
 	c.auth(&f.Auth)
 	c.lease(f)
@@ -213,6 +217,10 @@ func validSchema(s string) bool {
 	}
 	return true
 }
+
+// regionPattern is the shape of AWS region names (us-east-1,
+// ap-southeast-2, us-gov-west-1), which ARNs carry.
+var regionPattern = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
 
 func (c *checker) listen(path, addr string) {
 	if addr == "" {

@@ -97,6 +97,7 @@ func atLeast(lo int) schemaRule { return schemaRule{minimum: &lo} }
 // list. TestSchemaRangesMatchValidate checks each range against Validate.
 var schemaRules = map[string]schemaRule{
 	"listen":                                 {pattern: listenPattern},
+	"region":                                 {pattern: `^[a-z]{2}(-[a-z]+)+-[0-9]+$`},
 	"store":                                  {atMostOne: []string{"postgres", "redis"}},
 	"store.postgres.schema":                  {pattern: `^[a-z][a-z0-9_]*$`, maxLength: 63},
 	"store.redis.db":                         between(0, 15),

@@ -216,6 +216,7 @@ func TestSchemaREADME(t *testing.T) {
 var fullConfigs = []string{`
 dataDir: ./data
 listen: 127.0.0.1:7070
+region: eu-west-1
 store:
   postgres: {dsn: "postgres://idem@127.0.0.1:5432/idem", schema: idem}
 lease: {ttl: 10s}
