@@ -161,10 +161,9 @@ func TestSchemaExamples(t *testing.T) {
 }
 
 // readmePlaceholders are the parts of README blocks that stand for a value
-// the reader supplies, and a value of that form.
-var readmePlaceholders = map[string]string{
-	`"<openssl rand -hex 32>"`: strings.Repeat("0123456789abcdef", 4),
-}
+// the reader supplies, and a value of that form. None today: secrets come
+// from the environment (${IDEM_TOKEN}), which the schema accepts as is.
+var readmePlaceholders = map[string]string{}
 
 // readmeSkipped are README blocks, by first line, that are no config and
 // why. None today: every block is a whole config or a config's top-level
