@@ -1,7 +1,7 @@
 // Package cli is idem's command line: `idem serve`, `validate`, `put`,
-// `records`, `status`, `state` and `bench`. A program that embeds idem to
-// register in-process Go functions calls Main with its handlers and gets
-// the same commands.
+// `records`, `status`, `mappings`, `state` and `bench`. A program that
+// embeds idem to register in-process Go functions calls Main with its
+// handlers and gets the same commands.
 package cli
 
 import (
@@ -69,6 +69,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		putCmd(),
 		recordsCmd(),
 		statusCmd(),
+		mappingsCmd(),
 		stateCmd(),
 		benchCmd(),
 	)
@@ -388,6 +389,7 @@ func statusCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s.Mapping, s.Shard, s.State, shortSequence(s.Checkpoint), s.LagRecords,
 					(time.Duration(s.IteratorAgeMs) * time.Millisecond).String(), s.InFlight, s.Invocations, s.Retries, s.Processed, s.Discarded, s.Skipped, s.Lost)
 			}
+			printMappings(tw, st.Mappings)
 			if len(st.Functions) > 0 {
 				fmt.Fprintln(tw, "\nFUNCTION\tKIND\tRUNNING\tRESTARTS\tCRASH LOOP\tLAST EXIT")
 				for _, f := range st.Functions {

@@ -177,8 +177,9 @@ type ProcessFunction struct {
 	// (AWS_LAMBDA_FUNCTION_MEMORY_SIZE).
 	// Default: 128
 	MemorySize int `yaml:"memorySize"`
-	// Region is the AWS_REGION the function sees.
-	// Default: us-east-1
+	// Region is the AWS_REGION the function sees, and the region of the
+	// ARN it is invoked under.
+	// Default: the top-level region
 	Region string `yaml:"region"`
 }
 
@@ -782,7 +783,7 @@ func (f *File) applyDefaults(set func(path string) bool) {
 				pf.MemorySize = 128
 			}
 			if !set(p+"process.region") && pf.Region == "" {
-				pf.Region = "us-east-1"
+				pf.Region = f.Region
 			}
 		}
 	}

@@ -160,6 +160,26 @@ mappings:
 	}
 }
 
+// TestProcessRegionDefault (issue 11, item 5): a process function without
+// its own region gets the top-level one, which defaults to us-east-1.
+func TestProcessRegionDefault(t *testing.T) {
+	for _, tt := range []struct{ doc, want string }{
+		{"", "us-east-1"},
+		{"region: eu-west-1\n", "eu-west-1"},
+	} {
+		f, err := Parse([]byte(tt.doc + "functions:\n  - {name: a, process: {command: ./a}}\n  - {name: b, process: {command: ./b, region: ap-south-1}}\n"))
+		if err != nil {
+			t.Fatalf("Parse: %v", err)
+		}
+		if got := f.Functions[0].Process.Region; got != tt.want {
+			t.Errorf("%q: process.region = %q, want the top-level %q", tt.doc, got, tt.want)
+		}
+		if got := f.Functions[1].Process.Region; got != "ap-south-1" {
+			t.Errorf("%q: process.region = %q, want its own ap-south-1", tt.doc, got)
+		}
+	}
+}
+
 // A key that is present keeps its value: zero is not "absent".
 func TestParseExplicitValuesKept(t *testing.T) {
 	f, err := Parse([]byte(mappingDoc(`

@@ -204,12 +204,6 @@ func exhausted(maxRetries, attempts int) bool {
 	return maxRetries >= 0 && attempts > maxRetries
 }
 
-func (s *shard) retryAfter(ctx context.Context, attempts int) error {
-	s.retries.Add(1)
-	s.e.metrics.retries.WithLabelValues(s.m.cfg.Name).Inc()
-	return sleep(ctx, s.backoff(attempts))
-}
-
 // backoff is exponential with full jitter, capped.
 func (s *shard) backoff(attempt int) time.Duration {
 	cfg := &s.m.cfg

@@ -146,7 +146,7 @@ func (c *commit) discard(s *shard, recs []idem.Record, condition string, invokes
 		c.conditions = make(map[string]int)
 	}
 	c.conditions[condition] += len(recs)
-	meta := failureMetadata(newInvocationID(), cfg.Function, cfg.EventFormat, condition, invokes, errType, errMsg, recs, s.m.sizer().size(recs), s.e.now())
+	meta := failureMetadata(s.e.region, newInvocationID(), cfg.Function, cfg.EventFormat, condition, invokes, errType, errMsg, recs, s.m.sizer().size(recs), s.e.now())
 	if cfg.OnFailure == "" {
 		s.e.log.Error("discarding records: no on-failure destination is configured", "mapping", cfg.Name, "shard", s.id,
 			"first", recs[0].Sequence, "last", recs[len(recs)-1].Sequence, "count", len(recs), "condition", condition, "metadata", string(meta))

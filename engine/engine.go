@@ -43,6 +43,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/function"
 	"github.com/idem-run/idem/store"
 )
 
@@ -55,6 +56,7 @@ type Engine struct {
 	discovery    time.Duration
 	now          func() time.Time
 	lease        *leaseConfig // nil: no shard leases
+	region       string
 	// legacy looks up the records the store may hold under the keys of
 	// earlier versions (store.Legacy); set by Run before any shard starts.
 	legacy store.Legacy
@@ -62,6 +64,8 @@ type Engine struct {
 	mu       sync.Mutex
 	running  bool
 	mappings []*mapping
+	// pauses holds each mapping's paused state, by name (pause.go).
+	pauses sync.Map
 }
 
 // Option configures an Engine.
@@ -98,6 +102,17 @@ func WithShardDiscovery(d time.Duration) Option {
 	})
 }
 
+// WithRegion sets the AWS region of the ARNs in on-failure records
+// (functionArn, streamArn, eventSourceArn), so that they name the region
+// the rest of idem presents. Default: function.DefaultEventRegion.
+func WithRegion(r string) Option {
+	return optionFunc(func(e *Engine) {
+		if r != "" {
+			e.region = r
+		}
+	})
+}
+
 // New returns an Engine that keeps its checkpoints, marks and state in st.
 // It starts no goroutine until Run.
 func New(st store.Driver, opts ...Option) *Engine {
@@ -108,6 +123,7 @@ func New(st store.Driver, opts ...Option) *Engine {
 		drainTimeout: 10 * time.Second,
 		discovery:    30 * time.Second,
 		now:          time.Now,
+		region:       function.DefaultEventRegion,
 	}
 	for _, o := range opts {
 		o.apply(e)
@@ -204,6 +220,9 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	e.setAlone(mappings)
 	var wg sync.WaitGroup
+	if err := e.startPauses(ctx, mappings, &wg); err != nil {
+		return err
+	}
 	for i, m := range mappings {
 		m.startShards(ctx, work, &wg, initial[i])
 		wg.Add(1)

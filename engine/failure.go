@@ -12,6 +12,9 @@ import (
 const (
 	conditionRetriesExhausted = "RetryAttemptsExhausted"
 	conditionRecordAge        = "RecordAgeExceeded"
+	// conditionKeyError is idem's own: the mapping's idempotency key
+	// expression failed on the record, which was never invoked.
+	conditionKeyError = "IdempotencyKeyError"
 )
 
 // lambdaTime is how Lambda writes the times of an on-failure record: UTC,
@@ -30,7 +33,7 @@ type failureRecord struct {
 		ApproximateInvokeCount int    `json:"approximateInvokeCount"`
 	} `json:"requestContext"`
 	// ResponseContext is null for a batch the function never got
-	// (MaximumPayloadSizeExceeded), as on Lambda.
+	// (MaximumPayloadSizeExceeded, as on Lambda, and IdempotencyKeyError).
 	ResponseContext  *responseContext `json:"responseContext"`
 	Version          string           `json:"version"`
 	Timestamp        string           `json:"timestamp"`
@@ -78,14 +81,14 @@ type kafkaPartitionRange struct {
 // the shape Lambda writes for the event format the function gets (a Kafka
 // mapping's records say KafkaBatchInfo; every other source's, whose events
 // are KinesisEvents, KinesisBatchInfo). payloadSize is the bytes of the
-// batch's event.
-func failureMetadata(requestID, function string, format idem.EventFormat, condition string, invokes int, errType, errMsg string, recs []idem.Record, payloadSize int, now time.Time) []byte {
+// batch's event; region is the region of its ARNs.
+func failureMetadata(region, requestID, function string, format idem.EventFormat, condition string, invokes int, errType, errMsg string, recs []idem.Record, payloadSize int, now time.Time) []byte {
 	var f failureRecord
 	f.RequestContext.RequestID = requestID
-	f.RequestContext.FunctionArn = FunctionArn(function)
+	f.RequestContext.FunctionArn = FunctionArn(region, function)
 	f.RequestContext.Condition = condition
 	f.RequestContext.ApproximateInvokeCount = invokes
-	if condition != conditionPayloadSize {
+	if condition != conditionPayloadSize && condition != conditionKeyError {
 		f.ResponseContext = &responseContext{StatusCode: 200, ExecutedVersion: "$LATEST"}
 		if condition == conditionRetriesExhausted {
 			f.ResponseContext.FunctionError = "Unhandled"
@@ -95,7 +98,7 @@ func failureMetadata(requestID, function string, format idem.EventFormat, condit
 	f.Timestamp = now.UTC().Format(lambdaTime)
 	first, last := recs[0], recs[len(recs)-1]
 	if format == idem.EventFormatKafka {
-		info := &kafkaBatchInfo{BatchSize: len(recs), EventSourceArn: KafkaClusterArn(first.Stream), PayloadSize: payloadSize,
+		info := &kafkaBatchInfo{BatchSize: len(recs), EventSourceArn: KafkaClusterArn(region, first.Stream), PayloadSize: payloadSize,
 			RecordsInfo: map[string]*kafkaPartitionRange{}}
 		for i := range recs {
 			r := &recs[i]
@@ -116,7 +119,7 @@ func failureMetadata(requestID, function string, format idem.EventFormat, condit
 			ApproximateArrivalOfFirstRecord: first.ArrivalTime.UTC().Format(lambdaTime),
 			ApproximateArrivalOfLastRecord:  last.ArrivalTime.UTC().Format(lambdaTime),
 			BatchSize:                       len(recs),
-			StreamArn:                       StreamArn(first.Stream),
+			StreamArn:                       StreamArn(region, first.Stream),
 		}
 	}
 	f.IdemErrorType, f.IdemErrorMessage = errType, errMsg
@@ -124,14 +127,20 @@ func failureMetadata(requestID, function string, format idem.EventFormat, condit
 	return b
 }
 
-// FunctionArn is the ARN idem reports for a function, in Lambda's form.
-func FunctionArn(name string) string { return "arn:aws:lambda:local:000000000000:function:" + name }
+// FunctionArn is the ARN idem reports for a function in region, in
+// Lambda's form.
+func FunctionArn(region, name string) string {
+	return "arn:aws:lambda:" + region + ":000000000000:function:" + name
+}
 
-// StreamArn is the ARN idem reports for an embedded stream, in Kinesis' form.
-func StreamArn(name string) string { return "arn:aws:kinesis:local:000000000000:stream/" + name }
+// StreamArn is the ARN idem reports for an embedded stream in region, in
+// Kinesis' form.
+func StreamArn(region, name string) string {
+	return "arn:aws:kinesis:" + region + ":000000000000:stream/" + name
+}
 
-// KafkaClusterArn is the event source ARN idem reports for a Kafka topic,
-// in Amazon MSK's form, as its KafkaEvents' eventSourceArn names it.
-func KafkaClusterArn(topic string) string {
-	return "arn:aws:kafka:local:000000000000:cluster/idem/" + topic
+// KafkaClusterArn is the event source ARN idem reports for a Kafka topic in
+// region, in Amazon MSK's form, as its KafkaEvents' eventSourceArn names it.
+func KafkaClusterArn(region, topic string) string {
+	return "arn:aws:kafka:" + region + ":000000000000:cluster/idem/" + topic
 }

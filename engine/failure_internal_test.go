@@ -15,7 +15,7 @@ import (
 func TestFailureTimesInMilliseconds(t *testing.T) {
 	at := time.Date(2026, 12, 4, 1, 2, 3, 858618844, time.UTC)
 	recs := []idem.Record{{Stream: "s", ShardID: "shardId-000000000000", Sequence: "1", ArrivalTime: at}}
-	meta := failureMetadata("id", "f", "", conditionRetriesExhausted, 1, "", "", recs, 0, at)
+	meta := failureMetadata("us-east-1", "id", "f", "", conditionRetriesExhausted, 1, "", "", recs, 0, at)
 	var m map[string]any
 	if err := json.Unmarshal(meta, &m); err != nil {
 		t.Fatal(err)

@@ -122,7 +122,7 @@ func testKafkaOnFailureRecord(t *testing.T, fn function.Driver, http *failingFun
 		(http != nil && meta.IdemErrorType != "OrderError") {
 		t.Errorf("metadata record %s", failed[0].Data)
 	}
-	if bi.BatchSize != 3 || bi.EventSourceArn != "arn:aws:kafka:local:000000000000:cluster/idem/"+topic || bi.BootstrapServers == nil {
+	if bi.BatchSize != 3 || bi.EventSourceArn != "arn:aws:kafka:us-east-1:000000000000:cluster/idem/"+topic || bi.BootstrapServers == nil {
 		t.Errorf("KafkaBatchInfo %s", raw["KafkaBatchInfo"])
 	}
 	if http != nil {

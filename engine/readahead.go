@@ -7,8 +7,13 @@ import (
 )
 
 // nextWindow reads the records after the checkpoint: ahead's, if it read
-// from there, else read now (ahead discarded).
+// from there, else read now (ahead discarded); while the mapping is
+// paused, it first waits (holdIfPaused).
 func (s *shard) nextWindow(ctx context.Context, ahead *readAhead, limit, maxBytes int) ([]idem.Record, uint64, idem.Sequence, error) {
+	ahead, err := s.holdIfPaused(ctx, ahead)
+	if err != nil {
+		return nil, 0, "", err
+	}
 	if ahead.from(s.cp.Sequence) {
 		return ahead.result()
 	}

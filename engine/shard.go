@@ -231,7 +231,7 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 			if err := s.endRange(work); err != nil {
 				return err
 			}
-			if err := cfg.Source.Wait(ctx, s.id, s.cp.Sequence); err != nil && ctx.Err() == nil {
+			if err := s.waitRecords(ctx); err != nil && ctx.Err() == nil {
 				return fmt.Errorf("waiting for records: %w", err)
 			}
 			continue
@@ -628,7 +628,7 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 		c := commit{skipped: cl.skipped, filtered: filtered}
 		for i, r := range keyFailed {
 			s.e.log.Error("discarding record: its idempotency key cannot be computed", "mapping", cfg.Name, "err", keyErrs[i])
-			c.discard(s, []idem.Record{r}, conditionRetriesExhausted, 0, "IdempotencyKeyError", keyErrs[i].Error())
+			c.discard(s, []idem.Record{r}, conditionKeyError, 0, "IdempotencyKeyError", keyErrs[i].Error())
 		}
 		if err := s.commit(work, &c); err != nil {
 			return err
@@ -795,7 +795,7 @@ func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outc
 	case out.failedAt >= 0:
 		label = "partial"
 	}
-	s.e.metrics.invocations.WithLabelValues(cfg.Name, label).Inc()
+	s.noteInvocation(label)
 	return bs, out, nil
 }
 

@@ -25,7 +25,10 @@ type EventRegioner interface {
 }
 
 // DefaultEventRegion is the region the engine sizes events with for a
-// driver that does not say its own (an in-process handler gets no JSON).
+// driver that does not say its own (an in-process handler gets no JSON),
+// and the default region of the drivers, the engine's on-failure records
+// and the Invoke API's ARNs: config.DefaultRegion, the region idem's
+// server passes them all when its config names none.
 const DefaultEventRegion = "us-east-1"
 
 // EventRecordSize returns the bytes record r adds to the event of format,

@@ -30,7 +30,10 @@ type InvokeMeta struct {
 	// Function is the name the function was invoked under, for its ARN.
 	Function string
 	// Deadline, when not zero, bounds the invocation as well as the
-	// driver's own timeout and ctx's deadline: the earliest applies.
+	// driver's own timeout and ctx's deadline: the earliest applies. (A
+	// process function's timeout counts from when its runtime receives the
+	// invocation, as Lambda's does: for it, Deadline and ctx's deadline
+	// bound the wait for an idle runtime, not the run.)
 	Deadline time.Time
 	// ClientContext is the caller's client context as JSON (the decoded
 	// X-Amz-Client-Context header; Lambda-Runtime-Client-Context for a

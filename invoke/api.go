@@ -42,8 +42,10 @@ const (
 //
 //   - X-Amz-Invocation-Type RequestResponse (the default) runs the function
 //     and answers 200 with its result; a function error is 200 too, with
-//     X-Amz-Function-Error: Unhandled and Lambda's error object
-//     {"errorMessage", "errorType"} as the body;
+//     X-Amz-Function-Error: Unhandled and Lambda's error object as the
+//     body: the one the function's runtime posted, as posted (with its
+//     stackTrace or trace, and any other member), or {"errorMessage",
+//     "errorType"} for an error idem met (a timeout, an exit);
 //   - Event queues the event durably and answers 202 (payloads up to 1 MB);
 //   - DryRun checks the request and answers 204.
 //
@@ -63,7 +65,7 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if qualifier != "" && qualifier != "$LATEST" {
 		writeError(w, apiError(http.StatusNotFound, codeNotFound, "Function not found: %s:%s (idem runs $LATEST only)",
-			strings.TrimSuffix(FunctionArn(name), ":$LATEST"), qualifier))
+			strings.TrimSuffix(FunctionArn(s.region, name), ":$LATEST"), qualifier))
 		return
 	}
 	typ := r.Header.Get(headerInvocationType)
@@ -102,7 +104,8 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	req := Request{Function: name, Payload: payload, RequestID: id,
 		IdempotencyKey: r.Header.Get(HeaderIdempotencyKey),
-		NoWait:         strings.EqualFold(r.Header.Get(HeaderIdempotencyWait), "false")}
+		NoWait:         strings.EqualFold(r.Header.Get(HeaderIdempotencyWait), "false"),
+		Report:         logType == "Tail"}
 	if cc := r.Header.Get(headerClientContext); cc != "" {
 		b, err := base64.StdEncoding.DecodeString(cc)
 		if err != nil || len(cc) > maxClientContext || !json.Valid(b) {
@@ -141,7 +144,7 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set("Content-Type", "application/json")
 		h.Set(headerExecutedVersion, "$LATEST")
 		if logType == "Tail" {
-			h.Set(headerLogResult, logTail(id, time.Since(start)))
+			h.Set(headerLogResult, logTail(id, time.Since(start), res.Report))
 		}
 		if res.Replayed {
 			h.Set(HeaderReplayed, "true")
@@ -149,7 +152,7 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		body := res.Payload
 		if res.Err != nil {
 			h.Set(headerFunctionError, "Unhandled")
-			body, _ = json.Marshal(errorPayload{ErrorMessage: res.Err.Message, ErrorType: res.Err.Type})
+			body = errorBody(res.Err)
 		}
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(body)
@@ -169,12 +172,40 @@ func parseFunctionName(s string) (name, qualifier string) {
 
 // logTail is the X-Amz-Log-Result of a Tail invocation: idem does not
 // capture a function's own log lines (they are in idem's log, tagged with
-// the request id), so it sends Lambda's platform lines.
-func logTail(id string, d time.Duration) string {
+// the request id), so it sends Lambda's platform lines. The REPORT line
+// has the driver's measures where it reports them (rep), and otherwise the
+// Invoke API's own duration (d, which includes any wait for an idle
+// runtime) and no memory figures.
+func logTail(id string, d time.Duration, rep function.Report) string {
+	if rep.Duration > 0 {
+		d = rep.Duration
+	}
 	ms := float64(d.Microseconds()) / 1000
-	s := fmt.Sprintf("START RequestId: %s Version: $LATEST\nEND RequestId: %s\nREPORT RequestId: %s\tDuration: %.2f ms\tBilled Duration: %d ms\t\n",
-		id, id, id, ms, int64(ms)+1)
-	return base64.StdEncoding.EncodeToString([]byte(s))
+	billed := (d + time.Millisecond - 1) / time.Millisecond // Lambda bills each started millisecond
+	s := fmt.Sprintf("START RequestId: %s Version: $LATEST\nEND RequestId: %s\nREPORT RequestId: %s\tDuration: %.2f ms\tBilled Duration: %d ms\t",
+		id, id, id, ms, max(billed, 1))
+	if rep.MemorySize > 0 {
+		s += fmt.Sprintf("Memory Size: %d MB\t", rep.MemorySize)
+	}
+	if rep.MaxMemoryUsed > 0 {
+		s += fmt.Sprintf("Max Memory Used: %d MB\t", (rep.MaxMemoryUsed+1<<20-1)>>20)
+	}
+	return base64.StdEncoding.EncodeToString([]byte(s + "\n"))
+}
+
+// errorBody is the body of a synchronous invocation that failed: the error
+// object the runtime posted, as posted, where it kept one (a process
+// function's *process.RuntimeError has ErrorObject), and otherwise
+// Lambda's {"errorMessage", "errorType"} built from fe.
+func errorBody(fe *function.Error) []byte {
+	var posted interface{ ErrorObject() []byte }
+	if errors.As(fe, &posted) {
+		if obj := posted.ErrorObject(); obj != nil {
+			return obj
+		}
+	}
+	body, _ := json.Marshal(errorPayload{ErrorMessage: fe.Message, ErrorType: fe.Type})
+	return body
 }
 
 // WriteError answers err as Lambda's API does: the error type in
@@ -192,8 +223,9 @@ func writeError(w http.ResponseWriter, err error) {
 		typ = "Service"
 	}
 	// Lambda's exceptions spell their message member either way; the SDKs
-	// read the one their shape names.
-	body, _ := json.Marshal(map[string]string{"Type": typ, "Message": ae.Message, "message": ae.Message})
+	// read the one their shape names. "error" is the same text, where
+	// idem's own API has it for idem's clients.
+	body, _ := json.Marshal(map[string]string{"Type": typ, "Message": ae.Message, "message": ae.Message, "error": ae.Message})
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set(headerErrorType, ae.Code)

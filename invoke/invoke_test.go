@@ -425,7 +425,7 @@ func TestAsyncRetriesThenOnFailure(t *testing.T) {
 				t.Fatalf("failure record %s: %v", recs[0].Data, err)
 			}
 			rc := fr.RequestContext
-			if rc.Condition != "RetriesExhausted" || rc.ApproximateInvokeCount != tt.wantInvokes || rc.FunctionArn != invoke.FunctionArn("f") ||
+			if rc.Condition != "RetriesExhausted" || rc.ApproximateInvokeCount != tt.wantInvokes || rc.FunctionArn != invoke.FunctionArn("us-east-1", "f") ||
 				string(fr.RequestPayload) != `{"order":7}` || fr.ResponseContext == nil || fr.ResponseContext.FunctionError != "Unhandled" ||
 				fr.ResponsePayload == nil || fr.ResponsePayload.ErrorMessage != tt.err.Error() {
 				t.Errorf("failure record = %s", recs[0].Data)

@@ -517,7 +517,7 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 		if env.Key != "" {
 			done = f.fly(mk)
 		}
-		out, ferr := s.call(f, &req, nil)
+		out, _, ferr := s.call(f, &req, nil)
 		if env.Key != "" {
 			s.settle(f, claim, out, ferr)
 			done()
@@ -661,7 +661,7 @@ func (q *queue) failure(rec *idem.Record, env *envelope, condition string, st *a
 	fr.Version = "1.0"
 	fr.Timestamp = q.s.now().UTC().Format("2006-01-02T15:04:05.000Z")
 	fr.RequestContext.RequestID = env.RequestID
-	fr.RequestContext.FunctionArn = FunctionArn(q.f.cfg.Name)
+	fr.RequestContext.FunctionArn = FunctionArn(q.s.region, q.f.cfg.Name)
 	fr.RequestContext.Condition = condition
 	fr.RequestContext.ApproximateInvokeCount = st.Count
 	fr.RequestPayload = json.RawMessage(env.Payload)

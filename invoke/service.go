@@ -27,9 +27,11 @@ const (
 	defaultBaseDelay        = time.Second
 	defaultMaxDelay         = 2 * time.Minute
 	defaultRetention        = 24 * time.Hour
-	// leaseMargin is added to a function's timeout for the lease of a
-	// claim: the run, the wait for an idle process and the completing
-	// write must fit in it, or a repeat could take the claim over.
+	// leaseMargin is added to twice a function's timeout for the lease of
+	// a claim: the wait for an idle process (up to the timeout), the run
+	// (the timeout, counted from when the runtime receives it) and the
+	// completing write must fit in it, or a repeat could take the claim
+	// over.
 	leaseMargin = 10 * time.Second
 	// MaxAsyncPayload is the largest Event payload, Lambda's 1 MB limit for
 	// asynchronous invocations, less the queue record's small header.
@@ -111,6 +113,17 @@ func WithLogger(l *slog.Logger) Option {
 	})
 }
 
+// WithRegion sets the AWS region of the function ARNs the Service reports
+// (in errors and on-failure records), so that they name the region the
+// rest of idem presents. Default: function.DefaultEventRegion.
+func WithRegion(r string) Option {
+	return optionFunc(func(s *Service) {
+		if r != "" {
+			s.region = r
+		}
+	})
+}
+
 // Service runs direct invocations of functions: synchronous ones on the
 // caller's goroutine, asynchronous ones from each function's queue once Run
 // is called. It is safe for concurrent use.
@@ -120,6 +133,7 @@ type Service struct {
 	log    *slog.Logger
 	now    func() time.Time
 	fns    map[string]*fn
+	region string
 
 	// legacyMu guards legacy, read from claims on first use (legacyOf).
 	legacyMu     sync.Mutex
@@ -161,7 +175,8 @@ type flight struct{ done chan struct{} }
 // (idempotency records) go to claims. It starts no goroutine: Run runs the
 // queues.
 func New(db *pebbledb.DB, claims store.Claims, fns []Function, opts ...Option) (*Service, error) {
-	s := &Service{db: db, claims: claims, log: slog.Default(), now: time.Now, fns: make(map[string]*fn, len(fns))}
+	s := &Service{db: db, claims: claims, log: slog.Default(), now: time.Now, fns: make(map[string]*fn, len(fns)),
+		region: function.DefaultEventRegion}
 	for _, o := range opts {
 		o.apply(s)
 	}
@@ -266,6 +281,10 @@ type Request struct {
 	// NoWait makes a repeat of a keyed invocation that is still running
 	// fail at once with a conflict instead of waiting for its result.
 	NoWait bool
+	// Report asks the driver for its measures of the run (Result.Report),
+	// for the REPORT line of a Tail log: a process function then reads
+	// its runtime's peak memory, which costs tens of microseconds.
+	Report bool
 }
 
 // Result is a synchronous invocation's outcome.
@@ -277,6 +296,10 @@ type Result struct {
 	// Replayed is set when the result is an earlier invocation's, returned
 	// for a repeat of its idempotency key without running the function.
 	Replayed bool
+	// Report is what the driver measured of the run, for the REPORT line
+	// of a Tail log; zero unless Request.Report asked for it and the
+	// driver measures (and when Replayed).
+	Report function.Report
 }
 
 // Error is a failure of the Invoke API itself, not of the function: an
@@ -308,16 +331,17 @@ const (
 	codePayloadMismatch = "IdempotencyPayloadMismatchException"
 )
 
-// FunctionArn is the ARN idem reports for a function's $LATEST version.
-func FunctionArn(name string) string {
-	return "arn:aws:lambda:local:000000000000:function:" + name + ":$LATEST"
+// FunctionArn is the ARN idem reports for a function's $LATEST version in
+// region.
+func FunctionArn(region, name string) string {
+	return "arn:aws:lambda:" + region + ":000000000000:function:" + name + ":$LATEST"
 }
 
 // lookup returns the function named name, ready to run.
 func (s *Service) lookup(name string) (*fn, error) {
 	f, ok := s.fns[name]
 	if !ok {
-		return nil, apiError(http.StatusNotFound, codeNotFound, "Function not found: %s", FunctionArn(name))
+		return nil, apiError(http.StatusNotFound, codeNotFound, "Function not found: %s", FunctionArn(s.region, name))
 	}
 	if f.cfg.Driver == nil {
 		return nil, apiError(http.StatusBadRequest, codeInvalidParam, "function %s cannot be invoked directly: %s", name, f.cfg.Unavailable)
@@ -357,7 +381,7 @@ func (f *fn) key(req *Request) (string, error) {
 	return k, nil
 }
 
-func (f *fn) lease() time.Duration { return f.cfg.Timeout + leaseMargin }
+func (f *fn) lease() time.Duration { return 2*f.cfg.Timeout + leaseMargin }
 
 // queuedFor is how long a keyed event's reservation is kept once the event
 // is queued: the event's whole life (no attempt starts after
@@ -382,8 +406,8 @@ func (s *Service) Invoke(ctx context.Context, req Request) (Result, error) {
 		return Result{}, err
 	}
 	if key == "" {
-		out, ferr := s.call(f, &req, req.ClientContext)
-		return result(out, ferr)
+		out, rep, ferr := s.call(f, &req, req.ClientContext)
+		return result(out, rep, ferr)
 	}
 	return s.invokeKeyed(ctx, f, &req, key)
 }
@@ -399,14 +423,14 @@ func normalize(req *Request) {
 }
 
 // result turns a driver's answer into a Result.
-func result(out []byte, err error) (Result, error) {
+func result(out []byte, rep function.Report, err error) (Result, error) {
 	if err == nil {
-		return Result{Payload: out}, nil
+		return Result{Payload: out, Report: rep}, nil
 	}
 	if errors.Is(err, function.ErrNoPayloadHandler) {
 		return Result{}, &Error{Status: http.StatusBadRequest, Code: codeInvalidParam, Message: err.Error(), Err: err}
 	}
-	return Result{Err: functionError(err)}, nil
+	return Result{Err: functionError(err), Report: rep}, nil
 }
 
 // functionError types any error of a run as a function error.
@@ -419,14 +443,19 @@ func functionError(err error) *function.Error {
 }
 
 // call runs the function once, detached from the caller's cancellation and
-// bounded by the function's timeout.
-func (s *Service) call(f *fn, req *Request, clientContext []byte) ([]byte, error) {
+// bounded by the function's timeout. (A process function's timeout counts
+// from when its runtime receives the invocation: the deadline bounds its
+// wait for an idle runtime, and the run then has its whole timeout.)
+func (s *Service) call(f *fn, req *Request, clientContext []byte) ([]byte, function.Report, error) {
 	deadline := s.now().Add(f.cfg.Timeout)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	return f.cfg.Driver.InvokePayload(ctx, req.Payload, function.InvokeMeta{
-		RequestID: req.RequestID, Function: f.cfg.Name, Deadline: deadline, ClientContext: clientContext,
-	})
+	meta := function.InvokeMeta{RequestID: req.RequestID, Function: f.cfg.Name, Deadline: deadline, ClientContext: clientContext}
+	if ri, ok := f.cfg.Driver.(function.ReportingInvoker); ok && req.Report {
+		return ri.InvokePayloadReport(ctx, req.Payload, meta)
+	}
+	out, err := f.cfg.Driver.InvokePayload(ctx, req.Payload, meta)
+	return out, function.Report{}, err
 }
 
 // invokeKeyed runs a keyed invocation at most once per key: the first
@@ -461,10 +490,10 @@ func (s *Service) invokeKeyed(ctx context.Context, f *fn, req *Request, key stri
 			return Result{Payload: c.Result, Replayed: true}, nil
 		}
 		done := f.fly(mk)
-		out, ferr := s.call(f, req, req.ClientContext)
+		out, rep, ferr := s.call(f, req, req.ClientContext)
 		s.settle(f, c, out, ferr)
 		done()
-		return result(out, ferr)
+		return result(out, rep, ferr)
 	}
 }
 

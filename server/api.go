@@ -68,13 +68,38 @@ type RecordsResponse struct {
 	Next string `json:"next,omitempty"`
 }
 
-// StatusResponse is `idem status --json`.
+// StatusResponse is `idem status --json`. Its lists are JSON arrays even
+// when empty (see MarshalJSON).
 type StatusResponse struct {
 	Shards []engine.ShardStatus `json:"shards"`
 	// Functions reports process functions, so a crash loop is visible.
-	Functions []FunctionStatus `json:"functions,omitempty"`
+	Functions []FunctionStatus `json:"functions"`
 	// Queues reports each function's queue of asynchronous invocations.
-	Queues []invoke.QueueStatus `json:"queues,omitempty"`
+	Queues []invoke.QueueStatus `json:"queues"`
+	// Mappings reports each mapping's state: enabled, paused or disabled.
+	Mappings []MappingStatus `json:"mappings"`
+}
+
+// MarshalJSON writes r with every list an array, [] when it is empty or
+// nil, never null: a client (jq, a script) can iterate over a list
+// without checking it first, whether the server or `idem status --json`,
+// which re-encodes what it read, wrote it.
+func (r StatusResponse) MarshalJSON() ([]byte, error) {
+	type plain StatusResponse // without this method
+	p := plain(r)
+	if p.Shards == nil {
+		p.Shards = []engine.ShardStatus{}
+	}
+	if p.Functions == nil {
+		p.Functions = []FunctionStatus{}
+	}
+	if p.Queues == nil {
+		p.Queues = []invoke.QueueStatus{}
+	}
+	if p.Mappings == nil {
+		p.Mappings = []MappingStatus{}
+	}
+	return json.Marshal(p)
 }
 
 // FunctionStatus is the state of one process function's processes.
@@ -89,9 +114,19 @@ type FunctionStatus struct {
 	CrashLoop   bool      `json:"crashLoop"`
 }
 
-// errorResponse is every error's body.
+// errorResponse is every error's body, in the shape of AWS's JSON APIs'
+// errors (the type in the X-Amzn-ErrorType header, and Type and message in
+// the body), so that AWS SDKs report the error's code and text; Error is
+// the same text for idem's own clients, which read it.
 type errorResponse struct {
-	Error string `json:"error"`
+	// Type is "User" for a client's error (4xx), "Service" for idem's.
+	Type string `json:"Type"`
+	// Message and MessageUpper are the same text: Lambda's exceptions
+	// spell their message member either way, and each SDK reads the one
+	// its shape names.
+	Message      string `json:"message"`
+	MessageUpper string `json:"Message"`
+	Error        string `json:"error"`
 }
 
 // maxRequestBytes bounds a request body: Lambda's 6 MB payload limit.
@@ -104,6 +139,7 @@ func (s *Server) routes(reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/streams/{stream}/records", s.guardPut(s.handlePut))
 	s.invokeRoutes(mux)
+	s.controlRoutes(mux)
 	mux.HandleFunc("GET /v1/streams/{stream}/records", s.handleRecords)
 	mux.HandleFunc("GET /v1/streams", s.handleStreams)
 	mux.HandleFunc("GET /v1/status", s.handleStatus)
@@ -120,8 +156,50 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// writeError answers err with status code, as errorResponse says, with
+// the error type errorType names for code.
 func writeError(w http.ResponseWriter, code int, err error) {
-	writeJSON(w, code, errorResponse{Error: err.Error()})
+	writeTypedError(w, code, errorType(code), err)
+}
+
+// writeTypedError answers err with status code and the AWS error type
+// errType, as errorResponse says.
+func writeTypedError(w http.ResponseWriter, code int, errType string, err error) {
+	msg, typ := err.Error(), "User"
+	if code >= 500 {
+		typ = "Service"
+	}
+	w.Header().Set("X-Amzn-Errortype", errType)
+	writeJSON(w, code, errorResponse{Type: typ, Message: msg, MessageUpper: msg, Error: msg})
+}
+
+// errContentType is the error type of a request body that cannot be read
+// or is not the JSON the route takes, as Lambda names it.
+const errContentType = "InvalidRequestContentException"
+
+// errorType is the AWS error type (X-Amzn-ErrorType) of an answer with
+// status code: the name Lambda's API gives the error of that status.
+func errorType(code int) string {
+	switch code {
+	case http.StatusBadRequest:
+		return "InvalidParameterValueException"
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return "AccessDeniedException"
+	case http.StatusNotFound:
+		return "ResourceNotFoundException"
+	case http.StatusConflict:
+		return "ResourceConflictException"
+	case http.StatusRequestEntityTooLarge:
+		return "RequestTooLargeException"
+	case http.StatusTooManyRequests:
+		return "TooManyRequestsException"
+	}
+	if code >= 500 {
+		// 503 (not ready, busy) and 507 (the disk is full) included:
+		// Lambda's API has one type for its own failures.
+		return "ServiceException"
+	}
+	return "InvalidParameterValueException"
 }
 
 func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
@@ -133,12 +211,12 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body exceeds %d bytes", maxRequestBytes))
 			return
 		}
-		writeError(w, http.StatusBadRequest, fmt.Errorf("reading request: %w", err))
+		writeTypedError(w, http.StatusBadRequest, errContentType, fmt.Errorf("reading request: %w", err))
 		return
 	}
 	var req PutRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("request body: %w", err))
+		writeTypedError(w, http.StatusBadRequest, errContentType, fmt.Errorf("request body: %w", err))
 		return
 	}
 	if len(req.Records) == 0 {
@@ -260,7 +338,7 @@ func (s *Server) handleStreams(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	out := StatusResponse{Shards: s.engine.Status()}
+	out := StatusResponse{Shards: s.engine.Status(), Mappings: s.statusMappings(r.Context())}
 	if s.invoke != nil {
 		out.Queues = s.invoke.Status(r.Context())
 	}

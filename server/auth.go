@@ -160,9 +160,6 @@ func (a *authenticator) guard(h http.Handler) http.Handler {
 			err = forbidden("this token is read-only (auth.readTokens): it may call GET routes only; writes need a token of auth.tokens")
 		}
 		if err != nil {
-			if err.code == http.StatusForbidden {
-				w.Header().Set("X-Amzn-Errortype", "AccessDeniedException")
-			}
 			if err.retryAfter {
 				w.Header().Set("Retry-After", "1")
 			}

@@ -72,9 +72,9 @@ func (s *Server) check() error {
 		f, p := &cfg.Functions[i], fmt.Sprintf("functions[%d]", i)
 		switch {
 		case f.Process != nil:
-			bad(p+".process", process.Check(processConfig(f)))
+			bad(p+".process", process.Check(processConfig(f, s.region())))
 		case f.HTTP != nil:
-			_, err := httpFunction(f)
+			_, err := httpFunction(f, s.region())
 			bad(p+".http", err)
 		default:
 			_, err := s.goFunction(f.Name)
@@ -122,18 +122,33 @@ func unjoin(err error) []error {
 }
 
 // processConfig is the process driver's configuration of a process
-// function (f.Process set).
-func processConfig(f *config.Function) process.Config {
+// function (f.Process set). Its AWS_REGION is the function's own
+// process.region, or region, idem's, when it sets none.
+func processConfig(f *config.Function, region string) process.Config {
 	pf := f.Process
-	return process.Config{Name: f.Name, Command: pf.Command, Args: pf.Args, Env: pf.Env, Dir: pf.Dir,
+	c := process.Config{Name: f.Name, Command: pf.Command, Args: pf.Args, Env: pf.Env, Dir: pf.Dir,
 		Concurrency: pf.Concurrency, Timeout: f.Timeout.D(), MemorySize: pf.MemorySize, Region: pf.Region,
 		InheritEnv: pf.InheritEnv}
+	if c.Region == "" {
+		c.Region = region
+	}
+	return c
 }
 
-// httpFunction makes the driver of an HTTP function (f.HTTP set). It opens
-// no connection until its first invocation.
-func httpFunction(f *config.Function) (*httpfn.Function, error) {
-	return httpfn.New(f.HTTP.URL, httpfn.Timeout(f.Timeout.D()), httpfn.Name(f.Name))
+// httpFunction makes the driver of an HTTP function (f.HTTP set), whose
+// events and ARNs name region. It opens no connection until its first
+// invocation.
+func httpFunction(f *config.Function, region string) (*httpfn.Function, error) {
+	return httpfn.New(f.HTTP.URL, httpfn.Timeout(f.Timeout.D()), httpfn.Name(f.Name), httpfn.Region(region))
+}
+
+// region is the AWS region idem presents (config.File.Region): in every
+// ARN, event and process function's AWS_REGION.
+func (s *Server) region() string {
+	if s.cfg.Region == "" {
+		return config.DefaultRegion
+	}
+	return s.cfg.Region
 }
 
 // engineMapping is the engine's form of the mapping m, reading src and

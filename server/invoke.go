@@ -32,13 +32,14 @@ func WithInvokeHandler(name string, h idem.InvokeHandler) Option {
 // registered handlers.
 func (s *Server) goFunction(name string) (function.Driver, error) {
 	h, ih := s.handlers[name], s.invokeHandlers[name]
+	region := gofunc.WithRegion(s.region())
 	switch {
 	case h != nil && ih != nil:
-		return gofunc.New(h, gofunc.WithInvokeHandler(ih)), nil
+		return gofunc.New(h, gofunc.WithInvokeHandler(ih), region), nil
 	case h != nil:
-		return gofunc.New(h), nil
+		return gofunc.New(h, region), nil
 	case ih != nil:
-		return gofunc.NewInvoke(ih), nil
+		return gofunc.NewInvoke(ih, region), nil
 	}
 	return nil, fmt.Errorf("%q has no http or process kind and no Go handler is registered under that name (a program embedding idem registers it with server.WithHandler or server.WithInvokeHandler, and runs `serve` and `validate` with it)", name)
 }
@@ -95,7 +96,7 @@ func (s *Server) setupInvoke(fns map[string]function.Driver) error {
 		}
 		list = append(list, fc)
 	}
-	svc, err := invoke.New(s.db, claims, list, invoke.WithLogger(s.log))
+	svc, err := invoke.New(s.db, claims, list, invoke.WithLogger(s.log), invoke.WithRegion(s.region()))
 	if err != nil {
 		return err
 	}

@@ -67,6 +67,10 @@ type Server struct {
 	ready func(context.Context) error
 
 	closeOnce sync.Once
+
+	// started is when the API started serving: the control plane's
+	// LastModified of what the config file set (controlplane.go).
+	started time.Time
 }
 
 // namedProcess is a process function, which Close must stop.
@@ -129,7 +133,7 @@ func (s *Server) setup() error {
 	}
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts := []engine.Option{engine.WithLogger(s.log), engine.WithRegisterer(s.registry)}
+	opts := []engine.Option{engine.WithLogger(s.log), engine.WithRegisterer(s.registry), engine.WithRegion(s.region())}
 	if l := s.cfg.Lease; l != nil {
 		opts = append(opts, engine.WithShardLeases(engine.DefaultLeaseOwner(), l.TTL.D()))
 	}
@@ -141,7 +145,7 @@ func (s *Server) setup() error {
 	for i, f := range cfg.Functions {
 		switch {
 		case f.Process != nil:
-			d, err := process.New(processConfig(&f), process.WithLogger(s.log), process.WithPIDDir(cfg.DataDir+"/process"))
+			d, err := process.New(processConfig(&f, s.region()), process.WithLogger(s.log), process.WithPIDDir(cfg.DataDir+"/process"))
 			if err != nil {
 				errs = append(errs, fmt.Errorf("functions[%d].process: %w", i, err))
 				continue
@@ -149,7 +153,7 @@ func (s *Server) setup() error {
 			fns[f.Name] = d
 			s.procs = append(s.procs, namedProcess{f.Name, d})
 		case f.HTTP != nil:
-			d, err := httpFunction(&f)
+			d, err := httpFunction(&f, s.region())
 			if err != nil {
 				errs = append(errs, fmt.Errorf("functions[%d].http: %w", i, err))
 				continue

@@ -42,6 +42,9 @@ import (
 type Function struct {
 	h  idem.Handler       // nil for a Function made by NewInvoke
 	ih idem.InvokeHandler // nil unless NewInvoke or WithInvokeHandler set it
+	// region is the awsRegion of the events an InvokeHandler gets; ""
+	// means function.DefaultEventRegion.
+	region string
 }
 
 // New returns a Function that runs h. It panics if h is nil, a wiring

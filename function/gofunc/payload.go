@@ -26,23 +26,39 @@ func WithInvokeHandler(ih idem.InvokeHandler) Option {
 	return optionFunc(func(f *Function) { f.ih = ih })
 }
 
+// WithRegion sets the region written in the events an InvokeHandler gets
+// for a mapping's batches (awsRegion, eventSourceARN), so that they name
+// the region the rest of idem presents; idem's server passes its
+// configured region. Default: function.DefaultEventRegion.
+func WithRegion(r string) Option {
+	return optionFunc(func(f *Function) { f.region = r })
+}
+
 // NewInvoke returns a Function that runs ih, as a Lambda function is run:
 // a raw payload for InvokePayload, and for a mapping's batch the
 // KinesisEvent JSON a process or HTTP function would get (each record with
 // its "idempotencyKey"), its answer read as a KinesisEventResponse with
 // function.ParseResponse. It panics if ih is nil.
-func NewInvoke(ih idem.InvokeHandler) *Function {
+func NewInvoke(ih idem.InvokeHandler, opts ...Option) *Function {
 	if ih == nil {
 		panic("gofunc: NewInvoke called with a nil idem.InvokeHandler")
 	}
-	return &Function{ih: ih}
+	f := &Function{ih: ih}
+	for _, o := range opts {
+		o.apply(f)
+	}
+	return f
 }
 
 var _ function.PayloadInvoker = (*Function)(nil)
 
-// eventRegion is the awsRegion of the events an InvokeHandler gets, as
-// httpfn's default.
-const eventRegion = "local"
+// eventRegion is the awsRegion of the events an InvokeHandler gets.
+func (f *Function) eventRegion() string {
+	if f.region == "" {
+		return function.DefaultEventRegion
+	}
+	return f.region
+}
 
 // InvokePayload calls the InvokeHandler with payload, on the calling
 // goroutine, and returns its result. As for Invoke, it waits for the
@@ -96,7 +112,7 @@ func (f *Function) callInvoke(ctx context.Context, payload []byte) (res []byte, 
 // invokeEvent runs an InvokeHandler over a mapping's batch, as Lambda runs
 // a function over a KinesisEvent (or the KafkaEvent b.Format asks for).
 func (f *Function) invokeEvent(ctx context.Context, b *idem.Batch) (function.Result, error) {
-	ev := httpfn.AppendEvent(nil, eventRegion, b)
+	ev := httpfn.AppendEvent(nil, f.eventRegion(), b)
 	out, err := f.callInvoke(ctx, ev)
 	if err != nil {
 		return function.Result{}, err

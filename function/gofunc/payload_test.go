@@ -86,3 +86,34 @@ func TestInvokeHandlerServesMappings(t *testing.T) {
 		t.Errorf("event = %s", got)
 	}
 }
+
+// TestInvokeHandlerEventRegion (issue 11, item 5): the events an
+// InvokeHandler gets name the region it is given (awsRegion and the
+// eventSourceARN), us-east-1 by default, and the engine sizes them with it.
+func TestInvokeHandlerEventRegion(t *testing.T) {
+	recs := []idem.Record{{Stream: "s", ShardID: "shardId-000000000000", Sequence: idem.SequenceOf(1), PartitionKey: "k", Data: []byte("a"), ArrivalTime: time.Unix(1, 0)}}
+	for _, tt := range []struct {
+		opts []Option
+		want string
+	}{
+		{nil, "us-east-1"},
+		{[]Option{WithRegion("eu-west-1")}, "eu-west-1"},
+	} {
+		var got string
+		f := NewInvoke(idem.InvokeFunc(func(_ context.Context, p []byte) ([]byte, error) {
+			got = string(p)
+			return []byte(`{}`), nil
+		}), tt.opts...)
+		if _, err := f.Invoke(context.Background(), idem.NewBatch("m", "f", "id", recs, nil)); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{`"awsRegion":"` + tt.want + `"`, `"arn:aws:kinesis:` + tt.want + `:000000000000:stream/s"`} {
+			if !strings.Contains(got, want) {
+				t.Errorf("event %s lacks %s", got, want)
+			}
+		}
+		if r := f.EventRegion(); r != tt.want {
+			t.Errorf("EventRegion() = %q, want %q", r, tt.want)
+		}
+	}
+}

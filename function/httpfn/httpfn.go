@@ -17,10 +17,10 @@
 // The body is Lambda's KinesisEvent, as github.com/aws/aws-lambda-go/events
 // decodes it, with one field added to each record, "idempotencyKey":
 //
-//	{"Records":[{"awsRegion":"local",
+//	{"Records":[{"awsRegion":"us-east-1",
 //	  "eventID":"shardId-000000000000:00000000000000000042",
 //	  "eventName":"aws:kinesis:record","eventSource":"aws:kinesis",
-//	  "eventSourceARN":"arn:aws:kinesis:local:000000000000:stream/orders",
+//	  "eventSourceARN":"arn:aws:kinesis:us-east-1:000000000000:stream/orders",
 //	  "eventVersion":"1.0","invokeIdentityArn":"",
 //	  "kinesis":{"approximateArrivalTimestamp":1700000000.123,
 //	    "data":"eyJvcmRlciI6NDJ9","partitionKey":"customer-1",
@@ -65,7 +65,7 @@ import (
 // Defaults, in one place.
 const (
 	defaultTimeout = 3 * time.Second
-	defaultRegion  = "local"
+	defaultRegion  = function.DefaultEventRegion
 	// maxTimeout is Lambda's: a function that needs longer does not fit
 	// stream processing's model of small retryable batches.
 	maxTimeout = 900 * time.Second
@@ -134,8 +134,10 @@ func Client(c *http.Client) Option {
 	return option(func(cfg *config) { cfg.client, cfg.clientSet = c, true })
 }
 
-// Region sets the region in events' awsRegion and in the ARNs built for them,
-// for functions that check it. Default: "local".
+// Region sets the region in events' awsRegion and in the ARNs built for them
+// (eventSourceARN, Lambda-Runtime-Invoked-Function-Arn), for functions that
+// check it: idem's server passes its configured region, so that every ARN
+// it presents names one. Default: function.DefaultEventRegion.
 func Region(r string) Option { return option(func(c *config) { c.region = r }) }
 
 // Name sets the function name in the Lambda-Runtime-Invoked-Function-Arn

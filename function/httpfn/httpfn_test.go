@@ -113,8 +113,8 @@ func TestEvent(t *testing.T) {
 	for i, e := range got.Records {
 		r := &b.Records[i]
 		want := events.KinesisEventRecord{
-			AwsRegion: "local", EventID: r.EventID(), EventName: "aws:kinesis:record", EventSource: "aws:kinesis",
-			EventSourceArn: "arn:aws:kinesis:local:000000000000:stream/orders", EventVersion: "1.0",
+			AwsRegion: "us-east-1", EventID: r.EventID(), EventName: "aws:kinesis:record", EventSource: "aws:kinesis",
+			EventSourceArn: "arn:aws:kinesis:us-east-1:000000000000:stream/orders", EventVersion: "1.0",
 			Kinesis: events.KinesisRecord{Data: r.Data, PartitionKey: r.PartitionKey, SequenceNumber: r.SequenceNumber(), KinesisSchemaVersion: "1.0"},
 		}
 		ts := e.Kinesis.ApproximateArrivalTimestamp.Time
@@ -133,7 +133,7 @@ func TestEvent(t *testing.T) {
 		"Content-Type":                        "application/json",
 		"Lambda-Runtime-Aws-Request-Id":       b.InvocationID,
 		"X-Idem-Invocation-Id":                b.InvocationID,
-		"Lambda-Runtime-Invoked-Function-Arn": "arn:aws:lambda:local:000000000000:function:ship-order",
+		"Lambda-Runtime-Invoked-Function-Arn": "arn:aws:lambda:us-east-1:000000000000:function:ship-order",
 	} {
 		if got := header.Get(k); got != want {
 			t.Errorf("header %s = %q, want %q", k, got, want)

@@ -33,17 +33,17 @@ const (
 // response (an extension registration).
 const maxRequestBody = 64 << 10
 
-// routes serves the Runtime and Extensions APIs under the Function's
-// secret prefix; anything else is 404.
+// routes serves the Runtime and Extensions APIs; anything else is 404.
+// Every process has a listener of its own (see instanceListener), so the
+// paths are Lambda's, without anything naming the process.
 func (f *Function) routes() http.Handler {
 	mux := http.NewServeMux()
-	p := f.prefix + "/{proc}"
-	mux.Handle("GET "+p+"/2018-06-01/runtime/invocation/next", f.admit(f.next))
-	mux.Handle("POST "+p+"/2018-06-01/runtime/invocation/{id}/response", f.admit(f.response))
-	mux.Handle("POST "+p+"/2018-06-01/runtime/invocation/{id}/error", f.admit(f.invocationError))
-	mux.Handle("POST "+p+"/2018-06-01/runtime/init/error", f.admit(f.initError))
-	mux.Handle("POST "+p+"/2020-01-01/extension/register", f.admit(f.register))
-	mux.Handle("GET "+p+"/2020-01-01/extension/event/next", f.admit(f.extensionNext))
+	mux.Handle("GET /2018-06-01/runtime/invocation/next", f.admit(f.next))
+	mux.Handle("POST /2018-06-01/runtime/invocation/{id}/response", f.admit(f.response))
+	mux.Handle("POST /2018-06-01/runtime/invocation/{id}/error", f.admit(f.invocationError))
+	mux.Handle("POST /2018-06-01/runtime/init/error", f.admit(f.initError))
+	mux.Handle("POST /2020-01-01/extension/register", f.admit(f.register))
+	mux.Handle("GET /2020-01-01/extension/event/next", f.admit(f.extensionNext))
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writeAPIError(w, http.StatusNotFound, "NotFound", "not found")
 	})
@@ -64,13 +64,17 @@ func (f *Function) admit(h func(http.ResponseWriter, *http.Request, *instance)) 
 		f.gate.Unlock()
 		defer f.handlers.Done()
 
-		f.mu.Lock()
-		inst := f.instances[r.PathValue("proc")]
-		f.mu.Unlock()
+		inst := instanceOf(r.Context())
 		if inst == nil {
-			// A process idem replaced, or a guess.
 			writeAPIError(w, http.StatusNotFound, "NotFound", "not found")
 			return
+		}
+		select {
+		case <-inst.exited:
+			// A process idem replaced: its connections close with it.
+			writeAPIError(w, http.StatusGone, "ProcessExited", "the process has exited")
+			return
+		default:
 		}
 		h(w, r, inst)
 	})

@@ -52,7 +52,7 @@ func TestEnvironment(t *testing.T) {
 		Env: map[string]string{"TABLE_NAME": "orders", "TZ": "Europe/Paris"}}
 
 	// Lambda's variables and Env, and nothing else.
-	f, env := environOf(t, cfg)
+	_, env := environOf(t, cfg)
 	bin := binary(t, "environ")
 	want := map[string]string{
 		"AWS_LAMBDA_FUNCTION_NAME":        "env-fn",
@@ -60,7 +60,6 @@ func TestEnvironment(t *testing.T) {
 		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
 		"AWS_LAMBDA_INITIALIZATION_TYPE":  "on-demand",
 		"AWS_LAMBDA_LOG_GROUP_NAME":       "/aws/lambda/env-fn",
-		"AWS_LAMBDA_RUNTIME_API":          f.apiHost + f.prefix + "/1",
 		"AWS_REGION":                      "eu-west-1",
 		"AWS_DEFAULT_REGION":              "eu-west-1",
 		"_HANDLER":                        "environ",
@@ -72,6 +71,10 @@ func TestEnvironment(t *testing.T) {
 		"TZ":                              "Europe/Paris",
 		"TABLE_NAME":                      "orders",
 	}
+	if api := env["AWS_LAMBDA_RUNTIME_API"]; !regexp.MustCompile(`^127\.0\.0\.1:[1-9][0-9]*$`).MatchString(api) {
+		t.Errorf("AWS_LAMBDA_RUNTIME_API = %q, want 127.0.0.1:PORT", api)
+	}
+	delete(env, "AWS_LAMBDA_RUNTIME_API")
 	stream := env["AWS_LAMBDA_LOG_STREAM_NAME"]
 	if !regexp.MustCompile(`^\d{4}/\d\d/\d\d/\[\$LATEST\][0-9a-f]{32}$`).MatchString(stream) {
 		t.Errorf("AWS_LAMBDA_LOG_STREAM_NAME = %q, want Lambda's form", stream)

@@ -18,6 +18,9 @@ const (
 	maxErrorMessage = 64 << 10
 	maxStackFrames  = 128
 	maxStackFrame   = 1 << 10
+	// maxErrorObject bounds the error object kept as posted, for the
+	// Invoke API's caller (RuntimeError.Object).
+	maxErrorObject = 1 << 20
 	// typeUnnamed is the type of an error the runtime did not name, the
 	// type the engine gives errors it cannot name.
 	typeUnnamed = "Function.Error"
@@ -27,26 +30,39 @@ const (
 // *function.Error an invocation (or an initialization) fails with. The
 // stack trace is kept here, out of the message, because the message
 // travels into logs and on-failure records while the stack is for whoever
-// debugs with errors.As.
+// debugs with errors.As; and so is the error object as posted, which
+// Lambda hands to a synchronous caller as it is.
 type RuntimeError struct {
 	// Type is the reported errorType (or the Lambda-Runtime-Function-Error-Type
 	// header when the body names none).
 	Type string
 	// Message is the reported errorMessage.
 	Message string
-	// StackTrace holds the reported frames, one string each: as sent when
-	// the runtime sends strings (Node.js, Python, Java), "path:line label"
-	// for aws-lambda-go's frame objects.
+	// StackTrace holds the reported frames (stackTrace, or Node.js's
+	// trace), one string each: as sent when the runtime sends strings
+	// (Node.js, Python, Java), "path:line label" for aws-lambda-go's frame
+	// objects.
 	StackTrace []string
+	// Object is the error object as the runtime posted it, a JSON object
+	// with errorMessage, errorType, the stack trace and whatever else the
+	// runtime put in it; nil when the runtime posted something else, or
+	// more than 1 MB.
+	Object []byte
 }
+
+// ErrorObject returns the error object as posted (Object), for the Invoke
+// API, which answers a synchronous caller with it as Lambda does; nil when
+// there is none and the caller gets idem's {errorMessage, errorType}.
+func (e *RuntimeError) ErrorObject() []byte { return e.Object }
 
 // Error renders the error as Lambda logs it, "Type: Message".
 func (e *RuntimeError) Error() string { return e.Type + ": " + e.Message }
 
 // parseError reads an error a runtime posted: Lambda's error object
-// {"errorMessage": "…", "errorType": "…", "stackTrace": […]}, with the
+// {"errorMessage": "…", "errorType": "…", "stackTrace": […]} (Node.js's
+// client names the frames "trace"), with the
 // Lambda-Runtime-Function-Error-Type header as the type when the body has
-// none. It accepts anything: a body that is not an error object still
+// none. The object is kept as posted (RuntimeError.Object). It accepts anything: a body that is not an error object still
 // fails the invocation, with what it says quoted in the message.
 func parseError(body []byte, headerType string) *function.Error {
 	re := &RuntimeError{}
@@ -55,6 +71,7 @@ func parseError(body []byte, headerType string) *function.Error {
 		Type    json.RawMessage `json:"errorType"`
 		Message json.RawMessage `json:"errorMessage"`
 		Stack   json.RawMessage `json:"stackTrace"`
+		Trace   json.RawMessage `json:"trace"` // Node.js's name for it
 	}
 	switch {
 	case len(trimmed) == 0:
@@ -66,6 +83,12 @@ func parseError(body []byte, headerType string) *function.Error {
 			re.Message = "the runtime reported an error without an errorMessage"
 		}
 		re.StackTrace = stackTrace(obj.Stack)
+		if re.StackTrace == nil {
+			re.StackTrace = stackTrace(obj.Trace)
+		}
+		if len(trimmed) <= maxErrorObject {
+			re.Object = bytes.Clone(trimmed)
+		}
 	case trimmed[0] == '"' && json.Unmarshal(trimmed, &re.Message) == nil:
 	default:
 		re.Message = "the runtime reported an error that is not an error object: " + quote(trimmed)

@@ -21,6 +21,8 @@ func TestParseError(t *testing.T) {
 			stack: []string{"github.com/aws/aws-lambda-go/lambda/errors.go:39 lambdaPanicResponse", "main.go:17 handler"}},
 		{name: "python", body: `{"errorMessage": "'id'", "errorType": "KeyError", "requestId": "r", "stackTrace": ["  File \"/var/task/app.py\", line 3, in handler\n"]}`,
 			typ: "KeyError", msg: "'id'", stack: []string{"  File \"/var/task/app.py\", line 3, in handler\n"}},
+		{name: "node", body: `{"errorType":"Error","errorMessage":"boom","trace":["Error: boom","    at Runtime.handler (file:///var/task/index.mjs:2:9)"]}`,
+			typ: "Error", msg: "boom", stack: []string{"Error: boom", "    at Runtime.handler (file:///var/task/index.mjs:2:9)"}},
 		{name: "type in the header only", body: `{"errorMessage":"boom"}`, header: "Custom.Error", typ: "Custom.Error", msg: "boom"},
 		{name: "body type wins", body: `{"errorType":"A","errorMessage":"m"}`, header: "B", typ: "A", msg: "m"},
 		{name: "not JSON", body: "segfault", header: "Runtime.Crash", typ: "Runtime.Crash",
@@ -46,6 +48,23 @@ func TestParseError(t *testing.T) {
 	long := parseError([]byte(`{"errorType":"`+strings.Repeat("é", maxErrorType)+`","errorMessage":"m"}`), "")
 	if len(long.Type) > maxErrorType+len("…") || !utf8.ValidString(long.Type) {
 		t.Fatalf("type of %d bytes not truncated on a rune boundary", len(long.Type))
+	}
+}
+
+func TestParseErrorKeepsObject(t *testing.T) {
+	// The object as posted, every member and its spacing kept, for the
+	// Invoke API's caller.
+	posted := `{"errorType": "KeyError", "errorMessage": "'id'", "requestId": "r", "stackTrace": ["a"], "extra": {"n": 1}}`
+	var re *RuntimeError
+	if !errors.As(parseError([]byte(" "+posted+"\n"), ""), &re) || string(re.ErrorObject()) != posted {
+		t.Fatalf("object %q, want %q", re.ErrorObject(), posted)
+	}
+	// Nothing but an error object is kept, nor one over the bound.
+	for _, body := range []string{`"boom"`, `segfault`, `{"errorType":"E"} trailing`,
+		`{"errorType":"E","errorMessage":"` + strings.Repeat("x", maxErrorObject) + `"}`} {
+		if !errors.As(parseError([]byte(body), "H"), &re) || re.ErrorObject() != nil {
+			t.Errorf("body %.40q kept as the error object", body)
+		}
 	}
 }
 
@@ -79,6 +98,11 @@ func FuzzParseError(f *testing.F) {
 			if len(s) > maxStackFrame+len("…") {
 				t.Fatalf("stack frame of %d bytes", len(s))
 			}
+		}
+		// The object kept for the Invoke API's caller is an object, valid
+		// JSON (the caller's body), and bounded.
+		if obj := re.ErrorObject(); obj != nil && (len(obj) > maxErrorObject || obj[0] != '{' || !json.Valid(obj)) {
+			t.Fatalf("error object %q", obj)
 		}
 
 		// What a runtime means, it gets: a valid error object reads back.

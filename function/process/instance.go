@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,10 +22,9 @@ import (
 
 // invocation is one batch on its way to a process and back.
 type invocation struct {
-	id          string
-	event       *eventBuf
-	ctxDeadline time.Time // zero without one
-	done        chan struct{}
+	id    string
+	event *eventBuf
+	done  chan struct{}
 	// raw keeps the answer verbatim in payload (InvokePayload) instead of
 	// reading it as a batch response; clientContext is sent as
 	// Lambda-Runtime-Client-Context. Both are set before the invocation is
@@ -35,7 +35,8 @@ type invocation struct {
 	// Set by the instance that takes it, under its mu; read by Invoke once
 	// done is closed.
 	inst        *instance
-	start       time.Time
+	start       time.Time // when the process received it
+	end         time.Time // when it finished
 	deadline    time.Time
 	timer       *time.Timer
 	finished    bool
@@ -46,10 +47,11 @@ type invocation struct {
 }
 
 // instance is one run of one process. A process that exits is replaced by
-// a new instance, with a new number in its Runtime API path.
+// a new instance, with a new number and a new Runtime API listener.
 type instance struct {
 	f        *Function
-	id       string // its Runtime API path segment
+	id       string // its number, in logs and its pid file
+	ln       *instanceListener
 	cmd      *exec.Cmd
 	pidFile  string // its pid file; "" for none
 	started  time.Time
@@ -64,6 +66,8 @@ type instance struct {
 	dead       bool
 	healthy    bool   // it answered an invocation successfully
 	killReason string // why idem killed it, if it did
+	timedOut   bool   // idem killed it for a timeout
+	peak       int64  // its peak memory as last read, in bytes
 	initErr    *function.Error
 	extensions map[string]bool
 }
@@ -73,19 +77,27 @@ type instance struct {
 func (f *Function) supervise(slot int) {
 	defer f.supervisors.Done()
 	failures := 0
-	for restart := false; ; restart = true {
-		inst, err := f.start(restart)
-		healthy := false
+	for restart, crashed := false, false; ; restart = true {
+		inst, err := f.start(restart, crashed)
+		healthy, timedOut := false, false
 		switch {
 		case err != nil:
 			f.startFailed(err)
 		case inst == nil:
 			return // closing
 		default:
-			healthy = f.await(inst)
+			healthy, timedOut = f.await(inst)
 		}
 		if f.isClosed() {
 			return
+		}
+		crashed = !timedOut
+		if timedOut {
+			// idem ended it, as Lambda ends a sandbox whose invocation
+			// timed out, and the next invocation needs a process now.
+			failures = 0
+			f.log.Info("restarting process", "slot", slot, "in", time.Duration(0))
+			continue
 		}
 		if healthy {
 			failures = 0
@@ -120,27 +132,36 @@ func (f *Function) isClosed() bool {
 }
 
 // start starts a process, or returns nil, nil once Close has begun. It
-// holds f.mu while it starts the process, so that Close cannot miss it.
-func (f *Function) start(restart bool) (*instance, error) {
+// holds f.mu while it starts the process, so that Close cannot miss it. A
+// restart after a crash counts towards a crash loop.
+func (f *Function) start(restart, crashed bool) (*instance, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
 		return nil, nil
 	}
 	if restart {
-		now := time.Now()
 		f.restarts++
-		f.pruneRecent(now)
-		f.recent = append(f.recent, now)
+		if crashed {
+			now := time.Now()
+			f.pruneRecent(now)
+			f.recent = append(f.recent, now)
+		}
 	}
 	f.lastID++
 	id := strconv.FormatUint(f.lastID, 10)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("process: listening for the Runtime API: %w", err)
+	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
+		_ = ln.Close()
 		return nil, fmt.Errorf("process: creating the stdout pipe: %w", err)
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
+		_ = ln.Close()
 		_ = outR.Close()
 		_ = outW.Close()
 		return nil, fmt.Errorf("process: creating the stderr pipe: %w", err)
@@ -149,7 +170,7 @@ func (f *Function) start(restart bool) (*instance, error) {
 		Path: f.path,
 		Args: append([]string{f.cfg.Command}, f.cfg.Args...),
 		Env: append(slices.Clip(f.env),
-			"AWS_LAMBDA_RUNTIME_API="+f.apiHost+f.prefix+"/"+id,
+			"AWS_LAMBDA_RUNTIME_API="+ln.Addr().String(),
 			"AWS_LAMBDA_LOG_STREAM_NAME="+logStreamName(time.Now())),
 		Dir:         f.dir,
 		Stdout:      outW,
@@ -164,6 +185,7 @@ func (f *Function) start(restart bool) (*instance, error) {
 		shutdown:   make(chan struct{}),
 		extensions: make(map[string]bool),
 	}
+	inst.ln = &instanceListener{Listener: ln, inst: inst, conns: make(map[*instanceConn]struct{})}
 	if f.pidDir != "" {
 		inst.pidFile = filepath.Join(f.pidDir, f.cfg.Name+"-"+id+".pid")
 	}
@@ -174,16 +196,23 @@ func (f *Function) start(restart bool) (*instance, error) {
 	_ = outW.Close() // the child has its copies
 	_ = errW.Close()
 	if err != nil {
+		_ = ln.Close()
 		_ = outR.Close()
 		_ = errR.Close()
 		return nil, fmt.Errorf("process: starting %s: %w", f.path, err)
 	}
 	inst.started = time.Now()
 	f.instances[id] = inst
-	f.log.Debug("process started", "pid", cmd.Process.Pid, "process", id)
-	f.tasks.Add(2)
+	f.log.Debug("process started", "pid", cmd.Process.Pid, "process", id, "runtimeAPI", ln.Addr().String())
+	f.tasks.Add(3)
 	go inst.pipe(outR, "stdout")
 	go inst.pipe(errR, "stderr")
+	// Served only now that the pid is known: the listener checks that
+	// connections come from the process. The kernel queues them until then.
+	go func() {
+		defer f.tasks.Done()
+		_ = f.srv.Serve(inst.ln) // ends when the process exits, or Close
+	}()
 	return inst, nil
 }
 
@@ -222,6 +251,7 @@ func (inst *instance) run(started chan<- error, outR, errR *os.File) {
 		}
 	}
 	close(inst.exited)
+	inst.ln.closeAll()
 	deadline := time.Now().Add(time.Second) // for a descendant that escaped the group
 	_ = outR.SetReadDeadline(deadline)
 	_ = errR.SetReadDeadline(deadline)
@@ -247,9 +277,9 @@ func (f *Function) failInitLocked(fe *function.Error) {
 
 // await waits for inst to exit (stopping it if the function closes), fails
 // its invocation if it was running one, and records the exit. It reports
-// whether the process was healthy: it answered an invocation successfully
-// or stayed up a minute.
-func (f *Function) await(inst *instance) bool {
+// whether the process was healthy (it answered an invocation successfully
+// or stayed up a minute), and whether idem killed it for a timeout.
+func (f *Function) await(inst *instance) (healthy, timedOut bool) {
 	select {
 	case <-inst.exited:
 	case <-f.closing:
@@ -263,7 +293,8 @@ func (f *Function) await(inst *instance) bool {
 	if inst.killReason != "" {
 		desc += " (" + inst.killReason + ")"
 	}
-	ready, healthy, initErr := inst.ready, inst.healthy, inst.initErr
+	ready, initErr := inst.ready, inst.initErr
+	healthy, timedOut = inst.healthy, inst.timedOut
 	var reqID string
 	if cur := inst.cur; cur != nil {
 		reqID = cur.id
@@ -304,7 +335,7 @@ func (f *Function) await(inst *instance) bool {
 	default:
 		f.log.Warn("process exited", attrs...)
 	}
-	return healthy || time.Since(inst.started) >= healthyAfter
+	return healthy || time.Since(inst.started) >= healthyAfter, timedOut && !closing
 }
 
 // stop ends the process as Lambda ends a sandbox: a SHUTDOWN event for its
@@ -337,11 +368,10 @@ func (inst *instance) bind(inv *invocation) bool {
 		inst.finishLocked(inv, function.Result{}, nil)
 		return false
 	}
+	// The whole Timeout, from now: however long the invocation waited
+	// for this process, the runtime gets all of it.
 	now := time.Now()
 	deadline := now.Add(inst.f.cfg.Timeout)
-	if !inv.ctxDeadline.IsZero() && inv.ctxDeadline.Before(deadline) {
-		deadline = inv.ctxDeadline
-	}
 	inv.inst, inv.start, inv.deadline = inst, now, deadline
 	inst.cur = inv
 	inst.reqID.Store(&inv.id)
@@ -387,6 +417,8 @@ func (inst *instance) expire(inv *invocation) {
 	inst.cur = nil
 	budget := inv.deadline.Sub(inv.start)
 	inst.killReason = "timed out running request " + inv.id
+	inst.timedOut = true
+	inst.notePeakLocked() // while it still runs
 	inst.finishLocked(inv, function.Result{}, &function.Error{
 		Type:    function.TypeTimeout,
 		Message: fmt.Sprintf("Task timed out after %.2f seconds", budget.Seconds()),
@@ -402,11 +434,32 @@ func (inst *instance) finishLocked(inv *invocation, res function.Result, err err
 		return
 	}
 	inv.finished = true
+	inv.end = time.Now()
 	if inv.timer != nil {
 		inv.timer.Stop()
 	}
 	inv.res, inv.err = res, err
 	close(inv.done)
+}
+
+// notePeakLocked reads the process's peak memory, keeping the highest
+// seen: once the process has exited it can no longer be read. inst.mu is
+// held.
+func (inst *instance) notePeakLocked() int64 {
+	select {
+	case <-inst.exited: // its pid may name another process now
+	default:
+		inst.peak = max(inst.peak, peakMemory(inst.cmd.Process.Pid))
+	}
+	return inst.peak
+}
+
+// peakMemory returns the process's peak memory in bytes (0 where unknown):
+// Lambda's "Max Memory Used" of its sandbox.
+func (inst *instance) peakMemory() int64 {
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	return inst.notePeakLocked()
 }
 
 // current returns the invocation the process is running if its request id

@@ -7,7 +7,10 @@ import (
 	"github.com/idem-run/idem/function"
 )
 
-var _ function.PayloadInvoker = (*Function)(nil)
+var (
+	_ function.PayloadInvoker   = (*Function)(nil)
+	_ function.ReportingInvoker = (*Function)(nil)
+)
 
 // InvokePayload hands payload to an idle process as the invocation's event,
 // verbatim, as Lambda's Invoke API does, and returns the process's
@@ -15,9 +18,27 @@ var _ function.PayloadInvoker = (*Function)(nil)
 // (a random UUID when it is empty or unfit for a URL path), and
 // meta.ClientContext goes to the runtime as Lambda-Runtime-Client-Context.
 // Waiting for a process, timeouts, exits and errors the runtime posts are
-// as for Invoke; a response over function.MaxResponseSize is a
+// as for Invoke (meta.Deadline, like ctx's, bounds the wait for a process);
+// a response over function.MaxResponseSize is a
 // function.TypeResponseTooLarge error.
 func (f *Function) InvokePayload(ctx context.Context, payload []byte, meta function.InvokeMeta) ([]byte, error) {
+	out, _, err := f.invokePayload(ctx, payload, meta, false)
+	return out, err
+}
+
+// InvokePayloadReport is InvokePayload that also reports how long the
+// process ran the invocation, the function's MemorySize, and the peak
+// memory of the process (on Linux, the VmHWM of it and its descendants,
+// read once the invocation has ended), for the Invoke API's REPORT line.
+// An invocation that never reached a process reports only MemorySize.
+// Reading the peak memory costs tens of microseconds (the /proc files of
+// the process, its threads and its children), which InvokePayload saves.
+func (f *Function) InvokePayloadReport(ctx context.Context, payload []byte, meta function.InvokeMeta) ([]byte, function.Report, error) {
+	return f.invokePayload(ctx, payload, meta, true)
+}
+
+func (f *Function) invokePayload(ctx context.Context, payload []byte, meta function.InvokeMeta, report bool) ([]byte, function.Report, error) {
+	rep := function.Report{MemorySize: f.cfg.MemorySize}
 	if !meta.Deadline.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, meta.Deadline)
@@ -31,9 +52,14 @@ func (f *Function) InvokePayload(ctx context.Context, payload []byte, meta funct
 	}
 	inv, err := f.run(ctx, id, func(dst []byte) []byte { return append(dst, payload...) }, true, meta.ClientContext)
 	if err != nil {
-		return nil, err
+		return nil, rep, err
 	}
-	return inv.payload, inv.err
+	// inv's fields are settled: run returned after done was closed.
+	rep.Duration = inv.end.Sub(inv.start)
+	if report {
+		rep.MaxMemoryUsed = inv.inst.peakMemory()
+	}
+	return inv.payload, rep, inv.err
 }
 
 // completePayload finishes a raw invocation with the process's verbatim

@@ -18,20 +18,31 @@
 //
 // # Runtime API
 //
-// Each Function serves Lambda's Runtime API (version 2018-06-01) on its own
-// loopback port, under a path that starts with a random 128-bit prefix and
-// names the process it belongs to:
+// Each process gets Lambda's Runtime API (version 2018-06-01) on a
+// loopback port of its own, as the bare host:port that Lambda's runtime
+// clients expect (aws-lambda-go, the Node.js and Python runtime interface
+// clients build their URLs from it, or split it at the colon):
 //
-//	AWS_LAMBDA_RUNTIME_API=127.0.0.1:PORT/<32 hex digits>/<process number>
+//	AWS_LAMBDA_RUNTIME_API=127.0.0.1:PORT
 //
-// The prefix is what keeps other local programs, which can reach any
-// loopback port, from taking invocations or posting answers: a request
-// without it is answered 404. The process number lets idem tell its
-// processes apart, so that a timeout kills the right one and a replaced
-// process's late requests cannot touch its successor's invocation.
-// aws-lambda-go builds its URLs as "http://" + AWS_LAMBDA_RUNTIME_API +
-// "/2018-06-01/runtime/…", so the path passes through; a runtime that
-// treats the variable as a bare host:port would not work.
+// The port is what tells idem's processes apart: a request is the process's
+// whose listener accepted it, so that a timeout kills the right process and
+// a replaced process's late requests cannot touch its successor's
+// invocation. A process's listener and connections are closed when it
+// exits, and its successor gets a new port.
+//
+// Any local program can connect to a loopback port. On Linux, a listener
+// accepts a connection only from its own process or the process's
+// descendants: it looks the connecting socket up in the kernel's socket
+// table (/proc/net/tcp) and among the process's open files
+// (/proc/<pid>/fd), and closes a connection from anyone else unanswered,
+// with a warning in the log. So no other program, of any user, can take a
+// function's invocations (and their events) or answer for it through the
+// Runtime API. What this does not defend against is a program that can act
+// as the function's process: one of the same user (or root) can ptrace it,
+// write to its memory, or read its environment and files, as it can
+// idem's; run idem as a user of its own where that matters. Elsewhere than
+// Linux there is no check: the port is all that guards the API.
 //
 // Served: GET runtime/invocation/next, POST runtime/invocation/{id}/response
 // and …/{id}/error, POST runtime/init/error, and the Extensions API
@@ -78,9 +89,13 @@
 //
 //   - the errorType the runtime posted (aws-lambda-go posts the Go type
 //     name of the handler's error, or of a panic's value: "errorString",
-//     "boundsError"), with the runtime's stack trace in a *RuntimeError;
+//     "boundsError"; Node.js's client the error's name: "Error",
+//     "Runtime.HandlerNotFound"), with the runtime's stack trace, and the
+//     error object as posted, in a *RuntimeError;
 //   - function.TypeTimeout, "Task timed out after N.NN seconds", when the
-//     process does not answer in time; the process is killed;
+//     process does not answer within Timeout of receiving the invocation;
+//     the process is killed and, as a Lambda sandbox after a timeout,
+//     started again at once;
 //   - "Runtime.ExitError" when the process exits during an invocation
 //     without answering, or during its initialization;
 //   - function.TypeResponseTooLarge for a response over
@@ -89,7 +104,19 @@
 //
 // A process that exits is started again, after an exponential backoff
 // (100ms doubling to 30s) that resets once a process answers successfully
-// or stays up for a minute; Status reports restarts and crash loops.
+// or stays up for a minute; Status reports restarts and crash loops. A
+// process idem killed for a timeout is started again without a delay, and
+// its restart is no crash.
+//
+// # Timeouts
+//
+// An invocation's Timeout counts from the moment a process receives it
+// (its GET invocation/next is answered; Lambda-Runtime-Deadline-Ms says
+// when it ends), not from when Invoke was called: time spent waiting for
+// an idle process, or for one to restart after a timeout, is not taken
+// from it. The deadline of Invoke's context (and InvokeMeta.Deadline)
+// bounds that wait instead; once a process has the invocation, it runs to
+// its answer or its Timeout.
 package process
 
 import (
@@ -100,7 +127,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -196,12 +222,13 @@ type Config struct {
 	// Default: 1
 	Concurrency int
 	// Timeout bounds one invocation from the moment a process receives it,
-	// above 0 and at most 900s (Lambda's limits). The invocation's deadline
-	// is the earlier of this and the Invoke context's.
+	// above 0 and at most 900s (Lambda's limits). Waiting for an idle
+	// process is not part of it (see the package documentation).
 	// Default: 3s
 	Timeout time.Duration
-	// MemorySize, in MB, is only reported to the process
-	// (AWS_LAMBDA_FUNCTION_MEMORY_SIZE): idem does not limit memory.
+	// MemorySize, in MB, is only reported: to the process
+	// (AWS_LAMBDA_FUNCTION_MEMORY_SIZE), and in the REPORT line of a Tail
+	// log. idem does not limit memory.
 	// 128 to 10240.
 	// Default: 128
 	MemorySize int
@@ -259,16 +286,14 @@ func WithPIDDir(dir string) Option {
 // It is safe for concurrent use; Invoke is called concurrently for
 // different shards. Close stops the processes and the Runtime API server.
 type Function struct {
-	cfg     Config
-	path    string // the resolved executable
-	dir     string // the absolute working directory
-	log     *slog.Logger
-	pidDir  string // where the pid files are; "" for none
-	arn     string
-	env     []string // the environment, less the per-process variables
-	prefix  string   // "/" and 32 hex digits
-	apiHost string   // 127.0.0.1:PORT
-	srv     *http.Server
+	cfg    Config
+	path   string // the resolved executable
+	dir    string // the absolute working directory
+	log    *slog.Logger
+	pidDir string // where the pid files are; "" for none
+	arn    string
+	env    []string     // the environment, less the per-process variables
+	srv    *http.Server // serves every process's listener
 
 	// work hands invocations from Invoke to the processes' pending
 	// invocation/next requests.
@@ -315,8 +340,8 @@ func Check(cfg Config) error {
 	return errors.Join(err, envErr)
 }
 
-// New validates cfg, starts the Runtime API server on a loopback port and
-// cfg.Concurrency processes, and returns without waiting for them to
+// New validates cfg, starts cfg.Concurrency processes, each with its
+// Runtime API on a loopback port, and returns without waiting for them to
 // initialize: the first invocations wait until a process asks for work. It
 // reports every invalid setting at once.
 func New(cfg Config, opts ...Option) (*Function, error) {
@@ -342,14 +367,6 @@ func New(cfg Config, opts ...Option) (*Function, error) {
 			return nil, fmt.Errorf("process: ending the processes an earlier run left: %w", err)
 		}
 	}
-	var secret [16]byte
-	if _, err := rand.Read(secret[:]); err != nil {
-		return nil, fmt.Errorf("process: generating the Runtime API prefix: %w", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("process: listening for the Runtime API: %w", err)
-	}
 	f := &Function{
 		cfg:        cfg,
 		path:       path,
@@ -358,8 +375,6 @@ func New(cfg Config, opts ...Option) (*Function, error) {
 		pidDir:     o.pidDir,
 		arn:        "arn:aws:lambda:" + cfg.Region + ":000000000000:function:" + cfg.Name,
 		env:        env,
-		prefix:     "/" + hex.EncodeToString(secret[:]),
-		apiHost:    ln.Addr().String(),
 		work:       make(chan *invocation),
 		closing:    make(chan struct{}),
 		serving:    true,
@@ -370,12 +385,8 @@ func New(cfg Config, opts ...Option) (*Function, error) {
 		Handler:           f.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(f.log.Handler(), slog.LevelDebug),
+		ConnContext:       connContext,
 	}
-	f.tasks.Add(1)
-	go func() {
-		defer f.tasks.Done()
-		_ = f.srv.Serve(ln) // returns http.ErrServerClosed once Close stops it
-	}()
 	f.supervisors.Add(cfg.Concurrency)
 	for slot := range cfg.Concurrency {
 		go f.supervise(slot)
@@ -580,7 +591,9 @@ type eventBuf struct{ b []byte }
 // function errors are those the package documentation lists.
 //
 // Waiting for a process is bounded by ctx; if its deadline passes first,
-// the error is a function error of type function.TypeTimeout. If a
+// the error is a function error of type function.TypeTimeout. Once a
+// process receives the batch, it has Config.Timeout to answer, whatever
+// ctx's deadline (see the package documentation). If a
 // process fails to initialize while Invoke waits, Invoke fails with that
 // failure ("Runtime.ExitError", or the error the runtime posted to
 // init/error) instead of waiting for the next attempt. When ctx is
@@ -609,14 +622,13 @@ func (f *Function) run(ctx context.Context, id string, encode func([]byte) []byt
 	default:
 	}
 	start := time.Now()
-	ctxDeadline, _ := ctx.Deadline()
 	for {
 		ev, ok := f.events.Get().(*eventBuf)
 		if !ok {
 			ev = new(eventBuf)
 		}
 		ev.b = encode(ev.b[:0])
-		inv := &invocation{id: id, event: ev, ctxDeadline: ctxDeadline, done: make(chan struct{}), raw: raw, clientContext: clientContext}
+		inv := &invocation{id: id, event: ev, done: make(chan struct{}), raw: raw, clientContext: clientContext}
 		f.mu.Lock()
 		initFailed := f.initFailed
 		f.mu.Unlock()
@@ -641,8 +653,9 @@ func (f *Function) run(ctx context.Context, id string, encode func([]byte) []byt
 			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return nil, ctx.Err()
 			}
-			// The process's deadline is no later than ctx's: its timer
-			// ends the invocation (and the process) now.
+			// ctx's deadline bounds the wait for a process, not the
+			// run: a process that has the invocation gets its whole
+			// Timeout, and its timer ends it then at the latest.
 			<-inv.done
 		}
 		if inv.undelivered {
@@ -705,9 +718,10 @@ type Status struct {
 	LastExit string
 	// LastExitAt is when that process exited.
 	LastExitAt time.Time
-	// CrashLoop is set when the function restarted at least 3 times in the
-	// last minute: its processes die faster than they serve, and each
-	// restart waits longer (up to 30s).
+	// CrashLoop is set when the function's processes exited on their own
+	// at least 3 times in the last minute (idem's kills for timeouts do not
+	// count): they die faster than they serve, and each restart waits
+	// longer (up to 30s).
 	CrashLoop bool
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -221,7 +222,7 @@ func TestBatchItemFailures(t *testing.T) {
 		"AWS_DEFAULT_REGION":              "eu-west-1",
 		"_HANDLER":                        "kinesis",
 		"LAMBDA_TASK_ROOT":                wd,
-		"AWS_LAMBDA_RUNTIME_API":          f.apiHost + f.prefix + "/1",
+		"AWS_LAMBDA_RUNTIME_API":          runtimeAPI(t, f, "1"),
 		"IDEM_TEST_VAR":                   "configured",
 	}
 	for k, v := range want {
@@ -354,38 +355,85 @@ func TestConcurrencyLimit(t *testing.T) {
 	}
 }
 
-func TestRuntimeAPIRefusesRequestsWithoutPrefix(t *testing.T) {
-	f, _ := start(t, "noop", Config{})
+// runtimeAPI returns the AWS_LAMBDA_RUNTIME_API of f's process number id,
+// which must be running.
+func runtimeAPI(t *testing.T, f *Function, id string) string {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	inst := f.instances[id]
+	if inst == nil {
+		t.Fatalf("no process %s", id)
+	}
+	return inst.ln.Addr().String()
+}
+
+// get sends a Runtime API request from this test's process, which is not
+// the function's, and returns the status, or the error when the
+// connection is closed without an answer.
+func get(addr, path string) (int, error) {
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+func TestRuntimeAPIIsHostPort(t *testing.T) {
+	f, _ := start(t, "kinesis", Config{Concurrency: 2})
 	succeeds(t, f, "x")
-	base := "http://" + f.apiHost
-	other := "/" + strings.Repeat("0", 32)
-	cases := []struct {
-		method, path string
-		code         int
-	}{
-		{"GET", "/2018-06-01/runtime/invocation/next", 404},
-		{"POST", "/2018-06-01/runtime/invocation/x/response", 404},
-		{"POST", "/2018-06-01/runtime/init/error", 404},
-		{"POST", "/2020-01-01/extension/register", 404},
-		{"GET", other + "/1/2018-06-01/runtime/invocation/next", 404},
-		{"GET", f.prefix + "/2018-06-01/runtime/invocation/next", 404},
-		{"GET", f.prefix + "/99/2018-06-01/runtime/invocation/next", 404}, // no such process
-		// With the prefix and a live process: an answer for an
-		// invocation the process is not running is refused.
-		{"POST", f.prefix + "/1/2018-06-01/runtime/invocation/not-running/response", 400},
-	}
-	for _, c := range cases {
-		req, _ := http.NewRequest(c.method, base+c.path, strings.NewReader("{}"))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = resp.Body.Close()
-		if resp.StatusCode != c.code {
-			t.Errorf("%s %s = %d, want %d", c.method, c.path, resp.StatusCode, c.code)
+	a, b := runtimeAPI(t, f, "1"), runtimeAPI(t, f, "2")
+	for _, addr := range []string{a, b} {
+		if host, port, err := net.SplitHostPort(addr); err != nil || host != "127.0.0.1" || port == "0" || strings.Contains(addr, "/") {
+			t.Fatalf("AWS_LAMBDA_RUNTIME_API %q, want 127.0.0.1:PORT", addr)
 		}
 	}
+	if a == b {
+		t.Fatalf("both processes have %s: each needs a listener of its own", a)
+	}
+}
+
+func TestRuntimeAPIRefusesOtherProcesses(t *testing.T) {
+	if !peerChecked {
+		t.Skip("connections are checked against the process on Linux only")
+	}
+	f, l := start(t, "noop", Config{})
+	succeeds(t, f, "x")
+	addr := runtimeAPI(t, f, "1")
+	// This test's process can reach the port, but it is not the
+	// function's process: every request is refused, unanswered, before
+	// it can take an invocation or answer one.
+	for _, path := range []string{"/2018-06-01/runtime/invocation/next", "/2018-06-01/runtime/invocation/x/response", "/nothing"} {
+		if code, err := get(addr, path); err == nil {
+			t.Errorf("GET %s from another process = %d, want the connection closed", path, code)
+		}
+	}
+	l.wait(t, "about the refused connection", func(r logRecord) bool {
+		return r.level == slog.LevelWarn && strings.HasPrefix(r.msg, "refused a Runtime API connection")
+	})
 	succeeds(t, f, "x") // the process is unaffected
+}
+
+func TestRuntimeAPIClosedWithProcess(t *testing.T) {
+	f, _ := start(t, "sleep", Config{Timeout: time.Second})
+	succeeds(t, f, "x")
+	old := runtimeAPI(t, f, "1")
+	f.mu.Lock()
+	oldLn := f.instances["1"].ln
+	f.mu.Unlock()
+	if _, err := invoke(t, f, batch("sleep")); err == nil {
+		t.Fatal("the sleeping invocation did not time out")
+	}
+	succeeds(t, f, "x") // a new process, on a new listener
+	if runtimeAPI(t, f, "2") == old {
+		t.Fatalf("the new process reuses %s", old)
+	}
+	// The old process's listener is closed with it.
+	if _, err := oldLn.Listener.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept on the old listener = %v, want net.ErrClosed", err)
+	}
 }
 
 func TestInitFailure(t *testing.T) {
@@ -514,16 +562,17 @@ func TestCloseDuringInvocation(t *testing.T) {
 }
 
 func TestInvokeContext(t *testing.T) {
-	f, _ := start(t, "sleep", Config{Timeout: time.Minute})
+	f, _ := start(t, "sleep", Config{Timeout: time.Second})
 	succeeds(t, f, "x")
 
-	// A context deadline earlier than Timeout is the invocation's.
+	// A context deadline bounds the wait for a process, not the run: the
+	// process that receives the invocation has all of Timeout.
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	_, err := f.Invoke(ctx, batch("sleep"))
 	var fe *function.Error
-	if !errors.As(err, &fe) || fe.Type != function.TypeTimeout || !strings.HasPrefix(fe.Message, "Task timed out after 0.") {
-		t.Fatalf("err = %v, want a timeout under a second", err)
+	if !errors.As(err, &fe) || fe.Type != function.TypeTimeout || fe.Message != "Task timed out after 1.00 seconds" {
+		t.Fatalf("err = %v, want the whole second's timeout", err)
 	}
 
 	// Canceled: Invoke returns at once with ctx.Err().
@@ -532,6 +581,70 @@ func TestInvokeContext(t *testing.T) {
 	time.AfterFunc(100*time.Millisecond, cancel)
 	if _, err := f.Invoke(ctx, batch("x", "sleep")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+func TestInvokeContextBoundsWait(t *testing.T) {
+	f, _ := start(t, "sleep", Config{Timeout: 5 * time.Second})
+	succeeds(t, f, "x")
+	// The only process is busy for seconds: a second invocation waits for
+	// it until its context's deadline.
+	busy := make(chan error, 1)
+	go func() { _, err := invoke(t, f, batch("sleep")); busy <- err }()
+	waitBusy(t, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := f.Invoke(ctx, batch("x"))
+	var fe *function.Error
+	if !errors.As(err, &fe) || fe.Type != function.TypeTimeout || !strings.Contains(fe.Message, "waiting for an idle process") {
+		t.Fatalf("err = %v, want a timeout waiting for an idle process", err)
+	}
+	<-busy
+}
+
+// waitBusy waits until one of f's processes is running an invocation.
+func waitBusy(t *testing.T, f *Function) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f.mu.Lock()
+		busy := false
+		for _, inst := range f.instances {
+			inst.mu.Lock()
+			busy = busy || inst.cur != nil
+			inst.mu.Unlock()
+		}
+		f.mu.Unlock()
+		if busy {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the invocation never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestTimeoutIsWholeAfterRestart: an invocation that follows a timeout
+// waits for the killed process's successor, and still gets its whole
+// timeout, however its caller's deadline was set (as the Invoke API and
+// the engine set it: the call's start plus the timeout).
+func TestTimeoutIsWholeAfterRestart(t *testing.T) {
+	const timeout = time.Second
+	f, _ := start(t, "sleep", Config{Timeout: timeout})
+	succeeds(t, f, "x")
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		_, err := f.Invoke(ctx, batch("sleep"))
+		cancel()
+		var fe *function.Error
+		if !errors.As(err, &fe) || fe.Type != function.TypeTimeout || fe.Message != "Task timed out after 1.00 seconds" {
+			t.Fatalf("invocation %d: err = %v, want Task timed out after 1.00 seconds", i+1, err)
+		}
+	}
+	succeeds(t, f, "x") // on the third restart
+	if st := f.Status(); st.Restarts != 3 || st.CrashLoop {
+		t.Fatalf("status %+v: want 3 restarts, and no crash loop (idem killed them)", st)
 	}
 }
 

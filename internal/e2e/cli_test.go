@@ -298,7 +298,13 @@ func TestCLISmoke(t *testing.T) {
 		t.Fatalf("idem status: exit %d: %s", code, errOut)
 	}
 	processed, rows := 0, 0
-	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	// The shards' table, then, after a blank line, the mappings' (state
+	// and last processing result).
+	shardTable, mappingTable, _ := strings.Cut(strings.TrimRight(out, "\n"), "\n\n")
+	if m := strings.Split(mappingTable, "\n"); len(m) != 2 || !strings.HasPrefix(m[0], "MAPPING") || !strings.HasPrefix(m[1], "orders-to-ship  enabled") {
+		t.Errorf("idem status: the mappings' table is %q, want orders-to-ship enabled", mappingTable)
+	}
+	lines := strings.Split(shardTable, "\n")
 	if !strings.HasPrefix(lines[0], "MAPPING") || !strings.Contains(lines[0], "PROCESSED") {
 		t.Errorf("idem status: the first line is %q, want the column names", lines[0])
 	}

@@ -1,13 +1,16 @@
 // Command echo is a Lambda function for direct invocations: it returns its
 // event as it got it, with the request id and client context it was given
-// when the event asks for them ({"whoami": true}), and fails with a
-// ValidationError when the event is {"fail": "message"}. It serves the
-// Invoke API's tests and the process-versus-in-process benchmark.
+// when the event asks for them ({"whoami": true}), fails with a
+// ValidationError when the event is {"fail": "message"}, panics at
+// {"panic": "message"} and sleeps first at {"sleep": milliseconds}. It
+// serves the Invoke API's tests and the process-versus-in-process
+// benchmark.
 package main
 
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-lambda-go/lambdacontext"
@@ -22,8 +25,16 @@ func handler(ctx context.Context, event json.RawMessage) (json.RawMessage, error
 	var ask struct {
 		Fail   *string `json:"fail"`
 		WhoAmI bool    `json:"whoami"`
+		Panic  string  `json:"panic"`
+		Sleep  int     `json:"sleep"`
 	}
 	_ = json.Unmarshal(event, &ask)
+	if ask.Sleep > 0 {
+		time.Sleep(time.Duration(ask.Sleep) * time.Millisecond)
+	}
+	if ask.Panic != "" {
+		panic(ask.Panic)
+	}
 	if ask.Fail != nil {
 		return nil, &ValidationError{Msg: *ask.Fail}
 	}
