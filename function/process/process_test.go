@@ -535,24 +535,7 @@ func TestCloseDuringInvocation(t *testing.T) {
 		_, err := f.Invoke(context.Background(), batch("sleep"))
 		done <- err
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		f.mu.Lock()
-		busy := false
-		for _, inst := range f.instances {
-			inst.mu.Lock()
-			busy = busy || inst.cur != nil
-			inst.mu.Unlock()
-		}
-		f.mu.Unlock()
-		if busy {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the invocation never started")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitBusy(t, f)
 	f.Close()
 	err := <-done
 	var fe *function.Error
