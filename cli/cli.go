@@ -70,8 +70,11 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		recordsCmd(),
 		statusCmd(),
 		mappingsCmd(),
+		replayCmd(),
 		stateCmd(),
+		redriveCmd(),
 		benchCmd(),
+		versionCmd(),
 	)
 	err := root.ExecuteContext(ctx)
 	if err == nil {

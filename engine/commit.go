@@ -157,7 +157,7 @@ func (c *commit) discard(s *shard, recs []idem.Record, condition string, invokes
 	c.failures = append(c.failures, store.Failure{Destination: cfg.OnFailure, Metadata: meta, Records: slices.Clone(recs)})
 }
 
-// commit writes c, with the checkpoint and the scope's progress or marks it
+// commitWrite writes c, with the checkpoint and the scope's progress or marks it
 // implies, in one atomic store write. A store failure is retried a few times;
 // then it is returned, and the shard restarts from its durable checkpoint.
 //
@@ -165,7 +165,7 @@ func (c *commit) discard(s *shard, recs []idem.Record, condition string, invokes
 // goes through that transaction instead, once: a failed commit undid the
 // handler's writes, which only invoking again can redo, so the error is
 // returned at once and the shard restarts from its durable checkpoint.
-func (s *shard) commit(ctx context.Context, c *commit) error {
+func (s *shard) commitWrite(ctx context.Context, c *commit) error {
 	cfg := &s.m.cfg
 	var tx store.Tx
 	var txErr error

@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/function"
@@ -57,6 +58,7 @@ type Engine struct {
 	now          func() time.Time
 	lease        *leaseConfig // nil: no shard leases
 	region       string
+	tracer       trace.Tracer // nil: tracing off (WithTracerProvider)
 	// legacy looks up the records the store may hold under the keys of
 	// earlier versions (store.Legacy); set by Run before any shard starts.
 	legacy store.Legacy
@@ -163,7 +165,7 @@ func (e *Engine) Add(m Mapping) error {
 	}
 	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker), scopeFilters: map[string]*filterSet{}}
 	if c, ok := e.store.(store.Claims); ok {
-		mp.journal = &journal{claims: c, legacy: &e.legacy, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now}
+		mp.journal = &journal{claims: c, legacy: &e.legacy, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now, tracer: e.tracer}
 	}
 	for _, t := range m.PermanentErrorTypes {
 		mp.permanent[t] = true

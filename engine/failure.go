@@ -42,6 +42,24 @@ type failureRecord struct {
 	// Idem adds why the batch failed, so an operator need not dig in logs.
 	IdemErrorType    string `json:"idemErrorType,omitempty"`
 	IdemErrorMessage string `json:"idemErrorMessage,omitempty"`
+	// IdemRecords names each record that follows, in order: where it came
+	// from and its idempotency key, which its copy on the on-failure stream
+	// no longer carries, so that a redrive can report it and run it under
+	// its original key (see FailedRecord).
+	IdemRecords []FailedRecord `json:"idemRecords,omitempty"`
+}
+
+// FailedRecord is one discarded record's identity as the on-failure
+// metadata record lists it (idemRecords): a redrive reads it back to know
+// each record's origin and idempotency key.
+type FailedRecord struct {
+	Stream         string `json:"stream"`
+	ShardID        string `json:"shardId"`
+	SequenceNumber string `json:"sequenceNumber"`
+	PartitionKey   string `json:"partitionKey"`
+	// IdempotencyKey is empty for a record whose key could not be
+	// computed (IdempotencyKeyError).
+	IdempotencyKey string `json:"idempotencyKey,omitempty"`
 }
 
 type responseContext struct {
@@ -123,6 +141,12 @@ func failureMetadata(region, requestID, function string, format idem.EventFormat
 		}
 	}
 	f.IdemErrorType, f.IdemErrorMessage = errType, errMsg
+	f.IdemRecords = make([]FailedRecord, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		f.IdemRecords[i] = FailedRecord{Stream: r.Stream, ShardID: r.ShardID, SequenceNumber: r.SequenceNumber(),
+			PartitionKey: r.PartitionKey, IdempotencyKey: r.IdempotencyKey}
+	}
 	b, _ := json.Marshal(&f)
 	return b
 }

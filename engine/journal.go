@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
 )
@@ -34,6 +36,7 @@ type journal struct {
 	lease     time.Duration
 	retention time.Duration
 	now       func() time.Time
+	tracer    trace.Tracer // nil: tracing off
 }
 
 var _ idem.Journal = (*journal)(nil)
@@ -41,8 +44,8 @@ var _ idem.Journal = (*journal)(nil)
 // stepNamespace keeps step keys apart from completion marks of the scope.
 const stepNamespace = "\x00step"
 
-// Run implements idem.Journal.
-func (j *journal) Run(ctx context.Context, recordKey, step string, fn func(ctx context.Context, key string) ([]byte, error)) ([]byte, error) {
+// run is Run without its span.
+func (j *journal) run(ctx context.Context, recordKey, step string, fn func(ctx context.Context, key string) ([]byte, error)) ([]byte, error) {
 	key := idem.StepKey(j.scope, recordKey, step)
 	mk := store.MarkKeyOf(stepNamespace, key)
 	// The payload of a step is its identity: one key is one step.

@@ -273,6 +273,9 @@ func (s *shard) hold(ctx context.Context) error {
 		paused, changed := p.watch()
 		if !paused {
 			if held {
+				if err := s.checkMoved(ctx); err != nil {
+					return err
+				}
 				s.state.Store("running")
 			}
 			return nil

@@ -2,23 +2,30 @@ package engine
 
 import (
 	"context"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/idem-run/idem"
 )
 
 // nextWindow reads the records after the checkpoint: ahead's, if it read
 // from there, else read now (ahead discarded); while the mapping is
-// paused, it first waits (holdIfPaused).
-func (s *shard) nextWindow(ctx context.Context, ahead *readAhead, limit, maxBytes int) ([]idem.Record, uint64, idem.Sequence, error) {
-	ahead, err := s.holdIfPaused(ctx, ahead)
+// paused, it first waits (holdIfPaused). With tracing on, poll is the
+// read's span, the root of the window's trace (tracePoll); nil otherwise.
+func (s *shard) nextWindow(ctx context.Context, ahead *readAhead, limit, maxBytes int) (recs []idem.Record, lost uint64, trimmed idem.Sequence, poll trace.Span, err error) {
+	ahead, err = s.holdIfPaused(ctx, ahead)
 	if err != nil {
-		return nil, 0, "", err
+		return nil, 0, "", nil, err
 	}
 	if ahead.from(s.cp.Sequence) {
-		return ahead.result()
+		recs, lost, trimmed, err = ahead.result()
+		return recs, lost, trimmed, s.tracePoll(ctx, ahead.start, recs, err), err
 	}
 	ahead.discard()
-	return s.readWindow(ctx, s.cp.Sequence, limit, maxBytes)
+	start := s.pollStart()
+	recs, lost, trimmed, err = s.readWindow(ctx, s.cp.Sequence, limit, maxBytes)
+	return recs, lost, trimmed, s.tracePoll(ctx, start, recs, err), err
 }
 
 // readAhead is a Read of the records after a window, issued while the
@@ -31,6 +38,7 @@ func (s *shard) nextWindow(ctx context.Context, ahead *readAhead, limit, maxByte
 // ahead: its reads wait for records to accumulate.
 type readAhead struct {
 	after  idem.Sequence
+	start  time.Time // when the read started, if traced (pollStart)
 	cancel context.CancelFunc
 	done   chan struct{}
 	recs   []idem.Record
@@ -42,7 +50,7 @@ type readAhead struct {
 // startReadAhead starts readWindow after the sequence after.
 func (s *shard) startReadAhead(ctx context.Context, after idem.Sequence, limit, maxBytes int) *readAhead {
 	rctx, cancel := context.WithCancel(ctx)
-	a := &readAhead{after: after, cancel: cancel, done: make(chan struct{})}
+	a := &readAhead{after: after, start: s.pollStart(), cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
 		a.recs, a.lost, a.trim, a.err = s.readWindow(rctx, after, limit, maxBytes)

@@ -18,6 +18,10 @@ func (s *shard) process(ctx, work context.Context) (fenced bool) {
 		if err == nil || ctx.Err() != nil {
 			break
 		}
+		if errors.Is(err, errMoved) {
+			log.Info("restarting the shard from the checkpoint a replay moved it to")
+			continue
+		}
 		if errors.Is(err, store.ErrFenced) {
 			s.e.metrics.shardError(s.m.cfg.Name, err)
 			s.lastError.Store(err.Error())

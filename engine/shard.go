@@ -193,7 +193,7 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 	var ahead *readAhead
 	defer func() { ahead.discard() }()
 	for ctx.Err() == nil {
-		recs, lost, trimmed, err := s.nextWindow(ctx, ahead, limit, maxBytes)
+		recs, lost, trimmed, poll, err := s.nextWindow(ctx, ahead, limit, maxBytes)
 		ahead = nil
 		if err != nil {
 			if ctx.Err() != nil {
@@ -239,7 +239,7 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 		if cfg.MaximumBatchingWindow <= 0 {
 			ahead = s.startReadAhead(ctx, recs[len(recs)-1].Sequence, limit, maxBytes)
 		}
-		if err := s.processWindow(ctx, work, recs); err != nil {
+		if err := s.processWindow(traced(ctx, poll), traced(work, poll), recs); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -772,7 +772,7 @@ func (s *shard) invoke(work context.Context, b []idem.Record) (*batchState, outc
 	s.inFlight.Add(int64(len(b)))
 	s.invocations.Add(1)
 	start := time.Now()
-	res, err := invokeSafely(ctx, cfg, batch)
+	res, err := s.invokeTraced(ctx, batch)
 	s.e.metrics.duration.WithLabelValues(cfg.Name).Observe(time.Since(start).Seconds())
 	s.inFlight.Add(-int64(len(b)))
 	cancel()

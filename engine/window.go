@@ -222,7 +222,7 @@ func (s *shard) closeWindow(ctx, work context.Context, early bool) error {
 		b.Format = cfg.EventFormat
 		ictx, cancel := context.WithTimeout(work, cfg.FunctionTimeout)
 		s.invocations.Add(1)
-		res, err := invokeSafely(ictx, cfg, b)
+		res, err := s.invokeTraced(ictx, b)
 		cancel()
 		if work.Err() != nil {
 			return work.Err()

@@ -517,7 +517,7 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 		if env.Key != "" {
 			done = f.fly(mk)
 		}
-		out, _, ferr := s.call(f, &req, nil)
+		out, ferr := q.callTraced(ctx, &req, seq, st.Count+1)
 		if env.Key != "" {
 			s.settle(f, claim, out, ferr)
 			done()
@@ -634,6 +634,9 @@ type failureRecord struct {
 	RequestPayload  json.RawMessage  `json:"requestPayload"`
 	ResponseContext *responseContext `json:"responseContext,omitempty"`
 	ResponsePayload *errorPayload    `json:"responsePayload,omitempty"`
+	// IdemIdempotencyKey is idem's addition: the event's idempotency key,
+	// if it had one, so that a redrive queues it again under that key.
+	IdemIdempotencyKey string `json:"idemIdempotencyKey,omitempty"`
 }
 
 type responseContext struct {
@@ -672,6 +675,7 @@ func (q *queue) failure(rec *idem.Record, env *envelope, condition string, st *a
 		fr.ResponseContext = &responseContext{StatusCode: http.StatusOK, ExecutedVersion: "$LATEST", FunctionError: "Unhandled"}
 		fr.ResponsePayload = &errorPayload{ErrorMessage: st.ErrorMessage, ErrorType: st.ErrorType}
 	}
+	fr.IdemIdempotencyKey = env.Key
 	meta, _ := json.Marshal(&fr)
 	// ShardID is the metadata record's partition key: with the request id,
 	// the record and its event land next to each other.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jmespath/go-jmespath"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/idem-run/idem/function"
 	"github.com/idem-run/idem/internal/pebbledb"
@@ -134,6 +135,7 @@ type Service struct {
 	now    func() time.Time
 	fns    map[string]*fn
 	region string
+	tracer trace.Tracer // nil: tracing off (WithTracerProvider)
 
 	// legacyMu guards legacy, read from claims on first use (legacyOf).
 	legacyMu     sync.Mutex
@@ -406,7 +408,7 @@ func (s *Service) Invoke(ctx context.Context, req Request) (Result, error) {
 		return Result{}, err
 	}
 	if key == "" {
-		out, rep, ferr := s.call(f, &req, req.ClientContext)
+		out, rep, ferr := s.call(ctx, f, &req, req.ClientContext)
 		return result(out, rep, ferr)
 	}
 	return s.invokeKeyed(ctx, f, &req, key)
@@ -443,12 +445,13 @@ func functionError(err error) *function.Error {
 }
 
 // call runs the function once, detached from the caller's cancellation and
-// bounded by the function's timeout. (A process function's timeout counts
+// bounded by the function's timeout; it keeps ctx's values (a trace's
+// span, which the function's driver passes on). (A process function's timeout counts
 // from when its runtime receives the invocation: the deadline bounds its
 // wait for an idle runtime, and the run then has its whole timeout.)
-func (s *Service) call(f *fn, req *Request, clientContext []byte) ([]byte, function.Report, error) {
+func (s *Service) call(ctx context.Context, f *fn, req *Request, clientContext []byte) ([]byte, function.Report, error) {
 	deadline := s.now().Add(f.cfg.Timeout)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
 	meta := function.InvokeMeta{RequestID: req.RequestID, Function: f.cfg.Name, Deadline: deadline, ClientContext: clientContext}
 	if ri, ok := f.cfg.Driver.(function.ReportingInvoker); ok && req.Report {
@@ -490,7 +493,7 @@ func (s *Service) invokeKeyed(ctx context.Context, f *fn, req *Request, key stri
 			return Result{Payload: c.Result, Replayed: true}, nil
 		}
 		done := f.fly(mk)
-		out, rep, ferr := s.call(f, req, req.ClientContext)
+		out, rep, ferr := s.call(ctx, f, req, req.ClientContext)
 		s.settle(f, c, out, ferr)
 		done()
 		return result(out, rep, ferr)

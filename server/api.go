@@ -140,6 +140,8 @@ func (s *Server) routes(reg *prometheus.Registry) http.Handler {
 	mux.Handle("POST /v1/streams/{stream}/records", s.guardPut(s.handlePut))
 	s.invokeRoutes(mux)
 	s.controlRoutes(mux)
+	s.replayRoutes(mux)
+	mux.HandleFunc("POST /v1/redrive", s.handleRedrive)
 	mux.HandleFunc("GET /v1/streams/{stream}/records", s.handleRecords)
 	mux.HandleFunc("GET /v1/streams", s.handleStreams)
 	mux.HandleFunc("GET /v1/status", s.handleStatus)
@@ -147,7 +149,7 @@ func (s *Server) routes(reg *prometheus.Registry) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.handleReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	return s.deadlines(s.auth.guard(mux))
+	return s.deadlines(s.consoleRoutes(mux, s.auth.guard(mux)))
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

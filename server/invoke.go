@@ -96,7 +96,7 @@ func (s *Server) setupInvoke(fns map[string]function.Driver) error {
 		}
 		list = append(list, fc)
 	}
-	svc, err := invoke.New(s.db, claims, list, invoke.WithLogger(s.log), invoke.WithRegion(s.region()))
+	svc, err := invoke.New(s.db, claims, list, invoke.WithLogger(s.log), invoke.WithRegion(s.region()), invoke.WithTracerProvider(s.tracerProvider()))
 	if err != nil {
 		return err
 	}

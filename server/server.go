@@ -48,6 +48,7 @@ type Server struct {
 	closers    []func() // sources' connections
 	engine     *engine.Engine
 	registry   *prometheus.Registry
+	tracer     *tracerProviderSDK // nil: tracing off (trace.go)
 	http       *http.Server
 	ln         net.Listener
 
@@ -67,6 +68,10 @@ type Server struct {
 	ready func(context.Context) error
 
 	closeOnce sync.Once
+
+	// redriveMu lets one redrive run at a time (redrive.go): its sends and
+	// progress are compared and written without a lock of the store's.
+	redriveMu sync.Mutex
 
 	// started is when the API started serving: the control plane's
 	// LastModified of what the config file set (controlplane.go).
@@ -132,8 +137,14 @@ func (s *Server) setup() error {
 		return err
 	}
 	s.registry = prometheus.NewRegistry()
-	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts := []engine.Option{engine.WithLogger(s.log), engine.WithRegisterer(s.registry), engine.WithRegion(s.region())}
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge())
+	tp, err := newTracerProvider(context.Background())
+	if err != nil {
+		return err
+	}
+	s.tracer = tp
+	opts := []engine.Option{engine.WithLogger(s.log), engine.WithRegisterer(s.registry), engine.WithRegion(s.region()),
+		engine.WithTracerProvider(s.tracerProvider())}
 	if l := s.cfg.Lease; l != nil {
 		opts = append(opts, engine.WithShardLeases(engine.DefaultLeaseOwner(), l.TTL.D()))
 	}
@@ -355,6 +366,7 @@ func (s *Server) Addr() string {
 func (s *Server) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		s.shutdownTracing()
 		for _, p := range s.procs {
 			p.fn.Close()
 		}

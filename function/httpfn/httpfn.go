@@ -32,7 +32,10 @@
 // headers carry what Lambda's Runtime API would: Lambda-Runtime-Aws-Request-Id
 // and X-Idem-Invocation-Id (the batch's InvocationID),
 // Lambda-Runtime-Deadline-Ms (Unix milliseconds) and X-Idem-Deadline
-// (RFC 3339), and Lambda-Runtime-Invoked-Function-Arn.
+// (RFC 3339), and Lambda-Runtime-Invoked-Function-Arn. When the
+// invocation is traced (its context holds an OpenTelemetry span), a W3C
+// traceparent (and tracestate) header carries the span, so that the
+// function's own spans join the trace.
 //
 // # Response
 //
@@ -240,6 +243,7 @@ func (f *Function) Invoke(ctx context.Context, b *idem.Batch) (function.Result, 
 	req.GetBody = func() (io.ReadCloser, error) { return p.newBody(&f.bodies), nil }
 	req.ContentLength = int64(len(p.buf))
 	req.Header = f.header(b, deadline)
+	injectTrace(ctx, req.Header)
 
 	resp, err := f.client.Do(req)
 	// Do no longer calls GetBody; the transport holds its own references

@@ -15,8 +15,8 @@ var _ function.PayloadInvoker = (*Function)(nil)
 
 // InvokePayload POSTs payload as it is (Content-Type application/json) to
 // the function's URL, with the headers Invoke sends (request id, deadline,
-// invoked function ARN) and, when the caller sent one, the client context
-// in Lambda-Runtime-Client-Context. It makes one attempt and never retries.
+// invoked function ARN, traceparent when traced) and, when the caller sent
+// one, the client context in Lambda-Runtime-Client-Context. It makes one attempt and never retries.
 //
 // A 2xx response's body is the result, verbatim. A non-2xx response, or a
 // 2xx response with an X-Amz-Function-Error header, is a function error
@@ -57,6 +57,7 @@ func (f *Function) InvokePayload(ctx context.Context, payload []byte, meta funct
 	if len(meta.ClientContext) > 0 {
 		req.Header.Set("Lambda-Runtime-Client-Context", string(meta.ClientContext))
 	}
+	injectTrace(ctx, req.Header)
 	resp, err := f.client.Do(req)
 	if err != nil {
 		return nil, f.failure(ctx, ictx, start, deadline, "sending the request", err)

@@ -2,6 +2,7 @@ package process
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -120,7 +121,7 @@ func (f *Function) next(w http.ResponseWriter, r *http.Request, inst *instance) 
 	h.Set(headerRequestID, inv.id)
 	h.Set(headerDeadlineMS, strconv.FormatInt(inv.deadline.UnixMilli(), 10))
 	h.Set(headerFunctionARN, f.arn)
-	h.Set(headerTraceID, traceID())
+	h.Set(headerTraceID, cmp.Or(inv.traceID, traceID()))
 	if len(inv.clientContext) > 0 {
 		h.Set(headerClientContext, string(inv.clientContext))
 	}

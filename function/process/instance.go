@@ -31,6 +31,9 @@ type invocation struct {
 	// handed over.
 	raw           bool
 	clientContext []byte
+	// traceID is the invoker's span as an X-Ray trace header, sent as
+	// Lambda-Runtime-Trace-Id; "" when not traced (xrayTraceID).
+	traceID string
 
 	// Set by the instance that takes it, under its mu; read by Invoke once
 	// done is closed.

@@ -628,7 +628,7 @@ func (f *Function) run(ctx context.Context, id string, encode func([]byte) []byt
 			ev = new(eventBuf)
 		}
 		ev.b = encode(ev.b[:0])
-		inv := &invocation{id: id, event: ev, done: make(chan struct{}), raw: raw, clientContext: clientContext}
+		inv := &invocation{id: id, event: ev, done: make(chan struct{}), raw: raw, clientContext: clientContext, traceID: xrayTraceID(ctx)}
 		f.mu.Lock()
 		initFailed := f.initFailed
 		f.mu.Unlock()

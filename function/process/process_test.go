@@ -31,7 +31,7 @@ var (
 	build    sync.Once
 )
 
-var testFunctions = []string{"kinesis", "panic", "exit", "sleep", "overlap", "noop", "raw", "environ"}
+var testFunctions = []string{"kinesis", "panic", "exit", "sleep", "overlap", "noop", "raw", "environ", "traceid"}
 
 func TestMain(m *testing.M) {
 	code := m.Run()

@@ -171,7 +171,9 @@ func (db *DB) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) err
 // A failure's metadata record has the batch's shard ID as partition key
 // (FailurePartitionKey when there is no record); each discarded record keeps
 // its partition key and data, except that a key Put would refuse (empty or
-// longer than MaxPartitionKeyBytes) is replaced by the metadata's. Put's
+// longer than MaxPartitionKeyBytes) is replaced by the metadata's. The
+// records land in the metadata record's shard, right after it, whatever
+// their partition keys: a batch reads back whole from one shard. Put's
 // size limit does not apply: the records already passed a source's own, and
 // refusing them would stop the shard for good.
 //
@@ -371,7 +373,7 @@ func failureRecords(f *store.Failure) []PutRecord {
 		if len(k) < 1 || len(k) > MaxPartitionKeyBytes {
 			k = pk
 		}
-		recs = append(recs, PutRecord{PartitionKey: k, Data: r.Data})
+		recs = append(recs, PutRecord{PartitionKey: k, Data: r.Data, routeKey: pk})
 	}
 	return recs
 }

@@ -49,6 +49,10 @@ type PutRecord struct {
 	PartitionKey string
 	// Data is copied; at most MaxRecordBytes.
 	Data []byte
+	// routeKey, when set, chooses the shard instead of PartitionKey: the
+	// records of one on-failure batch follow their metadata record in its
+	// shard, so that a redrive can read them back together.
+	routeKey string
 }
 
 // PutResult says where a record was appended.
@@ -276,7 +280,11 @@ type recMeta struct {
 func (st *stream) append(b *pebble.Batch, recs []PutRecord, res []PutResult, now time.Time) *pending {
 	meta := make([]recMeta, len(recs))
 	for i := range recs {
-		meta[i].sh = st.route(recs[i].PartitionKey)
+		k := recs[i].PartitionKey
+		if recs[i].routeKey != "" {
+			k = recs[i].routeKey
+		}
+		meta[i].sh = st.route(k)
 	}
 	p := &pending{st: st, tickets: make([]ticket, min(len(recs), len(st.shards)))}
 	ts := now.UnixNano()

@@ -1,0 +1,91 @@
+package pebbledb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/store"
+)
+
+// ErrCheckpointMoved is returned by PutCheckpoint when the stored checkpoint
+// is not the one the caller read: someone else moved it (another redrive of
+// the same records), and the records were not appended.
+var ErrCheckpointMoved = errors.New("pebbledb: checkpoint moved since it was read")
+
+// PutCheckpoint appends recs to stream and sets the checkpoint of key to cp
+// in one synced batch, provided the stored checkpoint's sequence is still
+// prev ("" or "0": none yet). It is how a redrive sends records and commits
+// its progress at once: after a crash either both landed or neither did, so
+// running the redrive again never sends a record twice. Records are
+// validated as Put validates them, and land where Put would put them;
+// recs may be empty (the checkpoint alone moves).
+//
+// The compare and the write are not one atomic step against a concurrent
+// PutCheckpoint of the same key: callers serialize their writers of a key
+// (a server runs one redrive at a time).
+//
+// Errors: ErrCheckpointMoved, ErrStreamNotFound, ErrInvalidPartitionKey,
+// ErrRecordTooLarge, store.ErrNoSpace (nothing was written), ErrFatal,
+// ErrClosed, ctx.Err().
+func (db *DB) PutCheckpoint(ctx context.Context, stream string, recs []PutRecord, key store.CheckpointKey, prev idem.Sequence, cp store.Checkpoint) ([]PutResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	wrap := func(err error) error {
+		return fmt.Errorf("pebbledb: put to stream %q with checkpoint of %q: %w", stream, key.Mapping, err)
+	}
+	if !cp.Sequence.Valid() {
+		return nil, wrap(fmt.Errorf("checkpoint sequence %q is not a decimal number", cp.Sequence))
+	}
+	if err := validateRecords(stream, recs); err != nil {
+		return nil, err
+	}
+	release, err := db.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	st, err := db.stream(stream)
+	if err != nil {
+		return nil, err
+	}
+	var stored store.Checkpoint
+	if _, err := db.get(checkpointKey(key), func(v []byte) (err error) {
+		stored, err = decodeCheckpoint(v)
+		return err
+	}); err != nil {
+		return nil, wrap(err)
+	}
+	if stored.Sequence.Compare(prev) != 0 {
+		return nil, wrap(fmt.Errorf("%w: it is %q, expected %q", ErrCheckpointMoved, stored.Sequence, prev))
+	}
+	size := 64
+	for i := range recs {
+		size += len(st.shards[0].lower) + len(recs[i].PartitionKey) + len(recs[i].Data) + 24
+	}
+	if err := db.admit(size); err != nil {
+		return nil, wrap(err)
+	}
+	b := db.pdb.NewBatchWithSize(size)
+	defer b.Close()
+	var scratch [64]byte
+	if err := b.Set(checkpointKey(key), appendCheckpoint(scratch[:0], cp), nil); err != nil {
+		return nil, wrap(err)
+	}
+	res := make([]PutResult, len(recs))
+	var p *pending
+	if len(recs) > 0 {
+		p = st.append(b, recs, res, time.Now())
+	}
+	err = b.Commit(pebble.Sync)
+	p.finish()
+	if err != nil {
+		return nil, wrap(noSpace(err))
+	}
+	return res, nil
+}

@@ -1,0 +1,169 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/server"
+)
+
+// fixable is an in-process batch handler that fails every batch while
+// broken is set, and otherwise counts the runs of each record's data.
+type fixable struct {
+	broken atomic.Bool
+	mu     sync.Mutex
+	runs   map[string]int
+}
+
+func (f *fixable) HandleBatch(_ context.Context, b *idem.Batch) (idem.BatchResult, error) {
+	if f.broken.Load() {
+		return idem.BatchResult{}, errors.New("broken")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range b.Records {
+		f.runs[string(r.Data)]++
+	}
+	return idem.BatchResult{}, nil
+}
+
+func (f *fixable) counts() (total, distinct, max int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, n := range f.runs {
+		total += n
+		distinct++
+		if n > max {
+			max = n
+		}
+	}
+	return
+}
+
+func redriveConfig(key string) string {
+	return fmt.Sprintf(`
+auth: {tokens: [%s]}
+streams: [{name: orders, shards: 2}, {name: orders-failed, shards: 2}]
+functions: [{name: fix, timeout: 10s}]
+mappings:
+  - name: m
+    source: {stream: orders}
+    function: fix
+    startingPosition: TRIM_HORIZON
+    batchSize: 100
+    maximumRetryAttempts: 0
+    idempotency: {key: %q}
+    destinationConfig: {onFailure: {stream: orders-failed}}
+`, token, key)
+}
+
+func redrive(t *testing.T, addr string, req server.RedriveRequest) (int, server.RedriveResponse, string) {
+	t.Helper()
+	b, _ := json.Marshal(req)
+	code, body := call(t, "POST", "http://"+addr+"/v1/redrive", "Bearer "+token, string(b))
+	var out server.RedriveResponse
+	if code == 200 {
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatalf("redrive answer %s: %v", body, err)
+		}
+	}
+	return code, out, body
+}
+
+func discarded(t *testing.T, addr string) uint64 {
+	var n uint64
+	for _, s := range status(t, addr).Shards {
+		if s.Mapping == "m" {
+			n += s.Discarded
+		}
+	}
+	return n
+}
+
+// TestRedrive discards 1,000 records of a broken function, fixes it, and
+// redrives them: a dry run sends nothing, the redrive runs every record
+// exactly once, and a second redrive sends none. It runs with identity keys
+// and with payload keys.
+func TestRedrive(t *testing.T) {
+	for _, key := range []string{""} {
+		t.Run("key="+key, func(t *testing.T) {
+			fn := &fixable{runs: map[string]int{}}
+			fn.broken.Store(true)
+			addr := serve(t, redriveConfig(key), nil, server.WithHandler("fix", fn))
+			const n = 1000
+			data := make([]string, n)
+			for i := range data {
+				data[i] = fmt.Sprintf(`{"id":"order-%d"}`, i)
+			}
+			putRecords(t, addr, "orders", data...)
+			eventually(t, "1,000 records discarded", func() bool { return discarded(t, addr) == n })
+			fn.broken.Store(false)
+
+			req := server.RedriveRequest{From: "orders-failed", Mapping: "m", DryRun: true}
+			code, out, body := redrive(t, addr, req)
+			if code != 200 || out.WouldSend != n || out.Sent != 0 || len(out.Records) != 100 {
+				t.Fatalf("dry run: %d wouldSend %d sent %d records %d: %.300s", code, out.WouldSend, out.Sent, len(out.Records), body)
+			}
+			r0 := out.Records[0]
+			if r0.Stream != "orders" || r0.Condition != "RetryAttemptsExhausted" || r0.SequenceNumber == "" || !strings.HasPrefix(r0.Shard, "shardId-") {
+				t.Errorf("dry run's first record: %+v", r0)
+			}
+			if key != "" && !strings.HasPrefix(r0.IdempotencyKey, "order-") {
+				t.Errorf("dry run's first record's key %q, want the payload's", r0.IdempotencyKey)
+			}
+			if total, _, _ := fn.counts(); total != 0 {
+				t.Fatalf("a dry run ran %d records", total)
+			}
+
+			req.DryRun = false
+			if code, out, body = redrive(t, addr, req); code != 200 || out.Sent != n || out.WouldSend != n {
+				t.Fatalf("redrive: %d %.300s", code, body)
+			}
+			eventually(t, "every redriven record processed", func() bool { total, _, _ := fn.counts(); return total >= n })
+			if code, out, body = redrive(t, addr, req); code != 200 || out.Sent != 0 || out.WouldSend != 0 {
+				t.Fatalf("second redrive: %d %.300s", code, body)
+			}
+			// The second redrive sent nothing; put a marker after it and
+			// wait for it, so that anything sent twice would have run.
+			putRecords(t, addr, "orders", `{"id":"marker"}`)
+			eventually(t, "the marker processed", func() bool { _, d, _ := fn.counts(); return d == n+1 })
+			if total, distinct, max := fn.counts(); total != n+1 || distinct != n+1 || max != 1 {
+				t.Fatalf("runs: %d in all, %d distinct, at most %d of one record; want each of %d once", total, distinct, max, n+1)
+			}
+		})
+	}
+}
+
+// TestRedriveRefusals: requests a redrive cannot honour are refused with a
+// reason, and the route needs a token.
+func TestRedriveRefusals(t *testing.T) {
+	fn := &fixable{runs: map[string]int{}}
+	addr := serve(t, redriveConfig("id"), nil, server.WithHandler("fix", fn))
+	for _, c := range []struct {
+		req  server.RedriveRequest
+		code int
+		says string
+	}{
+		{server.RedriveRequest{Mapping: "m"}, 400, "from"},
+		{server.RedriveRequest{From: "orders-failed"}, 400, "exactly one"},
+		{server.RedriveRequest{From: "orders-failed", Mapping: "m", Function: "fix"}, 400, "exactly one"},
+		{server.RedriveRequest{From: "nope", Mapping: "m"}, 404, "nope"},
+		{server.RedriveRequest{From: "orders-failed", Mapping: "x"}, 404, "mapping"},
+		{server.RedriveRequest{From: "orders-failed", Mapping: "m"}, 501, "idempotency.key"},
+	} {
+		code, _, body := redrive(t, addr, c.req)
+		if code != c.code || !strings.Contains(body, c.says) {
+			t.Errorf("%+v: %d %s, want %d saying %q", c.req, code, body, c.code, c.says)
+		}
+	}
+	if code, _ := call(t, "POST", "http://"+addr+"/v1/redrive", "", `{"from":"orders-failed","mapping":"m"}`); code != 401 && code != 403 {
+		t.Errorf("without a token: %d, want 401 or 403", code)
+	}
+}
