@@ -178,7 +178,14 @@ func (e *Engine) Add(m Mapping) error {
 // done; then it stops reading, lets in-flight batches finish for up to the
 // drain timeout, and returns after every goroutine it started has ended. It
 // returns the first error that stopped a mapping from starting.
-func (e *Engine) Run(ctx context.Context) error {
+func (e *Engine) Run(ctx context.Context) (err error) {
+	defer func() {
+		// Cancelled while starting (listing shards, reading where they
+		// started): that is a stop asked for, not a failure.
+		if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			err = nil
+		}
+	}()
 	e.mu.Lock()
 	if e.running {
 		e.mu.Unlock()

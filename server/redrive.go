@@ -122,6 +122,12 @@ type redriveTarget struct {
 	function string // the function whose failures are selected
 	async    bool
 	stream   string // a mapping's source stream
+	// payloadKeyed is set for a mapping keyed by idempotency.key: the
+	// completion marks of the redriven records' keys in scope are deleted
+	// with each chunk.
+	payloadKeyed bool
+	scope        string
+	legacy       bool // marks may still be held under legacy keys too
 }
 
 // redrive runs req: see RedriveRequest.
@@ -139,6 +145,13 @@ func (s *Server) redrive(ctx context.Context, req RedriveRequest) (*RedriveRespo
 	t, err := s.redriveTarget(req)
 	if err != nil {
 		return nil, err
+	}
+	if t.payloadKeyed {
+		until, err := s.db.LegacyKeysUntil(ctx)
+		if err != nil {
+			return nil, err
+		}
+		t.legacy = time.Now().Before(until)
 	}
 	out := &RedriveResponse{Records: []RedriveRecord{}}
 	for _, sh := range shards {
@@ -190,13 +203,13 @@ func (s *Server) redriveTarget(req RedriveRequest) (*redriveTarget, error) {
 			return nil, refuse(http.StatusConflict, "mapping %q also reads stream %q: records redriven there would run through it too; redrive needs a stream only %q reads", o.Name, m.Source.Stream, m.Name)
 		}
 	}
-	if m.Idempotency.Key != "" {
-		// The engine marks a discarded record's key resolved in the scope,
-		// as it does a completed one's: a copy under that key would be
-		// skipped, and under another it could run an order twice.
-		return nil, refuse(http.StatusNotImplemented, "mapping %q keys records by idempotency.key %q, and the keys of discarded records are marked resolved in scope %q like completed ones: a redriven copy would be skipped; redrive supports mappings keyed by record identity (the default)", m.Name, m.Idempotency.Key, m.Idempotency.Scope)
-	}
 	t := &redriveTarget{name: redriveCheckpointPrefix + "mapping:" + m.Name, function: m.Function, stream: m.Source.Stream}
+	if m.Idempotency.Key != "" {
+		// The engine marks a discarded record's key resolved in the
+		// scope, as it does a completed one's: each chunk removes the
+		// marks of its keys as it re-appends them (PutCheckpointUnmarking).
+		t.payloadKeyed, t.scope = true, m.Idempotency.Scope
+	}
 	return t, nil
 }
 
@@ -286,6 +299,7 @@ func (s *Server) redriveShard(ctx context.Context, req RedriveRequest, t *redriv
 	prev := cp.Sequence
 	var (
 		pending []pebbledb.PutRecord
+		unmark  []store.MarkKey // marks of pending's keys (payload-keyed mappings)
 		events  []invoke.Request
 		sent    int
 		skipped int
@@ -316,7 +330,7 @@ func (s *Server) redriveShard(ctx context.Context, req RedriveRequest, t *redriv
 		if t.async {
 			stream = req.From
 		}
-		if _, err := s.db.PutCheckpoint(ctx, stream, pending, key, prev, next); err != nil {
+		if _, err := s.db.PutCheckpointUnmarking(ctx, stream, pending, key, prev, next, unmark); err != nil {
 			if errors.Is(err, pebbledb.ErrCheckpointMoved) {
 				return refuse(http.StatusConflict, "another redrive moved this one's progress: %w", err)
 			}
@@ -324,7 +338,7 @@ func (s *Server) redriveShard(ctx context.Context, req RedriveRequest, t *redriv
 		}
 		cp, prev = next, last
 		out.Sent += sent
-		pending, events, sent, skipped = pending[:0], events[:0], 0, 0
+		pending, unmark, events, sent, skipped = pending[:0], unmark[:0], events[:0], 0, 0
 		return nil
 	}
 	after := idem.Sequence("0")
@@ -398,6 +412,16 @@ func (s *Server) redriveShard(ctx context.Context, req RedriveRequest, t *redriv
 					pk = r.PartitionKey
 				}
 				pending = append(pending, pebbledb.PutRecord{PartitionKey: pk, Data: r.Data})
+				if t.payloadKeyed && rec.IdempotencyKey != "" {
+					// A discarded key's mark only records that it was
+					// resolved by discarding: removed in the write that
+					// re-appends the record, it lets the copy (whose
+					// payload computes the same key) run once.
+					unmark = append(unmark, store.MarkKeyOf(t.scope, rec.IdempotencyKey))
+					if t.legacy {
+						unmark = append(unmark, store.LegacyMarkKeyOf(t.scope, rec.IdempotencyKey))
+					}
+				}
 			}
 			if len(pending)+len(events) >= redriveChunk {
 				if err := flush(); err != nil {

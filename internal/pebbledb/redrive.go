@@ -33,6 +33,31 @@ var ErrCheckpointMoved = errors.New("pebbledb: checkpoint moved since it was rea
 // ErrRecordTooLarge, store.ErrNoSpace (nothing was written), ErrFatal,
 // ErrClosed, ctx.Err().
 func (db *DB) PutCheckpoint(ctx context.Context, stream string, recs []PutRecord, key store.CheckpointKey, prev idem.Sequence, cp store.Checkpoint) ([]PutResult, error) {
+	return db.PutCheckpointUnmarking(ctx, stream, recs, key, prev, cp, nil)
+}
+
+// PutCheckpointUnmarking is PutCheckpoint that, in the same synced batch,
+// also deletes the completion marks under unmark (with their expiry
+// entries; a key without a mark is passed over). It is how a redrive sends
+// back records a payload-keyed mapping discarded, under their original
+// idempotency keys: the engine marks a discarded record's key as it marks
+// a completed one's, so a copy under that key would be skipped.
+//
+// A discarded key's mark only records that the key was resolved by
+// discarding: no record can complete under that key afterwards except
+// through a redrive (any other record with that key is skipped as
+// resolved). Removing the mark in the same write that re-appends the
+// record is what lets the copy run once; the redrive's progress,
+// committed in that write too, makes the removal and the append happen
+// once. Payload keys come from the data, so the re-appended copy computes
+// the same key.
+//
+// It holds markMu exclusively while it reads the marks and commits, so
+// that neither the sweeper nor a Commit writing marks interleaves with
+// it. Only a mark's current expiry entry is deleted: an older entry left
+// by a renewal is already ignored by the purge (it finds no mark, or one
+// that expires later).
+func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []PutRecord, key store.CheckpointKey, prev idem.Sequence, cp store.Checkpoint, unmark []store.MarkKey) ([]PutResult, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -64,7 +89,11 @@ func (db *DB) PutCheckpoint(ctx context.Context, stream string, recs []PutRecord
 	if stored.Sequence.Compare(prev) != 0 {
 		return nil, wrap(fmt.Errorf("%w: it is %q, expected %q", ErrCheckpointMoved, stored.Sequence, prev))
 	}
-	size := 64
+	if len(unmark) > 0 {
+		db.markMu.Lock()
+		defer db.markMu.Unlock()
+	}
+	size := 64 + len(unmark)*(17+expiryKeyLen+8)
 	for i := range recs {
 		size += len(st.shards[0].lower) + len(recs[i].PartitionKey) + len(recs[i].Data) + 24
 	}
@@ -76,6 +105,27 @@ func (db *DB) PutCheckpoint(ctx context.Context, stream string, recs []PutRecord
 	var scratch [64]byte
 	if err := b.Set(checkpointKey(key), appendCheckpoint(scratch[:0], cp), nil); err != nil {
 		return nil, wrap(err)
+	}
+	var kb [17]byte
+	var xb [expiryKeyLen]byte
+	for _, mk := range unmark {
+		var expires int64
+		found, err := db.get(markKey(&kb, mk), func(v []byte) (err error) {
+			expires, err = decodeMark(v)
+			return err
+		})
+		if err != nil {
+			return nil, wrap(fmt.Errorf("mark %x: %w", mk[:], err))
+		}
+		if !found {
+			continue
+		}
+		if err := b.Delete(markKey(&kb, mk), nil); err != nil {
+			return nil, wrap(err)
+		}
+		if err := b.Delete(expiryKey(&xb, expires, mk), nil); err != nil {
+			return nil, wrap(err)
+		}
 	}
 	res := make([]PutResult, len(recs))
 	var p *pending
