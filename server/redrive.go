@@ -251,7 +251,9 @@ func parseFailure(data []byte) *failureBatch {
 	}
 	b := &failureBatch{condition: m.RequestContext.Condition, ids: m.IdemRecords}
 	if i := strings.LastIndex(m.RequestContext.FunctionArn, ":function:"); i >= 0 {
-		b.function = m.RequestContext.FunctionArn[i+len(":function:"):]
+		// An async failure record's ARN is qualified (":$LATEST"), as
+		// Lambda's is; function names have no ':'.
+		b.function, _, _ = strings.Cut(m.RequestContext.FunctionArn[i+len(":function:"):], ":")
 	}
 	switch {
 	case m.KinesisBatchInfo != nil:

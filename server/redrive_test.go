@@ -5,12 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/invoke"
 	"github.com/idem-run/idem/server"
 )
 
@@ -255,5 +259,179 @@ func TestRedriveRefusals(t *testing.T) {
 	}
 	if code, _ := call(t, "POST", "http://"+addr+"/v1/redrive", "", `{"from":"orders-failed","mapping":"m"}`); code != 401 && code != 403 {
 		t.Errorf("without a token: %d, want 401 or 403", code)
+	}
+}
+
+// fixableInvoke is an in-process invoke handler that fails while broken is
+// set, and otherwise counts the runs of each payload.
+type fixableInvoke struct {
+	broken atomic.Bool
+	mu     sync.Mutex
+	runs   map[string]int
+}
+
+func (f *fixableInvoke) invoke(_ context.Context, payload []byte) ([]byte, error) {
+	if f.broken.Load() {
+		return nil, errors.New("broken")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.runs[string(payload)]++
+	return []byte(`{}`), nil
+}
+
+func (f *fixableInvoke) counts() (total, distinct, max int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, n := range f.runs {
+		total += n
+		distinct++
+		if n > max {
+			max = n
+		}
+	}
+	return
+}
+
+// sendEvent invokes function F asynchronously (Event) with payload, under
+// the Idempotency-Key key when it is set.
+func sendEvent(t *testing.T, addr, payload, key string) {
+	t.Helper()
+	req, err := http.NewRequest("POST", "http://"+addr+"/2015-03-31/functions/F/invocations", strings.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("X-Amz-Invocation-Type", "Event")
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 202 {
+		t.Fatalf("Event %s (key %q): %d %s", payload, key, resp.StatusCode, b)
+	}
+}
+
+// queueOf reads F's queue in GET /v1/status.
+func queueOf(t *testing.T, addr string) invoke.QueueStatus {
+	t.Helper()
+	for _, q := range status(t, addr).Queues {
+		if q.Function == "F" {
+			return q
+		}
+	}
+	t.Fatal("no queue of F in /v1/status")
+	return invoke.QueueStatus{}
+}
+
+// failedRecords counts the records of both shards of fn-failed.
+func failedRecords(t *testing.T, addr string) int {
+	t.Helper()
+	records := 0
+	for _, sh := range []string{"shardId-000000000000", "shardId-000000000001"} {
+		code, body := call(t, "GET", "http://"+addr+"/v1/streams/fn-failed/records?shard="+sh, "Bearer "+token, "")
+		if code != 200 {
+			t.Fatalf("reading fn-failed %s: %d %s", sh, code, body)
+		}
+		var out struct {
+			Records []json.RawMessage `json:"records"`
+		}
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatalf("fn-failed records %.300s: %v", body, err)
+		}
+		records += len(out.Records)
+	}
+	return records
+}
+
+// TestRedriveAsyncEvents gives up 50 asynchronous events of a broken
+// function (half of them with an idempotency key), fixes it, and redrives
+// them from the function's on-failure stream: a dry run sends nothing, the
+// redrive runs every event exactly once, and a second redrive sends none.
+func TestRedriveAsyncEvents(t *testing.T) {
+	fn := &fixableInvoke{runs: map[string]int{}}
+	fn.broken.Store(true)
+	addr := serve(t, `
+auth: {tokens: [`+token+`]}
+streams: [{name: fn-failed, shards: 2}]
+functions:
+  - name: F
+    timeout: 10s
+    async: {maximumRetryAttempts: 0, onFailure: {stream: fn-failed}, retry: {baseDelay: 1s}}
+`, nil, server.WithInvokeHandler("F", idem.InvokeFunc(fn.invoke)))
+	const n = 50
+	for i := range n {
+		key := ""
+		if i%2 == 0 {
+			key = fmt.Sprintf("k-%d", i)
+		}
+		sendEvent(t, addr, fmt.Sprintf(`{"n": %d}`, i), key)
+	}
+	// Each given-up event is written to fn-failed as a failure record and
+	// the event itself.
+	eventually(t, "50 events given up to fn-failed", func() bool { return failedRecords(t, addr) == 2*n })
+	if q := queueOf(t, addr); q.Discarded != n || q.Queued != 0 {
+		t.Fatalf("queue with every event given up: %+v", q)
+	}
+	if total, _, _ := fn.counts(); total != 0 {
+		t.Fatalf("the broken function ran %d events", total)
+	}
+	fn.broken.Store(false)
+
+	req := server.RedriveRequest{From: "fn-failed", Function: "F", DryRun: true}
+	code, out, body := redrive(t, addr, req)
+	if code != 200 || out.WouldSend != n || out.Sent != 0 || len(out.Records) != n {
+		t.Fatalf("dry run: %d wouldSend %d sent %d records %d: %.300s", code, out.WouldSend, out.Sent, len(out.Records), body)
+	}
+	keyed, fresh := 0, 0
+	for _, r := range out.Records {
+		switch {
+		case strings.HasPrefix(r.IdempotencyKey, "k-"):
+			keyed++
+		case strings.HasPrefix(r.IdempotencyKey, "idem-redrive:fn-failed/"):
+			fresh++
+		default:
+			t.Errorf("dry run's record %+v: key neither the original nor idem-redrive:", r)
+		}
+		if r.Stream != "fn-failed" || r.Condition != "RetriesExhausted" {
+			t.Errorf("dry run's record %+v", r)
+		}
+	}
+	if keyed != n/2 || fresh != n/2 {
+		t.Errorf("dry run: %d records with their original key and %d with a redrive key, want %d each", keyed, fresh, n/2)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if total, _, _ := fn.counts(); total != 0 {
+		t.Fatalf("a dry run ran %d events", total)
+	}
+
+	req.DryRun = false
+	if code, out, body = redrive(t, addr, req); code != 200 || out.Sent != n || out.WouldSend != n || out.Skipped != 0 {
+		t.Fatalf("redrive: %d %.300s", code, body)
+	}
+	eventually(t, "every redriven event processed", func() bool { return queueOf(t, addr).Processed == n })
+	if code, out, body = redrive(t, addr, req); code != 200 || out.Sent != 0 || out.WouldSend != 0 {
+		t.Fatalf("second redrive: %d %.300s", code, body)
+	}
+	// The second redrive sent nothing; send a marker after it and wait
+	// for it, so that anything sent twice would have run.
+	sendEvent(t, addr, `{"marker": true}`, "")
+	eventually(t, "the marker processed", func() bool { _, d, _ := fn.counts(); return d == n+1 })
+	eventually(t, "the queue drained", func() bool { return queueOf(t, addr).Queued == 0 })
+	if total, distinct, max := fn.counts(); total != n+1 || distinct != n+1 || max != 1 {
+		t.Fatalf("runs: %d in all, %d distinct, at most %d of one payload; want each of %d once", total, distinct, max, n+1)
+	}
+	for i := range n {
+		if p := fmt.Sprintf(`{"n": %d}`, i); fn.runs[p] != 1 {
+			t.Errorf("payload %s ran %d times", p, fn.runs[p])
+		}
+	}
+	if q := queueOf(t, addr); q.Processed != n+1 || q.Discarded != n || q.Skipped != 0 {
+		t.Errorf("queue after: %+v", q)
 	}
 }
