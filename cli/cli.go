@@ -430,16 +430,29 @@ func stateCmd() *cobra.Command {
 	return cmd
 }
 
+// Bounds of `idem bench --shards` and `--batch-size`.
+const (
+	maxBenchShards    = 256
+	maxBenchBatchSize = 10000
+)
+
 func benchCmd() *cobra.Command {
-	var records int
+	var records, shards, batchSize int
 	var asJSON bool
 	var dir, storeSpec string
 	cmd := &cobra.Command{
-		Use:   "bench [--records N] [--json] [--store embedded|postgres://…|redis://…]",
+		Use:   "bench [--records N] [--shards N] [--batch-size N] [--json] [--store embedded|postgres://…|redis://…]",
 		Short: "Measure exactly-once against at-least-once and a per-record idempotency store, on this machine",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rep, err := bench.Run(cmd.Context(), bench.Config{Records: records, Dir: dir, Progress: cmd.ErrOrStderr(), Store: storeSpec})
+			if shards < 1 || shards > maxBenchShards {
+				return usageError{fmt.Errorf("--shards: %d is outside 1 to %d", shards, maxBenchShards)}
+			}
+			if batchSize < 1 || batchSize > maxBenchBatchSize {
+				return usageError{fmt.Errorf("--batch-size: %d is outside 1 to %d", batchSize, maxBenchBatchSize)}
+			}
+			rep, err := bench.Run(cmd.Context(), bench.Config{Records: records, Shards: shards, BatchSize: batchSize,
+				Dir: dir, Progress: cmd.ErrOrStderr(), Store: storeSpec})
 			if err != nil {
 				return err
 			}
@@ -452,6 +465,8 @@ func benchCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&records, "records", 1_000_000, "records per scenario")
+	cmd.Flags().IntVar(&shards, "shards", 4, "shards of the benchmark's stream (1 to 256)")
+	cmd.Flags().IntVar(&batchSize, "batch-size", 100, "batch size of the benchmark's mappings (1 to 10000)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (one key per scenario, each with recordsPerSec)")
 	cmd.Flags().StringVar(&dir, "dir", "", "scratch directory (default: a temporary one, removed after)")
 	cmd.Flags().StringVar(&storeSpec, "store", "embedded", "the store the scenarios and the per-record baseline use: embedded, a postgres:// DSN, or redis://host:port[/db]")

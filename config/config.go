@@ -51,6 +51,20 @@ type File struct {
 	// run the same mappings, one process per shard at a time.
 	// Default: nil (off: one process owns the store)
 	Lease *Lease `yaml:"lease"`
+	// Debug exposes debugging endpoints of `idem serve` on listeners of
+	// their own, apart from the HTTP API.
+	// Default: nil (off)
+	Debug *Debug `yaml:"debug"`
+}
+
+// Debug is the top-level `debug` key.
+type Debug struct {
+	// Pprof is the host:port where `idem serve` serves Go's net/http/pprof
+	// profiles under /debug/pprof/, on a listener of its own without
+	// authentication. Its host must be a loopback address (127.0.0.0/8,
+	// ::1 or localhost), since the profiles expose the process's internals.
+	// Default: none (off)
+	Pprof string `yaml:"pprof"`
 }
 
 // Store chooses the store: at most one of its kinds may be set. With none,

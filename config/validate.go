@@ -129,6 +129,7 @@ func (f *File) check() []*FieldError {
 	c.store(&f.Store)
 	c.auth(&f.Auth)
 	c.lease(f)
+	c.debug(f.Debug)
 	c.kafkaGroups(f)
 
 	streams := make(map[string]string, len(f.Streams))
@@ -235,6 +236,35 @@ func (c *checker) listen(path, addr string) {
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 		c.addf(path, "port %q is not a number from 0 to 65535", port)
 	}
+}
+
+// debug checks debug.pprof: a host:port on a loopback address, since the
+// profiles it serves expose the process's internals, unauthenticated.
+func (c *checker) debug(d *Debug) {
+	if d == nil || d.Pprof == "" {
+		return
+	}
+	const path = "debug.pprof"
+	host, port, err := net.SplitHostPort(d.Pprof)
+	if err != nil {
+		c.add(path, fmt.Errorf("%q is not a host:port address: %w", d.Pprof, err))
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		c.addf(path, "port %q is not a number from 0 to 65535", port)
+	}
+	if !isLoopback(host) {
+		c.addf(path, "host %q is not a loopback address (127.0.0.0/8, ::1 or localhost): pprof exposes the process's internals", host)
+	}
+}
+
+// isLoopback reports whether host is localhost or a loopback IP address.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (c *checker) httpURL(path, s string) {

@@ -51,6 +51,7 @@ type Server struct {
 	tracer     *tracerProviderSDK // nil: tracing off (trace.go)
 	http       *http.Server
 	ln         net.Listener
+	pprof      *pprofServer // nil: debug.pprof off (pprof.go)
 
 	invokeHandlers map[string]idem.InvokeHandler
 	invoke         *invoke.Service
@@ -306,6 +307,11 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
 	s.ln = ln
+	if err := s.startPprof(); err != nil {
+		ln.Close()
+		return err
+	}
+	defer s.stopPprof()
 	s.http = &http.Server{Handler: s.routes(s.registry), ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout: idleTimeout, MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
@@ -366,6 +372,7 @@ func (s *Server) Addr() string {
 func (s *Server) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		s.stopPprof()
 		s.shutdownTracing()
 		for _, p := range s.procs {
 			p.fn.Close()

@@ -57,6 +57,9 @@ const (
 	namePattern     = `^[A-Za-z0-9._-]+$`
 	tokenPattern    = `^[!-~]+$`
 	listenPattern   = `^(\[[^\]]*\]|[^:\[\]]*):[0-9]{1,5}$`
+	// loopbackPattern is a listen address on a loopback host, which
+	// debug.pprof must be.
+	loopbackPattern = `^(127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\]|localhost):[0-9]{1,5}$`
 	// envRefPattern finds a reference to an environment variable, ${NAME}
 	// or ${NAME:-default}, which Parse expands in string settings: a
 	// setting that has one is checked after expansion, by Parse.
@@ -97,6 +100,7 @@ func atLeast(lo int) schemaRule { return schemaRule{minimum: &lo} }
 // list. TestSchemaRangesMatchValidate checks each range against Validate.
 var schemaRules = map[string]schemaRule{
 	"listen":                                 {pattern: listenPattern},
+	"debug.pprof":                            {pattern: loopbackPattern},
 	"region":                                 {pattern: `^[a-z]{2}(-[a-z]+)+-[0-9]+$`},
 	"store":                                  {atMostOne: []string{"postgres", "redis"}},
 	"store.postgres.schema":                  {pattern: `^[a-z][a-z0-9_]*$`, maxLength: 63},

@@ -219,6 +219,7 @@ region: eu-west-1
 store:
   postgres: {dsn: "postgres://idem@127.0.0.1:5432/idem", schema: idem}
 lease: {ttl: 10s}
+debug: {pprof: "127.0.0.1:6060"}
 auth:
   tokens: [0123456789abcdef0123456789abcdef]
   readTokens: [fedcba9876543210fedcba9876543210]
@@ -787,6 +788,8 @@ func TestSchemaAgreesWithParse(t *testing.T) {
 		{"prefix with braces", redis, []any{"store", "redis", "prefix"}, "{idem}"},
 		{"listen without a port", full, []any{"listen"}, "localhost"},
 		{"listen with a named port", full, []any{"listen"}, "localhost:http"},
+		{"pprof on every interface", full, []any{"debug", "pprof"}, "0.0.0.0:6060"},
+		{"pprof without a host", full, []any{"debug", "pprof"}, ":6060"},
 		{"blank error type", full, []any{"mappings", 0, "permanentErrorTypes", 0}, " "},
 		{"duration without a unit", full, []any{"streams", 0, "retention"}, "24"},
 		{"negative duration", full, []any{"functions", 0, "timeout"}, "-3s"},

@@ -104,7 +104,11 @@ type Scenario struct {
 // Report is `idem bench --json`: one key per scenario.
 type Report struct {
 	// Store is the kind of store the scenarios ran on.
-	Store       string   `json:"store"`
+	Store string `json:"store"`
+	// Shards of the stream and BatchSize of the mapping every scenario ran
+	// with.
+	Shards      int      `json:"shards"`
+	BatchSize   int      `json:"batchSize"`
 	AtLeastOnce Scenario `json:"atLeastOnce"`
 	ExactlyOnce Scenario `json:"exactlyOnce"`
 	// ExactlyOncePayloadKeys keys records by a field of their JSON data
@@ -121,7 +125,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	row := func(name string, s Scenario) {
 		fmt.Fprintf(w, "%-38s %10d records %8.2fs %12.0f records/s  peak RSS %6.1f MB\n", name, s.Records, s.Seconds, s.RecordsPerSec, s.PeakRSSMB)
 	}
-	fmt.Fprintf(w, "store: %s\n", r.Store)
+	fmt.Fprintf(w, "store: %s   shards: %d   batch size: %d\n", r.Store, r.Shards, r.BatchSize)
 	row("(a) at-least-once (checkpoint only)", r.AtLeastOnce)
 	row("(b) exactly-once (checkpoint + marks)", r.ExactlyOnce)
 	row("(b') exactly-once, payload keys (marks)", r.ExactlyOncePayloadKeys)
@@ -149,7 +153,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer os.RemoveAll(d)
 		dir = d
 	}
-	rep := &Report{Store: storeKind(cfg.Store)}
+	rep := &Report{Store: storeKind(cfg.Store), Shards: cfg.Shards, BatchSize: cfg.BatchSize}
 	var err error
 	steps := []struct {
 		name string

@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+)
+
+// TestBenchShardsBatchSize runs `idem bench` on a few records with 8 shards
+// and batches of 50: the report says so and counts every record.
+func TestBenchShardsBatchSize(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs every scenario, the latency one for 3s")
+	}
+	var stdout, stderr bytes.Buffer
+	code := Run(context.Background(), []string{"bench", "--records", "2000", "--shards", "8", "--batch-size", "50", "--json", "--dir", t.TempDir()},
+		strings.NewReader(""), &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d:\n%s", code, stderr.String())
+	}
+	var rep struct {
+		Shards    int `json:"shards"`
+		BatchSize int `json:"batchSize"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("%v:\n%s", err, stdout.String())
+	}
+	if rep.Shards != 8 || rep.BatchSize != 50 {
+		t.Errorf("shards %d, batchSize %d; want 8 and 50:\n%s", rep.Shards, rep.BatchSize, stdout.String())
+	}
+	var scen map[string]json.RawMessage
+	if err := json.Unmarshal(stdout.Bytes(), &scen); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"atLeastOnce", "exactlyOnce", "exactlyOncePayloadKeys", "exactlyOnceState", "perRecordBaseline"} {
+		var s struct {
+			Records       int     `json:"records"`
+			RecordsPerSec float64 `json:"recordsPerSec"`
+		}
+		if err := json.Unmarshal(scen[name], &s); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if s.Records != 2000 || s.RecordsPerSec <= 0 {
+			t.Errorf("%s: %+v, want 2000 records", name, s)
+		}
+	}
+}
+
+// TestBenchBadFlags refuses shards and batch sizes out of range, naming the
+// flag, before running anything.
+func TestBenchBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"--shards", "0"}, "--shards"},
+		{[]string{"--shards", "257"}, "--shards"},
+		{[]string{"--batch-size", "0"}, "--batch-size"},
+		{[]string{"--batch-size", "10001"}, "--batch-size"},
+		{[]string{"--shards", "x"}, "--shards"},
+	} {
+		var stderr bytes.Buffer
+		code := Run(context.Background(), append([]string{"bench", "--records", "10", "--dir", t.TempDir()}, tc.args...),
+			strings.NewReader(""), io.Discard, &stderr)
+		if code != exitUsage || !strings.Contains(stderr.String(), tc.flag) {
+			t.Errorf("%v: exit %d, stderr %q; want %d naming %s", tc.args, code, stderr.String(), exitUsage, tc.flag)
+		}
+		if strings.Contains(stderr.String(), "bench: ") {
+			t.Errorf("%v: ran scenarios: %s", tc.args, stderr.String())
+		}
+	}
+}
