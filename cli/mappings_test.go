@@ -17,25 +17,9 @@ import (
 // running idem's mapping, with the token of IDEM_TOKEN, and `idem status`
 // shows the mapping paused and its shards paused.
 func TestMappingsPauseResume(t *testing.T) {
-	const tok = "0123456789abcdef0123456789abcdef"
-	t.Setenv("IDEM_TOKEN", tok)
-	addr := freeAddr(t)
-	var stderr syncBuffer
-	yaml := fmt.Sprintf(`dataDir: %s
-listen: %s
-auth: {tokens: [%s]}
-streams: [{name: events}]
-functions: [{name: count}]
-mappings: [{name: m, source: {stream: events}, function: count, startingPosition: TRIM_HORIZON}]
-`, t.TempDir(), addr, tok)
-	h := server.WithHandler("count", idem.HandlerFunc(func(context.Context, *idem.Batch) (idem.BatchResult, error) {
+	addr := serveMapping(t, server.WithHandler("count", idem.HandlerFunc(func(context.Context, *idem.Batch) (idem.BatchResult, error) {
 		return idem.BatchResult{}, nil
-	}))
-	cancel, exit := startServe(t, addr, yaml, nil, &stderr, h)
-	defer func() {
-		cancel()
-		<-exit
-	}()
+	})))
 	idemCmd := func(args ...string) string {
 		t.Helper()
 		var out, errOut bytes.Buffer
@@ -73,4 +57,28 @@ mappings: [{name: m, source: {stream: events}, function: count, startingPosition
 		!strings.Contains(errOut.String(), "not found") {
 		t.Fatalf("pausing an unknown mapping: exit %d: %s", c, errOut.String())
 	}
+}
+
+// serveMapping runs `idem serve` with auth on (IDEM_TOKEN set to its
+// token), a stream events and a mapping m of it to function count, handled
+// by h, until the test ends. It returns the API's address.
+func serveMapping(t *testing.T, h server.Option) string {
+	t.Helper()
+	const tok = "0123456789abcdef0123456789abcdef"
+	t.Setenv("IDEM_TOKEN", tok)
+	addr := freeAddr(t)
+	var stderr syncBuffer
+	yaml := fmt.Sprintf(`dataDir: %s
+listen: %s
+auth: {tokens: [%s]}
+streams: [{name: events}]
+functions: [{name: count}]
+mappings: [{name: m, source: {stream: events}, function: count, startingPosition: TRIM_HORIZON}]
+`, t.TempDir(), addr, tok)
+	cancel, exit := startServe(t, addr, yaml, nil, &stderr, h)
+	t.Cleanup(func() {
+		cancel()
+		<-exit
+	})
+	return addr
 }

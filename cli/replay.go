@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -99,9 +98,9 @@ func (c *client) replay(ctx context.Context, mapping string, req server.ReplayRe
 	var rep engine.ReplayReport
 	path := "/v1/mappings/" + url.PathEscape(mapping) + "/replay"
 	method := http.MethodPost
-	var body io.Reader
+	var body any = req
 	if req.DryRun {
-		method = http.MethodGet
+		method, body = http.MethodGet, nil
 		q := url.Values{"from": {req.From}, "first": {strconv.Itoa(req.First)}}
 		if req.Timestamp != "" {
 			q.Set("timestamp", req.Timestamp)
@@ -110,43 +109,18 @@ func (c *client) replay(ctx context.Context, mapping string, req server.ReplayRe
 			q.Set("scope", req.Scope)
 		}
 		path += "?" + q.Encode()
-	} else {
-		b, err := json.Marshal(req)
-		if err != nil {
-			return rep, err
-		}
-		body = bytes.NewReader(b)
 	}
-	hr, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
-		return rep, err
-	}
-	if body != nil {
-		hr.Header.Set("Content-Type", "application/json")
-	}
+	accept := ""
 	if bar {
-		hr.Header.Set("Accept", server.ReplayProgressContentType)
-	}
-	if tok := os.Getenv("IDEM_TOKEN"); tok != "" {
-		hr.Header.Set("Authorization", "Bearer "+tok)
+		accept = server.ReplayProgressContentType
 	}
 	hc := *c.http
 	hc.Timeout = 0
-	resp, err := hc.Do(hr)
+	resp, err := c.send(ctx, &hc, method, path, body, accept)
 	if err != nil {
-		return rep, fmt.Errorf("is idem serve running at %s? %w", c.base, err)
+		return rep, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return rep, errors.New(e.Error)
-		}
-		return rep, fmt.Errorf("%s %s: %s", method, path, resp.Status)
-	}
 	if resp.Header.Get("Content-Type") != server.ReplayProgressContentType {
 		if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
 			return rep, fmt.Errorf("reading the report: %w", err)

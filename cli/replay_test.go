@@ -19,17 +19,6 @@ import (
 // wouldSkip), and runs nothing; without --dry-run it moves the
 // checkpoints, and the resumed mapping runs just the records it had not.
 func TestReplayCommand(t *testing.T) {
-	const tok = "0123456789abcdef0123456789abcdef"
-	t.Setenv("IDEM_TOKEN", tok)
-	addr := freeAddr(t)
-	var stderr syncBuffer
-	yaml := fmt.Sprintf(`dataDir: %s
-listen: %s
-auth: {tokens: [%s]}
-streams: [{name: events}]
-functions: [{name: count}]
-mappings: [{name: m, source: {stream: events}, function: count, startingPosition: TRIM_HORIZON}]
-`, t.TempDir(), addr, tok)
 	var mu sync.Mutex
 	runs := map[string]int{}
 	total := func() int {
@@ -49,11 +38,7 @@ mappings: [{name: m, source: {stream: events}, function: count, startingPosition
 		}
 		return idem.BatchResult{}, nil
 	}))
-	cancel, exit := startServe(t, addr, yaml, nil, &stderr, h)
-	defer func() {
-		cancel()
-		<-exit
-	}()
+	addr := serveMapping(t, h)
 	idemCmd := func(want int, args ...string) (string, string) {
 		t.Helper()
 		var out, errOut bytes.Buffer

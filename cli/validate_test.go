@@ -83,6 +83,27 @@ func assertAbsent(t *testing.T, path, after string) {
 	}
 }
 
+// brokenConfig is a broken config's format: dataDir and listen, then
+// lines.
+func brokenConfig(lines ...string) string {
+	s := "\ndataDir: %[1]s\nlisten: %[2]s\n"
+	for _, l := range lines {
+		s += l + "\n"
+	}
+	return s
+}
+
+// mappingConfig is a broken config's format with a stream events, a
+// function fn and a mapping m of one to the other, whose further fields
+// are the lines fields.
+func mappingConfig(fields ...string) string {
+	lines := []string{"streams: [{name: events}]", "functions: [{name: fn}]", "mappings:", "  - name: m", "    source: {stream: events}", "    function: fn"}
+	for _, f := range fields {
+		lines = append(lines, "    "+f)
+	}
+	return brokenConfig(lines...)
+}
+
 // brokenConfigs are configs serve refuses, across the kinds of problem.
 // Each is a format taking the dataDir (%[1]s), the listen address (%[2]s)
 // and a scratch directory (%[3]s); want are substrings of the problems
@@ -92,187 +113,67 @@ var brokenConfigs = []struct {
 	yaml string
 	want []string
 }{
-	{"unknown key", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}]
-functions: [{name: fn}]
-mappings:
-  - name: m
-    source: {stream: events}
-    function: fn
-    startingPosition: TRIM_HORIZON
-    batchSiz: 10
-`, []string{":11: mappings[0].batchSiz: "}},
-	{"batchSize out of range", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}]
-functions: [{name: fn}]
-mappings:
-  - name: m
-    source: {stream: events}
-    function: fn
-    startingPosition: TRIM_HORIZON
-    batchSize: 20000
-`, []string{":11: mappings[0].batchSize: 20000 is above the maximum 10000"}},
-	{"unknown function", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}]
-functions: [{name: fn}]
-mappings:
-  - {name: m, source: {stream: events}, function: nope, startingPosition: LATEST}
-`, []string{`mappings[0].function: unknown function "nope" (configured: fn)`}},
-	{"unknown on-failure stream", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}]
-functions: [{name: fn}]
-mappings:
-  - name: m
-    source: {stream: events}
-    function: fn
-    startingPosition: LATEST
-    destinationConfig: {onFailure: {stream: lost}}
-`, []string{`mappings[0].destinationConfig.onFailure.stream: unknown stream "lost"`}},
-	{"on-failure stream is the source", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}]
-functions: [{name: fn}]
-mappings:
-  - name: m
-    source: {stream: events}
-    function: fn
-    startingPosition: LATEST
-    destinationConfig: {onFailure: {stream: events}}
-`, []string{`mappings[0].destinationConfig.onFailure.stream: "events" is also mappings[0].source.stream`}},
-	{"lease with the embedded store", `
-dataDir: %[1]s
-listen: %[2]s
-lease: {ttl: 10s}
-`, []string{"lease: needs a shared store"}},
-	{"kafka group with the embedded store", `
-dataDir: %[1]s
-listen: %[2]s
-functions: [{name: fn}]
-mappings:
-  - name: m
-    source: {kafka: {brokers: ["127.0.0.1:1"], topic: orders, group: g}}
-    function: fn
-    startingPosition: TRIM_HORIZON
-`, []string{"mappings[0].source.kafka.group: a consumer group needs a shared store"}},
-	{"bad filter pattern", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}]
-functions: [{name: fn}]
-mappings:
-  - name: m
-    source: {stream: events}
-    function: fn
-    startingPosition: LATEST
-    filterCriteria: {filters: [{pattern: '{"data": {"type": "order"}}'}]}
-`, []string{"mappings[0].filterCriteria.filters[0].pattern: "}},
-	{"tumbling window with parallelizationFactor 2", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}]
-functions: [{name: fn}]
-mappings:
-  - name: m
-    source: {stream: events}
-    function: fn
-    startingPosition: LATEST
-    tumblingWindow: 30s
-    parallelizationFactor: 2
-`, []string{"mappings[0].tumblingWindow: needs parallelizationFactor 1"}},
-	{"bad duration", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events, retention: 10 parsecs}]
-`, []string{":4: streams[0].retention: "}},
-	{"duplicate names", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}, {name: events}]
-`, []string{`streams[1].name: "events" is already the name of streams[0]`}},
-	{"missing required", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}]
-functions: [{name: fn}]
-mappings:
-  - {name: m, source: {stream: events}, function: fn}
-`, []string{"mappings[0].startingPosition: required"}},
+	{"unknown key", mappingConfig(`startingPosition: TRIM_HORIZON`, `batchSiz: 10`), []string{":11: mappings[0].batchSiz: "}},
+	{"batchSize out of range", mappingConfig(`startingPosition: TRIM_HORIZON`, `batchSize: 20000`), []string{":11: mappings[0].batchSize: 20000 is above the maximum 10000"}},
+	{"unknown function", brokenConfig(
+		`streams: [{name: events}]`,
+		`functions: [{name: fn}]`,
+		`mappings:`,
+		`  - {name: m, source: {stream: events}, function: nope, startingPosition: LATEST}`,
+	), []string{`mappings[0].function: unknown function "nope" (configured: fn)`}},
+	{"unknown on-failure stream", mappingConfig(`startingPosition: LATEST`, `destinationConfig: {onFailure: {stream: lost}}`), []string{`mappings[0].destinationConfig.onFailure.stream: unknown stream "lost"`}},
+	{"on-failure stream is the source", mappingConfig(`startingPosition: LATEST`, `destinationConfig: {onFailure: {stream: events}}`), []string{`mappings[0].destinationConfig.onFailure.stream: "events" is also mappings[0].source.stream`}},
+	{"lease with the embedded store", brokenConfig(`lease: {ttl: 10s}`), []string{"lease: needs a shared store"}},
+	{"kafka group with the embedded store", brokenConfig(
+		`functions: [{name: fn}]`,
+		`mappings:`,
+		`  - name: m`,
+		`    source: {kafka: {brokers: ["127.0.0.1:1"], topic: orders, group: g}}`,
+		`    function: fn`,
+		`    startingPosition: TRIM_HORIZON`,
+	), []string{"mappings[0].source.kafka.group: a consumer group needs a shared store"}},
+	{"bad filter pattern", mappingConfig(`startingPosition: LATEST`, `filterCriteria: {filters: [{pattern: '{"data": {"type": "order"}}'}]}`), []string{"mappings[0].filterCriteria.filters[0].pattern: "}},
+	{"tumbling window with parallelizationFactor 2", mappingConfig(`startingPosition: LATEST`, `tumblingWindow: 30s`, `parallelizationFactor: 2`), []string{"mappings[0].tumblingWindow: needs parallelizationFactor 1"}},
+	{"bad duration", brokenConfig(`streams: [{name: events, retention: 10 parsecs}]`), []string{":4: streams[0].retention: "}},
+	{"duplicate names", brokenConfig(`streams: [{name: events}, {name: events}]`), []string{`streams[1].name: "events" is already the name of streams[0]`}},
+	{"missing required", brokenConfig(
+		`streams: [{name: events}]`,
+		`functions: [{name: fn}]`,
+		`mappings:`,
+		`  - {name: m, source: {stream: events}, function: fn}`,
+	), []string{"mappings[0].startingPosition: required"}},
 	{"invalid listen address", `
 dataDir: %[1]s
 listen: localhost
 `, []string{`listen: "localhost" is not a host:port address`}},
-	{"malformed YAML", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}
-`, []string{"invalid YAML"}},
-	{"wrong type", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events, shards: many}]
-`, []string{":4: streams[0].shards: "}},
-	{"bad idempotency key", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events}]
-functions: [{name: fn}]
-mappings:
-  - name: m
-    source: {stream: events}
-    function: fn
-    startingPosition: LATEST
-    idempotency: {key: "order.[id"}
-`, []string{"mappings[0].idempotency.key: "}},
-	{"several problems at once", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: events, shards: 0}]
-functions: [{name: fn, timeout: 20m}]
-mappings:
-  - {name: m, source: {stream: events}, function: fn, startingPosition: LATEST, batchSize: 0}
-`, []string{"streams[0].shards: 0 is below the minimum 1", "functions[0].timeout: 20m is above the maximum 15m", "mappings[0].batchSize: 0 is below the minimum 1"}},
+	{"malformed YAML", brokenConfig(`streams: [{name: events}`), []string{"invalid YAML"}},
+	{"wrong type", brokenConfig(`streams: [{name: events, shards: many}]`), []string{":4: streams[0].shards: "}},
+	{"bad idempotency key", mappingConfig(`startingPosition: LATEST`, `idempotency: {key: "order.[id"}`), []string{"mappings[0].idempotency.key: "}},
+	{"several problems at once", brokenConfig(
+		`streams: [{name: events, shards: 0}]`,
+		`functions: [{name: fn, timeout: 20m}]`,
+		`mappings:`,
+		`  - {name: m, source: {stream: events}, function: fn, startingPosition: LATEST, batchSize: 0}`,
+	), []string{"streams[0].shards: 0 is below the minimum 1", "functions[0].timeout: 20m is above the maximum 15m", "mappings[0].batchSize: 0 is below the minimum 1"}},
 	// The problems only the wiring shows (server.Check).
-	{"Go function without a handler", `
-dataDir: %[1]s
-listen: %[2]s
-functions: [{name: fn}, {name: unregistered}, {name: also, go: {}}]
-`, []string{`: functions[1]: "unregistered" has no http or process kind and no Go handler is registered`,
+	{"Go function without a handler", brokenConfig(`functions: [{name: fn}, {name: unregistered}, {name: also, go: {}}]`), []string{`: functions[1]: "unregistered" has no http or process kind and no Go handler is registered`,
 		`: functions[2]: "also" has no http or process kind`}},
-	{"process command that does not exist", `
-dataDir: %[1]s
-listen: %[2]s
-functions: [{name: p, process: {command: ./bootstrap, dir: %[3]s}}]
-`, []string{": functions[0].process: process: command: "}},
-	{"process dir that does not exist and a reserved env", `
-dataDir: %[1]s
-listen: %[2]s
-functions: [{name: p, process: {command: sh, dir: "%[3]s/nowhere", env: {AWS_LAMBDA_FUNCTION_NAME: x}}}]
-`, []string{": functions[0].process: process: dir: ", ": functions[0].process: process: env AWS_LAMBDA_FUNCTION_NAME: set by idem"}},
+	{"process command that does not exist", brokenConfig(`functions: [{name: p, process: {command: ./bootstrap, dir: %[3]s}}]`), []string{": functions[0].process: process: command: "}},
+	{"process dir that does not exist and a reserved env", brokenConfig(`functions: [{name: p, process: {command: sh, dir: "%[3]s/nowhere", env: {AWS_LAMBDA_FUNCTION_NAME: x}}}]`), []string{": functions[0].process: process: dir: ", ": functions[0].process: process: env AWS_LAMBDA_FUNCTION_NAME: set by idem"}},
 	{"dataDir is a file", `
 dataDir: %[3]s/file
 listen: %[2]s
 `, []string{`: dataDir: "` + "%[3]s" + `/file" is not a directory`}},
-	{"kafka topic named like the on-failure stream", `
-dataDir: %[1]s
-listen: %[2]s
-streams: [{name: orders}]
-functions: [{name: fn}]
-mappings:
-  - name: m
-    source: {kafka: {brokers: ["127.0.0.1:1"], topic: orders}}
-    function: fn
-    startingPosition: TRIM_HORIZON
-    destinationConfig: {onFailure: {stream: orders}}
-`, []string{`: mappings[0]: mapping "m": destinationConfig.onFailure: "orders" is the mapping's own source stream`}},
+	{"kafka topic named like the on-failure stream", brokenConfig(
+		`streams: [{name: orders}]`,
+		`functions: [{name: fn}]`,
+		`mappings:`,
+		`  - name: m`,
+		`    source: {kafka: {brokers: ["127.0.0.1:1"], topic: orders}}`,
+		`    function: fn`,
+		`    startingPosition: TRIM_HORIZON`,
+		`    destinationConfig: {onFailure: {stream: orders}}`,
+	), []string{`: mappings[0]: mapping "m": destinationConfig.onFailure: "orders" is the mapping's own source stream`}},
 }
 
 // TestValidateBroken: validate refuses each broken config with exit 1 and

@@ -206,14 +206,18 @@ func exhausted(maxRetries, attempts int) bool {
 
 // backoff is exponential with full jitter, capped.
 func (s *shard) backoff(attempt int) time.Duration {
-	cfg := &s.m.cfg
-	d := cfg.RetryBaseDelay
-	for i := 1; i < attempt && d < cfg.RetryMaxDelay; i++ {
+	return jittered(s.m.cfg.RetryBaseDelay, s.m.cfg.RetryMaxDelay, attempt)
+}
+
+// jittered is the delay before retry attempt (1-based): base doubling up
+// to limit, then a random point in its upper half, so that shards failing
+// together do not retry together.
+func jittered(base, limit time.Duration, attempt int) time.Duration {
+	d := base
+	for i := 1; i < attempt && d < limit; i++ {
 		d *= 2
 	}
-	if d > cfg.RetryMaxDelay {
-		d = cfg.RetryMaxDelay
-	}
+	d = min(d, limit)
 	return d/2 + rand.N(d/2+1)
 }
 

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"math/rand/v2"
 	"time"
 
 	"github.com/idem-run/idem/function"
@@ -30,6 +29,8 @@ func resultConflict(st store.Driver, res function.Result, err error) bool {
 	if err != nil {
 		return isConflict(st, err)
 	}
+	// res.Err is a *function.Error: checked for nil before it becomes an
+	// error interface, which would never be nil.
 	return res.Err != nil && isConflict(st, res.Err)
 }
 
@@ -52,12 +53,7 @@ func (s *shard) conflictWait(ctx context.Context, n int, first string, out outco
 	if cfg.RetryMaxDelay > 0 {
 		limit = min(limit, cfg.RetryMaxDelay)
 	}
-	d := conflictBaseDelay
-	for i := 1; i < n && d < limit; i++ {
-		d *= 2
-	}
-	d = min(d, limit)
-	d = d/2 + rand.N(d/2+1)
+	d := jittered(conflictBaseDelay, limit, n)
 	s.e.log.Warn("a store transaction conflicted with another (deadlock, serialization failure or lock timeout); running the batch again",
 		"mapping", cfg.Name, "shard", s.id, "first", first, "conflicts", n, "wait", d, "err", out.errMsg)
 	return sleep(ctx, d)

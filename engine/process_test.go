@@ -44,7 +44,17 @@ func lambdaProcess(t *testing.T, name string, env map[string]string) *process.Fu
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building the Lambda function %s: %v\n%s", name, err, out)
 	}
-	fn, err := process.New(process.Config{Name: name, Command: bin, Timeout: 10 * time.Second, Env: env}, process.WithLogger(testLogger(t)))
+	return startProcess(t, process.Config{Name: name, Command: bin, Env: env})
+}
+
+// startProcess runs cfg as a process function, with a 10s timeout unless
+// cfg sets one, until the test ends.
+func startProcess(t *testing.T, cfg process.Config) *process.Function {
+	t.Helper()
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	fn, err := process.New(cfg, process.WithLogger(testLogger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,9 +6,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
@@ -53,16 +50,7 @@ func goCase(t *testing.T) runtimeCase {
 }
 
 func nodeCase(t *testing.T) runtimeCase {
-	if _, err := exec.LookPath("node"); err != nil {
-		testsvc.Absent(t, "node is not installed: the Node.js runtime tests need it")
-	}
-	dir, err := filepath.Abs(filepath.Join("..", "function", "process", "testdata", "node"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "aws-lambda-ric", "dist", "rapid-client.node")); err != nil {
-		testsvc.Absent(t, "aws-lambda-ric is not installed (run npm ci in %s, as .ci/run does): %v", dir, err)
-	}
+	dir := testsvc.NodeDir(t)
 	return runtimeCase{
 		cfg: process.Config{Name: "echo", Command: "node_modules/.bin/aws-lambda-ric", Args: []string{"index.handler"},
 			Dir: dir},

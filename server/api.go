@@ -175,6 +175,28 @@ func writeTypedError(w http.ResponseWriter, code int, errType string, err error)
 	writeJSON(w, code, errorResponse{Type: typ, Message: msg, MessageUpper: msg, Error: msg})
 }
 
+// readJSON reads r's body, at most limit bytes, into v. When it cannot,
+// it answers the request itself and returns false: 413 for a body over
+// limit, 400 (errContentType) for one that cannot be read or is not the
+// JSON v takes.
+func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body exceeds %d bytes", limit))
+			return false
+		}
+		writeTypedError(w, http.StatusBadRequest, errContentType, fmt.Errorf("reading request: %w", err))
+		return false
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		writeTypedError(w, http.StatusBadRequest, errContentType, fmt.Errorf("request body: %w", err))
+		return false
+	}
+	return true
+}
+
 // errContentType is the error type of a request body that cannot be read
 // or is not the JSON the route takes, as Lambda names it.
 const errContentType = "InvalidRequestContentException"
@@ -206,19 +228,8 @@ func errorType(code int) string {
 
 func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 	stream := r.PathValue("stream")
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestBytes))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body exceeds %d bytes", maxRequestBytes))
-			return
-		}
-		writeTypedError(w, http.StatusBadRequest, errContentType, fmt.Errorf("reading request: %w", err))
-		return
-	}
 	var req PutRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeTypedError(w, http.StatusBadRequest, errContentType, fmt.Errorf("request body: %w", err))
+	if !readJSON(w, r, maxRequestBytes, &req) {
 		return
 	}
 	if len(req.Records) == 0 {

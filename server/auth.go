@@ -292,7 +292,10 @@ func (a *authenticator) checkSigV4(w http.ResponseWriter, r *http.Request, sv *s
 		}
 		// A read's body is not used: leave it unread.
 		r.Body = http.NoBody
-		return a.verify(r, sv, ph), nil
+		if g := a.verify(r, sv, ph); g != grantNone {
+			return g, nil
+		}
+		return grantNone, errNoToken
 	case ph != "":
 		if len(ph) != 64 || strings.Trim(ph, "0123456789abcdef") != "" {
 			return grantNone, forbidden("X-Amz-Content-Sha256 must be the body's SHA-256 in lowercase hexadecimal")

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/idem-run/idem/internal/testsvc"
 )
@@ -21,14 +20,6 @@ func TestDiskFullAnswers507(t *testing.T) {
 	addr, _ := start(t, filepath.Join(mnt, "data"), "127.0.0.1:0", "streams: [{name: events}]\n", nil)
 	put := func() (int, string) {
 		return call(t, "POST", "http://"+addr+"/v1/streams/events/records", "", `{"records":[{"partitionKey":"k","data":"d"}]}`)
-	}
-	until := func(what string, ok func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: never", what)
-			}
-		}
 	}
 	if code, body := put(); code != 200 {
 		t.Fatalf("put with space: %d %s", code, body)
@@ -46,7 +37,7 @@ func TestDiskFullAnswers507(t *testing.T) {
 	}
 	var code int
 	var body string
-	until("a put refused for the full disk", func() bool { code, body = put(); return code != 200 })
+	eventually(t, "a put refused for the full disk", func() bool { code, body = put(); return code != 200 })
 	if code != 507 || !strings.Contains(body, "disk holding idem's data is full") {
 		t.Fatalf("put on a full disk: %d %s, want 507 saying the disk is full", code, body)
 	}
@@ -57,8 +48,8 @@ func TestDiskFullAnswers507(t *testing.T) {
 	if err := os.Remove(ballast); err != nil {
 		t.Fatal(err)
 	}
-	until("a put once space is freed", func() bool { code, body = put(); return code == 200 })
-	until("ready once space is freed", func() bool {
+	eventually(t, "a put once space is freed", func() bool { code, body = put(); return code == 200 })
+	eventually(t, "ready once space is freed", func() bool {
 		code, _ := call(t, "GET", "http://"+addr+"/readyz", "", "")
 		return code == 200
 	})

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 
@@ -60,25 +58,16 @@ functions: [{name: upper}]
 		{"no state", "GET", "/v1/state/s/k", "Bearer " + token, "", 404, "ResourceNotFoundException", "User", "not found"},
 		{"invoke API", "POST", "/2015-03-31/functions/absent/invocations", "Bearer " + token, `{}`, 404, "ResourceNotFoundException", "User", "Function not found"},
 	} {
-		req, _ := http.NewRequest(tc.method, "http://"+addr+tc.path, strings.NewReader(tc.body))
-		if tc.auth != "" {
-			req.Header.Set("Authorization", tc.auth)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		code, b, header := callHeader(t, tc.method, "http://"+addr+tc.path, tc.auth, tc.body)
 		var body map[string]string
-		if err := json.Unmarshal(b, &body); err != nil {
+		if err := json.Unmarshal([]byte(b), &body); err != nil {
 			t.Errorf("%s: body %s: %v", tc.name, b, err)
 			continue
 		}
-		if resp.StatusCode != tc.code || resp.Header.Get("X-Amzn-ErrorType") != tc.errType || body["Type"] != tc.typ ||
+		if code != tc.code || header.Get("X-Amzn-ErrorType") != tc.errType || body["Type"] != tc.typ ||
 			!strings.Contains(body["message"], tc.text) || body["Message"] != body["message"] || body["error"] != body["message"] {
 			t.Errorf("%s: %d X-Amzn-ErrorType %q %s; want %d %s, Type %s, and message, Message and error holding %q",
-				tc.name, resp.StatusCode, resp.Header.Get("X-Amzn-ErrorType"), b, tc.code, tc.errType, tc.typ, tc.text)
+				tc.name, code, header.Get("X-Amzn-ErrorType"), b, tc.code, tc.errType, tc.typ, tc.text)
 		}
 	}
 }

@@ -30,6 +30,13 @@ const readToken = "read-only-token-0123456789abcdef"
 // empty) and returns the status and the body.
 func call(t *testing.T, method, url, auth, body string) (int, string) {
 	t.Helper()
+	code, b, _ := callHeader(t, method, url, auth, body)
+	return code, b
+}
+
+// callHeader is call, returning the answer's header too.
+func callHeader(t *testing.T, method, url, auth, body string) (int, string, http.Header) {
+	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +50,7 @@ func call(t *testing.T, method, url, auth, body string) (int, string) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, string(b), resp.Header
 }
 
 // signedPut is a put signed as the AWS SDKs sign (the body's hash in the
@@ -180,6 +187,20 @@ functions: [{name: upper}]
 	resp.Body.Close()
 	if resp.StatusCode != 403 || !strings.Contains(string(b), "read-only") {
 		t.Errorf("signed put with a read token: %d %s, want 403 read-only", resp.StatusCode, b)
+	}
+
+	// A read whose signature was made with no token is refused, even with
+	// an unsigned payload (whose body is never read).
+	now := time.Now().UTC()
+	forged, err := http.NewRequest("GET", base+"/v1/status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged.Header.Set("X-Amz-Date", now.Format("20060102T150405Z"))
+	forged.Header.Set("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD")
+	forged.Header.Set("Authorization", fakeSigV4(now, "host;x-amz-content-sha256;x-amz-date"))
+	if code, b, _ := resend(t, forged, ""); code != 403 {
+		t.Errorf("a read with a forged signature and an unsigned payload: %d %s, want 403", code, b)
 	}
 
 	open := serve(t, "auth: {tokens: ["+token+"], openMetrics: true}\n", nil)

@@ -152,18 +152,9 @@ functions: [{name: upper}]
 		{"status needs a token", "GET", "/v1/status", "", "", 403},
 		{"status bearer", "GET", "/v1/status", "Bearer " + token, "", 200},
 	} {
-		req, _ := http.NewRequest(tc.method, "http://"+addr+tc.path, strings.NewReader(tc.body))
-		if tc.auth != "" {
-			req.Header.Set("Authorization", tc.auth)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != tc.want {
-			t.Errorf("%s: %d %s, want %d", tc.name, resp.StatusCode, b, tc.want)
+		code, b := call(t, tc.method, "http://"+addr+tc.path, tc.auth, tc.body)
+		if code != tc.want {
+			t.Errorf("%s: %d %s, want %d", tc.name, code, b, tc.want)
 		}
 	}
 }

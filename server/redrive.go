@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -84,14 +83,8 @@ func refuse(code int, format string, args ...any) error {
 }
 
 func (s *Server) handleRedrive(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
-	if err != nil {
-		writeTypedError(w, http.StatusBadRequest, errContentType, fmt.Errorf("reading request: %w", err))
-		return
-	}
 	var req RedriveRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeTypedError(w, http.StatusBadRequest, errContentType, fmt.Errorf("request body: %w", err))
+	if !readJSON(w, r, 1<<20, &req) {
 		return
 	}
 	if !s.redriveMu.TryLock() {

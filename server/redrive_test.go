@@ -264,11 +264,7 @@ func TestRedriveRefusals(t *testing.T) {
 
 // fixableInvoke is an in-process invoke handler that fails while broken is
 // set, and otherwise counts the runs of each payload.
-type fixableInvoke struct {
-	broken atomic.Bool
-	mu     sync.Mutex
-	runs   map[string]int
-}
+type fixableInvoke struct{ fixable }
 
 func (f *fixableInvoke) invoke(_ context.Context, payload []byte) ([]byte, error) {
 	if f.broken.Load() {
@@ -278,19 +274,6 @@ func (f *fixableInvoke) invoke(_ context.Context, payload []byte) ([]byte, error
 	defer f.mu.Unlock()
 	f.runs[string(payload)]++
 	return []byte(`{}`), nil
-}
-
-func (f *fixableInvoke) counts() (total, distinct, max int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, n := range f.runs {
-		total += n
-		distinct++
-		if n > max {
-			max = n
-		}
-	}
-	return
 }
 
 // sendEvent invokes function F asynchronously (Event) with payload, under
@@ -354,7 +337,7 @@ func failedRecords(t *testing.T, addr string) int {
 // them from the function's on-failure stream: a dry run sends nothing, the
 // redrive runs every event exactly once, and a second redrive sends none.
 func TestRedriveAsyncEvents(t *testing.T) {
-	fn := &fixableInvoke{runs: map[string]int{}}
+	fn := &fixableInvoke{fixable{runs: map[string]int{}}}
 	fn.broken.Store(true)
 	addr := serve(t, `
 auth: {tokens: [`+token+`]}

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -83,19 +82,14 @@ mappings:
 `, hs.URL, script, own, script, set), nil)
 
 	for file, want := range map[string]string{own: "eu-west-1 eu-west-1", set: "ap-south-1 ap-south-1"} {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			b, err := os.ReadFile(file)
-			if err == nil {
-				if string(b) != want {
-					t.Errorf("process function's AWS_REGION and AWS_DEFAULT_REGION: %q, want %q", b, want)
-				}
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the process function never wrote its region: %v", err)
-			}
-			time.Sleep(10 * time.Millisecond)
+		var b []byte
+		eventually(t, "the process function writing its region", func() bool {
+			var err error
+			b, err = os.ReadFile(file)
+			return err == nil
+		})
+		if string(b) != want {
+			t.Errorf("process function's AWS_REGION and AWS_DEFAULT_REGION: %q, want %q", b, want)
 		}
 	}
 
@@ -103,18 +97,14 @@ mappings:
 		t.Fatalf("put: %d %s", code, body)
 	}
 	var failed server.RecordsResponse
-	deadline := time.Now().Add(30 * time.Second)
-	for len(failed.Records) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the on-failure stream holds %d records, want the metadata record and the record", len(failed.Records))
-		}
-		time.Sleep(10 * time.Millisecond)
+	eventually(t, "the on-failure stream holding the metadata record and the record", func() bool {
 		_, body := call(t, "GET", "http://"+addr+"/v1/streams/orders-failed/records?shard=shardId-000000000000", "", "")
 		failed = server.RecordsResponse{}
 		if err := json.Unmarshal([]byte(body), &failed); err != nil {
 			t.Fatalf("%v: %s", err, body)
 		}
-	}
+		return len(failed.Records) >= 2
+	})
 	var meta struct {
 		RequestContext struct {
 			FunctionArn string `json:"functionArn"`

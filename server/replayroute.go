@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -71,16 +70,8 @@ func (s *Server) handleReplay(w http.ResponseWriter, r *http.Request) {
 			}
 			req.First = n
 		}
-	} else {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
-		if err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("reading request: %w", err))
-			return
-		}
-		if err := json.Unmarshal(body, &req); err != nil {
-			writeTypedError(w, http.StatusBadRequest, errContentType, fmt.Errorf("request body: %w", err))
-			return
-		}
+	} else if !readJSON(w, r, 1<<20, &req) {
+		return
 	}
 	er := engine.ReplayRequest{From: source.StartingPosition(strings.ToUpper(req.From)), Scope: req.Scope, DryRun: req.DryRun, First: req.First}
 	if req.Timestamp != "" {

@@ -66,10 +66,6 @@ func LegacyOf(ctx context.Context, s any) (Legacy, error) {
 // now.
 func (l Legacy) Active(now time.Time) bool { return now.Before(l.until) }
 
-// Until is when the last record under a legacy key stops counting; the
-// zero time when there is none.
-func (l Legacy) Until() time.Time { return l.until }
-
 // ClaimRecords is d.ClaimRecords(ctx, c) for keys that are MarkKeyOf(scope,
 // keyOf(i)), that first looks up, when c.Marks asks for marks, each key's
 // legacy mark: a key that holds one live at c.Now is Completed, and is not
@@ -129,17 +125,8 @@ func (l Legacy) ClaimRecords(ctx context.Context, d Driver, c *RecordClaims, sco
 // error wrapping ErrClaimHeld; so does one whose payload hash differs,
 // with ErrPayloadMismatch.
 func (l Legacy) Claim(ctx context.Context, c Claims, key MarkKey, scope, k string, payloadHash PayloadHash, lease time.Duration, now time.Time) (Claim, error) {
-	if old, ok, err := l.lookup(ctx, c, scope, k, now); err != nil || ok {
-		switch {
-		case err != nil:
-			return Claim{}, err
-		case old.PayloadHash != payloadHash:
-			return Claim{}, fmt.Errorf("store: legacy claim %x: %w", old.Key, ErrPayloadMismatch)
-		case old.Status == Completed:
-			return old, nil
-		default:
-			return Claim{}, fmt.Errorf("store: legacy claim %x until %s: %w", old.Key, old.LeaseUntil.Format(time.RFC3339Nano), ErrClaimHeld)
-		}
+	if old, ok, err := l.answer(ctx, c, scope, k, payloadHash, now, true); ok {
+		return old, err
 	}
 	return c.Claim(ctx, key, payloadHash, lease, now)
 }
@@ -152,17 +139,32 @@ func (l Legacy) Takeover(ctx context.Context, t interface {
 	Claims
 	ClaimTaker
 }, key MarkKey, scope, k string, payloadHash PayloadHash, lease time.Duration, now time.Time) (Claim, error) {
-	if old, ok, err := l.lookup(ctx, t, scope, k, now); err != nil || ok {
-		switch {
-		case err != nil:
-			return Claim{}, err
-		case old.PayloadHash != payloadHash:
-			return Claim{}, fmt.Errorf("store: legacy claim %x: %w", old.Key, ErrPayloadMismatch)
-		case old.Status == Completed:
-			return old, nil
-		}
+	if old, ok, err := l.answer(ctx, t, scope, k, payloadHash, now, false); ok {
+		return old, err
 	}
 	return t.Takeover(ctx, key, payloadHash, lease, now)
+}
+
+// answer looks up the legacy key of (scope, k) for Claim and Takeover and
+// reports whether the record there answers for the key, with what: an
+// error wrapping ErrPayloadMismatch if its payload hash differs, the
+// record if it is completed, and, when inProgressHolds, an error wrapping
+// ErrClaimHeld if it is in progress. A failed lookup answers its error.
+func (l Legacy) answer(ctx context.Context, c Claims, scope, k string, payloadHash PayloadHash, now time.Time, inProgressHolds bool) (Claim, bool, error) {
+	old, ok, err := l.lookup(ctx, c, scope, k, now)
+	switch {
+	case err != nil:
+		return Claim{}, true, err
+	case !ok:
+		return Claim{}, false, nil
+	case old.PayloadHash != payloadHash:
+		return Claim{}, true, fmt.Errorf("store: legacy claim %x: %w", old.Key, ErrPayloadMismatch)
+	case old.Status == Completed:
+		return old, true, nil
+	case inProgressHolds:
+		return Claim{}, true, fmt.Errorf("store: legacy claim %x until %s: %w", old.Key, old.LeaseUntil.Format(time.RFC3339Nano), ErrClaimHeld)
+	}
+	return Claim{}, false, nil
 }
 
 // Lookup is c.Lookup for key, MarkKeyOf(scope, k), that looks the legacy

@@ -332,18 +332,25 @@ func (l location) String() string {
 	return b.String()
 }
 
-// locations lists the settings of tree, the root first, then in the order
-// of a walk with sorted keys.
-func locations(t *testing.T, tree any) []location {
+// schemaTree is the generated schema, decoded.
+func schemaTree(t *testing.T) map[string]any {
 	t.Helper()
-	var root map[string]any
 	data, err := Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var root map[string]any
 	if err := json.Unmarshal(data, &root); err != nil {
 		t.Fatal(err)
 	}
+	return root
+}
+
+// locations lists the settings of tree, the root first, then in the order
+// of a walk with sorted keys.
+func locations(t *testing.T, tree any) []location {
+	t.Helper()
+	root := schemaTree(t)
 	var out []location
 	var walk func(v any, s map[string]any, path string, at []any)
 	walk = func(v any, s map[string]any, path string, at []any) {
@@ -443,14 +450,7 @@ func fullTrees(t *testing.T, sch *jsonschema.Schema) []any {
 // TestSchemaCoversFullConfigs checks that fullConfigs set every setting the
 // schema has, so that the tests below reach them all.
 func TestSchemaCoversFullConfigs(t *testing.T) {
-	var root map[string]any
-	data, err := Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(data, &root); err != nil {
-		t.Fatal(err)
-	}
+	root := schemaTree(t)
 	want := make(map[string]bool)
 	var walk func(s map[string]any, path string)
 	walk = func(s map[string]any, path string) {
@@ -861,14 +861,7 @@ func TestDurationPattern(t *testing.T) {
 // TestSchemaDescriptions checks that every setting has a description,
 // written with YAML keys rather than Go names where it starts with one.
 func TestSchemaDescriptions(t *testing.T) {
-	var root map[string]any
-	data, err := Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(data, &root); err != nil {
-		t.Fatal(err)
-	}
+	root := schemaTree(t)
 	var walk func(s map[string]any, path string)
 	walk = func(s map[string]any, path string) {
 		if props, ok := s["properties"].(map[string]any); ok {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/function/httpfn"
+	"github.com/idem-run/idem/internal/testsvc"
 )
 
 // TestNodeLatency measures what running a Node.js function under its
@@ -38,7 +39,7 @@ func TestNodeLatency(t *testing.T) {
 			t.Fatalf("IDEM_BENCH_N=%q: want a number of at least 100", s)
 		}
 	}
-	dir := nodeDir(t)
+	dir := testsvc.NodeDir(t)
 	ric, err := New(Config{Name: "fourth", Command: "node_modules/.bin/aws-lambda-ric", Args: []string{"fourth.handler"}, Dir: dir},
 		WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {

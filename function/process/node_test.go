@@ -4,10 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -17,46 +13,17 @@ import (
 	"github.com/idem-run/idem/internal/testsvc"
 )
 
-// nodeDir returns testdata/node, whose functions run under the official
-// Node.js runtime interface client, aws-lambda-ric (.ci/run installs it
-// with npm); Absent when node or the client is missing.
-func nodeDir(tb testing.TB) string {
-	tb.Helper()
-	if _, err := exec.LookPath("node"); err != nil {
-		testsvc.Absent(tb, "node is not installed: the Node.js runtime tests need it")
-	}
-	dir, err := filepath.Abs(filepath.Join("testdata", "node"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "aws-lambda-ric", "dist", "rapid-client.node")); err != nil {
-		testsvc.Absent(tb, "aws-lambda-ric is not installed (run npm ci in %s, as .ci/run does): %v", dir, err)
-	}
-	return dir
-}
-
 // startNode runs handler (module.export, in testdata/node) under
 // aws-lambda-ric, as a Lambda function's container image runs it.
 func startNode(t *testing.T, handler string, cfg Config) (*Function, *logs) {
 	t.Helper()
-	cfg.Dir = nodeDir(t)
+	cfg.Dir = testsvc.NodeDir(t)
 	cfg.Command = "node_modules/.bin/aws-lambda-ric"
 	cfg.Args = []string{handler}
 	if cfg.Name == "" {
 		cfg.Name = "node"
 	}
-	l := &logs{tb: t}
-	f, err := New(cfg, WithLogger(slog.New(logHandler{l: l})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		f.Close()
-		if t.Failed() {
-			l.dump(t)
-		}
-	})
-	return f, l
+	return launch(t, cfg)
 }
 
 func invokePayload(t *testing.T, f *Function, payload string, timeout time.Duration) ([]byte, function.Report, error) {

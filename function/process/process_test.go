@@ -141,6 +141,13 @@ func start(t *testing.T, name string, cfg Config, opts ...Option) (*Function, *l
 		cfg.Name = name
 	}
 	cfg.Command = binary(t, name)
+	return launch(t, cfg, opts...)
+}
+
+// launch runs cfg with opts, logging to the returned logs, which are dumped
+// if the test fails, and closes it at the end of the test.
+func launch(t *testing.T, cfg Config, opts ...Option) (*Function, *logs) {
+	t.Helper()
 	l := &logs{tb: t}
 	f, err := New(cfg, append([]Option{WithLogger(slog.New(logHandler{l: l}))}, opts...)...)
 	if err != nil {

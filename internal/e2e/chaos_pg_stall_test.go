@@ -251,26 +251,7 @@ mappings:
 		expected[tr.From] -= tr.Amount
 		expected[tr.To] += tr.Amount
 	}
-	rows, err := conn.Query(qctx, `SELECT id, balance FROM transfer_accounts`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var id string
-	var balance, sum int64
-	n := 0
-	if _, err := pgx.ForEachRow(rows, []any{&id, &balance}, func() error {
-		n++
-		sum += balance
-		if want, ok := expected[id]; !ok || balance != want {
-			t.Errorf("account %s: balance %d, want %d", id, balance, want)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if n != accounts || sum != accounts*opening {
-		t.Errorf("%d accounts summing to %d, want %d summing to %d", n, sum, accounts, accounts*opening)
-	}
+	checkBalances(qctx, t, conn, expected, accounts, opening)
 	var discarded, failures int64
 	if err := conn.QueryRow(qctx, `SELECT coalesce(sum(discarded), 0) FROM idem.checkpoints WHERE mapping = $1`, mapping).Scan(&discarded); err != nil {
 		t.Fatal(err)

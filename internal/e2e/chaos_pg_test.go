@@ -453,43 +453,7 @@ func TestChaosPostgresTransfers(t *testing.T) {
 	conn := pg.connect(t)
 	qctx, qcancel := context.WithTimeout(context.Background(), time.Minute)
 	defer qcancel()
-	rows, err := conn.Query(qctx, `SELECT id, balance FROM transfer_accounts`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	balances, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (struct {
-		id      string
-		balance int64
-	}, error) {
-		var v struct {
-			id      string
-			balance int64
-		}
-		err := r.Scan(&v.id, &v.balance)
-		return v, err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(balances) != accounts {
-		t.Errorf("transfer_accounts holds %d accounts, want %d", len(balances), accounts)
-	}
-	var sum int64
-	wrong := 0
-	for _, b := range balances {
-		sum += b.balance
-		if want, ok := expected[b.id]; !ok || b.balance != want {
-			if wrong++; wrong <= 20 {
-				t.Errorf("account %s: balance %d, want %d (the opening %d moved by the stream's transfers)", b.id, b.balance, want, opening)
-			}
-		}
-	}
-	if wrong > 0 {
-		t.Errorf("%d of %d balances are wrong", wrong, accounts)
-	}
-	if want := int64(accounts) * opening; sum != want {
-		t.Errorf("the balances sum to %d, want %d", sum, want)
-	}
+	checkBalances(qctx, t, conn, expected, accounts, opening)
 	var failures int
 	if err := conn.QueryRow(qctx, `SELECT count(*) FROM idem.failures`).Scan(&failures); err != nil {
 		t.Fatal(err)
@@ -502,7 +466,7 @@ func TestChaosPostgresTransfers(t *testing.T) {
 	// A step's claim carries the SHA-256 of its key as its payload hash
 	// (engine/journal.go).
 	claims := make(map[[sha256.Size]byte]string)
-	rows, err = conn.Query(qctx, `SELECT payload_hash, status FROM idem.claims`)
+	rows, err := conn.Query(qctx, `SELECT payload_hash, status FROM idem.claims`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -612,4 +576,39 @@ func TestChaosPostgresTransfers(t *testing.T) {
 		kills, died, pgDowntime.Round(time.Millisecond), pg.count("deadlock detected"), total, inStream, inStream-total, res.failedPosts, skipped,
 		lines, len(segments), dups, dups-pgDups-badDups, pgDups, badDups, killDups,
 		producedAt.Round(time.Millisecond), caughtUpAt.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}
+
+// checkBalances compares every row of transfer_accounts with expected: as
+// many accounts as accounts, each with its expected balance (the first 20
+// that differ are named), and their sum unchanged from the openings.
+func checkBalances(ctx context.Context, t *testing.T, conn *pgx.Conn, expected map[string]int64, accounts int, opening int64) {
+	t.Helper()
+	rows, err := conn.Query(ctx, `SELECT id, balance FROM transfer_accounts`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	var balance, sum int64
+	n, wrong := 0, 0
+	if _, err := pgx.ForEachRow(rows, []any{&id, &balance}, func() error {
+		n++
+		sum += balance
+		if want, ok := expected[id]; !ok || balance != want {
+			if wrong++; wrong <= 20 {
+				t.Errorf("account %s: balance %d, want %d (the opening %d moved by the transfers)", id, balance, want, opening)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if wrong > 0 {
+		t.Errorf("%d of %d balances are wrong", wrong, accounts)
+	}
+	if n != accounts {
+		t.Errorf("transfer_accounts holds %d accounts, want %d", n, accounts)
+	}
+	if want := int64(accounts) * opening; sum != want {
+		t.Errorf("the balances sum to %d, want %d", sum, want)
+	}
 }

@@ -67,18 +67,11 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	if !cp.Sequence.Valid() {
 		return nil, wrap(fmt.Errorf("checkpoint sequence %q is not a decimal number", cp.Sequence))
 	}
-	if err := validateRecords(stream, recs); err != nil {
-		return nil, err
-	}
-	release, err := db.enter()
+	st, release, err := db.enterPut(stream, recs)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	st, err := db.stream(stream)
-	if err != nil {
-		return nil, err
-	}
 	var stored store.Checkpoint
 	if _, err := db.get(checkpointKey(key), func(v []byte) (err error) {
 		stored, err = decodeCheckpoint(v)
@@ -93,10 +86,7 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 		db.markMu.Lock()
 		defer db.markMu.Unlock()
 	}
-	size := 64 + len(unmark)*(17+expiryKeyLen+8)
-	for i := range recs {
-		size += len(st.shards[0].lower) + len(recs[i].PartitionKey) + len(recs[i].Data) + 24
-	}
+	size := 64 + len(unmark)*(17+expiryKeyLen+8) + st.batchSize(recs)
 	if err := db.admit(size); err != nil {
 		return nil, wrap(err)
 	}

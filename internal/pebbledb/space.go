@@ -114,11 +114,6 @@ func (s *space) admit(n int, floor uint64) error {
 	}
 	s.written.Add(int64(n))
 	s.refresh(time.Now().UnixNano())
-	return s.check(floor)
-}
-
-// check is admit without accounting or probing.
-func (s *space) check(floor uint64) error {
 	if s.full.Load() {
 		return fmt.Errorf("%w: pebble ran out of space in the background; writes resume once %d bytes are free in %s", store.ErrNoSpace, s.reserve, s.dir)
 	}
@@ -161,11 +156,7 @@ func (db *DB) Health() error {
 	if db.users.Load()&closing != 0 {
 		return ErrClosed
 	}
-	if db.space.reserve == 0 {
-		return nil
-	}
-	db.space.refresh(time.Now().UnixNano())
-	return db.space.check(db.space.reserve)
+	return db.space.admit(0, db.space.reserve)
 }
 
 // fatal handles Pebble's Logger.Fatalf, which Pebble calls where its state

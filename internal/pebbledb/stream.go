@@ -391,6 +391,33 @@ func (db *DB) stream(name string) (*stream, error) {
 	return st, nil
 }
 
+// enterPut is the preamble of the puts to stream: it checks recs, enters
+// db and finds the stream. The caller calls release once done.
+func (db *DB) enterPut(stream string, recs []PutRecord) (st *stream, release func(), err error) {
+	if err := validateRecords(stream, recs); err != nil {
+		return nil, nil, err
+	}
+	release, err = db.enter()
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err = db.stream(stream)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return st, release, nil
+}
+
+// batchSize is about how many bytes appending recs to st adds to a batch.
+func (st *stream) batchSize(recs []PutRecord) int {
+	size := 0
+	for i := range recs {
+		size += len(st.shards[0].lower) + len(recs[i].PartitionKey) + len(recs[i].Data) + 24
+	}
+	return size
+}
+
 // validateRecords checks Put's limits for every record before anything is
 // written.
 func validateRecords(stream string, recs []PutRecord) error {
@@ -419,26 +446,16 @@ func (db *DB) Put(ctx context.Context, stream string, recs []PutRecord) ([]PutRe
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := validateRecords(stream, recs); err != nil {
-		return nil, err
-	}
-	release, err := db.enter()
+	st, release, err := db.enterPut(stream, recs)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	st, err := db.stream(stream)
-	if err != nil {
-		return nil, err
-	}
 	res := make([]PutResult, len(recs))
 	if len(recs) == 0 {
 		return res, nil
 	}
-	size := 0
-	for i := range recs {
-		size += len(st.shards[0].lower) + len(recs[i].PartitionKey) + len(recs[i].Data) + 24
-	}
+	size := st.batchSize(recs)
 	if err := db.admit(size); err != nil {
 		return nil, fmt.Errorf("pebbledb: put to stream %q: %w", stream, err)
 	}
