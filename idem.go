@@ -80,6 +80,14 @@ const (
 	// It expects the records of a Kafka source, whose ShardID is
 	// "<topic>-<partition>" and whose Sequence is the offset plus one.
 	EventFormatKafka EventFormat = "kafka"
+	// EventFormatS3 is S3's S3Event, for streams whose records are the S3
+	// event notifications an S3-compatible store (MinIO, Ceph, versitygw)
+	// publishes to a broker: a batch is one {"Records":[…]} holding the
+	// event records of every notification of the batch, in order, as
+	// aws-lambda-go's events.S3Event decodes them. A record whose data is
+	// not a notification adds nothing to the event (the engine never sends
+	// one).
+	EventFormatS3 EventFormat = "s3"
 )
 
 // KafkaPartition is the partition of a Kafka source's record: the number
@@ -225,7 +233,8 @@ type Batch struct {
 	Window *Window
 	// Format is the Lambda event shape function drivers build for the
 	// batch: "" or EventFormatKinesis for KinesisEvent, EventFormatKafka
-	// for KafkaEvent. The engine sets it from the mapping.
+	// for KafkaEvent, EventFormatS3 for S3Event. The engine sets it from
+	// the mapping.
 	Format EventFormat
 
 	// states holds each record's view of the mapping's state; set by the

@@ -458,7 +458,7 @@ func benchCmd() *cobra.Command {
 	var asJSON bool
 	var dir, storeSpec string
 	cmd := &cobra.Command{
-		Use:   "bench [--records N] [--shards N] [--batch-size N] [--json] [--store embedded|postgres://…|redis://…]",
+		Use:   "bench [--records N] [--shards N] [--batch-size N] [--json] [--store embedded|postgres://…|redis://…|dynamodb://…]",
 		Short: "Measure exactly-once against at-least-once and a per-record idempotency store, on this machine",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -486,7 +486,7 @@ func benchCmd() *cobra.Command {
 	cmd.Flags().IntVar(&batchSize, "batch-size", 100, "batch size of the benchmark's mappings (1 to 10000)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (one key per scenario, each with recordsPerSec)")
 	cmd.Flags().StringVar(&dir, "dir", "", "scratch directory (default: a temporary one, removed after)")
-	cmd.Flags().StringVar(&storeSpec, "store", "embedded", "the store the scenarios and the per-record baseline use: embedded, a postgres:// DSN, or redis://host:port[/db]")
+	cmd.Flags().StringVar(&storeSpec, "store", "embedded", "the store the scenarios and the per-record baseline use: embedded, a postgres:// DSN, redis://host:port[/db], or dynamodb://[host:port][/table][?region=R]")
 	return cmd
 }
 

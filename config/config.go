@@ -77,6 +77,9 @@ type Store struct {
 	// Redis keeps idem's records in Redis; durable only with appendonly yes
 	// and appendfsync always.
 	Redis *RedisStore `yaml:"redis"`
+	// DynamoDB keeps idem's records in one Amazon DynamoDB table, created
+	// if absent (on-demand billing).
+	DynamoDB *DynamoDBStore `yaml:"dynamodb"`
 }
 
 // PostgresStore is `store.postgres`.
@@ -101,6 +104,22 @@ type RedisStore struct {
 	// Prefix namespaces idem's keys, so deployments can share a server.
 	// Default: idem
 	Prefix string `yaml:"prefix"`
+}
+
+// DynamoDBStore is `store.dynamodb`. Credentials come from the AWS SDK's
+// default chain (environment, shared files, instance or task role).
+type DynamoDBStore struct {
+	// Table holds every record of idem: 3 to 255 of A-Z a-z 0-9 _ - and '.'.
+	// Deployments that must not share records use tables of their own.
+	// Default: idem
+	Table string `yaml:"table"`
+	// Region is the AWS region of the table.
+	// Default: the SDK's (AWS_REGION, the shared config file)
+	Region string `yaml:"region"`
+	// Endpoint is the URL requests go to instead of DynamoDB's for the
+	// region: DynamoDB Local or another emulator, or a VPC endpoint.
+	// Default: DynamoDB's endpoint for the region
+	Endpoint string `yaml:"endpoint"`
 }
 
 // Stream is an embedded stream.
@@ -281,9 +300,19 @@ type Mapping struct {
 	// EventFormat (idem extension) is the Lambda event the function
 	// receives: kafka (KafkaEvent: records grouped by "topic-partition",
 	// with offsets, base64 keys and values, and headers; only for a kafka
-	// source) or kinesis (KinesisEvent). With kafka, a batchItemFailures
-	// itemIdentifier may be "<topic>-<partition>@<offset>" as well as the
-	// Kinesis-style "<shardId>:<sequence>".
+	// source), kinesis (KinesisEvent) or s3 (S3Event, for a source whose
+	// records are the S3 event notifications a store such as MinIO, Ceph
+	// or versitygw publishes: one {"Records": [...]} holding the event
+	// records of every notification of the batch). With kafka, a
+	// batchItemFailures itemIdentifier may be "<topic>-<partition>@<offset>"
+	// as well as the Kinesis-style "<shardId>:<sequence>". With s3, a
+	// record's default idempotency key is its notification's event
+	// identity, so a notification published twice runs once; test
+	// notifications (s3:TestEvent) are filtered out; a record that is not a
+	// notification goes to the on-failure destination; filterCriteria
+	// patterns match the notification ({"Records": {"eventName": [...]}});
+	// tumblingWindow and ReportBatchItemFailures are refused (no window,
+	// no item identifier).
 	// Default: kafka for a kafka source, kinesis otherwise
 	EventFormat string `yaml:"eventFormat,omitempty"`
 	// FilterCriteria decides which records reach the function, as Lambda's:
@@ -291,7 +320,8 @@ type Mapping struct {
 	// none is skipped and checkpointed, never retried. KinesisEvent records
 	// are filtered on data (as JSON): {"data": {"type": ["order"]}};
 	// KafkaEvent records on value, key, topic, partition, offset,
-	// timestamp and timestampType.
+	// timestamp and timestampType; S3Event records on their notification
+	// (Records, and MinIO's EventName and Key).
 	// Default: none (every record is delivered)
 	FilterCriteria *FilterCriteria `yaml:"filterCriteria,omitempty"`
 	// PermanentErrorTypes (idem extension) are function error types, such as
@@ -766,6 +796,9 @@ func (f *File) applyDefaults(set func(path string) bool) {
 	}
 	if pg := f.Store.Postgres; pg != nil && !set("store.postgres.schema") && pg.Schema == "" {
 		pg.Schema = "idem"
+	}
+	if d := f.Store.DynamoDB; d != nil && !set("store.dynamodb.table") && d.Table == "" {
+		d.Table = "idem"
 	}
 	if r := f.Store.Redis; r != nil {
 		if !set("store.redis.addr") && r.Addr == "" {

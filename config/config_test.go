@@ -266,9 +266,16 @@ func TestParseErrors(t *testing.T) {
 		{"kafka without brokers", mappingSourceDoc("{kafka: {topic: t, brokers: [nohost]}}"),
 			[]string{`mappings[0].source.kafka.brokers[0]: "nohost" is not host:port`}},
 		{"unknown event format", mappingDoc("    eventFormat: sqs\n"),
-			[]string{`mappings[0].eventFormat: "sqs" is not supported (allowed: kafka, kinesis)`}},
+			[]string{`mappings[0].eventFormat: "sqs" is not supported (allowed: kafka, kinesis, s3)`}},
 		{"kafka event format without a kafka source", mappingDoc("    eventFormat: kafka\n"),
 			[]string{`mappings[0].eventFormat: "kafka" needs a kafka source`}},
+		{"s3 event format with a window and item failures", mappingDoc("    eventFormat: s3\n    tumblingWindow: 30s\n    functionResponseTypes: [ReportBatchItemFailures]\n"), []string{
+			"mappings[0].tumblingWindow: not available with eventFormat s3 (an S3Event has no window)",
+			"mappings[0].functionResponseTypes[0]: ReportBatchItemFailures is not available with eventFormat s3: an S3Event's records carry no item identifier a function could report; set bisectBatchOnFunctionError: true to isolate a failing record",
+		}},
+		{"s3 filter on a kinesis field", mappingDoc("    eventFormat: s3\n    filterCriteria: {filters: [{pattern: '{\"data\": {\"a\": [1]}}'}]}\n"), []string{
+			"mappings[0].filterCriteria.filters[0].pattern: data: s3 events are filtered on EventName, Key, Records only",
+		}},
 		{"jetstream token partitioning out of range", mappingSourceDoc("{jetstream: {url: 'nats://h:4222', stream: s, partitionByToken: {token: -1, count: 0}}}"),
 			[]string{"mappings[0].source.jetstream.partitionByToken.token: -1 is negative (1-based token index, or 0 for the whole subject)",
 				"mappings[0].source.jetstream.partitionByToken.count: 0 is out of range (1 to 1024)"}},
@@ -279,7 +286,7 @@ func TestParseErrors(t *testing.T) {
 		{"kafka group with a shared store and no lease", "store: {redis: {addr: '127.0.0.1:6379'}}\n" + mappingSourceDoc("{kafka: {brokers: ['k:9092'], topic: t, group: g}}"),
 			[]string{"mappings[0].source.kafka.group: needs lease with a shared store: the group balances partitions, but only leases stop a process that stalled past its session from committing"}},
 		{"kafka group with the embedded store", mappingSourceDoc("{kafka: {brokers: ['k:9092'], topic: t, group: g}}"),
-			[]string{"mappings[0].source.kafka.group: a consumer group needs a shared store (store.postgres or store.redis, with lease): the group moves partitions between processes, and with the embedded store each process keeps its checkpoints in its own ./idem-data, so a partition that moves would restart from startingPosition"}},
+			[]string{"mappings[0].source.kafka.group: a consumer group needs a shared store (store.postgres, store.redis or store.dynamodb, with lease): the group moves partitions between processes, and with the embedded store each process keeps its checkpoints in its own ./idem-data, so a partition that moves would restart from startingPosition"}},
 		{"two mappings in one kafka group", "store: {redis: {addr: '127.0.0.1:6379'}}\nlease: {}\nstreams: [{name: s}]\nfunctions: [{name: f}]\nmappings:\n" +
 			"  - {name: m, function: f, startingPosition: LATEST, source: {kafka: {brokers: ['k:9092'], topic: t, group: g}}}\n" +
 			"  - {name: n, function: f, startingPosition: LATEST, source: {kafka: {brokers: ['k:9092'], topic: u, group: g}}}\n",
@@ -781,7 +788,8 @@ func mappingSourceDoc(src string) string {
 }
 
 // TestEventFormatDefaults: a kafka source gets KafkaEvent unless the mapping
-// asks for KinesisEvent; other sources get KinesisEvent.
+// asks for KinesisEvent; other sources get KinesisEvent. Any source may ask
+// for S3Event, with filters on the notification.
 func TestEventFormatDefaults(t *testing.T) {
 	for _, tc := range []struct{ src, extra, want string }{
 		{"{kafka: {brokers: ['k:9092'], topic: t}}", "", "kafka"},
@@ -789,6 +797,9 @@ func TestEventFormatDefaults(t *testing.T) {
 		{"{kafka: {brokers: ['k:9092'], topic: t}}", ", eventFormat: kafka", "kafka"},
 		{"{stream: s}", "", "kinesis"},
 		{"{stream: s}", ", eventFormat: kinesis", "kinesis"},
+		{"{stream: s}", ", eventFormat: s3", "s3"},
+		{"{kafka: {brokers: ['k:9092'], topic: t}}", ", eventFormat: s3", "s3"},
+		{"{jetstream: {url: 'nats://127.0.0.1:4222', stream: S}}", ", eventFormat: s3, bisectBatchOnFunctionError: true, filterCriteria: {filters: [{pattern: '{\"Records\": {\"eventName\": [{\"prefix\": \"ObjectCreated:\"}]}}'}]}", "s3"},
 	} {
 		doc := "streams: [{name: s}]\nfunctions: [{name: f}]\nmappings:\n  - {name: m, function: f, startingPosition: LATEST, source: " + tc.src + tc.extra + "}\n"
 		f, err := Parse([]byte(doc))

@@ -109,7 +109,7 @@ func TestParseEnvSecretsNotShown(t *testing.T) {
 	}
 	want := []string{
 		"listen: (from ${LISTEN}) is not a host:port address",
-		"lease: needs a shared store (store.postgres or store.redis): the embedded store belongs to the one process that owns ${DATA}",
+		"lease: needs a shared store (store.postgres, store.redis or store.dynamodb): the embedded store belongs to the one process that owns ${DATA}",
 		"auth.tokens[0]: a token of 15 characters is too short",
 		"functions[0].http.url: (from ${HOOK}) is not an absolute http or https URL",
 		"mappings[0].idempotency.scope: (from ${SCOPE}) is not a valid scope",

@@ -36,8 +36,8 @@ func (c *checker) lease(f *File) {
 	if l == nil {
 		return
 	}
-	if f.Store.Postgres == nil && f.Store.Redis == nil {
-		c.add("lease", fmt.Errorf("needs a shared store (store.postgres or store.redis): the embedded store belongs to the one process that owns %s", f.DataDir))
+	if f.Store.Postgres == nil && f.Store.Redis == nil && f.Store.DynamoDB == nil {
+		c.add("lease", fmt.Errorf("needs a shared store (store.postgres, store.redis or store.dynamodb): the embedded store belongs to the one process that owns %s", f.DataDir))
 	}
 	c.durRange("lease.ttl", l.TTL, minLeaseTTL, maxLeaseTTL)
 }
@@ -62,8 +62,8 @@ func (c *checker) kafkaGroups(f *File) {
 			continue
 		}
 		seen[k.Group] = i
-		if f.Store.Postgres == nil && f.Store.Redis == nil {
-			c.addf(p, "a consumer group needs a shared store (store.postgres or store.redis, with lease): the group moves partitions between processes, and with the embedded store each process keeps its checkpoints in its own %s, so a partition that moves would restart from startingPosition", f.DataDir)
+		if f.Store.Postgres == nil && f.Store.Redis == nil && f.Store.DynamoDB == nil {
+			c.addf(p, "a consumer group needs a shared store (store.postgres, store.redis or store.dynamodb, with lease): the group moves partitions between processes, and with the embedded store each process keeps its checkpoints in its own %s, so a partition that moves would restart from startingPosition", f.DataDir)
 			continue
 		}
 		if f.Lease == nil {

@@ -23,6 +23,7 @@ const (
 	ReportBatchItemFailuresType = "ReportBatchItemFailures" // the one functionResponseTypes value
 	eventFormatKafka            = "kafka"
 	eventFormatKinesis          = "kinesis"
+	eventFormatS3               = "s3"
 )
 
 // Ranges, as AWS documents them for stream event source mappings, and idem's.
@@ -204,6 +205,31 @@ func (c *checker) store(s *Store) {
 			c.addf("store.redis.prefix", "%q must be non-empty, without spaces or braces", r.Prefix)
 		}
 	}
+	c.dynamoDBStore(s)
+}
+
+// dynamoTablePattern is DynamoDB's table names.
+var dynamoTablePattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{3,255}$`)
+
+func (c *checker) dynamoDBStore(s *Store) {
+	d := s.DynamoDB
+	if d == nil {
+		return
+	}
+	if s.Postgres != nil || s.Redis != nil {
+		c.addf("store", "set one of store.postgres, store.redis and store.dynamodb, not several")
+	}
+	if !dynamoTablePattern.MatchString(d.Table) {
+		c.addf("store.dynamodb.table", "%q must be 3 to 255 of A-Z a-z 0-9 _ - .", d.Table)
+	}
+	if d.Region != "" && !regionPattern.MatchString(d.Region) {
+		c.addf("store.dynamodb.region", "%q is not an AWS region (e.g. eu-west-1)", d.Region)
+	}
+	if d.Endpoint != "" {
+		if u, err := url.Parse(d.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			c.addf("store.dynamodb.endpoint", "%q is not an http:// or https:// URL", d.Endpoint)
+		}
+	}
 }
 
 // validSchema accepts the unquoted PostgreSQL identifiers idem creates.
@@ -346,21 +372,28 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 		if m.EventFormat == eventFormatKafka {
 			c.addf(p+".tumblingWindow", "not available with eventFormat kafka (KafkaEvent has no window), as on Lambda: set eventFormat: kinesis")
 		}
+		if m.EventFormat == eventFormatS3 {
+			c.addf(p+".tumblingWindow", "not available with eventFormat s3 (an S3Event has no window)")
+		}
 	}
 	for j, t := range m.FunctionResponseTypes {
-		if t != ReportBatchItemFailuresType {
-			c.addf(fmt.Sprintf("%s.functionResponseTypes[%d]", p, j), "%q is not supported (allowed: %s)", t, ReportBatchItemFailuresType)
+		fp := fmt.Sprintf("%s.functionResponseTypes[%d]", p, j)
+		switch {
+		case t != ReportBatchItemFailuresType:
+			c.addf(fp, "%q is not supported (allowed: %s)", t, ReportBatchItemFailuresType)
+		case m.EventFormat == eventFormatS3:
+			c.addf(fp, "%s is not available with eventFormat s3: an S3Event's records carry no item identifier a function could report; set bisectBatchOnFunctionError: true to isolate a failing record", t)
 		}
 	}
 	c.filters(p, m)
 	switch m.EventFormat {
-	case eventFormatKinesis:
+	case eventFormatKinesis, eventFormatS3:
 	case eventFormatKafka:
 		if m.Source.Kafka == nil {
 			c.addf(p+".eventFormat", "%q needs a kafka source", m.EventFormat)
 		}
 	default:
-		c.addf(p+".eventFormat", "%q is not supported (allowed: %s, %s)", m.EventFormat, eventFormatKafka, eventFormatKinesis)
+		c.addf(p+".eventFormat", "%q is not supported (allowed: %s, %s, %s)", m.EventFormat, eventFormatKafka, eventFormatKinesis, eventFormatS3)
 	}
 
 	if d := m.DestinationConfig.OnFailure; d != nil {
@@ -507,7 +540,7 @@ func (c *checker) filters(p string, m *Mapping) {
 		c.addf(p+".filterCriteria.filters", "%d patterns, above the limit of %d", len(fc.Filters), MaxFilters)
 	}
 	format := m.EventFormat
-	if format != eventFormatKafka {
+	if format != eventFormatKafka && format != eventFormatS3 {
 		format = eventFormatKinesis
 	}
 	for i, f := range fc.Filters {

@@ -145,7 +145,7 @@ func (e *Engine) Add(m Mapping) error {
 		return err
 	}
 	m = m.withDefaults()
-	k, err := newKeyer(m.Scope, m.KeyExpression)
+	k, err := newKeyer(m.Scope, m.KeyExpression, m.EventFormat)
 	if err != nil {
 		return fmt.Errorf("mapping %q: %w", m.Name, err)
 	}

@@ -30,7 +30,8 @@ func compileFilters(format idem.EventFormat, srcs []string) ([]*pattern.Pattern,
 }
 
 // dataField is the event field that holds a record's data, as filter
-// patterns name it: "value" in a KafkaEvent, "data" in a KinesisEvent.
+// patterns name it: "value" in a KafkaEvent, "data" in a KinesisEvent. An
+// S3Event's patterns name the data's own fields (rejectsS3).
 func dataField(format idem.EventFormat) string {
 	if format == idem.EventFormatKafka {
 		return "value"
@@ -86,8 +87,12 @@ func decodeFilterSet(encoded string) (*filterSet, error) {
 
 // rejects reports whether r matches none of the patterns: it is then
 // skipped and checkpointed, never delivered nor retried, as Lambda does.
-// Data that is not JSON matches only patterns that do not look into it.
+// Data that is not JSON matches only patterns that do not look into it. A
+// mapping that sends S3Events also rejects test notifications.
 func (f *filterSet) rejects(r *idem.Record) bool {
+	if f.format == idem.EventFormatS3 {
+		return f.rejectsS3(r)
+	}
 	if len(f.patterns) == 0 {
 		return false
 	}

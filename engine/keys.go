@@ -24,15 +24,20 @@ func (e *KeyError) Error() string {
 	return fmt.Sprintf("record %s/%s/%s: idempotency key: %s", e.Stream, e.Shard, e.Sequence, e.Reason)
 }
 
-// keyer computes idempotency keys: the record identity by default, or a
-// JMESPath expression over the data.
+// keyer computes idempotency keys: the record identity by default, the
+// identity of the S3 event its data names for a mapping that sends
+// S3Events (s3format.go), or a JMESPath expression over the data.
 type keyer struct {
 	scope string
-	expr  *jmespath.JMESPath // nil: the record's identity
+	expr  *jmespath.JMESPath // nil: the record's identity, or its S3 event's
+	// s3 is set for a mapping that sends S3Events: a record's data must
+	// be an S3 event notification, and without expr its key is the
+	// notification's identity.
+	s3 bool
 }
 
-func newKeyer(scope, expression string) (*keyer, error) {
-	k := &keyer{scope: scope}
+func newKeyer(scope, expression string, format idem.EventFormat) (*keyer, error) {
+	k := &keyer{scope: scope, s3: format == idem.EventFormatS3}
 	if expression != "" {
 		e, err := jmespath.Compile(expression)
 		if err != nil {
@@ -44,8 +49,9 @@ func newKeyer(scope, expression string) (*keyer, error) {
 }
 
 // byIdentity reports whether keys are the record identity, recorded as
-// progress rather than marks.
-func (k *keyer) byIdentity() bool { return k.expr == nil }
+// progress rather than marks. An S3 event's identity is a payload key: the
+// same notification published twice is two records with one key.
+func (k *keyer) byIdentity() bool { return k.expr == nil && !k.s3 }
 
 // identities sets the IdempotencyKey of every record to its identity,
 // "stream/shardId/sequence", all in one allocation: a window of ten
@@ -90,13 +96,25 @@ func identities(recs []idem.Record) {
 
 // key sets r.IdempotencyKey.
 func (k *keyer) key(r *idem.Record) error {
+	if k.s3 {
+		return k.s3Key(r)
+	}
 	if k.expr == nil {
 		r.IdempotencyKey = r.Stream + "/" + r.ShardID + "/" + string(r.Sequence)
 		return nil
 	}
-	fail := func(reason string) error {
-		return &KeyError{Stream: r.Stream, Shard: r.ShardID, Sequence: r.Sequence, Reason: reason}
-	}
+	return k.exprKey(r)
+}
+
+// keyError is the KeyError of r.
+func keyError(r *idem.Record, reason string) error {
+	return &KeyError{Stream: r.Stream, Shard: r.ShardID, Sequence: r.Sequence, Reason: reason}
+}
+
+// exprKey sets r.IdempotencyKey to the value of the key expression over
+// r's data.
+func (k *keyer) exprKey(r *idem.Record) error {
+	fail := func(reason string) error { return keyError(r, reason) }
 	var doc any
 	if err := json.Unmarshal(r.Data, &doc); err != nil {
 		return fail("data is not JSON: " + err.Error())

@@ -82,8 +82,13 @@ type Mapping struct {
 
 	// EventFormat is the Lambda event shape the function receives, set on
 	// every Batch: "" or idem.EventFormatKinesis for KinesisEvent,
-	// idem.EventFormatKafka for KafkaEvent (for a Kafka source). Default:
-	// KinesisEvent.
+	// idem.EventFormatKafka for KafkaEvent (for a Kafka source),
+	// idem.EventFormatS3 for S3Event (for any source whose records are S3
+	// event notifications: keys default to the notification's identity,
+	// test notifications are filtered out, and a record that is not a
+	// notification is discarded; see s3format.go). An S3Event has neither
+	// a window nor an item identifier: S3Event refuses TumblingWindow and
+	// ReportBatchItemFailures. Default: KinesisEvent.
 	EventFormat idem.EventFormat
 
 	// TumblingWindow, when positive, groups each shard's records by arrival
@@ -99,7 +104,8 @@ type Mapping struct {
 	// MaxFilters, ORed): a record that matches none is skipped and
 	// checkpointed, never delivered nor retried. KinesisEvent records are
 	// filtered on {"data": …} (their data as JSON), KafkaEvent records on
-	// value, key, topic, partition, offset, timestamp and timestampType.
+	// value, key, topic, partition, offset, timestamp and timestampType,
+	// S3Event records on their notification document ({"Records": …}).
 	// Default: none, every record is delivered.
 	Filters []string
 
@@ -226,13 +232,19 @@ func (m Mapping) Validate() error {
 	if m.TumblingWindow > 0 && m.EventFormat == idem.EventFormatKafka {
 		bad("tumblingWindow: not available with KafkaEvent (eventFormat kafka), as on Lambda")
 	}
+	if m.TumblingWindow > 0 && m.EventFormat == idem.EventFormatS3 {
+		bad("tumblingWindow: not available with S3Event (eventFormat s3): an S3Event has no window")
+	}
+	if m.ReportBatchItemFailures && m.EventFormat == idem.EventFormatS3 {
+		bad("functionResponseTypes: ReportBatchItemFailures is not available with S3Event (eventFormat s3): its records carry no item identifier a function could report; use bisectBatchOnFunctionError to isolate a failing record")
+	}
 	switch m.EventFormat {
-	case "", idem.EventFormatKinesis, idem.EventFormatKafka:
+	case "", idem.EventFormatKinesis, idem.EventFormatKafka, idem.EventFormatS3:
 		if _, err := compileFilters(m.EventFormat, m.Filters); err != nil {
 			bad("%v", err)
 		}
 	default:
-		bad("eventFormat: %q is not kinesis or kafka", m.EventFormat)
+		bad("eventFormat: %q is not kinesis, kafka or s3", m.EventFormat)
 	}
 	if m.RetryBaseDelay <= 0 || m.RetryMaxDelay < m.RetryBaseDelay {
 		bad("retry: baseDelay %s must be positive and at most maxDelay %s", m.RetryBaseDelay, m.RetryMaxDelay)

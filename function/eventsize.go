@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/internal/s3event"
 )
 
 // Sizes of the Lambda events that drivers build from a batch
@@ -36,8 +37,11 @@ const DefaultEventRegion = "us-east-1"
 // size of its JSON in the event plus one. The sum over a batch's records
 // plus EventBaseSize is therefore at most one byte above the event's size.
 func EventRecordSize(region string, format idem.EventFormat, r *idem.Record) int {
-	if format == idem.EventFormatKafka {
+	switch format {
+	case idem.EventFormatKafka:
 		return kafkaRecordSize(r)
+	case idem.EventFormatS3:
+		return s3RecordSize(r)
 	}
 	return kinesisRecordSize(region, r)
 }
@@ -46,9 +50,10 @@ func EventRecordSize(region string, format idem.EventFormat, r *idem.Record) int
 // records: the envelope around them, as for a batch of one shard whose
 // first record is first (the Kafka envelope names its topic and its
 // "<topic>-<partition>" group), and, for a Kinesis event, the tumbling
-// window w's fields and state when w is not nil. A window's StateJSON
-// counts as it is; a State map without it as encoding/json writes it,
-// which is never shorter than the event's (HTML characters escaped).
+// window w's fields and state when w is not nil (an S3Event has no
+// window: w is ignored). A window's StateJSON counts as it is; a State map
+// without it as encoding/json writes it, which is never shorter than the
+// event's (HTML characters escaped).
 func EventBaseSize(region string, format idem.EventFormat, first *idem.Record, w *idem.Window) int {
 	if format == idem.EventFormatKafka {
 		n := len(`{"eventSource":"aws:kafka","eventSourceArn":"arn:aws:kafka:`) + stringBodySize(region) +
@@ -59,6 +64,9 @@ func EventBaseSize(region string, format idem.EventFormat, first *idem.Record, w
 		return n
 	}
 	n := len(`{"Records":[`) + len(`]`) + len(`}`)
+	if format == idem.EventFormatS3 {
+		return n
+	}
 	if w != nil {
 		n += windowSize(region, w)
 	}
@@ -91,6 +99,23 @@ func kinesisRecordSize(region string, r *idem.Record) int {
 	return fixed + 2*stringBodySize(region) + stringBodySize(r.ShardID) + 2*seq + stringBodySize(r.Stream) +
 		epochSecondsSize(r.ArrivalTime) + base64Size(len(r.Data)) + stringBodySize(r.PartitionKey) +
 		stringBodySize(r.IdempotencyKey)
+}
+
+// s3RecordSize is the bytes of the S3 event records of r's notification
+// in an S3Event, each compacted and preceded by a comma; 0 for data that
+// is not a notification (or a test notification), which adds nothing.
+// Counting them parses the notification: the S3Event carries the records
+// compacted, and without the envelope of the document that held them.
+func s3RecordSize(r *idem.Record) int {
+	n, err := s3event.Parse(r.Data)
+	if err != nil {
+		return 0
+	}
+	size := 0
+	for i := range n.Records {
+		size += len(n.Records[i].Raw) + 1
+	}
+	return size
 }
 
 func kafkaRecordSize(r *idem.Record) int {

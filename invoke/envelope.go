@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+
+	"github.com/idem-run/idem/store"
 )
 
 // An event queued for asynchronous invocation is one record of the
 // function's queue stream:
 //
-//	{"v":1,"requestId":"…","key":"…","reservation":7}\n<payload>
+//	{"v":1,"requestId":"…","key":"…","reservation":7,"keyOnly":true}\n<payload>
 //
 // a one-line JSON header (json.Marshal never writes a raw newline), then
 // the payload verbatim. The payload is JSON, so the whole record reads as
@@ -29,11 +31,20 @@ type envelope struct {
 	// lapsed before it was marked queued), the one whose token the
 	// reservation holds runs.
 	Reservation uint64 `json:"reservation,omitempty"`
+	// KeyOnly is Request.KeyOnly: the key alone identifies the event, and
+	// its claims keep the key's hash, not the payload's (see hash). Absent
+	// (false) in the records of events queued without it, and by versions
+	// of idem before it, which hashed the payload: they still do.
+	KeyOnly bool `json:"keyOnly,omitempty"`
 	// Payload is not in the header.
 	Payload []byte `json:"-"`
 }
 
 const envelopeVersion = 1
+
+// hash is the payload hash every claim of the event keeps (its
+// reservation, its run): one helper, so that they never disagree.
+func (e *envelope) hash() store.PayloadHash { return claimHash(e.KeyOnly, e.Key, e.Payload) }
 
 func (e *envelope) encode() []byte {
 	e.V = envelopeVersion

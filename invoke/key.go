@@ -31,7 +31,36 @@ func queuedScope(function string) string { return "\x00invoke-queued/" + functio
 // payload under the same key is refused.
 func payloadHash(payload []byte) store.PayloadHash { return sha256.Sum256(payload) }
 
-// checkKey validates an Idempotency-Key header.
+// keyOnlyPrefix sets the hashes of keyHash apart from every payload's: a
+// key-only claim and an invocation whose payload happens to be the key's
+// text are never taken for one another.
+const keyOnlyPrefix = "idem key-only claim\x00"
+
+// keyHash is what a claim keeps in place of the payload's hash for a
+// KeyOnly request: the key's own SHA-256, so that every payload sent under
+// the key is taken for the same event.
+func keyHash(key string) store.PayloadHash {
+	h := sha256.New()
+	h.Write([]byte(keyOnlyPrefix))
+	h.Write([]byte(key))
+	var out store.PayloadHash
+	h.Sum(out[:0])
+	return out
+}
+
+// claimHash is the hash the claims of a keyed request keep: the key's for
+// a KeyOnly request, else the payload's. Every claim of one event (its
+// reservation, its run) must use it, or a repeat would be refused as a
+// payload mismatch.
+func claimHash(keyOnly bool, key string, payload []byte) store.PayloadHash {
+	if keyOnly {
+		return keyHash(key)
+	}
+	return payloadHash(payload)
+}
+
+// checkKey validates an Idempotency-Key header. (A Request's DefaultKey,
+// which idem computes, is bound in length only.)
 func checkKey(k string) error {
 	if len(k) > maxKeyBytes {
 		return fmt.Errorf("Idempotency-Key is %d bytes; the maximum is %d", len(k), maxKeyBytes)

@@ -123,7 +123,7 @@ func (s *Service) Enqueue(ctx context.Context, req Request) (deduplicated bool, 
 	if err != nil {
 		return false, err
 	}
-	env := envelope{RequestID: req.RequestID, Key: key, Payload: req.Payload}
+	env := envelope{RequestID: req.RequestID, Key: key, KeyOnly: key != "" && req.KeyOnly, Payload: req.Payload}
 	if key == "" {
 		return false, f.q.put(ctx, &env)
 	}
@@ -143,7 +143,7 @@ var (
 // that finds it completed is a replay, or a payload mismatch; one that
 // finds it in progress waits for the Enqueue holding it.
 func (s *Service) enqueueKeyed(ctx context.Context, f *fn, env *envelope) (deduplicated bool, err error) {
-	rk, ph := store.MarkKeyOf(queuedScope(f.cfg.Name), env.Key), payloadHash(env.Payload)
+	rk, ph := store.MarkKeyOf(queuedScope(f.cfg.Name), env.Key), env.hash()
 	// Long enough for a reservation whose process died to lapse.
 	waitUntil := s.now().Add(2 * reserveLease)
 	for {
@@ -255,7 +255,7 @@ func (s *Service) superseded(ctx context.Context, f *fn, key string, token uint6
 // ctx is done: until then, repeats are answered as replays.
 func (s *Service) endReservation(ctx context.Context, f *fn, env *envelope) {
 	c := store.Claim{Key: store.MarkKeyOf(queuedScope(f.cfg.Name), env.Key), Status: store.Acquired,
-		Token: env.Reservation, PayloadHash: payloadHash(env.Payload)}
+		Token: env.Reservation, PayloadHash: env.hash()}
 	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 30*time.Second) {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		err := s.claims.Complete(cctx, c, reservationDone, s.now())
@@ -484,7 +484,7 @@ func (q *queue) runEvent(ctx context.Context, seq uint64, rec *idem.Record) {
 			legacy, err := s.legacyOf(ctx)
 			c := store.Claim{}
 			if err == nil {
-				c, err = legacy.Claim(ctx, s.claims, mk, keyScope(f.cfg.Name), env.Key, payloadHash(env.Payload), f.lease(), now)
+				c, err = legacy.Claim(ctx, s.claims, mk, keyScope(f.cfg.Name), env.Key, env.hash(), f.lease(), now)
 			}
 			switch {
 			case errors.Is(err, store.ErrPayloadMismatch):
@@ -637,6 +637,10 @@ type failureRecord struct {
 	// IdemIdempotencyKey is idem's addition: the event's idempotency key,
 	// if it had one, so that a redrive queues it again under that key.
 	IdemIdempotencyKey string `json:"idemIdempotencyKey,omitempty"`
+	// IdemKeyOnly is idem's addition too: the key alone identified the
+	// event (Request.KeyOnly, an S3 notification's), so that a redrive
+	// queues it again the same way.
+	IdemKeyOnly bool `json:"idemKeyOnly,omitempty"`
 }
 
 type responseContext struct {
@@ -675,7 +679,7 @@ func (q *queue) failure(rec *idem.Record, env *envelope, condition string, st *a
 		fr.ResponseContext = &responseContext{StatusCode: http.StatusOK, ExecutedVersion: "$LATEST", FunctionError: "Unhandled"}
 		fr.ResponsePayload = &errorPayload{ErrorMessage: st.ErrorMessage, ErrorType: st.ErrorType}
 	}
-	fr.IdemIdempotencyKey = env.Key
+	fr.IdemIdempotencyKey, fr.IdemKeyOnly = env.Key, env.KeyOnly
 	meta, _ := json.Marshal(&fr)
 	// ShardID is the metadata record's partition key: with the request id,
 	// the record and its event land next to each other.

@@ -280,6 +280,21 @@ type Request struct {
 	ClientContext []byte
 	// IdempotencyKey, when set, overrides the function's key expression.
 	IdempotencyKey string
+	// DefaultKey is an idempotency key idem computed from the event itself
+	// (an S3 notification record's identity, say), for events whose
+	// repeats must be recognized without the caller's help. It is used
+	// only when neither IdempotencyKey nor the function's key expression
+	// gives a key: the function's own choice of key wins. Unlike
+	// IdempotencyKey, which is a header, it may hold any text (object
+	// keys are UTF-8), up to 1024 bytes.
+	DefaultKey string
+	// KeyOnly makes the key alone identify the event: a repeat under the
+	// same key with another payload is the same event delivered again (a
+	// redelivery whose envelope differs, another version of an object the
+	// key names), answered as a repeat rather than refused with
+	// IdempotencyPayloadMismatchException. Its claims keep the key's hash
+	// in place of the payload's.
+	KeyOnly bool
 	// NoWait makes a repeat of a keyed invocation that is still running
 	// fail at once with a conflict instead of waiting for its result.
 	NoWait bool
@@ -351,6 +366,17 @@ func (s *Service) lookup(name string) (*fn, error) {
 	return f, nil
 }
 
+// CheckFunction returns the *Error an invocation of the function name
+// would fail with before its payload is looked at (404
+// ResourceNotFoundException for an unknown function, 400 for one that
+// takes no payload), or nil. Routes that invoke functions for another
+// protocol (S3 notifications) check it before reading their body, so that
+// a sender pointed at a wrong function learns it even from a test event.
+func (s *Service) CheckFunction(name string) error {
+	_, err := s.lookup(name)
+	return err
+}
+
 // Check validates a request without running it (DryRun): the function
 // exists and can be invoked, and its payload gives an idempotency key if it
 // needs one.
@@ -364,7 +390,9 @@ func (s *Service) Check(req Request) error {
 	return err
 }
 
-// key returns the request's idempotency key, "" for none.
+// key returns the request's idempotency key, "" for none: the request's
+// IdempotencyKey, else the function's key expression over the payload, else
+// the request's DefaultKey.
 func (f *fn) key(req *Request) (string, error) {
 	if req.IdempotencyKey != "" {
 		if err := checkKey(req.IdempotencyKey); err != nil {
@@ -373,7 +401,10 @@ func (f *fn) key(req *Request) (string, error) {
 		return req.IdempotencyKey, nil
 	}
 	if f.expr == nil {
-		return "", nil
+		if len(req.DefaultKey) > maxKeyBytes {
+			return "", apiError(http.StatusBadRequest, codeInvalidParam, "the event's idempotency key is %d bytes; the maximum is %d", len(req.DefaultKey), maxKeyBytes)
+		}
+		return req.DefaultKey, nil
 	}
 	k, err := evalKey(f.expr, req.Payload)
 	if err != nil {
@@ -464,7 +495,7 @@ func (s *Service) call(ctx context.Context, f *fn, req *Request, clientContext [
 // invokeKeyed runs a keyed invocation at most once per key: the first
 // claims the key and runs, repeats get its stored result.
 func (s *Service) invokeKeyed(ctx context.Context, f *fn, req *Request, key string) (Result, error) {
-	mk, ph := store.MarkKeyOf(keyScope(f.cfg.Name), key), payloadHash(req.Payload)
+	mk, ph := store.MarkKeyOf(keyScope(f.cfg.Name), key), claimHash(req.KeyOnly, key, req.Payload)
 	waitUntil := s.now().Add(f.lease())
 	for {
 		legacy, err := s.legacyOf(ctx)

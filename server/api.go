@@ -139,6 +139,7 @@ func (s *Server) routes(reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/streams/{stream}/records", s.guardPut(s.handlePut))
 	s.invokeRoutes(mux)
+	s.s3EventRoutes(mux, reg)
 	s.controlRoutes(mux)
 	s.replayRoutes(mux)
 	mux.HandleFunc("POST /v1/redrive", s.handleRedrive)

@@ -26,9 +26,15 @@ import (
 
 // authenticator checks the API tokens of `auth.tokens` (full) and
 // `auth.readTokens` (GET routes only). A request proves it holds a token in
-// one of two ways:
+// one of three ways:
 //
 //   - Authorization: Bearer <token>;
+//   - HTTP Basic authentication (Authorization: Basic) whose password is
+//     the token, with any user name: what webhook senders that know only
+//     a URL send (Go's net/http, and most HTTP clients, turn the userinfo
+//     of http://idem:<token>@host/… into it), such as S3-compatible
+//     stores posting bucket notifications. It grants what the token
+//     grants, as Bearer does;
 //   - an AWS Signature Version 4 (what the AWS CLI and SDKs send) made with
 //     the token as the secret access key, any access key id, any region,
 //     within 15 minutes of idem's clock. This is what lets `aws lambda
@@ -116,7 +122,7 @@ func forbidden(format string, args ...any) *authError {
 
 // errNoToken is the answer to a request without a token, or with a wrong
 // one.
-var errNoToken = forbidden("this API requires a token of auth.tokens, as Authorization: Bearer <token> or as the secret access key of an AWS Signature Version 4")
+var errNoToken = forbidden("this API requires a token of auth.tokens, as Authorization: Bearer <token>, as the password of HTTP Basic authentication, or as the secret access key of an AWS Signature Version 4")
 
 // isWrite reports whether a request may change something: every method but
 // GET, HEAD and OPTIONS.
@@ -182,6 +188,13 @@ func (a *authenticator) authenticate(w http.ResponseWriter, r *http.Request) (gr
 	case len(h) > 7 && strings.EqualFold(h[:7], "Bearer "):
 		if g := a.bearer(strings.TrimSpace(h[7:])); g != grantNone {
 			return g, nil, nil
+		}
+	case len(h) > 6 && strings.EqualFold(h[:6], "Basic "):
+		// The user name is ignored: a webhook's URL must carry one.
+		if _, pass, ok := r.BasicAuth(); ok {
+			if g := a.bearer(pass); g != grantNone {
+				return g, nil, nil
+			}
 		}
 	case strings.HasPrefix(h, "AWS4-HMAC-SHA256 "):
 		sv, err := parseSigV4(r, h, a.now())

@@ -15,6 +15,7 @@ import (
 	"github.com/idem-run/idem/function/process"
 	"github.com/idem-run/idem/source"
 	"github.com/idem-run/idem/store"
+	"github.com/idem-run/idem/store/dynamodb"
 	stembedded "github.com/idem-run/idem/store/embedded"
 	"github.com/idem-run/idem/store/postgres"
 	"github.com/idem-run/idem/store/redis"
@@ -54,6 +55,7 @@ var (
 	_ store.Claims = (*stembedded.Store)(nil)
 	_ store.Claims = (*postgres.Store)(nil)
 	_ store.Claims = (*redis.Store)(nil)
+	_ store.Claims = (*dynamodb.Store)(nil)
 )
 
 // check is Check with the handlers of s.
@@ -90,6 +92,10 @@ func (s *Server) check() error {
 		var timeout time.Duration
 		if f := cfg.Function(m.Function); f != nil {
 			inv, timeout = unopened{}, f.Timeout.D()
+		}
+		if cfg.Store.DynamoDB != nil {
+			// A batch's marks must fit one DynamoDB transaction.
+			bad(fmt.Sprintf("mappings[%d].batchSize", i), dynamodb.CheckBatch(m.BatchSize, m.Idempotency.Key != ""))
 		}
 		err := engineMapping(m, unopened{}, inv, timeout).Validate()
 		if err == nil {

@@ -36,6 +36,14 @@ mappings:
     startingPosition: LATEST
     destinationConfig: {onFailure: {stream: orders}}
 `, []string{"mappings[0]"}},
+		{"payload-keyed batches above a DynamoDB transaction", `store: {dynamodb: {table: idem, endpoint: "http://127.0.0.1:1"}}
+streams: [{name: orders}]
+functions: [{name: fn}]
+mappings:
+  - {name: a, source: {stream: orders}, function: fn, startingPosition: LATEST, batchSize: 96, idempotency: {key: id}}
+  - {name: b, source: {stream: orders}, function: fn, startingPosition: LATEST, batchSize: 95, idempotency: {key: id}}
+  - {name: c, source: {stream: orders}, function: fn, startingPosition: LATEST, batchSize: 10000}
+`, []string{"mappings[0].batchSize"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dataDir := filepath.Join(t.TempDir(), "data")

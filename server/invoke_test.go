@@ -29,7 +29,7 @@ const token = "0123456789abcdef0123456789abcdef"
 
 // serve runs a server.Server for yaml (dataDir and listen are added) until
 // the test ends, and returns its address.
-func serve(t *testing.T, yaml string, log *bytes.Buffer, opts ...server.Option) string {
+func serve(t testing.TB, yaml string, log *bytes.Buffer, opts ...server.Option) string {
 	t.Helper()
 	addr, stop := start(t, t.TempDir(), "127.0.0.1:0", yaml, log, opts...)
 	t.Cleanup(stop)
@@ -39,7 +39,7 @@ func serve(t *testing.T, yaml string, log *bytes.Buffer, opts ...server.Option) 
 // start runs a server.Server for yaml with dataDir dir, listening on listen
 // (port 0: a free port), and returns its address and a function that
 // stops it (which the test's end calls too).
-func start(t *testing.T, dir, listen, yaml string, log *bytes.Buffer, opts ...server.Option) (addr string, stop func()) {
+func start(t testing.TB, dir, listen, yaml string, log *bytes.Buffer, opts ...server.Option) (addr string, stop func()) {
 	t.Helper()
 	addr = listen
 	if strings.HasSuffix(listen, ":0") {

@@ -192,7 +192,7 @@ func (s *Server) checkReady(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if s.cfg.Store.Postgres != nil || s.cfg.Store.Redis != nil {
+	if s.cfg.Store.Postgres != nil || s.cfg.Store.Redis != nil || s.cfg.Store.DynamoDB != nil {
 		if _, err := s.store.State(ctx, readyProbe, readyProbe); err != nil && !errors.Is(err, idem.ErrNotFound) {
 			return fmt.Errorf("the store: %w", err)
 		}

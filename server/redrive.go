@@ -163,8 +163,8 @@ func (s *Server) redriveTarget(req RedriveRequest) (*redriveTarget, error) {
 	if (req.Mapping == "") == (req.Function == "") {
 		return nil, refuse(http.StatusBadRequest, "name exactly one of mapping (records a mapping discarded) and function (asynchronous events a function gave up)")
 	}
-	if sc := s.cfg.Store; sc.Postgres != nil || sc.Redis != nil {
-		return nil, refuse(http.StatusNotImplemented, "redrive reads on-failure records from embedded streams, which only the embedded store writes: with store.postgres or store.redis they are kept in the store (read them with its Failures API) and cannot be sent and checkpointed in one atomic write")
+	if sc := s.cfg.Store; sc.Postgres != nil || sc.Redis != nil || sc.DynamoDB != nil {
+		return nil, refuse(http.StatusNotImplemented, "redrive reads on-failure records from embedded streams, which only the embedded store writes: with store.postgres, store.redis or store.dynamodb they are kept in the store (read them with its Failures API) and cannot be sent and checkpointed in one atomic write")
 	}
 	if req.Function != "" {
 		for _, f := range s.cfg.Functions {
@@ -215,6 +215,7 @@ type failureBatch struct {
 	ids       []engine.FailedRecord // nil when the metadata has no idemRecords
 	stream    string                // the source stream, for metadata without idemRecords
 	key       string                // an async event's idempotency key
+	keyOnly   bool                  // the key alone identified the event (invoke.Request.KeyOnly)
 	left      int                   // records of the batch still to read
 	next      int                   // index of the next record
 }
@@ -238,6 +239,7 @@ func parseFailure(data []byte) *failureBatch {
 		RequestPayload     json.RawMessage       `json:"requestPayload"`
 		IdemRecords        []engine.FailedRecord `json:"idemRecords"`
 		IdemIdempotencyKey string                `json:"idemIdempotencyKey"`
+		IdemKeyOnly        bool                  `json:"idemKeyOnly"`
 	}
 	if json.Unmarshal(data, &m) != nil || m.RequestContext == nil {
 		return nil
@@ -256,7 +258,7 @@ func parseFailure(data []byte) *failureBatch {
 		b.left = m.KafkaBatchInfo.BatchSize
 		b.stream = arnName(m.KafkaBatchInfo.EventSourceArn, "/idem/")
 	case m.RequestPayload != nil:
-		b.async, b.left, b.key = true, 1, m.IdemIdempotencyKey
+		b.async, b.left, b.key, b.keyOnly = true, 1, m.IdemIdempotencyKey, m.IdemKeyOnly
 	default:
 		return nil
 	}
@@ -400,7 +402,14 @@ func (s *Server) redriveShard(ctx context.Context, req RedriveRequest, t *redriv
 			}
 			sent++
 			if t.async {
-				events = append(events, invoke.Request{Function: t.function, Payload: r.Data, IdempotencyKey: rec.IdempotencyKey})
+				ev := invoke.Request{Function: t.function, Payload: r.Data, IdempotencyKey: rec.IdempotencyKey}
+				if batch.keyOnly && !req.NewKeys {
+					// An S3 notification's identity: queued again as it
+					// was, a repeat with another payload being the same
+					// event, and its key not held to a header's rules.
+					ev.IdempotencyKey, ev.DefaultKey, ev.KeyOnly = "", rec.IdempotencyKey, true
+				}
+				events = append(events, ev)
 			} else {
 				pk := rec.PartitionKey
 				if len(pk) < 1 || len(pk) > pebbledb.MaxPartitionKeyBytes {

@@ -31,6 +31,7 @@ import (
 	"github.com/idem-run/idem/source/kinesis"
 	"github.com/idem-run/idem/source/redisstream"
 	"github.com/idem-run/idem/store"
+	"github.com/idem-run/idem/store/dynamodb"
 	stembedded "github.com/idem-run/idem/store/embedded"
 	"github.com/idem-run/idem/store/postgres"
 	"github.com/idem-run/idem/store/redis"
@@ -292,6 +293,19 @@ func (s *Server) openStore() error {
 			return fmt.Errorf("store.redis: %w", err)
 		}
 		s.store, s.closeStore = rs, func() { rs.Close() }
+	case sc.DynamoDB != nil:
+		opts := []dynamodb.Option{dynamodb.WithTable(sc.DynamoDB.Table), dynamodb.WithLogger(s.log)}
+		if sc.DynamoDB.Region != "" {
+			opts = append(opts, dynamodb.WithRegion(sc.DynamoDB.Region))
+		}
+		if sc.DynamoDB.Endpoint != "" {
+			opts = append(opts, dynamodb.WithEndpoint(sc.DynamoDB.Endpoint))
+		}
+		ds, err := dynamodb.New(ctx, opts...)
+		if err != nil {
+			return fmt.Errorf("store.dynamodb: %w", err)
+		}
+		s.store, s.closeStore = ds, func() { ds.Close() }
 	default:
 		s.store, s.closeStore = stembedded.New(s.db), func() {}
 	}

@@ -326,3 +326,16 @@ type Pipeliner interface {
 	// that a crash could take back).
 	CommitPipelined(ctx context.Context, w *Write) (synced func() error, err error)
 }
+
+// TxLimiter is implemented by stores whose atomic write holds a bounded
+// number of items (DynamoDB's transactions hold 100): a Write touching more
+// than MaxWriteItems items (its checkpoint, progress, fence, each distinct
+// mark, release and state key, each on-failure batch) is refused whole by
+// Commit, never split. Configurations and engines use it to refuse, at
+// start, mappings whose batches could need more: records keyed by their
+// payload need a mark each. Stores without the interface have no such
+// bound.
+type TxLimiter interface {
+	// MaxWriteItems returns how many items one Write may touch.
+	MaxWriteItems() int
+}

@@ -307,6 +307,15 @@ functions:
   - {name: count}
 mappings:
   - {name: events-to-count, source: {stream: events}, function: count, startingPosition: LATEST}
+`, `
+store:
+  dynamodb: {table: idem.prod, region: eu-west-1, endpoint: "http://127.0.0.1:8000"}
+streams:
+  - {name: events}
+functions:
+  - {name: count}
+mappings:
+  - {name: events-to-count, source: {stream: events}, function: count, startingPosition: LATEST}
 `}
 
 // location is one setting of a full config.

@@ -14,14 +14,44 @@ import (
 	"unicode/utf8"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/internal/s3event"
 )
 
 // appendEvent appends b as the JSON of the Lambda event b.Format names.
 func (f *Function) appendEvent(dst []byte, b *idem.Batch) []byte {
-	if b.Format == idem.EventFormatKafka {
+	switch b.Format {
+	case idem.EventFormatKafka:
 		return f.appendKafkaEvent(dst, b)
+	case idem.EventFormatS3:
+		return appendS3Event(dst, b)
 	}
 	return f.appendKinesisEvent(dst, b)
+}
+
+// appendS3Event appends b as the JSON of an events.S3Event: one
+// {"Records":[…]} holding, in order, the event records of every record's
+// data, an S3 event notification, each compacted but otherwise as the
+// store wrote it (fields aws-lambda-go does not know reach the function
+// too). A test notification, or data that is not a notification, adds no
+// record; the engine never sends either (it filters test notifications
+// out, and discards what is not a notification, before building a batch).
+func appendS3Event(dst []byte, b *idem.Batch) []byte {
+	dst = append(dst, `{"Records":[`...)
+	first := true
+	for i := range b.Records {
+		n, err := s3event.Parse(b.Records[i].Data)
+		if err != nil {
+			continue
+		}
+		for j := range n.Records {
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = append(dst, n.Records[j].Raw...)
+		}
+	}
+	return append(dst, "]}"...)
 }
 
 // appendKafkaEvent appends b as the JSON of an events.KafkaEvent (Amazon

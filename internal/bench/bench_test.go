@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,14 +63,19 @@ func BenchmarkEngine(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportMetric(s.RecordsPerSec, "records/s")
+			b.ReportMetric(s.CPUMicrosPerRecord, "cpu-µs/record")
 		})
 	}
 }
 
-// TestRunOnSharedStores runs the scenarios on PostgreSQL and Redis, as
-// `idem bench --store` does, on a few records.
+// TestRunOnSharedStores runs the scenarios on DynamoDB (minidyn, in
+// process, first: the others skip the test when absent), PostgreSQL and
+// Redis, as `idem bench --store` does, on a few records.
 func TestRunOnSharedStores(t *testing.T) {
 	for _, spec := range []func(t *testing.T) string{
+		func(t *testing.T) string {
+			return "dynamodb://" + strings.TrimPrefix(testsvc.DynamoDBEndpoint(t), "http://")
+		},
 		func(t *testing.T) string { return testsvc.PostgresDSN(t) },
 		func(t *testing.T) string { return "redis://" + testsvc.RedisAddr(t) },
 	} {

@@ -8,7 +8,11 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -16,6 +20,7 @@ import (
 
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/store"
+	"github.com/idem-run/idem/store/dynamodb"
 	stembedded "github.com/idem-run/idem/store/embedded"
 	"github.com/idem-run/idem/store/postgres"
 	"github.com/idem-run/idem/store/redis"
@@ -30,6 +35,8 @@ func storeKind(spec string) string {
 		return "postgres"
 	case strings.HasPrefix(spec, "redis://"):
 		return "redis"
+	case strings.HasPrefix(spec, "dynamodb://"):
+		return "dynamodb"
 	}
 	return ""
 }
@@ -37,7 +44,12 @@ func storeKind(spec string) string {
 // checkStore refuses a Store setting no scenario can use.
 func checkStore(spec string) error {
 	if storeKind(spec) == "" {
-		return fmt.Errorf("store %q: want embedded, a postgres:// DSN or a redis://host:port[/db] URL", spec)
+		return fmt.Errorf("store %q: want embedded, a postgres:// DSN, a redis://host:port[/db] URL or a dynamodb://[host:port][/table][?region=R] URL", spec)
+	}
+	if storeKind(spec) == "dynamodb" {
+		if _, err := dynamodb.ParseURL(spec); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -94,8 +106,37 @@ func openStore(ctx context.Context, spec string, db *pebbledb.DB) (st store.Driv
 			rs.Close()
 			deleteRedisPrefix(addr, n, "{"+prefix+"}:*")
 		}, nil
+	case "dynamodb":
+		// A table of its own per scenario, named after the URL's, deleted
+		// after.
+		u, err := dynamodb.ParseURL(spec)
+		if err != nil {
+			return nil, nil, err
+		}
+		u.Table = benchTable(u.Table, "")
+		client, err := dynamodb.NewClient(ctx, u.Region, u.Endpoint)
+		if err != nil {
+			return nil, nil, err
+		}
+		ds, err := dynamodb.New(ctx, dynamodb.WithClient(client), dynamodb.WithTable(u.Table), dynamodb.WithLogger(discardLogger()))
+		if err != nil {
+			return nil, nil, err
+		}
+		return ds, func() {
+			ds.Close()
+			client.DeleteTable(context.Background(), &awsddb.DeleteTableInput{TableName: aws.String(u.Table)})
+		}, nil
 	}
 	return stembedded.New(db), func() {}, nil
+}
+
+// benchTable names a fresh table after base: base, kind, a random suffix.
+func benchTable(base, kind string) string {
+	name := base + "-bench-" + kind + randomSuffix()
+	if len(name) > 255 {
+		name = name[len(name)-255:]
+	}
+	return name
 }
 
 func deleteRedisPrefix(addr string, db int, match string) {
@@ -121,6 +162,8 @@ func newBaseline(ctx context.Context, spec, dir string) (baseline, error) {
 	switch storeKind(spec) {
 	case "postgres":
 		return newPGBaseline(ctx, spec)
+	case "dynamodb":
+		return newDynamoBaseline(ctx, spec)
 	case "redis":
 		addr, n, err := redisOptions(spec)
 		if err != nil {
@@ -214,4 +257,84 @@ func (r *redisBaseline) complete(ctx context.Context, key string) error {
 func (r *redisBaseline) close() {
 	r.c.Close()
 	deleteRedisPrefix(r.addr, r.db, r.prefix+"*")
+}
+
+// dynamoBaseline is Powertools' idempotency table: a table keyed by id, a
+// conditional PutItem to claim a record (absent, or expired) and an
+// UpdateItem to complete it, each a durable write of its own.
+type dynamoBaseline struct {
+	client *awsddb.Client
+	table  *string
+}
+
+func newDynamoBaseline(ctx context.Context, spec string) (*dynamoBaseline, error) {
+	u, err := dynamodb.ParseURL(spec)
+	if err != nil {
+		return nil, err
+	}
+	client, err := dynamodb.NewClient(ctx, u.Region, u.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	b := &dynamoBaseline{client: client, table: aws.String(benchTable(u.Table, "baseline-"))}
+	if _, err := client.CreateTable(ctx, &awsddb.CreateTableInput{
+		TableName: b.table, BillingMode: ddbtypes.BillingModePayPerRequest,
+		AttributeDefinitions: []ddbtypes.AttributeDefinition{{AttributeName: aws.String("id"), AttributeType: ddbtypes.ScalarAttributeTypeS}},
+		KeySchema:            []ddbtypes.KeySchemaElement{{AttributeName: aws.String("id"), KeyType: ddbtypes.KeyTypeHash}},
+	}); err != nil {
+		return nil, err
+	}
+	for {
+		out, err := client.DescribeTable(ctx, &awsddb.DescribeTableInput{TableName: b.table})
+		if err != nil {
+			b.close()
+			return nil, err
+		}
+		if st := out.Table.TableStatus; st != ddbtypes.TableStatusCreating {
+			return b, nil
+		}
+		select {
+		case <-ctx.Done():
+			b.close()
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (d *dynamoBaseline) claim(ctx context.Context, key string) error {
+	now := time.Now()
+	_, err := d.client.PutItem(ctx, &awsddb.PutItemInput{
+		TableName: d.table,
+		Item: map[string]ddbtypes.AttributeValue{
+			"id":                     &ddbtypes.AttributeValueMemberS{Value: key},
+			"status":                 &ddbtypes.AttributeValueMemberS{Value: "INPROGRESS"},
+			"expiration":             &ddbtypes.AttributeValueMemberN{Value: strconv.FormatInt(now.Add(time.Hour).Unix(), 10)},
+			"in_progress_expiration": &ddbtypes.AttributeValueMemberN{Value: strconv.FormatInt(now.Add(time.Minute).UnixMilli(), 10)},
+		},
+		ConditionExpression:      aws.String("attribute_not_exists(#id) OR #exp < :now"),
+		ExpressionAttributeNames: map[string]string{"#id": "id", "#exp": "expiration"},
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{
+			":now": &ddbtypes.AttributeValueMemberN{Value: strconv.FormatInt(now.Unix(), 10)},
+		},
+	})
+	return err
+}
+
+func (d *dynamoBaseline) complete(ctx context.Context, key string) error {
+	_, err := d.client.UpdateItem(ctx, &awsddb.UpdateItemInput{
+		TableName:                d.table,
+		Key:                      map[string]ddbtypes.AttributeValue{"id": &ddbtypes.AttributeValueMemberS{Value: key}},
+		UpdateExpression:         aws.String("SET #st = :done, #exp = :exp"),
+		ExpressionAttributeNames: map[string]string{"#st": "status", "#exp": "expiration"},
+		ExpressionAttributeValues: map[string]ddbtypes.AttributeValue{
+			":done": &ddbtypes.AttributeValueMemberS{Value: "COMPLETED"},
+			":exp":  &ddbtypes.AttributeValueMemberN{Value: strconv.FormatInt(time.Now().Add(24*time.Hour).Unix(), 10)},
+		},
+	})
+	return err
+}
+
+func (d *dynamoBaseline) close() {
+	d.client.DeleteTable(context.Background(), &awsddb.DeleteTableInput{TableName: d.table})
 }

@@ -256,9 +256,10 @@ func runCLI(t *testing.T, bin string, stdin io.Reader, args ...string) (stdout, 
 
 // api is a client of idem's HTTP API.
 type api struct {
-	base string
-	tr   *http.Transport
-	hc   *http.Client
+	base  string
+	tr    *http.Transport
+	hc    *http.Client
+	token string // sent as a Bearer token when set (auth.tokens)
 }
 
 // newAPI returns a client of the API at addr (host:port).
@@ -299,6 +300,9 @@ func (a *api) do(ctx context.Context, method, path string, body, out any) error 
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
 	}
 	resp, err := a.hc.Do(req)
 	if err != nil {

@@ -552,14 +552,17 @@ func Decode(data []byte) (any, error) {
 // filterFields are the top-level fields a Lambda filter may name, by the
 // event format a mapping sends: Lambda filters KinesisEvent records on
 // data only, and KafkaEvent records on the value and the record's
-// metadata.
+// metadata. A mapping that sends S3Events filters each stream record's
+// notification document: its Records, and the EventName and Key MinIO
+// adds.
 var filterFields = map[string][]string{
 	"kinesis": {"data"},
 	"kafka":   {"key", "offset", "partition", "timestamp", "timestampType", "topic", "value"},
+	"s3":      {"EventName", "Key", "Records"},
 }
 
 // CompileFilter compiles a filterCriteria pattern of a mapping that sends
-// format events ("kinesis", the default, or "kafka"), refusing fields
+// format events ("kinesis", the default, "kafka" or "s3"), refusing fields
 // that such events do not have: a pattern on them would silently filter
 // out every record.
 func CompileFilter(src, format string) (*Pattern, error) {

@@ -39,11 +39,11 @@ func mustCreate(t *testing.T, db *DB, name string, shards int) {
 }
 
 func TestOpenValidatesOptions(t *testing.T) {
-	_, err := Open("", InMemory(), WithCacheSize(10), WithSweepInterval(0), WithPollInterval(-1))
+	_, err := Open("", InMemory(), WithCacheSize(10), WithSweepInterval(0), WithPollInterval(-1), WithMarkFilterMemory(-1))
 	if err == nil {
 		t.Fatal("Open accepted invalid options")
 	}
-	for _, want := range []string{"cache size 10", "sweep interval 0s", "poll interval -1ns"} {
+	for _, want := range []string{"cache size 10", "sweep interval 0s", "poll interval -1ns", "mark filter memory -1"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}

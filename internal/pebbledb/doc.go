@@ -29,6 +29,17 @@
 // checks that each commit's checkpoint, marks, state and on-failure records
 // survive together or not at all.
 //
+// # Mark lookups
+//
+// Completion marks are looked up for every record keyed by its payload,
+// and most of those keys were never marked. A Bloom filter of the mark
+// keys in memory (markfilter.go), built at Open from the marks on disk and
+// added to by each commit before its batch is applied, answers those
+// without reading Pebble; it never misses a mark. It costs about 2 to 5
+// bytes a live mark, the sweep drops its parts whose marks all expired,
+// and WithMarkFilterMemory bounds it: beyond the bound, lookups go on to
+// Pebble ever more often.
+//
 // # A full disk
 //
 // A write that would leave the data directory's filesystem with less free

@@ -20,12 +20,13 @@ type recordClaim struct {
 // ClaimRecords claims c.Keys for c.Owner in order, up to the first key
 // another owner's live claim holds (store.RecordClaims). Claims are kept
 // in memory, under the lock that also orders them against the commits
-// that end them; the marks are looked up after, outside it, so that shards
-// claiming at once read Pebble in parallel. That order is safe: a commit
-// applies its marks before it ends the claims they replace, so a key
-// acquired here after another owner's claim ended has that owner's mark
-// visible to the lookup that follows, and is reported Completed (and its
-// claim let go) rather than run again.
+// that end them; the marks are looked up after, outside it, all at once,
+// so that shards claiming at once read Pebble in parallel (keys the mark
+// filter rules out are not read at all). That order is safe: a commit adds
+// its marks to the filter and applies them before it ends the claims they
+// replace, so a key acquired here after another owner's claim ended has
+// that owner's mark visible to the lookup that follows, and is reported
+// Completed (and its claim let go) rather than run again.
 //
 // Errors: store.ErrFenced (nothing claimed), ErrClosed, ctx.Err().
 func (db *DB) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
@@ -44,19 +45,22 @@ func (db *DB) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 	if !c.Marks {
 		return nil
 	}
+	// The keys acquired, up to the first held elsewhere, all looked up
+	// at once.
+	n := 0
+	for n < len(c.Keys) && (c.Status[n] == store.Acquired || c.Status[n] == store.Completed) {
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	done := make([]bool, n)
+	if err := db.lookupMarks(c.Keys[:n], c.Now.UnixNano(), done); err != nil {
+		return err
+	}
 	var completed []store.MarkKey
-	for i, k := range c.Keys {
-		if c.Status[i] == store.Completed {
-			continue
-		}
-		if c.Status[i] != store.Acquired {
-			break
-		}
-		done, err := db.marked(c, k)
-		if err != nil {
-			return err
-		}
-		if done {
+	for i, k := range c.Keys[:n] {
+		if done[i] && c.Status[i] == store.Acquired {
 			c.Status[i] = store.Completed
 			completed = append(completed, k)
 		}
@@ -87,7 +91,7 @@ func (db *DB) claimRecords(c *store.RecordClaims) error {
 		if rc, ok := db.records[k]; ok && rc.owner != c.Owner && rc.until > now {
 			// Held elsewhere, unless it is completed already: a mark
 			// outranks a claim.
-			if done, err := db.marked(c, k); err != nil {
+			if done, err := db.marked(c, i); err != nil {
 				return err
 			} else if done {
 				c.Status[i] = store.Completed
@@ -103,21 +107,15 @@ func (db *DB) claimRecords(c *store.RecordClaims) error {
 	return nil
 }
 
-// marked reports whether c asks for marks and k has one live at c.Now.
-func (db *DB) marked(c *store.RecordClaims, k store.MarkKey) (bool, error) {
+// marked reports whether c asks for marks and c.Keys[i] has one live at
+// c.Now.
+func (db *DB) marked(c *store.RecordClaims, i int) (bool, error) {
 	if !c.Marks {
 		return false, nil
 	}
-	var kb [17]byte
-	var expires int64
-	found, err := db.get(markKey(&kb, k), func(v []byte) (err error) {
-		expires, err = decodeMark(v)
-		return err
-	})
-	if err != nil {
-		return false, fmt.Errorf("pebbledb: mark %x: %w", k[:], err)
-	}
-	return found && expires > c.Now.UnixNano(), nil
+	var done [1]bool
+	err := db.lookupMarks(c.Keys[i:i+1], c.Now.UnixNano(), done[:])
+	return done[0], err
 }
 
 // endClaims ends the claims a committed w ends: its range claim, its

@@ -78,8 +78,8 @@ func (db *DB) Progress(ctx context.Context, key store.ProgressKey) (store.Progre
 }
 
 // Completed sets done[i] to whether keys[i] holds a mark that expires after
-// now. Each key is one point lookup, which the bloom filters answer without
-// reading a block for most absent keys.
+// now. The mark filter answers for most keys never marked without reading
+// Pebble; the rest are looked up there, a batch of them with one iterator.
 //
 // Errors: ErrClosed, ctx.Err(), and an error if done and keys differ in
 // length.
@@ -95,20 +95,7 @@ func (db *DB) Completed(ctx context.Context, keys []store.MarkKey, now time.Time
 		return err
 	}
 	defer release()
-	t := now.UnixNano()
-	var kb [17]byte
-	for i, k := range keys {
-		var expires int64
-		found, err := db.get(markKey(&kb, k), func(v []byte) (err error) {
-			expires, err = decodeMark(v)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("pebbledb: mark %x: %w", k[:], err)
-		}
-		done[i] = found && expires > t
-	}
-	return nil
+	return db.lookupMarks(keys, now.UnixNano(), done)
 }
 
 // State returns the committed value of key in namespace, a copy the caller
@@ -310,6 +297,14 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 	if len(w.Marks) > 0 {
 		db.markMu.RLock()
 		defer db.markMu.RUnlock()
+		// Into the filter before the batch is applied: a lookup that
+		// could see a mark finds it in the filter first. If the
+		// commit fails, they are false positives.
+		if !db.opts.noMarkFilter {
+			for i := range w.Marks {
+				db.marks.add(&w.Marks[i].Key, w.Marks[i].Expires.UnixNano())
+			}
+		}
 	}
 	endsClaims := len(w.Release) > 0 || len(w.Marks) > 0 || w.EndRange
 	if w.Fence != nil {

@@ -178,7 +178,11 @@ func (db *DB) purgeMarks(ctx context.Context, now int64) error {
 // deletes each entry, and its mark if the mark itself expired (a renewed
 // mark has a later entry and stays). It holds markMu exclusively, so no
 // Commit writing marks is in flight: what it reads is what it deletes. It
-// reports whether expired entries remain.
+// reports whether expired entries remain. The chunk that finds none left
+// has seen every mark expired at now deleted, with no commit since, and
+// drops the mark filter's segments whose keys all expired at now: without
+// that, a filter that cannot forget would fill with the keys of marks long
+// gone, and answer "maybe" for ever more absent keys.
 func (db *DB) purgeChunk(now int64) (more bool, err error) {
 	release, err := db.enter()
 	if err != nil {
@@ -224,6 +228,7 @@ func (db *DB) purgeChunk(now int64) (more bool, err error) {
 		return false, err
 	}
 	if n == 0 {
+		db.marks.drop(now)
 		return false, nil
 	}
 	if err := db.admitMaintenance(); err != nil {
@@ -240,6 +245,9 @@ func (db *DB) purgeChunk(now int64) (more bool, err error) {
 	// Completed ignores: no need to wait for a sync.
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return false, noSpace(err)
+	}
+	if !valid {
+		db.marks.drop(now)
 	}
 	return valid, nil
 }

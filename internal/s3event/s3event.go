@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // TestEventName is the Event of the test notification that S3 (and
@@ -45,7 +46,11 @@ type Notification struct {
 type Record struct {
 	// Raw is the record as sent, compacted: the function gets it verbatim,
 	// so fields this package does not read (userIdentity,
-	// responseElements, a store's own additions) reach it unchanged.
+	// responseElements, a store's own additions) reach it unchanged. One
+	// exception keeps events.S3Event of aws-lambda-go decoding it: a
+	// glacierEventData without a valid restoration expiry time (versitygw
+	// sends an empty one with every event; S3 sends the member only for
+	// restore events) is left out.
 	Raw json.RawMessage
 	// EventName is the event's type, such as "ObjectCreated:Put" (MinIO
 	// and Ceph prefix it with "s3:").
@@ -94,6 +99,27 @@ type wire struct {
 			Sequencer *string `json:"sequencer"`
 		} `json:"object"`
 	} `json:"s3"`
+	GlacierEventData *struct {
+		RestoreEventData *struct {
+			LifecycleRestorationExpiryTime *string `json:"lifecycleRestorationExpiryTime"`
+		} `json:"restoreEventData"`
+	} `json:"glacierEventData"`
+}
+
+// placeholderGlacier reports whether w carries a glacierEventData that only
+// holds empty values: S3 sends the member only for restore events, with
+// their expiry time, and aws-lambda-go's events.S3Event fails on an empty
+// time ("parsing time \"\""), which versitygw sends with every event.
+func (w *wire) placeholderGlacier() bool {
+	g := w.GlacierEventData
+	if g == nil {
+		return false
+	}
+	if g.RestoreEventData == nil || g.RestoreEventData.LifecycleRestorationExpiryTime == nil {
+		return true
+	}
+	_, err := time.Parse(time.RFC3339, *g.RestoreEventData.LifecycleRestorationExpiryTime)
+	return err != nil
 }
 
 // Parse decodes a notification document: a test notification, or an
@@ -191,6 +217,13 @@ func parseRecord(raw []byte) (Record, *Error) {
 	}
 	if err := need("s3.object.key", w.S3.Object.Key); err != nil {
 		return Record{}, err
+	}
+	if w.placeholderGlacier() {
+		var members map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &members); err == nil {
+			delete(members, "glacierEventData")
+			raw, _ = json.Marshal(members)
+		}
 	}
 	var compact bytes.Buffer
 	compact.Grow(len(raw))

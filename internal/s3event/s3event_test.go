@@ -126,3 +126,37 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// versitygwRecord is a record as versitygw v1.8.0 sends it: an empty
+// glacierEventData that events.S3Event cannot decode.
+const versitygwRecord = `{"eventVersion":"2.2","eventSource":"aws:s3","awsRegion":"us-east-1","eventTime":"2026-12-06T02:51:40Z","eventName":"s3:ObjectCreated:Put","userIdentity":{"PrincipalId":"idemtestaccess"},"requestParameters":{"sourceIPAddress":"127.0.0.1"},"responseElements":{"x-amz-request-id":"","x-amz-id-2":""},"s3":{"s3SchemaVersion":"1.0","configurationId":"webhook-global","bucket":{"name":"photos","ownerIdentity":{"PrincipalId":"idemtestaccess"},"arn":"arn:aws:s3:::/photos/img-0000.jpg"},"object":{"key":"img-0000.jpg","size":23,"eTag":"\"4c9bfcb70eeadf32a6c6e95c13a05c31\"","versionId":null,"sequencer":"1"}},"glacierEventData":{"restoreEventData":{"lifecycleRestorationExpiryTime":"","lifecycleRestoreStorageClass":""}}}`
+
+func TestVersityGWRecordDecodes(t *testing.T) {
+	var ev events.S3Event
+	if err := json.Unmarshal([]byte(`{"Records":[`+versitygwRecord+`]}`), &ev); err == nil {
+		t.Fatal("events.S3Event decodes versitygw's record as sent; the normalisation is no longer needed")
+	}
+	n, err := Parse([]byte(`{"Records":[` + versitygwRecord + `]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := n.Records[0]
+	if err := json.Unmarshal(r.Event(), &ev); err != nil {
+		t.Fatalf("events.S3Event of the normalised record: %v\n%s", err, r.Event())
+	}
+	if ev.Records[0].S3.Object.Key != "img-0000.jpg" || ev.Records[0].S3.Object.Size != 23 {
+		t.Errorf("decoded %+v", ev.Records[0])
+	}
+	if want := `ObjectCreated:Put|2026-12-06T02:51:40Z|1|e=4c9bfcb70eeadf32a6c6e95c13a05c31|photos/img-0000.jpg`; r.Key() != want {
+		t.Errorf("Key = %q, want %q", r.Key(), want)
+	}
+	// A restore event's glacierEventData is kept.
+	restore := strings.Replace(versitygwRecord, `"lifecycleRestorationExpiryTime":""`, `"lifecycleRestorationExpiryTime":"2026-12-08T00:00:00Z"`, 1)
+	n, err = Parse([]byte(`{"Records":[` + restore + `]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(n.Records[0].Raw), "glacierEventData") {
+		t.Errorf("a valid glacierEventData was dropped: %s", n.Records[0].Raw)
+	}
+}

@@ -95,18 +95,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/internal/awsconfig"
 	"github.com/idem-run/idem/source"
 )
 
@@ -251,45 +249,15 @@ func New(ctx context.Context, stream string, opts ...Option) (*Source, error) {
 }
 
 func newClient(ctx context.Context, o options) (*kinesis.Client, error) {
-	var load []func(*config.LoadOptions) error
-	if o.region != "" {
-		load = append(load, config.WithRegion(o.region))
-	}
-	if o.endpoint != "" && !credentialsConfigured() {
-		load = append(load, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("idem", "idem", "")))
-	}
-	cfg, err := config.LoadDefaultConfig(ctx, load...)
+	cfg, err := awsconfig.Load(ctx, o.region, o.endpoint)
 	if err != nil {
-		return nil, fmt.Errorf("kinesis: loading AWS configuration: %w", err)
-	}
-	if o.endpoint != "" && cfg.Region == "" {
-		cfg.Region = "us-east-1"
+		return nil, fmt.Errorf("kinesis: %w", err)
 	}
 	return kinesis.NewFromConfig(cfg, func(ko *kinesis.Options) {
 		if o.endpoint != "" {
 			ko.BaseEndpoint = aws.String(o.endpoint)
 		}
 	}), nil
-}
-
-// credentialsConfigured reports whether the SDK's default chain has
-// credentials to find without asking the instance metadata service.
-func credentialsConfigured() bool {
-	for _, env := range []string{"AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"} {
-		if os.Getenv(env) != "" {
-			return true
-		}
-	}
-	if f := os.Getenv("AWS_SHARED_CREDENTIALS_FILE"); f != "" {
-		_, err := os.Stat(f)
-		return err == nil
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		if _, err := os.Stat(home + "/.aws/credentials"); err == nil {
-			return true
-		}
-	}
-	return false
 }
 
 func newSource(ctx context.Context, client api, stream string, o options) (*Source, error) {

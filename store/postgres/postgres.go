@@ -30,7 +30,9 @@
 // round trip) and then COMMIT, so the handler's writes, the completion
 // marks or progress, the state and the checkpoint commit together or not at
 // all. Each record runs under one savepoint, released when the next record
-// sets its own; the transaction begins at the handler's first TxFrom, so a
+// sets its own; both travel in the pipeline of the record's first
+// statement, so a record that sends one statement costs one round trip,
+// not two. The transaction begins at the handler's first TxFrom, so a
 // handler that writes no SQL costs nothing more. A handler holding the
 // transaction reads its State through it, but a journaled step (idem.Step)
 // takes a second connection from the pool: size pool_max_conns above the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
@@ -13,9 +14,9 @@ import (
 
 var _ store.TxDriver = (*Store)(nil)
 
-// savepoint is the one savepoint name records reuse: each record's
-// BeginRecord releases the previous record's savepoint and sets its own, in
-// one round trip, so the transaction never holds more than one.
+// savepoint is the one savepoint name records reuse: each record releases
+// the previous record's savepoint and sets its own, with its first
+// statement, so the transaction never holds more than one.
 const savepoint = "idem_record"
 
 // ErrNoTx is returned by TxFrom and BatchTx when ctx or the batch carries
@@ -46,10 +47,12 @@ var ErrNoTx = errors.New("postgres: no idem transaction of the PostgreSQL store 
 // to idem: its Commit and Rollback return an error; it must not be kept or
 // used after the handler returns, nor from other goroutines concurrently.
 //
-// Each record that writes uses a savepoint (a subtransaction): PostgreSQL
-// slows down for every session while a transaction holds more than 64
-// subtransactions that wrote, so keep batchSize at or below 64 for
-// mappings that write in most records.
+// Each record that writes runs under a savepoint (a subtransaction), set
+// in the same round trip as the record's first statement: a record that
+// sends one statement costs one round trip. Every statement still waits
+// for its answer, so records run one round trip apart at best; a batch
+// handler that writes the whole batch in a few statements (BatchTx) pays
+// a few per batch instead, and runs several times faster (BENCHMARKS.md).
 func TxFrom(ctx context.Context) (pgx.Tx, error) {
 	h, err := idem.TxFrom(ctx)
 	return handle(h, err)
@@ -79,24 +82,25 @@ func handle(h any, err error) (pgx.Tx, error) {
 	return tx, nil
 }
 
-// errOwned is what a handler's Commit or Rollback of idem's transaction
-// returns.
-var errOwned = errors.New("postgres: idem commits and rolls back this transaction itself; return an error to undo the record's writes")
-
-// ownedTx is the pgx.Tx a handler gets: the transaction without its
-// Commit and Rollback. Nested transactions (Begin, a savepoint) are the
-// handler's to commit or roll back.
-type ownedTx struct{ pgx.Tx }
-
-func (ownedTx) Commit(context.Context) error   { return errOwned }
-func (ownedTx) Rollback(context.Context) error { return errOwned }
-
 // Tx is a transaction of the Store, as the engine uses it (store.Tx).
 type Tx struct {
-	s         *Store
-	tx        pgx.Tx
-	savepoint bool // the savepoint is set
-	done      bool
+	s  *Store
+	tx pgx.Tx
+	h  txHandle
+
+	// savepoint: a savepoint is set, the running record's or the one
+	// before's. pending: the running record's savepoint is still to be
+	// set, with its first statement (handle).
+	savepoint, pending bool
+	// ctx is BeginRecord's context, the engine's, which outlives the
+	// handler's deadline: a savepoint sent alone is sent under it (see
+	// pipelines), as are those of the handle's calls that take no context
+	// (Conn, LargeObjects).
+	ctx context.Context
+	// broken says why the transaction can no longer commit what it holds:
+	// a savepoint that may or may not have been set.
+	broken error
+	done   bool
 }
 
 // Begin starts a transaction on a connection of the pool, at the
@@ -110,34 +114,45 @@ func (s *Store) Begin(ctx context.Context) (store.Tx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", s.dbErr(err))
 	}
-	return &Tx{s: s, tx: tx}, nil
+	t := &Tx{s: s, tx: tx}
+	t.h.t = t
+	return t, nil
 }
 
 // Handle returns the transaction as a pgx.Tx whose Commit and Rollback
-// refuse: idem ends it.
-func (t *Tx) Handle() any { return ownedTx{t.tx} }
+// refuse (idem ends it), and whose statements set the running record's
+// savepoint.
+func (t *Tx) Handle() any { return &t.h }
 
-// BeginRecord releases the previous record's savepoint, if any, and sets
-// record i's, in one round trip.
+// BeginRecord starts record i: its savepoint, which releases the previous
+// record's, is set with the record's first statement, in the same round
+// trip, so BeginRecord itself sends nothing.
 func (t *Tx) BeginRecord(ctx context.Context, i int) error {
 	if t.done {
 		return fmt.Errorf("postgres: the batch's record %d: %w", i+1, pgx.ErrTxClosed)
 	}
-	q := "SAVEPOINT " + savepoint
-	if t.savepoint {
-		q = "RELEASE SAVEPOINT " + savepoint + "; " + q
+	if t.broken != nil {
+		return t.broken
 	}
-	if _, err := t.tx.Exec(ctx, q); err != nil {
-		return fmt.Errorf("postgres: savepoint for the batch's record %d: %w", i+1, t.s.dbErr(err))
-	}
-	t.savepoint = true
+	t.pending, t.ctx = true, ctx
 	return nil
 }
 
-// AbortRecord rolls back to record i's savepoint.
+// AbortRecord rolls back to record i's savepoint. A record that sent no
+// statement has no savepoint of its own and nothing to undo.
 func (t *Tx) AbortRecord(ctx context.Context, i int) error {
 	if t.done {
 		return fmt.Errorf("postgres: the batch's record %d: %w", i+1, pgx.ErrTxClosed)
+	}
+	if t.broken != nil {
+		return fmt.Errorf("postgres: undoing the batch's record %d: %w", i+1, t.broken)
+	}
+	if t.pending {
+		t.pending = false
+		if t.failed() {
+			return fmt.Errorf("postgres: undoing the batch's record %d: the transaction failed outside the record's savepoint", i+1)
+		}
+		return nil
 	}
 	if !t.savepoint {
 		return fmt.Errorf("postgres: undoing the batch's record %d: it has no savepoint", i+1)
@@ -148,13 +163,129 @@ func (t *Tx) AbortRecord(ctx context.Context, i int) error {
 	return nil
 }
 
+// savepointSQL is what sets the running record's savepoint: the previous
+// record's is released first, so the transaction holds one at a time.
+func (t *Tx) savepointSQL() string {
+	if t.savepoint {
+		return "RELEASE SAVEPOINT " + savepoint + "; SAVEPOINT " + savepoint
+	}
+	return "SAVEPOINT " + savepoint
+}
+
+// pipelines reports whether the running record's savepoint is to travel
+// with the statement about to be sent under ctx. A statement sent after
+// its context ended (a handler past its deadline) gets the savepoint set
+// first, under the engine's context, so that a cancellation can only ever
+// hit the handler's statement: a savepoint cancelled half way (released
+// the previous record's, set no new one) would leave no way to undo the
+// record alone. A deadline that ends during the savepoint's own
+// microseconds still can, and breaks the transaction: its commit is then
+// refused and the batch runs again.
+func (t *Tx) pipelines(ctx context.Context) bool {
+	return t.pending && t.broken == nil && ctx.Err() == nil
+}
+
+// setSavepoint sets the running record's savepoint, in a round trip of its
+// own under BeginRecord's context, when it is pending.
+func (t *Tx) setSavepoint() error {
+	if t.broken != nil {
+		return t.broken
+	}
+	if !t.pending {
+		return nil
+	}
+	t.pending = false
+	_, err := t.tx.Exec(t.ctx, t.savepointSQL())
+	return t.noteSavepoint(err)
+}
+
+// noteSavepoint records the outcome of setting the savepoint: once set,
+// the record can be undone alone; when it failed, whether it was set is
+// unknown, so the transaction can no longer commit.
+func (t *Tx) noteSavepoint(err error) error {
+	if err != nil {
+		t.broken = errSavepoint(t.s.dbErr(err))
+		return t.broken
+	}
+	t.savepoint = true
+	return nil
+}
+
+// savepointQueries are the statements of savepointSQL, one each, for a
+// batch.
+func (t *Tx) savepointQueries() []*pgx.QueuedQuery {
+	if t.savepoint {
+		return []*pgx.QueuedQuery{{SQL: "RELEASE SAVEPOINT " + savepoint}, {SQL: "SAVEPOINT " + savepoint}}
+	}
+	return []*pgx.QueuedQuery{{SQL: "SAVEPOINT " + savepoint}}
+}
+
+// sendWithSavepoint sends b's statements after the n statements that set
+// the savepoint, in one pipeline; readSavepoint then reads their results.
+// The caller checked pipelines.
+func (t *Tx) sendWithSavepoint(ctx context.Context, b *pgx.Batch) (br pgx.BatchResults, n int) {
+	sp := t.savepointQueries()
+	t.pending = false
+	return t.tx.SendBatch(ctx, &pgx.Batch{QueuedQueries: append(sp, b.QueuedQueries...)}), len(sp)
+}
+
+// readSavepoint reads the results of the n statements sendWithSavepoint
+// sent first; on error the batch is closed.
+func (t *Tx) readSavepoint(br pgx.BatchResults, n int) error {
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return t.noteSavepoint(err)
+		}
+	}
+	return t.noteSavepoint(nil)
+}
+
+// execSimple runs sql, a statement without arguments, which pgx sends by
+// the simple protocol: it may hold several statements, and so may the
+// string that sets the savepoint first, in the same round trip. The
+// command tag is the last statement's, as pgx's Exec returns it. The
+// caller checked pipelines.
+func (t *Tx) execSimple(ctx context.Context, sql string) (pgconn.CommandTag, error) {
+	n := 1
+	if t.savepoint {
+		n = 2
+	}
+	t.pending = false
+	mrr := t.tx.Conn().PgConn().Exec(ctx, t.savepointSQL()+";\n"+sql)
+	var tag pgconn.CommandTag
+	var err error
+	done := 0 // statements that succeeded
+	for mrr.NextResult() {
+		if tag, err = mrr.ResultReader().Close(); err == nil {
+			done++
+		}
+	}
+	if cerr := mrr.Close(); err == nil {
+		err = cerr
+	}
+	if done < n {
+		// The savepoint's statements came first: one of them failed.
+		return pgconn.CommandTag{}, t.noteSavepoint(err)
+	}
+	t.noteSavepoint(nil)
+	return tag, err
+}
+
+// failed reports whether a statement failed and left the transaction
+// unable to commit.
+func (t *Tx) failed() bool { return t.tx.Conn().PgConn().TxStatus() == 'E' }
+
 // Check reports a transaction left failed by a statement's error, from the
 // status the server sent with its last answer.
 func (t *Tx) Check() error {
 	if t.done {
 		return pgx.ErrTxClosed
 	}
-	if t.tx.Conn().PgConn().TxStatus() == 'E' {
+	if t.broken != nil {
+		return t.broken
+	}
+	if t.failed() {
 		return errors.New("postgres: a statement failed in the transaction and was not rolled back: it can no longer commit")
 	}
 	return nil
@@ -162,7 +293,7 @@ func (t *Tx) Check() error {
 
 // State reads a committed state value in the transaction.
 func (t *Tx) State(ctx context.Context, namespace, key string) ([]byte, error) {
-	return t.s.readState(ctx, t.tx, namespace, key)
+	return t.s.readState(ctx, &t.h, namespace, key)
 }
 
 // Commit sends w's statements (those Store.Commit sends) in the

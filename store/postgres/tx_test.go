@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
@@ -297,5 +299,155 @@ func TestTxFrom(t *testing.T) {
 	b := idem.NewBatch("m", "f", "id", []idem.Record{{}}, nil)
 	if _, err := BatchTx(context.Background(), b); !errors.Is(err, ErrNoTx) {
 		t.Fatalf("BatchTx without a transaction: %v", err)
+	}
+}
+
+// TestTxRecordPaths: whichever way a record sends its first statement
+// (the savepoint travels with it, or goes first when it cannot), a record
+// that fails is undone alone: the record before it keeps its row, and so
+// does the record after it. A record that asked for the handle and sent
+// nothing has nothing to undo, and undoing it keeps the record before it.
+func TestTxRecordPaths(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	table := userTable(t, s)
+	ins := "INSERT INTO " + table + " (id) VALUES ($1)"
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	paths := []struct {
+		name string
+		// write inserts id through h, and fails when the row exists.
+		write func(ctx context.Context, h pgx.Tx, id string) error
+	}{
+		{"Exec", func(ctx context.Context, h pgx.Tx, id string) error { _, err := h.Exec(ctx, ins, id); return err }},
+		{"Exec without arguments, two statements", func(ctx context.Context, h pgx.Tx, id string) error {
+			tag, err := h.Exec(ctx, "SELECT 1; INSERT INTO "+table+" (id) VALUES ('"+id+"')")
+			if err == nil && tag.String() != "INSERT 0 1" {
+				err = fmt.Errorf("command tag %q, want the INSERT's", tag)
+			}
+			return err
+		}},
+		{"Exec with NamedArgs", func(ctx context.Context, h pgx.Tx, id string) error {
+			_, err := h.Exec(ctx, "INSERT INTO "+table+" (id) VALUES (@id)", pgx.NamedArgs{"id": id})
+			return err
+		}},
+		{"Exec with a QueryExecMode", func(ctx context.Context, h pgx.Tx, id string) error {
+			_, err := h.Exec(ctx, ins, pgx.QueryExecModeSimpleProtocol, id)
+			return err
+		}},
+		{"Query", func(ctx context.Context, h pgx.Tx, id string) error {
+			rows, err := h.Query(ctx, ins+" RETURNING id", id)
+			if err != nil {
+				return err
+			}
+			for rows.Next() { // not closed: reading to the end frees the connection
+			}
+			return rows.Err()
+		}},
+		{"QueryRow", func(ctx context.Context, h pgx.Tx, id string) error {
+			var got string
+			if err := h.QueryRow(ctx, ins+" RETURNING id", id).Scan(&got); err != nil {
+				return err
+			}
+			if got != id {
+				return fmt.Errorf("RETURNING %q, want %q", got, id)
+			}
+			return nil
+		}},
+		{"SendBatch", func(ctx context.Context, h pgx.Tx, id string) error {
+			b := &pgx.Batch{}
+			var tag string
+			b.Queue("SELECT 1")
+			b.Queue(ins, id).Exec(func(ct pgconn.CommandTag) error { tag = ct.String(); return nil })
+			if err := h.SendBatch(ctx, b).Close(); err != nil {
+				return err
+			}
+			if tag != "INSERT 0 1" {
+				return fmt.Errorf("the batch's callback saw %q", tag)
+			}
+			return nil
+		}},
+		{"CopyFrom", func(ctx context.Context, h pgx.Tx, id string) error {
+			_, err := h.CopyFrom(ctx, pgx.Identifier{s.Schema(), "shipments"}, []string{"id"}, pgx.CopyFromRows([][]any{{id}}))
+			return err
+		}},
+		{"nested transaction", func(ctx context.Context, h pgx.Tx, id string) error {
+			n, err := h.Begin(ctx)
+			if err != nil {
+				return err
+			}
+			if _, err := n.Exec(ctx, ins, id); err != nil {
+				return err // undone with the record
+			}
+			return n.Commit(ctx)
+		}},
+		{"Prepare", func(ctx context.Context, h pgx.Tx, id string) error {
+			if _, err := h.Prepare(ctx, "ins", ins); err != nil {
+				return err
+			}
+			_, err := h.Exec(ctx, "ins", id)
+			return err
+		}},
+	}
+	for i, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			if _, err := s.pool.Exec(ctx, "TRUNCATE "+table); err != nil {
+				t.Fatal(err)
+			}
+			tx, h := begin(t, s)
+			if err := tx.BeginRecord(ctx, 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.write(ctx, h, "a"); err != nil {
+				t.Fatalf("record 1: %v", err)
+			}
+			// Record 2 asks for the transaction, sends nothing, and fails.
+			if err := tx.BeginRecord(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.AbortRecord(ctx, 1); err != nil {
+				t.Fatalf("undoing a record that sent nothing: %v", err)
+			}
+			// Record 3 writes a row, then fails on a duplicate.
+			if err := tx.BeginRecord(ctx, 2); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.write(ctx, h, "b"); err != nil {
+				t.Fatalf("record 3: %v", err)
+			}
+			if err := p.write(ctx, h, "a"); err == nil {
+				t.Fatal("record 3: a duplicate row was inserted")
+			}
+			if err := tx.Check(); err == nil {
+				t.Fatal("Check after a failed statement: nil")
+			}
+			if err := tx.AbortRecord(ctx, 2); err != nil {
+				t.Fatal(err)
+			}
+			// Record 4 sends its first statement after its context ended:
+			// it fails, and the record is undone alone all the same.
+			if err := tx.BeginRecord(ctx, 3); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.write(cancelled, h, "c"); err == nil {
+				t.Fatal("record 4: a statement with an ended context succeeded")
+			}
+			if err := tx.AbortRecord(ctx, 3); err != nil {
+				t.Fatalf("undoing record 4: %v", err)
+			}
+			if err := tx.BeginRecord(ctx, 4); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.write(ctx, h, "d"); err != nil {
+				t.Fatalf("record 5: %v", err)
+			}
+			key := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: strconv.Itoa(i)}
+			if err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: "5"}}); err != nil {
+				t.Fatal(err)
+			}
+			if got := rows(t, s, table); !slices.Equal(got, []string{"a", "d"}) {
+				t.Fatalf("rows %v, want [a d]", got)
+			}
+		})
 	}
 }
