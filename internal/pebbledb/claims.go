@@ -106,31 +106,72 @@ func (db *DB) claim(ctx context.Context, key store.MarkKey, payload store.Payloa
 		return store.Claim{}, err
 	}
 	defer release()
-	db.claimMu.Lock()
-	defer db.claimMu.Unlock()
-	old, found, err := db.loadClaim(key)
+	var c store.Claim
+	synced, err := db.setClaim(key, func() ([]byte, error) {
+		old, found, err := db.loadClaim(key)
+		if err != nil {
+			return nil, err
+		}
+		if found && live(&old, now) {
+			switch {
+			case old.PayloadHash != payload:
+				return nil, store.ErrPayloadMismatch
+			case old.Status == store.Completed:
+				c = old
+				return nil, nil
+			case !takeover:
+				return nil, fmt.Errorf("until %s: %w", old.LeaseUntil.Format(time.RFC3339Nano), store.ErrClaimHeld)
+			}
+		}
+		c = store.Claim{Key: key, Status: store.Acquired, Token: old.Token + 1, PayloadHash: payload, LeaseUntil: now.Add(lease)}
+		return appendClaim(nil, &c), nil
+	})
+	if err == nil {
+		err = synced()
+	}
 	if err != nil {
 		return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, err)
 	}
-	if found && live(&old, now) {
-		switch {
-		case old.PayloadHash != payload:
-			return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, store.ErrPayloadMismatch)
-		case old.Status == store.Completed:
-			return old, nil
-		case !takeover:
-			return store.Claim{}, fmt.Errorf("pebbledb: claim %x until %s: %w", key, old.LeaseUntil.Format(time.RFC3339Nano), store.ErrClaimHeld)
-		}
-	}
-	c := store.Claim{Key: key, Status: store.Acquired, Token: old.Token + 1, PayloadHash: payload, LeaseUntil: now.Add(lease)}
-	v := appendClaim(nil, &c)
-	if err := db.admit(len(v) + 32); err != nil {
-		return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, err)
-	}
-	if err := db.pdb.Set(claimKey(key), v, pebble.Sync); err != nil {
-		return store.Claim{}, fmt.Errorf("pebbledb: claim %x: %w", key, noSpace(err))
-	}
 	return c, nil
+}
+
+// setClaim writes the claim record of key that update returns (nothing
+// when it returns nil), as one read-modify-write: update reads and the
+// write is applied under claimMu, so no other claim of the key comes
+// between them. The write-ahead log's sync is waited for by synced,
+// outside claimMu, so that claims of other keys apply meanwhile and share
+// the sync rather than queue behind it. A reader may see the record
+// before it is durable; its writer reports success only once it is, and
+// a crash before that forgets both (with every other effect of that
+// run, which had not been reported either).
+func (db *DB) setClaim(key store.MarkKey, update func() ([]byte, error)) (synced func() error, err error) {
+	db.claimMu.Lock()
+	defer db.claimMu.Unlock()
+	v, err := update()
+	if err != nil || v == nil {
+		return func() error { return nil }, err
+	}
+	if err := db.admit(len(v) + 32); err != nil {
+		return nil, err
+	}
+	b := db.pdb.NewBatch()
+	if err := b.Set(claimKey(key), v, nil); err != nil {
+		b.Close()
+		return nil, err
+	}
+	if err := db.pdb.ApplyNoSyncWait(b, pebble.Sync); err != nil {
+		b.Close()
+		return nil, noSpace(err)
+	}
+	return func() error {
+		defer b.Close()
+		if err := b.SyncWait(); err != nil {
+			err = fmt.Errorf("syncing the write-ahead log: %w; the claim was applied and may or may not survive a restart", noSpace(err))
+			db.fail(err)
+			return err
+		}
+		return nil
+	}, nil
 }
 
 // Complete implements store.Claims.
@@ -189,24 +230,21 @@ func (db *DB) finish(ctx context.Context, c store.Claim, update func(*store.Clai
 		return err
 	}
 	defer release()
-	db.claimMu.Lock()
-	defer db.claimMu.Unlock()
-	cur, found, err := db.loadClaim(c.Key)
+	synced, err := db.setClaim(c.Key, func() ([]byte, error) {
+		cur, found, err := db.loadClaim(c.Key)
+		if err != nil {
+			return nil, err
+		}
+		if !found || cur.Token != c.Token {
+			return nil, fmt.Errorf("token %d: %w", c.Token, store.ErrFenced)
+		}
+		return update(&cur), nil
+	})
+	if err == nil {
+		err = synced()
+	}
 	if err != nil {
 		return fmt.Errorf("pebbledb: claim %x: %w", c.Key, err)
-	}
-	if !found || cur.Token != c.Token {
-		return fmt.Errorf("pebbledb: claim %x token %d: %w", c.Key, c.Token, store.ErrFenced)
-	}
-	v := update(&cur)
-	if v == nil {
-		return nil
-	}
-	if err := db.admit(len(v) + 32); err != nil {
-		return fmt.Errorf("pebbledb: claim %x: %w", c.Key, err)
-	}
-	if err := db.pdb.Set(claimKey(c.Key), v, pebble.Sync); err != nil {
-		return fmt.Errorf("pebbledb: claim %x: %w", c.Key, noSpace(err))
 	}
 	return nil
 }
