@@ -17,21 +17,23 @@ import (
 )
 
 // TestKafkaTwoProcessesShareMapping runs two `idem serve` processes on one
-// Kafka mapping with a shared PostgreSQL store and shard leases, with and
-// without a Kafka consumer group. One is killed with SIGKILL mid-run: the
+// Kafka mapping with a shared store (PostgreSQL, or DynamoDB: the tests'
+// emulator, reached by both processes over HTTP) and shard leases, with
+// and without a Kafka consumer group. One is killed with SIGKILL mid-run: the
 // other takes its partitions over (when their leases expire, and with a
 // group once the group's session ends), no record is lost, and, the
 // counter function's state living in the store, no record is counted
 // twice. With the group, the two processes first divide the partitions.
 func TestKafkaTwoProcessesShareMapping(t *testing.T) {
-	t.Run("leases", func(t *testing.T) { testKafkaTwoProcesses(t, false) })
-	t.Run("consumer group", func(t *testing.T) { testKafkaTwoProcesses(t, true) })
+	t.Run("leases", func(t *testing.T) { testKafkaTwoProcesses(t, false, postgresStore(t)) })
+	t.Run("consumer group", func(t *testing.T) { testKafkaTwoProcesses(t, true, postgresStore(t)) })
+	t.Run("dynamodb leases", func(t *testing.T) { testKafkaTwoProcesses(t, false, dynamodbStore(t)) })
 }
 
-func testKafkaTwoProcesses(t *testing.T, group bool) {
-	_, counterBin := binaries(t)
+// postgresStore returns the store: line of a schema of its own in the
+// tests' PostgreSQL, dropped after the test.
+func postgresStore(t *testing.T) string {
 	dsn := testsvc.PostgresDSN(t)
-	ctx := context.Background()
 	b := make([]byte, 6)
 	rand.Read(b)
 	schema := "idem_e2e_" + hex.EncodeToString(b)
@@ -41,6 +43,20 @@ func testKafkaTwoProcesses(t *testing.T, group bool) {
 			conn.Close(context.Background())
 		}
 	})
+	return fmt.Sprintf("store: {postgres: {dsn: %q, schema: %s}}", dsn, schema)
+}
+
+// dynamodbStore returns the store: line of a table of its own in the
+// tests' DynamoDB endpoint (minidyn, unless IDEM_TEST_DYNAMODB_ENDPOINT).
+func dynamodbStore(t *testing.T) string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return fmt.Sprintf("store: {dynamodb: {table: idem-e2e-%s, region: us-east-1, endpoint: %q}}", hex.EncodeToString(b), testsvc.DynamoDBEndpoint(t))
+}
+
+func testKafkaTwoProcesses(t *testing.T, group bool, store string) {
+	_, counterBin := binaries(t)
+	ctx := context.Background()
 
 	const topic, partitions, keys, n = "orders", 4, 40, 4000
 	fc, cl := kafkaTopic(t, topic, partitions)
@@ -67,7 +83,7 @@ func testKafkaTwoProcesses(t *testing.T, group bool) {
 		cfg := filepath.Join(dir, name+".yaml")
 		writeFile(t, cfg, fmt.Sprintf(`dataDir: %s
 listen: %s
-store: {postgres: {dsn: %q, schema: %s}}
+%s
 lease: {ttl: 2s}
 streams:
   - {name: orders-failed}
@@ -80,7 +96,7 @@ mappings:
     startingPosition: TRIM_HORIZON
     batchSize: 20
     destinationConfig: {onFailure: {stream: orders-failed}}
-`, filepath.Join(dir, name+"-data"), addr, dsn, schema, fc.ListenAddrs()[0], topic, groupKeys))
+`, filepath.Join(dir, name+"-data"), addr, store, fc.ListenAddrs()[0], topic, groupKeys))
 		return cfg
 	}
 	addrA, addrB := freeAddr(t), freeAddr(t)
