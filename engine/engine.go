@@ -153,6 +153,9 @@ func (e *Engine) Add(m Mapping) error {
 	if err != nil {
 		return fmt.Errorf("mapping %q: %w", m.Name, err)
 	}
+	if err := fitsOneWrite(e.store, &m, k); err != nil {
+		return fmt.Errorf("mapping %q: %w", m.Name, err)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.running {
@@ -327,6 +330,28 @@ func checkClock(ctx context.Context, c store.Clock) error {
 	}
 	if skew > MaxClockSkew+rtt/2 {
 		return fmt.Errorf("engine: this machine's clock is %s away from the store's, above the %s that mark expiry and claim leases allow for: synchronise it (NTP) before starting", skew.Round(time.Millisecond), MaxClockSkew)
+	}
+	return nil
+}
+
+// writeItemsBesideMarks counts the items a batch's Write may touch besides
+// its completion marks, for stores that bound a Write's items
+// (store.TxLimiter): its checkpoint, its progress, its fence, a window's
+// state and one on-failure batch.
+const writeItemsBesideMarks = 5
+
+// fitsOneWrite refuses a mapping whose batches could need more items in
+// one Write than st takes (store.TxLimiter): records keyed by their payload
+// need a completion mark each, and a batch is never committed in several
+// writes. Records keyed by identity need none.
+func fitsOneWrite(st store.Driver, m *Mapping, k *keyer) error {
+	l, ok := st.(store.TxLimiter)
+	if !ok || k.byIdentity() {
+		return nil
+	}
+	if need := m.BatchSize + writeItemsBesideMarks; need > l.MaxWriteItems() {
+		return fmt.Errorf("batchSize %d: records keyed by their payload need up to %d items in one write, and the store takes %d (batchSize at most %d)",
+			m.BatchSize, need, l.MaxWriteItems(), l.MaxWriteItems()-writeItemsBesideMarks)
 	}
 	return nil
 }

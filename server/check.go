@@ -95,7 +95,7 @@ func (s *Server) check() error {
 		}
 		if cfg.Store.DynamoDB != nil {
 			// A batch's marks must fit one DynamoDB transaction.
-			bad(fmt.Sprintf("mappings[%d].batchSize", i), dynamodb.CheckBatch(m.BatchSize, m.Idempotency.Key != ""))
+			bad(fmt.Sprintf("mappings[%d].batchSize", i), dynamodb.CheckBatch(m.BatchSize, m.Idempotency.Key != "" || m.EventFormat == string(idem.EventFormatS3)))
 		}
 		err := engineMapping(m, unopened{}, inv, timeout).Validate()
 		if err == nil {

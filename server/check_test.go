@@ -43,7 +43,8 @@ mappings:
   - {name: a, source: {stream: orders}, function: fn, startingPosition: LATEST, batchSize: 96, idempotency: {key: id}}
   - {name: b, source: {stream: orders}, function: fn, startingPosition: LATEST, batchSize: 95, idempotency: {key: id}}
   - {name: c, source: {stream: orders}, function: fn, startingPosition: LATEST, batchSize: 10000}
-`, []string{"mappings[0].batchSize"}},
+  - {name: d, source: {stream: orders}, function: fn, startingPosition: LATEST, batchSize: 100, eventFormat: s3}
+`, []string{"mappings[0].batchSize", "mappings[3].batchSize"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dataDir := filepath.Join(t.TempDir(), "data")
