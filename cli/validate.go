@@ -129,8 +129,8 @@ that embeds idem), a process function's command must be an executable file
 and its dir a directory, and dataDir, when it exists, a directory.
 
 It cannot check what needs the live resources: whether PostgreSQL, Redis,
-Kafka, NATS JetStream or Kinesis can be reached and hold the topics and
-streams named, whether the data directory can be opened (or is locked by a
+Kafka, NATS JetStream, Kinesis or DynamoDB can be reached and hold the
+topics, streams and tables named, whether the data directory can be opened (or is locked by a
 running idem), whether a stream's shards differ from those its data was
 written with, and whether listen can be bound.`
 

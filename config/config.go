@@ -375,7 +375,7 @@ func (m *Mapping) StartingPositionTime() time.Time {
 // SourceRef names the stream a mapping reads.
 type SourceRef struct {
 	// Stream is the name of a configured embedded stream. Exactly one of
-	// stream, kafka, jetstream, kinesis and redis is set.
+	// stream, kafka, jetstream, kinesis, redis and dynamodb is set.
 	// Default: none
 	Stream string `yaml:"stream"`
 	// Kafka reads a Kafka topic; its partitions are the shards.
@@ -386,6 +386,9 @@ type SourceRef struct {
 	Kinesis *KinesisSource `yaml:"kinesis,omitempty"`
 	// Redis reads Redis Streams, one stream key per shard.
 	Redis *RedisSource `yaml:"redis,omitempty"`
+	// DynamoDB reads an Amazon DynamoDB table's stream (DynamoDB Streams):
+	// its shards, rolled over every few hours, are read parents first.
+	DynamoDB *DynamoDBSource `yaml:"dynamodb,omitempty"`
 }
 
 // Name is what the mapping's records name as their stream: the embedded
@@ -400,13 +403,15 @@ func (r *SourceRef) Name() string {
 		return r.Kinesis.Stream
 	case r.Redis != nil:
 		return r.Redis.Name
+	case r.DynamoDB != nil:
+		return r.DynamoDB.TableName()
 	}
 	return r.Stream
 }
 
 // External reports whether the source is not an embedded stream.
 func (r *SourceRef) External() bool {
-	return r.Kafka != nil || r.JetStream != nil || r.Kinesis != nil || r.Redis != nil
+	return r.Kafka != nil || r.JetStream != nil || r.Kinesis != nil || r.Redis != nil || r.DynamoDB != nil
 }
 
 // KafkaSource is `source.kafka`.
@@ -509,6 +514,58 @@ type KinesisSource struct {
 	// Endpoint overrides the service endpoint, e.g. for kinesalite.
 	// Default: none
 	Endpoint string `yaml:"endpoint"`
+}
+
+// DynamoDBSource is `source.dynamodb`: a table's stream, read with
+// DynamoDB Streams' API. The stream must be enabled on the table
+// (StreamSpecification); its view type decides which images records carry.
+// Credentials come from the AWS SDK's default chain; the source calls
+// dynamodb:DescribeTable (with table), DescribeStream, GetShardIterator and
+// GetRecords.
+type DynamoDBSource struct {
+	// Table names the table whose latest stream is read (its
+	// LatestStreamArn): 3 to 255 of A-Z a-z 0-9 _ - and '.'. Set table or
+	// streamArn.
+	// Default: none
+	Table string `yaml:"table,omitempty"`
+	// StreamArn names the stream itself,
+	// arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL: a stream
+	// other than the table's latest (one disabled is still read for the
+	// 24 hours DynamoDB keeps its records). Set table or streamArn.
+	// Default: none
+	StreamArn string `yaml:"streamArn,omitempty"`
+	// Region of the table.
+	// Default: the AWS SDK's (AWS_REGION), or the stream ARN's
+	Region string `yaml:"region,omitempty"`
+	// Endpoint overrides the DynamoDB and DynamoDB Streams endpoint, e.g.
+	// for a local emulator or a VPC endpoint.
+	// Default: none
+	Endpoint string `yaml:"endpoint,omitempty"`
+}
+
+// TableName is the table the source reads: Table, or the table a
+// StreamArn names; records name it as their stream.
+func (d *DynamoDBSource) TableName() string {
+	if d.Table != "" {
+		return d.Table
+	}
+	if _, rest, ok := strings.Cut(d.StreamArn, ":table/"); ok {
+		name, _, _ := strings.Cut(rest, "/stream/")
+		return name
+	}
+	return ""
+}
+
+// StreamRegion is the region the source reads in: Region, or the one a
+// StreamArn names ("" when neither says).
+func (d *DynamoDBSource) StreamRegion() string {
+	if d.Region != "" {
+		return d.Region
+	}
+	if parts := strings.SplitN(d.StreamArn, ":", 5); len(parts) == 5 && parts[0] == "arn" {
+		return parts[3]
+	}
+	return ""
 }
 
 // RedisSource is `source.redis`.

@@ -262,7 +262,7 @@ func TestParseErrors(t *testing.T) {
 			[]string{"functions[0].process: not allowed together with functions[0].http: a function has one kind"}},
 		// External sources.
 		{"two source kinds", mappingSourceDoc("{stream: s, kafka: {brokers: ['k:9092'], topic: t}}"),
-			[]string{"mappings[0].source: set one of stream, kafka, jetstream, kinesis and redis"}},
+			[]string{"mappings[0].source: set one of stream, kafka, jetstream, kinesis, redis and dynamodb"}},
 		{"kafka without brokers", mappingSourceDoc("{kafka: {topic: t, brokers: [nohost]}}"),
 			[]string{`mappings[0].source.kafka.brokers[0]: "nohost" is not host:port`}},
 		{"unknown event format", mappingDoc("    eventFormat: sqs\n"),
@@ -293,6 +293,15 @@ func TestParseErrors(t *testing.T) {
 			[]string{`mappings[1].source.kafka.group: "g" is mappings[0]'s group too: give each mapping a group of its own`}},
 		{"redis without keys", mappingSourceDoc("{redis: {}}"),
 			[]string{"mappings[0].source.redis.keys: required (one stream key per shard)"}},
+		{"dynamodb without a table", mappingSourceDoc("{dynamodb: {region: Europe}}"),
+			[]string{"mappings[0].source.dynamodb.table: required (or dynamodb.streamArn): the table whose stream is read",
+				`mappings[0].source.dynamodb.region: "Europe" is not an AWS region such as us-east-1`}},
+		{"dynamodb with a table and a stream", mappingSourceDoc("{dynamodb: {table: orders, streamArn: 'arn:aws:dynamodb:us-east-1:000000000000:table/orders/stream/x'}}"),
+			[]string{"mappings[0].source.dynamodb.streamArn: conflicts with dynamodb.table: set one"}},
+		{"dynamodb stream ARN of another service", mappingSourceDoc("{dynamodb: {streamArn: 'arn:aws:kinesis:us-east-1:000000000000:stream/orders'}}"),
+			[]string{`mappings[0].source.dynamodb.streamArn: "arn:aws:kinesis:us-east-1:000000000000:stream/orders" is not a DynamoDB stream ARN (arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL)`}},
+		{"dynamodb at a timestamp", strings.Replace(mappingSourceDoc("{dynamodb: {table: orders}}"), "startingPosition: LATEST", "startingPosition: AT_TIMESTAMP, startingPositionTimestamp: '2026-01-01T00:00:00Z'", 1),
+			[]string{"mappings[0].startingPosition: AT_TIMESTAMP is not supported by a dynamodb source: DynamoDB Streams has no such iterator, and Lambda refuses it too (allowed: TRIM_HORIZON, LATEST)"}},
 		// Stores.
 		{"both stores", "store: {postgres: {dsn: x}, redis: {}}\n",
 			[]string{"store: set one of store.postgres and store.redis, not both"}},
@@ -374,7 +383,7 @@ mappings:
 			[]string{`mappings[0].startingPositionTimestamp: "2026-01-01" is not an RFC 3339 time such as 2026-01-01T00:00:00Z`}},
 		{"missing everything", "mappings: [{}]\n", []string{
 			"mappings[0].name: required (1 to 128 characters of A-Z a-z 0-9 . _ -)",
-			"mappings[0].source.stream: required (the name of a configured stream, or another kind of source: kafka, jetstream, kinesis, redis)",
+			"mappings[0].source.stream: required (the name of a configured stream, or another kind of source: kafka, jetstream, kinesis, redis, dynamodb)",
 			"mappings[0].function: required (the name of a configured function)",
 			"mappings[0].startingPosition: required (one of TRIM_HORIZON, LATEST, AT_TIMESTAMP)",
 			"mappings[0].idempotency.scope: required (1 to 128 characters of A-Z a-z 0-9 . _ -; Parse defaults it to the function name)",
@@ -521,7 +530,7 @@ functions:
 		}},
 		{"merge cycle", "mappings:\n  - &m {name: a, enabled: {<<: *m}}\n", []string{
 			"mappings[0].enabled: expected true or false, got a mapping",
-			"mappings[0].source.stream: required (the name of a configured stream, or another kind of source: kafka, jetstream, kinesis, redis)",
+			"mappings[0].source.stream: required (the name of a configured stream, or another kind of source: kafka, jetstream, kinesis, redis, dynamodb)",
 			"mappings[0].function: required (the name of a configured function)",
 			"mappings[0].startingPosition: required (one of TRIM_HORIZON, LATEST, AT_TIMESTAMP)",
 			"mappings[0].idempotency.scope: required (1 to 128 characters of A-Z a-z 0-9 . _ -; Parse defaults it to the function name)",

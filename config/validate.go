@@ -311,16 +311,16 @@ func (c *checker) httpURL(path, s string) {
 func (c *checker) mapping(f *File, p string, m *Mapping) {
 	var source *Stream
 	kinds := 0
-	for _, set := range []bool{m.Source.Stream != "", m.Source.Kafka != nil, m.Source.JetStream != nil, m.Source.Kinesis != nil, m.Source.Redis != nil} {
+	for _, set := range []bool{m.Source.Stream != "", m.Source.Kafka != nil, m.Source.JetStream != nil, m.Source.Kinesis != nil, m.Source.Redis != nil, m.Source.DynamoDB != nil} {
 		if set {
 			kinds++
 		}
 	}
 	switch {
 	case kinds > 1:
-		c.addf(p+".source", "set one of stream, kafka, jetstream, kinesis and redis")
+		c.addf(p+".source", "set one of stream, kafka, jetstream, kinesis, redis and dynamodb")
 	case kinds == 0:
-		c.addf(p+".source.stream", "required (the name of a configured stream, or another kind of source: kafka, jetstream, kinesis, redis)")
+		c.addf(p+".source.stream", "required (the name of a configured stream, or another kind of source: kafka, jetstream, kinesis, redis, dynamodb)")
 	case m.Source.Stream != "":
 		if source = f.Stream(m.Source.Stream); source == nil {
 			c.addf(p+".source.stream", "unknown stream %q (%s)", m.Source.Stream, configured("streams", streamNames(f)))
@@ -338,7 +338,11 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 	switch m.StartingPosition {
 	case "":
 		c.addf(p+".startingPosition", "required (one of %s)", positions)
-	case trimHorizon, latest, atTimestamp:
+	case atTimestamp:
+		if m.Source.DynamoDB != nil {
+			c.addf(p+".startingPosition", "%s is not supported by a dynamodb source: DynamoDB Streams has no such iterator, and Lambda refuses it too (allowed: %s, %s)", atTimestamp, trimHorizon, latest)
+		}
+	case trimHorizon, latest:
 	default:
 		c.addf(p+".startingPosition", "%q is not one of %s", m.StartingPosition, positions)
 	}
@@ -475,6 +479,24 @@ func (c *checker) externalSource(p string, r *SourceRef) {
 			c.httpURL(p+".kinesis.endpoint", k.Endpoint)
 		}
 	}
+	if d := r.DynamoDB; d != nil {
+		switch {
+		case d.Table == "" && d.StreamArn == "":
+			c.addf(p+".dynamodb.table", "required (or dynamodb.streamArn): the table whose stream is read")
+		case d.Table != "" && d.StreamArn != "":
+			c.addf(p+".dynamodb.streamArn", "conflicts with dynamodb.table: set one")
+		case d.Table != "" && !ddbTablePattern.MatchString(d.Table):
+			c.addf(p+".dynamodb.table", "%q is not a DynamoDB table name (3 to 255 of A-Z a-z 0-9 _ - .)", d.Table)
+		case d.StreamArn != "" && !ddbStreamARNPattern.MatchString(d.StreamArn):
+			c.addf(p+".dynamodb.streamArn", "%q is not a DynamoDB stream ARN (arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL)", d.StreamArn)
+		}
+		if d.Region != "" && !regionPattern.MatchString(d.Region) {
+			c.addf(p+".dynamodb.region", "%q is not an AWS region such as us-east-1", d.Region)
+		}
+		if d.Endpoint != "" {
+			c.httpURL(p+".dynamodb.endpoint", d.Endpoint)
+		}
+	}
 	if rd := r.Redis; rd != nil {
 		if _, _, err := net.SplitHostPort(rd.Addr); err != nil {
 			c.addf(p+".redis.addr", "%q is not host:port", rd.Addr)
@@ -485,6 +507,12 @@ func (c *checker) externalSource(p string, r *SourceRef) {
 		c.intRange(p+".redis.db", rd.DB, 0, 15)
 	}
 }
+
+// DynamoDB's names: a table, and a stream's ARN.
+var (
+	ddbTablePattern     = regexp.MustCompile(`^[A-Za-z0-9_.-]{3,255}$`)
+	ddbStreamARNPattern = regexp.MustCompile(`^arn:aws[a-z-]*:dynamodb:[a-z0-9-]+:[0-9]{12}:table/[A-Za-z0-9_.-]{3,255}/stream/[^/]+$`)
+)
 
 // compileJMESPath compiles expr, turning a panic in the parser into an error:
 // the expression comes from the file, and no file should crash the server.

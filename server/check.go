@@ -35,9 +35,10 @@ import (
 // can tell is not checked: whether the data directory can be opened or is
 // locked by another idem, whether a stream's shard count differs from the
 // one its data was written with, whether the stores and sources can be
-// reached (PostgreSQL, Redis, Kafka, NATS JetStream, Kinesis) and what they
-// hold (a topic or stream that does not exist), and whether listen can be
-// bound. Check expects cfg to be valid as config.Validate sees it.
+// reached (PostgreSQL, Redis, Kafka, NATS JetStream, Kinesis, DynamoDB)
+// and what they hold (a topic or stream that does not exist), and whether
+// listen can be bound. Check expects cfg to be valid as config.Validate
+// sees it.
 func Check(cfg *config.File, opts ...Option) error {
 	if cfg == nil {
 		return errors.New("server: nil config")

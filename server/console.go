@@ -56,7 +56,7 @@ type ConsoleMapping struct {
 	UUID     string `json:"uuid"`
 	Function string `json:"function"`
 	// Source is the kind of source (embedded, kafka, kinesis, redis,
-	// jetstream) and Stream its stream or topic.
+	// jetstream, dynamodb) and Stream its stream, topic or table.
 	Source string `json:"source"`
 	Stream string `json:"stream"`
 	// OnFailure is the stream discarded batches go to; "" for none.
@@ -172,6 +172,8 @@ func sourceKind(r *config.SourceRef) string {
 		return "redis"
 	case r.JetStream != nil:
 		return "jetstream"
+	case r.DynamoDB != nil:
+		return "dynamodb"
 	}
 	return "embedded"
 }

@@ -187,12 +187,12 @@ func (s *Server) redriveTarget(req RedriveRequest) (*redriveTarget, error) {
 	if m == nil {
 		return nil, refuse(http.StatusNotFound, "mapping %q: not in the configuration", req.Mapping)
 	}
-	if src := m.Source; src.Kafka != nil || src.Kinesis != nil || src.Redis != nil || src.JetStream != nil {
+	if m.Source.External() {
 		return nil, refuse(http.StatusNotImplemented, "mapping %q reads an external source: idem redrives into embedded streams only, where it can append the records and commit its progress in one write; list the records with `idem records --stream %s --json` and produce them back to the source yourself", m.Name, req.From)
 	}
 	for i := range s.cfg.Mappings {
 		o := &s.cfg.Mappings[i]
-		if o.Name != m.Name && o.Enabled && o.Source.Stream == m.Source.Stream && o.Source.Kafka == nil && o.Source.Kinesis == nil && o.Source.Redis == nil && o.Source.JetStream == nil {
+		if o.Name != m.Name && o.Enabled && o.Source.Stream == m.Source.Stream && !o.Source.External() {
 			return nil, refuse(http.StatusConflict, "mapping %q also reads stream %q: records redriven there would run through it too; redrive needs a stream only %q reads", o.Name, m.Source.Stream, m.Name)
 		}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/invoke"
 	"github.com/idem-run/idem/source"
+	srcdynamodb "github.com/idem-run/idem/source/dynamodb"
 	srcembedded "github.com/idem-run/idem/source/embedded"
 	"github.com/idem-run/idem/source/jetstream"
 	"github.com/idem-run/idem/source/kafka"
@@ -240,6 +241,25 @@ func (s *Server) openSource(r *config.SourceRef) (source.Driver, error) {
 		}
 		s.closers = append(s.closers, func() { k.Close() })
 		return k, nil
+	case r.DynamoDB != nil:
+		opts := []srcdynamodb.Option{srcdynamodb.WithLogger(s.log)}
+		if r.DynamoDB.Table != "" {
+			opts = append(opts, srcdynamodb.WithTable(r.DynamoDB.Table))
+		} else {
+			opts = append(opts, srcdynamodb.WithStreamARN(r.DynamoDB.StreamArn))
+		}
+		if r.DynamoDB.Endpoint != "" {
+			opts = append(opts, srcdynamodb.WithEndpoint(r.DynamoDB.Endpoint))
+		}
+		if region := r.DynamoDB.StreamRegion(); region != "" {
+			opts = append(opts, srcdynamodb.WithRegion(region))
+		}
+		d, err := srcdynamodb.New(ctx, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("dynamodb: %w", err)
+		}
+		s.closers = append(s.closers, func() { d.Close() })
+		return d, nil
 	case r.Redis != nil:
 		rs, err := redisstream.New(ctx, redisstream.WithAddr(r.Redis.Addr), redisstream.WithDB(r.Redis.DB),
 			redisstream.WithKeys(r.Redis.Keys...), redisstream.WithStream(r.Redis.Name))

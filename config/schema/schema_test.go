@@ -298,6 +298,16 @@ mappings:
       redis: {addr: "127.0.0.1:6379", db: 1, keys: [orders-0, orders-1], name: orders}
     function: count
     startingPosition: LATEST
+  - name: dynamodb
+    source:
+      dynamodb: {table: orders, region: us-east-1, endpoint: "http://127.0.0.1:8000"}
+    function: count
+    startingPosition: TRIM_HORIZON
+  - name: dynamodb-stream
+    source:
+      dynamodb: {streamArn: "arn:aws:dynamodb:us-east-1:000000000000:table/orders/stream/2026-01-01T00:00:00.000"}
+    function: count
+    startingPosition: LATEST
 `, `
 store:
   redis: {addr: "127.0.0.1:6379", db: 2, prefix: idem}
@@ -785,6 +795,9 @@ func TestSchemaAgreesWithParse(t *testing.T) {
 		{"two sources", full, []any{"mappings", 0, "source", "kinesis"}, map[string]any{"stream": "s"}},
 		{"no source", full, []any{"mappings", 0, "source"}, map[string]any{}},
 		{"empty stream source", full, []any{"mappings", 0, "source", "stream"}, ""},
+		{"table and streamArn", full, []any{"mappings", 6, "source", "dynamodb", "streamArn"}, "arn:aws:dynamodb:us-east-1:000000000000:table/orders/stream/x"},
+		{"dynamodb without a table", full, []any{"mappings", 6, "source", "dynamodb", "table"}, deleted},
+		{"stream ARN of Kinesis", full, []any{"mappings", 7, "source", "dynamodb", "streamArn"}, "arn:aws:kinesis:us-east-1:000000000000:stream/orders"},
 		{"partitions and partitionByToken", full, []any{"mappings", 3, "source", "jetstream", "partitionByToken"}, map[string]any{"count": 2}},
 		{"startingPosition", full, []any{"mappings", 0, "startingPosition"}, "OLDEST"},
 		{"eventFormat", full, []any{"mappings", 0, "eventFormat"}, "json"},

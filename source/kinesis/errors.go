@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/aws/smithy-go"
 
 	"github.com/idem-run/idem/source"
+	"github.com/idem-run/idem/source/internal/shards"
 )
 
 // errorCode is the Kinesis error code of err ("" for other errors).
@@ -70,28 +69,14 @@ func (s *Source) wrap(err error, shard, doing string) error {
 	return fmt.Errorf("kinesis: %s: %s: %w", where, doing, err)
 }
 
-// throttleRetries is how many times a throttled call is tried again, after
-// the SDK's own retries, before Read gives up until the next poll.
-const throttleRetries = 3
-
 // retry calls f until it succeeds, fails other than by throttling, or was
-// throttled throttleRetries+1 times, backing off with jitter between tries.
-// It returns f's last error.
+// throttled a few times (shards.Retry). It returns f's last error.
 func (s *Source) retry(ctx context.Context, shard, what string, f func() error) error {
-	backoff := 100 * time.Millisecond
-	for attempt := 0; ; attempt++ {
-		err := f()
-		if err == nil || !throttled(err) || attempt >= throttleRetries {
-			if err != nil && throttled(err) {
-				s.log.Debug("kinesis: still throttled, giving up until the next poll", "shard", shard, "call", what, "err", err)
-			}
-			return err
-		}
-		s.log.Debug("kinesis: throttled, backing off", "shard", shard, "call", what, "attempt", attempt+1, "err", err)
-		d := backoff/2 + rand.N(backoff)
-		if err := s.sleep(ctx, d); err != nil {
-			return err
-		}
-		backoff *= 2
+	err := shards.Retry(ctx, throttled, s.sleep, func(attempt int, err error) {
+		s.log.Debug("kinesis: throttled, backing off", "shard", shard, "call", what, "attempt", attempt, "err", err)
+	}, f)
+	if err != nil && throttled(err) {
+		s.log.Debug("kinesis: still throttled, giving up until the next poll", "shard", shard, "call", what, "err", err)
 	}
+	return err
 }

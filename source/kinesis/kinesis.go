@@ -102,10 +102,12 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/internal/awsconfig"
 	"github.com/idem-run/idem/source"
+	"github.com/idem-run/idem/source/internal/shards"
 )
 
 // DefaultPollInterval is the spacing of GetRecords calls on one shard, and
@@ -189,45 +191,14 @@ type Source struct {
 	closeOnce sync.Once
 
 	listMu sync.Mutex // one ListShards walk at a time
-	mu     sync.Mutex // guards shards and infos
-	shards map[string]*shard
-	infos  []ShardInfo
+	shards shards.Set[types.Record]
 }
 
 var _ source.Driver = (*Source)(nil)
 
-// ShardInfo describes one shard as ListShards reports it.
-type ShardInfo struct {
-	// ID is the shard ID, "shardId-000000000000".
-	ID string
-	// ParentID is the shard this one was split from or merged from; "" for
-	// a shard the stream was created with. The parent may have expired and
-	// no longer be listed.
-	ParentID string
-	// AdjacentParentID is the other parent of a merge; "" otherwise.
-	AdjacentParentID string
-	// StartingSequence is the first sequence number the shard can hold.
-	StartingSequence idem.Sequence
-	// EndingSequence is the last sequence number of a closed shard; "" for
-	// an open one.
-	EndingSequence idem.Sequence
-}
-
-// Closed reports whether the shard was closed by a reshard: it takes no new
-// records, and its children do.
-func (i ShardInfo) Closed() bool { return i.EndingSequence != "" }
-
-// Parents returns the IDs of the shard's parents, none for an original
-// shard.
-func (i ShardInfo) Parents() []string {
-	var p []string
-	for _, id := range []string{i.ParentID, i.AdjacentParentID} {
-		if id != "" {
-			p = append(p, id)
-		}
-	}
-	return p
-}
+// ShardInfo describes one shard as ListShards reports it: its parents,
+// and its sequence range, whose end says it was closed by a reshard.
+type ShardInfo = shards.Info
 
 // New returns the Source over the Kinesis data stream named stream. It
 // checks that the stream exists (an error wrapping source.ErrStreamNotFound
@@ -267,7 +238,6 @@ func newSource(ctx context.Context, client api, stream string, o options) (*Sour
 		log:    o.log,
 		poll:   o.poll,
 		done:   make(chan struct{}),
-		shards: make(map[string]*shard),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -290,9 +260,7 @@ func (s *Source) Stream() string { return s.stream }
 func (s *Source) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.done)
-		s.mu.Lock()
-		s.shards = make(map[string]*shard)
-		s.mu.Unlock()
+		s.shards.Close()
 	})
 	return nil
 }
@@ -330,8 +298,8 @@ func (s *Source) refreshRetention(ctx context.Context) error {
 }
 
 // Shards lists the IDs of the stream's shards that ListShards returns, open
-// and closed, sorted by ID (so parents, created first, come before their
-// children). It also refreshes Retention.
+// and closed, in reading order: by ID, parents (created first) before their
+// children (shards.Sort). It also refreshes Retention.
 func (s *Source) Shards(ctx context.Context) ([]string, error) {
 	infos, err := s.ShardInfos(ctx)
 	if err != nil {
@@ -348,8 +316,7 @@ func (s *Source) Shards(ctx context.Context) ([]string, error) {
 }
 
 // ShardInfos lists the stream's shards with their parents and sequence
-// ranges, sorted by ID, for an engine that orders children after their
-// parents.
+// ranges, in reading order (by ID, children after their parents).
 func (s *Source) ShardInfos(ctx context.Context) ([]ShardInfo, error) {
 	if s.closed() {
 		return nil, ErrClosed
@@ -381,37 +348,11 @@ func (s *Source) ShardInfos(ctx context.Context) ([]ShardInfo, error) {
 		// Kinesis takes NextToken without StreamName.
 		in = &kinesis.ListShardsInput{NextToken: out.NextToken}
 	}
-	slices.SortFunc(infos, func(a, b ShardInfo) int { return compareIDs(a.ID, b.ID) })
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed() {
+	shards.Sort(infos)
+	if s.closed() || !s.shards.Update(infos) {
 		return nil, ErrClosed
 	}
-	s.infos = infos
-	for _, in := range infos {
-		if sh, ok := s.shards[in.ID]; ok {
-			sh.setInfo(in)
-			continue
-		}
-		s.shards[in.ID] = newShard(in)
-	}
 	return slices.Clone(infos), nil
-}
-
-// compareIDs orders shard IDs by their number when they have the same
-// prefix, so that "shardId-000000000010" follows "shardId-000000000009".
-func compareIDs(a, b string) int {
-	if len(a) != len(b) {
-		return len(a) - len(b)
-	}
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Parents returns the IDs of shard's parents (none for an original shard):
@@ -424,7 +365,7 @@ func (s *Source) Parents(ctx context.Context, shardID string) ([]string, error) 
 	if err != nil {
 		return nil, err
 	}
-	return sh.getInfo().Parents(), nil
+	return sh.Info().Parents(), nil
 }
 
 // shard returns the state of shardID, listing the shards again when it is
@@ -434,19 +375,14 @@ func (s *Source) shard(ctx context.Context, shardID string) (*shard, error) {
 	if s.closed() {
 		return nil, ErrClosed
 	}
-	s.mu.Lock()
-	sh, ok := s.shards[shardID]
-	s.mu.Unlock()
-	if ok {
+	if sh := s.shards.Get(shardID); sh != nil {
 		return sh, nil
 	}
 	if _, err := s.ShardInfos(ctx); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	sh, ok = s.shards[shardID]
-	s.mu.Unlock()
-	if !ok {
+	sh := s.shards.Get(shardID)
+	if sh == nil {
 		return nil, fmt.Errorf("kinesis: stream %q has no shard %q: %w", s.stream, shardID, source.ErrShardNotFound)
 	}
 	return sh, nil

@@ -1,41 +1,11 @@
 package kinesis
 
-import "github.com/idem-run/idem"
+import "github.com/idem-run/idem/source/internal/shards"
 
-// Kinesis sequence numbers are decimal strings of up to 128 digits. Positions
-// between two records are written one below the later record's number; these
-// helpers do that arithmetic on the digits.
-
-// increment returns s+1; s must be a valid idem.Sequence ("" is 0).
-func increment(s idem.Sequence) idem.Sequence {
-	b := []byte(s)
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] < '9' {
-			b[i]++
-			return idem.Sequence(b)
-		}
-		b[i] = '0'
-	}
-	return idem.Sequence(append([]byte{'1'}, b...))
-}
-
-// decrement returns s-1 without leading zeros (but "0" for 0); it returns
-// "" for 0 and "", the position before every record.
-func decrement(s idem.Sequence) idem.Sequence {
-	b := []byte(s)
-	i := len(b) - 1
-	for ; i >= 0; i-- {
-		if b[i] > '0' {
-			b[i]--
-			break
-		}
-		b[i] = '9'
-	}
-	if i < 0 {
-		return ""
-	}
-	for len(b) > 1 && b[0] == '0' {
-		b = b[1:]
-	}
-	return idem.Sequence(b)
-}
+// Kinesis sequence numbers are decimal strings of up to 128 digits;
+// positions between two records are written one below the later record's
+// number.
+var (
+	increment = shards.Increment
+	decrement = shards.Decrement
+)

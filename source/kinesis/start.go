@@ -52,7 +52,7 @@ func (s *Source) Start(ctx context.Context, shardID string, pos source.StartingP
 		if err != nil {
 			return "", err
 		}
-		sh.install(c, newest)
+		sh.Install(c, newest)
 		return newest, nil
 	case source.AtTimestamp:
 		return s.atTimestamp(ctx, sh, ts)
@@ -77,11 +77,11 @@ func (s *Source) tail(ctx context.Context, sh *shard) (*cursor, idem.Sequence, t
 	if err != nil {
 		return nil, "", time.Time{}, s.startErr(sh, err, "getting a TRIM_HORIZON iterator")
 	}
-	head.iter = it
+	head.SetIter(it)
 	var newest idem.Sequence
 	var arrival time.Time
 	for range 2 {
-		out, err := s.getRecords(ctx, sh, *head.iter)
+		out, err := s.getRecords(ctx, sh, *head.Iter)
 		if err != nil {
 			return nil, "", time.Time{}, s.startErr(sh, err, "reading the shard's tail")
 		}
@@ -89,8 +89,8 @@ func (s *Source) tail(ctx context.Context, sh *shard) (*cursor, idem.Sequence, t
 			newest = idem.Sequence(aws.ToString(out.Records[n-1].SequenceNumber))
 			arrival = aws.ToTime(out.Records[n-1].ApproximateArrivalTimestamp)
 		}
-		head.iter, head.iterAt = out.NextShardIterator, time.Now()
-		if head.iter == nil || caughtUp(out) {
+		head.SetIter(out.NextShardIterator)
+		if head.Iter == nil || caughtUp(out) {
 			return s.settle(sh, head, newest), newest, arrival, nil
 		}
 	}
@@ -113,8 +113,8 @@ func (s *Source) tail(ctx context.Context, sh *shard) (*cursor, idem.Sequence, t
 
 // settle prepares c as the cursor after newest.
 func (s *Source) settle(sh *shard, c *cursor, newest idem.Sequence) *cursor {
-	c.fetched, c.ended = newest, c.iter == nil
-	sh.noteLatest(newest)
+	c.Fetched, c.Ended = newest, c.Iter == nil
+	sh.NoteLatest(newest)
 	return c
 }
 
@@ -127,7 +127,7 @@ func (s *Source) scanFrom(ctx context.Context, sh *shard, ts time.Time, first bo
 	tctx, cancel := context.WithTimeout(ctx, timestampCallTimeout)
 	it, err := s.iteratorFor(tctx, sh, &kinesis.GetShardIteratorInput{
 		StreamName:        aws.String(s.stream),
-		ShardId:           aws.String(sh.id),
+		ShardId:           aws.String(sh.ID),
 		ShardIteratorType: types.ShardIteratorTypeAtTimestamp,
 		Timestamp:         aws.Time(ts),
 	})
@@ -136,32 +136,33 @@ func (s *Source) scanFrom(ctx context.Context, sh *shard, ts time.Time, first bo
 	case err != nil && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || invalidArgument(err)):
 		// No answer, or a time Kinesis refuses (after its clock's now):
 		// no record is known at or after ts.
-		s.log.Debug("kinesis: no AT_TIMESTAMP iterator", "shard", sh.id, "timestamp", ts, "err", err)
+		s.log.Debug("kinesis: no AT_TIMESTAMP iterator", "shard", sh.ID, "timestamp", ts, "err", err)
 		return nil, "", time.Time{}, false, nil
 	case err != nil:
 		return nil, "", time.Time{}, false, s.startErr(sh, err, "getting an AT_TIMESTAMP iterator")
 	}
-	c = &cursor{iter: it, iterAt: time.Now()}
+	c = &cursor{}
+	c.SetIter(it)
 	for range scanCalls {
-		out, err := s.getRecords(ctx, sh, *c.iter)
+		out, err := s.getRecords(ctx, sh, *c.Iter)
 		if err != nil {
 			return nil, "", time.Time{}, false, s.startErr(sh, err, "reading from AT_TIMESTAMP")
 		}
-		c.iter, c.iterAt = out.NextShardIterator, time.Now()
+		c.SetIter(out.NextShardIterator)
 		if n := len(out.Records); n > 0 {
 			last := out.Records[n-1]
 			seq, arrival, found = idem.Sequence(aws.ToString(last.SequenceNumber)), aws.ToTime(last.ApproximateArrivalTimestamp), true
-			sh.noteLatest(seq)
+			sh.NoteLatest(seq)
 			if first {
-				c.buf, c.fetched, c.ended = out.Records, seq, c.iter == nil
+				c.Buf, c.Fetched, c.Ended = out.Records, seq, c.Iter == nil
 				return c, decrement(idem.Sequence(aws.ToString(out.Records[0].SequenceNumber))), aws.ToTime(out.Records[0].ApproximateArrivalTimestamp), true, nil
 			}
 		}
-		if c.iter == nil || caughtUp(out) {
+		if c.Iter == nil || caughtUp(out) {
 			break
 		}
 	}
-	c.fetched, c.ended = seq, c.iter == nil
+	c.Fetched, c.Ended = seq, c.Iter == nil
 	return c, seq, arrival, found, nil
 }
 
@@ -175,7 +176,7 @@ func (s *Source) atTimestamp(ctx context.Context, sh *shard, ts time.Time) (idem
 	// covers rounding. Asking for an AT_TIMESTAMP iterator when no record
 	// matches is avoided: kinesalite never answers that.
 	if newest == "" || arrival.UnixMilli()+1 < ts.UnixMilli() {
-		sh.install(tc, newest)
+		sh.Install(tc, newest)
 		return newest, nil
 	}
 	c, pos, _, found, err := s.scanFrom(ctx, sh, ts, true)
@@ -183,17 +184,17 @@ func (s *Source) atTimestamp(ctx context.Context, sh *shard, ts time.Time) (idem
 		return "", err
 	}
 	if !found {
-		sh.install(tc, newest)
+		sh.Install(tc, newest)
 		return newest, nil
 	}
-	sh.install(c, pos)
+	sh.Install(c, pos)
 	return pos, nil
 }
 
 // startErr wraps an error of Start's reads; throttling is an error there.
 func (s *Source) startErr(sh *shard, err error, doing string) error {
 	if errors.Is(err, errThrottled) || invalidArgument(err) || expiredIterator(err) {
-		return fmt.Errorf("kinesis: stream %q shard %s: %s: %w", s.stream, sh.id, doing, err)
+		return fmt.Errorf("kinesis: stream %q shard %s: %s: %w", s.stream, sh.ID, doing, err)
 	}
 	return err
 }

@@ -1,0 +1,269 @@
+package dynamodb_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/engine"
+	"github.com/idem-run/idem/function/gofunc"
+	"github.com/idem-run/idem/internal/pebbledb"
+	"github.com/idem-run/idem/internal/testsvc/ddbstreams"
+	"github.com/idem-run/idem/source"
+	stembedded "github.com/idem-run/idem/store/embedded"
+)
+
+// driverOnly hides a source's lineage from the engine, which then reads
+// children as soon as it finds them.
+type driverOnly struct{ source.Driver }
+
+// TestRolloverKeepsItemOrder writes versions of a few items while a
+// mapping runs, rolls the stream's shards over in the middle, and keeps
+// writing: each item's versions must reach the function in order, each
+// once. The parents' first batches are held until the children have
+// records, so an engine that read a child before its parent was done
+// would deliver newer versions first: the subtest without lineage shows
+// the check catches that.
+func TestRolloverKeepsItemOrder(t *testing.T) {
+	t.Run("lineage", func(t *testing.T) {
+		if bad := runRollover(t, false); bad != "" {
+			t.Fatal(bad)
+		}
+	})
+	t.Run("without lineage the check fails", func(t *testing.T) {
+		if bad := runRollover(t, true); bad == "" {
+			t.Fatal("children read before their parents were done, and every item's versions still arrived in order: the test cannot catch a lineage bug")
+		}
+	})
+}
+
+// runRollover runs the scenario and returns what broke the items' order,
+// "" when nothing did.
+func runRollover(t *testing.T, hideLineage bool) string {
+	const items, perPhase = 4, 20
+	tb := newTable(t, ddbtypes.StreamViewTypeNewImage, ddbstreams.WithShards(2))
+	parents, err := tb.src.Shards(tb.ctx)
+	if err != nil || len(parents) != 2 {
+		t.Fatalf("Shards = %q, %v", parents, err)
+	}
+
+	release := make(chan struct{})
+	var mu sync.Mutex
+	seen := map[string][]int{}
+	childSeen := false
+	h := idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
+		if slices.Contains(parents, r.ShardID) {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		var rec struct {
+			Dynamodb struct {
+				NewImage struct {
+					PK struct{ S string } `json:"pk"`
+					V  struct{ N string } `json:"v"`
+				}
+			} `json:"dynamodb"`
+		}
+		if err := json.Unmarshal(r.Data, &rec); err != nil {
+			return err
+		}
+		v, err := strconv.Atoi(rec.Dynamodb.NewImage.V.N)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		seen[rec.Dynamodb.NewImage.PK.S] = append(seen[rec.Dynamodb.NewImage.PK.S], v)
+		if !slices.Contains(parents, r.ShardID) {
+			childSeen = true
+		}
+		return nil
+	})
+
+	db, err := pebbledb.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	var src source.Driver = tb.src
+	if hideLineage {
+		src = driverOnly{tb.src}
+	}
+	e := engine.New(stembedded.New(db), engine.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), engine.WithShardDiscovery(50*time.Millisecond))
+	if err := e.Add(engine.Mapping{Name: "m", Stream: "orders", Source: src, Function: "f", Invoker: gofunc.New(h),
+		StartingPosition: source.TrimHorizon, BatchSize: 5}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	version := 0
+	write := func() {
+		version++
+		for i := range items {
+			tb.put(fmt.Sprintf("item-%d", i), version)
+		}
+	}
+	for range perPhase {
+		write()
+	}
+	if _, err := tb.srv.Rollover("orders"); err != nil {
+		t.Fatal(err)
+	}
+	for range perPhase {
+		write()
+	}
+	if hideLineage {
+		waitUntil(t, "a child's record", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return childSeen
+		})
+	} else {
+		// Long enough for the engine to discover the children and, were
+		// it to ignore lineage, read them.
+		time.Sleep(500 * time.Millisecond)
+	}
+	mu.Lock()
+	early := childSeen
+	mu.Unlock()
+	close(release)
+	waitUntil(t, "every version", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, vs := range seen {
+			n += len(vs)
+		}
+		return n >= items*2*perPhase
+	})
+
+	mu.Lock()
+	defer mu.Unlock()
+	if early {
+		return "a child's record reached the function while its parent's records waited"
+	}
+	for i := range items {
+		vs := seen[fmt.Sprintf("item-%d", i)]
+		for j, v := range vs {
+			if v != j+1 {
+				return fmt.Sprintf("item-%d got versions %v: version %d at position %d", i, vs, v, j)
+			}
+		}
+		if len(vs) != 2*perPhase {
+			return fmt.Sprintf("item-%d got %d versions, want %d", i, len(vs), 2*perPhase)
+		}
+	}
+	if !hideLineage {
+		for _, s := range e.Status() {
+			if slices.Contains(parents, s.Shard) && s.State != "finished" {
+				t.Errorf("parent %s is %q, want finished", s.Shard, s.State)
+			}
+		}
+	}
+	return ""
+}
+
+func waitUntil(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestTrimmedCountedLost: a mapping stopped for longer than the stream's
+// 24 hours finds its checkpoint behind the trim point when it restarts: the
+// engine counts the trimmed records as lost (one: DynamoDB does not say how
+// many), logs them, and runs the records kept, each once.
+func TestTrimmedCountedLost(t *testing.T) {
+	tb := newTable(t, ddbtypes.StreamViewTypeNewImage)
+	db, err := pebbledb.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	var mu sync.Mutex
+	var seen []string
+	h := idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
+		var rec struct {
+			Dynamodb struct {
+				NewImage struct {
+					V struct{ N string } `json:"v"`
+				}
+			} `json:"dynamodb"`
+		}
+		if err := json.Unmarshal(r.Data, &rec); err != nil {
+			return err
+		}
+		mu.Lock()
+		seen = append(seen, rec.Dynamodb.NewImage.V.N)
+		mu.Unlock()
+		return nil
+	})
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen)
+	}
+	run := func(until func() bool) []engine.ShardStatus {
+		e := engine.New(stembedded.New(db), engine.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+		if err := e.Add(engine.Mapping{Name: "m", Stream: "orders", Source: tb.src, Function: "f", Invoker: gofunc.New(h),
+			StartingPosition: source.TrimHorizon, BatchSize: 10}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- e.Run(ctx) }()
+		waitUntil(t, "the records", until)
+		time.Sleep(50 * time.Millisecond) // let the commit land
+		status := e.Status()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		return status
+	}
+	tb.put("k", 1)
+	run(func() bool { return count() == 1 })
+
+	// Stopped for a day: versions 2 and 3 expire unread; 4 is kept.
+	tb.put("k", 2)
+	tb.put("k", 3)
+	tb.srv.Advance(ddbstreams.Retention - time.Hour)
+	tb.put("k", 4)
+	tb.srv.Advance(2 * time.Hour)
+	status := run(func() bool { return count() == 2 })
+	mu.Lock()
+	got := fmt.Sprint(seen)
+	mu.Unlock()
+	if got != "[1 4]" {
+		t.Fatalf("the function saw versions %s, want [1 4]", got)
+	}
+	if len(status) != 1 || status[0].Lost != 1 || status[0].Processed != 2 {
+		t.Fatalf("status %+v, want 1 lost and 2 processed", status)
+	}
+}

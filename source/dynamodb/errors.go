@@ -1,0 +1,91 @@
+package dynamodb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/service/dynamodbstreams/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/idem-run/idem/source"
+	"github.com/idem-run/idem/source/internal/shards"
+)
+
+// errThrottled: DynamoDB Streams kept throttling; Read returns nothing this
+// time.
+var errThrottled = errors.New("dynamodb: throttled")
+
+// errorCode is the AWS error code of err ("" for other errors).
+func errorCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+// throttled reports whether err is DynamoDB Streams saying "too many
+// requests".
+func throttled(err error) bool {
+	var le *types.LimitExceededException
+	if errors.As(err, &le) {
+		return true
+	}
+	switch errorCode(err) {
+	case "LimitExceededException", "ThrottlingException", "RequestLimitExceeded", "ProvisionedThroughputExceededException":
+		return true
+	}
+	return false
+}
+
+// invalid reports whether DynamoDB Streams refused a request's values
+// (a sequence number out of a shard's range).
+func invalid(err error) bool { return errorCode(err) == "ValidationException" }
+
+// trimmed reports whether a position is older than the stream's trim point:
+// records after it were removed before they were read.
+func trimmed(err error) bool {
+	var te *types.TrimmedDataAccessException
+	return errors.As(err, &te) || errorCode(err) == "TrimmedDataAccessException"
+}
+
+func expiredIterator(err error) bool {
+	var ei *types.ExpiredIteratorException
+	return errors.As(err, &ei) || errorCode(err) == "ExpiredIteratorException"
+}
+
+func notFound(err error) bool {
+	var nf *types.ResourceNotFoundException
+	return errors.As(err, &nf) || errorCode(err) == "ResourceNotFoundException"
+}
+
+// wrap adds what the Source was doing to err, and source.ErrShardNotFound
+// or source.ErrStreamNotFound for a ResourceNotFoundException.
+func (s *Source) wrap(err error, shard, doing string) error {
+	where := "stream " + s.arn
+	if shard != "" {
+		where += " shard " + shard
+	}
+	if notFound(err) {
+		var ae smithy.APIError
+		if shard != "" && errors.As(err, &ae) && strings.Contains(strings.ToLower(ae.ErrorMessage()), "shard") {
+			return fmt.Errorf("dynamodb: %s: %s: %w: %w", where, doing, source.ErrShardNotFound, err)
+		}
+		return fmt.Errorf("dynamodb: %s: %s: %w: %w", where, doing, source.ErrStreamNotFound, err)
+	}
+	return fmt.Errorf("dynamodb: %s: %s: %w", where, doing, err)
+}
+
+// retry calls f until it succeeds, fails other than by throttling, or was
+// throttled a few times (shards.Retry). It returns f's last error.
+func (s *Source) retry(ctx context.Context, shard, what string, f func() error) error {
+	err := shards.Retry(ctx, throttled, s.sleep, func(attempt int, err error) {
+		s.log.Debug("dynamodb: throttled, backing off", "shard", shard, "call", what, "attempt", attempt, "err", err)
+	}, f)
+	if err != nil && throttled(err) {
+		s.log.Debug("dynamodb: still throttled, giving up until the next poll", "shard", shard, "call", what, "err", err)
+	}
+	return err
+}
