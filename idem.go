@@ -88,6 +88,15 @@ const (
 	// not a notification adds nothing to the event (the engine never sends
 	// one).
 	EventFormatS3 EventFormat = "s3"
+	// EventFormatDynamoDB is Lambda's DynamoDBEvent, for streams whose
+	// records are DynamoDB changes: a DynamoDB Streams record (the
+	// DynamoDB source's, kept as it is) or a change Kinesis Data Streams
+	// for DynamoDB wrote (converted, its Kinesis sequence number as its
+	// SequenceNumber). A batch is one {"Records":[…]} of those records, in
+	// order; a record whose data is neither adds nothing to the event (the
+	// engine never sends one). A batchItemFailures itemIdentifier is a
+	// record's SequenceNumber.
+	EventFormatDynamoDB EventFormat = "dynamodb"
 )
 
 // KafkaPartition is the partition of a Kafka source's record: the number

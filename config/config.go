@@ -286,7 +286,8 @@ type Mapping struct {
 	// KinesisTimeWindowEvent with the state its window's previous
 	// invocation returned, the state commits with the checkpoint, and a
 	// final invocation with no records and isFinalInvokeForWindow closes
-	// each window. Needs parallelizationFactor 1 and KinesisEvent.
+	// each window (a DynamoDBTimeWindowEvent with eventFormat dynamodb).
+	// Needs parallelizationFactor 1 and KinesisEvent or DynamoDBEvent.
 	// Default: 0 (no windows)
 	TumblingWindow Duration `yaml:"tumblingWindow,omitempty"`
 	// FunctionResponseTypes may hold only ReportBatchItemFailures, which
@@ -300,10 +301,21 @@ type Mapping struct {
 	// EventFormat (idem extension) is the Lambda event the function
 	// receives: kafka (KafkaEvent: records grouped by "topic-partition",
 	// with offsets, base64 keys and values, and headers; only for a kafka
-	// source), kinesis (KinesisEvent) or s3 (S3Event, for a source whose
+	// source), kinesis (KinesisEvent), s3 (S3Event, for a source whose
 	// records are the S3 event notifications a store such as MinIO, Ceph
 	// or versitygw publishes: one {"Records": [...]} holding the event
-	// records of every notification of the batch). With kafka, a
+	// records of every notification of the batch) or dynamodb
+	// (DynamoDBEvent, for a source whose records are DynamoDB changes: a
+	// dynamodb source's stream records, or the changes Kinesis Data
+	// Streams for DynamoDB writes into a kinesis source's stream,
+	// converted to DynamoDB stream records whose SequenceNumber is the
+	// Kinesis record's). With dynamodb, a batchItemFailures itemIdentifier
+	// is a record's SequenceNumber, filterCriteria patterns and
+	// idempotency.key expressions read the DynamoDB stream record
+	// ({"eventName": ["INSERT"], "dynamodb": {"NewImage": {"status": {"S":
+	// ["paid"]}}}}, dynamodb.Keys.id.S), a record that is no DynamoDB
+	// change goes to the on-failure destination, and on-failure records
+	// carry DDBStreamBatchInfo. With kafka, a
 	// batchItemFailures itemIdentifier may be "<topic>-<partition>@<offset>"
 	// as well as the Kinesis-style "<shardId>:<sequence>". With s3, a
 	// record's default idempotency key is its notification's event
@@ -313,7 +325,8 @@ type Mapping struct {
 	// patterns match the notification ({"Records": {"eventName": [...]}});
 	// tumblingWindow and ReportBatchItemFailures are refused (no window,
 	// no item identifier).
-	// Default: kafka for a kafka source, kinesis otherwise
+	// Default: kafka for a kafka source, dynamodb for a dynamodb source,
+	// kinesis otherwise
 	EventFormat string `yaml:"eventFormat,omitempty"`
 	// FilterCriteria decides which records reach the function, as Lambda's:
 	// up to 5 patterns in EventBridge syntax, ORed; a record that matches
@@ -321,7 +334,9 @@ type Mapping struct {
 	// are filtered on data (as JSON): {"data": {"type": ["order"]}};
 	// KafkaEvent records on value, key, topic, partition, offset,
 	// timestamp and timestampType; S3Event records on their notification
-	// (Records, and MinIO's EventName and Key).
+	// (Records, and MinIO's EventName and Key); DynamoDBEvent records on
+	// eventID, eventName, eventVersion, eventSource, awsRegion, dynamodb,
+	// eventSourceARN and userIdentity.
 	// Default: none (every record is delivered)
 	FilterCriteria *FilterCriteria `yaml:"filterCriteria,omitempty"`
 	// PermanentErrorTypes (idem extension) are function error types, such as
@@ -906,9 +921,13 @@ func (f *File) applyDefaults(set func(path string) bool) {
 			m.ParallelizationFactor = defaultParallelizationFactor
 		}
 		if !set(p+"eventFormat") && m.EventFormat == "" {
-			m.EventFormat = eventFormatKinesis
-			if m.Source.Kafka != nil {
+			switch {
+			case m.Source.Kafka != nil:
 				m.EventFormat = eventFormatKafka
+			case m.Source.DynamoDB != nil:
+				m.EventFormat = eventFormatDynamoDB
+			default:
+				m.EventFormat = eventFormatKinesis
 			}
 		}
 		if !set(p+"retry.baseDelay") && m.Retry.BaseDelay == 0 {

@@ -266,12 +266,15 @@ func TestParseErrors(t *testing.T) {
 		{"kafka without brokers", mappingSourceDoc("{kafka: {topic: t, brokers: [nohost]}}"),
 			[]string{`mappings[0].source.kafka.brokers[0]: "nohost" is not host:port`}},
 		{"unknown event format", mappingDoc("    eventFormat: sqs\n"),
-			[]string{`mappings[0].eventFormat: "sqs" is not supported (allowed: kafka, kinesis, s3)`}},
+			[]string{`mappings[0].eventFormat: "sqs" is not supported (allowed: dynamodb, kafka, kinesis, s3)`}},
 		{"kafka event format without a kafka source", mappingDoc("    eventFormat: kafka\n"),
 			[]string{`mappings[0].eventFormat: "kafka" needs a kafka source`}},
 		{"s3 event format with a window and item failures", mappingDoc("    eventFormat: s3\n    tumblingWindow: 30s\n    functionResponseTypes: [ReportBatchItemFailures]\n"), []string{
 			"mappings[0].tumblingWindow: not available with eventFormat s3 (an S3Event has no window)",
 			"mappings[0].functionResponseTypes[0]: ReportBatchItemFailures is not available with eventFormat s3: an S3Event's records carry no item identifier a function could report; set bisectBatchOnFunctionError: true to isolate a failing record",
+		}},
+		{"dynamodb filter on a kinesis field", mappingSourceDoc("{dynamodb: {table: orders}}, filterCriteria: {filters: [{pattern: '{\"data\": {\"eventName\": [\"INSERT\"]}}'}]}"), []string{
+			"mappings[0].filterCriteria.filters[0].pattern: data: dynamodb events are filtered on awsRegion, dynamodb, eventID, eventName, eventSource, eventSourceARN, eventVersion, userIdentity only",
 		}},
 		{"s3 filter on a kinesis field", mappingDoc("    eventFormat: s3\n    filterCriteria: {filters: [{pattern: '{\"data\": {\"a\": [1]}}'}]}\n"), []string{
 			"mappings[0].filterCriteria.filters[0].pattern: data: s3 events are filtered on EventName, Key, Records only",
@@ -797,8 +800,11 @@ func mappingSourceDoc(src string) string {
 }
 
 // TestEventFormatDefaults: a kafka source gets KafkaEvent unless the mapping
-// asks for KinesisEvent; other sources get KinesisEvent. Any source may ask
-// for S3Event, with filters on the notification.
+// asks for KinesisEvent, a dynamodb source DynamoDBEvent unless it asks
+// for KinesisEvent; other sources get KinesisEvent. Any source may ask for
+// S3Event, with filters on the notification, or DynamoDBEvent (a Kinesis
+// stream fed by Kinesis Data Streams for DynamoDB), with filters on the
+// DynamoDB record, windows and item failures.
 func TestEventFormatDefaults(t *testing.T) {
 	for _, tc := range []struct{ src, extra, want string }{
 		{"{kafka: {brokers: ['k:9092'], topic: t}}", "", "kafka"},
@@ -809,6 +815,11 @@ func TestEventFormatDefaults(t *testing.T) {
 		{"{stream: s}", ", eventFormat: s3", "s3"},
 		{"{kafka: {brokers: ['k:9092'], topic: t}}", ", eventFormat: s3", "s3"},
 		{"{jetstream: {url: 'nats://127.0.0.1:4222', stream: S}}", ", eventFormat: s3, bisectBatchOnFunctionError: true, filterCriteria: {filters: [{pattern: '{\"Records\": {\"eventName\": [{\"prefix\": \"ObjectCreated:\"}]}}'}]}", "s3"},
+		{"{dynamodb: {table: orders}}", "", "dynamodb"},
+		{"{dynamodb: {table: orders}}", ", eventFormat: kinesis", "kinesis"},
+		{"{dynamodb: {streamArn: 'arn:aws:dynamodb:eu-west-1:123456789012:table/orders/stream/x'}}", ", filterCriteria: {filters: [{pattern: '{\"eventName\": [\"INSERT\"], \"dynamodb\": {\"NewImage\": {\"status\": {\"S\": [\"paid\"]}}}}'}]}", "dynamodb"},
+		{"{kinesis: {stream: orders-changes}}", ", eventFormat: dynamodb, tumblingWindow: 60s, functionResponseTypes: [ReportBatchItemFailures], idempotency: {key: dynamodb.Keys.id.S}", "dynamodb"},
+		{"{stream: s}", ", eventFormat: dynamodb", "dynamodb"},
 	} {
 		doc := "streams: [{name: s}]\nfunctions: [{name: f}]\nmappings:\n  - {name: m, function: f, startingPosition: LATEST, source: " + tc.src + tc.extra + "}\n"
 		f, err := Parse([]byte(doc))

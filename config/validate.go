@@ -24,6 +24,7 @@ const (
 	eventFormatKafka            = "kafka"
 	eventFormatKinesis          = "kinesis"
 	eventFormatS3               = "s3"
+	eventFormatDynamoDB         = "dynamodb"
 )
 
 // Ranges, as AWS documents them for stream event source mappings, and idem's.
@@ -391,13 +392,13 @@ func (c *checker) mapping(f *File, p string, m *Mapping) {
 	}
 	c.filters(p, m)
 	switch m.EventFormat {
-	case eventFormatKinesis, eventFormatS3:
+	case eventFormatKinesis, eventFormatS3, eventFormatDynamoDB:
 	case eventFormatKafka:
 		if m.Source.Kafka == nil {
 			c.addf(p+".eventFormat", "%q needs a kafka source", m.EventFormat)
 		}
 	default:
-		c.addf(p+".eventFormat", "%q is not supported (allowed: %s, %s, %s)", m.EventFormat, eventFormatKafka, eventFormatKinesis, eventFormatS3)
+		c.addf(p+".eventFormat", "%q is not supported (allowed: %s, %s, %s, %s)", m.EventFormat, eventFormatDynamoDB, eventFormatKafka, eventFormatKinesis, eventFormatS3)
 	}
 
 	if d := m.DestinationConfig.OnFailure; d != nil {
@@ -568,7 +569,7 @@ func (c *checker) filters(p string, m *Mapping) {
 		c.addf(p+".filterCriteria.filters", "%d patterns, above the limit of %d", len(fc.Filters), MaxFilters)
 	}
 	format := m.EventFormat
-	if format != eventFormatKafka && format != eventFormatS3 {
+	if format != eventFormatKafka && format != eventFormatS3 && format != eventFormatDynamoDB {
 		format = eventFormatKinesis
 	}
 	for i, f := range fc.Filters {

@@ -50,6 +50,10 @@ func (o outcome) completed(n int) int {
 // all of b is resolved, or with an error when ctx is done or the store fails.
 func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
 	cfg := &s.m.cfg
+	b, err := s.dropUnsendable(work, b)
+	if err != nil || len(b) == 0 {
+		return err
+	}
 	queue := [][]idem.Record{b}
 	attempts := 0                // invocations of the head of the queue that failed
 	var failingSeq idem.Sequence // the record a partial failure named last

@@ -64,7 +64,7 @@ func (s *shard) judgeResult(b []idem.Record, res function.Result, err error) out
 	}
 	lowest := -1
 	for _, id := range res.Failures {
-		i := indexOfEventID(b, id, cfg.EventFormat == idem.EventFormatKafka)
+		i := indexOfEventID(b, id, cfg.EventFormat)
 		if i < 0 {
 			whole.errType = "Function.InvalidResponse"
 			whole.errMsg = fmt.Sprintf("itemIdentifier %q names no record of the batch", id)
@@ -84,18 +84,24 @@ func (s *shard) judgeResult(b []idem.Record, res function.Result, err error) out
 }
 
 // indexOfEventID finds the record an itemIdentifier names. It accepts the
-// eventID ("shardId-…:sequence") and, leniently, the bare sequence number.
-// With kafka (a mapping that sends KafkaEvent, whose records carry no
-// eventID) it also accepts "<topic>-<partition>@<offset>", the record's
-// key in the event's records map and its offset; a Kafka source numbers
-// records offset+1, so the offset names Sequence offset+1.
-func indexOfEventID(b []idem.Record, id string, kafka bool) int {
+// eventID ("shardId-…:sequence") and the bare sequence number: the
+// SequenceNumber, Lambda's itemIdentifier for DynamoDB, of a DynamoDBEvent
+// record read from DynamoDB Streams or converted from Kinesis. A mapping
+// that sends DynamoDBEvents also accepts the SequenceNumber or eventID its
+// record's data holds (indexOfDDBRecord). One that sends KafkaEvent, whose
+// records carry no eventID, also accepts "<topic>-<partition>@<offset>",
+// the record's key in the event's records map and its offset; a Kafka
+// source numbers records offset+1, so the offset names Sequence offset+1.
+func indexOfEventID(b []idem.Record, id string, format idem.EventFormat) int {
 	for i := range b {
 		if isEventID(&b[i], id) || string(b[i].Sequence) == id {
 			return i
 		}
 	}
-	if !kafka {
+	if format == idem.EventFormatDynamoDB && id != "" {
+		return indexOfDDBRecord(b, id)
+	}
+	if format != idem.EventFormatKafka {
 		return -1
 	}
 	at := strings.LastIndexByte(id, '@')

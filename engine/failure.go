@@ -22,8 +22,9 @@ const (
 const lambdaTime = "2006-01-02T15:04:05.000Z"
 
 // failureRecord is Lambda's on-failure metadata record for a stream batch:
-// KinesisBatchInfo for a Kinesis-shaped source, KafkaBatchInfo for a Kafka
-// one (the shape Lambda sends an SQS or SNS destination:
+// KinesisBatchInfo for a Kinesis-shaped source, DDBStreamBatchInfo (the
+// same fields) for a DynamoDB stream's, KafkaBatchInfo for a Kafka one (the
+// shape Lambda sends an SQS or SNS destination:
 // https://docs.aws.amazon.com/lambda/latest/dg/kafka-on-failure.html).
 type failureRecord struct {
 	RequestContext struct {
@@ -38,7 +39,10 @@ type failureRecord struct {
 	Version          string           `json:"version"`
 	Timestamp        string           `json:"timestamp"`
 	KinesisBatchInfo *batchInfo       `json:"KinesisBatchInfo,omitempty"`
-	KafkaBatchInfo   *kafkaBatchInfo  `json:"KafkaBatchInfo,omitempty"`
+	// DDBStreamBatchInfo is KinesisBatchInfo's fields, under the name
+	// Lambda gives them for a DynamoDB stream.
+	DDBStreamBatchInfo *batchInfo      `json:"DDBStreamBatchInfo,omitempty"`
+	KafkaBatchInfo     *kafkaBatchInfo `json:"KafkaBatchInfo,omitempty"`
 	// Idem adds why the batch failed, so an operator need not dig in logs.
 	IdemErrorType    string `json:"idemErrorType,omitempty"`
 	IdemErrorMessage string `json:"idemErrorMessage,omitempty"`
@@ -97,9 +101,11 @@ type kafkaPartitionRange struct {
 
 // failureMetadata builds the JSON metadata record of a discarded batch, in
 // the shape Lambda writes for the event format the function gets (a Kafka
-// mapping's records say KafkaBatchInfo; every other source's, whose events
-// are KinesisEvents, KinesisBatchInfo). payloadSize is the bytes of the
-// batch's event; region is the region of its ARNs.
+// mapping's records say KafkaBatchInfo, a DynamoDBEvent mapping's
+// DDBStreamBatchInfo, whose streamArn is ddbStreamArn; every other's,
+// whose events are KinesisEvents or S3Events, KinesisBatchInfo).
+// payloadSize is the bytes of the batch's event; region is the region of
+// its ARNs.
 func failureMetadata(region, requestID, function string, format idem.EventFormat, condition string, invokes int, errType, errMsg string, recs []idem.Record, payloadSize int, now time.Time) []byte {
 	var f failureRecord
 	f.RequestContext.RequestID = requestID
@@ -130,14 +136,20 @@ func failureMetadata(region, requestID, function string, format idem.EventFormat
 		}
 		f.KafkaBatchInfo = info
 	} else {
-		f.KinesisBatchInfo = &batchInfo{
+		info := &batchInfo{
 			ShardID:                         first.ShardID,
 			StartSequenceNumber:             first.SequenceNumber(),
 			EndSequenceNumber:               last.SequenceNumber(),
 			ApproximateArrivalOfFirstRecord: first.ArrivalTime.UTC().Format(lambdaTime),
 			ApproximateArrivalOfLastRecord:  last.ArrivalTime.UTC().Format(lambdaTime),
 			BatchSize:                       len(recs),
-			StreamArn:                       StreamArn(region, first.Stream),
+		}
+		if format == idem.EventFormatDynamoDB {
+			info.StreamArn = ddbStreamArn(region, &first)
+			f.DDBStreamBatchInfo = info
+		} else {
+			info.StreamArn = StreamArn(region, first.Stream)
+			f.KinesisBatchInfo = info
 		}
 	}
 	f.IdemErrorType, f.IdemErrorMessage = errType, errMsg

@@ -31,7 +31,8 @@ func compileFilters(format idem.EventFormat, srcs []string) ([]*pattern.Pattern,
 
 // dataField is the event field that holds a record's data, as filter
 // patterns name it: "value" in a KafkaEvent, "data" in a KinesisEvent. An
-// S3Event's patterns name the data's own fields (rejectsS3).
+// S3Event's patterns name the data's own fields (rejectsS3), a
+// DynamoDBEvent's its converted record's (rejectsDDB).
 func dataField(format idem.EventFormat) string {
 	if format == idem.EventFormatKafka {
 		return "value"
@@ -90,8 +91,11 @@ func decodeFilterSet(encoded string) (*filterSet, error) {
 // Data that is not JSON matches only patterns that do not look into it. A
 // mapping that sends S3Events also rejects test notifications.
 func (f *filterSet) rejects(r *idem.Record) bool {
-	if f.format == idem.EventFormatS3 {
+	switch f.format {
+	case idem.EventFormatS3:
 		return f.rejectsS3(r)
+	case idem.EventFormatDynamoDB:
+		return f.rejectsDDB(r)
 	}
 	if len(f.patterns) == 0 {
 		return false

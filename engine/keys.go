@@ -26,7 +26,9 @@ func (e *KeyError) Error() string {
 
 // keyer computes idempotency keys: the record identity by default, the
 // identity of the S3 event its data names for a mapping that sends
-// S3Events (s3format.go), or a JMESPath expression over the data.
+// S3Events (s3format.go), or a JMESPath expression over the data (over the
+// DynamoDBEventRecord it converts to for a mapping that sends
+// DynamoDBEvents: ddbformat.go).
 type keyer struct {
 	scope string
 	expr  *jmespath.JMESPath // nil: the record's identity, or its S3 event's
@@ -34,10 +36,13 @@ type keyer struct {
 	// be an S3 event notification, and without expr its key is the
 	// notification's identity.
 	s3 bool
+	// ddb is set for a mapping that sends DynamoDBEvents: a record's data
+	// must be a DynamoDB change, and expr reads its converted record.
+	ddb bool
 }
 
 func newKeyer(scope, expression string, format idem.EventFormat) (*keyer, error) {
-	k := &keyer{scope: scope, s3: format == idem.EventFormatS3}
+	k := &keyer{scope: scope, s3: format == idem.EventFormatS3, ddb: format == idem.EventFormatDynamoDB}
 	if expression != "" {
 		e, err := jmespath.Compile(expression)
 		if err != nil {
@@ -99,6 +104,9 @@ func (k *keyer) key(r *idem.Record) error {
 	if k.s3 {
 		return k.s3Key(r)
 	}
+	if k.ddb {
+		return k.ddbKey(r)
+	}
 	if k.expr == nil {
 		r.IdempotencyKey = r.Stream + "/" + r.ShardID + "/" + string(r.Sequence)
 		return nil
@@ -113,10 +121,14 @@ func keyError(r *idem.Record, reason string) error {
 
 // exprKey sets r.IdempotencyKey to the value of the key expression over
 // r's data.
-func (k *keyer) exprKey(r *idem.Record) error {
+func (k *keyer) exprKey(r *idem.Record) error { return k.exprKeyOf(r, r.Data) }
+
+// exprKeyOf sets r.IdempotencyKey to the value of the key expression over
+// data, r's or what it converts to.
+func (k *keyer) exprKeyOf(r *idem.Record, data []byte) error {
 	fail := func(reason string) error { return keyError(r, reason) }
 	var doc any
-	if err := json.Unmarshal(r.Data, &doc); err != nil {
+	if err := json.Unmarshal(data, &doc); err != nil {
 		return fail("data is not JSON: " + err.Error())
 	}
 	v, err := k.expr.Search(doc)

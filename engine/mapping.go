@@ -86,9 +86,14 @@ type Mapping struct {
 	// idem.EventFormatS3 for S3Event (for any source whose records are S3
 	// event notifications: keys default to the notification's identity,
 	// test notifications are filtered out, and a record that is not a
-	// notification is discarded; see s3format.go). An S3Event has neither
-	// a window nor an item identifier: S3Event refuses TumblingWindow and
-	// ReportBatchItemFailures. Default: KinesisEvent.
+	// notification is discarded; see s3format.go),
+	// idem.EventFormatDynamoDB for DynamoDBEvent (for any source whose
+	// records are DynamoDB changes, from DynamoDB Streams or Kinesis Data
+	// Streams for DynamoDB: filters and key expressions read the converted
+	// record, a batchItemFailures itemIdentifier is its SequenceNumber, and
+	// a record that is no change is discarded; see ddbformat.go). An
+	// S3Event has neither a window nor an item identifier: S3Event refuses
+	// TumblingWindow and ReportBatchItemFailures. Default: KinesisEvent.
 	EventFormat idem.EventFormat
 
 	// TumblingWindow, when positive, groups each shard's records by arrival
@@ -97,7 +102,8 @@ type Mapping struct {
 	// invocation returned (idem.Batch.Window, BatchResult.State), committed
 	// with the checkpoint, and a last invocation with no records and
 	// Window.Final closes the window. Needs ParallelizationFactor 1 and
-	// KinesisEvent. Default: 0, no windows.
+	// KinesisEvent or DynamoDBEvent (a DynamoDBTimeWindowEvent). Default:
+	// 0, no windows.
 	TumblingWindow time.Duration
 
 	// Filters are filterCriteria patterns (EventBridge syntax, up to
@@ -105,8 +111,10 @@ type Mapping struct {
 	// checkpointed, never delivered nor retried. KinesisEvent records are
 	// filtered on {"data": …} (their data as JSON), KafkaEvent records on
 	// value, key, topic, partition, offset, timestamp and timestampType,
-	// S3Event records on their notification document ({"Records": …}).
-	// Default: none, every record is delivered.
+	// S3Event records on their notification document ({"Records": …}),
+	// DynamoDBEvent records on the record itself ({"eventName": …,
+	// "dynamodb": {"NewImage": …}}). Default: none, every record is
+	// delivered.
 	Filters []string
 
 	// Scope is the idempotency scope: records COMPLETED in it are not
@@ -239,12 +247,12 @@ func (m Mapping) Validate() error {
 		bad("functionResponseTypes: ReportBatchItemFailures is not available with S3Event (eventFormat s3): its records carry no item identifier a function could report; use bisectBatchOnFunctionError to isolate a failing record")
 	}
 	switch m.EventFormat {
-	case "", idem.EventFormatKinesis, idem.EventFormatKafka, idem.EventFormatS3:
+	case "", idem.EventFormatKinesis, idem.EventFormatKafka, idem.EventFormatS3, idem.EventFormatDynamoDB:
 		if _, err := compileFilters(m.EventFormat, m.Filters); err != nil {
 			bad("%v", err)
 		}
 	default:
-		bad("eventFormat: %q is not kinesis, kafka or s3", m.EventFormat)
+		bad("eventFormat: %q is not kinesis, kafka, s3 or dynamodb", m.EventFormat)
 	}
 	if m.RetryBaseDelay <= 0 || m.RetryMaxDelay < m.RetryBaseDelay {
 		bad("retry: baseDelay %s must be positive and at most maxDelay %s", m.RetryBaseDelay, m.RetryMaxDelay)

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/internal/ddbevent"
 	"github.com/idem-run/idem/internal/s3event"
 )
 
@@ -42,6 +43,8 @@ func EventRecordSize(region string, format idem.EventFormat, r *idem.Record) int
 		return kafkaRecordSize(r)
 	case idem.EventFormatS3:
 		return s3RecordSize(r)
+	case idem.EventFormatDynamoDB:
+		return ddbRecordSize(r)
 	}
 	return kinesisRecordSize(region, r)
 }
@@ -49,9 +52,9 @@ func EventRecordSize(region string, format idem.EventFormat, r *idem.Record) int
 // EventBaseSize returns the bytes of the event of format without its
 // records: the envelope around them, as for a batch of one shard whose
 // first record is first (the Kafka envelope names its topic and its
-// "<topic>-<partition>" group), and, for a Kinesis event, the tumbling
-// window w's fields and state when w is not nil (an S3Event has no
-// window: w is ignored). A window's StateJSON counts as it is; a State map
+// "<topic>-<partition>" group), and, for a Kinesis or DynamoDB event, the
+// tumbling window w's fields and state when w is not nil (an S3Event has
+// no window: w is ignored). A window's StateJSON counts as it is; a State map
 // without it as encoding/json writes it, which is never shorter than the
 // event's (HTML characters escaped).
 func EventBaseSize(region string, format idem.EventFormat, first *idem.Record, w *idem.Window) int {
@@ -116,6 +119,18 @@ func s3RecordSize(r *idem.Record) int {
 		size += len(n.Records[i].Raw) + 1
 	}
 	return size
+}
+
+// ddbRecordSize is the bytes of r's DynamoDBEventRecord in a
+// DynamoDBEvent, preceded by a comma; 0 for data that is no DynamoDB
+// change, which adds nothing. Counting it converts the record
+// (internal/ddbevent): a change read from Kinesis is rewritten.
+func ddbRecordSize(r *idem.Record) int {
+	rec, err := ddbevent.Record(r.Data, string(r.Sequence))
+	if err != nil {
+		return 0
+	}
+	return len(rec) + 1
 }
 
 func kafkaRecordSize(r *idem.Record) int {

@@ -232,6 +232,10 @@ func parseFailure(data []byte) *failureBatch {
 			BatchSize int    `json:"batchSize"`
 			StreamArn string `json:"streamArn"`
 		} `json:"KinesisBatchInfo"`
+		DDBStreamBatchInfo *struct {
+			BatchSize int    `json:"batchSize"`
+			StreamArn string `json:"streamArn"`
+		} `json:"DDBStreamBatchInfo"`
 		KafkaBatchInfo *struct {
 			BatchSize      int    `json:"batchSize"`
 			EventSourceArn string `json:"eventSourceArn"`
@@ -254,6 +258,17 @@ func parseFailure(data []byte) *failureBatch {
 	case m.KinesisBatchInfo != nil:
 		b.left = m.KinesisBatchInfo.BatchSize
 		b.stream = arnName(m.KinesisBatchInfo.StreamArn, ":stream/")
+	case m.DDBStreamBatchInfo != nil:
+		// A DynamoDBEvent mapping's: its streamArn names a DynamoDB stream
+		// (whose records name the table as their stream) or, in Kinesis'
+		// form, the stream idem read.
+		b.left = m.DDBStreamBatchInfo.BatchSize
+		arn := m.DDBStreamBatchInfo.StreamArn
+		if strings.Contains(arn, ":dynamodb:") {
+			b.stream, _, _ = strings.Cut(arnName(arn, ":table/"), "/stream/")
+		} else {
+			b.stream = arnName(arn, ":stream/")
+		}
 	case m.KafkaBatchInfo != nil:
 		b.left = m.KafkaBatchInfo.BatchSize
 		b.stream = arnName(m.KafkaBatchInfo.EventSourceArn, "/idem/")

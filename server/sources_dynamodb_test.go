@@ -23,7 +23,9 @@ import (
 // TestDynamoDBSourceFromConfig configures two mappings over a table's
 // stream, one by table name and one by stream ARN, as README documents, and
 // writes and deletes items: each function sees every change once, each
-// item's in order, as stream records in its KinesisEvent's data. (Rollovers
+// item's in order, as the records of the DynamoDBEvent a dynamodb source's
+// mapping sends by default, or, with eventFormat: kinesis, as stream
+// records in its KinesisEvent's data. (Rollovers
 // are source/dynamodb's TestRolloverKeepsItemOrder: the server discovers a
 // child shard within 30 seconds.)
 func TestDynamoDBSourceFromConfig(t *testing.T) {
@@ -47,20 +49,36 @@ func TestDynamoDBSourceFromConfig(t *testing.T) {
 	got := map[string][]string{} // function -> "id name version"
 	handler := func(name string) idem.InvokeFunc {
 		return func(_ context.Context, payload []byte) ([]byte, error) {
-			var ev events.KinesisEvent
-			if err := json.Unmarshal(payload, &ev); err != nil {
-				return nil, err
+			var recs []events.DynamoDBEventRecord
+			if name == "byArn" {
+				// The default: a DynamoDBEvent.
+				var ev events.DynamoDBEvent
+				if err := json.Unmarshal(payload, &ev); err != nil {
+					return nil, err
+				}
+				recs = ev.Records
+			} else {
+				var ev events.KinesisEvent
+				if err := json.Unmarshal(payload, &ev); err != nil {
+					return nil, err
+				}
+				for _, r := range ev.Records {
+					var rec events.DynamoDBEventRecord
+					if err := json.Unmarshal(r.Kinesis.Data, &rec); err != nil {
+						t.Errorf("%s: data is no DynamoDB stream record: %v", name, err)
+						continue
+					}
+					if rec.Change.SequenceNumber != r.Kinesis.SequenceNumber {
+						t.Errorf("%s: record %s in a Kinesis record %s", name, rec.Change.SequenceNumber, r.Kinesis.SequenceNumber)
+					}
+					recs = append(recs, rec)
+				}
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			for _, r := range ev.Records {
-				var rec events.DynamoDBEventRecord
-				if err := json.Unmarshal(r.Kinesis.Data, &rec); err != nil {
-					t.Errorf("%s: data is no DynamoDB stream record: %v", name, err)
-					continue
-				}
-				if rec.Change.SequenceNumber != r.Kinesis.SequenceNumber || rec.EventSourceArn != arn {
-					t.Errorf("%s: record %s of stream %s, in a Kinesis record %s", name, rec.Change.SequenceNumber, rec.EventSourceArn, r.Kinesis.SequenceNumber)
+			for _, rec := range recs {
+				if rec.Change.SequenceNumber == "" || rec.EventSourceArn != arn {
+					t.Errorf("%s: record %q of stream %s", name, rec.Change.SequenceNumber, rec.EventSourceArn)
 				}
 				img := rec.Change.NewImage
 				if rec.EventName == "REMOVE" {
@@ -83,7 +101,6 @@ mappings:
   - name: arn
     function: byArn
     startingPosition: TRIM_HORIZON
-    eventFormat: kinesis
     source: {dynamodb: {streamArn: %q, endpoint: %q}}
 `, srv.URL, arn, srv.URL), nil, server.WithInvokeHandler("byTable", handler("byTable")), server.WithInvokeHandler("byArn", handler("byArn")))
 

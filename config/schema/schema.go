@@ -141,7 +141,7 @@ var schemaRules = map[string]schemaRule{
 	"mappings[].parallelizationFactor":                   between(config.MinParallelization, config.MaxParallelization),
 	"mappings[].tumblingWindow":                          {zero: true},
 	"mappings[].functionResponseTypes[]":                 {enum: []string{config.ReportBatchItemFailuresType}},
-	"mappings[].eventFormat":                             {enum: []string{string(idem.EventFormatKafka), string(idem.EventFormatKinesis), string(idem.EventFormatS3)}},
+	"mappings[].eventFormat":                             {enum: []string{string(idem.EventFormatDynamoDB), string(idem.EventFormatKafka), string(idem.EventFormatKinesis), string(idem.EventFormatS3)}},
 	"mappings[].filterCriteria.filters":                  {required: true, maxItems: config.MaxFilters},
 	"mappings[].permanentErrorTypes[]":                   {pattern: `\S`},
 	"mappings[].idempotency.scope":                       {pattern: namePattern, maxLength: config.MaxNameLen},

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/internal/ddbevent"
 	"github.com/idem-run/idem/internal/s3event"
 )
 
@@ -24,8 +25,43 @@ func (f *Function) appendEvent(dst []byte, b *idem.Batch) []byte {
 		return f.appendKafkaEvent(dst, b)
 	case idem.EventFormatS3:
 		return appendS3Event(dst, b)
+	case idem.EventFormatDynamoDB:
+		return f.appendDynamoDBEvent(dst, b)
 	}
 	return f.appendKinesisEvent(dst, b)
+}
+
+// appendDynamoDBEvent appends b as the JSON of an events.DynamoDBEvent: one
+// {"Records":[…]} holding, in order, the DynamoDBEventRecord of every
+// record's data (internal/ddbevent: a DynamoDB Streams record compacted
+// but otherwise as it is, a change Kinesis Data Streams for DynamoDB wrote
+// converted, with the Kinesis sequence number as its SequenceNumber), and
+// with a tumbling window the fields of an events.DynamoDBTimeWindowEvent,
+// the same as a KinesisTimeWindowEvent's (appendWindow). Records carry no
+// idempotencyKey and nothing of the region. Data that is no DynamoDB
+// change adds no record; the engine never sends any (it discards such a
+// record before building a batch).
+func (f *Function) appendDynamoDBEvent(dst []byte, b *idem.Batch) []byte {
+	dst = append(dst, `{"Records":[`...)
+	first := true
+	for i := range b.Records {
+		r := &b.Records[i]
+		n := len(dst)
+		if !first {
+			dst = append(dst, ',')
+		}
+		out, err := ddbevent.Append(dst, r.Data, string(r.Sequence))
+		if err != nil {
+			dst = dst[:n]
+			continue
+		}
+		dst, first = out, false
+	}
+	dst = append(dst, ']')
+	if w := b.Window; w != nil {
+		dst = f.appendWindow(dst, w)
+	}
+	return append(dst, '}')
 }
 
 // appendS3Event appends b as the JSON of an events.S3Event: one

@@ -7,7 +7,10 @@ import "github.com/idem-run/idem"
 // idem.EventFormatKafka (each record with its "idempotencyKey"), with
 // region in awsRegion and in the ARNs, or an S3Event for
 // idem.EventFormatS3 (the event records of the batch's notifications as
-// the store wrote them, compacted: no idempotencyKey, no region of idem's).
+// the store wrote them, compacted: no idempotencyKey, no region of idem's),
+// or a DynamoDBEvent for idem.EventFormatDynamoDB (each record's DynamoDB
+// change as a DynamoDBEventRecord, converted from Kinesis' shape when read
+// there: no idempotencyKey, no region of idem's but in a window's ARN).
 // Other drivers that hand a batch to Lambda code (function/process) build
 // their events with it, so that a function receives byte-identical events
 // whichever way idem reaches it.

@@ -554,17 +554,19 @@ func Decode(data []byte) (any, error) {
 // data only, and KafkaEvent records on the value and the record's
 // metadata. A mapping that sends S3Events filters each stream record's
 // notification document: its Records, and the EventName and Key MinIO
-// adds.
+// adds. DynamoDBEvent records are filtered, as Lambda filters a DynamoDB
+// stream's, on the record's own fields.
 var filterFields = map[string][]string{
-	"kinesis": {"data"},
-	"kafka":   {"key", "offset", "partition", "timestamp", "timestampType", "topic", "value"},
-	"s3":      {"EventName", "Key", "Records"},
+	"kinesis":  {"data"},
+	"kafka":    {"key", "offset", "partition", "timestamp", "timestampType", "topic", "value"},
+	"s3":       {"EventName", "Key", "Records"},
+	"dynamodb": {"awsRegion", "dynamodb", "eventID", "eventName", "eventSource", "eventSourceARN", "eventVersion", "userIdentity"},
 }
 
 // CompileFilter compiles a filterCriteria pattern of a mapping that sends
-// format events ("kinesis", the default, "kafka" or "s3"), refusing fields
-// that such events do not have: a pattern on them would silently filter
-// out every record.
+// format events ("kinesis", the default, "kafka", "s3" or "dynamodb"),
+// refusing fields that such events do not have: a pattern on them would
+// silently filter out every record.
 func CompileFilter(src, format string) (*Pattern, error) {
 	if format == "" {
 		format = "kinesis"

@@ -8,10 +8,14 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/idem-run/idem"
@@ -265,5 +269,113 @@ func TestTrimmedCountedLost(t *testing.T) {
 	}
 	if len(status) != 1 || status[0].Lost != 1 || status[0].Processed != 2 {
 		t.Fatalf("status %+v, want 1 lost and 2 processed", status)
+	}
+}
+
+// TestDynamoDBEventThroughEngine (issue 12): a mapping over the source with
+// eventFormat dynamodb (the default a configured dynamodb source gets)
+// sends a function written for Lambda's DynamoDB triggers the DynamoDBEvent
+// it expects: INSERT, MODIFY and REMOVE records with their keys and images
+// in typed values, each with its stream's SequenceNumber and ARN. A record
+// the function reports failed by its SequenceNumber, as Lambda's DynamoDB
+// partial batch responses name one, is retried from there, and runs once
+// it succeeds; the records before it complete once.
+func TestDynamoDBEventThroughEngine(t *testing.T) {
+	tb := newTable(t, ddbtypes.StreamViewTypeNewAndOldImages)
+	tb.put("A-1", 1, "status", "new")
+	tb.put("A-1", 2, "status", "paid")
+	if _, err := tb.db.DeleteItem(tb.ctx, &awsddb.DeleteItemInput{TableName: aws.String("orders"),
+		Key: map[string]ddbtypes.AttributeValue{"pk": &ddbtypes.AttributeValueMemberS{Value: "A-1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	tb.put("B-1", 1, "status", "flaky")
+	tb.put("C-1", 1, "status", "new")
+
+	str := func(v events.DynamoDBAttributeValue) string {
+		if v.DataType() != events.DataTypeString && v.DataType() != events.DataTypeNumber {
+			return "-"
+		}
+		if v.DataType() == events.DataTypeNumber {
+			return v.Number()
+		}
+		return v.String()
+	}
+	var mu sync.Mutex
+	var calls [][]string
+	failed := false
+	h := idem.InvokeFunc(func(_ context.Context, payload []byte) ([]byte, error) {
+		var ev events.DynamoDBEvent
+		if err := json.Unmarshal(payload, &ev); err != nil {
+			t.Errorf("decoding the DynamoDBEvent: %v", err)
+			return nil, err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		var call []string
+		var resp events.DynamoDBEventResponse
+		for _, r := range ev.Records {
+			c := r.Change
+			call = append(call, fmt.Sprintf("%s %s new:%s/%s old:%s/%s", r.EventName, str(c.Keys["pk"]),
+				str(c.NewImage["v"]), str(c.NewImage["status"]), str(c.OldImage["v"]), str(c.OldImage["status"])))
+			if !strings.HasPrefix(r.EventSourceArn, "arn:aws:dynamodb:") || !strings.Contains(r.EventSourceArn, ":table/orders/stream/") ||
+				c.SequenceNumber == "" || c.StreamViewType != "NEW_AND_OLD_IMAGES" || r.EventSource != "aws:dynamodb" {
+				t.Errorf("record %+v", r)
+			}
+			if str(c.NewImage["status"]) == "flaky" && !failed {
+				failed = true
+				resp.BatchItemFailures = []events.DynamoDBBatchItemFailure{{ItemIdentifier: c.SequenceNumber}}
+			}
+		}
+		calls = append(calls, call)
+		return json.Marshal(resp)
+	})
+
+	db, err := pebbledb.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	e := engine.New(stembedded.New(db), engine.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err := e.Add(engine.Mapping{Name: "m", Stream: "orders", Source: tb.src, Function: "f", Invoker: gofunc.NewInvoke(h),
+		StartingPosition: source.TrimHorizon, BatchSize: 10, EventFormat: idem.EventFormatDynamoDB, ReportBatchItemFailures: true,
+		RetryBaseDelay: time.Millisecond, RetryMaxDelay: 5 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	processed := func() uint64 {
+		var n uint64
+		for _, s := range e.Status() {
+			n += s.Processed
+		}
+		return n
+	}
+	waitUntil(t, "every change processed", func() bool { return processed() == 5 })
+
+	mu.Lock()
+	defer mu.Unlock()
+	all := []string{
+		"INSERT A-1 new:1/new old:-/-",
+		"MODIFY A-1 new:2/paid old:1/new",
+		"REMOVE A-1 new:-/- old:2/paid",
+		"INSERT B-1 new:1/flaky old:-/-",
+		"INSERT C-1 new:1/new old:-/-",
+	}
+	// The records may come in more than one batch; the one that failed
+	// and those after it come again, together.
+	var got []string
+	for _, c := range calls {
+		got = append(got, c...)
+	}
+	want := append(slices.Clone(all), all[3:]...)
+	if fmt.Sprint(got) != fmt.Sprint(want) || !slices.Equal(calls[len(calls)-1], all[3:]) {
+		t.Errorf("the function got %q, want the five changes, then B-1 and C-1 again", calls)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -17,6 +18,7 @@ import (
 	kinesistypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/internal/ddbevent"
 	"github.com/idem-run/idem/internal/testsvc"
 	"github.com/idem-run/idem/internal/testsvc/ddbstreams"
 	"github.com/idem-run/idem/source"
@@ -127,6 +129,28 @@ func TestKinesisDestination(t *testing.T) {
 		}
 		if len(r.PartitionKey) != 32 || strings.Trim(r.PartitionKey, "0123456789ABCDEF") != "" {
 			t.Errorf("record %d: partition key %q, want 32 hex digits", i, r.PartitionKey)
+		}
+	}
+	// eventFormat dynamodb converts these records to the DynamoDBEvent a
+	// DynamoDB stream's mapping sends (internal/ddbevent).
+	var ev events.DynamoDBEvent
+	var all []string
+	for _, r := range recs {
+		rec, err := ddbevent.Record(r.Data, string(r.Sequence))
+		if err != nil {
+			t.Fatalf("%s: %v", r.Data, err)
+		}
+		all = append(all, string(rec))
+	}
+	if err := json.Unmarshal([]byte(`{"Records":[`+strings.Join(all, ",")+`]}`), &ev); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range ev.Records {
+		views := []string{"NEW_IMAGE", "NEW_AND_OLD_IMAGES", "OLD_IMAGE"}
+		if r.Change.SequenceNumber != string(recs[i].Sequence) || r.Change.StreamViewType != views[i] || r.EventName != want[i].name ||
+			r.Change.Keys["id"].String() != "A-1" || r.EventSourceArn != "arn:aws:dynamodb:us-east-1:000000000000:table/orders" ||
+			time.Since(r.Change.ApproximateCreationDateTime.Time).Abs() > time.Minute {
+			t.Errorf("converted record %d: %s", i, all[i])
 		}
 	}
 	desc, err := f.db.DescribeKinesisStreamingDestination(ctx, &dynamodb.DescribeKinesisStreamingDestinationInput{TableName: aws.String("orders")})
