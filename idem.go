@@ -395,6 +395,11 @@ type RecordFunc func(ctx context.Context, r *Record) error
 // With a store transaction (TxFrom), each record's writes in it are undone
 // when the record fails, and the records before it keep theirs; a record
 // that leaves the transaction failed (an SQL error it did not return) fails.
+// When the transaction holds statements back (a Flusher: postgres.Defer),
+// HandleBatch sends them once the records have run, or once one has
+// failed, before it answers: a record whose held-back statement fails is
+// the batch's failed record, as if its function had returned the error,
+// unless an earlier record failed.
 func (f RecordFunc) HandleBatch(ctx context.Context, b *Batch) (BatchResult, error) {
 	for i := range b.Records {
 		r := &b.Records[i]
@@ -403,10 +408,39 @@ func (f RecordFunc) HandleBatch(ctx context.Context, b *Batch) (BatchResult, err
 			rctx = WithState(rctx, st)
 		}
 		if err := f.handle(ctx, rctx, b, i); err != nil {
-			return BatchResult{BatchItemFailures: []BatchItemFailure{{ItemIdentifier: r.EventID()}}}, &RecordError{Record: r.EventID(), Err: err}
+			// The records before i commit: what they held back is sent
+			// now, and one of them whose statement fails is the batch's
+			// failure instead of i.
+			if k, ferr := b.flush(ctx); ferr != nil && k < i {
+				return recordFailed(b, k, ferr)
+			}
+			return recordFailed(b, i, err)
 		}
 	}
+	if k, err := b.flush(ctx); err != nil {
+		return recordFailed(b, k, err)
+	}
 	return BatchResult{}, nil
+}
+
+// recordFailed is RecordFunc's answer when record i failed with err: a
+// RecordError, or for i < 0 (a failure of no single record) a failure of
+// the whole batch.
+func recordFailed(b *Batch, i int, err error) (BatchResult, error) {
+	if i < 0 || i >= len(b.Records) {
+		return BatchResult{}, err
+	}
+	id := b.Records[i].EventID()
+	return BatchResult{BatchItemFailures: []BatchItemFailure{{ItemIdentifier: id}}}, &RecordError{Record: id, Err: err}
+}
+
+// flush sends the statements the batch's transaction holds back, when it
+// is a Flusher, and reports the first that failed.
+func (b *Batch) flush(ctx context.Context) (int, error) {
+	if f, ok := b.tx.(Flusher); ok {
+		return f.Flush(ctx)
+	}
+	return -1, nil
 }
 
 // handle runs f over record i, within the record's part of the batch's
@@ -503,7 +537,7 @@ var ErrNoTx = errors.New("idem: no store transaction (it needs the PostgreSQL st
 // Transaction is the store transaction an invocation's effects commit in,
 // as the engine offers it to an in-process handler. The engine implements
 // it and RecordFunc drives it; function authors use TxFrom or Batch.Tx
-// (postgres.TxFrom, postgres.BatchTx) instead.
+// (postgres.TxFrom, postgres.BatchTx, postgres.Defer) instead.
 //
 // Record i is one of the batch's records; -1 stands for the whole batch.
 type Transaction interface {
@@ -520,6 +554,26 @@ type Transaction interface {
 	// AbortRecord undoes record i's writes after it failed. When it cannot,
 	// the implementation commits none of the transaction.
 	AbortRecord(ctx context.Context, i int)
+}
+
+// Flusher is implemented by a Transaction that can hold statements back
+// and send many records' at once, in one round trip (postgres.Defer): a
+// record's held-back statements are its writes as much as those it waited
+// for, so their errors must be known before the batch's outcome is. The
+// engine's transactions implement it; RecordFunc flushes when its records
+// have run, or when one failed, and the engine again before it judges an
+// invocation, for batch handlers.
+type Flusher interface {
+	// Flush sends the statements held back, in order, and returns the
+	// first failure: the index of the record whose statement failed, and
+	// its error. The records before that record keep their writes; it and
+	// the records after it hold none in the transaction, and it must be
+	// reported failed (the records after it run again). The index is -1
+	// when the failure is the whole batch's (a statement written for the
+	// whole batch, or a transaction that can no longer commit), and
+	// (-1, nil) means every statement succeeded, or none was held back.
+	// Once a flush failed, every later Flush returns the same failure.
+	Flush(ctx context.Context) (rec int, err error)
 }
 
 type txKey struct{}

@@ -96,3 +96,64 @@ func TestRecordFuncTransaction(t *testing.T) {
 		}
 	})
 }
+
+// flushTx is a fakeTx that holds statements back (idem.Flusher): Flush
+// reports fail at the record failAt.
+type flushTx struct {
+	fakeTx
+	failAt int
+	fail   error
+}
+
+func (f *flushTx) Flush(context.Context) (int, error) {
+	f.log = append(f.log, "flush")
+	if f.fail == nil {
+		return -1, nil
+	}
+	return f.failAt, f.fail
+}
+
+// TestRecordFuncFlush: RecordFunc flushes what the transaction held back
+// when its records have run, or when one failed, before it answers; a
+// flushed statement's failure at an earlier record than the one that
+// failed is the batch's failure, at a later one it is not, and a failure
+// of no single record fails the whole batch.
+func TestRecordFuncFlush(t *testing.T) {
+	recs := []idem.Record{{ShardID: "s", Sequence: "1"}, {ShardID: "s", Sequence: "2"}, {ShardID: "s", Sequence: "3"}}
+	boom := errors.New("deferred statement failed")
+	for _, c := range []struct {
+		name      string
+		failAt    int   // the record the flush reports
+		fail      error // its error; nil: the flush succeeds
+		fnFails   int   // the record whose function fails; -1 none
+		want      string
+		wantCalls string
+	}{
+		{"all succeed", -1, nil, -1, "", "begin 0,end 0,begin 1,end 1,begin 2,end 2,flush"},
+		{"a held-back statement fails", 1, boom, -1, "record s:2: deferred statement failed", "begin 0,end 0,begin 1,end 1,begin 2,end 2,flush"},
+		{"before the record that failed", 0, boom, 1, "record s:1: deferred statement failed", "begin 0,end 0,begin 1,abort 1,flush"},
+		{"at the record that failed", 1, boom, 1, "record s:2: the function failed", "begin 0,end 0,begin 1,abort 1,flush"},
+		{"of the whole batch", -1, boom, 1, "deferred statement failed", "begin 0,end 0,begin 1,abort 1,flush"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tx := &flushTx{failAt: c.failAt, fail: c.fail}
+			b := idem.NewBatchWithTx("m", "f", "id", recs, nil, tx)
+			res, err := idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
+				if r.Sequence == recs[max(c.fnFails, 0)].Sequence && c.fnFails >= 0 {
+					return errors.New("the function failed")
+				}
+				return nil
+			}).HandleBatch(context.Background(), b)
+			if got := fmt.Sprint(err); c.want == "" && err != nil || c.want != "" && got != c.want {
+				t.Fatalf("err %v, want %q", err, c.want)
+			}
+			var re *idem.RecordError
+			if errors.As(err, &re) != (len(res.BatchItemFailures) == 1) || re != nil && res.BatchItemFailures[0].ItemIdentifier != re.Record {
+				t.Fatalf("result %+v for err %v", res, err)
+			}
+			if got := strings.Join(tx.log, ","); got != c.wantCalls {
+				t.Fatalf("calls %s, want %s", got, c.wantCalls)
+			}
+		})
+	}
+}

@@ -109,7 +109,9 @@ func (t *invocationTx) BeginRecord(_ context.Context, i int) error {
 	return t.err
 }
 
-// EndRecord fails a record that left the transaction unable to commit.
+// EndRecord fails a record that left the transaction unable to commit,
+// and any record that ran after a held-back statement of its own or of
+// an earlier record failed (store.DeferTx): its writes were refused.
 func (t *invocationTx) EndRecord(context.Context, int) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -120,7 +122,30 @@ func (t *invocationTx) EndRecord(context.Context, int) error {
 	if t.tx == nil || t.done {
 		return nil
 	}
+	if dt, ok := t.tx.(store.DeferTx); ok {
+		if _, err := dt.FlushFailure(); err != nil {
+			return err
+		}
+	}
 	return t.tx.Check()
+}
+
+var _ idem.Flusher = (*invocationTx)(nil)
+
+// Flush sends the statements the handler held back (store.DeferTx), for
+// idem.RecordFunc and for the engine itself, before it judges the
+// invocation.
+func (t *invocationTx) Flush(ctx context.Context) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.done {
+		return -1, errTxEnded
+	}
+	dt, ok := t.tx.(store.DeferTx)
+	if !ok { // not begun, or a store that holds nothing back
+		return -1, nil
+	}
+	return dt.Flush(ctx, t.rec)
 }
 
 // AbortRecord rolls back to record i's savepoint. When it cannot, the
@@ -164,6 +189,20 @@ func (t *invocationTx) judge(out outcome, n int) outcome {
 		// Nothing written, nothing committed, or a transaction that can
 		// no longer commit: its commit fails and the shard restarts.
 		return out
+	}
+	if dt, ok := t.tx.(store.DeferTx); ok {
+		// A held-back statement that failed fails its record, as a
+		// function error there would (idem.RecordFunc reports it so
+		// already), or the whole batch when it was the batch's.
+		if k, err := dt.FlushFailure(); err != nil {
+			conflict := isConflict(t.drv, err)
+			if k < 0 || k >= n || t.whole {
+				return outcome{failedAt: n, errType: "Function.TransactionFailed", errMsg: err.Error(), permanent: out.permanent, conflict: conflict}
+			}
+			if out.failedAt < 0 || k < out.failedAt {
+				out = outcome{failedAt: k, errType: "Function.TransactionFailed", errMsg: err.Error(), conflict: conflict}
+			}
+		}
 	}
 	if err := t.tx.Check(); err != nil {
 		return outcome{failedAt: n, errType: "Function.TransactionFailed", errMsg: err.Error(), permanent: out.permanent}

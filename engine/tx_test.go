@@ -354,17 +354,169 @@ func TestTransactionalBatchHandler(t *testing.T) {
 	v.exactlyOnce(5)
 }
 
+// TestDeferredSQL: statements deferred with postgres.Defer commit with
+// their records. When record 3's fails (a unique violation, found when
+// the batch's statements are sent at its end), records 1 and 2 commit
+// with their state, record 3 is discarded, and records 4 and 5, which ran
+// already, run again and commit once, with their state. A deferred
+// statement that conflicts (lock_not_available) runs its record again
+// without counting a retry. A batch handler's statement deferred with
+// postgres.DeferBatch that fails fails its whole batch, which runs again.
+func TestDeferredSQL(t *testing.T) {
+	t.Run("a failed deferred statement fails its record only", func(t *testing.T) {
+		v := newSQLEnv(t)
+		v.putN(5)
+		ctx := context.Background()
+		if _, err := v.db.Exec(ctx, "CREATE TABLE "+v.schema+".orders (rec text PRIMARY KEY); INSERT INTO "+v.schema+".orders VALUES ('3')"); err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		runs := map[string]int{}
+		failures := make(chan error, 1)
+		fn := idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
+			mu.Lock()
+			runs[string(r.Data)]++
+			mu.Unlock()
+			st := idem.StateFrom(ctx)
+			n := 0
+			if b, err := st.Get(ctx, "count"); err == nil {
+				n, _ = strconv.Atoi(string(b))
+			} else if !errors.Is(err, idem.ErrNotFound) {
+				return err
+			}
+			if err := st.Put(ctx, "count", []byte(strconv.Itoa(n+1))); err != nil {
+				return err
+			}
+			if err := postgres.Defer(ctx, "INSERT INTO "+v.schema+".effects (rec) VALUES ($1)", string(r.Data)); err != nil {
+				return err
+			}
+			return postgres.Defer(ctx, "INSERT INTO "+v.schema+".orders (rec) VALUES ($1)", string(r.Data))
+		})
+		h := idem.HandlerFunc(func(ctx context.Context, b *idem.Batch) (idem.BatchResult, error) {
+			res, err := fn.HandleBatch(ctx, b)
+			if err != nil {
+				select {
+				case failures <- err:
+				default:
+				}
+			}
+			return res, err
+		})
+		m := v.mapping(h)
+		m.RetryAttempts(0)
+		e, stop := v.run(m)
+		waitFor(t, "5 records resolved", func() bool { s := totals(e); return s.Processed+s.Discarded == 5 })
+		stop()
+		if s := totals(e); s.Processed != 4 || s.Discarded != 1 {
+			t.Fatalf("processed %d, discarded %d; want 4 and record 3 discarded", s.Processed, s.Discarded)
+		}
+		if got := fmt.Sprint(v.effects()); got != "map[1:1 2:1 4:1 5:1]" {
+			t.Fatalf("rows per record %s; want every record's but 3's", got)
+		}
+		mu.Lock()
+		got := fmt.Sprint(runs)
+		mu.Unlock()
+		if got != "map[1:1 2:1 3:1 4:2 5:2]" {
+			t.Fatalf("runs per record %s; want records 4 and 5 twice", got)
+		}
+		var de *postgres.DeferredError
+		if err := <-failures; !errors.As(err, &de) || de.Record != 2 || !strings.Contains(err.Error(), "record 3") {
+			t.Fatalf("the failed record's error %v; want a DeferredError of record 3", err)
+		}
+		if b, err := v.st.State(ctx, "f", "count"); err != nil || string(b) != "4" {
+			t.Fatalf("state count = %q, %v; want 4", b, err)
+		}
+	})
+
+	t.Run("a deferred statement's conflict runs its record again", func(t *testing.T) {
+		v := newSQLEnv(t)
+		v.putN(5)
+		ctx := context.Background()
+		if _, err := v.db.Exec(ctx, "CREATE TABLE "+v.schema+".locks (id int PRIMARY KEY); INSERT INTO "+v.schema+".locks VALUES (1)"); err != nil {
+			t.Fatal(err)
+		}
+		lock, err := v.db.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lock.Rollback(ctx)
+		if _, err := lock.Exec(ctx, "SELECT 1 FROM "+v.schema+".locks WHERE id = 1 FOR UPDATE"); err != nil {
+			t.Fatal(err)
+		}
+		var threes atomic.Int32
+		h := idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
+			if err := postgres.Defer(ctx, "INSERT INTO "+v.schema+".effects (rec) VALUES ($1)", string(r.Data)); err != nil {
+				return err
+			}
+			if string(r.Data) != "3" {
+				return nil
+			}
+			if threes.Add(1) == 2 {
+				// The first attempt's NOWAIT failed: lock_not_available.
+				if err := lock.Rollback(ctx); err != nil {
+					return err
+				}
+			}
+			return postgres.Defer(ctx, "SELECT 1 FROM "+v.schema+".locks WHERE id = 1 FOR UPDATE NOWAIT")
+		})
+		m := v.mapping(h)
+		m.RetryAttempts(0) // a conflict is no failure: nothing is discarded
+		e, stop := v.run(m)
+		waitFor(t, "5 records", func() bool { return totals(e).Processed == 5 })
+		stop()
+		if s := totals(e); s.Discarded != 0 || threes.Load() != 2 {
+			t.Fatalf("discarded %d, record 3 ran %d times; want none discarded, and 3 run again once", s.Discarded, threes.Load())
+		}
+		v.exactlyOnce(5)
+	})
+
+	t.Run("a batch handler's failed deferred statement fails its batch", func(t *testing.T) {
+		v := newSQLEnv(t)
+		v.putN(5)
+		var mu sync.Mutex
+		var sizes []int
+		h := idem.HandlerFunc(func(ctx context.Context, b *idem.Batch) (idem.BatchResult, error) {
+			mu.Lock()
+			sizes = append(sizes, len(b.Records))
+			first := len(sizes) == 1
+			mu.Unlock()
+			for i := range b.Records {
+				if err := postgres.DeferBatch(ctx, b, "INSERT INTO "+v.schema+".effects (rec) VALUES ($1)", string(b.Records[i].Data)); err != nil {
+					return idem.BatchResult{}, err
+				}
+			}
+			if first {
+				if err := postgres.DeferBatch(ctx, b, "INSERT INTO "+v.schema+".effects (id, rec) VALUES (1, 'duplicate id')"); err != nil {
+					return idem.BatchResult{}, err
+				}
+			}
+			return idem.BatchResult{}, nil
+		})
+		e, stop := v.run(v.mapping(h))
+		waitFor(t, "5 records", func() bool { return totals(e).Processed == 5 })
+		stop()
+		mu.Lock()
+		defer mu.Unlock()
+		if fmt.Sprint(sizes) != "[5 5]" {
+			t.Fatalf("batch sizes %v; want the whole batch twice", sizes)
+		}
+		v.exactlyOnce(5)
+	})
+}
+
 // TestNoTransactionWithoutSQLStore: with the embedded store, or an HTTP
 // function, a handler gets idem.ErrNoTx.
 func TestNoTransactionWithoutSQLStore(t *testing.T) {
 	v := newEnv(t)
 	v.stream("s", 1)
 	v.put("s", "k", "1")
-	errs := make(chan error, 1)
+	errs := make(chan error, 2)
 	h := idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
 		_, err := postgres.TxFrom(ctx)
+		derr := postgres.Defer(ctx, "SELECT 1")
 		select {
 		case errs <- err:
+			errs <- derr
 		default:
 		}
 		return nil
@@ -374,6 +526,9 @@ func TestNoTransactionWithoutSQLStore(t *testing.T) {
 	case err := <-errs:
 		if !errors.Is(err, postgres.ErrNoTx) || !strings.Contains(err.Error(), "no store transaction") {
 			t.Fatalf("TxFrom with the embedded store: %v, want ErrNoTx", err)
+		}
+		if err := <-errs; !errors.Is(err, postgres.ErrNoTx) {
+			t.Fatalf("Defer with the embedded store: %v, want ErrNoTx", err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the handler never ran")

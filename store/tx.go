@@ -61,3 +61,30 @@ type Tx interface {
 	// After Commit or Rollback it does nothing and returns nil.
 	Rollback(ctx context.Context) error
 }
+
+// DeferTx is a Tx that can hold a handler's statements back and send many
+// records' in one round trip (postgres.Defer), rather than one round trip
+// per statement. The statements are sent, in order, at Flush, and before
+// any statement the handler waits for. The engine flushes before it
+// judges an invocation, and idem.RecordFunc when its records have run.
+type DeferTx interface {
+	Tx
+
+	// Flush sends the statements held back and returns the first that
+	// failed: the index of its record (BeginRecord's i; -1 for a statement
+	// of the whole batch, or when the transaction can no longer commit)
+	// and its error; (-1, nil) when all succeeded or none was held back.
+	// When record k's statement failed, the transaction holds the writes
+	// of the records before k and none of k's or of any later record's,
+	// and refuses every later statement. Once a flush failed, Flush
+	// returns that failure again without a round trip.
+	//
+	// running is the record still running, -1 if none: it may yet fail,
+	// so its statements are sent under its own savepoint, for
+	// AbortRecord to undo.
+	Flush(ctx context.Context, running int) (rec int, err error)
+
+	// FlushFailure returns, without a round trip, the failure an earlier
+	// Flush found, as Flush returned it; (-1, nil) if none did.
+	FlushFailure() (rec int, err error)
+}

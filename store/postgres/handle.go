@@ -34,6 +34,9 @@ func (*txHandle) Rollback(context.Context) error { return errOwned }
 // Begin starts a nested transaction (a savepoint of the handler's own)
 // inside the record's.
 func (h *txHandle) Begin(ctx context.Context) (pgx.Tx, error) {
+	if err := h.t.flushFirst(ctx); err != nil {
+		return nil, err
+	}
 	if err := h.t.setSavepoint(); err != nil {
 		return nil, err
 	}
@@ -43,29 +46,36 @@ func (h *txHandle) Begin(ctx context.Context) (pgx.Tx, error) {
 // CopyFrom runs COPY after the record's savepoint is set: COPY cannot share
 // its round trip.
 func (h *txHandle) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
+	if err := h.t.flushFirst(ctx); err != nil {
+		return 0, err
+	}
 	if err := h.t.setSavepoint(); err != nil {
 		return 0, err
 	}
 	return h.t.tx.CopyFrom(ctx, table, columns, src)
 }
 
-// LargeObjects sets the record's savepoint first: its calls go to the
-// connection directly.
+// LargeObjects sends what is deferred and sets the record's savepoint
+// first: its calls go to the connection directly.
 func (h *txHandle) LargeObjects() pgx.LargeObjects {
-	_ = h.t.setSavepoint() // a failure breaks the transaction, which fails the record
+	h.t.direct()
 	return h.t.tx.LargeObjects()
 }
 
-// Conn sets the record's savepoint first: what the handler sends through
-// the connection directly must be undone with the record too.
+// Conn sends what is deferred and sets the record's savepoint first: what
+// the handler sends through the connection directly must come after it,
+// and be undone with the record too.
 func (h *txHandle) Conn() *pgx.Conn {
-	_ = h.t.setSavepoint() // a failure breaks the transaction, which fails the record
+	h.t.direct()
 	return h.t.tx.Conn()
 }
 
 // Prepare sets the record's savepoint first: a statement that fails to
 // prepare fails the transaction.
 func (h *txHandle) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	if err := h.t.flushFirst(ctx); err != nil {
+		return nil, err
+	}
 	if err := h.t.setSavepoint(); err != nil {
 		return nil, err
 	}
@@ -73,9 +83,12 @@ func (h *txHandle) Prepare(ctx context.Context, name, sql string) (*pgconn.State
 }
 
 // Exec runs sql, with the record's savepoint in the same round trip when
-// it is not set yet.
+// it is not set yet, after what is deferred.
 func (h *txHandle) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	t := h.t
+	if err := t.flushFirst(ctx); err != nil {
+		return pgconn.CommandTag{}, err
+	}
 	if !t.pipelines(ctx) || hasOptions(args) {
 		if err := t.setSavepoint(); err != nil {
 			return pgconn.CommandTag{}, err
@@ -101,9 +114,12 @@ func (h *txHandle) Exec(ctx context.Context, sql string, args ...any) (pgconn.Co
 }
 
 // Query runs sql, with the record's savepoint in the same round trip when
-// it is not set yet.
+// it is not set yet, after what is deferred.
 func (h *txHandle) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	t := h.t
+	if err := t.flushFirst(ctx); err != nil {
+		return errRows{err}, err
+	}
 	if !t.pipelines(ctx) || hasOptions(args) {
 		if err := t.setSavepoint(); err != nil {
 			return errRows{err}, err
@@ -137,9 +153,12 @@ func (h *txHandle) QueryRow(ctx context.Context, sql string, args ...any) pgx.Ro
 }
 
 // SendBatch sends b, after the record's savepoint in the same round trip
-// when it is not set yet.
+// when it is not set yet, after what is deferred.
 func (h *txHandle) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	t := h.t
+	if err := t.flushFirst(ctx); err != nil {
+		return errBatch{err}
+	}
 	if b.Len() == 0 {
 		return t.tx.SendBatch(ctx, b)
 	}

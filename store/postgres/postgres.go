@@ -167,6 +167,10 @@ type Store struct {
 	schema string
 	q      queries
 	log    *slog.Logger
+	// customPlans: New set plan_cache_mode to force_custom_plan (the
+	// connection string did not set it); deferred statements run with
+	// PostgreSQL's default instead (deferred.go).
+	customPlans bool
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -251,7 +255,8 @@ func New(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	// it grows to millions of marks, until an ANALYZE that a busy first
 	// minute may not see. Planning the few statements idem sends costs
 	// microseconds.
-	if _, ok := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !ok {
+	_, planMode := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]
+	if !planMode {
 		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
 	}
 	if o.leaseTTL > 0 {
@@ -284,7 +289,7 @@ func New(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 		return nil, err
 	}
 	pctx, stop := context.WithCancel(context.Background())
-	s := &Store{pool: pool, schema: o.schema, q: newQueries(ident), log: o.logger, stop: stop}
+	s := &Store{pool: pool, schema: o.schema, q: newQueries(ident), log: o.logger, stop: stop, customPlans: !planMode}
 	if o.purgeInterval > 0 {
 		s.wg.Add(1)
 		go s.purgeLoop(pctx, o.purgeInterval)

@@ -58,6 +58,8 @@ func envInt(t *testing.T, name string, def int) int {
 //     per partition;
 //   - RecordFunc + TxFrom: idem, a record function doing one INSERT in
 //     the record's transaction;
+//   - RecordFunc + Defer: the same INSERT deferred (Defer), sent with the
+//     batch's other records' in one round trip;
 //   - HandlerFunc + BatchTx: idem, a batch handler doing the batch's
 //     INSERT as one statement in the batch's transaction.
 //
@@ -79,6 +81,8 @@ func TestSQLEffects(t *testing.T) {
 		{"hand-written", 4, runHandWritten},
 		{"RecordFunc + TxFrom", 1, runRecordFunc(records)},
 		{"RecordFunc + TxFrom", 4, runRecordFunc(records)},
+		{"RecordFunc + Defer", 1, runRecordDefer(records)},
+		{"RecordFunc + Defer", 4, runRecordDefer(records)},
 		{"HandlerFunc + BatchTx", 1, runBatchTx(records)},
 		{"HandlerFunc + BatchTx", 4, runBatchTx(records)},
 	}
@@ -286,6 +290,15 @@ func runRecordFunc(n int) func(*testing.T, string, string, *pebbledb.DB, int) {
 			}
 			_, err = tx.Exec(ctx, q, r.EventID(), r.Data)
 			return err
+		}))
+	}
+}
+
+func runRecordDefer(n int) func(*testing.T, string, string, *pebbledb.DB, int) {
+	return func(t *testing.T, dsn, schema string, db *pebbledb.DB, batch int) {
+		q := "INSERT INTO " + pgx.Identifier{schema, "effects"}.Sanitize() + " (id, body) VALUES ($1, $2)"
+		runIdem(t, dsn, schema, db, batch, n, idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
+			return Defer(ctx, q, r.EventID(), r.Data)
 		}))
 	}
 }

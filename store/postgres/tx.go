@@ -50,9 +50,11 @@ var ErrNoTx = errors.New("postgres: no idem transaction of the PostgreSQL store 
 // Each record that writes runs under a savepoint (a subtransaction), set
 // in the same round trip as the record's first statement: a record that
 // sends one statement costs one round trip. Every statement still waits
-// for its answer, so records run one round trip apart at best; a batch
-// handler that writes the whole batch in a few statements (BatchTx) pays
-// a few per batch instead, and runs several times faster (BENCHMARKS.md).
+// for its answer, so records run one round trip apart at best; writes
+// whose result the function does not need can be deferred instead
+// (Defer), the batch's sent in one round trip, and a batch handler that
+// writes the whole batch in a few statements (BatchTx) pays a few per
+// batch: both run several times faster (BENCHMARKS.md).
 func TxFrom(ctx context.Context) (pgx.Tx, error) {
 	h, err := idem.TxFrom(ctx)
 	return handle(h, err)
@@ -101,6 +103,24 @@ type Tx struct {
 	// a savepoint that may or may not have been set.
 	broken error
 	done   bool
+
+	// rec is the running record, BeginRecord's i: the owner of what Defer
+	// holds back. spRec is the record whose savepoint is set (the one
+	// savepoint names); -1 none.
+	rec, spRec int
+	// queue holds the statements Defer held back, in order (deferred.go),
+	// their encoded values in the arenas values and bytes.
+	queue  []deferred
+	values [][]byte
+	bytes  []byte
+	// failure is the first held-back statement that failed: the
+	// transaction holds none of the writes of failure.rec and after, and
+	// refuses every later statement.
+	failure *deferFailure
+	// deferErr is why a Defer of the running record (or of the batch)
+	// failed: the record cannot succeed.
+	deferErr error
+	eqb      pgx.ExtendedQueryBuilder // encodes Defer's arguments
 }
 
 // Begin starts a transaction on a connection of the pool, at the
@@ -114,7 +134,7 @@ func (s *Store) Begin(ctx context.Context) (store.Tx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", s.dbErr(err))
 	}
-	t := &Tx{s: s, tx: tx}
+	t := &Tx{s: s, tx: tx, rec: -1, spRec: -1}
 	t.h.t = t
 	return t, nil
 }
@@ -134,7 +154,7 @@ func (t *Tx) BeginRecord(ctx context.Context, i int) error {
 	if t.broken != nil {
 		return t.broken
 	}
-	t.pending, t.ctx = true, ctx
+	t.pending, t.ctx, t.rec, t.deferErr = true, ctx, i, nil
 	return nil
 }
 
@@ -147,6 +167,15 @@ func (t *Tx) AbortRecord(ctx context.Context, i int) error {
 	if t.broken != nil {
 		return fmt.Errorf("postgres: undoing the batch's record %d: %w", i+1, t.broken)
 	}
+	t.deferErr = nil
+	if t.failure != nil {
+		// A held-back statement failed, at this record or an earlier
+		// one: the transaction was rolled back to that record's
+		// savepoint, and has refused every statement since.
+		t.pending = false
+		return nil
+	}
+	t.dropQueued(i) // never sent: nothing to undo
 	if t.pending {
 		t.pending = false
 		if t.failed() {
@@ -207,7 +236,7 @@ func (t *Tx) noteSavepoint(err error) error {
 		t.broken = errSavepoint(t.s.dbErr(err))
 		return t.broken
 	}
-	t.savepoint = true
+	t.savepoint, t.spRec = true, t.rec
 	return nil
 }
 
@@ -285,6 +314,9 @@ func (t *Tx) Check() error {
 	if t.broken != nil {
 		return t.broken
 	}
+	if t.deferErr != nil {
+		return t.deferErr
+	}
 	if t.failed() {
 		return errors.New("postgres: a statement failed in the transaction and was not rolled back: it can no longer commit")
 	}
@@ -321,6 +353,11 @@ func (t *Tx) commit(ctx context.Context, w *store.Write) error {
 	if err := t.Check(); err != nil {
 		return err
 	}
+	if len(t.queue) > 0 {
+		// The engine flushes before it decides what commits: these came
+		// later, from a handler that kept the transaction.
+		return errors.New("postgres: statements were deferred after the batch's last flush and never sent")
+	}
 	b, err := t.s.writeBatch(w)
 	if err != nil {
 		return err
@@ -343,6 +380,8 @@ func (t *Tx) Rollback(ctx context.Context) error {
 		return nil
 	}
 	t.done = true
+	clear(t.queue)
+	t.queue = nil
 	if err := t.tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
 		return fmt.Errorf("postgres: rollback: %w", t.s.dbErr(err))
 	}
