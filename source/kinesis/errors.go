@@ -72,11 +72,5 @@ func (s *Source) wrap(err error, shard, doing string) error {
 // retry calls f until it succeeds, fails other than by throttling, or was
 // throttled a few times (shards.Retry). It returns f's last error.
 func (s *Source) retry(ctx context.Context, shard, what string, f func() error) error {
-	err := shards.Retry(ctx, throttled, s.sleep, func(attempt int, err error) {
-		s.log.Debug("kinesis: throttled, backing off", "shard", shard, "call", what, "attempt", attempt, "err", err)
-	}, f)
-	if err != nil && throttled(err) {
-		s.log.Debug("kinesis: still throttled, giving up until the next poll", "shard", shard, "call", what, "err", err)
-	}
-	return err
+	return shards.RetryLogged(ctx, s.log, "kinesis", shard, what, throttled, s.sleep, f)
 }

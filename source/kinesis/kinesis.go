@@ -375,32 +375,17 @@ func (s *Source) shard(ctx context.Context, shardID string) (*shard, error) {
 	if s.closed() {
 		return nil, ErrClosed
 	}
-	if sh := s.shards.Get(shardID); sh != nil {
-		return sh, nil
+	sh, err := s.shards.Lookup(ctx, shardID, func(ctx context.Context) error {
+		_, err := s.ShardInfos(ctx)
+		return err
+	})
+	if err == nil && sh == nil {
+		err = shards.NoShard("kinesis", fmt.Sprintf("stream %q", s.stream), shardID, source.ErrShardNotFound)
 	}
-	if _, err := s.ShardInfos(ctx); err != nil {
-		return nil, err
-	}
-	sh := s.shards.Get(shardID)
-	if sh == nil {
-		return nil, fmt.Errorf("kinesis: stream %q has no shard %q: %w", s.stream, shardID, source.ErrShardNotFound)
-	}
-	return sh, nil
+	return sh, err
 }
 
 // sleep waits d, or until ctx is done or s is closed.
 func (s *Source) sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-s.done:
-		return ErrClosed
-	}
+	return shards.Sleep(ctx, d, s.done, ErrClosed)
 }

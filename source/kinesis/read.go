@@ -303,18 +303,10 @@ func (s *Source) Wait(ctx context.Context, shardID string, after idem.Sequence) 
 	if s.closed() {
 		return ErrClosed
 	}
-	sh := s.shards.Get(shardID)
-	if sh == nil {
-		return s.sleep(ctx, s.poll)
+	if d := s.shards.Delay(shardID, after, s.poll); d > 0 {
+		return s.sleep(ctx, d)
 	}
-	if sh.Latest().Compare(after) > 0 || sh.Buffered(after) {
-		return nil
-	}
-	d := time.Until(sh.NextCall())
-	if d <= 0 {
-		d = s.poll
-	}
-	return s.sleep(ctx, d)
+	return nil
 }
 
 // Finished reports whether a reader at after has read all of shard: the

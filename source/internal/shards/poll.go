@@ -1,0 +1,79 @@
+package shards
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/idem-run/idem"
+)
+
+// Sleep waits d, or until ctx is done (its error) or done is closed (closed,
+// the source's ErrClosed). A d of 0 or less returns ctx's error at once.
+func Sleep(ctx context.Context, d time.Duration, done <-chan struct{}, closed error) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-done:
+		return closed
+	}
+}
+
+// Delay is how long a source's Wait for a record above after in shard id
+// sleeps: 0 when one is known already (fetched, or buffered for a Read from
+// after), else until the shard's next call is allowed, or poll when that
+// is now or the shard is not known yet. Neither Kinesis nor DynamoDB
+// Streams can notify a poller.
+func (s *Set[R]) Delay(id string, after idem.Sequence, poll time.Duration) time.Duration {
+	sh := s.Get(id)
+	if sh == nil {
+		return poll
+	}
+	if sh.Latest().Compare(after) > 0 || sh.Buffered(after) {
+		return 0
+	}
+	if d := time.Until(sh.NextCall()); d > 0 {
+		return d
+	}
+	return poll
+}
+
+// Lookup returns shard id, calling relist (a source's listing of its
+// shards, which updates s) once when it is not known yet; nil when the
+// stream has no such shard even then.
+func (s *Set[R]) Lookup(ctx context.Context, id string, relist func(context.Context) error) (*Shard[R], error) {
+	if sh := s.Get(id); sh != nil {
+		return sh, nil
+	}
+	if err := relist(ctx); err != nil {
+		return nil, err
+	}
+	return s.Get(id), nil
+}
+
+// RetryLogged is Retry for a source named name (the prefix of its log
+// lines): each throttled attempt at call what on shard is logged at Debug,
+// and so is giving up until the next poll.
+func RetryLogged(ctx context.Context, log *slog.Logger, name, shard, what string, throttled func(error) bool, sleep func(context.Context, time.Duration) error, f func() error) error {
+	err := Retry(ctx, throttled, sleep, func(attempt int, err error) {
+		log.Debug(name+": throttled, backing off", "shard", shard, "call", what, "attempt", attempt, "err", err)
+	}, f)
+	if err != nil && throttled(err) {
+		log.Debug(name+": still throttled, giving up until the next poll", "shard", shard, "call", what, "err", err)
+	}
+	return err
+}
+
+// NoShard is the error of a source whose stream (named by where) has no
+// shard id; it wraps notFound (source.ErrShardNotFound).
+func NoShard(name, where, id string, notFound error) error {
+	return fmt.Errorf("%s: %s has no shard %q: %w", name, where, id, notFound)
+}
