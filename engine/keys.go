@@ -53,6 +53,17 @@ func newKeyer(scope, expression string, format idem.EventFormat) (*keyer, error)
 	return k, nil
 }
 
+// PayloadKeyed reports whether m's records are keyed by their payload
+// (idempotency.key, or an S3 event's identity), each recorded by a
+// completion mark of its own, rather than by their place in the stream:
+// stores that bound the items of one write (store.TxLimiter) bound such a
+// mapping's batchSize. The engine's keyer decides it; configuration checks
+// ask here rather than repeat the rule.
+func (m Mapping) PayloadKeyed() bool {
+	k, err := newKeyer(m.Scope, m.KeyExpression, m.EventFormat)
+	return err == nil && !k.byIdentity()
+}
+
 // byIdentity reports whether keys are the record identity, recorded as
 // progress rather than marks. An S3 event's identity is a payload key: the
 // same notification published twice is two records with one key.

@@ -94,11 +94,12 @@ func (s *Server) check() error {
 		if f := cfg.Function(m.Function); f != nil {
 			inv, timeout = unopened{}, f.Timeout.D()
 		}
+		em := engineMapping(m, unopened{}, inv, timeout)
 		if cfg.Store.DynamoDB != nil {
 			// A batch's marks must fit one DynamoDB transaction.
-			bad(fmt.Sprintf("mappings[%d].batchSize", i), dynamodb.CheckBatch(m.BatchSize, m.Idempotency.Key != "" || m.EventFormat == string(idem.EventFormatS3)))
+			bad(fmt.Sprintf("mappings[%d].batchSize", i), dynamodb.CheckBatch(m.BatchSize, em.PayloadKeyed()))
 		}
-		err := engineMapping(m, unopened{}, inv, timeout).Validate()
+		err := em.Validate()
 		if err == nil {
 			continue
 		}
