@@ -3,13 +3,10 @@ package dynamodb
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodbstreams/types"
 	"github.com/aws/smithy-go"
 
-	"github.com/idem-run/idem/source"
 	"github.com/idem-run/idem/source/internal/shards"
 )
 
@@ -64,18 +61,7 @@ func notFound(err error) bool {
 // wrap adds what the Source was doing to err, and source.ErrShardNotFound
 // or source.ErrStreamNotFound for a ResourceNotFoundException.
 func (s *Source) wrap(err error, shard, doing string) error {
-	where := "stream " + s.arn
-	if shard != "" {
-		where += " shard " + shard
-	}
-	if notFound(err) {
-		var ae smithy.APIError
-		if shard != "" && errors.As(err, &ae) && strings.Contains(strings.ToLower(ae.ErrorMessage()), "shard") {
-			return fmt.Errorf("dynamodb: %s: %s: %w: %w", where, doing, source.ErrShardNotFound, err)
-		}
-		return fmt.Errorf("dynamodb: %s: %s: %w: %w", where, doing, source.ErrStreamNotFound, err)
-	}
-	return fmt.Errorf("dynamodb: %s: %s: %w", where, doing, err)
+	return shards.Wrap(err, "dynamodb", "stream "+s.arn, shard, doing, notFound(err))
 }
 
 // retry calls f until it succeeds, fails other than by throttling, or was

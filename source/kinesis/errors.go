@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/aws/smithy-go"
 
-	"github.com/idem-run/idem/source"
 	"github.com/idem-run/idem/source/internal/shards"
 )
 
@@ -55,18 +53,7 @@ func notFound(err error) bool {
 // wrap adds what the Source was doing to err, and source.ErrShardNotFound
 // or source.ErrStreamNotFound for Kinesis' ResourceNotFoundException.
 func (s *Source) wrap(err error, shard, doing string) error {
-	where := fmt.Sprintf("stream %q", s.stream)
-	if shard != "" {
-		where += " shard " + shard
-	}
-	if notFound(err) {
-		var ae smithy.APIError
-		if shard != "" && errors.As(err, &ae) && strings.Contains(strings.ToLower(ae.ErrorMessage()), "shard") {
-			return fmt.Errorf("kinesis: %s: %s: %w: %w", where, doing, source.ErrShardNotFound, err)
-		}
-		return fmt.Errorf("kinesis: %s: %s: %w: %w", where, doing, source.ErrStreamNotFound, err)
-	}
-	return fmt.Errorf("kinesis: %s: %s: %w", where, doing, err)
+	return shards.Wrap(err, "kinesis", fmt.Sprintf("stream %q", s.stream), shard, doing, notFound(err))
 }
 
 // retry calls f until it succeeds, fails other than by throttling, or was

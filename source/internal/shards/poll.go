@@ -2,11 +2,16 @@ package shards
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
+	"github.com/aws/smithy-go"
+
 	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/source"
 )
 
 // Sleep waits d, or until ctx is done (its error) or done is closed (closed,
@@ -76,4 +81,24 @@ func RetryLogged(ctx context.Context, log *slog.Logger, name, shard, what string
 // shard id; it wraps notFound (source.ErrShardNotFound).
 func NoShard(name, where, id string, notFound error) error {
 	return fmt.Errorf("%s: %s has no shard %q: %w", name, where, id, notFound)
+}
+
+// Wrap adds to err, a call's failure, the source's name, its stream
+// (where), the shard (when not "") and what it was doing, and, when
+// notFound (the service's ResourceNotFoundException), source.ErrShardNotFound
+// if the service's message names a shard, source.ErrStreamNotFound
+// otherwise: both services answer a missing shard and a missing stream
+// with the one exception type.
+func Wrap(err error, name, where, shard, doing string, notFound bool) error {
+	if shard != "" {
+		where += " shard " + shard
+	}
+	if notFound {
+		var ae smithy.APIError
+		if shard != "" && errors.As(err, &ae) && strings.Contains(strings.ToLower(ae.ErrorMessage()), "shard") {
+			return fmt.Errorf("%s: %s: %s: %w: %w", name, where, doing, source.ErrShardNotFound, err)
+		}
+		return fmt.Errorf("%s: %s: %s: %w: %w", name, where, doing, source.ErrStreamNotFound, err)
+	}
+	return fmt.Errorf("%s: %s: %s: %w", name, where, doing, err)
 }
