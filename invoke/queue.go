@@ -55,6 +55,10 @@ type queue struct {
 	pending []pendingEvent // dispatched and not yet below the checkpoint, ascending
 	cp      store.Checkpoint
 	hw      uint64 // checkpoint sequence as a number
+	// durable is cp as last committed: Status reports its counters, so
+	// that an event counted as discarded has its failure record readable
+	// and one counted as processed survives a crash.
+	durable store.Checkpoint
 	// To commit with the next write.
 	failures []store.Failure
 	state    []store.StateOp
@@ -325,7 +329,7 @@ func (q *queue) run(ctx context.Context) error {
 	}
 	pos, _ := cp.Sequence.Uint64()
 	q.mu.Lock()
-	q.cp, q.hw = cp, pos
+	q.cp, q.durable, q.hw = cp, cp, pos
 	q.mu.Unlock()
 
 	committed := make(chan struct{})
@@ -757,6 +761,7 @@ func (q *queue) flush() error {
 	advanced := hw > q.hw
 	q.pending = q.pending[n:]
 	q.hw = hw
+	q.durable = cp
 	q.committed = gen
 	close(q.flushed)
 	q.flushed = make(chan struct{})

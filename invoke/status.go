@@ -23,7 +23,8 @@ type QueueStatus struct {
 	// none is queued.
 	OldestAgeMs int64 `json:"oldestAgeMs"`
 	// Processed, Skipped (a repeated idempotency key) and Discarded (given
-	// up, sent to the on-failure destination) count the events done.
+	// up, sent to the on-failure destination) count the events done, as
+	// committed: a discarded event's failure record is readable by then.
 	Processed uint64 `json:"processed"`
 	Skipped   uint64 `json:"skipped"`
 	Discarded uint64 `json:"discarded"`
@@ -36,7 +37,7 @@ func (s *Service) Status(ctx context.Context) []QueueStatus {
 	for _, f := range s.fns {
 		q := f.q
 		q.mu.Lock()
-		st := QueueStatus{Function: f.cfg.Name, Processed: q.cp.Processed, Skipped: q.cp.Skipped, Discarded: q.cp.Discarded}
+		st := QueueStatus{Function: f.cfg.Name, Processed: q.durable.Processed, Skipped: q.durable.Skipped, Discarded: q.durable.Discarded}
 		hw := q.hw // every event at or below it is done
 		var doneAbove uint64
 		for _, p := range q.pending {

@@ -358,6 +358,7 @@ functions:
 	// Each given-up event is written to fn-failed as a failure record and
 	// the event itself.
 	eventually(t, "50 events given up to fn-failed", func() bool { return failedRecords(t, addr) == 2*n })
+	eventually(t, "the queue's status to count them", func() bool { return queueOf(t, addr).Discarded == n })
 	if q := queueOf(t, addr); q.Discarded != n || q.Queued != 0 {
 		t.Fatalf("queue with every event given up: %+v", q)
 	}
@@ -414,6 +415,9 @@ functions:
 			t.Errorf("payload %s ran %d times", p, fn.runs[p])
 		}
 	}
+	// Status counts what is committed: the marker's outcome lands just
+	// after its run.
+	eventually(t, "the marker's outcome committed", func() bool { return queueOf(t, addr).Processed == n+1 })
 	if q := queueOf(t, addr); q.Processed != n+1 || q.Discarded != n || q.Skipped != 0 {
 		t.Errorf("queue after: %+v", q)
 	}
