@@ -32,6 +32,9 @@ func (e *KeyError) Error() string {
 type keyer struct {
 	scope string
 	expr  *jmespath.JMESPath // nil: the record's identity, or its S3 event's
+	// path is expr when it is a plain path of fields and indexes, found
+	// by scanning the data rather than decoding it (keypath.go).
+	path keyPath
 	// s3 is set for a mapping that sends S3Events: a record's data must
 	// be an S3 event notification, and without expr its key is the
 	// notification's identity.
@@ -49,6 +52,7 @@ func newKeyer(scope, expression string, format idem.EventFormat) (*keyer, error)
 			return nil, fmt.Errorf("idempotency.key %q: %w", expression, err)
 		}
 		k.expr = e
+		k.path, _ = compileKeyPath(expression)
 	}
 	return k, nil
 }
@@ -137,30 +141,45 @@ func (k *keyer) exprKey(r *idem.Record) error { return k.exprKeyOf(r, r.Data) }
 // exprKeyOf sets r.IdempotencyKey to the value of the key expression over
 // data, r's or what it converts to.
 func (k *keyer) exprKeyOf(r *idem.Record, data []byte) error {
-	fail := func(reason string) error { return keyError(r, reason) }
+	if k.path != nil {
+		if key, ok := k.path.key(data); ok {
+			r.IdempotencyKey = key
+			return nil
+		}
+	}
+	key, reason := k.evalKey(data)
+	if reason != "" {
+		return keyError(r, reason)
+	}
+	r.IdempotencyKey = key
+	return nil
+}
+
+// evalKey evaluates the key expression over data decoded whole, and
+// returns the key or why there is none.
+func (k *keyer) evalKey(data []byte) (key, reason string) {
 	var doc any
 	if err := json.Unmarshal(data, &doc); err != nil {
-		return fail("data is not JSON: " + err.Error())
+		return "", "data is not JSON: " + err.Error()
 	}
 	v, err := k.expr.Search(doc)
 	if err != nil {
-		return fail(err.Error())
+		return "", err.Error()
 	}
 	switch v := v.(type) {
 	case nil:
-		return fail("expression resolves to nothing")
+		return "", "expression resolves to nothing"
 	case string:
 		if v == "" {
-			return fail("expression resolves to an empty string")
+			return "", "expression resolves to an empty string"
 		}
-		r.IdempotencyKey = v
+		return v, ""
 	case float64:
-		r.IdempotencyKey = strconv.FormatFloat(v, 'f', -1, 64)
+		return strconv.FormatFloat(v, 'f', -1, 64), ""
 	case bool:
-		r.IdempotencyKey = strconv.FormatBool(v)
+		return strconv.FormatBool(v), ""
 	default:
 		b, _ := json.Marshal(v)
-		r.IdempotencyKey = string(b)
+		return string(b), ""
 	}
-	return nil
 }
