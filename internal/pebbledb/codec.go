@@ -116,7 +116,11 @@ func markKey(dst *[17]byte, k store.MarkKey) []byte {
 const expiryKeyLen = 1 + 8 + 16
 
 // expiryKey is 'x' | u64(expires XOR 1<<63) | key: flipping the sign bit
-// makes byte order the numeric order of signed nanoseconds.
+// makes byte order the numeric order of signed nanoseconds. An expiry
+// entry names the marks that expire at its time: the one in its key, and
+// the others of the same commit and expiry, their keys one after the other
+// in its value (setMarks). Entries written before marks were grouped have
+// an empty value.
 func expiryKey(dst *[expiryKeyLen]byte, expires int64, k store.MarkKey) []byte {
 	dst[0] = prefixExpiry
 	binary.BigEndian.PutUint64(dst[1:9], uint64(expires)^(1<<63))

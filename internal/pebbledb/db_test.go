@@ -658,3 +658,68 @@ func TestFailedSyncRefusesUse(t *testing.T) {
 		t.Fatalf("Commit after a failed sync: %v, want %v", err, cause)
 	}
 }
+
+// TestPurgeGroupedMarks: the marks of one commit that share an expiry get
+// one expiry entry between them, and the sweep purges them all, beside
+// entries of the earlier layout (one a mark, an empty value); a mark of a
+// group renewed since stays, and so does a group not yet expired.
+func TestPurgeGroupedMarks(t *testing.T) {
+	ctx := context.Background()
+	db := openMem(t)
+	base := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	mk := func(i int) (k store.MarkKey) {
+		binary.BigEndian.PutUint64(k[:], uint64(i))
+		return k
+	}
+	const group = 2*markChunk + 5
+	var expired, later store.Write
+	for i := range group {
+		expired.Marks = append(expired.Marks, store.Mark{Key: mk(i), Expires: base.Add(-time.Hour)})
+		later.Marks = append(later.Marks, store.Mark{Key: mk(group + i), Expires: base.Add(time.Hour)})
+	}
+	for _, w := range []*store.Write{&expired, &later, {Marks: []store.Mark{{Key: mk(7), Expires: base.Add(2 * time.Hour)}}}} {
+		if err := db.Commit(ctx, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A mark as the earlier layout wrote it: its own entry, no value.
+	legacy := mk(1 << 40)
+	var kb [17]byte
+	var xb [expiryKeyLen]byte
+	var scratch [16]byte
+	exp := base.Add(-time.Minute).UnixNano()
+	if err := db.pdb.Set(markKey(&kb, legacy), appendMark(scratch[:0], exp), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.pdb.Set(expiryKey(&xb, exp, legacy), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := countKeys(t, db, prefixExpiry); got != 4 {
+		t.Fatalf("%d expiry entries, want one a group (3) and the legacy one", got)
+	}
+	if err := db.Sweep(ctx, base); err != nil {
+		t.Fatal(err)
+	}
+	keys := []store.MarkKey{legacy}
+	for i := range 2 * group {
+		keys = append(keys, mk(i))
+	}
+	done := make([]bool, len(keys))
+	if err := db.Completed(ctx, keys, base.Add(-2*time.Hour), done); err != nil {
+		t.Fatal(err)
+	}
+	if done[0] {
+		t.Error("the legacy mark outlived its expiry")
+	}
+	for i, ok := range done[1:] {
+		if want := i >= group || i == 7; ok != want {
+			t.Fatalf("mark %d present = %v after the purge, want %v", i, ok, want)
+		}
+	}
+	if got := countKeys(t, db, prefixMark); got != group+1 {
+		t.Fatalf("%d marks left, want %d", got, group+1)
+	}
+	if got := countKeys(t, db, prefixExpiry); got != 2 {
+		t.Fatalf("%d expiry entries left, want the later group's and the renewed mark's", got)
+	}
+}

@@ -96,24 +96,12 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	if err := b.Set(checkpointKey(key), appendCheckpoint(scratch[:0], cp), nil); err != nil {
 		return nil, wrap(err)
 	}
+	// The marks go; their expiry entries stay until their time, when the
+	// sweep finds the marks gone (or renewed, with a later expiry): an
+	// entry can name the other marks of its commit too.
 	var kb [17]byte
-	var xb [expiryKeyLen]byte
 	for _, mk := range unmark {
-		var expires int64
-		found, err := db.get(markKey(&kb, mk), func(v []byte) (err error) {
-			expires, err = decodeMark(v)
-			return err
-		})
-		if err != nil {
-			return nil, wrap(fmt.Errorf("mark %x: %w", mk[:], err))
-		}
-		if !found {
-			continue
-		}
 		if err := b.Delete(markKey(&kb, mk), nil); err != nil {
-			return nil, wrap(err)
-		}
-		if err := b.Delete(expiryKey(&xb, expires, mk), nil); err != nil {
 			return nil, wrap(err)
 		}
 	}

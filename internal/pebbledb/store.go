@@ -242,16 +242,8 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 			return nil, wrap(err)
 		}
 	}
-	var kb [17]byte
-	var xb [expiryKeyLen]byte
-	for _, m := range w.Marks {
-		exp := m.Expires.UnixNano()
-		if err := b.Set(markKey(&kb, m.Key), appendMark(scratch[:0], exp), nil); err != nil {
-			return nil, wrap(err)
-		}
-		if err := b.Set(expiryKey(&xb, exp, m.Key), nil, nil); err != nil {
-			return nil, wrap(err)
-		}
+	if err := setMarks(b, w.Marks); err != nil {
+		return nil, wrap(err)
 	}
 	for i := range w.State {
 		op := &w.State[i]
@@ -371,4 +363,43 @@ func failureRecords(f *store.Failure) []PutRecord {
 		recs = append(recs, PutRecord{PartitionKey: k, Data: r.Data, routeKey: pk})
 	}
 	return recs
+}
+
+// setMarks writes marks to b: each mark under its key, with its expiry,
+// and for each run of marks with one expiry a single expiry entry, keyed
+// by the run's first mark and listing the others in its value. One entry
+// a run rather than one a mark halves what a payload-keyed batch inserts
+// into the memtable and later flushes and compacts: a batch's marks share
+// their expiry. The sweep reads an entry's marks from its key and value;
+// two runs whose entries coincide (the same first mark, expiring in the
+// same nanosecond, in two commits) would leave the earlier run's other
+// marks without an entry, never purged: only a mark renewed within the
+// nanosecond it was written could do that.
+func setMarks(b *pebble.Batch, marks []store.Mark) error {
+	var kb [17]byte
+	var scratch [16]byte
+	for i := 0; i < len(marks); {
+		exp := marks[i].Expires.UnixNano()
+		j := i + 1
+		for j < len(marks) && marks[j].Expires.UnixNano() == exp {
+			j++
+		}
+		for _, m := range marks[i:j] {
+			if err := b.Set(markKey(&kb, m.Key), appendMark(scratch[:0], exp), nil); err != nil {
+				return err
+			}
+		}
+		d := b.SetDeferred(expiryKeyLen, len(store.MarkKey{})*(j-i-1))
+		var xb [expiryKeyLen]byte
+		copy(d.Key, expiryKey(&xb, exp, marks[i].Key))
+		v := d.Value[:0]
+		for _, m := range marks[i+1 : j] {
+			v = append(v, m.Key[:]...)
+		}
+		if err := d.Finish(); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
 }

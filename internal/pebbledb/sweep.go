@@ -174,9 +174,9 @@ func (db *DB) purgeMarks(ctx context.Context, now int64) error {
 	}
 }
 
-// purgeChunk handles up to markChunk expiry entries at or before now: it
-// deletes each entry, and its mark if the mark itself expired (a renewed
-// mark has a later entry and stays). It holds markMu exclusively, so no
+// purgeChunk handles expiry entries at or before now until it has looked
+// at markChunk marks or more: it deletes each entry, and each of its marks
+// that itself expired (a renewed mark has a later entry and stays). It holds markMu exclusively, so no
 // Commit writing marks is in flight: what it reads is what it deletes. It
 // reports whether expired entries remain. The chunk that finds none left
 // has seen every mark expired at now deleted, with no commit since, and
@@ -201,25 +201,42 @@ func (db *DB) purgeChunk(now int64) (more bool, err error) {
 	defer b.Close()
 	var kb [17]byte
 	n := 0
-	valid := it.First()
-	for ; valid && n < markChunk; valid = it.Next() {
+	// purge deletes the mark mk if it expired: a renewed mark has a later
+	// entry and stays.
+	purge := func(mk []byte) error {
 		n++
-		k := it.Key()
-		if len(k) != expiryKeyLen {
-			return false, fmt.Errorf("%w: expiry key %x", errCorrupt, k)
-		}
-		var mk store.MarkKey
-		copy(mk[:], k[9:])
 		var expires int64
-		found, err := db.get(markKey(&kb, mk), func(v []byte) (err error) {
+		found, err := db.get(markKey(&kb, store.MarkKey(mk)), func(v []byte) (err error) {
 			expires, err = decodeMark(v)
 			return err
 		})
 		if err != nil {
-			return false, fmt.Errorf("mark %x: %w", mk[:], err)
+			return fmt.Errorf("mark %x: %w", mk, err)
 		}
 		if found && expires <= now {
-			if err := b.Delete(markKey(&kb, mk), nil); err != nil {
+			return b.Delete(markKey(&kb, store.MarkKey(mk)), nil)
+		}
+		return nil
+	}
+	valid := it.First()
+	for ; valid && n < markChunk; valid = it.Next() {
+		k := it.Key()
+		if len(k) != expiryKeyLen {
+			return false, fmt.Errorf("%w: expiry key %x", errCorrupt, k)
+		}
+		others, err := it.ValueAndErr()
+		if err != nil {
+			return false, err
+		}
+		if len(others)%len(store.MarkKey{}) != 0 {
+			return false, fmt.Errorf("%w: expiry entry %x lists %d bytes of mark keys", errCorrupt, k, len(others))
+		}
+		// The entry's marks: the one in its key, then those its value lists.
+		if err := purge(k[9:]); err != nil {
+			return false, err
+		}
+		for ; len(others) > 0; others = others[len(store.MarkKey{}):] {
+			if err := purge(others[:len(store.MarkKey{})]); err != nil {
 				return false, err
 			}
 		}
