@@ -98,11 +98,19 @@ func (s *shard) runBatch(ctx, work context.Context, b []idem.Record) error {
 		// state and, in its transaction, their SQL; an invocation that
 		// completed none has its transaction undone.
 		if n := out.completed(len(sub)); n > 0 {
-			c := commit{completed: sub[:n], state: bs, stateRecords: n, window: cfg.TumblingWindow > 0, windowState: out.windowState}
-			if err := s.commit(work, &c); err != nil {
+			done, discarded, err := s.commitCompleted(work, sub, n, bs, out)
+			if err != nil {
 				return err
 			}
-			if out.windowEarly {
+			if done < n {
+				// The store took the writes of fewer records than
+				// completed: the rest run again, which is no failure of
+				// theirs.
+				sub = sub[done:]
+				queue[0] = sub
+				continue
+			}
+			if out.windowEarly && !discarded {
 				if err := s.closeWindow(ctx, work, true); err != nil {
 					return err
 				}

@@ -200,11 +200,13 @@ func (s *shard) commitWrite(ctx context.Context, c *commit) error {
 		seqs = append(seqs, c.discarded[i].Sequence)
 	}
 	win.resolve(seqs)
-	committed := false
+	committed, refused := false, false
 	defer func() {
 		if !committed {
 			win.unresolve(seqs)
-			win.failed = true
+			// A write refused before it was sent left nothing behind:
+			// the window goes on from what it held.
+			win.failed = !refused
 		}
 	}()
 
@@ -248,6 +250,10 @@ func (s *shard) commitWrite(ctx context.Context, c *commit) error {
 	for attempt := 1; tx == nil; attempt++ {
 		if err = s.apply(ctx, w, len(seqs)); err == nil {
 			break
+		}
+		if errors.Is(err, store.ErrWriteTooLarge) {
+			refused = true // it never will fit: runBatch commits fewer records
+			return fmt.Errorf("committing checkpoint %q: %w", cp.Sequence, err)
 		}
 		if ctx.Err() != nil || attempt == 5 || errors.Is(err, store.ErrFenced) {
 			return fmt.Errorf("committing checkpoint %q: %w", cp.Sequence, err)

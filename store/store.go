@@ -41,6 +41,14 @@ var ErrClosed = errors.New("store: closed")
 // 507 Insufficient Storage rather than blaming the request.
 var ErrNoSpace = errors.New("store: no space left on device")
 
+// ErrWriteTooLarge is wrapped by the errors of Writes that a store whose
+// atomic write is bounded (TxLimiter) refuses whole for their size: nothing
+// of such a Write was sent, and the same Write will never fit. The engine
+// commits fewer of a batch's records instead, down to one record, and
+// sends a record whose own writes (its state) cannot fit to the on-failure
+// destination, so that it never blocks its shard.
+var ErrWriteTooLarge = errors.New("too large for one atomic write of the store")
+
 // ErrCheckpointBackwards is returned by Commit for a Write whose checkpoint
 // is below the stored one: a stale owner of the shard (one that lost it, or
 // a bug) must never rewind it. DeleteCheckpoint is the explicit reset.

@@ -44,7 +44,8 @@ const MaxStateValue = maxItemBytes - 4<<10
 // ErrTooLarge is wrapped by the errors of Writes that cannot fit one
 // DynamoDB transaction (more than MaxTransactItems items, or
 // MaxTransactBytes), and by CheckBatch's: nothing of such a Write is sent.
-var ErrTooLarge = errors.New("dynamodb store: too large for one DynamoDB transaction")
+// It wraps store.ErrWriteTooLarge, which the engine acts on.
+var ErrTooLarge = fmt.Errorf("dynamodb store: %w (one DynamoDB transaction)", store.ErrWriteTooLarge)
 
 // BatchError is CheckBatch's refusal of a batch size.
 type BatchError struct {

@@ -35,9 +35,11 @@
 //     and servers call it for every mapping at start (idem validate
 //     too): "mappings[0].batchSize: 200 records with payload keys need up
 //     to 205 transaction items; the dynamodb store allows 100".
-//   - State is an item per key: a batch whose functions write more distinct
-//     state keys than the transaction has room for, or a value above
-//     MaxStateValue, cannot commit.
+//   - State is an item per key: a Write whose functions wrote more
+//     distinct state keys than the transaction has room for, or a value
+//     above MaxStateValue, cannot commit. The engine then commits fewer of
+//     the batch's records (store.ErrWriteTooLarge), and sends a record
+//     whose own writes cannot fit to the on-failure destination.
 //
 // Commit refuses a Write that does not fit, before anything is sent, with
 // an error wrapping ErrTooLarge that says what it holds. An on-failure
