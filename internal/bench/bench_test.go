@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,7 +40,8 @@ func TestRunSmall(t *testing.T) {
 //
 //	go test -run '^$' -bench Engine -benchtime 200000x ./internal/bench/
 //
-// IDEM_BENCH_STORE selects the store as `idem bench --store` does.
+// IDEM_BENCH_STORE selects the store as `idem bench --store` does, and
+// IDEM_BENCH_SHARDS the stream's shards as `idem bench --shards` does.
 func BenchmarkEngine(b *testing.B) {
 	for _, bm := range []struct {
 		name string
@@ -56,6 +58,9 @@ func BenchmarkEngine(b *testing.B) {
 	} {
 		b.Run(bm.name, func(b *testing.B) {
 			cfg := Config{Records: max(b.N, 100), Store: os.Getenv("IDEM_BENCH_STORE")}
+			if n, err := strconv.Atoi(os.Getenv("IDEM_BENCH_SHARDS")); err == nil {
+				cfg.Shards = n
+			}
 			cfg.defaults()
 			b.SetBytes(int64(cfg.RecordSize))
 			s, err := throughput(context.Background(), cfg, b.TempDir(), bm.mode)
