@@ -297,6 +297,11 @@ func (t *Tx) Flush(ctx context.Context, running int) (int, error) {
 // record waits for, so that statements run in the order it sent them;
 // after a held-back statement failed, it refuses the statement.
 func (t *Tx) flushFirst(ctx context.Context) error {
+	if t.done {
+		// Its connection went back to the pool when it ended: nothing may
+		// be sent on it any more.
+		return pgx.ErrTxClosed
+	}
 	if t.failure != nil {
 		return t.failure.err
 	}

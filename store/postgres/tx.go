@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
@@ -86,9 +87,12 @@ func handle(h any, err error) (pgx.Tx, error) {
 
 // Tx is a transaction of the Store, as the engine uses it (store.Tx).
 type Tx struct {
-	s  *Store
-	tx pgx.Tx
-	h  txHandle
+	s *Store
+	// conn is the pool's connection the transaction holds, released
+	// (once) when it ends; tx is the transaction on it.
+	conn *pgxpool.Conn
+	tx   pgx.Tx
+	h    txHandle
 
 	// savepoint: a savepoint is set, the running record's or the one
 	// before's. pending: the running record's savepoint is still to be
@@ -130,11 +134,20 @@ func (s *Store) Begin(ctx context.Context) (store.Tx, error) {
 	if err := s.enter(); err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", err)
 	}
-	tx, err := s.pool.Begin(ctx)
+	// A connection of its own rather than the pool's Begin: the commit
+	// sends COMMIT in the same round trip as the batch's writes, then
+	// hands the connection back, which pgxpool's Tx cannot do without a
+	// round trip of its own.
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", s.dbErr(err))
 	}
-	t := &Tx{s: s, tx: tx, rec: -1, spRec: -1}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		conn.Release()
+		return nil, fmt.Errorf("postgres: begin: %w", s.dbErr(err))
+	}
+	t := &Tx{s: s, conn: conn, tx: tx, rec: -1, spRec: -1}
 	t.h.t = t
 	return t, nil
 }
@@ -338,12 +351,26 @@ func (t *Tx) Commit(ctx context.Context, w *store.Write) error {
 	err := t.commit(ctx, w)
 	t.done = true
 	if err != nil {
-		// After a failed COMMIT pgx has ended the transaction already;
-		// otherwise this undoes it. Either way the connection goes back.
+		// The transaction is failed, or a statement before COMMIT was
+		// refused (so COMMIT never ran), or the connection broke: this
+		// undoes what is left, and the connection goes back (a broken
+		// one is closed by the pool).
 		_ = t.tx.Rollback(ctx)
+	}
+	t.release()
+	if err != nil {
 		return commitErr(w, err)
 	}
 	return nil
+}
+
+// release hands the connection back to the pool, which keeps it only if
+// no transaction is open on it.
+func (t *Tx) release() {
+	if t.conn != nil {
+		t.conn.Release()
+		t.conn = nil
+	}
 }
 
 func (t *Tx) commit(ctx context.Context, w *store.Write) error {
@@ -362,11 +389,27 @@ func (t *Tx) commit(ctx context.Context, w *store.Write) error {
 	if err != nil {
 		return err
 	}
-	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
-		return t.s.batchErr(w, err)
+	// COMMIT travels with the writes: a statement that fails skips it
+	// (the server ignores the rest of the pipeline), and the caller then
+	// rolls back.
+	writes := b.Len()
+	b.Queue("COMMIT")
+	br := t.tx.SendBatch(ctx, b)
+	for range writes {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return t.s.batchErr(w, err)
+		}
 	}
-	if err := t.tx.Commit(ctx); err != nil {
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("committing: %w", t.s.dbErr(err))
+	}
+	if tag.String() != "COMMIT" {
+		return fmt.Errorf("committing: the server answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)
 	}
 	return nil
 }
@@ -382,7 +425,9 @@ func (t *Tx) Rollback(ctx context.Context) error {
 	t.done = true
 	clear(t.queue)
 	t.queue = nil
-	if err := t.tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
+	err := t.tx.Rollback(ctx)
+	t.release()
+	if err != nil && !errors.Is(err, pgx.ErrTxClosed) {
 		return fmt.Errorf("postgres: rollback: %w", t.s.dbErr(err))
 	}
 	return nil

@@ -137,6 +137,17 @@ func TestTxRecordsCommitWithTheWrite(t *testing.T) {
 	if err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: cp}); !errors.Is(err, pgx.ErrTxClosed) {
 		t.Fatalf("second Commit: %v, want ErrTxClosed", err)
 	}
+	// COMMIT went with the Write, and the connection back to the pool: a
+	// handle kept past the commit sends nothing on it.
+	if _, err := h.Exec(ctx, "INSERT INTO "+table+" (id) VALUES ('late')"); !errors.Is(err, pgx.ErrTxClosed) {
+		t.Fatalf("a statement after the commit: %v, want ErrTxClosed", err)
+	}
+	if got := rows(t, s, table); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("rows %v after a late statement, want [a b]", got)
+	}
+	if st := s.pool.Stat(); st.AcquiredConns() != 0 {
+		t.Fatalf("%d connections still acquired after the commit", st.AcquiredConns())
+	}
 }
 
 // TestTxFailedStatement: a failed statement leaves the transaction unable
