@@ -176,7 +176,7 @@ func (t *Tx) queueStatement(ctx context.Context, rec int, sql string, args []any
 	case hasOptions(args):
 		return errors.New("postgres: Defer takes no per-statement options (a QueryExecMode, result formats); send such a statement with TxFrom")
 	}
-	conn := t.tx.Conn()
+	conn := t.conn.Conn()
 	sql, args, err := rewrite(ctx, conn, sql, args)
 	if err != nil {
 		return fmt.Errorf("postgres: deferring a statement: %w", err)
@@ -235,7 +235,7 @@ func (t *Tx) prepared(ctx context.Context, rec int, conn *pgx.Conn, sql string) 
 		return nil, err
 	}
 	if rec >= 0 {
-		if err := t.setSavepoint(); err != nil {
+		if err := t.setOpening(); err != nil {
 			return nil, err
 		}
 	}
@@ -325,7 +325,7 @@ func (t *Tx) direct() {
 		}
 		return
 	}
-	_ = t.setSavepoint() // a failure breaks the transaction, which fails the record
+	_ = t.setOpening() // a failure breaks the transaction, which fails the record
 }
 
 // request is one statement of a flush's pipeline: a deferred statement
@@ -373,6 +373,10 @@ func (t *Tx) flush(ctx context.Context, running int) {
 	done, cur := queue[:cut], queue[cut:]
 
 	var reqs []request
+	begins := !t.begun
+	if begins {
+		reqs = append(reqs, request{sql: "BEGIN"})
+	}
 	if len(done) > 0 {
 		reqs = append(reqs, request{sql: "SAVEPOINT " + flushSavepoint})
 		reqs = t.appendDeferred(reqs, done, false)
@@ -380,17 +384,20 @@ func (t *Tx) flush(ctx context.Context, running int) {
 	}
 	setSavepoint := len(cur) > 0 && t.pending
 	if setSavepoint {
-		for _, q := range t.savepointQueries() {
-			reqs = append(reqs, request{sql: q.SQL})
+		for _, sql := range t.recordSavepoint() {
+			reqs = append(reqs, request{sql: sql})
 		}
 	}
 	reqs = t.appendDeferred(reqs, cur, true)
 
 	r, err := t.send(ctx, reqs)
+	if begins && (err == nil || r > 0) {
+		t.begun = true // BEGIN, the pipeline's first statement, ran
+	}
 	if err == nil {
 		if setSavepoint {
 			t.pending = false
-			t.noteSavepoint(nil)
+			t.noteOpening(nil, true)
 		}
 		return
 	}
@@ -410,7 +417,7 @@ func (t *Tx) flush(ctx context.Context, running int) {
 		// is set.
 		if setSavepoint {
 			t.pending = false
-			t.noteSavepoint(nil)
+			t.noteOpening(nil, true)
 		}
 		t.fail(k, err)
 		return
@@ -461,7 +468,7 @@ func (t *Tx) appendDeferred(reqs []request, ds []deferred, cur bool) []request {
 // send sends reqs in one pipeline and returns the index of the first that
 // failed and its error; PostgreSQL skipped the rest.
 func (t *Tx) send(ctx context.Context, reqs []request) (int, error) {
-	p := t.tx.Conn().PgConn().StartPipeline(ctx)
+	p := t.conn.Conn().PgConn().StartPipeline(ctx)
 	for _, r := range reqs {
 		if r.d != nil {
 			p.SendQueryStatement(r.d.sd, r.d.values, r.d.formats, nil)
@@ -539,7 +546,7 @@ func (t *Tx) fail(k int, err error) {
 // engine's context: a handler's deadline must not leave a record half
 // undone.
 func (t *Tx) rollbackToSavepoint() error {
-	_, err := t.tx.Exec(t.engineCtx(), "ROLLBACK TO SAVEPOINT "+savepoint)
+	_, err := t.conn.Exec(t.engineCtx(), "ROLLBACK TO SAVEPOINT "+savepoint)
 	return err
 }
 

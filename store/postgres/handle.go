@@ -37,10 +37,11 @@ func (h *txHandle) Begin(ctx context.Context) (pgx.Tx, error) {
 	if err := h.t.flushFirst(ctx); err != nil {
 		return nil, err
 	}
-	if err := h.t.setSavepoint(); err != nil {
+	tx, err := h.t.pgxTx(ctx) // after the record's savepoint
+	if err != nil {
 		return nil, err
 	}
-	return h.t.tx.Begin(ctx)
+	return tx.Begin(ctx)
 }
 
 // CopyFrom runs COPY after the record's savepoint is set: COPY cannot share
@@ -49,17 +50,26 @@ func (h *txHandle) CopyFrom(ctx context.Context, table pgx.Identifier, columns [
 	if err := h.t.flushFirst(ctx); err != nil {
 		return 0, err
 	}
-	if err := h.t.setSavepoint(); err != nil {
+	if err := h.t.setOpening(); err != nil {
 		return 0, err
 	}
-	return h.t.tx.CopyFrom(ctx, table, columns, src)
+	return h.t.conn.CopyFrom(ctx, table, columns, src)
 }
 
 // LargeObjects sends what is deferred and sets the record's savepoint
 // first: its calls go to the connection directly.
+//
+// Its calls need pgx's own transaction, made here with a round trip of
+// its own (pgxTx); if the connection is lost before it is made, the large
+// objects returned have no transaction, and their calls panic, which
+// fails the record.
 func (h *txHandle) LargeObjects() pgx.LargeObjects {
 	h.t.direct()
-	return h.t.tx.LargeObjects()
+	tx, err := h.t.pgxTx(h.t.engineCtx())
+	if err != nil {
+		return pgx.LargeObjects{}
+	}
+	return tx.LargeObjects()
 }
 
 // Conn sends what is deferred and sets the record's savepoint first: what
@@ -67,7 +77,7 @@ func (h *txHandle) LargeObjects() pgx.LargeObjects {
 // and be undone with the record too.
 func (h *txHandle) Conn() *pgx.Conn {
 	h.t.direct()
-	return h.t.tx.Conn()
+	return h.t.conn.Conn()
 }
 
 // Prepare sets the record's savepoint first: a statement that fails to
@@ -76,10 +86,10 @@ func (h *txHandle) Prepare(ctx context.Context, name, sql string) (*pgconn.State
 	if err := h.t.flushFirst(ctx); err != nil {
 		return nil, err
 	}
-	if err := h.t.setSavepoint(); err != nil {
+	if err := h.t.setOpening(); err != nil {
 		return nil, err
 	}
-	return h.t.tx.Prepare(ctx, name, sql)
+	return h.t.conn.Conn().Prepare(ctx, name, sql)
 }
 
 // Exec runs sql, with the record's savepoint in the same round trip when
@@ -90,20 +100,20 @@ func (h *txHandle) Exec(ctx context.Context, sql string, args ...any) (pgconn.Co
 		return pgconn.CommandTag{}, err
 	}
 	if !t.pipelines(ctx) || hasOptions(args) {
-		if err := t.setSavepoint(); err != nil {
+		if err := t.setOpening(); err != nil {
 			return pgconn.CommandTag{}, err
 		}
-		return t.tx.Exec(ctx, sql, args...)
+		return t.conn.Exec(ctx, sql, args...)
 	}
-	sql, args, err := rewrite(ctx, t.tx.Conn(), sql, args)
+	sql, args, err := rewrite(ctx, t.conn.Conn(), sql, args)
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
 	if len(args) == 0 {
 		return t.execSimple(ctx, sql)
 	}
-	br, n := t.sendWithSavepoint(ctx, &pgx.Batch{QueuedQueries: []*pgx.QueuedQuery{{SQL: sql, Arguments: args}}})
-	if err := t.readSavepoint(br, n); err != nil {
+	br, n, sp := t.sendOpening(ctx, &pgx.Batch{QueuedQueries: []*pgx.QueuedQuery{{SQL: sql, Arguments: args}}})
+	if err := t.readOpening(br, n, sp); err != nil {
 		return pgconn.CommandTag{}, err
 	}
 	tag, err := br.Exec()
@@ -121,17 +131,17 @@ func (h *txHandle) Query(ctx context.Context, sql string, args ...any) (pgx.Rows
 		return errRows{err}, err
 	}
 	if !t.pipelines(ctx) || hasOptions(args) {
-		if err := t.setSavepoint(); err != nil {
+		if err := t.setOpening(); err != nil {
 			return errRows{err}, err
 		}
-		return t.tx.Query(ctx, sql, args...)
+		return t.conn.Query(ctx, sql, args...)
 	}
-	sql, args, err := rewrite(ctx, t.tx.Conn(), sql, args)
+	sql, args, err := rewrite(ctx, t.conn.Conn(), sql, args)
 	if err != nil {
 		return errRows{err}, err
 	}
-	br, n := t.sendWithSavepoint(ctx, &pgx.Batch{QueuedQueries: []*pgx.QueuedQuery{{SQL: sql, Arguments: args}}})
-	if err := t.readSavepoint(br, n); err != nil {
+	br, n, sp := t.sendOpening(ctx, &pgx.Batch{QueuedQueries: []*pgx.QueuedQuery{{SQL: sql, Arguments: args}}})
+	if err := t.readOpening(br, n, sp); err != nil {
 		return errRows{err}, err
 	}
 	rows, err := br.Query()
@@ -160,16 +170,16 @@ func (h *txHandle) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 		return errBatch{err}
 	}
 	if b.Len() == 0 {
-		return t.tx.SendBatch(ctx, b)
+		return t.conn.SendBatch(ctx, b)
 	}
 	if !t.pipelines(ctx) {
-		if err := t.setSavepoint(); err != nil {
+		if err := t.setOpening(); err != nil {
 			return errBatch{err}
 		}
-		return t.tx.SendBatch(ctx, b)
+		return t.conn.SendBatch(ctx, b)
 	}
-	br, n := t.sendWithSavepoint(ctx, b)
-	if err := t.readSavepoint(br, n); err != nil {
+	br, n, sp := t.sendOpening(ctx, b)
+	if err := t.readOpening(br, n, sp); err != nil {
 		return errBatch{err}
 	}
 	return br

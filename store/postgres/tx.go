@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -89,15 +90,17 @@ func handle(h any, err error) (pgx.Tx, error) {
 type Tx struct {
 	s *Store
 	// conn is the pool's connection the transaction holds, released
-	// (once) when it ends; tx is the transaction on it.
+	// (once) when it ends. tx is the transaction as a pgx.Tx, made only
+	// for what only pgx's own can do (pgxTx).
 	conn *pgxpool.Conn
 	tx   pgx.Tx
 	h    txHandle
 
+	// begun: BEGIN was sent, with the transaction's first statement.
 	// savepoint: a savepoint is set, the running record's or the one
 	// before's. pending: the running record's savepoint is still to be
 	// set, with its first statement (handle).
-	savepoint, pending bool
+	begun, savepoint, pending bool
 	// ctx is BeginRecord's context, the engine's, which outlives the
 	// handler's deadline: a savepoint sent alone is sent under it (see
 	// pipelines), as are those of the handle's calls that take no context
@@ -134,20 +137,15 @@ func (s *Store) Begin(ctx context.Context) (store.Tx, error) {
 	if err := s.enter(); err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", err)
 	}
-	// A connection of its own rather than the pool's Begin: the commit
-	// sends COMMIT in the same round trip as the batch's writes, then
-	// hands the connection back, which pgxpool's Tx cannot do without a
-	// round trip of its own.
+	// A connection of its own rather than the pool's Begin, and no BEGIN
+	// yet: BEGIN goes with the transaction's first statement, and COMMIT
+	// with the batch's write, in the same round trips (which pgx's and
+	// pgxpool's Tx, which send each alone, cannot do).
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", s.dbErr(err))
 	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		conn.Release()
-		return nil, fmt.Errorf("postgres: begin: %w", s.dbErr(err))
-	}
-	t := &Tx{s: s, conn: conn, tx: tx, rec: -1, spRec: -1}
+	t := &Tx{s: s, conn: conn, rec: -1, spRec: -1}
 	t.h.t = t
 	return t, nil
 }
@@ -199,102 +197,117 @@ func (t *Tx) AbortRecord(ctx context.Context, i int) error {
 	if !t.savepoint {
 		return fmt.Errorf("postgres: undoing the batch's record %d: it has no savepoint", i+1)
 	}
-	if _, err := t.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepoint); err != nil {
+	if _, err := t.conn.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepoint); err != nil {
 		return fmt.Errorf("postgres: undoing the batch's record %d: %w", i+1, t.s.dbErr(err))
 	}
 	return nil
 }
 
-// savepointSQL is what sets the running record's savepoint: the previous
-// record's is released first, so the transaction holds one at a time.
-func (t *Tx) savepointSQL() string {
-	if t.savepoint {
-		return "RELEASE SAVEPOINT " + savepoint + "; SAVEPOINT " + savepoint
+// opening returns the statements that go before the next one the
+// transaction sends: BEGIN until it is open, then the running record's
+// savepoint while it is pending (the previous record's released first, so
+// that the transaction holds one at a time).
+func (t *Tx) opening() []string {
+	var o []string
+	if !t.begun {
+		o = append(o, "BEGIN")
 	}
-	return "SAVEPOINT " + savepoint
+	if t.pending {
+		o = append(o, t.recordSavepoint()...)
+	}
+	return o
 }
 
-// pipelines reports whether the running record's savepoint is to travel
-// with the statement about to be sent under ctx. A statement sent after
-// its context ended (a handler past its deadline) gets the savepoint set
-// first, under the engine's context, so that a cancellation can only ever
-// hit the handler's statement: a savepoint cancelled half way (released
-// the previous record's, set no new one) would leave no way to undo the
-// record alone. A deadline that ends during the savepoint's own
-// microseconds still can, and breaks the transaction: its commit is then
-// refused and the batch runs again.
+// recordSavepoint is what sets the running record's savepoint.
+func (t *Tx) recordSavepoint() []string {
+	if t.savepoint {
+		return []string{"RELEASE SAVEPOINT " + savepoint, "SAVEPOINT " + savepoint}
+	}
+	return []string{"SAVEPOINT " + savepoint}
+}
+
+// pipelines reports whether the opening statements are to travel with the
+// statement about to be sent under ctx. A statement sent after its context
+// ended (a handler past its deadline) gets them sent first, under the
+// engine's context, so that a cancellation can only ever hit the
+// handler's statement: a savepoint cancelled half way (released the
+// previous record's, set no new one) would leave no way to undo the record
+// alone. A deadline that ends during the savepoint's own microseconds
+// still can, and breaks the transaction: its commit is then refused and
+// the batch runs again.
 func (t *Tx) pipelines(ctx context.Context) bool {
-	return t.pending && t.broken == nil && ctx.Err() == nil
+	return (!t.begun || t.pending) && t.broken == nil && ctx.Err() == nil
 }
 
-// setSavepoint sets the running record's savepoint, in a round trip of its
-// own under BeginRecord's context, when it is pending.
-func (t *Tx) setSavepoint() error {
+// setOpening sends the opening statements, in a round trip of their own
+// under the engine's context, when there are any.
+func (t *Tx) setOpening() error {
 	if t.broken != nil {
 		return t.broken
 	}
-	if !t.pending {
+	o := t.opening()
+	if len(o) == 0 {
 		return nil
 	}
+	sp := t.pending
 	t.pending = false
-	_, err := t.tx.Exec(t.ctx, t.savepointSQL())
-	return t.noteSavepoint(err)
+	_, err := t.conn.Exec(t.engineCtx(), strings.Join(o, "; "))
+	return t.noteOpening(err, sp)
 }
 
-// noteSavepoint records the outcome of setting the savepoint: once set,
-// the record can be undone alone; when it failed, whether it was set is
-// unknown, so the transaction can no longer commit.
-func (t *Tx) noteSavepoint(err error) error {
+// noteOpening records the outcome of sending the opening statements (sp:
+// the record's savepoint among them): once they ran, the transaction is
+// open and the record can be undone alone; when they failed, what was set
+// is unknown, so the transaction can no longer commit.
+func (t *Tx) noteOpening(err error, sp bool) error {
 	if err != nil {
 		t.broken = errSavepoint(t.s.dbErr(err))
 		return t.broken
 	}
-	t.savepoint, t.spRec = true, t.rec
+	t.begun = true
+	if sp {
+		t.savepoint, t.spRec = true, t.rec
+	}
 	return nil
 }
 
-// savepointQueries are the statements of savepointSQL, one each, for a
-// batch.
-func (t *Tx) savepointQueries() []*pgx.QueuedQuery {
-	if t.savepoint {
-		return []*pgx.QueuedQuery{{SQL: "RELEASE SAVEPOINT " + savepoint}, {SQL: "SAVEPOINT " + savepoint}}
-	}
-	return []*pgx.QueuedQuery{{SQL: "SAVEPOINT " + savepoint}}
-}
-
-// sendWithSavepoint sends b's statements after the n statements that set
-// the savepoint, in one pipeline; readSavepoint then reads their results.
-// The caller checked pipelines.
-func (t *Tx) sendWithSavepoint(ctx context.Context, b *pgx.Batch) (br pgx.BatchResults, n int) {
-	sp := t.savepointQueries()
+// sendOpening sends b's statements after the opening ones, in one
+// pipeline; readOpening then reads their results. The caller checked
+// pipelines.
+func (t *Tx) sendOpening(ctx context.Context, b *pgx.Batch) (br pgx.BatchResults, n int, sp bool) {
+	o := t.opening()
+	sp = t.pending
 	t.pending = false
-	return t.tx.SendBatch(ctx, &pgx.Batch{QueuedQueries: append(sp, b.QueuedQueries...)}), len(sp)
+	qs := make([]*pgx.QueuedQuery, 0, len(o)+len(b.QueuedQueries))
+	for _, sql := range o {
+		qs = append(qs, &pgx.QueuedQuery{SQL: sql})
+	}
+	return t.conn.SendBatch(ctx, &pgx.Batch{QueuedQueries: append(qs, b.QueuedQueries...)}), len(o), sp
 }
 
-// readSavepoint reads the results of the n statements sendWithSavepoint
-// sent first; on error the batch is closed.
-func (t *Tx) readSavepoint(br pgx.BatchResults, n int) error {
+// readOpening reads the results of the n statements sendOpening sent
+// first; on error the batch is closed.
+func (t *Tx) readOpening(br pgx.BatchResults, n int, sp bool) error {
 	for range n {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
-			return t.noteSavepoint(err)
+			return t.noteOpening(err, sp)
 		}
 	}
-	return t.noteSavepoint(nil)
+	return t.noteOpening(nil, sp)
 }
 
 // execSimple runs sql, a statement without arguments, which pgx sends by
 // the simple protocol: it may hold several statements, and so may the
-// string that sets the savepoint first, in the same round trip. The
-// command tag is the last statement's, as pgx's Exec returns it. The
-// caller checked pipelines.
+// opening ones before it, in the same round trip. The command tag is the
+// last statement's, as pgx's Exec returns it. The caller checked
+// pipelines.
 func (t *Tx) execSimple(ctx context.Context, sql string) (pgconn.CommandTag, error) {
-	n := 1
-	if t.savepoint {
-		n = 2
-	}
+	o := t.opening()
+	n := len(o)
+	sp := t.pending
 	t.pending = false
-	mrr := t.tx.Conn().PgConn().Exec(ctx, t.savepointSQL()+";\n"+sql)
+	mrr := t.conn.Conn().PgConn().Exec(ctx, strings.Join(o, "; ")+";\n"+sql)
 	var tag pgconn.CommandTag
 	var err error
 	done := 0 // statements that succeeded
@@ -307,16 +320,36 @@ func (t *Tx) execSimple(ctx context.Context, sql string) (pgconn.CommandTag, err
 		err = cerr
 	}
 	if done < n {
-		// The savepoint's statements came first: one of them failed.
-		return pgconn.CommandTag{}, t.noteSavepoint(err)
+		// The opening statements came first: one of them failed.
+		return pgconn.CommandTag{}, t.noteOpening(err, sp)
 	}
-	t.noteSavepoint(nil)
+	t.noteOpening(nil, sp)
 	return tag, err
+}
+
+// pgxTx returns the transaction as a pgx.Tx, for what only pgx's own can
+// do: a handler's nested transactions and large objects. It is made once,
+// over the transaction already open (an empty statement stands for its
+// BEGIN), at the cost of a round trip.
+func (t *Tx) pgxTx(ctx context.Context) (pgx.Tx, error) {
+	if err := t.setOpening(); err != nil {
+		return nil, err
+	}
+	if t.tx != nil {
+		return t.tx, nil
+	}
+	tx, err := t.conn.Conn().BeginTx(ctx, pgx.TxOptions{BeginQuery: ";"})
+	if err != nil {
+		t.broken = fmt.Errorf("postgres: the transaction's pgx handle: %w", t.s.dbErr(err))
+		return nil, t.broken
+	}
+	t.tx = tx
+	return tx, nil
 }
 
 // failed reports whether a statement failed and left the transaction
 // unable to commit.
-func (t *Tx) failed() bool { return t.tx.Conn().PgConn().TxStatus() == 'E' }
+func (t *Tx) failed() bool { return t.conn.Conn().PgConn().TxStatus() == 'E' }
 
 // Check reports a transaction left failed by a statement's error, from the
 // status the server sent with its last answer.
@@ -355,7 +388,7 @@ func (t *Tx) Commit(ctx context.Context, w *store.Write) error {
 		// refused (so COMMIT never ran), or the connection broke: this
 		// undoes what is left, and the connection goes back (a broken
 		// one is closed by the pool).
-		_ = t.tx.Rollback(ctx)
+		t.rollback(ctx)
 	}
 	t.release()
 	if err != nil {
@@ -389,12 +422,15 @@ func (t *Tx) commit(ctx context.Context, w *store.Write) error {
 	if err != nil {
 		return err
 	}
-	// COMMIT travels with the writes: a statement that fails skips it
-	// (the server ignores the rest of the pipeline), and the caller then
-	// rolls back.
+	// COMMIT travels with the writes (and BEGIN, if the handler sent
+	// nothing): a statement that fails skips it (the server ignores the
+	// rest of the pipeline), and the caller then rolls back.
+	if !t.begun {
+		b.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: "BEGIN"}}, b.QueuedQueries...)
+	}
 	writes := b.Len()
 	b.Queue("COMMIT")
-	br := t.tx.SendBatch(ctx, b)
+	br := t.conn.SendBatch(ctx, b)
 	for range writes {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
@@ -425,10 +461,21 @@ func (t *Tx) Rollback(ctx context.Context) error {
 	t.done = true
 	clear(t.queue)
 	t.queue = nil
-	err := t.tx.Rollback(ctx)
+	err := t.rollback(ctx)
 	t.release()
-	if err != nil && !errors.Is(err, pgx.ErrTxClosed) {
+	if err != nil {
 		return fmt.Errorf("postgres: rollback: %w", t.s.dbErr(err))
 	}
 	return nil
+}
+
+// rollback sends ROLLBACK when a transaction is open on the connection
+// (BEGIN may never have been sent; after a failed COMMIT none is). A
+// connection it cannot roll back is closed by the pool on release.
+func (t *Tx) rollback(ctx context.Context) error {
+	if t.conn == nil || t.conn.Conn().PgConn().TxStatus() == 'I' {
+		return nil
+	}
+	_, err := t.conn.Exec(ctx, "ROLLBACK")
+	return err
 }

@@ -392,6 +392,14 @@ func TestTxRecordPaths(t *testing.T) {
 			}
 			return n.Commit(ctx)
 		}},
+		{"LargeObjects", func(ctx context.Context, h pgx.Tx, id string) error {
+			lo := h.LargeObjects()
+			if _, err := lo.Create(ctx, 0); err != nil {
+				return err
+			}
+			_, err := h.Exec(ctx, ins, id)
+			return err
+		}},
 		{"Prepare", func(ctx context.Context, h pgx.Tx, id string) error {
 			if _, err := h.Prepare(ctx, "ins", ins); err != nil {
 				return err
@@ -460,5 +468,56 @@ func TestTxRecordPaths(t *testing.T) {
 				t.Fatalf("rows %v, want [a d]", got)
 			}
 		})
+	}
+}
+
+// TestTxBeginTravelsWithFirstStatement: a transaction sends BEGIN with its
+// first statement, not alone when it starts (the server sees its session
+// idle, not idle in a transaction, until then), and one that sends
+// nothing still commits its Write (BEGIN, the write and COMMIT in one
+// round trip) or rolls back, handing its connection back either way.
+func TestTxBeginTravelsWithFirstStatement(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	table := userTable(t, s)
+	state := func(tx store.Tx) string {
+		t.Helper()
+		var st string
+		pid := tx.(*Tx).conn.Conn().PgConn().PID()
+		if err := s.pool.QueryRow(ctx, "SELECT state FROM pg_stat_activity WHERE pid = $1", pid).Scan(&st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	tx, h := begin(t, s)
+	if st := state(tx); st != "idle" {
+		t.Fatalf("session %q before the first statement, want idle", st)
+	}
+	insert(t, h, table, "a")
+	if st := state(tx); st != "idle in transaction" {
+		t.Fatalf("session %q after the first statement, want idle in transaction", st)
+	}
+	key := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "0"}
+	if err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: "1"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Nothing sent: the commit begins, writes and commits at once.
+	tx, _ = begin(t, s)
+	if err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: "2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if c, _, err := s.Checkpoint(ctx, key); err != nil || c.Sequence != "2" {
+		t.Fatalf("checkpoint %+v, %v after a commit with nothing else sent", c, err)
+	}
+	tx, _ = begin(t, s)
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatalf("rolling back a transaction that sent nothing: %v", err)
+	}
+	if got := rows(t, s, table); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("rows %v, want [a]", got)
+	}
+	if st := s.pool.Stat(); st.AcquiredConns() != 0 {
+		t.Fatalf("%d connections still acquired", st.AcquiredConns())
 	}
 }
