@@ -259,3 +259,24 @@ func TestRepeatedMembers(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRecord is what turning one change into its DynamoDBEventRecord
+// costs, for each shape: the engine, the batch sizing and the HTTP event
+// each do it once per record.
+func BenchmarkRecord(b *testing.B) {
+	for _, c := range []struct{ name, data, seq string }{
+		{"Streams", streamsRecord, "000000000000000000000111"},
+		{"Kinesis", kinesisRecord, kinesisSeq},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			data := []byte(c.data)
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Record(data, c.seq); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -296,7 +297,13 @@ func Open(dir string, opts ...Option) (*DB, error) {
 		CacheSize:                   o.cacheSize,
 		MemTableSize:                o.memTableSize,
 		MemTableStopWritesThreshold: 4,
-		Logger:                      logger,
+		// Pebble runs one compaction at a time by default. A stream
+		// written as fast as the shards commit (hundreds of MB/s with
+		// 16 cores) leaves one compaction thread behind, and writes
+		// then stall on L0; Pebble starts more, up to half the cores,
+		// once L0 or the compaction debt grows past its thresholds.
+		CompactionConcurrencyRange: func() (int, int) { return 1, max(2, runtime.GOMAXPROCS(0)/2) },
+		Logger:                     logger,
 		EventListener: &pebble.EventListener{BackgroundError: func(err error) {
 			logger.Errorf("background error: %s", err)
 			if errors.Is(err, syscall.ENOSPC) {
