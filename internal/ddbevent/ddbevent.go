@@ -70,7 +70,9 @@ func (e *Error) Error() string {
 
 // Parsed is a record Parse read.
 type Parsed struct {
-	// Record is the DynamoDBEventRecord, compacted.
+	// Record is the DynamoDBEventRecord, compacted: for a DynamoDB Streams
+	// record written compact already (as the DynamoDB source writes
+	// them), the data Parse was given itself, not a copy.
 	Record json.RawMessage
 	// Converted is set for a change Kinesis Data Streams for DynamoDB
 	// wrote: Record was built from it.
@@ -169,8 +171,10 @@ func (it *item) set(field string, b []byte) error {
 		it.raw = nil
 		return nil
 	}
-	if err := checkItem(field, b); err != nil {
-		return err
+	if !validItem(b) { // the fast check declines: the full one decides and says why
+		if err := checkItem(field, b); err != nil {
+			return err
+		}
 	}
 	it.raw = bytes.Clone(b)
 	return nil
@@ -237,12 +241,16 @@ func Parse(data []byte, sequence string) (Parsed, error) {
 		if c.ApproximateCreationDateTime.notNum {
 			return Parsed{}, &Error{Field: "dynamodb.ApproximateCreationDateTime", Reason: "is not a number (epoch seconds)"}
 		}
-		var buf bytes.Buffer
-		buf.Grow(len(data))
-		if err := json.Compact(&buf, data); err != nil {
-			return Parsed{}, &Error{Reason: err.Error()} // cannot happen: data decoded
+		rec := json.RawMessage(data)
+		if !compact(data) {
+			var buf bytes.Buffer
+			buf.Grow(len(data))
+			if err := json.Compact(&buf, data); err != nil {
+				return Parsed{}, &Error{Reason: err.Error()} // cannot happen: data decoded
+			}
+			rec = buf.Bytes()
 		}
-		return Parsed{Record: buf.Bytes(), EventID: deref(w.EventID), SequenceNumber: deref(c.SequenceNumber),
+		return Parsed{Record: rec, EventID: deref(w.EventID), SequenceNumber: deref(c.SequenceNumber),
 			EventSourceARN: deref(w.EventSourceARN)}, nil
 	}
 	return convert(&w, c, sequence)

@@ -280,3 +280,56 @@ func BenchmarkRecord(b *testing.B) {
 		})
 	}
 }
+
+// FuzzFastChecks: the fast checks never accept what the full ones refuse
+// (go test -fuzz FuzzFastChecks ./internal/ddbevent/): an item validItem
+// accepts, checkItem accepts; data compact says is compact, json.Compact
+// leaves unchanged.
+func FuzzFastChecks(f *testing.F) {
+	for _, item := range []string{
+		`{"k":{"S":"a"}}`, `{"k":{"N":"1"},"b":{"B":"AA=="},"t":{"BOOL":false},"n":{"NULL":true}}`,
+		`{"s":{"SS":["a","b"]},"n":{"NS":[]},"b":{"BS":["AA==","AQ=="]}}`,
+		`{"l":{"L":[{"S":"x"},{"M":{"in":{"N":"2"}}}]},"m":{"M":{}}}`,
+		`{"k":{"S":"a","S":"b"}}`, `{"k":{"S":"a","N":"1"}}`, `{"k":{}}`, `{"k":{"B":"A"}}`, `{"k":{"NULL":false}}`,
+		`{"k":{"\u0053":"a"}}`, `{"k":{"M":{"a":1,"a":{"S":"x"}}}}`, ` { "k" : { "S" : "a" } } `, `{}`, `[]`, `"x"`,
+	} {
+		f.Add([]byte(item))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !json.Valid(b) {
+			return
+		}
+		if validItem(b) {
+			if err := checkItem("f", b); err != nil {
+				t.Fatalf("validItem accepted %s, which checkItem refuses: %v", b, err)
+			}
+		}
+		if compact(b) {
+			var buf bytes.Buffer
+			if err := json.Compact(&buf, b); err != nil || !bytes.Equal(buf.Bytes(), b) {
+				t.Fatalf("compact(%s) but json.Compact gives %s, %v", b, buf.Bytes(), err)
+			}
+		}
+	})
+}
+
+// TestFastChecksAccept: the fast check accepts the items of real records,
+// so that they take the fast path.
+func TestFastChecksAccept(t *testing.T) {
+	for _, item := range []string{
+		`{"k":{"S":"a"}}`,
+		`{"k":{"N":"1"},"b":{"B":"AA=="},"t":{"BOOL":false},"n":{"NULL":true}}`,
+		`{"s":{"SS":["a","b"]},"n":{"NS":[]},"b":{"BS":["AA==","AQ=="]}}`,
+		`{"l":{"L":[{"S":"x"},{"M":{"in":{"N":"2"}}}]},"m":{"M":{}}}`,
+		` { "k" : { "S" : "a\"b" } } `,
+	} {
+		if !validItem([]byte(item)) {
+			t.Errorf("validItem(%s) = false", item)
+		}
+	}
+	for _, item := range []string{`{"k":{}}`, `{"k":{"S":"a","N":"1"}}`, `{"k":{"B":"A"}}`, `{"k":{"NULL":false}}`, `{"k":{"S":1}}`, `{"k":{"X":"a"}}`} {
+		if validItem([]byte(item)) {
+			t.Errorf("validItem(%s) = true", item)
+		}
+	}
+}
