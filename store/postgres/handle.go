@@ -306,7 +306,9 @@ func (b errBatch) QueryRow() pgx.Row                { return row{errRows{b.err}}
 func (b errBatch) Close() error                     { return b.err }
 func (errBatch) Tx() pgx.Tx                         { return nil }
 
-// errSavepoint wraps what failed to set a record's savepoint.
+// errSavepoint wraps what failed in a round trip that began the
+// transaction or set a record's savepoint: one of those, or the statement
+// sent with them, which pgx prepares first (a syntax error fails there).
 func errSavepoint(err error) error {
-	return fmt.Errorf("postgres: setting the record's savepoint: %w", err)
+	return fmt.Errorf("postgres: beginning the transaction or setting the record's savepoint, with the statement sent alongside: %w", err)
 }

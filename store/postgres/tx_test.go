@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -516,6 +517,29 @@ func TestTxBeginTravelsWithFirstStatement(t *testing.T) {
 	}
 	if got := rows(t, s, table); !slices.Equal(got, []string{"a"}) {
 		t.Fatalf("rows %v, want [a]", got)
+	}
+	if st := s.pool.Stat(); st.AcquiredConns() != 0 {
+		t.Fatalf("%d connections still acquired", st.AcquiredConns())
+	}
+}
+
+// TestTxBadFirstStatement: a batch handler's first statement, sent with
+// BEGIN, that PostgreSQL cannot even prepare returns its error, leaves
+// the transaction unable to commit (the batch fails as a whole, and runs
+// again by the mapping's rules), and rolls back cleanly.
+func TestTxBadFirstStatement(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	tx, h := begin(t, s)
+	_, err := h.Exec(ctx, "INSERT INTO nowhere_at_all (id) VALUES ($1)", "a")
+	if err == nil || !strings.Contains(err.Error(), "nowhere_at_all") {
+		t.Fatalf("a statement on a missing table: %v", err)
+	}
+	if err := tx.Check(); err == nil {
+		t.Fatal("Check after the failed first statement: nil")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
 	}
 	if st := s.pool.Stat(); st.AcquiredConns() != 0 {
 		t.Fatalf("%d connections still acquired", st.AcquiredConns())
