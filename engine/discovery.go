@@ -39,8 +39,8 @@ func (m *mapping) startShards(ctx, work context.Context, wg *sync.WaitGroup, ids
 	}
 }
 
-// discover lists the mapping's shards every discovery interval until ctx is
-// done, starting the new ones.
+// discover lists the mapping's shards every discovery interval, and when a
+// shard was read to its end, until ctx is done, starting the new ones.
 func (m *mapping) discover(ctx, work context.Context, wg *sync.WaitGroup) {
 	t := time.NewTicker(m.e.discovery)
 	defer t.Stop()
@@ -49,6 +49,7 @@ func (m *mapping) discover(ctx, work context.Context, wg *sync.WaitGroup) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-m.rediscover:
 		}
 		ids, err := m.cfg.Source.Shards(ctx)
 		if err != nil {
@@ -70,6 +71,7 @@ func (s *shard) waitForParents(ctx context.Context) bool {
 		return true
 	}
 	for attempt := 1; ; attempt++ {
+		finished := s.m.finishedSignal() // taken first: a finish after the check wakes the wait
 		done, err := s.parentsFinished(ctx, lin)
 		switch {
 		case err != nil && ctx.Err() == nil:
@@ -79,8 +81,14 @@ func (s *shard) waitForParents(ctx context.Context) bool {
 			return true
 		}
 		s.state.Store("waiting for parents")
-		if sleep(ctx, min(s.e.discovery, time.Duration(attempt)*time.Second)) != nil {
+		t := time.NewTimer(min(s.e.discovery, time.Duration(attempt)*time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return false
+		case <-t.C:
+		case <-finished:
+			t.Stop()
 		}
 	}
 }

@@ -166,7 +166,8 @@ func (e *Engine) Add(m Mapping) error {
 			return fmt.Errorf("mapping %q: added twice", m.Name)
 		}
 	}
-	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker), scopeFilters: map[string]*filterSet{}}
+	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker), scopeFilters: map[string]*filterSet{},
+		rediscover: make(chan struct{}, 1), finished: make(chan struct{})}
 	if c, ok := e.store.(store.Claims); ok {
 		mp.journal = &journal{claims: c, legacy: &e.legacy, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now, tracer: e.tracer}
 	}

@@ -28,45 +28,13 @@ import (
 // and reads them only after their parent is read to its end, so the key's
 // records reach the function in put order, each once.
 func TestReshardKeepsKeyOrder(t *testing.T) {
-	endpoint := testsvc.KinesisEndpoint(t)
 	ctx := context.Background()
-	cl := awskinesis.New(awskinesis.Options{
-		Region: "us-east-1", BaseEndpoint: aws.String(endpoint),
-		Credentials: credentials.NewStaticCredentialsProvider("idem", "idem", ""),
-	})
-	stream := fmt.Sprintf("reshard-%d", time.Now().UnixNano())
-	if _, err := cl.CreateStream(ctx, &awskinesis.CreateStreamInput{StreamName: aws.String(stream), ShardCount: aws.Int32(1)}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cl.DeleteStream(context.Background(), &awskinesis.DeleteStreamInput{StreamName: aws.String(stream)})
-	})
-	waitActive := func() {
-		waitFor(t, "stream ACTIVE", func() bool {
-			out, err := cl.DescribeStreamSummary(ctx, &awskinesis.DescribeStreamSummaryInput{StreamName: aws.String(stream)})
-			return err == nil && out.StreamDescriptionSummary.StreamStatus == types.StreamStatusActive
-		})
-	}
-	waitActive()
-	put := func(from, to int) {
-		for i := from; i < to; i++ {
-			if _, err := cl.PutRecord(ctx, &awskinesis.PutRecordInput{StreamName: aws.String(stream), PartitionKey: aws.String("k"),
-				Data: []byte(strconv.Itoa(i))}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	put(0, 30)
-	// Split the shard at the middle of the hash key range.
-	mid := new(big.Int).Lsh(big.NewInt(1), 127)
-	if _, err := cl.SplitShard(ctx, &awskinesis.SplitShardInput{StreamName: aws.String(stream),
-		ShardToSplit: aws.String("shardId-000000000000"), NewStartingHashKey: aws.String(mid.String())}); err != nil {
-		t.Fatal(err)
-	}
-	waitActive()
-	put(30, 60)
+	k := newReshardStream(t)
+	k.put(0, 30)
+	k.split()
+	k.put(30, 60)
 
-	src, err := kinesis.New(ctx, stream, kinesis.WithEndpoint(endpoint), kinesis.WithRegion("us-east-1"), kinesis.WithPollInterval(20*time.Millisecond))
+	src, err := kinesis.New(ctx, k.stream, kinesis.WithEndpoint(k.endpoint), kinesis.WithRegion("us-east-1"), kinesis.WithPollInterval(20*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +49,7 @@ func TestReshardKeepsKeyOrder(t *testing.T) {
 	})
 	v := newEnv(t)
 	e := engine.New(stembedded.New(v.db), engine.WithLogger(testLogger(t)), engine.WithShardDiscovery(100*time.Millisecond))
-	if err := e.Add(engine.Mapping{Name: "m", Stream: stream, Source: src, Function: "f", Invoker: gofunc.New(h),
+	if err := e.Add(engine.Mapping{Name: "m", Stream: k.stream, Source: src, Function: "f", Invoker: gofunc.New(h),
 		StartingPosition: source.TrimHorizon, BatchSize: 7}); err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +63,7 @@ func TestReshardKeepsKeyOrder(t *testing.T) {
 		return len(seen) >= 60
 	})
 	// A third run of puts after the engine is reading the children.
-	put(60, 70)
+	k.put(60, 70)
 	waitFor(t, "70 records", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -117,5 +85,107 @@ func TestReshardKeepsKeyOrder(t *testing.T) {
 	}
 	if states["shardId-000000000000"] != "finished" {
 		t.Errorf("parent shard state %q, want finished (%v)", states["shardId-000000000000"], states)
+	}
+}
+
+// reshardStream is a Kinesis stream of one shard (kinesalite) whose test
+// puts records of one partition key and splits the shard.
+type reshardStream struct {
+	t                *testing.T
+	cl               *awskinesis.Client
+	endpoint, stream string
+}
+
+func newReshardStream(t *testing.T) *reshardStream {
+	endpoint := testsvc.KinesisEndpoint(t)
+	ctx := context.Background()
+	cl := awskinesis.New(awskinesis.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(endpoint),
+		Credentials: credentials.NewStaticCredentialsProvider("idem", "idem", ""),
+	})
+	stream := fmt.Sprintf("reshard-%d", time.Now().UnixNano())
+	if _, err := cl.CreateStream(ctx, &awskinesis.CreateStreamInput{StreamName: aws.String(stream), ShardCount: aws.Int32(1)}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cl.DeleteStream(context.Background(), &awskinesis.DeleteStreamInput{StreamName: aws.String(stream)})
+	})
+	k := &reshardStream{t: t, cl: cl, endpoint: endpoint, stream: stream}
+	k.waitActive()
+	return k
+}
+
+func (k *reshardStream) waitActive() {
+	waitFor(k.t, "stream ACTIVE", func() bool {
+		out, err := k.cl.DescribeStreamSummary(context.Background(), &awskinesis.DescribeStreamSummaryInput{StreamName: aws.String(k.stream)})
+		return err == nil && out.StreamDescriptionSummary.StreamStatus == types.StreamStatusActive
+	})
+}
+
+// put puts the records from to to (their data, their number), in order.
+func (k *reshardStream) put(from, to int) {
+	for i := from; i < to; i++ {
+		if _, err := k.cl.PutRecord(context.Background(), &awskinesis.PutRecordInput{StreamName: aws.String(k.stream), PartitionKey: aws.String("k"),
+			Data: []byte(strconv.Itoa(i))}); err != nil {
+			k.t.Fatal(err)
+		}
+	}
+}
+
+// split splits the first shard at the middle of the hash key range.
+func (k *reshardStream) split() {
+	mid := new(big.Int).Lsh(big.NewInt(1), 127)
+	if _, err := k.cl.SplitShard(context.Background(), &awskinesis.SplitShardInput{StreamName: aws.String(k.stream),
+		ShardToSplit: aws.String("shardId-000000000000"), NewStartingHashKey: aws.String(mid.String())}); err != nil {
+		k.t.Fatal(err)
+	}
+	k.waitActive()
+}
+
+// TestReshardDiscoveredAtParentEnd: children that appear while the engine
+// runs start as soon as their parent is read to its end, not at the next
+// discovery (an hour here): the split's records arrive, in order.
+func TestReshardDiscoveredAtParentEnd(t *testing.T) {
+	ctx := context.Background()
+	k := newReshardStream(t)
+	src, err := kinesis.New(ctx, k.stream, kinesis.WithEndpoint(k.endpoint), kinesis.WithRegion("us-east-1"), kinesis.WithPollInterval(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	var mu sync.Mutex
+	var seen []string
+	h := idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, string(r.Data))
+		return nil
+	})
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen)
+	}
+	v := newEnv(t)
+	e := engine.New(stembedded.New(v.db), engine.WithLogger(testLogger(t)), engine.WithShardDiscovery(time.Hour))
+	if err := e.Add(engine.Mapping{Name: "m", Stream: k.stream, Source: src, Function: "f", Invoker: gofunc.New(h),
+		StartingPosition: source.TrimHorizon, BatchSize: 7}); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	k.put(0, 20)
+	waitFor(t, "20 records from the parent", func() bool { return count() >= 20 })
+	k.split()
+	k.put(20, 40)
+	waitFor(t, "40 records, the children's included", func() bool { return count() >= 40 })
+	mu.Lock()
+	defer mu.Unlock()
+	for i, d := range seen {
+		if d != strconv.Itoa(i) {
+			t.Fatalf("record %d is %q; want %d: %v", i, d, i, seen)
+		}
 	}
 }

@@ -15,32 +15,6 @@ import (
 	"github.com/idem-run/idem/store"
 )
 
-// mapping is a Mapping at run time.
-type mapping struct {
-	e         *Engine
-	cfg       Mapping
-	keyer     *keyer
-	filters   *filterSet // filterCriteria
-	permanent map[string]bool
-	journal   *journal // nil when the store keeps no claims
-	// txd offers the store's transactions to the handler; nil when the
-	// store has none or the function is not in-process.
-	txd store.TxDriver
-
-	mu     sync.Mutex
-	shards []*shard
-	// scopeFilters caches the filters of the scope's other mappings, by
-	// their encoding (store.Progress.Filter); guarded by mu.
-	scopeFilters map[string]*filterSet
-	// initial are the shards of the mapping's first start (loadStarted);
-	// guarded by mu.
-	initial map[string]bool
-	// alone is set when no run but this mapping's can take the records
-	// it reads in its scope (claimsNeeded): keys by identity then need no
-	// claims, and the scope's other progress is read once per start.
-	alone bool
-}
-
 // shard runs one mapping over one shard: one goroutine reads windows of
 // records, and one goroutine per partition-key group (parallelizationFactor)
 // invokes the function over each window.
@@ -213,6 +187,7 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 					// A closed shard read to its end: its children take over.
 					s.e.log.Info("shard finished: read to the end of a closed shard", "mapping", cfg.Name, "shard", s.id)
 					s.finished.Store(true)
+					s.m.shardFinished()
 					return nil
 				}
 			}
