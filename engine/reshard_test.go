@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/big"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -28,57 +29,17 @@ import (
 // and reads them only after their parent is read to its end, so the key's
 // records reach the function in put order, each once.
 func TestReshardKeepsKeyOrder(t *testing.T) {
-	ctx := context.Background()
 	k := newReshardStream(t)
 	k.put(0, 30)
 	k.split()
 	k.put(30, 60)
 
-	src, err := kinesis.New(ctx, k.stream, kinesis.WithEndpoint(k.endpoint), kinesis.WithRegion("us-east-1"), kinesis.WithPollInterval(20*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { src.Close() })
-	var mu sync.Mutex
-	var seen []string
-	h := idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
-		mu.Lock()
-		defer mu.Unlock()
-		seen = append(seen, string(r.Data))
-		return nil
-	})
-	v := newEnv(t)
-	e := engine.New(stembedded.New(v.db), engine.WithLogger(testLogger(t)), engine.WithShardDiscovery(100*time.Millisecond))
-	if err := e.Add(engine.Mapping{Name: "m", Stream: k.stream, Source: src, Function: "f", Invoker: gofunc.New(h),
-		StartingPosition: source.TrimHorizon, BatchSize: 7}); err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- e.Run(runCtx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, "60 records", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(seen) >= 60
-	})
+	e, r := k.run(100 * time.Millisecond)
+	waitFor(t, "60 records", func() bool { return len(r.seen()) >= 60 })
 	// A third run of puts after the engine is reading the children.
 	k.put(60, 70)
-	waitFor(t, "70 records", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(seen) >= 70
-	})
-	mu.Lock()
-	defer mu.Unlock()
-	for i, d := range seen {
-		if d != strconv.Itoa(i) {
-			t.Fatalf("record %d of key k is %q; want %d (order across the reshard, each once): %v", i, d, i, seen)
-		}
-	}
-	if len(seen) != 70 {
-		t.Fatalf("saw %d records, want 70", len(seen))
-	}
+	waitFor(t, "70 records", func() bool { return len(r.seen()) >= 70 })
+	r.inOrder(70)
 	states := map[string]string{}
 	for _, s := range e.Status() {
 		states[s.Shard] = s.State
@@ -146,28 +107,62 @@ func (k *reshardStream) split() {
 // runs start as soon as their parent is read to its end, not at the next
 // discovery (an hour here): the split's records arrive, in order.
 func TestReshardDiscoveredAtParentEnd(t *testing.T) {
-	ctx := context.Background()
 	k := newReshardStream(t)
+	_, r := k.run(time.Hour)
+	k.put(0, 20)
+	waitFor(t, "20 records from the parent", func() bool { return len(r.seen()) >= 20 })
+	k.split()
+	k.put(20, 40)
+	waitFor(t, "40 records, the children's included", func() bool { return len(r.seen()) >= 40 })
+	r.inOrder(40)
+}
+
+// received is what the function of a reshard test was given.
+type received struct {
+	t    *testing.T
+	mu   sync.Mutex
+	data []string
+}
+
+func (r *received) seen() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.data)
+}
+
+// inOrder checks that the function got records 0 to n-1 of the key, in
+// put order, each once.
+func (r *received) inOrder(n int) {
+	seen := r.seen()
+	for i, d := range seen {
+		if d != strconv.Itoa(i) {
+			r.t.Fatalf("record %d of key k is %q; want %d (order across the reshard, each once): %v", i, d, i, seen)
+		}
+	}
+	if len(seen) != n {
+		r.t.Fatalf("saw %d records, want %d", len(seen), n)
+	}
+}
+
+// run runs a mapping over the stream, discovering shards every discovery,
+// until the test ends.
+func (k *reshardStream) run(discovery time.Duration) (*engine.Engine, *received) {
+	t := k.t
+	ctx := context.Background()
 	src, err := kinesis.New(ctx, k.stream, kinesis.WithEndpoint(k.endpoint), kinesis.WithRegion("us-east-1"), kinesis.WithPollInterval(20*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { src.Close() })
-	var mu sync.Mutex
-	var seen []string
-	h := idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
-		mu.Lock()
-		defer mu.Unlock()
-		seen = append(seen, string(r.Data))
+	r := &received{t: t}
+	h := idem.RecordFunc(func(_ context.Context, rec *idem.Record) error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.data = append(r.data, string(rec.Data))
 		return nil
 	})
-	count := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(seen)
-	}
 	v := newEnv(t)
-	e := engine.New(stembedded.New(v.db), engine.WithLogger(testLogger(t)), engine.WithShardDiscovery(time.Hour))
+	e := engine.New(stembedded.New(v.db), engine.WithLogger(testLogger(t)), engine.WithShardDiscovery(discovery))
 	if err := e.Add(engine.Mapping{Name: "m", Stream: k.stream, Source: src, Function: "f", Invoker: gofunc.New(h),
 		StartingPosition: source.TrimHorizon, BatchSize: 7}); err != nil {
 		t.Fatal(err)
@@ -176,16 +171,5 @@ func TestReshardDiscoveredAtParentEnd(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- e.Run(runCtx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	k.put(0, 20)
-	waitFor(t, "20 records from the parent", func() bool { return count() >= 20 })
-	k.split()
-	k.put(20, 40)
-	waitFor(t, "40 records, the children's included", func() bool { return count() >= 40 })
-	mu.Lock()
-	defer mu.Unlock()
-	for i, d := range seen {
-		if d != strconv.Itoa(i) {
-			t.Fatalf("record %d is %q; want %d: %v", i, d, i, seen)
-		}
-	}
+	return e, r
 }
