@@ -42,8 +42,10 @@ var ErrNoTx = errors.New("postgres: no idem transaction of the PostgreSQL store 
 //		return err // an error undoes this record's INSERT, and only it
 //	}
 //
-// The transaction is begun on the first call of a batch, so a handler
-// that does not call TxFrom costs nothing. Return every SQL error the
+// The transaction takes a connection on the first call of a batch and
+// sends BEGIN with its first statement (COMMIT goes with idem's write of
+// the batch), so a handler that does not call TxFrom costs nothing, and
+// one that does pays no round trip for either. Return every SQL error the
 // handler gets (or roll back to a savepoint of its own, tx.Begin): a
 // record that leaves the transaction failed fails. The transaction belongs
 // to idem: its Commit and Rollback return an error; it must not be kept or
