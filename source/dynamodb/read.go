@@ -266,16 +266,7 @@ func (s *Source) getRecords(ctx context.Context, sh *shard, iter string) (*dynam
 // next GetRecords call is allowed (the poll interval), ctx is done, or the
 // Source is closed. DynamoDB Streams cannot notify a poller.
 func (s *Source) Wait(ctx context.Context, shardID string, after idem.Sequence) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if s.closed() {
-		return ErrClosed
-	}
-	if d := s.shards.Delay(shardID, after, s.poll); d > 0 {
-		return s.sleep(ctx, d)
-	}
-	return nil
+	return s.shards.Wait(ctx, shardID, after, s.poll, s.done, ErrClosed)
 }
 
 // Finished reports whether a reader at after has read all of shard: the

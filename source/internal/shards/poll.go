@@ -51,6 +51,25 @@ func (s *Set[R]) Delay(id string, after idem.Sequence, poll time.Duration) time.
 	return poll
 }
 
+// Wait is a polling source's Wait over s: it returns at once when a
+// record above after is known in shard id, and otherwise sleeps for
+// Delay, until ctx is done (its error), or done is closed (closed, the
+// source's error for use after Close).
+func (s *Set[R]) Wait(ctx context.Context, id string, after idem.Sequence, poll time.Duration, done <-chan struct{}, closed error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		return closed
+	default:
+	}
+	if d := s.Delay(id, after, poll); d > 0 {
+		return Sleep(ctx, d, done, closed)
+	}
+	return nil
+}
+
 // Lookup returns shard id, calling relist (a source's listing of its
 // shards, which updates s) once when it is not known yet; nil when the
 // stream has no such shard even then.
