@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -70,6 +72,37 @@ func TestBenchBadFlags(t *testing.T) {
 		}
 		if strings.Contains(stderr.String(), "bench: ") {
 			t.Errorf("%v: ran scenarios: %s", tc.args, stderr.String())
+		}
+	}
+}
+
+// TestBenchProfiles: --cpuprofile and --mutexprofile write profiles that
+// go tool pprof reads; a file that cannot be created is refused before
+// any scenario runs, naming its flag.
+func TestBenchProfiles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs every scenario, the latency one for 3s")
+	}
+	dir := t.TempDir()
+	cpu, mu := filepath.Join(dir, "cpu.prof"), filepath.Join(dir, "mutex.prof")
+	var stderr bytes.Buffer
+	code := Run(context.Background(), []string{"bench", "--records", "200", "--dir", t.TempDir(), "--json", "--cpuprofile", cpu, "--mutexprofile", mu},
+		strings.NewReader(""), io.Discard, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	for _, f := range []string{cpu, mu} {
+		b, err := os.ReadFile(f)
+		if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b { // pprof's gzipped protocol buffer
+			t.Errorf("%s: %d bytes, %v; want a profile", f, len(b), err)
+		}
+	}
+	for _, flag := range []string{"--cpuprofile", "--mutexprofile"} {
+		stderr.Reset()
+		code := Run(context.Background(), []string{"bench", "--records", "10", "--dir", t.TempDir(), flag, filepath.Join(dir, "missing", "x.prof")},
+			strings.NewReader(""), io.Discard, &stderr)
+		if code != exitUsage || !strings.Contains(stderr.String(), flag) || strings.Contains(stderr.String(), "bench: ") {
+			t.Errorf("%s to a missing directory: exit %d, stderr %q", flag, code, stderr.String())
 		}
 	}
 }

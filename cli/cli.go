@@ -457,8 +457,9 @@ func benchCmd() *cobra.Command {
 	var records, shards, batchSize int
 	var asJSON bool
 	var dir, storeSpec string
+	var prof benchProfiles
 	cmd := &cobra.Command{
-		Use:   "bench [--records N] [--shards N] [--batch-size N] [--json] [--store embedded|postgres://…|redis://…|dynamodb://…]",
+		Use:   "bench [--records N] [--shards N] [--batch-size N] [--json] [--store embedded|postgres://…|redis://…|dynamodb://…] [--cpuprofile FILE] [--mutexprofile FILE]",
 		Short: "Measure exactly-once against at-least-once and a per-record idempotency store, on this machine",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -468,8 +469,14 @@ func benchCmd() *cobra.Command {
 			if batchSize < 1 || batchSize > maxBenchBatchSize {
 				return usageError{fmt.Errorf("--batch-size: %d is outside 1 to %d", batchSize, maxBenchBatchSize)}
 			}
+			if err := prof.start(); err != nil {
+				return usageError{err}
+			}
 			rep, err := bench.Run(cmd.Context(), bench.Config{Records: records, Shards: shards, BatchSize: batchSize,
 				Dir: dir, Progress: cmd.ErrOrStderr(), Store: storeSpec})
+			if perr := prof.stop(); err == nil {
+				err = perr
+			}
 			if err != nil {
 				return err
 			}
@@ -486,6 +493,8 @@ func benchCmd() *cobra.Command {
 	cmd.Flags().IntVar(&batchSize, "batch-size", 100, "batch size of the benchmark's mappings (1 to 10000)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (one key per scenario, each with recordsPerSec)")
 	cmd.Flags().StringVar(&dir, "dir", "", "scratch directory (default: a temporary one, removed after)")
+	cmd.Flags().StringVar(&prof.cpu, "cpuprofile", "", "write the run's CPU profile to FILE (go tool pprof)")
+	cmd.Flags().StringVar(&prof.mutex, "mutexprofile", "", "write where goroutines waited for locks during the run to FILE (go tool pprof)")
 	cmd.Flags().StringVar(&storeSpec, "store", "embedded", "the store the scenarios and the per-record baseline use: embedded, a postgres:// DSN, redis://host:port[/db], or dynamodb://[host:port][/table][?region=R]")
 	return cmd
 }
