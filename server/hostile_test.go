@@ -265,13 +265,29 @@ func TestUnverifiedBodiesBounded(t *testing.T) {
 		return fmt.Sprintf("POST /v1/streams/events/records HTTP/1.1\nHost: %s\nContent-Length: %d\nX-Amz-Date: %s\nAuthorization: %s",
 			addr, n, now.Format("20060102T150405Z"), fakeSigV4(now, "host;x-amz-date"))
 	}
-	// The first holds the whole budget with a body it never finishes.
-	rawRequest(t, addr, head(budget), "{")
+	// The first holds the whole budget with a body it never finishes. A
+	// probe that the server reads before it holds 10 bytes of the budget
+	// then, and the first is refused: it is sent again when answered.
+	hold := func() <-chan struct{} {
+		_, answer := rawRequest(t, addr, head(budget), "{")
+		answered := make(chan struct{})
+		go func() { // ends with the connection, closed when the test ends
+			answer()
+			close(answered)
+		}()
+		return answered
+	}
+	held := hold()
 	// A deadline, not a count of tries: under load the first request may
 	// take a while to be read and hold the budget.
 	for deadline := time.Now().Add(time.Minute); ; {
 		if time.Now().After(deadline) {
 			t.Fatal("no request was refused while the budget of unverified bodies was full")
+		}
+		select {
+		case <-held:
+			held = hold()
+		default:
 		}
 		_, answer := rawRequest(t, addr, head(10)+"\nConnection: close", "0123456789")
 		resp, err := answer()
