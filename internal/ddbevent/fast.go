@@ -3,6 +3,8 @@ package ddbevent
 import (
 	"bytes"
 	"encoding/base64"
+
+	"github.com/idem-run/idem/internal/jsonscan"
 )
 
 // Checking a record decoded whole into Go values (checkItem) cost most of
@@ -17,111 +19,16 @@ import (
 // maxDepth bounds the nesting of L and M values the fast check follows.
 const maxDepth = 32
 
-// scanner reads JSON that encoding/json has found valid already (it is a
-// member of a document json.Unmarshal is decoding), so it checks the
-// shape, not the syntax.
-type scanner struct {
-	b []byte
-	i int
-}
-
-func (s *scanner) ws() {
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case ' ', '\t', '\n', '\r':
-			s.i++
-		default:
-			return
-		}
-	}
-}
-
-// take reads c, after white space.
-func (s *scanner) take(c byte) bool {
-	s.ws()
-	if s.i < len(s.b) && s.b[s.i] == c {
-		s.i++
-		return true
-	}
-	return false
-}
-
-// str reads a string and returns its bytes between the quotes, and
-// whether it holds an escape.
-func (s *scanner) str() (raw []byte, escaped, ok bool) {
-	if !s.take('"') {
-		return nil, false, false
-	}
-	start := s.i
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case '"':
-			raw = s.b[start:s.i]
-			s.i++
-			return raw, escaped, true
-		case '\\':
-			escaped = true
-			s.i++
-		}
-		s.i++
-	}
-	return nil, false, false
-}
-
-// list reads an array, each element with elem.
-func (s *scanner) list(elem func() bool) bool {
-	if !s.take('[') {
-		return false
-	}
-	if s.take(']') {
-		return true
-	}
-	for {
-		if !elem() {
-			return false
-		}
-		if s.take(']') {
-			return true
-		}
-		if !s.take(',') {
-			return false
-		}
-	}
-}
-
-// object reads an object, each member's value with value(name).
-func (s *scanner) object(value func(name []byte, escaped bool) bool) bool {
-	if !s.take('{') {
-		return false
-	}
-	if s.take('}') {
-		return true
-	}
-	for {
-		name, esc, ok := s.str()
-		if !ok || !s.take(':') || !value(name, esc) {
-			return false
-		}
-		if s.take('}') {
-			return true
-		}
-		if !s.take(',') {
-			return false
-		}
-	}
-}
+// scanner reads an item's JSON (internal/jsonscan), which checks its
+// syntax on the way: encoding/json has found it valid already, but the
+// check costs little and keeps the fast path correct on its own.
+type scanner struct{ jsonscan.Scanner }
 
 // validItem reports whether b, Keys or an image, is an object of typed
 // attribute values that checkItem accepts.
 func validItem(b []byte) bool {
-	s := &scanner{b: b}
-	return s.object(func([]byte, bool) bool { return s.typed(0) }) && s.end()
-}
-
-// end reports whether nothing but white space is left.
-func (s *scanner) end() bool {
-	s.ws()
-	return s.i == len(s.b)
+	s := &scanner{jsonscan.Scanner{Data: b}}
+	return s.Object(func([]byte, bool) bool { return s.typed(0) }) && s.End()
 }
 
 // typed reads one typed attribute value, {"<type>": value}: one type,
@@ -133,7 +40,7 @@ func (s *scanner) typed(depth int) bool {
 	}
 	var typ []byte
 	members := 0
-	ok := s.object(func(name []byte, esc bool) bool {
+	ok := s.Object(func(name []byte, esc bool) bool {
 		members++
 		if esc || typ != nil && !bytes.Equal(name, typ) {
 			return false
@@ -148,22 +55,22 @@ func (s *scanner) typed(depth int) bool {
 func (s *scanner) value(typ []byte, depth int) bool {
 	switch string(typ) {
 	case "S", "N":
-		_, _, ok := s.str()
+		_, _, ok := s.String()
 		return ok
 	case "B":
 		return s.base64()
 	case "BOOL":
-		return s.literal("true") || s.literal("false")
+		return s.Literal("true") || s.Literal("false")
 	case "NULL":
-		return s.literal("true")
+		return s.Literal("true")
 	case "SS", "NS":
-		return s.list(func() bool { _, _, ok := s.str(); return ok })
+		return s.Array(func(int) bool { _, _, ok := s.String(); return ok })
 	case "BS":
-		return s.list(s.base64)
+		return s.Array(func(int) bool { return s.base64() })
 	case "L":
-		return s.list(func() bool { return s.typed(depth + 1) })
+		return s.Array(func(int) bool { return s.typed(depth + 1) })
 	case "M":
-		return s.object(func([]byte, bool) bool { return s.typed(depth + 1) })
+		return s.Object(func([]byte, bool) bool { return s.typed(depth + 1) })
 	}
 	return false
 }
@@ -171,21 +78,12 @@ func (s *scanner) value(typ []byte, depth int) bool {
 // base64 reads a string of standard base64, as checkValue's isBase64
 // accepts it.
 func (s *scanner) base64() bool {
-	raw, esc, ok := s.str()
+	raw, esc, ok := s.String()
 	if !ok || esc {
 		return false
 	}
 	_, err := base64.StdEncoding.DecodeString(string(raw))
 	return err == nil
-}
-
-func (s *scanner) literal(word string) bool {
-	s.ws()
-	if bytes.HasPrefix(s.b[s.i:], []byte(word)) {
-		s.i += len(word)
-		return true
-	}
-	return false
 }
 
 // compact reports whether data, valid JSON, holds no white space outside
