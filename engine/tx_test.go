@@ -89,6 +89,24 @@ func (v *sqlEnv) exactlyOnce(n int) {
 	}
 }
 
+// recordThreeDiscarded runs h over records 1 to 5 without retries, and
+// fails unless record 3 alone was discarded, its rows undone, and every
+// other record kept its row.
+func (v *sqlEnv) recordThreeDiscarded(h idem.Handler) {
+	v.t.Helper()
+	m := v.mapping(h)
+	m.RetryAttempts(0)
+	e, stop := v.run(m)
+	waitFor(v.t, "5 records resolved", func() bool { s := totals(e); return s.Processed+s.Discarded == 5 })
+	stop()
+	if s := totals(e); s.Processed != 4 || s.Discarded != 1 {
+		v.t.Fatalf("processed %d, discarded %d; want 4 and record 3 discarded", s.Processed, s.Discarded)
+	}
+	if got := fmt.Sprint(v.effects()); got != "map[1:1 2:1 4:1 5:1]" {
+		v.t.Fatalf("rows per record %s; want every record's but 3's", got)
+	}
+}
+
 func (v *sqlEnv) checkpoint(mapping string) idem.Sequence {
 	v.t.Helper()
 	cp, _, err := v.st.Checkpoint(context.Background(), store.CheckpointKey{Mapping: mapping, Stream: "s", Shard: "shardId-000000000000"})
@@ -203,17 +221,7 @@ func TestTransactionalSQLFailures(t *testing.T) {
 			}
 			return err
 		})
-		m := v.mapping(h)
-		m.RetryAttempts(0)
-		e, stop := v.run(m)
-		waitFor(t, "5 records resolved", func() bool { s := totals(e); return s.Processed+s.Discarded == 5 })
-		stop()
-		if s := totals(e); s.Processed != 4 || s.Discarded != 1 {
-			t.Fatalf("processed %d, discarded %d; want 4 and record 3 discarded", s.Processed, s.Discarded)
-		}
-		if got := fmt.Sprint(v.effects()); got != "map[1:1 2:1 4:1 5:1]" {
-			t.Fatalf("rows per record %s; want every record's but 3's", got)
-		}
+		v.recordThreeDiscarded(h)
 	}
 	t.Run("a returned SQL error fails its record only", func(t *testing.T) {
 		v := newSQLEnv(t)
@@ -402,17 +410,7 @@ func TestDeferredSQL(t *testing.T) {
 			}
 			return res, err
 		})
-		m := v.mapping(h)
-		m.RetryAttempts(0)
-		e, stop := v.run(m)
-		waitFor(t, "5 records resolved", func() bool { s := totals(e); return s.Processed+s.Discarded == 5 })
-		stop()
-		if s := totals(e); s.Processed != 4 || s.Discarded != 1 {
-			t.Fatalf("processed %d, discarded %d; want 4 and record 3 discarded", s.Processed, s.Discarded)
-		}
-		if got := fmt.Sprint(v.effects()); got != "map[1:1 2:1 4:1 5:1]" {
-			t.Fatalf("rows per record %s; want every record's but 3's", got)
-		}
+		v.recordThreeDiscarded(h)
 		mu.Lock()
 		got := fmt.Sprint(runs)
 		mu.Unlock()
