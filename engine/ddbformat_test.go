@@ -142,6 +142,21 @@ type ddbMeta struct {
 	IdemRecords      []engine.FailedRecord `json:"idemRecords"`
 }
 
+// onFailure is the two records an on-failure stream holds, the metadata
+// record (decoded into meta) and the record, failing the test at once
+// when it holds another number or the metadata does not decode.
+func (v *env) onFailure(stream string, meta any) []idem.Record {
+	v.t.Helper()
+	failed := v.records(stream)
+	if len(failed) != 2 {
+		v.t.Fatalf("the on-failure stream holds %d records, want the metadata record and the record", len(failed))
+	}
+	if err := json.Unmarshal(failed[0].Data, meta); err != nil {
+		v.t.Fatal(err)
+	}
+	return failed
+}
+
 // TestDynamoDBEventFormat (issue 12): a mapping with eventFormat dynamodb
 // over an embedded stream holding DynamoDB Streams records and changes as
 // Kinesis Data Streams for DynamoDB writes them sends an HTTP function
@@ -183,14 +198,8 @@ func TestDynamoDBEventFormat(t *testing.T) {
 		t.Errorf("the function got\n%q\nwant\n%q", got, want)
 	}
 
-	failed := v.records("changes-failed")
-	if len(failed) != 2 {
-		t.Fatalf("the on-failure stream holds %d records, want the metadata record and the record", len(failed))
-	}
 	var meta ddbMeta
-	if err := json.Unmarshal(failed[0].Data, &meta); err != nil {
-		t.Fatal(err)
-	}
+	failed := v.onFailure("changes-failed", &meta)
 	info := meta.DDBStreamBatchInfo
 	if info == nil || meta.KinesisBatchInfo != nil {
 		t.Fatalf("metadata %s, want DDBStreamBatchInfo and no KinesisBatchInfo", failed[0].Data)
@@ -290,11 +299,11 @@ func TestDynamoDBEventKeyExpressionBadData(t *testing.T) {
 	if got := f.got(); len(got) != 1 || !strings.HasPrefix(got[0], "INSERT order-1 new") {
 		t.Errorf("the function got %q", got)
 	}
-	failed := v.records("failed")
 	var meta ddbMeta
-	if len(failed) != 2 || json.Unmarshal(failed[0].Data, &meta) != nil || meta.DDBStreamBatchInfo == nil ||
-		meta.RequestContext.Condition != "IdempotencyKeyError" || !strings.Contains(meta.IdemErrorMessage, "dynamodb.Keys.id.S: is not a string") {
-		t.Fatalf("on-failure records %d, metadata %s", len(failed), failed[0].Data)
+	failed := v.onFailure("failed", &meta)
+	if meta.DDBStreamBatchInfo == nil || meta.RequestContext.Condition != "IdempotencyKeyError" ||
+		!strings.Contains(meta.IdemErrorMessage, "dynamodb.Keys.id.S: is not a string") {
+		t.Fatalf("metadata %s", failed[0].Data)
 	}
 }
 
@@ -336,14 +345,8 @@ func TestDynamoDBEventProcess(t *testing.T) {
 	if got := strings.Split(strings.TrimSpace(string(b)), "\n"); !slices.Equal(got, want) {
 		t.Errorf("the function got\n%q\nwant\n%q", got, want)
 	}
-	failed := v.records("changes-failed")
-	if len(failed) != 2 {
-		t.Fatalf("the on-failure stream holds %d records, want the metadata record and the record", len(failed))
-	}
 	var meta ddbMeta
-	if err := json.Unmarshal(failed[0].Data, &meta); err != nil {
-		t.Fatal(err)
-	}
+	failed := v.onFailure("changes-failed", &meta)
 	info := meta.DDBStreamBatchInfo
 	if meta.RequestContext.Condition != "RetryAttemptsExhausted" || meta.ResponseContext == nil || info == nil ||
 		info.StartSequenceNumber != string(idem.SequenceOf(2)) || info.BatchSize != 1 || info.StreamArn != ddbTestARN {

@@ -54,15 +54,7 @@ func TestDynamoDBThroughKinesis(t *testing.T) {
 		return out.StreamDescriptionSummary.StreamStatus == kinesistypes.StreamStatusActive, string(out.StreamDescriptionSummary.StreamStatus)
 	})
 	ddb := testsvc.DynamoDBStreams(t, ddbstreams.WithKinesis(kc))
-	db := dynamodb.New(dynamodb.Options{BaseEndpoint: aws.String(ddb.URL), Region: "us-east-1", Credentials: aws.AnonymousCredentials{}})
-	if _, err := db.CreateTable(ctx, &dynamodb.CreateTableInput{
-		TableName:            aws.String("orders"),
-		BillingMode:          ddbtypes.BillingModePayPerRequest,
-		AttributeDefinitions: []ddbtypes.AttributeDefinition{{AttributeName: aws.String("id"), AttributeType: ddbtypes.ScalarAttributeTypeS}},
-		KeySchema:            []ddbtypes.KeySchemaElement{{AttributeName: aws.String("id"), KeyType: ddbtypes.KeyTypeHash}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	db := ordersTable(ctx, t, ddb.URL, nil)
 	if _, err := db.EnableKinesisStreamingDestination(ctx, &dynamodb.EnableKinesisStreamingDestinationInput{
 		TableName: aws.String("orders"), StreamArn: aws.String("arn:aws:kinesis:us-east-1:000000000000:stream/" + name),
 	}); err != nil {

@@ -17,6 +17,24 @@ import (
 	"github.com/idem-run/idem/server"
 )
 
+// ordersTable creates table orders, keyed by a string id, with stream (nil:
+// no DynamoDB stream) on the DynamoDB server at url, and returns a client
+// of that server.
+func ordersTable(ctx context.Context, t *testing.T, url string, stream *ddbtypes.StreamSpecification) *dynamodb.Client {
+	t.Helper()
+	client := dynamodb.New(dynamodb.Options{BaseEndpoint: aws.String(url), Region: "us-east-1", Credentials: aws.AnonymousCredentials{}})
+	if _, err := client.CreateTable(ctx, &dynamodb.CreateTableInput{
+		TableName:            aws.String("orders"),
+		BillingMode:          ddbtypes.BillingModePayPerRequest,
+		AttributeDefinitions: []ddbtypes.AttributeDefinition{{AttributeName: aws.String("id"), AttributeType: ddbtypes.ScalarAttributeTypeS}},
+		KeySchema:            []ddbtypes.KeySchemaElement{{AttributeName: aws.String("id"), KeyType: ddbtypes.KeyTypeHash}},
+		StreamSpecification:  stream,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
 // TestSeed002DynamoDB is seed 002's incident on DynamoDB, end to end
 // through the CLI: a table's stream (the tests' DynamoDB Streams server)
 // read by a mapping to the counter example, with the DynamoDB store. 1,000
@@ -31,17 +49,7 @@ func TestSeed002DynamoDB(t *testing.T) {
 	idemBin, counter := binaries(t)
 	ddb := testsvc.DynamoDBStreams(t)
 	ctx := context.Background()
-	client := dynamodb.New(dynamodb.Options{BaseEndpoint: aws.String(ddb.URL), Region: "us-east-1",
-		Credentials: aws.AnonymousCredentials{}})
-	if _, err := client.CreateTable(ctx, &dynamodb.CreateTableInput{
-		TableName:            aws.String("orders"),
-		BillingMode:          ddbtypes.BillingModePayPerRequest,
-		AttributeDefinitions: []ddbtypes.AttributeDefinition{{AttributeName: aws.String("id"), AttributeType: ddbtypes.ScalarAttributeTypeS}},
-		KeySchema:            []ddbtypes.KeySchemaElement{{AttributeName: aws.String("id"), KeyType: ddbtypes.KeyTypeHash}},
-		StreamSpecification:  &ddbtypes.StreamSpecification{StreamEnabled: aws.Bool(true), StreamViewType: ddbtypes.StreamViewTypeNewAndOldImages},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	client := ordersTable(ctx, t, ddb.URL, &ddbtypes.StreamSpecification{StreamEnabled: aws.Bool(true), StreamViewType: ddbtypes.StreamViewTypeNewAndOldImages})
 	const (
 		total      = 1000
 		items      = 100

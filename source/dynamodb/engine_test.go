@@ -97,29 +97,13 @@ func runRollover(t *testing.T, hideLineage bool) string {
 		return nil
 	})
 
-	db, err := pebbledb.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
 	var src source.Driver = tb.src
 	if hideLineage {
 		src = driverOnly{tb.src}
 	}
-	e := engine.New(stembedded.New(db), engine.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), engine.WithShardDiscovery(50*time.Millisecond))
-	if err := e.Add(engine.Mapping{Name: "m", Stream: "orders", Source: src, Function: "f", Invoker: gofunc.New(h),
-		StartingPosition: source.TrimHorizon, BatchSize: 5}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	e, stop := startEngine(t, openDB(t), engine.Mapping{Name: "m", Stream: "orders", Source: src, Function: "f", Invoker: gofunc.New(h),
+		StartingPosition: source.TrimHorizon, BatchSize: 5}, engine.WithShardDiscovery(50*time.Millisecond))
+	defer stop()
 
 	version := 0
 	write := func() {
@@ -188,6 +172,44 @@ func runRollover(t *testing.T, hideLineage bool) string {
 	return ""
 }
 
+// openDB is an embedded database in a temporary directory, closed when
+// the test ends.
+func openDB(t *testing.T) *pebbledb.DB {
+	t.Helper()
+	db, err := pebbledb.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// startEngine runs an engine with mapping m over an embedded store on db.
+// stop cancels the run and waits for it, failing the test (not at once)
+// when Run returned an error; it returns that error, and does nothing
+// when called again.
+func startEngine(t *testing.T, db *pebbledb.DB, m engine.Mapping, opts ...engine.Option) (e *engine.Engine, stop func() error) {
+	t.Helper()
+	e = engine.New(stembedded.New(db), append([]engine.Option{engine.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, opts...)...)
+	if err := e.Add(m); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	var once sync.Once
+	var err error
+	return e, func() error {
+		once.Do(func() {
+			cancel()
+			if err = <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+		return err
+	}
+}
+
 func waitUntil(t *testing.T, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -205,11 +227,7 @@ func waitUntil(t *testing.T, what string, ok func() bool) {
 // many), logs them, and runs the records kept, each once.
 func TestTrimmedCountedLost(t *testing.T) {
 	tb := newTable(t, ddbtypes.StreamViewTypeNewImage)
-	db, err := pebbledb.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openDB(t)
 	var mu sync.Mutex
 	var seen []string
 	h := idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
@@ -234,20 +252,14 @@ func TestTrimmedCountedLost(t *testing.T) {
 		return len(seen)
 	}
 	run := func(until func() bool) []engine.ShardStatus {
-		e := engine.New(stembedded.New(db), engine.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-		if err := e.Add(engine.Mapping{Name: "m", Stream: "orders", Source: tb.src, Function: "f", Invoker: gofunc.New(h),
-			StartingPosition: source.TrimHorizon, BatchSize: 10}); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- e.Run(ctx) }()
+		e, stop := startEngine(t, db, engine.Mapping{Name: "m", Stream: "orders", Source: tb.src, Function: "f", Invoker: gofunc.New(h),
+			StartingPosition: source.TrimHorizon, BatchSize: 10})
+		defer stop()
 		waitUntil(t, "the records", until)
 		time.Sleep(50 * time.Millisecond) // let the commit land
 		status := e.Status()
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatalf("Run: %v", err)
+		if stop() != nil {
+			t.FailNow() // stop reported Run's error
 		}
 		return status
 	}
@@ -330,26 +342,10 @@ func TestDynamoDBEventThroughEngine(t *testing.T) {
 		return json.Marshal(resp)
 	})
 
-	db, err := pebbledb.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	e := engine.New(stembedded.New(db), engine.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-	if err := e.Add(engine.Mapping{Name: "m", Stream: "orders", Source: tb.src, Function: "f", Invoker: gofunc.NewInvoke(h),
+	e, stop := startEngine(t, openDB(t), engine.Mapping{Name: "m", Stream: "orders", Source: tb.src, Function: "f", Invoker: gofunc.NewInvoke(h),
 		StartingPosition: source.TrimHorizon, BatchSize: 10, EventFormat: idem.EventFormatDynamoDB, ReportBatchItemFailures: true,
-		RetryBaseDelay: time.Millisecond, RetryMaxDelay: 5 * time.Millisecond}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+		RetryBaseDelay: time.Millisecond, RetryMaxDelay: 5 * time.Millisecond})
+	defer stop()
 	processed := func() uint64 {
 		var n uint64
 		for _, s := range e.Status() {
