@@ -165,7 +165,10 @@ func (c *commit) discard(s *shard, recs []idem.Record, condition string, invokes
 
 // commitWrite writes c, with the checkpoint and the scope's progress or marks it
 // implies, in one atomic store write. A store failure is retried a few times;
-// then it is returned, and the shard restarts from its durable checkpoint.
+// then it is returned, and the shard restarts from its durable checkpoint. A
+// write the store refuses for its size (store.ErrWriteTooLarge) is returned
+// at once, leaving the window as it was: commitCompleted commits fewer
+// records instead.
 //
 // When the handler wrote in the invocation's store transaction, the write
 // goes through that transaction instead, once: a failed commit undid the

@@ -71,7 +71,7 @@ func (s *shard) waitForParents(ctx context.Context) bool {
 		return true
 	}
 	for attempt := 1; ; attempt++ {
-		finished := s.m.finishedSignal() // taken first: a finish after the check wakes the wait
+		ended := s.m.shardEndedSignal() // taken first: an end after the check wakes the wait
 		done, err := s.parentsFinished(ctx, lin)
 		switch {
 		case err != nil && ctx.Err() == nil:
@@ -87,7 +87,7 @@ func (s *shard) waitForParents(ctx context.Context) bool {
 			t.Stop()
 			return false
 		case <-t.C:
-		case <-finished:
+		case <-ended:
 			t.Stop()
 		}
 	}

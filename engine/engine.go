@@ -167,7 +167,7 @@ func (e *Engine) Add(m Mapping) error {
 		}
 	}
 	mp := &mapping{e: e, cfg: m, keyer: k, filters: filters, permanent: make(map[string]bool), txd: txDriver(e.store, m.Invoker), scopeFilters: map[string]*filterSet{},
-		rediscover: make(chan struct{}, 1), finished: make(chan struct{})}
+		rediscover: make(chan struct{}, 1), shardEnded: make(chan struct{})}
 	if c, ok := e.store.(store.Claims); ok {
 		mp.journal = &journal{claims: c, legacy: &e.legacy, scope: m.Scope, lease: m.FunctionTimeout, retention: m.MarkRetention, now: e.now, tracer: e.tracer}
 	}

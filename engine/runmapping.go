@@ -33,11 +33,11 @@ type mapping struct {
 
 	// rediscover asks discover to list the shards now, rather than at
 	// its next tick: a shard was read to its end, and its children are
-	// to start. finished is closed, and replaced, each time a shard of
+	// to start. shardEnded is closed, and replaced, each time a shard of
 	// the mapping is read to its end, waking the children waiting for
 	// their parents (waitForParents). Both guarded by mu.
 	rediscover chan struct{}
-	finished   chan struct{}
+	shardEnded chan struct{}
 }
 
 // shardFinished tells the mapping that one of its shards, closed, was read
@@ -47,17 +47,17 @@ type mapping struct {
 func (m *mapping) shardFinished() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	close(m.finished)
-	m.finished = make(chan struct{})
+	close(m.shardEnded)
+	m.shardEnded = make(chan struct{})
 	select {
 	case m.rediscover <- struct{}{}:
 	default:
 	}
 }
 
-// finishedSignal returns the channel the next shardFinished closes.
-func (m *mapping) finishedSignal() <-chan struct{} {
+// shardEndedSignal returns the channel the next shardFinished closes.
+func (m *mapping) shardEndedSignal() <-chan struct{} {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.finished
+	return m.shardEnded
 }
