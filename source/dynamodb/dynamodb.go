@@ -290,7 +290,7 @@ func newSource(ctx context.Context, o options) (*Source, error) {
 func latestStream(ctx context.Context, api tablesAPI, table string) (string, error) {
 	out, err := api.DescribeTable(ctx, &awsddb.DescribeTableInput{TableName: aws.String(table)})
 	if err != nil {
-		if errorCode(err) == "ResourceNotFoundException" {
+		if shards.HasCode(err, "ResourceNotFoundException") {
 			return "", fmt.Errorf("dynamodb: table %q: %w: %w", table, source.ErrStreamNotFound, err)
 		}
 		return "", fmt.Errorf("dynamodb: describing table %q: %w", table, err)
@@ -408,14 +408,10 @@ func (s *Source) shard(ctx context.Context, shardID string) (*shard, error) {
 	if s.closed() {
 		return nil, ErrClosed
 	}
-	sh, err := s.shards.Lookup(ctx, shardID, func(ctx context.Context) error {
+	return s.shards.Find(ctx, shardID, func(ctx context.Context) error {
 		_, err := s.ShardInfos(ctx)
 		return err
-	})
-	if err == nil && sh == nil {
-		err = shards.NoShard("dynamodb", "stream "+s.arn, shardID, source.ErrShardNotFound)
-	}
-	return sh, err
+	}, "dynamodb", "stream "+s.arn)
 }
 
 // sleep waits d, or until ctx is done or s is closed.

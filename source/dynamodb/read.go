@@ -39,7 +39,13 @@ type (
 
 func recordSeq(r idem.Record) idem.Sequence { return r.Sequence }
 
-func recordSize(r idem.Record) int { return len(r.Data) }
+// records: cursors hold the idem.Records that Read returns, whose Data
+// sizes its maxBytes counts.
+var records = shards.Records[idem.Record]{
+	Seq:    recordSeq,
+	Size:   func(r idem.Record) int { return len(r.Data) },
+	Record: func(_ string, r idem.Record) idem.Record { return r },
+}
 
 // Read returns up to limit records of shard above after, at most maxBytes
 // of data (at least one record when there is one). Records fetched beyond
@@ -54,26 +60,7 @@ func (s *Source) Read(ctx context.Context, shardID string, after idem.Sequence, 
 	if err != nil {
 		return source.ReadResult{}, err
 	}
-	if sh.Info().Ended(after) {
-		// A closed shard read (or lost) to its end: nothing to ask, and
-		// DynamoDB may have dropped the shard by now.
-		return source.ReadResult{Latest: sh.Latest()}, nil
-	}
-	c := sh.Cursor(after)
-	defer c.Unlock()
-	if err := s.fill(ctx, sh, c, after); err != nil {
-		if errors.Is(err, errThrottled) {
-			return source.ReadResult{Latest: sh.Latest()}, nil
-		}
-		// The cursor's state is unknown: start afresh next time.
-		c.Drop()
-		return source.ReadResult{}, err
-	}
-	var res source.ReadResult
-	res.Lost, res.Trimmed = c.Loss()
-	res.Records = c.Take(sh, limit, maxBytes, recordSize, recordSeq)
-	res.Latest = sh.Latest()
-	return res, nil
+	return sh.Read(after, limit, maxBytes, errThrottled, func(c *cursor) error { return s.fill(ctx, sh, c, after) }, records)
 }
 
 // fill makes sure c holds records to return, with a bounded number of
@@ -293,22 +280,5 @@ func (s *Source) Finished(ctx context.Context, shardID string, after idem.Sequen
 	if !info.Closed() && !c.Ended {
 		return false, nil
 	}
-	for range callsPerRead {
-		if err := s.fill(ctx, sh, c, after); err != nil {
-			if errors.Is(err, errThrottled) {
-				return false, nil
-			}
-			c.Drop()
-			return false, err
-		}
-		if len(c.Buf) > 0 || c.PendingLoss() {
-			// Records to read, or a loss (an expired shard) that a Read
-			// must report first.
-			return false, nil
-		}
-		if c.Ended {
-			return true, nil
-		}
-	}
-	return false, nil
+	return c.ReadToEnd(callsPerRead, errThrottled, func(c *cursor) error { return s.fill(ctx, sh, c, after) })
 }

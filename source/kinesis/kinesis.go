@@ -375,14 +375,10 @@ func (s *Source) shard(ctx context.Context, shardID string) (*shard, error) {
 	if s.closed() {
 		return nil, ErrClosed
 	}
-	sh, err := s.shards.Lookup(ctx, shardID, func(ctx context.Context) error {
+	return s.shards.Find(ctx, shardID, func(ctx context.Context) error {
 		_, err := s.ShardInfos(ctx)
 		return err
-	})
-	if err == nil && sh == nil {
-		err = shards.NoShard("kinesis", fmt.Sprintf("stream %q", s.stream), shardID, source.ErrShardNotFound)
-	}
-	return sh, err
+	}, "kinesis", fmt.Sprintf("stream %q", s.stream))
 }
 
 // sleep waits d, or until ctx is done or s is closed.

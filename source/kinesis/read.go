@@ -39,7 +39,24 @@ type (
 
 func recordSeq(r types.Record) idem.Sequence { return idem.Sequence(aws.ToString(r.SequenceNumber)) }
 
-func recordSize(r types.Record) int { return len(r.Data) }
+// records: cursors hold the SDK's records, made into idem.Records as Read
+// returns them.
+func (s *Source) records() shards.Records[types.Record] {
+	return shards.Records[types.Record]{
+		Seq:  recordSeq,
+		Size: func(r types.Record) int { return len(r.Data) },
+		Record: func(shardID string, r types.Record) idem.Record {
+			return idem.Record{
+				Stream:       s.stream,
+				ShardID:      shardID,
+				Sequence:     recordSeq(r),
+				PartitionKey: aws.ToString(r.PartitionKey),
+				Data:         r.Data,
+				ArrivalTime:  aws.ToTime(r.ApproximateArrivalTimestamp),
+			}
+		},
+	}
+}
 
 // Read returns up to limit records of shard above after, at most maxBytes
 // of data (at least one record when there is one). Records fetched beyond
@@ -54,40 +71,7 @@ func (s *Source) Read(ctx context.Context, shardID string, after idem.Sequence, 
 	if err != nil {
 		return source.ReadResult{}, err
 	}
-	if sh.Info().Ended(after) {
-		// A closed shard read (or lost) to its end: nothing to ask Kinesis,
-		// which may have expired the shard by now.
-		return source.ReadResult{Latest: sh.Latest()}, nil
-	}
-	c := sh.Cursor(after)
-	defer c.Unlock()
-
-	if err := s.fill(ctx, sh, c, after); err != nil {
-		if errors.Is(err, errThrottled) {
-			return source.ReadResult{Latest: sh.Latest()}, nil
-		}
-		// The cursor's state is unknown: start afresh next time.
-		c.Drop()
-		return source.ReadResult{}, err
-	}
-
-	var res source.ReadResult
-	res.Lost, res.Trimmed = c.Loss()
-	if recs := c.Take(sh, limit, maxBytes, recordSize, recordSeq); len(recs) > 0 {
-		res.Records = make([]idem.Record, len(recs))
-		for i, r := range recs {
-			res.Records[i] = idem.Record{
-				Stream:       s.stream,
-				ShardID:      sh.ID,
-				Sequence:     recordSeq(r),
-				PartitionKey: aws.ToString(r.PartitionKey),
-				Data:         r.Data,
-				ArrivalTime:  aws.ToTime(r.ApproximateArrivalTimestamp),
-			}
-		}
-	}
-	res.Latest = sh.Latest()
-	return res, nil
+	return sh.Read(after, limit, maxBytes, errThrottled, func(c *cursor) error { return s.fill(ctx, sh, c, after) }, s.records())
 }
 
 // errThrottled: Kinesis kept throttling; Read returns nothing this time.
@@ -326,22 +310,5 @@ func (s *Source) Finished(ctx context.Context, shardID string, after idem.Sequen
 	}
 	c := sh.Cursor(after)
 	defer c.Unlock()
-	for range callsPerRead {
-		if err := s.fill(ctx, sh, c, after); err != nil {
-			if errors.Is(err, errThrottled) {
-				return false, nil
-			}
-			c.Drop()
-			return false, err
-		}
-		if len(c.Buf) > 0 || c.PendingLoss() {
-			// Records to read, or a loss (an expired shard) that a Read
-			// must report first.
-			return false, nil
-		}
-		if c.Ended {
-			return true, nil
-		}
-	}
-	return false, nil
+	return c.ReadToEnd(callsPerRead, errThrottled, func(c *cursor) error { return s.fill(ctx, sh, c, after) })
 }

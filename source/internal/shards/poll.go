@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -70,17 +71,22 @@ func (s *Set[R]) Wait(ctx context.Context, id string, after idem.Sequence, poll 
 	return nil
 }
 
-// Lookup returns shard id, calling relist (a source's listing of its
-// shards, which updates s) once when it is not known yet; nil when the
-// stream has no such shard even then.
-func (s *Set[R]) Lookup(ctx context.Context, id string, relist func(context.Context) error) (*Shard[R], error) {
+// Find returns shard id, calling relist (a source's listing of its shards,
+// which updates s) once when it is not known yet: a shard created since the
+// last listing. When the stream has no such shard even then, the error
+// names the source (name, the prefix of its errors) and its stream (where),
+// and wraps source.ErrShardNotFound.
+func (s *Set[R]) Find(ctx context.Context, id string, relist func(context.Context) error, name, where string) (*Shard[R], error) {
 	if sh := s.Get(id); sh != nil {
 		return sh, nil
 	}
 	if err := relist(ctx); err != nil {
 		return nil, err
 	}
-	return s.Get(id), nil
+	if sh := s.Get(id); sh != nil {
+		return sh, nil
+	}
+	return nil, fmt.Errorf("%s: %s has no shard %q: %w", name, where, id, source.ErrShardNotFound)
 }
 
 // RetryLogged is Retry for a source named name (the prefix of its log
@@ -96,23 +102,26 @@ func RetryLogged(ctx context.Context, log *slog.Logger, name, shard, what string
 	return err
 }
 
-// NoShard is the error of a source whose stream (named by where) has no
-// shard id; it wraps notFound (source.ErrShardNotFound).
-func NoShard(name, where, id string, notFound error) error {
-	return fmt.Errorf("%s: %s has no shard %q: %w", name, where, id, notFound)
+// HasCode reports whether err is an AWS service error with one of codes.
+// The SDK's typed exceptions (types.ExpiredIteratorException and the like)
+// report their own name as their code, so one check covers them and the
+// errors of services or fakes that answer with a code the SDK has no type
+// for.
+func HasCode(err error, codes ...string) bool {
+	var ae smithy.APIError
+	return errors.As(err, &ae) && slices.Contains(codes, ae.ErrorCode())
 }
 
 // Wrap adds to err, a call's failure, the source's name, its stream
-// (where), the shard (when not "") and what it was doing, and, when
-// notFound (the service's ResourceNotFoundException), source.ErrShardNotFound
-// if the service's message names a shard, source.ErrStreamNotFound
-// otherwise: both services answer a missing shard and a missing stream
-// with the one exception type.
-func Wrap(err error, name, where, shard, doing string, notFound bool) error {
+// (where), the shard (when not "") and what it was doing, and, for a
+// ResourceNotFoundException, source.ErrShardNotFound if the service's
+// message names a shard, source.ErrStreamNotFound otherwise: both services
+// answer a missing shard and a missing stream with the one exception type.
+func Wrap(err error, name, where, shard, doing string) error {
 	if shard != "" {
 		where += " shard " + shard
 	}
-	if notFound {
+	if HasCode(err, "ResourceNotFoundException") {
 		var ae smithy.APIError
 		if shard != "" && errors.As(err, &ae) && strings.Contains(strings.ToLower(ae.ErrorMessage()), "shard") {
 			return fmt.Errorf("%s: %s: %s: %w: %w", name, where, doing, source.ErrShardNotFound, err)

@@ -7,6 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/aws/smithy-go"
+
 	"github.com/idem-run/idem"
 )
 
@@ -161,5 +165,59 @@ func TestRetry(t *testing.T) {
 	})
 	if err != nil || calls != 2 {
 		t.Fatalf("Retry = %v after %d calls, want success after 2", err, calls)
+	}
+}
+
+// TestHasCode: a typed exception answers to its name, as an untyped error
+// with the same code does, through wrapping.
+func TestHasCode(t *testing.T) {
+	typed := fmt.Errorf("op: %w", &types.ExpiredIteratorException{Message: aws.String("expired")})
+	generic := fmt.Errorf("op: %w", &smithy.GenericAPIError{Code: "ThrottlingException"})
+	switch {
+	case !HasCode(typed, "ExpiredIteratorException"), HasCode(typed, "ThrottlingException"):
+		t.Error("HasCode wrong for a typed exception")
+	case !HasCode(generic, "LimitExceededException", "ThrottlingException"), HasCode(generic):
+		t.Error("HasCode wrong for a generic API error")
+	case HasCode(errors.New("ExpiredIteratorException"), "ExpiredIteratorException"):
+		t.Error("HasCode true for an error that is no API error")
+	}
+}
+
+// TestShardRead: Read hands out what fill buffered, returns nothing and no
+// error when fill was throttled, and drops the cursor on any other error;
+// ReadToEnd is true once fill met the end of the shard.
+func TestShardRead(t *testing.T) {
+	throttled := errors.New("throttled")
+	recs := Records[rec]{Seq: seqOf, Size: sizeOf, Record: func(id string, r rec) idem.Record {
+		return idem.Record{ShardID: id, Sequence: r.seq}
+	}}
+	sh := &Shard[rec]{ID: "s"}
+	it := "it"
+	res, err := sh.Read("", 10, 100, throttled, func(c *Cursor[rec]) error {
+		_, err := c.Add(sh, &it, []rec{{"1", 1}, {"2", 1}}, seqOf)
+		return err
+	}, recs)
+	if err != nil || len(res.Records) != 2 || res.Records[1].Sequence != "2" || res.Records[1].ShardID != "s" || res.Latest != "2" {
+		t.Fatalf("Read = %+v, %v", res, err)
+	}
+	res, err = sh.Read("2", 10, 100, throttled, func(*Cursor[rec]) error { return fmt.Errorf("x: %w", throttled) }, recs)
+	if err != nil || len(res.Records) != 0 || res.Latest != "2" {
+		t.Fatalf("throttled Read = %+v, %v", res, err)
+	}
+	failed := errors.New("failed")
+	if _, err := sh.Read("2", 10, 100, throttled, func(c *Cursor[rec]) error {
+		c.Buf = []rec{{"3", 1}}
+		return failed
+	}, recs); err != failed || sh.Buffered("2") {
+		t.Fatalf("failed Read: %v, buffered %v", err, sh.Buffered("2"))
+	}
+	c := sh.Cursor("2")
+	done, err := c.ReadToEnd(3, throttled, func(c *Cursor[rec]) error {
+		_, err := c.Add(sh, nil, nil, seqOf)
+		return err
+	})
+	c.Unlock()
+	if !done || err != nil {
+		t.Fatalf("ReadToEnd = %v, %v; want true", done, err)
 	}
 }
