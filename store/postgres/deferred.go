@@ -231,13 +231,14 @@ func (t *Tx) prepared(ctx context.Context, rec int, conn *pgx.Conn, sql string) 
 	if len(set) >= maxPrepared {
 		return nil, nil
 	}
-	if err := t.flushFirst(ctx); err != nil {
-		return nil, err
+	var err error
+	if rec < 0 {
+		err = t.flushFirst(ctx)
+	} else {
+		_, err = t.start(ctx, true)
 	}
-	if rec >= 0 {
-		if err := t.setOpening(); err != nil {
-			return nil, err
-		}
+	if err != nil {
+		return nil, err
 	}
 	// Named after its text, as pgx names a statement prepared with
 	// Conn.Prepare(ctx, sql, sql).
@@ -372,33 +373,30 @@ func (t *Tx) flush(ctx context.Context, running int) {
 	}
 	done, cur := queue[:cut], queue[cut:]
 
-	var reqs []request
-	begins := !t.begun
-	if begins {
-		reqs = append(reqs, request{sql: "BEGIN"})
-	}
+	// The opening statements, split: BEGIN first, the running record's
+	// savepoint just before its statements.
+	reqs := appendSQL(nil, t.beginning()...)
+	begins := len(reqs) > 0
 	if len(done) > 0 {
-		reqs = append(reqs, request{sql: "SAVEPOINT " + flushSavepoint})
+		reqs = appendSQL(reqs, "SAVEPOINT "+flushSavepoint)
 		reqs = t.appendDeferred(reqs, done, false)
-		reqs = append(reqs, request{sql: "RELEASE SAVEPOINT " + flushSavepoint})
+		reqs = appendSQL(reqs, "RELEASE SAVEPOINT "+flushSavepoint)
 	}
-	setSavepoint := len(cur) > 0 && t.pending
-	if setSavepoint {
-		for _, sql := range t.recordSavepoint() {
-			reqs = append(reqs, request{sql: sql})
-		}
+	var sp []string
+	if len(cur) > 0 {
+		sp = t.recordSavepoint()
+		reqs = appendSQL(reqs, sp...)
 	}
 	reqs = t.appendDeferred(reqs, cur, true)
 
 	r, err := t.send(ctx, reqs)
-	if begins && (err == nil || r > 0) {
-		t.begun = true // BEGIN, the pipeline's first statement, ran
+	// BEGIN ran when the pipeline got past it; the running record's
+	// savepoint, when it succeeded or one of its statements failed.
+	spSet := len(sp) > 0 && (err == nil || isStatementErr(err) && reqs[r].cur)
+	if begins && (err == nil || r > 0) || spSet {
+		t.noteOpening(nil, spSet)
 	}
 	if err == nil {
-		if setSavepoint {
-			t.pending = false
-			t.noteOpening(nil, true)
-		}
 		return
 	}
 	if pgconn.SafeToRetry(err) {
@@ -415,10 +413,6 @@ func (t *Tx) flush(ctx context.Context, running int) {
 	if reqs[r].cur {
 		// The running record's statement: its savepoint, sent before it,
 		// is set.
-		if setSavepoint {
-			t.pending = false
-			t.noteOpening(nil, true)
-		}
 		t.fail(k, err)
 		return
 	}
@@ -428,9 +422,9 @@ func (t *Tx) flush(ctx context.Context, running int) {
 	// runs under the engine's context.
 	for k >= 0 && k != t.spRec {
 		m := slices.IndexFunc(done, func(d deferred) bool { return d.rec == k })
-		reqs = append(reqs[:0], request{sql: "ROLLBACK TO SAVEPOINT " + flushSavepoint})
+		reqs = appendSQL(reqs[:0], "ROLLBACK TO SAVEPOINT "+flushSavepoint)
 		reqs = t.appendDeferred(reqs, done[:m], false)
-		reqs = append(reqs, request{sql: "RELEASE SAVEPOINT " + flushSavepoint})
+		reqs = appendSQL(reqs, "RELEASE SAVEPOINT "+flushSavepoint)
 		r, rerr := t.send(t.engineCtx(), reqs)
 		if rerr == nil {
 			break
@@ -454,13 +448,21 @@ func (t *Tx) appendDeferred(reqs []request, ds []deferred, cur bool) []request {
 		return reqs
 	}
 	if t.s.customPlans {
-		reqs = append(reqs, request{sql: "SET LOCAL plan_cache_mode = auto"})
+		reqs = appendSQL(reqs, "SET LOCAL plan_cache_mode = auto")
 	}
 	for i := range ds {
 		reqs = append(reqs, request{d: &ds[i], cur: cur})
 	}
 	if t.s.customPlans {
-		reqs = append(reqs, request{sql: "SET LOCAL plan_cache_mode = force_custom_plan"})
+		reqs = appendSQL(reqs, "SET LOCAL plan_cache_mode = force_custom_plan")
+	}
+	return reqs
+}
+
+// appendSQL appends the flush's own statements sqls to reqs.
+func appendSQL(reqs []request, sqls ...string) []request {
+	for _, sql := range sqls {
+		reqs = append(reqs, request{sql: sql})
 	}
 	return reqs
 }
@@ -530,7 +532,9 @@ func (t *Tx) fail(k int, err error) {
 	}
 	err = &DeferredError{Record: k, Err: err}
 	if k == t.spRec {
-		if rerr := t.rollbackToSavepoint(); rerr != nil {
+		// Under the engine's context: a handler's deadline must not leave
+		// a record half undone.
+		if rerr := t.rollbackToSavepoint(t.engineCtx()); rerr != nil {
 			t.breaks(rerr)
 			return
 		}
@@ -542,11 +546,9 @@ func (t *Tx) fail(k int, err error) {
 	t.failure = &deferFailure{rec: k, err: err}
 }
 
-// rollbackToSavepoint rolls back to the running savepoint, under the
-// engine's context: a handler's deadline must not leave a record half
-// undone.
-func (t *Tx) rollbackToSavepoint() error {
-	_, err := t.conn.Exec(t.engineCtx(), "ROLLBACK TO SAVEPOINT "+savepoint)
+// rollbackToSavepoint rolls back to the records' savepoint (spRec's).
+func (t *Tx) rollbackToSavepoint(ctx context.Context) error {
+	_, err := t.conn.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepoint)
 	return err
 }
 

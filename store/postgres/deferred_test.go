@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"slices"
 	"strings"
 	"testing"
 
@@ -43,18 +42,53 @@ func checkTable(t *testing.T, s *Store) (table, insert string) {
 	return table, "INSERT INTO " + table + " (id, v) VALUES ($1, $2)"
 }
 
+// deferFixture is a Defer test's store, with a check table (checkTable),
+// and a transaction in which record index 0 deferred the row "a".
+type deferFixture struct {
+	s             *Store
+	tx            *Tx
+	h             pgx.Tx
+	table, insert string
+}
+
+func newDeferFixture(t *testing.T) *deferFixture {
+	t.Helper()
+	s, _ := openStore(t)
+	table, insert := checkTable(t, s)
+	tx, h := begin(t, s)
+	f := &deferFixture{s: s, tx: tx, h: h, table: table, insert: insert}
+	f.record(t, 0, "a", 1)
+	return f
+}
+
+// record begins record index i, which defers the row id with v.
+func (f *deferFixture) record(t *testing.T, i int, id string, v int) {
+	t.Helper()
+	f.tx.BeginRecord(context.Background(), i)
+	f.row(t, id, v)
+}
+
+// row defers the row id with v as the running record's.
+func (f *deferFixture) row(t *testing.T, id string, v int) {
+	t.Helper()
+	deferIn(t, f.tx, f.insert, id, v)
+}
+
+// commit commits the transaction and checks the rows it left.
+func (f *deferFixture) commit(t *testing.T, want ...string) {
+	t.Helper()
+	commitTx(t, f.tx, "0")
+	wantRows(t, f.s, f.table, want...)
+}
+
 // TestDeferThenRead: what a record deferred is sent before its next
 // synchronous statement, so the statement sees it, and nothing before:
 // another connection sees nothing until the commit.
 func TestDeferThenRead(t *testing.T) {
-	s, _ := openStore(t)
 	ctx := context.Background()
-	table, insert := checkTable(t, s)
-	tx, h := begin(t, s)
-	tx.BeginRecord(ctx, 0)
-	deferIn(t, tx, insert, "a", 1)
-	tx.BeginRecord(ctx, 1)
-	deferIn(t, tx, insert, "b", 1)
+	f := newDeferFixture(t)
+	s, tx, h, table := f.s, f.tx, f.h, f.table
+	f.record(t, 1, "b", 1)
 	if len(tx.queue) != 2 {
 		t.Fatalf("%d statements held back, want 2", len(tx.queue))
 	}
@@ -76,10 +110,7 @@ func TestDeferThenRead(t *testing.T) {
 	if err := tx.AbortRecord(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	commitTx(t, tx, "0")
-	if got := rows(t, s, table); !slices.Equal(got, []string{"a"}) {
-		t.Fatalf("rows %v, want [a]", got)
-	}
+	f.commit(t, "a")
 }
 
 // TestDeferFailsEarlierRecord: record 2's deferred statement fails when
@@ -87,17 +118,12 @@ func TestDeferThenRead(t *testing.T) {
 // failure, naming record 2, and so does every later statement; records 2
 // and 3 hold nothing, and record 1 commits its row.
 func TestDeferFailsEarlierRecord(t *testing.T) {
-	s, _ := openStore(t)
 	ctx := context.Background()
-	table, insert := checkTable(t, s)
-	tx, h := begin(t, s)
-	tx.BeginRecord(ctx, 0)
-	deferIn(t, tx, insert, "a", 1)
-	tx.BeginRecord(ctx, 1)
-	deferIn(t, tx, insert, "b", 1)
-	deferIn(t, tx, insert, "b2", -1)
-	tx.BeginRecord(ctx, 2)
-	deferIn(t, tx, insert, "c", 1)
+	f := newDeferFixture(t)
+	tx, h, insert := f.tx, f.h, f.insert
+	f.record(t, 1, "b", 1)
+	f.row(t, "b2", -1)
+	f.record(t, 2, "c", 1)
 	_, err := h.Exec(ctx, insert, "c2", 1)
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != "23514" || !strings.Contains(err.Error(), "record 2 deferred") {
@@ -121,10 +147,7 @@ func TestDeferFailsEarlierRecord(t *testing.T) {
 	if err := tx.Check(); err != nil {
 		t.Fatalf("Check after the failure: %v; want a transaction that commits the records before it", err)
 	}
-	commitTx(t, tx, "0")
-	if got := rows(t, s, table); !slices.Equal(got, []string{"a"}) {
-		t.Fatalf("rows %v, want [a]", got)
-	}
+	f.commit(t, "a")
 }
 
 // TestDeferFailureReplay: the batch's statements share one savepoint, so
@@ -169,9 +192,7 @@ func TestDeferFailureReplay(t *testing.T) {
 				t.Fatalf("Flush = %d, %v; want the failure at record index %d", k, err, c.failed)
 			}
 			commitTx(t, tx, c.name)
-			if got := rows(t, s, table); !slices.Equal(got, c.want) {
-				t.Fatalf("rows %v, want %v", got, c.want)
-			}
+			wantRows(t, s, table, c.want...)
 		})
 	}
 }
@@ -180,72 +201,52 @@ func TestDeferFailureReplay(t *testing.T) {
 // its deferred one failed has that statement undone too, by its own
 // savepoint, and the records before it keep theirs.
 func TestDeferOwnSavepoint(t *testing.T) {
-	s, _ := openStore(t)
 	ctx := context.Background()
-	table, insert := checkTable(t, s)
-	tx, h := begin(t, s)
-	tx.BeginRecord(ctx, 0)
-	deferIn(t, tx, insert, "a", 1)
-	tx.BeginRecord(ctx, 1)
-	if _, err := h.Exec(ctx, insert, "b", 1); err != nil {
+	f := newDeferFixture(t)
+	f.tx.BeginRecord(ctx, 1)
+	if _, err := f.h.Exec(ctx, f.insert, "b", 1); err != nil {
 		t.Fatal(err)
 	}
-	deferIn(t, tx, insert, "b2", -1)
-	tx.BeginRecord(ctx, 2)
-	deferIn(t, tx, insert, "c", 1)
-	if k, err := tx.Flush(ctx, -1); k != 1 || err == nil {
+	f.row(t, "b2", -1)
+	f.record(t, 2, "c", 1)
+	if k, err := f.tx.Flush(ctx, -1); k != 1 || err == nil {
 		t.Fatalf("Flush = %d, %v; want the failure at record index 1", k, err)
 	}
-	commitTx(t, tx, "0")
-	if got := rows(t, s, table); !slices.Equal(got, []string{"a"}) {
-		t.Fatalf("rows %v, want [a]", got)
-	}
+	f.commit(t, "a")
 }
 
 // TestDeferAbortRecord: a record that fails has its deferred statements
 // dropped unsent, or undone when a statement of its own sent them.
 func TestDeferAbortRecord(t *testing.T) {
-	s, _ := openStore(t)
 	ctx := context.Background()
-	table, insert := checkTable(t, s)
-	tx, h := begin(t, s)
-	tx.BeginRecord(ctx, 0)
-	deferIn(t, tx, insert, "a", 1)
-	tx.BeginRecord(ctx, 1)
-	deferIn(t, tx, insert, "b", 1)
+	f := newDeferFixture(t)
+	tx := f.tx
+	f.record(t, 1, "b", 1)
 	if err := tx.AbortRecord(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	tx.BeginRecord(ctx, 2)
-	deferIn(t, tx, insert, "c", 1)
-	if _, err := h.Exec(ctx, "SELECT 1"); err != nil {
+	f.record(t, 2, "c", 1)
+	if _, err := f.h.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
-	deferIn(t, tx, insert, "c2", 1)
+	f.row(t, "c2", 1)
 	if err := tx.AbortRecord(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
-	tx.BeginRecord(ctx, 3)
-	deferIn(t, tx, insert, "d", 1)
+	f.record(t, 3, "d", 1)
 	if k, err := tx.Flush(ctx, -1); err != nil {
 		t.Fatalf("Flush = %d, %v", k, err)
 	}
-	commitTx(t, tx, "0")
-	if got := rows(t, s, table); !slices.Equal(got, []string{"a", "d"}) {
-		t.Fatalf("rows %v, want [a d]", got)
-	}
+	f.commit(t, "a", "d")
 }
 
 // TestDeferRefused: a statement that cannot be prepared, arguments that
 // do not fit it, and per-statement options fail at Defer and fail the
 // record (Check), without touching the records before it.
 func TestDeferRefused(t *testing.T) {
-	s, _ := openStore(t)
 	ctx := context.Background()
-	table, insert := checkTable(t, s)
-	tx, _ := begin(t, s)
-	tx.BeginRecord(ctx, 0)
-	deferIn(t, tx, insert, "a", 1)
+	f := newDeferFixture(t)
+	tx, table, insert := f.tx, f.table, f.insert
 	for i, c := range []struct {
 		sql  string
 		args []any
@@ -272,10 +273,7 @@ func TestDeferRefused(t *testing.T) {
 	if k, err := tx.Flush(ctx, -1); err != nil {
 		t.Fatalf("Flush = %d, %v", k, err)
 	}
-	commitTx(t, tx, "0")
-	if got := rows(t, s, table); !slices.Equal(got, []string{"a"}) {
-		t.Fatalf("rows %v, want [a]", got)
-	}
+	f.commit(t, "a")
 }
 
 // TestDeferNoTx: Defer and DeferBatch say ErrNoTx outside an idem

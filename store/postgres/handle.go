@@ -47,10 +47,7 @@ func (h *txHandle) Begin(ctx context.Context) (pgx.Tx, error) {
 // CopyFrom runs COPY after the record's savepoint is set: COPY cannot share
 // its round trip.
 func (h *txHandle) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
-	if err := h.t.flushFirst(ctx); err != nil {
-		return 0, err
-	}
-	if err := h.t.setOpening(); err != nil {
+	if _, err := h.t.start(ctx, true); err != nil {
 		return 0, err
 	}
 	return h.t.conn.CopyFrom(ctx, table, columns, src)
@@ -83,10 +80,7 @@ func (h *txHandle) Conn() *pgx.Conn {
 // Prepare sets the record's savepoint first: a statement that fails to
 // prepare fails the transaction.
 func (h *txHandle) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
-	if err := h.t.flushFirst(ctx); err != nil {
-		return nil, err
-	}
-	if err := h.t.setOpening(); err != nil {
+	if _, err := h.t.start(ctx, true); err != nil {
 		return nil, err
 	}
 	return h.t.conn.Conn().Prepare(ctx, name, sql)
@@ -96,24 +90,22 @@ func (h *txHandle) Prepare(ctx context.Context, name, sql string) (*pgconn.State
 // it is not set yet, after what is deferred.
 func (h *txHandle) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	t := h.t
-	if err := t.flushFirst(ctx); err != nil {
+	with, err := t.start(ctx, hasOptions(args))
+	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
-	if !t.pipelines(ctx) || hasOptions(args) {
-		if err := t.setOpening(); err != nil {
-			return pgconn.CommandTag{}, err
-		}
+	if !with {
 		return t.conn.Exec(ctx, sql, args...)
 	}
-	sql, args, err := rewrite(ctx, t.conn.Conn(), sql, args)
+	sql, args, err = rewrite(ctx, t.conn.Conn(), sql, args)
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
 	if len(args) == 0 {
 		return t.execSimple(ctx, sql)
 	}
-	br, n, sp := t.sendOpening(ctx, &pgx.Batch{QueuedQueries: []*pgx.QueuedQuery{{SQL: sql, Arguments: args}}})
-	if err := t.readOpening(br, n, sp); err != nil {
+	br, err := t.sendOpening(ctx, statement(sql, args))
+	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
 	tag, err := br.Exec()
@@ -127,21 +119,19 @@ func (h *txHandle) Exec(ctx context.Context, sql string, args ...any) (pgconn.Co
 // it is not set yet, after what is deferred.
 func (h *txHandle) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	t := h.t
-	if err := t.flushFirst(ctx); err != nil {
-		return errRows{err}, err
-	}
-	if !t.pipelines(ctx) || hasOptions(args) {
-		if err := t.setOpening(); err != nil {
-			return errRows{err}, err
-		}
-		return t.conn.Query(ctx, sql, args...)
-	}
-	sql, args, err := rewrite(ctx, t.conn.Conn(), sql, args)
+	with, err := t.start(ctx, hasOptions(args))
 	if err != nil {
 		return errRows{err}, err
 	}
-	br, n, sp := t.sendOpening(ctx, &pgx.Batch{QueuedQueries: []*pgx.QueuedQuery{{SQL: sql, Arguments: args}}})
-	if err := t.readOpening(br, n, sp); err != nil {
+	if !with {
+		return t.conn.Query(ctx, sql, args...)
+	}
+	sql, args, err = rewrite(ctx, t.conn.Conn(), sql, args)
+	if err != nil {
+		return errRows{err}, err
+	}
+	br, err := t.sendOpening(ctx, statement(sql, args))
+	if err != nil {
 		return errRows{err}, err
 	}
 	rows, err := br.Query()
@@ -166,23 +156,29 @@ func (h *txHandle) QueryRow(ctx context.Context, sql string, args ...any) pgx.Ro
 // when it is not set yet, after what is deferred.
 func (h *txHandle) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	t := h.t
-	if err := t.flushFirst(ctx); err != nil {
-		return errBatch{err}
-	}
 	if b.Len() == 0 {
-		return t.conn.SendBatch(ctx, b)
-	}
-	if !t.pipelines(ctx) {
-		if err := t.setOpening(); err != nil {
+		if err := t.flushFirst(ctx); err != nil {
 			return errBatch{err}
 		}
 		return t.conn.SendBatch(ctx, b)
 	}
-	br, n, sp := t.sendOpening(ctx, b)
-	if err := t.readOpening(br, n, sp); err != nil {
+	with, err := t.start(ctx, false)
+	if err != nil {
+		return errBatch{err}
+	}
+	if !with {
+		return t.conn.SendBatch(ctx, b)
+	}
+	br, err := t.sendOpening(ctx, b)
+	if err != nil {
 		return errBatch{err}
 	}
 	return br
+}
+
+// statement is a batch of sql alone.
+func statement(sql string, args []any) *pgx.Batch {
+	return &pgx.Batch{QueuedQueries: []*pgx.QueuedQuery{{SQL: sql, Arguments: args}}}
 }
 
 // hasOptions reports whether args begins with one of pgx's per-query

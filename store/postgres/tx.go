@@ -98,11 +98,13 @@ type Tx struct {
 	tx   pgx.Tx
 	h    txHandle
 
-	// begun: BEGIN was sent, with the transaction's first statement.
-	// savepoint: a savepoint is set, the running record's or the one
-	// before's. pending: the running record's savepoint is still to be
-	// set, with its first statement (handle).
-	begun, savepoint, pending bool
+	// begun: BEGIN ran, with the transaction's first statement. It is
+	// not the connection's TxStatus, which changes only when a pipeline's
+	// answers have all been read: a handler's rows (Query) can hold the
+	// answers after BEGIN's for as long as it reads them. pending: the
+	// running record's savepoint is still to be set, with its first
+	// statement (handle).
+	begun, pending bool
 	// ctx is BeginRecord's context, the engine's, which outlives the
 	// handler's deadline: a savepoint sent alone is sent under it (see
 	// pipelines), as are those of the handle's calls that take no context
@@ -115,7 +117,8 @@ type Tx struct {
 
 	// rec is the running record, BeginRecord's i: the owner of what Defer
 	// holds back. spRec is the record whose savepoint is set (the one
-	// savepoint names); -1 none.
+	// savepoint names, the running record's or the one before's); -1
+	// none.
 	rec, spRec int
 	// queue holds the statements Defer held back, in order (deferred.go),
 	// their encoded values in the arenas values and bytes.
@@ -196,10 +199,10 @@ func (t *Tx) AbortRecord(ctx context.Context, i int) error {
 		}
 		return nil
 	}
-	if !t.savepoint {
+	if t.spRec < 0 {
 		return fmt.Errorf("postgres: undoing the batch's record %d: it has no savepoint", i+1)
 	}
-	if _, err := t.conn.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepoint); err != nil {
+	if err := t.rollbackToSavepoint(ctx); err != nil {
 		return fmt.Errorf("postgres: undoing the batch's record %d: %w", i+1, t.s.dbErr(err))
 	}
 	return nil
@@ -210,22 +213,37 @@ func (t *Tx) AbortRecord(ctx context.Context, i int) error {
 // savepoint while it is pending (the previous record's released first, so
 // that the transaction holds one at a time).
 func (t *Tx) opening() []string {
-	var o []string
-	if !t.begun {
-		o = append(o, "BEGIN")
-	}
-	if t.pending {
-		o = append(o, t.recordSavepoint()...)
-	}
-	return o
+	return append(t.beginning(), t.recordSavepoint()...)
 }
 
-// recordSavepoint is what sets the running record's savepoint.
-func (t *Tx) recordSavepoint() []string {
-	if t.savepoint {
-		return []string{"RELEASE SAVEPOINT " + savepoint, "SAVEPOINT " + savepoint}
+// beginning is BEGIN until it ran.
+func (t *Tx) beginning() []string {
+	if t.begun {
+		return nil
 	}
-	return []string{"SAVEPOINT " + savepoint}
+	return []string{"BEGIN"}
+}
+
+// recordSavepoint is what sets the running record's savepoint while it is
+// pending.
+func (t *Tx) recordSavepoint() []string {
+	switch {
+	case !t.pending:
+		return nil
+	case t.spRec >= 0:
+		return []string{"RELEASE SAVEPOINT " + savepoint, "SAVEPOINT " + savepoint}
+	default:
+		return []string{"SAVEPOINT " + savepoint}
+	}
+}
+
+// takeOpening returns the opening statements, and whether the record's
+// savepoint is among them, for the caller to send (and report with
+// noteOpening): the savepoint is no longer pending.
+func (t *Tx) takeOpening() (o []string, sp bool) {
+	o, sp = t.opening(), t.pending
+	t.pending = false
+	return o, sp
 }
 
 // pipelines reports whether the opening statements are to travel with the
@@ -247,12 +265,10 @@ func (t *Tx) setOpening() error {
 	if t.broken != nil {
 		return t.broken
 	}
-	o := t.opening()
+	o, sp := t.takeOpening()
 	if len(o) == 0 {
 		return nil
 	}
-	sp := t.pending
-	t.pending = false
 	_, err := t.conn.Exec(t.engineCtx(), strings.Join(o, "; "))
 	return t.noteOpening(err, sp)
 }
@@ -268,47 +284,52 @@ func (t *Tx) noteOpening(err error, sp bool) error {
 	}
 	t.begun = true
 	if sp {
-		t.savepoint, t.spRec = true, t.rec
+		t.pending, t.spRec = false, t.rec
 	}
 	return nil
 }
 
+// start readies the transaction for a statement the running record sends
+// under ctx: what is deferred goes first. It reports whether the opening
+// statements are to travel with the statement (with: the caller sends
+// them with sendOpening or execSimple); otherwise they were sent alone,
+// as they are for a statement that cannot share its round trip (alone).
+func (t *Tx) start(ctx context.Context, alone bool) (with bool, err error) {
+	if err := t.flushFirst(ctx); err != nil {
+		return false, err
+	}
+	if !alone && t.pipelines(ctx) {
+		return true, nil
+	}
+	return false, t.setOpening()
+}
+
 // sendOpening sends b's statements after the opening ones, in one
-// pipeline; readOpening then reads their results. The caller checked
-// pipelines.
-func (t *Tx) sendOpening(ctx context.Context, b *pgx.Batch) (br pgx.BatchResults, n int, sp bool) {
-	o := t.opening()
-	sp = t.pending
-	t.pending = false
+// pipeline, and reads the opening ones' results; on error the batch is
+// closed. The caller checked pipelines (start).
+func (t *Tx) sendOpening(ctx context.Context, b *pgx.Batch) (pgx.BatchResults, error) {
+	o, sp := t.takeOpening()
 	qs := make([]*pgx.QueuedQuery, 0, len(o)+len(b.QueuedQueries))
 	for _, sql := range o {
 		qs = append(qs, &pgx.QueuedQuery{SQL: sql})
 	}
-	return t.conn.SendBatch(ctx, &pgx.Batch{QueuedQueries: append(qs, b.QueuedQueries...)}), len(o), sp
-}
-
-// readOpening reads the results of the n statements sendOpening sent
-// first; on error the batch is closed.
-func (t *Tx) readOpening(br pgx.BatchResults, n int, sp bool) error {
-	for range n {
+	br := t.conn.SendBatch(ctx, &pgx.Batch{QueuedQueries: append(qs, b.QueuedQueries...)})
+	for range o {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
-			return t.noteOpening(err, sp)
+			return nil, t.noteOpening(err, sp)
 		}
 	}
-	return t.noteOpening(nil, sp)
+	return br, t.noteOpening(nil, sp)
 }
 
 // execSimple runs sql, a statement without arguments, which pgx sends by
 // the simple protocol: it may hold several statements, and so may the
 // opening ones before it, in the same round trip. The command tag is the
 // last statement's, as pgx's Exec returns it. The caller checked
-// pipelines.
+// pipelines (start).
 func (t *Tx) execSimple(ctx context.Context, sql string) (pgconn.CommandTag, error) {
-	o := t.opening()
-	n := len(o)
-	sp := t.pending
-	t.pending = false
+	o, sp := t.takeOpening()
 	mrr := t.conn.Conn().PgConn().Exec(ctx, strings.Join(o, "; ")+";\n"+sql)
 	var tag pgconn.CommandTag
 	var err error
@@ -321,7 +342,7 @@ func (t *Tx) execSimple(ctx context.Context, sql string) (pgconn.CommandTag, err
 	if cerr := mrr.Close(); err == nil {
 		err = cerr
 	}
-	if done < n {
+	if done < len(o) {
 		// The opening statements came first: one of them failed.
 		return pgconn.CommandTag{}, t.noteOpening(err, sp)
 	}

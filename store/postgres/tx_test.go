@@ -82,6 +82,14 @@ func rows(t *testing.T, s *Store, table string) []string {
 	return ids
 }
 
+// wantRows checks that table holds the rows want, by id.
+func wantRows(t *testing.T, s *Store, table string, want ...string) {
+	t.Helper()
+	if got := rows(t, s, table); !slices.Equal(got, want) {
+		t.Fatalf("rows %v, want %v", got, want)
+	}
+}
+
 func begin(t *testing.T, s *Store) (*Tx, pgx.Tx) {
 	t.Helper()
 	tx, err := s.Begin(context.Background())
@@ -123,9 +131,7 @@ func TestTxRecordsCommitWithTheWrite(t *testing.T) {
 		State: []store.StateOp{{Namespace: "ns", Key: "k", Value: []byte("v")}}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := rows(t, s, table); !slices.Equal(got, []string{"a", "b"}) {
-		t.Fatalf("rows %v, want [a b]", got)
-	}
+	wantRows(t, s, table, "a", "b")
 	if c, _, err := s.Checkpoint(ctx, key); err != nil || c != cp {
 		t.Fatalf("checkpoint %+v, %v; want %+v", c, err, cp)
 	}
@@ -178,9 +184,7 @@ func TestTxFailedStatement(t *testing.T) {
 	if err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: "1"}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := rows(t, s, table); !slices.Equal(got, []string{"a"}) {
-		t.Fatalf("rows %v, want [a]", got)
-	}
+	wantRows(t, s, table, "a")
 }
 
 // TestTxCommitFailures: a Write refused for its checkpoint, or a
@@ -465,9 +469,7 @@ func TestTxRecordPaths(t *testing.T) {
 			if err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: "5"}}); err != nil {
 				t.Fatal(err)
 			}
-			if got := rows(t, s, table); !slices.Equal(got, []string{"a", "d"}) {
-				t.Fatalf("rows %v, want [a d]", got)
-			}
+			wantRows(t, s, table, "a", "d")
 		})
 	}
 }
@@ -515,9 +517,7 @@ func TestTxBeginTravelsWithFirstStatement(t *testing.T) {
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatalf("rolling back a transaction that sent nothing: %v", err)
 	}
-	if got := rows(t, s, table); !slices.Equal(got, []string{"a"}) {
-		t.Fatalf("rows %v, want [a]", got)
-	}
+	wantRows(t, s, table, "a")
 	if st := s.pool.Stat(); st.AcquiredConns() != 0 {
 		t.Fatalf("%d connections still acquired", st.AcquiredConns())
 	}
