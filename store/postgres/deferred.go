@@ -60,11 +60,11 @@ var _ store.DeferTx = (*Tx)(nil)
 //     database (a sequence skips the values the undone run took).
 //   - The arguments are encoded at Defer (they may be reused at once);
 //     pgx.NamedArgs works, per-statement options (a pgx.QueryExecMode,
-//     result formats) are refused. Deferred statements run with
-//     PostgreSQL's default plan_cache_mode (auto), under which a statement
-//     run for every record is planned once rather than each time, unless
-//     the connection string set plan_cache_mode; idem's own statements,
-//     and those run with TxFrom, are planned at every run.
+//     result formats) are refused. Deferred statements, as those run with
+//     TxFrom, run with PostgreSQL's default plan_cache_mode (auto), under
+//     which a statement run for every record is planned once rather than
+//     each time, unless the connection string set plan_cache_mode; idem's
+//     own statements are planned at every run.
 //   - The first Defer of an SQL text on one of the pool's connections
 //     prepares it there, after sending what is deferred and setting the
 //     record's savepoint (a few round trips, once per text and
@@ -438,23 +438,11 @@ func (t *Tx) flush(ctx context.Context, running int) {
 	t.fail(k, err)
 }
 
-// appendDeferred appends ds to reqs (cur: the running record's), between
-// statements that make them run with PostgreSQL's default plan_cache_mode
-// where New forced custom plans: a statement run for each record is then
-// planned once, not each time. The setting is undone with them when they
-// are rolled back.
+// appendDeferred appends ds to reqs (cur: the running record's). They run
+// with the plan_cache_mode the transaction's beginning set.
 func (t *Tx) appendDeferred(reqs []request, ds []deferred, cur bool) []request {
-	if len(ds) == 0 {
-		return reqs
-	}
-	if t.s.customPlans {
-		reqs = appendSQL(reqs, "SET LOCAL plan_cache_mode = auto")
-	}
 	for i := range ds {
 		reqs = append(reqs, request{d: &ds[i], cur: cur})
-	}
-	if t.s.customPlans {
-		reqs = appendSQL(reqs, "SET LOCAL plan_cache_mode = force_custom_plan")
 	}
 	return reqs
 }

@@ -213,7 +213,7 @@ func commitErr(w *store.Write, err error) error {
 }
 
 // batchErr turns the error of w's batch into store.ErrCheckpointBackwards
-// when put_checkpoint refused to move the checkpoint backwards, and into
+// when the checkpoint's upsert refused to move the checkpoint backwards, and into
 // store.ErrFenced when check_fence refused w's fence.
 func (s *Store) batchErr(w *store.Write, err error) error {
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeBackwards {
@@ -238,16 +238,20 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
 	if f := w.Fence; f != nil {
 		b.Queue(s.q.checkFence, f.Key[:], int64(f.Token))
 	}
-	b.Queue(s.q.putCheckpoint, escape(cp.Mapping), escape(cp.Stream), escape(cp.Shard), string(nc.Sequence), nc.Processed, nc.Skipped, nc.Discarded, nc.Lost)
+	// The progress's arguments are NULL (nil) without progress.
+	var scope, pStream, pShard, pMapping, highWater, filter *string
+	var above []string
 	if w.HasProgress {
 		pk := &w.ProgressKey
-		above := make([]string, len(w.Progress.Above))
+		above = make([]string, len(w.Progress.Above))
 		for i, a := range w.Progress.Above {
 			above[i] = string(a)
 		}
-		b.Queue(s.q.putProgress, escape(pk.Scope), escape(pk.Stream), escape(pk.Shard), escape(pk.Mapping),
-			string(w.Progress.HighWater), above, escape(w.Progress.Filter))
+		hw, f := string(w.Progress.HighWater), escape(w.Progress.Filter)
+		scope, pStream, pShard, pMapping, highWater, filter = new(escape(pk.Scope)), new(escape(pk.Stream)), new(escape(pk.Shard)), new(escape(pk.Mapping)), &hw, &f
 	}
+	b.Queue(s.q.putCheckpoint, escape(cp.Mapping), escape(cp.Stream), escape(cp.Shard), string(nc.Sequence), nc.Processed, nc.Skipped, nc.Discarded, nc.Lost,
+		scope, pStream, pShard, pMapping, highWater, above, filter)
 	if w.EndRange {
 		pk := &w.ProgressKey
 		b.Queue(s.q.endRange, escape(pk.Scope), escape(pk.Stream), escape(pk.Shard), escape(pk.Mapping))

@@ -527,6 +527,31 @@ SELECT max(u.t) FROM (
 ) AS u (t)
 HAVING max(u.t) IS NOT NULL;
 `,
+	// 7: a batch's checkpoint and its progress in one call, whose
+	// statements are planned once per session: the store forces custom
+	// plans (New), which made put_checkpoint plan its upsert at every
+	// call, the costliest statement of a batch that writes its effects in
+	// one. Upserts by primary key have one plan whatever the tables hold,
+	// so a generic plan is never worse. p_scope NULL: no progress.
+	`
+ALTER FUNCTION {s}.put_checkpoint(text, text, text, text, bigint, bigint, bigint, bigint)
+	SET plan_cache_mode = force_generic_plan;
+CREATE FUNCTION {s}.put_checkpoint_progress(p_mapping text, p_stream text, p_shard text, p_sequence text,
+	p_processed bigint, p_skipped bigint, p_discarded bigint, p_lost bigint,
+	p_scope text, p_progress_stream text, p_progress_shard text, p_progress_mapping text,
+	p_high_water text, p_above text[], p_filter text) RETURNS void
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+BEGIN
+	PERFORM {s}.put_checkpoint(p_mapping, p_stream, p_shard, p_sequence, p_processed, p_skipped, p_discarded, p_lost);
+	IF p_scope IS NOT NULL THEN
+		INSERT INTO {s}.progress (scope, stream, shard, mapping, high_water, above, filter)
+		VALUES (p_scope, p_progress_stream, p_progress_shard, p_progress_mapping, p_high_water, p_above, p_filter)
+		ON CONFLICT (scope, stream, shard, mapping) DO UPDATE SET
+			high_water = EXCLUDED.high_water, above = EXCLUDED.above, filter = EXCLUDED.filter;
+	END IF;
+END
+$fn$;
+`,
 }
 
 // lockKey is the advisory lock that serializes migrations of one schema
@@ -589,7 +614,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema, ident string) (err
 type queries struct {
 	checkpoint, deleteCheckpoint, progress, scopeProgress, completed, state, now string
 
-	putCheckpoint, putProgress, putMarks, putState, deleteState, putFailure, endRecordClaims, endRange string
+	putCheckpoint, putMarks, putState, deleteState, putFailure, endRecordClaims, endRange string
 
 	claimRecords, claimRange string
 
@@ -611,9 +636,7 @@ func newQueries(ident string) queries {
 		completed:        r.Replace(`SELECT key FROM {s}.marks WHERE key = ANY($1::bytea[]) AND expires > $2`),
 		state:            r.Replace(`SELECT value FROM {s}.state WHERE namespace = $1 AND key = $2`),
 
-		putCheckpoint: r.Replace(`SELECT {s}.put_checkpoint($1, $2, $3, $4, $5, $6, $7, $8)`),
-		putProgress: r.Replace(`INSERT INTO {s}.progress (scope, stream, shard, mapping, high_water, above, filter) VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (scope, stream, shard, mapping) DO UPDATE SET high_water = EXCLUDED.high_water, above = EXCLUDED.above, filter = EXCLUDED.filter`),
+		putCheckpoint: r.Replace(`SELECT {s}.put_checkpoint_progress($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`),
 		putMarks: r.Replace(`INSERT INTO {s}.marks (key, expires) SELECT * FROM unnest($1::bytea[], $2::timestamptz[])
 ON CONFLICT (key) DO UPDATE SET expires = EXCLUDED.expires`),
 		putState: r.Replace(`INSERT INTO {s}.state (namespace, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])

@@ -168,8 +168,8 @@ type Store struct {
 	q      queries
 	log    *slog.Logger
 	// customPlans: New set plan_cache_mode to force_custom_plan (the
-	// connection string did not set it); deferred statements run with
-	// PostgreSQL's default instead (deferred.go).
+	// connection string did not set it); a handler's transaction runs
+	// with PostgreSQL's default until idem's write (Tx.beginning).
 	customPlans bool
 
 	closed    atomic.Bool
@@ -254,7 +254,10 @@ func New(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	// plan cached while a fresh table was empty keeps scanning it whole as
 	// it grows to millions of marks, until an ANALYZE that a busy first
 	// minute may not see. Planning the few statements idem sends costs
-	// microseconds.
+	// microseconds. A handler's statements run with PostgreSQL's default
+	// (Tx.beginning); a batch's checkpoint and progress, upserts by
+	// primary key whose plan is always the same, are planned once a
+	// session (put_checkpoint_progress).
 	_, planMode := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]
 	if !planMode {
 		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"

@@ -216,12 +216,20 @@ func (t *Tx) opening() []string {
 	return append(t.beginning(), t.recordSavepoint()...)
 }
 
-// beginning is BEGIN until it ran.
+// beginning is BEGIN until it ran, and where New forced custom plans on
+// the pool, PostgreSQL's default plan_cache_mode (auto) for the handler's
+// statements: a statement run for every record is planned once, as it
+// would be outside idem, not at each run. Commit forces custom plans again
+// for idem's own write.
 func (t *Tx) beginning() []string {
-	if t.begun {
+	switch {
+	case t.begun:
 		return nil
+	case t.s.customPlans:
+		return []string{"BEGIN", "SET LOCAL plan_cache_mode = auto"}
+	default:
+		return []string{"BEGIN"}
 	}
-	return []string{"BEGIN"}
 }
 
 // recordSavepoint is what sets the running record's savepoint while it is
@@ -448,8 +456,13 @@ func (t *Tx) commit(ctx context.Context, w *store.Write) error {
 	// COMMIT travels with the writes (and BEGIN, if the handler sent
 	// nothing): a statement that fails skips it (the server ignores the
 	// rest of the pipeline), and the caller then rolls back.
-	if !t.begun {
+	switch {
+	case !t.begun:
 		b.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: "BEGIN"}}, b.QueuedQueries...)
+	case t.s.customPlans:
+		// The handler's statements ran with generic plans allowed
+		// (beginning); idem's own are planned for the tables as they are.
+		b.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: "SET LOCAL plan_cache_mode = force_custom_plan"}}, b.QueuedQueries...)
 	}
 	writes := b.Len()
 	b.Queue("COMMIT")

@@ -545,3 +545,35 @@ func TestTxBadFirstStatement(t *testing.T) {
 		t.Fatalf("%d connections still acquired", st.AcquiredConns())
 	}
 }
+
+// TestTxPlanMode: a handler's statements run with PostgreSQL's default
+// plan_cache_mode, as they would outside idem, where idem's own run with
+// custom plans; the setting ends with the transaction, so the pool's
+// connections keep the store's.
+func TestTxPlanMode(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	mode := func(q interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}) string {
+		t.Helper()
+		var m string
+		if err := q.QueryRow(ctx, "SHOW plan_cache_mode").Scan(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	for i := range 2 {
+		tx, h := begin(t, s)
+		if m := mode(h); m != "auto" {
+			t.Fatalf("the handler's plan_cache_mode %q, want auto", m)
+		}
+		key := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "0"}
+		if err := tx.Commit(ctx, &store.Write{Checkpoint: key, NewCheckpoint: store.Checkpoint{Sequence: idem.Sequence(strconv.Itoa(i + 1))}}); err != nil {
+			t.Fatal(err)
+		}
+		if m := mode(s.pool); m != "force_custom_plan" {
+			t.Fatalf("the pool's plan_cache_mode %q after a commit, want force_custom_plan", m)
+		}
+	}
+}
