@@ -91,6 +91,13 @@ type PostgresStore struct {
 	// Schema holds idem's tables, created and migrated at start.
 	// Default: idem
 	Schema string `yaml:"schema"`
+	// SeparateDeferredInserts sends each statement deferred with
+	// postgres.Defer as it was deferred, rather than a run of INSERTs of
+	// one VALUES row and one text as one INSERT of their rows (the same
+	// rows, in the same order, several times faster). Set it for tables
+	// whose statement-level or AFTER ROW triggers must fire per record.
+	// Default: false
+	SeparateDeferredInserts bool `yaml:"separateDeferredInserts"`
 }
 
 // RedisStore is `store.redis`.

@@ -298,6 +298,9 @@ func (s *Server) openStore() error {
 	switch sc := s.cfg.Store; {
 	case sc.Postgres != nil:
 		opts := []postgres.Option{postgres.WithSchema(sc.Postgres.Schema), postgres.WithLogger(s.log)}
+		if sc.Postgres.SeparateDeferredInserts {
+			opts = append(opts, postgres.WithoutJoinedInserts())
+		}
 		if l := s.cfg.Lease; l != nil {
 			// A stalled owner's transaction must not hold up the new one.
 			opts = append(opts, postgres.WithLeaseTTL(l.TTL.D()))

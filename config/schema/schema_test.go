@@ -217,7 +217,7 @@ dataDir: ./data
 listen: 127.0.0.1:7070
 region: eu-west-1
 store:
-  postgres: {dsn: "postgres://idem@127.0.0.1:5432/idem", schema: idem}
+  postgres: {dsn: "postgres://idem@127.0.0.1:5432/idem", schema: idem, separateDeferredInserts: true}
 lease: {ttl: 10s}
 debug: {pprof: "127.0.0.1:6060"}
 auth:

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -330,11 +332,21 @@ func (t *Tx) direct() {
 }
 
 // request is one statement of a flush's pipeline: a deferred statement
-// (d), or one of the flush's own (sql).
+// (d), deferred statements joined as one INSERT of their rows (rows, with
+// sql and its parameters), or one of the flush's own (sql).
 type request struct {
 	d   *deferred
 	sql string
 	cur bool // d is the running record's, after its savepoint
+
+	rows    []deferred
+	oids    []uint32
+	values  [][]byte
+	formats []int16
+	// name is the joined INSERT's prepared statement ("": unnamed), to
+	// be prepared first in the pipeline when prepare.
+	name    string
+	prepare bool
 }
 
 // flush sends the queue in one pipeline:
@@ -357,6 +369,7 @@ type request struct {
 func (t *Tx) flush(ctx context.Context, running int) {
 	queue := t.queue
 	t.queue = nil
+	clear(t.preparing)
 	defer func() {
 		// Sent: the queue and its arenas are free again. A slice
 		// that outgrew its arena holds its values in an array of its
@@ -379,17 +392,31 @@ func (t *Tx) flush(ctx context.Context, running int) {
 	begins := len(reqs) > 0
 	if len(done) > 0 {
 		reqs = appendSQL(reqs, "SAVEPOINT "+flushSavepoint)
-		reqs = t.appendDeferred(reqs, done, false)
+		reqs = t.appendJoined(reqs, done)
 		reqs = appendSQL(reqs, "RELEASE SAVEPOINT "+flushSavepoint)
 	}
 	var sp []string
 	if len(cur) > 0 {
 		sp = t.recordSavepoint()
-		reqs = appendSQL(reqs, sp...)
 	}
-	reqs = t.appendDeferred(reqs, cur, true)
+	reqs = appendRunning(reqs, sp, cur)
 
 	r, err := t.send(ctx, reqs)
+	if err != nil && isStatementErr(err) && reqs[r].rows != nil {
+		// A joined INSERT failed, for a row unknown: back to the
+		// flush's savepoint, and the same statements one by one, so that
+		// the failure is found as if they had never been joined. BEGIN
+		// ran before it. Recovery: under the engine's context.
+		if begins {
+			t.noteOpening(nil, false)
+			begins = false
+		}
+		reqs = appendSQL(reqs[:0], "ROLLBACK TO SAVEPOINT "+flushSavepoint)
+		reqs = appendDeferred(reqs, done, false)
+		reqs = appendSQL(reqs, "RELEASE SAVEPOINT "+flushSavepoint)
+		reqs = appendRunning(reqs, sp, cur)
+		r, err = t.send(t.engineCtx(), reqs)
+	}
 	// BEGIN ran when the pipeline got past it; the running record's
 	// savepoint, when it succeeded or one of its statements failed.
 	spSet := len(sp) > 0 && (err == nil || isStatementErr(err) && reqs[r].cur)
@@ -423,7 +450,7 @@ func (t *Tx) flush(ctx context.Context, running int) {
 	for k >= 0 && k != t.spRec {
 		m := slices.IndexFunc(done, func(d deferred) bool { return d.rec == k })
 		reqs = appendSQL(reqs[:0], "ROLLBACK TO SAVEPOINT "+flushSavepoint)
-		reqs = t.appendDeferred(reqs, done[:m], false)
+		reqs = appendDeferred(reqs, done[:m], false)
 		reqs = appendSQL(reqs, "RELEASE SAVEPOINT "+flushSavepoint)
 		r, rerr := t.send(t.engineCtx(), reqs)
 		if rerr == nil {
@@ -440,11 +467,145 @@ func (t *Tx) flush(ctx context.Context, running int) {
 
 // appendDeferred appends ds to reqs (cur: the running record's). They run
 // with the plan_cache_mode the transaction's beginning set.
-func (t *Tx) appendDeferred(reqs []request, ds []deferred, cur bool) []request {
+func appendDeferred(reqs []request, ds []deferred, cur bool) []request {
 	for i := range ds {
 		reqs = append(reqs, request{d: &ds[i], cur: cur})
 	}
 	return reqs
+}
+
+// appendRunning appends the running record's savepoint sp, when it is to
+// be set, and its statements cur.
+func appendRunning(reqs []request, sp []string, cur []deferred) []request {
+	return appendDeferred(appendSQL(reqs, sp...), cur, true)
+}
+
+// appendJoined appends ds to reqs, each run of two or more statements of
+// one SQL text that splitValuesRow can join as one INSERT of their rows
+// (multirow.go), up to maxJoinedRows a statement.
+func (t *Tx) appendJoined(reqs []request, ds []deferred) []request {
+	for i := 0; i < len(ds); {
+		j := i + 1
+		for j < len(ds) && ds[j].sd == ds[i].sd {
+			j++
+		}
+		v, ok := t.joinable(ds[i].sd)
+		if !ok || j-i < 2 {
+			reqs = appendDeferred(reqs, ds[i:j], false)
+			i = j
+			continue
+		}
+		params := len(ds[i].sd.ParamOIDs)
+		per := maxJoinedRows
+		if params > 0 {
+			per = min(per, math.MaxUint16/params)
+		}
+		for k := i; k < j; k += per {
+			r := joinRows(v, ds[k:min(k+per, j)])
+			r.name, r.prepare = t.joinedName(r.sql)
+			reqs = append(reqs, r)
+		}
+		i = j
+	}
+	return reqs
+}
+
+// joinable returns sd's text split around its VALUES row when a flush may
+// join statements of it, remembering the answer on the connection.
+func (t *Tx) joinable(sd *pgconn.StatementDescription) (valuesRow, bool) {
+	if !t.s.joinInserts {
+		return valuesRow{}, false
+	}
+	data := t.conn.Conn().PgConn().CustomData()
+	rows, _ := data[joinableKey].(map[*pgconn.StatementDescription]joinableRow)
+	if r, ok := rows[sd]; ok {
+		return r.v, r.ok
+	}
+	if rows == nil {
+		rows = make(map[*pgconn.StatementDescription]joinableRow)
+		data[joinableKey] = rows
+	}
+	v, ok := splitValuesRow(sd.SQL, len(sd.ParamOIDs))
+	rows[sd] = joinableRow{v, ok}
+	return v, ok
+}
+
+// joinableKey names, in a connection's CustomData, what joinable found of
+// the statements Defer prepared on it; joinedKey, the joined INSERTs
+// prepared on it (text to statement name), at most maxJoinedPrepared.
+const (
+	joinableKey       = "idem.deferred.joinable"
+	joinedKey         = "idem.deferred.joined"
+	maxJoinedPrepared = 64
+)
+
+// joinedStatements are the joined INSERTs prepared on a connection.
+type joinedStatements struct {
+	names map[string]string // SQL text to statement name
+	next  int               // the number of the next name
+}
+
+// joinedName returns the name of the prepared statement of the joined
+// INSERT sql on the transaction's connection, and whether the flush is to
+// prepare it (its first use there); "" when the connection holds
+// maxJoinedPrepared of them already, and sql is sent unnamed, parsed each
+// time. A batch's runs are mostly of its size, so a few texts serve a
+// mapping, and preparing one saves PostgreSQL parsing and planning its
+// rows at every batch. A name is taken for good when given (a statement
+// whose preparation the server skipped never exists; its name is not
+// given again), and counts as prepared once the server said so
+// (joinedPrepared).
+func (t *Tx) joinedName(sql string) (name string, prepare bool) {
+	data := t.conn.Conn().PgConn().CustomData()
+	js, _ := data[joinedKey].(*joinedStatements)
+	if js == nil {
+		js = &joinedStatements{names: make(map[string]string)}
+		data[joinedKey] = js
+	}
+	if n, ok := js.names[sql]; ok {
+		return n, false
+	}
+	if n, ok := t.preparing[sql]; ok {
+		return n, false // prepared earlier in the same pipeline
+	}
+	if len(js.names)+len(t.preparing) >= maxJoinedPrepared {
+		return "", false
+	}
+	js.next++
+	name = "idem_joined_" + strconv.Itoa(js.next)
+	if t.preparing == nil {
+		t.preparing = make(map[string]string)
+	}
+	t.preparing[sql] = name
+	return name, true
+}
+
+// joinedPrepared records that the server prepared the joined INSERT of r.
+func (t *Tx) joinedPrepared(r *request) {
+	js := t.conn.Conn().PgConn().CustomData()[joinedKey].(*joinedStatements)
+	js.names[r.sql] = r.name
+}
+
+type joinableRow struct {
+	v  valuesRow
+	ok bool
+}
+
+// joinRows is the one INSERT of the rows of ds, statements of one text
+// split as v: their arguments one after the other, in order.
+func joinRows(v valuesRow, ds []deferred) request {
+	sd := ds[0].sd
+	params := len(sd.ParamOIDs)
+	r := request{rows: ds, sql: v.joined(len(ds), params)}
+	r.oids = make([]uint32, 0, len(ds)*params)
+	r.values = make([][]byte, 0, len(ds)*params)
+	r.formats = make([]int16, 0, len(ds)*params)
+	for i := range ds {
+		r.oids = append(r.oids, sd.ParamOIDs...)
+		r.values = append(r.values, ds[i].values...)
+		r.formats = append(r.formats, ds[i].formats...)
+	}
+	return r
 }
 
 // appendSQL appends the flush's own statements sqls to reqs.
@@ -460,9 +621,17 @@ func appendSQL(reqs []request, sqls ...string) []request {
 func (t *Tx) send(ctx context.Context, reqs []request) (int, error) {
 	p := t.conn.Conn().PgConn().StartPipeline(ctx)
 	for _, r := range reqs {
-		if r.d != nil {
+		switch {
+		case r.d != nil:
 			p.SendQueryStatement(r.d.sd, r.d.values, r.d.formats, nil)
-		} else {
+		case r.rows != nil && r.name == "":
+			p.SendQueryParams(r.sql, r.values, r.oids, r.formats, nil)
+		case r.rows != nil:
+			if r.prepare {
+				p.SendPrepare(r.name, r.sql, r.oids)
+			}
+			p.SendQueryPrepared(r.name, r.values, r.formats, nil)
+		default:
 			p.SendQueryParams(r.sql, nil, nil, nil, nil)
 		}
 	}
@@ -472,6 +641,17 @@ func (t *Tx) send(ctx context.Context, reqs []request) (int, error) {
 	}
 	failed, ferr := -1, error(nil)
 	for i := range reqs {
+		if reqs[i].prepare {
+			res, err := p.GetResults()
+			if _, ok := res.(*pgconn.StatementDescription); err == nil && !ok {
+				err = fmt.Errorf("postgres: preparing a joined INSERT answered a %T", res)
+			}
+			if err != nil {
+				failed, ferr = i, err
+				break
+			}
+			t.joinedPrepared(&reqs[i])
+		}
 		res, err := p.GetResults()
 		if err == nil {
 			if rr, ok := res.(*pgconn.ResultReader); ok {

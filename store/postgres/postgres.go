@@ -171,6 +171,8 @@ type Store struct {
 	// connection string did not set it); a handler's transaction runs
 	// with PostgreSQL's default until idem's write (Tx.beginning).
 	customPlans bool
+	// joinInserts: a flush joins runs of deferred INSERTs (multirow.go).
+	joinInserts bool
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -191,6 +193,7 @@ type options struct {
 	logger        *slog.Logger
 	purgeInterval time.Duration
 	leaseTTL      time.Duration
+	separateRows  bool
 }
 
 // WithSchema sets the PostgreSQL schema that holds idem's tables (default
@@ -223,6 +226,15 @@ func WithPurgeInterval(d time.Duration) Option { return func(o *options) { o.pur
 // for as long as ttl. Settings of the same names in the DSN win. Default:
 // off (the server's settings, usually no limit).
 func WithLeaseTTL(ttl time.Duration) Option { return func(o *options) { o.leaseTTL = ttl } }
+
+// WithoutJoinedInserts sends every deferred statement (Defer) as it was
+// deferred. By default a run of deferred INSERTs of one SQL text and one
+// VALUES row is sent as one INSERT of their rows, which PostgreSQL runs
+// several times faster, with the same rows inserted in the same order and
+// the same outcome for each record; what a statement-level trigger or an
+// AFTER ROW trigger observes differs (they fire once for the run, and after
+// all its rows), and this option is for tables whose triggers care.
+func WithoutJoinedInserts() Option { return func(o *options) { o.separateRows = true } }
 
 // cancelGrace is how long a statement whose context is done may take to
 // end once the server was asked to cancel it, before its connection is
@@ -292,7 +304,7 @@ func New(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 		return nil, err
 	}
 	pctx, stop := context.WithCancel(context.Background())
-	s := &Store{pool: pool, schema: o.schema, q: newQueries(ident), log: o.logger, stop: stop, customPlans: !planMode}
+	s := &Store{pool: pool, schema: o.schema, q: newQueries(ident), log: o.logger, stop: stop, customPlans: !planMode, joinInserts: !o.separateRows}
 	if o.purgeInterval > 0 {
 		s.wg.Add(1)
 		go s.purgeLoop(pctx, o.purgeInterval)

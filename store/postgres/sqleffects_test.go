@@ -141,25 +141,7 @@ func runSQLEffects(t *testing.T, dsn string, sc sqlEffectsScenario, n, batch int
 		"; CREATE TABLE "+pgx.Identifier{schema, "effects"}.Sanitize()+" (id text PRIMARY KEY, body bytea NOT NULL)"); err != nil {
 		t.Fatal(err)
 	}
-	db, err := pebbledb.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.CreateStream("effects", sc.shards, 24*time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	const chunk = 5000
-	recs := make([]pebbledb.PutRecord, 0, chunk)
-	for i := range n {
-		recs = append(recs, pebbledb.PutRecord{PartitionKey: "key-" + strconv.Itoa(i%1024), Data: fmt.Appendf(nil, `{"id":"%012d"}`, i)})
-		if len(recs) == chunk || i == n-1 {
-			if _, err := db.Put(ctx, "effects", recs); err != nil {
-				t.Fatal(err)
-			}
-			recs = recs[:0]
-		}
-	}
+	db := effectsStream(t, sc.shards, n)
 	start := time.Now()
 	sc.run(t, dsn, schema, db, batch)
 	rate := float64(n) / time.Since(start).Seconds()
@@ -171,6 +153,33 @@ func runSQLEffects(t *testing.T, dsn string, sc sqlEffectsScenario, n, batch int
 		t.Fatalf("%s: %d rows, want %d", sc.name, got, n)
 	}
 	return rate
+}
+
+// effectsStream returns an embedded database, closed when t ends, whose
+// stream "effects" of the given shards holds n records, each a distinct
+// JSON id, spread over 1,024 partition keys.
+func effectsStream(t *testing.T, shards, n int) *pebbledb.DB {
+	t.Helper()
+	db, err := pebbledb.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := db.CreateStream("effects", shards, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	const chunk = 5000
+	recs := make([]pebbledb.PutRecord, 0, chunk)
+	for i := range n {
+		recs = append(recs, pebbledb.PutRecord{PartitionKey: "key-" + strconv.Itoa(i%1024), Data: fmt.Appendf(nil, `{"id":"%012d"}`, i)})
+		if len(recs) == chunk || i == n-1 {
+			if _, err := db.Put(context.Background(), "effects", recs); err != nil {
+				t.Fatal(err)
+			}
+			recs = recs[:0]
+		}
+	}
+	return db
 }
 
 // runHandWritten is the loop a user writes without idem: per partition,
@@ -241,30 +250,7 @@ func runHandWritten(t *testing.T, dsn, schema string, db *pebbledb.DB, batch int
 // runIdem runs a mapping of h over the stream until n records are
 // processed.
 func runIdem(t *testing.T, dsn, schema string, db *pebbledb.DB, batch, n int, h idem.Handler) {
-	ctx := context.Background()
-	st, err := New(ctx, dsn, WithSchema(schema), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	src, err := srcembedded.New(db, "effects")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := engine.New(st, engine.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-	if err := e.Add(engine.Mapping{Name: "effects", Stream: "effects", Source: src, Function: "insert", Invoker: gofunc.New(h),
-		BatchSize: batch, StartingPosition: source.TrimHorizon, FunctionTimeout: time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- e.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	e := startIdem(t, dsn, schema, db, batch, h)
 	for {
 		var processed uint64
 		for _, s := range e.Status() {
@@ -278,6 +264,39 @@ func runIdem(t *testing.T, dsn, schema string, db *pebbledb.DB, batch, n int, h 
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// startIdem runs a mapping of h, in batches of batch, over the stream
+// "effects" of db, on a PostgreSQL store of schema, until t ends.
+func startIdem(t *testing.T, dsn, schema string, db *pebbledb.DB, batch int, h idem.Handler) *engine.Engine {
+	t.Helper()
+	ctx := context.Background()
+	st, err := New(ctx, dsn, WithSchema(schema), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := srcembedded.New(db, "effects")
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	e := engine.New(st, engine.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err := e.Add(engine.Mapping{Name: "effects", Stream: "effects", Source: src, Function: "insert", Invoker: gofunc.New(h),
+		BatchSize: batch, StartingPosition: source.TrimHorizon, FunctionTimeout: time.Minute}); err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+		st.Close()
+	})
+	return e
 }
 
 func runRecordFunc(n int) func(*testing.T, string, string, *pebbledb.DB, int) {
