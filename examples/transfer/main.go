@@ -1,7 +1,9 @@
 // Command transfer embeds idem and registers an in-process Go function,
 // "transfer", that moves money between accounts in a PostgreSQL table
 // through idem's own transaction, then notifies the outside world through a
-// journaled step. It needs the PostgreSQL store (store: {postgres: …}).
+// journaled step, and a second one, "ledger", that records each transfer
+// in a ledger table with a deferred INSERT (postgres.Defer). It needs the
+// PostgreSQL store (store: {postgres: …}).
 //
 // A record's data is a transfer:
 //
@@ -13,10 +15,18 @@
 //	IDEM_TRANSFER_LOG=notify.log go run ./examples/transfer serve -c examples/transfer/idem.yaml
 //	go run ./cmd/idem put --stream transfers --partition-key acc-3 --data '{"from":"acc-3","to":"acc-17","amount":42}'
 //
-// `serve` creates the table transfer_accounts (id text primary key, balance
-// bigint) if it is missing, in the search path of the store's DSN; `setup`
-// creates it too and inserts the accounts acc-0 … acc-N-1 that do not exist
-// yet.
+// `serve` creates the tables transfer_accounts (id text primary key,
+// balance bigint) and transfer_ledger (record_key text primary key,
+// from_account, to_account, amount) if they are missing, in the search path
+// of the store's DSN; `setup` creates them too and inserts the accounts
+// acc-0 … acc-N-1 that do not exist yet.
+//
+// A mapping of the stream to "ledger" (examples/transfer/idem.yaml has
+// one) writes one ledger row per record, keyed by the record's idempotency
+// key: the deferred INSERTs of a batch are sent as one INSERT of their
+// rows, in idem's transaction, so the ledger too holds each transfer
+// exactly once, and a second row for a record would fail on the primary
+// key.
 //
 // # Guarantees
 //
@@ -84,21 +94,44 @@ type Transfer struct {
 	Amount int64  `json:"amount"`
 }
 
-// createTable creates the accounts table if it is missing. The advisory
-// lock keeps concurrent starts from racing on the catalog.
+// createTable creates the accounts and ledger tables if they are missing.
+// The advisory lock keeps concurrent starts from racing on the catalog.
 const createTable = `SELECT pg_advisory_xact_lock(7403112873);
-CREATE TABLE IF NOT EXISTS transfer_accounts (id text PRIMARY KEY, balance bigint NOT NULL)`
+CREATE TABLE IF NOT EXISTS transfer_accounts (id text PRIMARY KEY, balance bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS transfer_ledger (record_key text PRIMARY KEY, from_account text NOT NULL,
+	to_account text NOT NULL, amount bigint NOT NULL)`
+
+// ledger records the record's transfer in transfer_ledger, deferred: the
+// INSERT is sent with the batch's others, as one statement, when the
+// batch's records have run, and commits with the record.
+func ledger(ctx context.Context, r *idem.Record) error {
+	t, err := parseTransfer(r)
+	if err != nil {
+		return err
+	}
+	return postgres.Defer(ctx, `INSERT INTO transfer_ledger (record_key, from_account, to_account, amount) VALUES ($1, $2, $3, $4)`,
+		r.IdempotencyKey, t.From, t.To, t.Amount)
+}
+
+// parseTransfer decodes and checks the record's transfer.
+func parseTransfer(r *idem.Record) (Transfer, error) {
+	var t Transfer
+	if err := json.Unmarshal(r.Data, &t); err != nil {
+		return t, idem.Permanent(fmt.Errorf("transfer %s: %w", r.IdempotencyKey, err))
+	}
+	if t.From == "" || t.To == "" || t.Amount <= 0 {
+		return t, idem.Permanent(fmt.Errorf("transfer %s: needs from, to and a positive amount: %s", r.IdempotencyKey, r.Data))
+	}
+	return t, nil
+}
 
 // transfer moves the record's amount from one account to the other in
 // idem's transaction, then appends the notification through the journaled
 // step "notify".
 func transfer(ctx context.Context, r *idem.Record) error {
-	var t Transfer
-	if err := json.Unmarshal(r.Data, &t); err != nil {
-		return idem.Permanent(fmt.Errorf("transfer %s: %w", r.IdempotencyKey, err))
-	}
-	if t.From == "" || t.To == "" || t.Amount <= 0 {
-		return idem.Permanent(fmt.Errorf("transfer %s: needs from, to and a positive amount: %s", r.IdempotencyKey, r.Data))
+	t, err := parseTransfer(r)
+	if err != nil {
+		return err
 	}
 	tx, err := postgres.TxFrom(ctx)
 	if err != nil {
@@ -265,5 +298,5 @@ func main() {
 			}
 		}
 	}
-	cli.Main(server.WithHandler("transfer", idem.RecordFunc(transfer)))
+	cli.Main(server.WithHandler("transfer", idem.RecordFunc(transfer)), server.WithHandler("ledger", idem.RecordFunc(ledger)))
 }

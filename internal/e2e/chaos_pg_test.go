@@ -22,6 +22,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/idem-run/idem/engine"
 	"github.com/idem-run/idem/internal/testsvc"
 	"github.com/idem-run/idem/server"
 )
@@ -216,6 +217,11 @@ type transferData struct {
 	Amount int64  `json:"amount"`
 }
 
+// ledgerMapping is the mapping of TestChaosPostgresTransfers whose
+// function, ledger, writes each transfer with a deferred INSERT, which a
+// batch sends as one INSERT of its rows.
+const ledgerMapping = "transfers-to-ledger"
+
 // transferConfig returns the configuration of TestChaosPostgresTransfers.
 func transferConfig(addr, dsn string, shards, batchSize, factor int) string {
 	return fmt.Sprintf(`listen: %s
@@ -226,6 +232,7 @@ streams:
   - {name: transfers-failed}
 functions:
   - {name: transfer}
+  - {name: ledger}
 mappings:
   - name: transfers-to-transfer
     source: {stream: transfers}
@@ -235,7 +242,14 @@ mappings:
     parallelizationFactor: %d
     retry: {baseDelay: 50ms, maxDelay: 1s}
     destinationConfig: {onFailure: {stream: transfers-failed}}
-`, addr, dsn, shards, batchSize, factor)
+  - name: %s
+    source: {stream: transfers}
+    function: ledger
+    startingPosition: TRIM_HORIZON
+    batchSize: 100
+    retry: {baseDelay: 50ms, maxDelay: 1s}
+    destinationConfig: {onFailure: {stream: transfers-failed}}
+`, addr, dsn, shards, batchSize, factor, ledgerMapping)
 }
 
 // produceTransfers puts transfers, in POSTs of perPost records with the
@@ -270,14 +284,20 @@ func fileSize(t *testing.T, path string) int64 {
 // random moments and restarted, 20 times (5 with -short), and PostgreSQL
 // itself crashes and restarts once (pg_ctl restart -m immediate) in the
 // middle. Each transfer's two UPDATEs run in idem's transaction; its
-// journaled step "notify" appends the step's key to a log file.
+// journaled step "notify" appends the step's key to a log file. A second
+// mapping of the stream, to the function ledger, defers an INSERT of a
+// ledger row per record, which each batch sends as one INSERT of its rows
+// (store/postgres/multirow.go).
 //
 // Once every shard is caught up it asserts, from the stream read back
 // (each record in it is one transfer, a POST sent again included):
 //
 //   - every account's balance is the opening balance moved by exactly the
 //     stream's transfers, and the sum of the balances is unchanged;
-//   - each shard counts every record processed, none discarded, and the
+//   - the ledger holds one row per record of the stream (its key is the
+//     record's), moving the stream's total;
+//   - each shard of both mappings counts every record processed, none
+//     discarded, and the
 //     store holds no on-failure record;
 //   - every record's step is COMPLETED in the store's journal, none is in
 //     progress;
@@ -397,6 +417,7 @@ func TestChaosPostgresTransfers(t *testing.T) {
 	}
 	producedAt := time.Since(start)
 	statuses := waitCaughtUp(t, a, mapping, stream, 3*time.Minute)
+	ledgerStatuses := waitCaughtUp(t, a, ledgerMapping, stream, time.Minute)
 	caughtUpAt := time.Since(start)
 
 	// The stream is the ground truth: each of its records is one transfer.
@@ -412,15 +433,16 @@ func TestChaosPostgresTransfers(t *testing.T) {
 	bySeq := make(map[string]string)  // shard/sequence → data
 	seen := make([]int, total)
 	inStream := 0
-	var skipped uint64
+	var skipped, moved int64
 	for shard, recs := range byShard {
-		st := statuses[shard]
-		skipped += st.Skipped
-		if st.Discarded != 0 || st.Lost != 0 {
-			t.Errorf("shard %s: discarded %d, lost %d; want 0", shard, st.Discarded, st.Lost)
-		}
-		if st.Processed != uint64(len(recs)) {
-			t.Errorf("shard %s: processed %d, the shard holds %d records (skipped %d)", shard, st.Processed, len(recs), st.Skipped)
+		for _, st := range []engine.ShardStatus{statuses[shard], ledgerStatuses[shard]} {
+			skipped += int64(st.Skipped)
+			if st.Discarded != 0 || st.Lost != 0 {
+				t.Errorf("%s shard %s: discarded %d, lost %d; want 0", st.Mapping, shard, st.Discarded, st.Lost)
+			}
+			if st.Processed != uint64(len(recs)) {
+				t.Errorf("%s shard %s: processed %d, the shard holds %d records (skipped %d)", st.Mapping, shard, st.Processed, len(recs), st.Skipped)
+			}
 		}
 		for _, r := range recs {
 			var tr transferData
@@ -433,6 +455,7 @@ func TestChaosPostgresTransfers(t *testing.T) {
 			seen[tr.ID]++
 			expected[tr.From] -= tr.Amount
 			expected[tr.To] += tr.Amount
+			moved += tr.Amount
 			stepKeys["transfer/"+stream+"/"+shard+"/"+r.SequenceNumber+"/notify"] = true
 			bySeq[shard+"/"+r.SequenceNumber] = r.Data
 			inStream++
@@ -454,6 +477,15 @@ func TestChaosPostgresTransfers(t *testing.T) {
 	qctx, qcancel := context.WithTimeout(context.Background(), time.Minute)
 	defer qcancel()
 	checkBalances(qctx, t, conn, expected, accounts, opening)
+	// The ledger: a row for each record of the stream (a second row for
+	// one would have failed on its key, and been discarded).
+	var ledgerRows, ledgerSum int64
+	if err := conn.QueryRow(qctx, `SELECT count(*), coalesce(sum(amount), 0) FROM transfer_ledger`).Scan(&ledgerRows, &ledgerSum); err != nil {
+		t.Fatal(err)
+	}
+	if ledgerRows != int64(inStream) || ledgerSum != moved {
+		t.Errorf("the ledger holds %d rows moving %d, the stream %d records moving %d", ledgerRows, ledgerSum, inStream, moved)
+	}
 	var failures int
 	if err := conn.QueryRow(qctx, `SELECT count(*) FROM idem.failures`).Scan(&failures); err != nil {
 		t.Fatal(err)
@@ -571,9 +603,9 @@ func TestChaosPostgresTransfers(t *testing.T) {
 	for _, n := range killDups {
 		dups += n
 	}
-	t.Logf("%d kills with SIGKILL (%d processes had died by themselves), PostgreSQL crashed and restarted once (%v), %d deadlocks between transfers resolved by PostgreSQL; %d transfers, %d records in the stream (%d put twice by POSTs sent again; %d POSTs failed), %d skipped after restarts; "+
+	t.Logf("%d kills with SIGKILL (%d processes had died by themselves), PostgreSQL crashed and restarted once (%v), %d deadlocks between transfers resolved by PostgreSQL; %d transfers, %d records in the stream (%d put twice by POSTs sent again; %d POSTs failed), %d skipped after restarts; ledger: %d rows; "+
 		"log: %d lines, %d keys, %d repeated lines (%d after a kill, %d after PostgreSQL's crash, %d unexplained), by killed process %v; produced in %v, caught up in %v, total %v",
-		kills, died, pgDowntime.Round(time.Millisecond), pg.count("deadlock detected"), total, inStream, inStream-total, res.failedPosts, skipped,
+		kills, died, pgDowntime.Round(time.Millisecond), pg.count("deadlock detected"), total, inStream, inStream-total, res.failedPosts, skipped, ledgerRows,
 		lines, len(segments), dups, dups-pgDups-badDups, pgDups, badDups, killDups,
 		producedAt.Round(time.Millisecond), caughtUpAt.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
