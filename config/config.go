@@ -95,7 +95,8 @@ type PostgresStore struct {
 	// postgres.Defer as it was deferred, rather than a run of INSERTs of
 	// one VALUES row and one text as one INSERT of their rows (the same
 	// rows, in the same order, several times faster). Set it for tables
-	// whose statement-level or AFTER ROW triggers must fire per record.
+	// whose statement-level or AFTER ROW triggers, rules or
+	// self-referencing foreign keys must see each record's statement.
 	// Default: false
 	SeparateDeferredInserts bool `yaml:"separateDeferredInserts"`
 }

@@ -35,10 +35,12 @@ import (
 // so that the failure is found, and handled, as if they had never been
 // joined. A row that conflicts with another row of the same INSERT (ON
 // CONFLICT DO UPDATE cannot touch one row twice) fails the joined statement
-// and so ends up run alone. What does differ: a statement-level trigger
-// fires once for the joined rows, and AFTER ROW triggers run after all of
-// them rather than after each statement (WithoutJoinedInserts turns the
-// joining off).
+// and so ends up run alone. What does differ is what runs at a
+// statement's end: a statement-level trigger fires once for the joined
+// rows, AFTER ROW triggers and foreign-key checks run after all of them
+// (so a row that references a row of its own table deferred after it is
+// accepted, where alone it would fail), and rules see one statement.
+// WithoutJoinedInserts turns the joining off.
 
 // valuesRow is an INSERT of one VALUES row, split around the row: Head
 // ends before the row's "(", Row is the row with its parentheses, Tail is

@@ -231,9 +231,11 @@ func WithLeaseTTL(ttl time.Duration) Option { return func(o *options) { o.leaseT
 // deferred. By default a run of deferred INSERTs of one SQL text and one
 // VALUES row is sent as one INSERT of their rows, which PostgreSQL runs
 // several times faster, with the same rows inserted in the same order and
-// the same outcome for each record; what a statement-level trigger or an
-// AFTER ROW trigger observes differs (they fire once for the run, and after
-// all its rows), and this option is for tables whose triggers care.
+// the same outcome for each record; what runs at a statement's end
+// differs (a statement-level trigger fires once for the run, AFTER ROW
+// triggers and foreign-key checks run after all its rows), and this option
+// is for tables whose triggers, rules or self-referencing foreign keys
+// care.
 func WithoutJoinedInserts() Option { return func(o *options) { o.separateRows = true } }
 
 // cancelGrace is how long a statement whose context is done may take to
