@@ -586,6 +586,8 @@ func (t *Tx) joinedPrepared(r *request) {
 	js.names[r.sql] = r.name
 }
 
+// joinableRow is what joinable found of a statement: its text split
+// around its VALUES row, when ok.
 type joinableRow struct {
 	v  valuesRow
 	ok bool
