@@ -293,11 +293,16 @@ func equalReports(a, b validateReport) bool {
 // programs' handlers, and their dataDir (./idem-data) is not created;
 // without the handlers, validate reports what serve would.
 func TestValidateExamples(t *testing.T) {
-	for _, ex := range []string{"counter", "transfer"} {
+	// Each example's functions, the first named after it.
+	examples := map[string][]string{"counter": {"counter"}, "transfer": {"transfer", "ledger"}}
+	for ex, functions := range examples {
 		file := filepath.Join("..", "examples", ex, "idem.yaml")
-		h := server.WithHandler(ex, idem.RecordFunc(func(context.Context, *idem.Record) error { return nil }))
+		var hs []server.Option
+		for _, f := range functions {
+			hs = append(hs, server.WithHandler(f, idem.RecordFunc(func(context.Context, *idem.Record) error { return nil })))
+		}
 		assertAbsent(t, "idem-data", "nothing")
-		code, stdout, stderr := validateRun(t, []string{"-c", file}, h)
+		code, stdout, stderr := validateRun(t, []string{"-c", file}, hs...)
 		if code != exitOK || stdout != file+": ok\n" || stderr != "" {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q; want %d and %q", ex, code, stdout, stderr, exitOK, file+": ok\n")
 		}
