@@ -60,6 +60,11 @@ var _ store.DeferTx = (*Tx)(nil)
 //     statement must be one whose effects a rollback undoes: a plain
 //     write, not a session-level advisory lock or a call out of the
 //     database (a sequence skips the values the undone run took).
+//   - Consecutive deferred INSERTs of one SQL text and one VALUES row are
+//     sent as one INSERT of their rows, in order (multirow.go says which
+//     texts, and what a trigger sees differently; WithoutJoinedInserts
+//     turns it off); when it fails, the same statements are sent one by
+//     one, so each record's outcome is its own.
 //   - The arguments are encoded at Defer (they may be reused at once);
 //     pgx.NamedArgs works, per-statement options (a pgx.QueryExecMode,
 //     result formats) are refused. Deferred statements, as those run with
@@ -118,7 +123,7 @@ func DeferBatch(ctx context.Context, b *idem.Batch, sql string, args ...any) err
 const maxPrepared = 256
 
 // preparedKey names, in a connection's CustomData, the statements Defer
-// prepared on it: SQL text to description.
+// prepared on it: SQL text to preparedStmt.
 const preparedKey = "idem.deferred"
 
 // flushSavepoint is the savepoint a flush sends the finished records'
@@ -128,9 +133,18 @@ const flushSavepoint = "idem_deferred"
 // deferred is one statement held back, its arguments encoded.
 type deferred struct {
 	rec     int // the record's index; -1 for the whole batch's
-	sd      *pgconn.StatementDescription
+	stmt    *preparedStmt
 	values  [][]byte
 	formats []int16
+}
+
+// preparedStmt is a statement Defer prepared on a connection: its
+// description, and its text split around its VALUES row when a flush may
+// join runs of it into one INSERT (joinable; multirow.go).
+type preparedStmt struct {
+	sd       *pgconn.StatementDescription
+	row      valuesRow
+	joinable bool
 }
 
 // DeferredError is the error of a statement deferred with Defer that
@@ -183,23 +197,23 @@ func (t *Tx) queueStatement(ctx context.Context, rec int, sql string, args []any
 	if err != nil {
 		return fmt.Errorf("postgres: deferring a statement: %w", err)
 	}
-	sd, err := t.prepared(ctx, rec, conn, sql)
+	stmt, err := t.prepared(ctx, rec, conn, sql)
 	if err != nil {
 		return err
 	}
-	if sd == nil {
+	if stmt == nil {
 		// Too many texts prepared on this connection: run it now.
 		_, err := t.h.Exec(ctx, sql, args...)
 		return err
 	}
 	// Encoded now, an argument that does not fit fails the record alone;
 	// at the flush it would fail the whole pipeline.
-	if err := t.eqb.Build(conn.TypeMap(), sd, args); err != nil {
+	if err := t.eqb.Build(conn.TypeMap(), stmt.sd, args); err != nil {
 		return fmt.Errorf("postgres: deferring a statement: %w", err)
 	}
 	// The encoded values are copied into the queue's arenas, which the
 	// next Defer's encoding reuses.
-	d := deferred{rec: rec, sd: sd}
+	d := deferred{rec: rec, stmt: stmt}
 	if q := len(t.queue); q > 0 && slices.Equal(t.queue[q-1].formats, t.eqb.ParamFormats) {
 		d.formats = t.queue[q-1].formats
 	} else {
@@ -219,16 +233,16 @@ func (t *Tx) queueStatement(ctx context.Context, rec int, sql string, args []any
 	return nil
 }
 
-// prepared returns the description of sql as prepared on conn, preparing
-// it the first time; nil when conn holds maxPrepared of Defer's
+// prepared returns sql as prepared on conn, preparing it (and finding
+// whether runs of it can be joined) the first time; nil when conn holds maxPrepared of Defer's
 // statements already. It prepares after sending what is held back and
 // setting the record's savepoint, so that a statement that cannot be
 // prepared fails its record alone, as a statement run with TxFrom would.
-func (t *Tx) prepared(ctx context.Context, rec int, conn *pgx.Conn, sql string) (*pgconn.StatementDescription, error) {
+func (t *Tx) prepared(ctx context.Context, rec int, conn *pgx.Conn, sql string) (*preparedStmt, error) {
 	data := conn.PgConn().CustomData()
-	set, _ := data[preparedKey].(map[string]*pgconn.StatementDescription)
-	if sd, ok := set[sql]; ok {
-		return sd, nil
+	set, _ := data[preparedKey].(map[string]*preparedStmt)
+	if stmt, ok := set[sql]; ok {
+		return stmt, nil
 	}
 	if len(set) >= maxPrepared {
 		return nil, nil
@@ -253,11 +267,15 @@ func (t *Tx) prepared(ctx context.Context, rec int, conn *pgx.Conn, sql string) 
 		return nil, err
 	}
 	if set == nil {
-		set = make(map[string]*pgconn.StatementDescription)
+		set = make(map[string]*preparedStmt)
 		data[preparedKey] = set
 	}
-	set[sql] = sd
-	return sd, nil
+	stmt := &preparedStmt{sd: sd}
+	if t.s.joinInserts {
+		stmt.row, stmt.joinable = splitValuesRow(sql, len(sd.ParamOIDs))
+	}
+	set[sql] = stmt
+	return stmt, nil
 }
 
 // dropQueued drops what record i holds back, unsent. Its values stay in
@@ -486,22 +504,22 @@ func appendRunning(reqs []request, sp []string, cur []deferred) []request {
 func (t *Tx) appendJoined(reqs []request, ds []deferred) []request {
 	for i := 0; i < len(ds); {
 		j := i + 1
-		for j < len(ds) && ds[j].sd == ds[i].sd {
+		for j < len(ds) && ds[j].stmt == ds[i].stmt {
 			j++
 		}
-		v, ok := t.joinable(ds[i].sd)
-		if !ok || j-i < 2 {
+		stmt := ds[i].stmt
+		if !stmt.joinable || j-i < 2 {
 			reqs = appendDeferred(reqs, ds[i:j], false)
 			i = j
 			continue
 		}
-		params := len(ds[i].sd.ParamOIDs)
+		params := len(stmt.sd.ParamOIDs)
 		per := maxJoinedRows
 		if params > 0 {
 			per = min(per, math.MaxUint16/params)
 		}
 		for k := i; k < j; k += per {
-			r := joinRows(v, ds[k:min(k+per, j)])
+			r := joinRows(ds[k:min(k+per, j)])
 			r.name, r.prepare = t.joinedName(r.sql)
 			reqs = append(reqs, r)
 		}
@@ -510,31 +528,9 @@ func (t *Tx) appendJoined(reqs []request, ds []deferred) []request {
 	return reqs
 }
 
-// joinable returns sd's text split around its VALUES row when a flush may
-// join statements of it, remembering the answer on the connection.
-func (t *Tx) joinable(sd *pgconn.StatementDescription) (valuesRow, bool) {
-	if !t.s.joinInserts {
-		return valuesRow{}, false
-	}
-	data := t.conn.Conn().PgConn().CustomData()
-	rows, _ := data[joinableKey].(map[*pgconn.StatementDescription]joinableRow)
-	if r, ok := rows[sd]; ok {
-		return r.v, r.ok
-	}
-	if rows == nil {
-		rows = make(map[*pgconn.StatementDescription]joinableRow)
-		data[joinableKey] = rows
-	}
-	v, ok := splitValuesRow(sd.SQL, len(sd.ParamOIDs))
-	rows[sd] = joinableRow{v, ok}
-	return v, ok
-}
-
-// joinableKey names, in a connection's CustomData, what joinable found of
-// the statements Defer prepared on it; joinedKey, the joined INSERTs
-// prepared on it (text to statement name), at most maxJoinedPrepared.
+// joinedKey names, in a connection's CustomData, the joined INSERTs
+// prepared on it (joinedStatements), at most maxJoinedPrepared.
 const (
-	joinableKey       = "idem.deferred.joinable"
 	joinedKey         = "idem.deferred.joined"
 	maxJoinedPrepared = 64
 )
@@ -586,19 +582,13 @@ func (t *Tx) joinedPrepared(r *request) {
 	js.names[r.sql] = r.name
 }
 
-// joinableRow is what joinable found of a statement: its text split
-// around its VALUES row, when ok.
-type joinableRow struct {
-	v  valuesRow
-	ok bool
-}
-
-// joinRows is the one INSERT of the rows of ds, statements of one text
-// split as v: their arguments one after the other, in order.
-func joinRows(v valuesRow, ds []deferred) request {
-	sd := ds[0].sd
+// joinRows is the one INSERT of the rows of ds, statements of one
+// joinable text: their arguments one after the other, in order.
+func joinRows(ds []deferred) request {
+	stmt := ds[0].stmt
+	sd := stmt.sd
 	params := len(sd.ParamOIDs)
-	r := request{rows: ds, sql: v.joined(len(ds), params)}
+	r := request{rows: ds, sql: stmt.row.joined(len(ds), params)}
 	r.oids = make([]uint32, 0, len(ds)*params)
 	r.values = make([][]byte, 0, len(ds)*params)
 	r.formats = make([]int16, 0, len(ds)*params)
@@ -625,7 +615,7 @@ func (t *Tx) send(ctx context.Context, reqs []request) (int, error) {
 	for _, r := range reqs {
 		switch {
 		case r.d != nil:
-			p.SendQueryStatement(r.d.sd, r.d.values, r.d.formats, nil)
+			p.SendQueryStatement(r.d.stmt.sd, r.d.values, r.d.formats, nil)
 		case r.rows != nil && r.name == "":
 			p.SendQueryParams(r.sql, r.values, r.oids, r.formats, nil)
 		case r.rows != nil:

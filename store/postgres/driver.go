@@ -213,7 +213,7 @@ func commitErr(w *store.Write, err error) error {
 }
 
 // batchErr turns the error of w's batch into store.ErrCheckpointBackwards
-// when the checkpoint's upsert refused to move the checkpoint backwards, and into
+// when put_checkpoint refused to move the checkpoint backwards, and into
 // store.ErrFenced when check_fence refused w's fence.
 func (s *Store) batchErr(w *store.Write, err error) error {
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeBackwards {
@@ -238,20 +238,8 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
 	if f := w.Fence; f != nil {
 		b.Queue(s.q.checkFence, f.Key[:], int64(f.Token))
 	}
-	// The progress's arguments are NULL (nil) without progress.
-	var scope, pStream, pShard, pMapping, highWater, filter *string
-	var above []string
-	if w.HasProgress {
-		pk := &w.ProgressKey
-		above = make([]string, len(w.Progress.Above))
-		for i, a := range w.Progress.Above {
-			above[i] = string(a)
-		}
-		hw, f := string(w.Progress.HighWater), escape(w.Progress.Filter)
-		scope, pStream, pShard, pMapping, highWater, filter = new(escape(pk.Scope)), new(escape(pk.Stream)), new(escape(pk.Shard)), new(escape(pk.Mapping)), &hw, &f
-	}
-	b.Queue(s.q.putCheckpoint, escape(cp.Mapping), escape(cp.Stream), escape(cp.Shard), string(nc.Sequence), nc.Processed, nc.Skipped, nc.Discarded, nc.Lost,
-		scope, pStream, pShard, pMapping, highWater, above, filter)
+	b.Queue(s.q.putCheckpoint, append([]any{escape(cp.Mapping), escape(cp.Stream), escape(cp.Shard), string(nc.Sequence),
+		nc.Processed, nc.Skipped, nc.Discarded, nc.Lost}, progressArgs(w)...)...)
 	if w.EndRange {
 		pk := &w.ProgressKey
 		b.Queue(s.q.endRange, escape(pk.Scope), escape(pk.Stream), escape(pk.Shard), escape(pk.Mapping))
@@ -287,6 +275,22 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
 		b.Queue(s.q.putFailure, escape(f.Destination), meta, a.streams, a.shards, a.seqs, a.keys, a.data, a.arrivals)
 	}
 	return b, nil
+}
+
+// progressArgs are put_checkpoint_progress's arguments for w's progress:
+// scope, stream, shard, mapping, high water, above and filter, all NULL
+// when w has none.
+func progressArgs(w *store.Write) []any {
+	if !w.HasProgress {
+		return make([]any, 7)
+	}
+	pk := &w.ProgressKey
+	above := make([]string, len(w.Progress.Above))
+	for i, a := range w.Progress.Above {
+		above[i] = string(a)
+	}
+	return []any{escape(pk.Scope), escape(pk.Stream), escape(pk.Shard), escape(pk.Mapping),
+		string(w.Progress.HighWater), above, escape(w.Progress.Filter)}
 }
 
 // validate refuses sequences PostgreSQL could not compare as numbers.

@@ -193,7 +193,7 @@ type options struct {
 	logger        *slog.Logger
 	purgeInterval time.Duration
 	leaseTTL      time.Duration
-	separateRows  bool
+	noJoin        bool // WithoutJoinedInserts
 }
 
 // WithSchema sets the PostgreSQL schema that holds idem's tables (default
@@ -236,7 +236,7 @@ func WithLeaseTTL(ttl time.Duration) Option { return func(o *options) { o.leaseT
 // triggers and foreign-key checks run after all its rows), and this option
 // is for tables whose triggers, rules or self-referencing foreign keys
 // care.
-func WithoutJoinedInserts() Option { return func(o *options) { o.separateRows = true } }
+func WithoutJoinedInserts() Option { return func(o *options) { o.noJoin = true } }
 
 // cancelGrace is how long a statement whose context is done may take to
 // end once the server was asked to cancel it, before its connection is
@@ -306,7 +306,7 @@ func New(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 		return nil, err
 	}
 	pctx, stop := context.WithCancel(context.Background())
-	s := &Store{pool: pool, schema: o.schema, q: newQueries(ident), log: o.logger, stop: stop, customPlans: !planMode, joinInserts: !o.separateRows}
+	s := &Store{pool: pool, schema: o.schema, q: newQueries(ident), log: o.logger, stop: stop, customPlans: !planMode, joinInserts: !o.noJoin}
 	if o.purgeInterval > 0 {
 		s.wg.Add(1)
 		go s.purgeLoop(pctx, o.purgeInterval)
