@@ -145,6 +145,9 @@ type preparedStmt struct {
 	sd       *pgconn.StatementDescription
 	row      valuesRow
 	joinable bool
+	// joined names the joined INSERTs of it prepared on the connection,
+	// by their number of rows (joinedName).
+	joined map[int]string
 }
 
 // DeferredError is the error of a statement deferred with Defer that
@@ -519,76 +522,90 @@ func (t *Tx) appendJoined(reqs []request, ds []deferred) []request {
 			per = min(per, math.MaxUint16/params)
 		}
 		for k := i; k < j; k += per {
-			r := joinRows(ds[k:min(k+per, j)])
-			r.name, r.prepare = t.joinedName(r.sql)
-			reqs = append(reqs, r)
+			reqs = append(reqs, t.joinRows(ds[k:min(k+per, j)]))
 		}
 		i = j
 	}
 	return reqs
 }
 
-// joinedKey names, in a connection's CustomData, the joined INSERTs
-// prepared on it (joinedStatements), at most maxJoinedPrepared.
+// joinedData names, in a connection's CustomData, its joinedStatements.
+// maxJoinedPrepared bounds the joined INSERTs prepared on a connection.
 const (
-	joinedKey         = "idem.deferred.joined"
+	joinedData        = "idem.deferred.joined"
 	maxJoinedPrepared = 64
 )
 
-// joinedStatements are the joined INSERTs prepared on a connection.
+// joinedStatements counts the joined INSERTs prepared on a connection.
 type joinedStatements struct {
-	names map[string]string // SQL text to statement name
-	next  int               // the number of the next name
+	prepared int // the server said so (joinedPrepared)
+	next     int // the number of the next name
 }
 
-// joinedName returns the name of the prepared statement of the joined
-// INSERT sql on the transaction's connection, and whether the flush is to
-// prepare it (its first use there); "" when the connection holds
-// maxJoinedPrepared of them already, and sql is sent unnamed, parsed each
-// time. A batch's runs are mostly of its size, so a few texts serve a
-// mapping, and preparing one saves PostgreSQL parsing and planning its
-// rows at every batch. A name is taken for good when given (a statement
-// whose preparation the server skipped never exists; its name is not
-// given again), and counts as prepared once the server said so
-// (joinedPrepared).
-func (t *Tx) joinedName(sql string) (name string, prepare bool) {
-	data := t.conn.Conn().PgConn().CustomData()
-	js, _ := data[joinedKey].(*joinedStatements)
-	if js == nil {
-		js = &joinedStatements{names: make(map[string]string)}
-		data[joinedKey] = js
-	}
-	if n, ok := js.names[sql]; ok {
+// joinedKey is one joined INSERT: rows rows of stmt.
+type joinedKey struct {
+	stmt *preparedStmt
+	rows int
+}
+
+// joinedName returns the name of the prepared statement of the INSERT of
+// rows rows of stmt on the transaction's connection, and whether the
+// flush is to prepare it (its first use there); "" when the connection
+// holds maxJoinedPrepared of them already, and the INSERT is sent
+// unnamed, parsed each time. A batch's runs are mostly of its size, so a
+// few serve a mapping, and preparing one saves PostgreSQL parsing and
+// planning its rows at every batch. A name is taken for good when given
+// (a statement whose preparation the server skipped never exists; its
+// name is not given again), and counts as prepared once the server said
+// so (joinedPrepared).
+func (t *Tx) joinedName(stmt *preparedStmt, rows int) (name string, prepare bool) {
+	if n, ok := stmt.joined[rows]; ok {
 		return n, false
 	}
-	if n, ok := t.preparing[sql]; ok {
+	key := joinedKey{stmt, rows}
+	if n, ok := t.preparing[key]; ok {
 		return n, false // prepared earlier in the same pipeline
 	}
-	if len(js.names)+len(t.preparing) >= maxJoinedPrepared {
+	data := t.conn.Conn().PgConn().CustomData()
+	js, _ := data[joinedData].(*joinedStatements)
+	if js == nil {
+		js = &joinedStatements{}
+		data[joinedData] = js
+	}
+	if js.prepared+len(t.preparing) >= maxJoinedPrepared {
 		return "", false
 	}
 	js.next++
 	name = "idem_joined_" + strconv.Itoa(js.next)
 	if t.preparing == nil {
-		t.preparing = make(map[string]string)
+		t.preparing = make(map[joinedKey]string)
 	}
-	t.preparing[sql] = name
+	t.preparing[key] = name
 	return name, true
 }
 
 // joinedPrepared records that the server prepared the joined INSERT of r.
 func (t *Tx) joinedPrepared(r *request) {
-	js := t.conn.Conn().PgConn().CustomData()[joinedKey].(*joinedStatements)
-	js.names[r.sql] = r.name
+	stmt := r.rows[0].stmt
+	if stmt.joined == nil {
+		stmt.joined = make(map[int]string)
+	}
+	stmt.joined[len(r.rows)] = r.name
+	t.conn.Conn().PgConn().CustomData()[joinedData].(*joinedStatements).prepared++
 }
 
 // joinRows is the one INSERT of the rows of ds, statements of one
-// joinable text: their arguments one after the other, in order.
-func joinRows(ds []deferred) request {
+// joinable text: their arguments one after the other, in order. Its SQL
+// is written only when it is to be prepared or sent unnamed.
+func (t *Tx) joinRows(ds []deferred) request {
 	stmt := ds[0].stmt
 	sd := stmt.sd
 	params := len(sd.ParamOIDs)
-	r := request{rows: ds, sql: stmt.row.joined(len(ds), params)}
+	r := request{rows: ds}
+	r.name, r.prepare = t.joinedName(stmt, len(ds))
+	if r.name == "" || r.prepare {
+		r.sql = stmt.row.joined(len(ds), params)
+	}
 	r.oids = make([]uint32, 0, len(ds)*params)
 	r.values = make([][]byte, 0, len(ds)*params)
 	r.formats = make([]int16, 0, len(ds)*params)

@@ -133,9 +133,9 @@ type Tx struct {
 	// failed: the record cannot succeed.
 	deferErr error
 	eqb      pgx.ExtendedQueryBuilder // encodes Defer's arguments
-	// preparing holds the joined INSERTs the flush being built prepares
-	// (SQL text to statement name).
-	preparing map[string]string
+	// preparing holds the joined INSERTs the flush being built prepares,
+	// and their names.
+	preparing map[joinedKey]string
 }
 
 // Begin starts a transaction on a connection of the pool, at the
