@@ -346,6 +346,7 @@ func (db *DB) scanLegacyKeys(ctx context.Context) (int64, error) {
 	if err := it.Close(); err != nil {
 		return 0, err
 	}
+	latest = max(latest, db.journal.maxExpires())
 	it, err = db.pdb.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: []byte{prefixClaim}, UpperBound: []byte{prefixClaim + 1}})
 	if err != nil {
 		return 0, err

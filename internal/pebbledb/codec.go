@@ -18,6 +18,7 @@ const (
 	prefixCheckpoint = 'c'
 	prefixProgress   = 'p'
 	prefixMark       = 'k'
+	prefixJournal    = 'j'
 	prefixExpiry     = 'x'
 	prefixState      = 'v'
 	prefixClaim      = 'i'
@@ -28,7 +29,11 @@ const (
 const valueVersion = 1
 
 // layoutVersion is the value of the 'f' key: the version of the key layout.
-const layoutVersion = 1
+// Version 2 added the mark journal ('j'): a program that reads only
+// version 1 would not see the marks it holds, so it must refuse the
+// directory. Open upgrades a version 1 directory, which has no journal,
+// by rewriting the key.
+const layoutVersion = 2
 
 // errCorrupt is wrapped by every decoder error: a value that does not parse
 // means the directory was damaged or written by an incompatible program.

@@ -62,6 +62,11 @@ type options struct {
 	// saves.
 	markFilterMemory int64
 	noMarkFilter     bool
+	// spillMarksAt, when set, replaces defaultSpillMarksAt; directMarks
+	// writes each mark as a key of its own at commit, as before the
+	// journal, for tests and benchmarks that compare the two.
+	spillMarksAt int
+	directMarks  bool
 }
 
 // Defaults, in one place. The cache and memtables bound Pebble's memory:
@@ -169,6 +174,16 @@ func WithMarkFilterMemory(bytes int64) Option {
 }
 
 // withoutMarkFilter turns the mark filter off, for benchmarks.
+// withSpillMarksAt spills the mark journal once it holds n marks.
+func withSpillMarksAt(n int) Option {
+	return optionFunc(func(o *options) { o.spillMarksAt = n })
+}
+
+// withDirectMarks writes marks as keys of their own at commit.
+func withDirectMarks() Option {
+	return optionFunc(func(o *options) { o.directMarks = true })
+}
+
 func withoutMarkFilter() Option {
 	return optionFunc(func(o *options) { o.noMarkFilter = true })
 }
@@ -193,7 +208,8 @@ func WithLogger(l *slog.Logger) Option {
 // # Goroutines
 //
 // Open starts one goroutine, the sweeper, which enforces retention and
-// deletes expired marks every sweep interval; Close stops it and waits for
+// deletes expired marks every sweep interval, and spills the mark journal
+// when a commit asks; Close stops it and waits for
 // it, along with Pebble's own goroutines. The one exception is a DB that
 // failed (ErrFatal): Pebble may then hold goroutines that never finish, and
 // Close returns after a bounded wait, leaving them for the process's exit.
@@ -244,6 +260,12 @@ type DB struct {
 	marks markFilter
 	// markGets counts the marks looked up in Pebble, for tests.
 	markGets atomic.Int64
+	// journal holds the marks committed since the last spill
+	// (journal.go); spillMu serializes spills and redrives, and spillCh
+	// asks the sweeper for a spill.
+	journal markJournal
+	spillMu sync.Mutex
+	spillCh chan struct{}
 
 	// sweepMu serializes sweeps.
 	sweepMu sync.Mutex
@@ -274,7 +296,7 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	db := &DB{dir: dir, opts: o, idle: make(chan struct{}), failedCh: make(chan struct{}), done: make(chan struct{}), streams: make(map[string]*stream), records: make(map[store.MarkKey]recordClaim), ranges: make(map[string]map[string]rangeClaim)}
+	db := &DB{dir: dir, opts: o, idle: make(chan struct{}), failedCh: make(chan struct{}), done: make(chan struct{}), spillCh: make(chan struct{}, 1), streams: make(map[string]*stream), records: make(map[store.MarkKey]recordClaim), ranges: make(map[string]map[string]rangeClaim)}
 	db.marks.maxBytes = o.markFilterMemory
 	warn := func(msg string, args ...any) {
 		if o.logger != nil {
@@ -326,7 +348,7 @@ func Open(dir string, opts ...Option) (*DB, error) {
 		warn("pebbledb: cannot write the pid file; a second process will not learn who holds the directory", "dir", dir, "err", err)
 	}
 	err = db.load()
-	if err == nil && !o.noMarkFilter {
+	if err == nil {
 		err = db.loadMarks()
 	}
 	if err != nil {
@@ -350,11 +372,16 @@ func (db *DB) load() error {
 	case err != nil:
 		return err
 	default:
-		ok := len(v) == 1 && v[0] == layoutVersion
 		got := append([]byte(nil), v...)
 		closer.Close()
-		if !ok {
-			return fmt.Errorf("%w: layout version %x, this program reads %d", errCorrupt, got, layoutVersion)
+		switch {
+		case len(got) == 1 && got[0] == layoutVersion:
+		case len(got) == 1 && got[0] == 1:
+			if err := db.pdb.Set([]byte{prefixFormat}, []byte{layoutVersion}, pebble.Sync); err != nil {
+				return fmt.Errorf("upgrading the layout from version 1: %w", err)
+			}
+		default:
+			return fmt.Errorf("%w: layout version %x, this program reads 1 and %d", errCorrupt, got, layoutVersion)
 		}
 	}
 

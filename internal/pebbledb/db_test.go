@@ -542,12 +542,36 @@ func countKeys(t *testing.T, db *DB, prefix byte) int {
 	return n
 }
 
+// markLayouts are the two ways a commit writes marks: through the journal,
+// and as keys of their own, as before the journal (what a directory
+// written by an earlier version holds).
+var markLayouts = []struct {
+	name string
+	opts []Option
+}{
+	{"journal", nil},
+	{"direct", []Option{withDirectMarks()}},
+}
+
+// spill spills db's mark journal.
+func spill(t testing.TB, db *DB) {
+	t.Helper()
+	if err := db.spillMarks(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestPurgeMarks: a sweep deletes exactly the expired marks and their expiry
 // entries, over several chunks, and keeps a mark renewed after its first
-// expiry entry was written.
+// expiry entry was written; in either layout.
 func TestPurgeMarks(t *testing.T) {
+	for _, l := range markLayouts {
+		t.Run(l.name, func(t *testing.T) { testPurgeMarks(t, openMem(t, l.opts...)) })
+	}
+}
+
+func testPurgeMarks(t *testing.T, db *DB) {
 	ctx := context.Background()
-	db := openMem(t)
 	base := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	const n = 3*markChunk + 7
 	keys := make([]store.MarkKey, n)
@@ -569,8 +593,20 @@ func TestPurgeMarks(t *testing.T) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := countKeys(t, db, prefixExpiry); got != n+2 {
-		t.Fatalf("%d expiry entries, want %d", got, n+2)
+	// Directly, an entry a run of a commit's marks with one expiry: each
+	// mark here, and the renewal beside mark 0's stale entry. A spill
+	// writes an entry an expiry (-1h, 0, +1h, mark 0's renewal at +2h,
+	// and the one before the epoch), and no stale one.
+	want, wantLeft := 5, 2
+	if db.opts.directMarks {
+		want = n + 2
+	}
+	spill(t, db)
+	if got := countKeys(t, db, prefixExpiry); got != want {
+		t.Fatalf("%d expiry entries, want %d", got, want)
+	}
+	if got := countKeys(t, db, prefixJournal); got != 0 {
+		t.Fatalf("%d journal entries after a spill, want none", got)
 	}
 	if err := db.Sweep(ctx, base); err != nil {
 		t.Fatal(err)
@@ -593,8 +629,11 @@ func TestPurgeMarks(t *testing.T) {
 		t.Fatalf("%d marks left, want %d", got, live)
 	}
 	// Left: the entries of live marks (mark 0's +2h, not its stale -1h).
-	if got := countKeys(t, db, prefixExpiry); got != live {
-		t.Fatalf("%d expiry entries left, want %d", got, live)
+	if db.opts.directMarks {
+		wantLeft = live
+	}
+	if got := countKeys(t, db, prefixExpiry); got != wantLeft {
+		t.Fatalf("%d expiry entries left, want %d", got, wantLeft)
 	}
 }
 
@@ -662,10 +701,16 @@ func TestFailedSyncRefusesUse(t *testing.T) {
 // TestPurgeGroupedMarks: the marks of one commit that share an expiry get
 // one expiry entry between them, and the sweep purges them all, beside
 // entries of the earlier layout (one a mark, an empty value); a mark of a
-// group renewed since stays, and so does a group not yet expired.
+// group renewed since stays, and so does a group not yet expired; in either
+// layout.
 func TestPurgeGroupedMarks(t *testing.T) {
+	for _, l := range markLayouts {
+		t.Run(l.name, func(t *testing.T) { testPurgeGroupedMarks(t, openMem(t, l.opts...)) })
+	}
+}
+
+func testPurgeGroupedMarks(t *testing.T, db *DB) {
 	ctx := context.Background()
-	db := openMem(t)
 	base := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	mk := func(i int) (k store.MarkKey) {
 		binary.BigEndian.PutUint64(k[:], uint64(i))
@@ -694,6 +739,7 @@ func TestPurgeGroupedMarks(t *testing.T) {
 	if err := db.pdb.Set(expiryKey(&xb, exp, legacy), nil, nil); err != nil {
 		t.Fatal(err)
 	}
+	spill(t, db)
 	if got := countKeys(t, db, prefixExpiry); got != 4 {
 		t.Fatalf("%d expiry entries, want one a group (3) and the legacy one", got)
 	}

@@ -29,13 +29,25 @@
 // checks that each commit's checkpoint, marks, state and on-failure records
 // survive together or not at all.
 //
+// # Marks: a journal, then keys of their own
+//
+// A commit writes its completion marks as one journal entry, filed in
+// memory once applied (journal.go), not as a Pebble key each: a key each
+// cost an insert at a random place of the memtable's skiplist per record
+// keyed by its payload, the largest part of the engine's time with such
+// keys. The sweeper spills the journal, about every 130,000 marks and at
+// every sweep, into the mark keys and their expiry entries, sorted, in one
+// batch large enough for Pebble to write as a table of its own, which also
+// deletes the entries spilled. Open files the journal in memory again.
+//
 // # Mark lookups
 //
 // Completion marks are looked up for every record keyed by its payload,
 // and most of those keys were never marked. A Bloom filter of the mark
 // keys in memory (markfilter.go), built at Open from the marks on disk and
 // added to by each commit before its batch is applied, answers those
-// without reading Pebble; it never misses a mark. It costs about 2 to 5
+// without reading Pebble; it never misses a mark. The journal's marks are
+// found in memory; the rest in Pebble. It costs about 2 to 5
 // bytes a live mark, the sweep drops its parts whose marks all expired,
 // and WithMarkFilterMemory bounds it: beyond the bound, lookups go on to
 // Pebble ever more often.
@@ -79,6 +91,7 @@
 //	checkpoint   'c' | str(mapping) | str(stream) | str(shard)      v | uvarint seq, processed, skipped, discarded, lost
 //	progress     'p' | str(scope) | str(stream) | str(shard)        v | uvarint high | uvarint n | n × uvarint delta
 //	mark         'k' | 16-byte store.MarkKey                        v | varint expires ns
+//	journal      'j' | u64 seq (seq ≥ 1)                            v | runs: varint expires ns | uvarint n | n × 16-byte MarkKey
 //	expiry       'x' | u64 (expires ns XOR 1<<63) | 16-byte MarkKey (empty)
 //	state        'v' | str(namespace) | str(key)                    v | value bytes
 //	legacy keys  'h'                                                v | varint ns the last FNV-1a-keyed mark or claim expires (0: none)
@@ -111,5 +124,7 @@
 // version it does not know rather than guess; a new version of a value gets a
 // new byte, and decoders keep reading the old ones. The 'f' key holds the
 // version of the layout as a whole; Open refuses a directory written by a
-// newer layout.
+// newer layout. Layout 2 added the mark journal: a program that reads
+// layout 1 only would miss the marks it holds, and refuses it; Open
+// upgrades a layout 1 directory, which has no journal, in place.
 package pebbledb

@@ -316,45 +316,53 @@ func (f *markFilter) stats() markFilterStats {
 	return st
 }
 
-// loadMarks builds the mark filter from the marks on disk, expired ones
-// included: expiry is decided at lookup, against the caller's time, and
-// only a sweep deletes marks.
+// loadMarks files the mark journal in memory and builds the mark filter
+// from the marks on disk and in the journal, expired ones included:
+// expiry is decided at lookup, against the caller's time, and only a
+// sweep deletes marks.
 func (db *DB) loadMarks() error {
-	if err := db.scanMarks(); err != nil {
-		return fmt.Errorf("building the mark filter: %w", err)
+	var keys []store.MarkKey
+	maxExpires := int64(math.MinInt64)
+	var err error
+	if !db.opts.noMarkFilter {
+		if keys, maxExpires, err = db.scanMarks(); err != nil {
+			return fmt.Errorf("building the mark filter: %w", err)
+		}
+	}
+	if keys, maxExpires, err = db.loadJournal(keys, maxExpires); err != nil {
+		return fmt.Errorf("reading the mark journal: %w", err)
+	}
+	if !db.opts.noMarkFilter {
+		db.marks.reset(keys, maxExpires)
 	}
 	return nil
 }
 
-func (db *DB) scanMarks() error {
+// scanMarks returns the keys of the marks on disk and their latest expiry.
+func (db *DB) scanMarks() (keys []store.MarkKey, maxExpires int64, err error) {
 	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixMark}, UpperBound: []byte{prefixMark + 1}})
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
 	defer it.Close()
-	var keys []store.MarkKey
-	maxExpires := int64(math.MinInt64)
+	maxExpires = math.MinInt64
 	for valid := it.First(); valid; valid = it.Next() {
 		k := it.Key()
 		if len(k) != 1+len(store.MarkKey{}) {
-			return fmt.Errorf("%w: mark key %x", errCorrupt, k)
+			return nil, 0, fmt.Errorf("%w: mark key %x", errCorrupt, k)
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return err
+			return nil, 0, err
 		}
 		expires, err := decodeMark(v)
 		if err != nil {
-			return fmt.Errorf("mark %x: %w", k[1:], err)
+			return nil, 0, fmt.Errorf("mark %x: %w", k[1:], err)
 		}
 		keys = append(keys, store.MarkKey(k[1:]))
 		maxExpires = max(maxExpires, expires)
 	}
-	if err := it.Error(); err != nil {
-		return err
-	}
-	db.marks.reset(keys, maxExpires)
-	return nil
+	return keys, maxExpires, it.Error()
 }
 
 // seekMarksAt is the number of marks, left after the filter, from which
@@ -364,7 +372,8 @@ var seekMarksAt = 8
 
 // lookupMarks sets done[i] to whether keys[i] holds a mark that expires
 // after t (Unix nanoseconds). Keys the mark filter rules out are answered
-// from memory; the rest are looked up in Pebble.
+// from memory, then those the mark journal holds; the rest are looked up
+// in Pebble.
 func (db *DB) lookupMarks(keys []store.MarkKey, t int64, done []bool) error {
 	var buf [128]int32
 	cand := buf[:0]
@@ -373,6 +382,9 @@ func (db *DB) lookupMarks(keys []store.MarkKey, t int64, done []bool) error {
 		if db.opts.noMarkFilter || db.marks.mayContain(&keys[i]) {
 			cand = append(cand, int32(i))
 		}
+	}
+	if len(cand) > 0 {
+		cand = db.journal.lookup(keys, cand, t, done)
 	}
 	if len(cand) == 0 {
 		return nil

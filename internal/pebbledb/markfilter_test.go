@@ -55,14 +55,18 @@ func wantMarks(t *testing.T, db *DB, keys []store.MarkKey, now time.Time, want b
 	return db.markGets.Load() - before
 }
 
-// TestMarkFilter: a mark written is found, in Pebble; a key never marked
-// is answered absent by the filter alone, through Completed and through
-// ClaimRecords.
+// TestMarkFilter: a mark written is found, in Pebble once spilled; a key
+// never marked is answered absent by the filter alone, through Completed
+// and through ClaimRecords.
 func TestMarkFilter(t *testing.T) {
 	db := openMem(t)
 	now := time.Now()
 	marked, absent := markKeys("scope", 0, 500), markKeys("scope", 500, 2000)
 	commitMarks(t, db, marked, now.Add(time.Hour))
+	if n := wantMarks(t, db, marked, now, true); n != 0 {
+		t.Errorf("%d Pebble lookups for %d marks in the journal, want none", n, len(marked))
+	}
+	spill(t, db)
 
 	if n := wantMarks(t, db, marked, now, true); n != int64(len(marked)) {
 		t.Errorf("%d Pebble lookups for %d marks, want one each", n, len(marked))
@@ -290,23 +294,7 @@ func TestMarkFilterConcurrent(t *testing.T) {
 	db := openMem(t)
 	db.marks.minKeys = 256 // so that segments fill, and are dropped
 	now := time.Now()
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if err := db.Sweep(ctx, now); err != nil {
-				t.Error(err)
-				return
-			}
-		}
-	}()
+	stopSweeps := sweepAlongside(t, db, now)
 	var writers sync.WaitGroup
 	for g := range 4 {
 		writers.Add(1)
@@ -343,8 +331,7 @@ func TestMarkFilterConcurrent(t *testing.T) {
 		}()
 	}
 	writers.Wait()
-	close(stop)
-	wg.Wait()
+	stopSweeps()
 	if err := db.Sweep(ctx, now); err != nil {
 		t.Fatal(err)
 	}

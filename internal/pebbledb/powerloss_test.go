@@ -116,7 +116,9 @@ func TestPowerLoss(t *testing.T) {
 			// The crash that ended the epoch was checked: start over.
 			fs, m = vfs.NewCrashableMem(), &powerLoss{t: t}
 		}
-		db, err := Open("db", withFS(fs), WithDiskReserve(0))
+		// Spills of a few marks each, so that crashes land before, in
+		// and after them.
+		db, err := Open("db", withFS(fs), WithDiskReserve(0), withSpillMarksAt(1+round%7))
 		if err != nil {
 			t.Fatalf("round %d: reopening after the crash: %v", round, err)
 		}

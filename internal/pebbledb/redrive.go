@@ -54,7 +54,8 @@ func (db *DB) PutCheckpoint(ctx context.Context, stream string, recs []PutRecord
 //
 // It holds markMu exclusively while it reads the marks and commits, so
 // that neither the sweeper nor a Commit writing marks interleaves with
-// it. Only a mark's current expiry entry is deleted: an older entry left
+// it, and spills the mark journal in its batch, leaving the unmarked keys
+// out, so that no journal entry brings one back at Open. Only a mark's current expiry entry is deleted: an older entry left
 // by a renewal is already ignored by the purge (it finds no mark, or one
 // that expires later).
 func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []PutRecord, key store.CheckpointKey, prev idem.Sequence, cp store.Checkpoint, unmark []store.MarkKey) ([]PutResult, error) {
@@ -82,11 +83,20 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	if stored.Sequence.Compare(prev) != 0 {
 		return nil, wrap(fmt.Errorf("%w: it is %q, expected %q", ErrCheckpointMoved, stored.Sequence, prev))
 	}
+	// The journal's marks are spilled in the same batch, leaving out the
+	// marks unmarked, so that no journal entry brings one back at Open.
+	// Under markMu exclusive no commit is filing marks meanwhile.
+	var frozen map[store.MarkKey]journaled
+	var upTo uint64
 	if len(unmark) > 0 {
+		db.spillMu.Lock()
+		defer db.spillMu.Unlock()
 		db.markMu.Lock()
 		defer db.markMu.Unlock()
+		upTo = db.journal.seq.Load()
+		frozen = db.journal.freeze()
 	}
-	size := 64 + len(unmark)*(17+expiryKeyLen+8) + st.batchSize(recs)
+	size := 64 + (len(unmark)+len(frozen))*(17+expiryKeyLen+8) + st.batchSize(recs)
 	if err := db.admit(size); err != nil {
 		return nil, wrap(err)
 	}
@@ -99,6 +109,15 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	// The marks go; their expiry entries stay until their time, when the
 	// sweep finds the marks gone (or renewed, with a later expiry): an
 	// entry can name the other marks of its commit too.
+	if len(unmark) > 0 {
+		skip := make(map[store.MarkKey]bool, len(unmark))
+		for _, mk := range unmark {
+			skip[mk] = true
+		}
+		if err := appendSpill(b, frozen, func(k *store.MarkKey) bool { return skip[*k] }, upTo); err != nil {
+			return nil, wrap(err)
+		}
+	}
 	var kb [17]byte
 	for _, mk := range unmark {
 		if err := b.Delete(markKey(&kb, mk), nil); err != nil {
@@ -114,6 +133,9 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	p.finish()
 	if err != nil {
 		return nil, wrap(noSpace(err))
+	}
+	if len(unmark) > 0 {
+		db.journal.thaw()
 	}
 	return res, nil
 }

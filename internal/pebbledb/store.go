@@ -242,8 +242,11 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 			return nil, wrap(err)
 		}
 	}
-	if err := setMarks(b, w.Marks); err != nil {
-		return nil, wrap(err)
+	journaled := len(w.Marks) > 0 && !db.opts.directMarks
+	if !journaled {
+		if err := setMarks(b, w.Marks); err != nil {
+			return nil, wrap(err)
+		}
 	}
 	for i := range w.State {
 		op := &w.State[i]
@@ -264,6 +267,9 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 	// Admit the write before any sequence of a destination is allocated:
 	// a refused write leaves no gap.
 	size := b.Len()
+	if journaled {
+		size += 16 + journalValueLen(w.Marks)
+	}
 	for i := range w.Failures {
 		size += 64 + len(w.Failures[i].Metadata)
 		for _, r := range w.Failures[i].Records {
@@ -286,6 +292,7 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 		ps = append(ps, dests[i].append(b, recs, make([]PutResult, len(recs)), now))
 	}
 
+	var seq uint64 // the journal entry's
 	if len(w.Marks) > 0 {
 		db.markMu.RLock()
 		defer db.markMu.RUnlock()
@@ -295,6 +302,12 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 		if !db.opts.noMarkFilter {
 			for i := range w.Marks {
 				db.marks.add(&w.Marks[i].Key, w.Marks[i].Expires.UnixNano())
+			}
+		}
+		if journaled {
+			seq = db.journal.seq.Add(1)
+			if err := appendJournal(b, seq, w.Marks); err != nil {
+				return nil, wrap(err)
 			}
 		}
 	}
@@ -308,9 +321,16 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 			return nil, wrap(err)
 		}
 	}
-	// The record claims w ends are ended once it is applied: a claimer
-	// that still finds one waits, and then finds what w wrote.
+	// The record claims w ends are ended once it is applied, and its
+	// journaled marks filed: a claimer that still finds one waits, and
+	// then finds what w wrote.
 	endClaims := func() {
+		if journaled && db.journal.file(w.Marks, seq) >= db.spillMarksAt() {
+			select {
+			case db.spillCh <- struct{}{}:
+			default:
+			}
+		}
 		if !endsClaims {
 			return
 		}

@@ -22,7 +22,8 @@ const markChunk = 1024
 // closed), which completion marks must allow for.
 func (db *DB) SweepInterval() time.Duration { return db.opts.sweepInterval }
 
-// sweeper runs Sweep every sweep interval until Close.
+// sweeper runs Sweep every sweep interval, and spills the mark journal
+// when a commit asks, until Close.
 func (db *DB) sweeper() {
 	defer db.wg.Done()
 	t := time.NewTicker(db.opts.sweepInterval)
@@ -36,6 +37,11 @@ func (db *DB) sweeper() {
 			if err != nil && !errors.Is(err, ErrClosed) && db.opts.logger != nil {
 				db.opts.logger.Error("pebbledb: sweep failed; the next one retries", "err", err)
 			}
+		case <-db.spillCh:
+			err := db.spillMarks()
+			if err != nil && !errors.Is(err, ErrClosed) && db.opts.logger != nil {
+				db.opts.logger.Error("pebbledb: spilling the mark journal failed; the next sweep retries", "err", err)
+			}
 		}
 	}
 }
@@ -44,7 +50,7 @@ func (db *DB) sweeper() {
 // as of now: it deletes, in each shard, the records that arrived before now
 // minus the stream's retention, advancing the shard's lowest retained
 // sequence, and it deletes the completion marks expired at now, reading
-// only those. Expired marks are already treated as absent by Completed, so
+// only those, once it has spilled the mark journal into Pebble. Expired marks are already treated as absent by Completed, so
 // purging them only reclaims space. Tests call Sweep to decide time themselves.
 //
 // Errors: ErrClosed, ctx.Err(), and Pebble's errors with the stream and
@@ -68,6 +74,11 @@ func (db *DB) Sweep(ctx context.Context, now time.Time) error {
 				return fmt.Errorf("pebbledb: retention of stream %q shard %s: %w", st.name, sh.id, err)
 			}
 		}
+	}
+	// The journal's marks first, so that the purge finds each expired
+	// mark's entry.
+	if err := db.spillMarks(); err != nil {
+		return err
 	}
 	return db.purgeMarks(ctx, now.UnixNano())
 }

@@ -1,0 +1,303 @@
+package pebbledb
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/idem-run/idem"
+	"github.com/idem-run/idem/store"
+)
+
+// openDir opens dir with opts, closed when the test ends.
+func openDir(t *testing.T, dir string, opts ...Option) *DB {
+	t.Helper()
+	db, err := Open(dir, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// reopen closes db and opens its directory again with opts.
+func reopen(t *testing.T, db *DB, dir string, opts ...Option) *DB {
+	t.Helper()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return openDir(t, dir, opts...)
+}
+
+// sweepAlongside sweeps db as of now, over and over, until the returned
+// stop is called, which waits for the last sweep.
+func sweepAlongside(t *testing.T, db *DB, now time.Time) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if err := db.Sweep(context.Background(), now); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// TestMarkJournal: a commit's marks are one journal entry, found from
+// memory without a Pebble lookup; Open finds them again from the journal;
+// a spill moves them into mark keys and deletes the entries, and they are
+// found there, before and after a restart.
+func TestMarkJournal(t *testing.T) {
+	dir := t.TempDir()
+	db := openDir(t, dir)
+	now := time.Now()
+	keys := markKeys("scope", 0, 300)
+	for i := range 3 {
+		commitMarks(t, db, keys[i*100:(i+1)*100], now.Add(time.Hour))
+	}
+	check := func(stage string, wantGets int64) {
+		t.Helper()
+		if n := wantMarks(t, db, keys, now, true); n != wantGets {
+			t.Errorf("%s: %d Pebble lookups, want %d", stage, n, wantGets)
+		}
+		wantMarks(t, db, keys, now.Add(2*time.Hour), false)
+		wantMarks(t, db, markKeys("scope", 300, 300), now, false)
+	}
+	check("journaled", 0)
+	if n, j := countKeys(t, db, prefixMark), countKeys(t, db, prefixJournal); n != 0 || j != 3 {
+		t.Fatalf("%d mark keys and %d journal entries, want 0 and 3", n, j)
+	}
+	db = reopen(t, db, dir)
+	check("journaled, reopened", 0)
+	spill(t, db)
+	if n, j := countKeys(t, db, prefixMark), countKeys(t, db, prefixJournal); n != len(keys) || j != 0 {
+		t.Fatalf("after a spill: %d mark keys and %d journal entries, want %d and 0", n, j, len(keys))
+	}
+	check("spilled", int64(len(keys)))
+	db = reopen(t, db, dir)
+	check("spilled, reopened", int64(len(keys)))
+	spill(t, db) // nothing to spill
+	check("spilled twice", int64(len(keys)))
+}
+
+// TestMarkJournalLaterWriteWins: of two writes of one mark, the later one
+// holds, as with a mark key written twice: in the journal, after Open, and
+// after a spill, in both layouts.
+func TestMarkJournalLaterWriteWins(t *testing.T) {
+	for _, l := range markLayouts {
+		t.Run(l.name, func(t *testing.T) {
+			dir := t.TempDir()
+			db := openDir(t, dir, l.opts...)
+			now := time.Now()
+			keys := markKeys("scope", 0, 2)
+			commitMarks(t, db, keys[:1], now.Add(time.Hour))
+			commitMarks(t, db, keys[1:], now.Add(-time.Hour))
+			spill(t, db)
+			// Renewed in reverse: the first now expired, the second live.
+			commitMarks(t, db, keys[:1], now.Add(-time.Hour))
+			commitMarks(t, db, keys[1:], now.Add(time.Hour))
+			check := func(stage string) {
+				t.Helper()
+				done := make([]bool, 2)
+				if err := db.Completed(context.Background(), keys, now, done); err != nil {
+					t.Fatal(err)
+				}
+				if done[0] || !done[1] {
+					t.Fatalf("%s: done = %v, want [false true]", stage, done)
+				}
+			}
+			check("written")
+			db = reopen(t, db, dir, l.opts...)
+			check("reopened")
+			spill(t, db)
+			check("spilled")
+			db = reopen(t, db, dir, l.opts...)
+			check("spilled, reopened")
+		})
+	}
+}
+
+// TestSpillWhileCommitting: with spills and sweeps running all along, a
+// mark is found as soon as its commit returns, and every one after a
+// restart. Run it with -race.
+func TestSpillWhileCommitting(t *testing.T) {
+	dir := t.TempDir()
+	db := openDir(t, dir, withSpillMarksAt(37))
+	ctx := context.Background()
+	now := time.Now()
+	const writers, commits, perCommit = 4, 150, 7
+	stopSweeps := sweepAlongside(t, db, now)
+	var wg sync.WaitGroup
+	all := make([][]store.MarkKey, writers)
+	for g := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range commits {
+				keys := markKeys(fmt.Sprint("writer ", g), c*perCommit, perCommit)
+				w := &store.Write{Checkpoint: store.CheckpointKey{Mapping: "m", Stream: "s", Shard: fmt.Sprint(g)}, NewCheckpoint: store.Checkpoint{Sequence: idem.Sequence(fmt.Sprint(c + 1))}}
+				for _, k := range keys {
+					w.Marks = append(w.Marks, store.Mark{Key: k, Expires: now.Add(time.Hour)})
+				}
+				if err := db.Commit(ctx, w); err != nil {
+					t.Error(err)
+					return
+				}
+				done := make([]bool, len(keys))
+				if err := db.Completed(ctx, keys, now, done); err != nil {
+					t.Error(err)
+					return
+				}
+				for i, d := range done {
+					if !d {
+						t.Errorf("writer %d commit %d: mark %d not found once committed", g, c, i)
+						return
+					}
+				}
+				all[g] = append(all[g], keys...)
+			}
+		}()
+	}
+	wg.Wait()
+	stopSweeps()
+	if t.Failed() {
+		return
+	}
+	db = reopen(t, db, dir)
+	for g := range writers {
+		wantMarks(t, db, all[g], now, true)
+	}
+	spill(t, db)
+	if j := countKeys(t, db, prefixJournal); j != 0 {
+		t.Fatalf("%d journal entries after the last spill, want none", j)
+	}
+	for g := range writers {
+		wantMarks(t, db, all[g], now, true)
+	}
+}
+
+// TestUnmarkJournaled: a redrive's unmarking removes a mark still in the
+// journal for good: the journal is spilled in its batch without it, so
+// Open does not bring it back.
+func TestUnmarkJournaled(t *testing.T) {
+	dir := t.TempDir()
+	db := openDir(t, dir)
+	ctx := context.Background()
+	mustCreate(t, db, "s", 1)
+	now := time.Now()
+	keys := markKeys("scope", 0, 4)
+	commitMarks(t, db, keys[:2], now.Add(time.Hour))
+	spill(t, db)
+	commitMarks(t, db, keys[2:], now.Add(time.Hour))
+	// One unmarked from the mark keys, one from the journal.
+	cpKey := store.CheckpointKey{Mapping: "redrive", Stream: "s", Shard: ShardID(0)}
+	if _, err := db.PutCheckpointUnmarking(ctx, "s", []PutRecord{{PartitionKey: "k", Data: []byte("again")}}, cpKey, "", store.Checkpoint{Sequence: "1"}, []store.MarkKey{keys[0], keys[2]}); err != nil {
+		t.Fatal(err)
+	}
+	check := func(stage string) {
+		t.Helper()
+		done := make([]bool, len(keys))
+		if err := db.Completed(ctx, keys, now, done); err != nil {
+			t.Fatal(err)
+		}
+		if want := []bool{false, true, false, true}; fmt.Sprint(done) != fmt.Sprint(want) {
+			t.Fatalf("%s: done = %v, want %v", stage, done, want)
+		}
+	}
+	check("unmarked")
+	if j := countKeys(t, db, prefixJournal); j != 0 {
+		t.Fatalf("%d journal entries after unmarking, want none", j)
+	}
+	db = reopen(t, db, dir)
+	check("reopened")
+}
+
+// TestLayoutVersion: Open upgrades a directory of layout 1 (marks as keys
+// of their own, no journal) to 2, reading its marks, and refuses a layout
+// it does not know.
+func TestLayoutVersion(t *testing.T) {
+	dir := t.TempDir()
+	db := openDir(t, dir, withDirectMarks())
+	now := time.Now()
+	keys := markKeys("scope", 0, 10)
+	commitMarks(t, db, keys, now.Add(time.Hour))
+	if err := db.pdb.Set([]byte{prefixFormat}, []byte{1}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	db = reopen(t, db, dir)
+	wantMarks(t, db, keys, now, true)
+	v, closer, err := db.pdb.Get([]byte{prefixFormat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(v, []byte{layoutVersion}) {
+		t.Errorf("layout after Open: %x, want %d", v, layoutVersion)
+	}
+	closer.Close()
+	if err := db.pdb.Set([]byte{prefixFormat}, []byte{layoutVersion + 1}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if db, err := Open(dir); !errors.Is(err, errCorrupt) {
+		if err == nil {
+			db.Close()
+		}
+		t.Fatalf("Open of layout %d: %v, want %v", layoutVersion+1, err, errCorrupt)
+	}
+}
+
+// FuzzDecodeJournal: a journal entry decodes to the marks it was made
+// of, and any bytes decode without panicking, to marks or to an error.
+func FuzzDecodeJournal(f *testing.F) {
+	f.Add([]byte{}, int64(0), int64(0), uint8(3))
+	f.Add([]byte{valueVersion, 2, 1}, int64(-5), int64(1<<40), uint8(0))
+	f.Fuzz(func(t *testing.T, raw []byte, exp1, exp2 int64, n uint8) {
+		var got int
+		_ = decodeJournal(raw, func(store.MarkKey, int64) { got++ })
+		if got > len(raw)/len(store.MarkKey{}) {
+			t.Fatalf("%d marks from %d bytes", got, len(raw))
+		}
+
+		marks := make([]store.Mark, n)
+		for i := range marks {
+			marks[i].Key = store.MarkKeyOf("fuzz", fmt.Sprint(i, raw))
+			marks[i].Expires = time.Unix(0, exp1)
+			if i%3 == 2 {
+				marks[i].Expires = time.Unix(0, exp2)
+			}
+		}
+		v := appendJournalValue(nil, marks)
+		if len(v) != journalValueLen(marks) {
+			t.Fatalf("entry of %d bytes, journalValueLen says %d", len(v), journalValueLen(marks))
+		}
+		i := 0
+		if err := decodeJournal(v, func(k store.MarkKey, exp int64) {
+			if i >= len(marks) || k != marks[i].Key || exp != marks[i].Expires.UnixNano() {
+				t.Fatalf("mark %d decoded as %x at %d", i, k, exp)
+			}
+			i++
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if i != len(marks) {
+			t.Fatalf("%d marks decoded, want %d", i, len(marks))
+		}
+	})
+}
