@@ -32,7 +32,8 @@ const valueVersion = 1
 // Version 2 added the mark journal ('j'): a program that reads only
 // version 1 would not see the marks it holds, so it must refuse the
 // directory. Open upgrades a version 1 directory, which has no journal,
-// by rewriting the key.
+// by rewriting the key, and Close writes version 1 back once it has
+// spilled the journal whole.
 const layoutVersion = 2
 
 // errCorrupt is wrapped by every decoder error: a value that does not parse

@@ -498,6 +498,9 @@ func (db *DB) close() error {
 	case <-db.idle:
 		select {
 		case <-stopped:
+			if err := db.closeJournal(); err != nil && db.opts.logger != nil {
+				db.opts.logger.Warn("pebbledb: the mark journal was not spilled at close; an earlier idem cannot open the directory until this one opens and closes it again", "dir", db.dir, "err", err)
+			}
 			return db.closePebble()
 		case <-db.failedCh:
 		}

@@ -125,6 +125,8 @@
 // new byte, and decoders keep reading the old ones. The 'f' key holds the
 // version of the layout as a whole; Open refuses a directory written by a
 // newer layout. Layout 2 added the mark journal: a program that reads
-// layout 1 only would miss the marks it holds, and refuses it; Open
-// upgrades a layout 1 directory, which has no journal, in place.
+// layout 1 only would miss the marks it holds, and refuses it. Open
+// upgrades a layout 1 directory, which has no journal, in place, and
+// Close, once it has spilled the journal whole, writes layout 1 back, so
+// that an earlier version opens a directory closed cleanly.
 package pebbledb

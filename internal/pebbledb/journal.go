@@ -280,6 +280,11 @@ func (db *DB) spillMarks() error {
 		return err
 	}
 	defer release()
+	return db.spill()
+}
+
+// spill is spillMarks for a caller that keeps Pebble open.
+func (db *DB) spill() error {
 	db.spillMu.Lock()
 	defer db.spillMu.Unlock()
 	db.markMu.Lock()
@@ -305,6 +310,22 @@ func (db *DB) spillMarks() error {
 	}
 	db.journal.thaw()
 	return nil
+}
+
+// closeJournal spills the journal as Close begins, with no method in
+// progress, and then writes layout 1 into the directory: without journal
+// entries, layout 2 is layout 1, and an earlier version of idem can open
+// a directory closed cleanly (Open upgrades it again). A directory left
+// by a crash, or by a spill that failed here, stays at layout 2, which
+// such a version refuses rather than miss the journal's marks.
+func (db *DB) closeJournal() error {
+	if err := db.spill(); err != nil {
+		return err
+	}
+	if n := db.journal.size(); n > 0 {
+		return fmt.Errorf("pebbledb: %d marks left in the journal after its last spill", n)
+	}
+	return db.pdb.Set([]byte{prefixFormat}, []byte{1}, pebble.Sync)
 }
 
 // spillMarksAt is the number of marks in memory past which a commit asks

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
@@ -33,6 +34,44 @@ func reopen(t *testing.T, db *DB, dir string, opts ...Option) *DB {
 		t.Fatal(err)
 	}
 	return openDir(t, dir, opts...)
+}
+
+// crash stands for a crash of db: it returns a DB opened, with opts, on
+// what db's filesystem, fs, held synced (a power loss), and closes db.
+func crash(t *testing.T, db *DB, fs *vfs.MemFS, opts ...Option) (*DB, *vfs.MemFS) {
+	t.Helper()
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{})
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := Open("db", append([]Option{withFS(crashed)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db, crashed
+}
+
+// layout returns the layout version db's directory holds.
+func layout(t *testing.T, db *DB) []byte {
+	t.Helper()
+	v, closer, err := db.pdb.Get([]byte{prefixFormat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	return append([]byte(nil), v...)
+}
+
+// rawPebble opens dir on fs as a bare Pebble database, as an earlier
+// version of this package would.
+func rawPebble(t *testing.T, dir string, fs vfs.FS) *pebble.DB {
+	t.Helper()
+	pdb, err := pebble.Open(dir, &pebble.Options{FS: fs, Logger: pebbleLogger{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pdb
 }
 
 // sweepAlongside sweeps db as of now, over and over, until the returned
@@ -59,12 +98,17 @@ func sweepAlongside(t *testing.T, db *DB, now time.Time) (stop func()) {
 }
 
 // TestMarkJournal: a commit's marks are one journal entry, found from
-// memory without a Pebble lookup; Open finds them again from the journal;
-// a spill moves them into mark keys and deletes the entries, and they are
-// found there, before and after a restart.
+// memory without a Pebble lookup; Open after a crash finds them again
+// from the journal; a spill moves them into mark keys and deletes the
+// entries, and they are found there, before and after a restart; a clean
+// Close spills the journal and leaves layout 1.
 func TestMarkJournal(t *testing.T) {
-	dir := t.TempDir()
-	db := openDir(t, dir)
+	fs := vfs.NewCrashableMem()
+	db, err := Open("db", withFS(fs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
 	now := time.Now()
 	keys := markKeys("scope", 0, 300)
 	for i := range 3 {
@@ -82,17 +126,52 @@ func TestMarkJournal(t *testing.T) {
 	if n, j := countKeys(t, db, prefixMark), countKeys(t, db, prefixJournal); n != 0 || j != 3 {
 		t.Fatalf("%d mark keys and %d journal entries, want 0 and 3", n, j)
 	}
-	db = reopen(t, db, dir)
-	check("journaled, reopened", 0)
+	db, fs = crash(t, db, fs)
+	check("journaled, after a crash", 0)
 	spill(t, db)
 	if n, j := countKeys(t, db, prefixMark), countKeys(t, db, prefixJournal); n != len(keys) || j != 0 {
 		t.Fatalf("after a spill: %d mark keys and %d journal entries, want %d and 0", n, j, len(keys))
 	}
 	check("spilled", int64(len(keys)))
-	db = reopen(t, db, dir)
-	check("spilled, reopened", int64(len(keys)))
+	db, fs = crash(t, db, fs)
+	check("spilled, after a crash", int64(len(keys)))
 	spill(t, db) // nothing to spill
 	check("spilled twice", int64(len(keys)))
+
+	// A clean Close spills what the journal holds, and writes layout 1.
+	more := markKeys("scope", 1000, 50)
+	commitMarks(t, db, more, now.Add(time.Hour))
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	pdb := rawPebble(t, "db", fs)
+	v, closer, err := pdb.Get([]byte{prefixFormat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(v, []byte{1}) {
+		t.Errorf("layout after a clean Close: %x, want 1", v)
+	}
+	closer.Close()
+	it, err := pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixJournal}, UpperBound: []byte{prefixJournal + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.First() {
+		t.Errorf("journal entry %x left after a clean Close", it.Key())
+	}
+	if err := errors.Join(it.Close(), pdb.Close()); err != nil {
+		t.Fatal(err)
+	}
+	db, err = Open("db", withFS(fs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if v := layout(t, db); !bytes.Equal(v, []byte{layoutVersion}) {
+		t.Errorf("layout after Open: %x, want %d", v, layoutVersion)
+	}
+	wantMarks(t, db, append(keys, more...), now, true)
 }
 
 // TestMarkJournalLaterWriteWins: of two writes of one mark, the later one
@@ -101,8 +180,12 @@ func TestMarkJournal(t *testing.T) {
 func TestMarkJournalLaterWriteWins(t *testing.T) {
 	for _, l := range markLayouts {
 		t.Run(l.name, func(t *testing.T) {
-			dir := t.TempDir()
-			db := openDir(t, dir, l.opts...)
+			fs := vfs.NewCrashableMem()
+			db, err := Open("db", append([]Option{withFS(fs)}, l.opts...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
 			now := time.Now()
 			keys := markKeys("scope", 0, 2)
 			commitMarks(t, db, keys[:1], now.Add(time.Hour))
@@ -122,12 +205,12 @@ func TestMarkJournalLaterWriteWins(t *testing.T) {
 				}
 			}
 			check("written")
-			db = reopen(t, db, dir, l.opts...)
-			check("reopened")
+			db, fs = crash(t, db, fs, l.opts...)
+			check("after a crash")
 			spill(t, db)
 			check("spilled")
-			db = reopen(t, db, dir, l.opts...)
-			check("spilled, reopened")
+			db, _ = crash(t, db, fs, l.opts...)
+			check("spilled, after a crash")
 		})
 	}
 }
@@ -241,18 +324,14 @@ func TestLayoutVersion(t *testing.T) {
 	}
 	db = reopen(t, db, dir)
 	wantMarks(t, db, keys, now, true)
-	v, closer, err := db.pdb.Get([]byte{prefixFormat})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(v, []byte{layoutVersion}) {
+	if v := layout(t, db); !bytes.Equal(v, []byte{layoutVersion}) {
 		t.Errorf("layout after Open: %x, want %d", v, layoutVersion)
 	}
-	closer.Close()
-	if err := db.pdb.Set([]byte{prefixFormat}, []byte{layoutVersion + 1}, pebble.Sync); err != nil {
+	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Close(); err != nil {
+	pdb := rawPebble(t, dir, vfs.Default)
+	if err := errors.Join(pdb.Set([]byte{prefixFormat}, []byte{layoutVersion + 1}, pebble.Sync), pdb.Close()); err != nil {
 		t.Fatal(err)
 	}
 	if db, err := Open(dir); !errors.Is(err, errCorrupt) {
