@@ -266,6 +266,10 @@ type DB struct {
 	journal markJournal
 	spillMu sync.Mutex
 	spillCh chan struct{}
+	// spills numbers the tables of spills; popts are Pebble's options,
+	// which the spills' tables are written with.
+	spills atomic.Uint64
+	popts  *pebble.Options
 
 	// sweepMu serializes sweeps.
 	sweepMu sync.Mutex
@@ -338,12 +342,18 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	for i := range popts.Levels {
 		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
+	popts.EnsureDefaults()
 	pdb, err := pebble.Open(dir, popts)
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("pebbledb: open %s: %w", dir, noSpace(err))
 	}
-	db.pdb, db.lock = pdb, lock
+	db.pdb, db.lock, db.popts = pdb, lock, popts
+	if err := removeSpillTables(o.fs, dir); err != nil {
+		pdb.Close()
+		lock.Close()
+		return nil, fmt.Errorf("pebbledb: open %s: removing the tables of a spill a crash cut short: %w", dir, err)
+	}
 	if err := writePID(o.fs, dir); err != nil {
 		warn("pebbledb: cannot write the pid file; a second process will not learn who holds the directory", "dir", dir, "err", err)
 	}

@@ -36,9 +36,10 @@
 // cost an insert at a random place of the memtable's skiplist per record
 // keyed by its payload, the largest part of the engine's time with such
 // keys. The sweeper spills the journal, about every 130,000 marks and at
-// every sweep, into the mark keys and their expiry entries, sorted, in one
-// batch large enough for Pebble to write as a table of its own, which also
-// deletes the entries spilled. Open files the journal in memory again.
+// every sweep, into the mark keys and their expiry entries: two sorted
+// tables that Pebble ingests, then the deletion of the entries spilled.
+// Open files the journal in memory again, and removes the tables of a
+// spill a crash cut short (in the spill directory).
 //
 // # Mark lookups
 //

@@ -2,14 +2,20 @@ package pebbledb
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/idem-run/idem/store"
 )
@@ -24,10 +30,9 @@ import (
 // key whatever their number, in the same atomic batch as its checkpoint,
 // and files them in memory once the batch is applied, where lookups find
 // them. The sweeper later spills the journal into the mark keys ('k', with
-// their expiry entries), all of it in one batch that also deletes the
-// entries it spilled: the marks sorted by key, and a batch large enough
-// that Pebble turns it into a table of its own instead of inserting each
-// key into the memtable.
+// their expiry entries): it writes them, sorted, as two tables that Pebble
+// ingests in one step (no memtable insert, no write-ahead log of their
+// own), then deletes the journal entries it spilled.
 //
 // The rules that keep a mark from being missed:
 //
@@ -42,18 +47,20 @@ import (
 //   - A spill freezes the in-memory marks under markMu exclusive: every
 //     commit with a sequence up to the spill's has then filed its marks,
 //     and later ones go to a fresh map. Lookups see the frozen map until
-//     the spill's batch is applied, and Pebble after.
-//   - The spill's batch is committed under markMu shared, so that a purge
-//     of expired marks (markMu exclusive) never deletes a mark the spill
-//     is writing anew; spills and redrives are serialized by spillMu.
+//     Pebble has ingested the spill's tables, and Pebble after.
+//   - The tables are ingested under markMu shared, so that a purge of
+//     expired marks (markMu exclusive) never deletes a mark the spill is
+//     writing anew; spills and redrives are serialized by spillMu.
+//   - The journal entries spilled are deleted only after the ingest: a
+//     crash before leaves them, and their marks are filed again at Open
+//     and spilled a second time, which changes nothing. A redrive spills
+//     the journal in its own batch instead, with the entries' deletion.
 //   - Open files the journal's entries in memory again, in sequence order:
-//     a crash between a commit and its spill loses nothing, and a crash
-//     before a spill's batch lands leaves the journal as it was.
+//     a crash between a commit and its spill loses nothing.
 
 // defaultSpillMarksAt is how many marks the journal holds in memory
-// before the sweeper spills them: about 5 MB of memory, and a spill batch
-// above Pebble's large-batch threshold for the default memtable (half of
-// it), which Pebble then writes as a table of its own.
+// before the sweeper spills them: about 10 MB of map, and tables of some
+// 4 MB.
 const defaultSpillMarksAt = 1 << 17
 
 // journaled is a mark the journal holds in memory: its expiry, and the
@@ -69,15 +76,11 @@ type markJournal struct {
 	// seq is the last journal sequence given to a commit.
 	seq atomic.Uint64
 	mu  sync.RWMutex
-	// cur takes the marks of new commits; frozen holds those a spill is
-	// writing into Pebble, nil between spills.
+	// cur takes the marks of new commits, nil until the first; frozen
+	// holds those a spill is writing into Pebble, nil between spills.
 	cur, frozen map[store.MarkKey]journaled
-}
-
-// init makes the journal's map, sized for spillAt marks: growing a map
-// rehashes it.
-func (j *markJournal) init(spillAt int) {
-	j.cur = make(map[store.MarkKey]journaled, spillAt)
+	// spillAt sizes cur when it is made: growing a map rehashes it.
+	spillAt int
 }
 
 // file records marks written by the commit of journal sequence seq, once
@@ -85,10 +88,19 @@ func (j *markJournal) init(spillAt int) {
 func (j *markJournal) file(marks []store.Mark, seq uint64) int {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	j.make()
 	for i := range marks {
 		putJournaled(j.cur, marks[i].Key, journaled{expires: marks[i].Expires.UnixNano(), seq: seq})
 	}
 	return len(j.cur)
+}
+
+// make makes cur, unless it is made already: a DB that writes no mark
+// keeps no map. The caller holds mu.
+func (j *markJournal) make() {
+	if j.cur == nil {
+		j.cur = make(map[store.MarkKey]journaled, j.spillAt)
+	}
 }
 
 // putJournaled sets m[k] to v unless m holds a later write of k.
@@ -148,6 +160,9 @@ func (j *markJournal) freeze() map[store.MarkKey]journaled {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.frozen == nil {
+		if len(j.cur) == 0 {
+			return nil
+		}
 		j.frozen, j.cur = j.cur, make(map[store.MarkKey]journaled, len(j.cur))
 		return j.frozen
 	}
@@ -241,7 +256,7 @@ func decodeJournal(v []byte, f func(k store.MarkKey, expires int64)) error {
 // adds their keys to keys (for the mark filter), and sets the journal's
 // sequence to the last.
 func (db *DB) loadJournal(keys []store.MarkKey, maxExpires int64) ([]store.MarkKey, int64, error) {
-	db.journal.init(db.spillMarksAt())
+	db.journal.spillAt = db.spillMarksAt()
 	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixJournal}, UpperBound: []byte{prefixJournal + 1}})
 	if err != nil {
 		return nil, 0, err
@@ -257,6 +272,7 @@ func (db *DB) loadJournal(keys []store.MarkKey, maxExpires int64) ([]store.MarkK
 		if err != nil {
 			return nil, 0, err
 		}
+		db.journal.make()
 		if err := decodeJournal(v, func(mk store.MarkKey, exp int64) {
 			putJournaled(db.journal.cur, mk, journaled{expires: exp, seq: seq})
 			keys = append(keys, mk)
@@ -272,8 +288,8 @@ func (db *DB) loadJournal(keys []store.MarkKey, maxExpires int64) ([]store.MarkK
 	return keys, maxExpires, nil
 }
 
-// spillMarks writes the journal's marks into Pebble's mark keys and
-// deletes the journal entries they came from, in one batch; see above.
+// spillMarks writes the journal's marks into Pebble's mark keys, then
+// deletes the journal entries they came from; see above.
 func (db *DB) spillMarks() error {
 	release, err := db.enter()
 	if err != nil {
@@ -295,21 +311,124 @@ func (db *DB) spill() error {
 		db.journal.thaw()
 		return nil
 	}
-	b := db.pdb.NewBatchWithSize(len(frozen) * (1 + len(store.MarkKey{}) + 12 + 16))
-	defer b.Close()
-	if err := appendSpill(b, frozen, nil, upTo); err != nil {
-		return fmt.Errorf("pebbledb: spilling %d marks: %w", len(frozen), err)
-	}
 	if err := db.admitMaintenance(); err != nil {
 		return fmt.Errorf("pebbledb: spilling %d marks: %w", len(frozen), err)
 	}
-	db.markMu.RLock()
-	defer db.markMu.RUnlock()
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := db.ingestSpill(planSpill(frozen, nil)); err != nil {
 		return fmt.Errorf("pebbledb: spilling %d marks: %w", len(frozen), noSpace(err))
 	}
 	db.journal.thaw()
+	// The entries spilled go, synced (a sync a spill) so that a spill
+	// that returned is done for good: a crash before it lands only has
+	// Open file the entries again, and the next spill write their marks
+	// a second time.
+	if err := db.pdb.DeleteRange([]byte{prefixJournal}, journalEnd(upTo), pebble.Sync); err != nil {
+		return fmt.Errorf("pebbledb: deleting journal entries up to %d: %w", upTo, noSpace(err))
+	}
 	return nil
+}
+
+// spillDir is where a spill writes its tables before Pebble ingests them,
+// under the data directory; Open empties it of what a crash left.
+const spillDir = "spill"
+
+// removeSpillTables removes what a spill cut short by a crash left in
+// spillDir: tables never ingested, whose marks the journal still holds.
+func removeSpillTables(fs vfs.FS, dir string) error {
+	dir = fs.PathJoin(dir, spillDir)
+	names, err := fs.List(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if err := fs.Remove(fs.PathJoin(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// ingestSpill writes p's marks and expiry entries as two tables (their key
+// ranges apart) and has Pebble ingest both in one step: they appear
+// together, atomically, with no memtable insert and no write-ahead log
+// of their own; a crash before the ingest leaves the journal to spill
+// again. It holds markMu shared while Pebble ingests, so that a purge of
+// expired marks never deletes a mark the spill writes anew.
+func (db *DB) ingestSpill(p *spillPlan) error {
+	fs := db.opts.fs
+	dir := fs.PathJoin(db.dir, spillDir)
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	n := db.spills.Add(1)
+	var paths []string
+	defer func() {
+		for _, path := range paths {
+			fs.Remove(path) // linked into Pebble, or abandoned
+		}
+	}()
+	write := func(name string, keys int, kv func(i int) (k, v []byte)) error {
+		if keys == 0 {
+			return nil
+		}
+		path := fs.PathJoin(dir, fmt.Sprintf("%d-%s.sst", n, name))
+		f, err := fs.Create(path, vfs.WriteCategoryUnspecified)
+		if err != nil {
+			return err
+		}
+		paths = append(paths, path)
+		w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), db.tableOptions())
+		for i := range keys {
+			if err := w.Set(kv(i)); err != nil {
+				w.Close()
+				return err
+			}
+		}
+		return w.Close()
+	}
+	var kb [17]byte
+	var scratch [16]byte
+	if err := write("marks", len(p.all), func(i int) (k, v []byte) {
+		return markKey(&kb, p.all[i].key), appendMark(scratch[:0], p.all[i].expires)
+	}); err != nil {
+		return err
+	}
+	var xb [expiryKeyLen]byte
+	var others []byte
+	if err := write("expiry", len(p.expiries), func(i int) (k, v []byte) {
+		at := p.groups[p.expiries[i]]
+		others = others[:0]
+		for _, j := range at[1:] {
+			others = append(others, p.all[j].key[:]...)
+		}
+		return expiryKey(&xb, p.expiries[i], p.all[at[0]].key), others
+	}); err != nil {
+		return err
+	}
+	if len(paths) == 0 {
+		return nil
+	}
+	db.markMu.RLock()
+	defer db.markMu.RUnlock()
+	return db.pdb.Ingest(context.Background(), paths)
+}
+
+// tableOptions are the options of a table a spill writes: those of
+// Pebble's tables, for the DB's format.
+func (db *DB) tableOptions() sstable.WriterOptions {
+	return db.popts.MakeWriterOptions(0, db.pdb.FormatMajorVersion().MaxTableFormat())
+}
+
+// journalEnd is the end of the journal entries up to upTo.
+func journalEnd(upTo uint64) []byte {
+	if upTo == math.MaxUint64 {
+		return []byte{prefixJournal + 1}
+	}
+	var hi [9]byte
+	return journalKey(&hi, upTo+1)
 }
 
 // closeJournal spills the journal as Close begins, with no method in
@@ -336,6 +455,9 @@ func (db *DB) spillMarksAt() int {
 	}
 	return defaultSpillMarksAt
 }
+
+// batchHeaderLen is the length of a Pebble batch's header.
+const batchHeaderLen = 12
 
 // spilled is a mark a spill writes.
 type spilled struct {
@@ -377,45 +499,66 @@ func sortSpill(marks map[store.MarkKey]journaled, skip func(*store.MarkKey) bool
 	return all
 }
 
-// appendSpill writes marks to b as mark keys in key order, with one expiry
-// entry for each expiry (keyed by its first mark, listing the others),
-// leaving out those skip reports, and deletes the journal entries up to
-// sequence upTo.
-func appendSpill(b *pebble.Batch, marks map[store.MarkKey]journaled, skip func(*store.MarkKey) bool, upTo uint64) error {
-	all := sortSpill(marks, skip)
+// spillPlan is what a spill writes: its marks in key order, grouped by
+// expiry, and the exact size of its batch, so that the batch (as large as
+// the spill) is made once, at its size.
+type spillPlan struct {
+	all []spilled
+	// groups holds, for each expiry, the places in all of its marks, in
+	// key order: the first names the expiry entry.
+	groups   map[int64][]int32
+	expiries []int64 // groups' keys, in order
+	size     int     // the bytes appendTo adds to a batch
+}
+
+// planSpill plans the spill of marks, leaving out those skip reports.
+func planSpill(marks map[store.MarkKey]journaled, skip func(*store.MarkKey) bool) *spillPlan {
+	p := &spillPlan{all: sortSpill(marks, skip), groups: make(map[int64][]int32)}
+	const keyLen = 1 + len(store.MarkKey{})
+	for i := range p.all {
+		m := &p.all[i]
+		p.groups[m.expires] = append(p.groups[m.expires], int32(i))
+		// A batch entry: kind, uvarint key length, key, uvarint value
+		// length, value.
+		v := 1 + varintLen(m.expires)
+		p.size += 1 + uvarintLen(uint64(keyLen)) + keyLen + uvarintLen(uint64(v)) + v
+	}
+	p.expiries = make([]int64, 0, len(p.groups))
+	for exp, at := range p.groups {
+		p.expiries = append(p.expiries, exp)
+		v := len(store.MarkKey{}) * (len(at) - 1)
+		p.size += 1 + uvarintLen(expiryKeyLen) + expiryKeyLen + uvarintLen(uint64(v)) + v
+	}
+	slices.Sort(p.expiries)
+	// The journal's range deletion: from 'j' to 'j' | u64.
+	p.size += 1 + (1 + 1) + (1 + 9)
+	return p
+}
+
+// appendTo writes p to b as mark keys in key order, with one expiry entry
+// for each expiry (keyed by its first mark, listing the others), and
+// deletes the journal entries up to sequence upTo.
+func (p *spillPlan) appendTo(b *pebble.Batch, upTo uint64) error {
 	var kb [17]byte
 	var scratch [16]byte
-	// Marks of one expiry, in key order: the first names the entry.
-	groups := make(map[int64][]store.MarkKey)
-	for i := range all {
-		m := &all[i]
+	for i := range p.all {
+		m := &p.all[i]
 		if err := b.Set(markKey(&kb, m.key), appendMark(scratch[:0], m.expires), nil); err != nil {
 			return err
 		}
-		groups[m.expires] = append(groups[m.expires], m.key)
 	}
-	expiries := make([]int64, 0, len(groups))
-	for exp := range groups {
-		expiries = append(expiries, exp)
-	}
-	slices.Sort(expiries)
 	var xb [expiryKeyLen]byte
-	for _, exp := range expiries {
-		keys := groups[exp]
-		d := b.SetDeferred(expiryKeyLen, len(store.MarkKey{})*(len(keys)-1))
-		copy(d.Key, expiryKey(&xb, exp, keys[0]))
+	for _, exp := range p.expiries {
+		at := p.groups[exp]
+		d := b.SetDeferred(expiryKeyLen, len(store.MarkKey{})*(len(at)-1))
+		copy(d.Key, expiryKey(&xb, exp, p.all[at[0]].key))
 		v := d.Value[:0]
-		for _, k := range keys[1:] {
-			v = append(v, k[:]...)
+		for _, i := range at[1:] {
+			v = append(v, p.all[i].key[:]...)
 		}
 		if err := d.Finish(); err != nil {
 			return err
 		}
 	}
-	var hi [9]byte
-	end := []byte{prefixJournal + 1}
-	if upTo < math.MaxUint64 {
-		end = journalKey(&hi, upTo+1)
-	}
-	return b.DeleteRange([]byte{prefixJournal}, end, nil)
+	return b.DeleteRange([]byte{prefixJournal}, journalEnd(upTo), nil)
 }

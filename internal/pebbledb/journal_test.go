@@ -380,3 +380,24 @@ func FuzzDecodeJournal(f *testing.F) {
 		}
 	})
 }
+
+// TestSpillPlanSize: a spill's batch is exactly the size its plan says,
+// whatever the expiries (negative, large) and the skipped marks.
+func TestSpillPlanSize(t *testing.T) {
+	db := openMem(t)
+	marks := make(map[store.MarkKey]journaled)
+	for i, k := range markKeys("scope", 0, 1000) {
+		marks[k] = journaled{expires: int64(i%7-3) << (i % 60), seq: uint64(i)}
+	}
+	for _, skip := range []func(*store.MarkKey) bool{nil, func(k *store.MarkKey) bool { return k[0]&1 == 0 }} {
+		plan := planSpill(marks, skip)
+		b := db.pdb.NewBatch()
+		if err := plan.appendTo(b, 12345); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := len(b.Repr()), batchHeaderLen+plan.size; got != want {
+			t.Errorf("batch of %d bytes, plan says %d", got, want)
+		}
+		b.Close()
+	}
+}

@@ -86,7 +86,7 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	// The journal's marks are spilled in the same batch, leaving out the
 	// marks unmarked, so that no journal entry brings one back at Open.
 	// Under markMu exclusive no commit is filing marks meanwhile.
-	var frozen map[store.MarkKey]journaled
+	var plan *spillPlan
 	var upTo uint64
 	if len(unmark) > 0 {
 		db.spillMu.Lock()
@@ -94,9 +94,16 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 		db.markMu.Lock()
 		defer db.markMu.Unlock()
 		upTo = db.journal.seq.Load()
-		frozen = db.journal.freeze()
+		skip := make(map[store.MarkKey]bool, len(unmark))
+		for _, mk := range unmark {
+			skip[mk] = true
+		}
+		plan = planSpill(db.journal.freeze(), func(k *store.MarkKey) bool { return skip[*k] })
 	}
-	size := 64 + (len(unmark)+len(frozen))*(17+expiryKeyLen+8) + st.batchSize(recs)
+	size := 64 + len(unmark)*(17+expiryKeyLen+8) + st.batchSize(recs)
+	if plan != nil {
+		size += plan.size
+	}
 	if err := db.admit(size); err != nil {
 		return nil, wrap(err)
 	}
@@ -109,12 +116,8 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	// The marks go; their expiry entries stay until their time, when the
 	// sweep finds the marks gone (or renewed, with a later expiry): an
 	// entry can name the other marks of its commit too.
-	if len(unmark) > 0 {
-		skip := make(map[store.MarkKey]bool, len(unmark))
-		for _, mk := range unmark {
-			skip[mk] = true
-		}
-		if err := appendSpill(b, frozen, func(k *store.MarkKey) bool { return skip[*k] }, upTo); err != nil {
+	if plan != nil {
+		if err := plan.appendTo(b, upTo); err != nil {
 			return nil, wrap(err)
 		}
 	}
