@@ -10,7 +10,10 @@
 // decides and says what is wrong.
 package jsonscan
 
-import "bytes"
+import (
+	"bytes"
+	"encoding/binary"
+)
 
 // MaxDepth is how deeply nested arrays and objects Skip follows.
 const MaxDepth = 64
@@ -56,37 +59,67 @@ func (s *Scanner) String() (raw []byte, escaped, ok bool) {
 		return nil, false, false
 	}
 	start := s.Pos
-	for i := start; i < len(s.Data); i++ {
-		switch c := s.Data[i]; {
-		case c == '"':
+	for i := start; ; i++ {
+		// Eight bytes at a time while none of them needs a look, then
+		// one at a time up to the one that does: the words are tried
+		// once a run, not again at each byte before its end.
+		for i+8 <= len(s.Data) && !mayEnd(binary.LittleEndian.Uint64(s.Data[i:])) {
+			i += 8
+		}
+		for i < len(s.Data) && s.Data[i] != '"' && s.Data[i] != '\\' && s.Data[i] >= 0x20 {
+			i++
+		}
+		if i >= len(s.Data) {
+			return nil, false, false
+		}
+		switch s.Data[i] {
+		case '"':
 			s.Pos = i + 1
 			return s.Data[start:i], escaped, true
-		case c < 0x20:
-			return nil, false, false
-		case c == '\\':
+		case '\\':
 			escaped = true
-			i++
-			if i >= len(s.Data) {
+			if i, ok = escapeEnd(s.Data, i); !ok {
 				return nil, false, false
 			}
-			switch s.Data[i] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-			case 'u':
-				if i+4 >= len(s.Data) {
-					return nil, false, false
-				}
-				for _, h := range s.Data[i+1 : i+5] {
-					if !(h >= '0' && h <= '9' || h >= 'a' && h <= 'f' || h >= 'A' && h <= 'F') {
-						return nil, false, false
-					}
-				}
-				i += 4
-			default:
-				return nil, false, false
-			}
+		default: // a control character
+			return nil, false, false
 		}
 	}
-	return nil, false, false
+}
+
+// escapeEnd checks the escape whose backslash is data[i], and returns the
+// place of its last byte.
+func escapeEnd(data []byte, i int) (int, bool) {
+	i++
+	if i >= len(data) {
+		return 0, false
+	}
+	switch data[i] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		return i, true
+	case 'u':
+		if i+4 >= len(data) {
+			return 0, false
+		}
+		for _, h := range data[i+1 : i+5] {
+			if !(h >= '0' && h <= '9' || h >= 'a' && h <= 'f' || h >= 'A' && h <= 'F') {
+				return 0, false
+			}
+		}
+		return i + 4, true
+	}
+	return 0, false
+}
+
+// mayEnd reports whether one of the eight bytes of w may be a quote, a
+// backslash or a control character: the bytes a string's scan looks at.
+// As a test of the word it is exact (TestMayEnd), whatever the other
+// bytes, UTF-8 included.
+func mayEnd(w uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	hasZero := func(x uint64) bool { return (x-ones)&^x&highs != 0 }
+	return (w-ones*0x20)&^w&highs != 0 || // a byte below 0x20
+		hasZero(w^(ones*'"')) || hasZero(w^(ones*'\\'))
 }
 
 // Literal reads word (true, false or null), after white space.
