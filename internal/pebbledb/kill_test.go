@@ -25,7 +25,9 @@ func TestKillChild(t *testing.T) {
 	if dir == "" {
 		t.Skip("run by TestKill")
 	}
-	db, err := Open(dir)
+	// Spills of a few marks each, so that the kill lands before, in and
+	// after them.
+	db, err := Open(dir, withSpillMarksAt(16))
 	if err != nil {
 		fmt.Println("error", err)
 		os.Exit(1)
@@ -77,8 +79,7 @@ func TestKillChild(t *testing.T) {
 				}
 				if g%2 == 1 {
 					// A checkpoint with a mark and a failure record.
-					var mk store.MarkKey
-					copy(mk[:], fmt.Sprintf("g%d-%d", g, i))
+					mk := killMark(g, i+1)
 					err := db.Commit(ctx, &store.Write{
 						Checkpoint:    store.CheckpointKey{Mapping: "m", Stream: "k", Shard: strconv.Itoa(g)},
 						NewCheckpoint: store.Checkpoint{Sequence: sq(i + 1)},
@@ -111,9 +112,15 @@ func TestKillChild(t *testing.T) {
 	os.Exit(2)
 }
 
+// killMark is the mark TestKillChild commits with checkpoint seq of shard g.
+func killMark(g, seq int) (mk store.MarkKey) {
+	copy(mk[:], fmt.Sprintf("g%d-%d", g, seq))
+	return mk
+}
+
 // TestKill: a process killed with SIGKILL in the middle of concurrent Puts,
-// Commits and pipelined commits loses nothing it acknowledged (a pipelined
-// commit is acknowledged once synced).
+// Commits (with marks, spilled every few) and pipelined commits loses
+// nothing it acknowledged (a pipelined commit is acknowledged once synced).
 func TestKill(t *testing.T) {
 	if os.Getenv(killDirEnv) != "" {
 		t.Skip("in the child")
@@ -140,6 +147,7 @@ func TestKill(t *testing.T) {
 	}
 	var puts []put
 	cps := map[string]uint64{}
+	marked := map[int]int{} // shard: the last commit with a mark acknowledged
 	commits, pipelined := 0, 0
 	sc := bufio.NewScanner(stdout)
 	timeout := time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() })
@@ -152,6 +160,8 @@ func TestKill(t *testing.T) {
 		case len(f) == 3 && f[0] == "cp":
 			seq, _ := strconv.ParseUint(f[2], 10, 64)
 			cps[f[1]] = seq
+			g, _ := strconv.Atoi(f[1])
+			marked[g] = int(seq)
 			commits++
 		case len(f) == 3 && f[0] == "pcp":
 			seq, _ := strconv.ParseUint(f[2], 10, 64)
@@ -193,6 +203,27 @@ func TestKill(t *testing.T) {
 			t.Fatalf("checkpoint %s = %+v, %v, %v after kill; acknowledged %d", g, c, ok, err, seq)
 		}
 	}
+	// Every acknowledged commit's mark is found.
+	marks := 0
+	for g, last := range marked {
+		keys := make([]store.MarkKey, last)
+		for i := range keys {
+			keys[i] = killMark(g, i+1)
+		}
+		done := make([]bool, len(keys))
+		if err := db.Completed(ctx, keys, time.Now(), done); err != nil {
+			t.Fatal(err)
+		}
+		for i, d := range done {
+			if !d {
+				t.Fatalf("the mark of acknowledged commit %d of shard %d lost after kill", i+1, g)
+			}
+		}
+		marks += last
+	}
+	if marks == 0 {
+		t.Fatal("no commit with a mark was acknowledged")
+	}
 	// Every acknowledged failure record is in the destination.
 	dlq, err := db.Read(ctx, "dlq", ShardID(0), sq(0), 1_000_000, 1<<30)
 	if err != nil {
@@ -214,5 +245,5 @@ func TestKill(t *testing.T) {
 	if pipelined == 0 {
 		t.Fatal("no pipelined commit was acknowledged")
 	}
-	t.Logf("%d puts, %d commits and %d pipelined commits acknowledged before the kill", len(puts), commits, pipelined)
+	t.Logf("%d puts, %d commits (%d marks found) and %d pipelined commits acknowledged before the kill", len(puts), commits, marks, pipelined)
 }
