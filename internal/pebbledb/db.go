@@ -472,7 +472,8 @@ func (db *DB) fail(err error) {
 	}
 }
 
-// Close stops the sweeper, waits for methods in progress, closes Pebble and
+// Close stops the sweeper, waits for methods in progress, spills the mark
+// journal (and writes layout 1 back, see closeJournal), closes Pebble and
 // removes the pid file. Waiters return ErrClosed. Closing twice returns nil.
 //
 // Once the DB failed (ErrFatal), methods and Pebble's own goroutines may be
