@@ -48,6 +48,9 @@ import (
 //     commit with a sequence up to the spill's has then filed its marks,
 //     and later ones go to a fresh map. Lookups see the frozen map until
 //     Pebble has ingested the spill's tables, and Pebble after.
+//   - Before the ingest, the write-ahead log is synced: a table is
+//     durable once ingested, and a pipelined commit whose marks it holds
+//     may not be yet, which a crash would otherwise split.
 //   - The tables are ingested under markMu shared, so that a purge of
 //     expired marks (markMu exclusive) never deletes a mark the spill is
 //     writing anew; spills and redrives are serialized by spillMu.
@@ -154,16 +157,18 @@ func (j *markJournal) lookup(keys []store.MarkKey, cand []int32, t int64, done [
 }
 
 // freeze moves the marks of cur to frozen, where a spill writes them from,
-// and returns frozen. A frozen map left by a spill that failed takes cur's
-// marks too. The caller holds markMu exclusively.
-func (j *markJournal) freeze() map[store.MarkKey]journaled {
+// next (empty, made before the caller took markMu: making a map of the
+// journal's size takes milliseconds, every commit with a mark waiting)
+// becoming cur, and returns frozen. A frozen map left by a spill that
+// failed takes cur's marks instead. The caller holds markMu exclusively.
+func (j *markJournal) freeze(next map[store.MarkKey]journaled) map[store.MarkKey]journaled {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.frozen == nil {
 		if len(j.cur) == 0 {
 			return nil
 		}
-		j.frozen, j.cur = j.cur, make(map[store.MarkKey]journaled, len(j.cur))
+		j.frozen, j.cur = j.cur, next
 		return j.frozen
 	}
 	for k, v := range j.cur {
@@ -303,9 +308,13 @@ func (db *DB) spillMarks() error {
 func (db *DB) spill() error {
 	db.spillMu.Lock()
 	defer db.spillMu.Unlock()
+	if db.journal.size() == 0 {
+		return nil
+	}
+	next := make(map[store.MarkKey]journaled, db.spillMarksAt())
 	db.markMu.Lock()
 	upTo := db.journal.seq.Load()
-	frozen := db.journal.freeze()
+	frozen := db.journal.freeze(next)
 	db.markMu.Unlock()
 	if len(frozen) == 0 {
 		db.journal.thaw()
@@ -313,6 +322,13 @@ func (db *DB) spill() error {
 	}
 	if err := db.admitMaintenance(); err != nil {
 		return fmt.Errorf("pebbledb: spilling %d marks: %w", len(frozen), err)
+	}
+	// The commits of the frozen marks are applied, but a pipelined one
+	// may not be synced yet, and an ingested table is durable at once:
+	// without this sync, a crash could keep a commit's marks and lose its
+	// checkpoint (TestPowerLoss).
+	if err := db.pdb.LogData(nil, pebble.Sync); err != nil {
+		return fmt.Errorf("pebbledb: syncing the write-ahead log before spilling %d marks: %w", len(frozen), noSpace(err))
 	}
 	if err := db.ingestSpill(planSpill(frozen, nil)); err != nil {
 		return fmt.Errorf("pebbledb: spilling %d marks: %w", len(frozen), noSpace(err))
