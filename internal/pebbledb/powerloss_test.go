@@ -89,6 +89,7 @@ func plFailure(g int, i uint64) string { return fmt.Sprintf("f/%d/%d", g, i) }
 //     a commit's checkpoint, marks, state and records land together or not
 //     at all;
 //   - each Put's records are all there, where Put said, or none is.
+//
 // noLinkFS is a filesystem without hard links, so that Pebble copies the
 // tables it ingests (vfs.LinkOrCopy). A crashable vfs.MemFS's Link takes
 // its clone lock twice, and deadlocks against a CrashClone that waits
