@@ -71,6 +71,16 @@ func plMark(g int, i uint64) store.MarkKey {
 
 func plFailure(g int, i uint64) string { return fmt.Sprintf("f/%d/%d", g, i) }
 
+// noLinkFS is a filesystem without hard links, so that Pebble copies the
+// tables it ingests (vfs.LinkOrCopy). A crashable vfs.MemFS's Link takes
+// its clone lock twice, and deadlocks against a CrashClone that waits
+// between the two; a disk's link has no such lock.
+type noLinkFS struct{ vfs.FS }
+
+func (noLinkFS) Link(oldname, newname string) error {
+	return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: errors.ErrUnsupported}
+}
+
 // TestPowerLoss proves the claim that pipelined commits rest on: a crash
 // loses a suffix of whole writes, and nothing acknowledged. Unlike TestKill,
 // whose SIGKILL leaves the OS page cache to finish every write, this one
@@ -89,17 +99,6 @@ func plFailure(g int, i uint64) string { return fmt.Sprintf("f/%d/%d", g, i) }
 //     a commit's checkpoint, marks, state and records land together or not
 //     at all;
 //   - each Put's records are all there, where Put said, or none is.
-//
-// noLinkFS is a filesystem without hard links, so that Pebble copies the
-// tables it ingests (vfs.LinkOrCopy). A crashable vfs.MemFS's Link takes
-// its clone lock twice, and deadlocks against a CrashClone that waits
-// between the two; a disk's link has no such lock.
-type noLinkFS struct{ vfs.FS }
-
-func (noLinkFS) Link(oldname, newname string) error {
-	return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: errors.ErrUnsupported}
-}
-
 func TestPowerLoss(t *testing.T) {
 	rounds := 50
 	if s := os.Getenv(powerLossRoundsEnv); s != "" {
