@@ -91,16 +91,16 @@ type markJournal struct {
 func (j *markJournal) file(marks []store.Mark, seq uint64) int {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.make()
+	j.makeCur()
 	for i := range marks {
 		putJournaled(j.cur, marks[i].Key, journaled{expires: marks[i].Expires.UnixNano(), seq: seq})
 	}
 	return len(j.cur)
 }
 
-// make makes cur, unless it is made already: a DB that writes no mark
-// keeps no map. The caller holds mu.
-func (j *markJournal) make() {
+// makeCur makes cur, unless it is made already: a DB that writes no
+// mark keeps no map. The caller holds mu.
+func (j *markJournal) makeCur() {
 	if j.cur == nil {
 		j.cur = make(map[store.MarkKey]journaled, j.spillAt)
 	}
@@ -277,7 +277,7 @@ func (db *DB) loadJournal(keys []store.MarkKey, maxExpires int64) ([]store.MarkK
 		if err != nil {
 			return nil, 0, err
 		}
-		db.journal.make()
+		db.journal.makeCur()
 		if err := decodeJournal(v, func(mk store.MarkKey, exp int64) {
 			putJournaled(db.journal.cur, mk, journaled{expires: exp, seq: seq})
 			keys = append(keys, mk)
@@ -314,12 +314,8 @@ func (db *DB) spill() error {
 	next := make(map[store.MarkKey]journaled, db.spillMarksAt())
 	db.markMu.Lock()
 	upTo := db.journal.seq.Load()
-	frozen := db.journal.freeze(next)
+	frozen := db.journal.freeze(next) // not empty: only spills and redrives, under spillMu, empty it
 	db.markMu.Unlock()
-	if len(frozen) == 0 {
-		db.journal.thaw()
-		return nil
-	}
 	if err := db.admitMaintenance(); err != nil {
 		return fmt.Errorf("pebbledb: spilling %d marks: %w", len(frozen), err)
 	}
@@ -405,23 +401,11 @@ func (db *DB) ingestSpill(p *spillPlan) error {
 		}
 		return w.Close()
 	}
-	var kb [17]byte
-	var scratch [16]byte
-	if err := write("marks", len(p.all), func(i int) (k, v []byte) {
-		return markKey(&kb, p.all[i].key), appendMark(scratch[:0], p.all[i].expires)
-	}); err != nil {
+	var enc spillEncoder
+	if err := write("marks", len(p.all), func(i int) (k, v []byte) { return enc.mark(p, i) }); err != nil {
 		return err
 	}
-	var xb [expiryKeyLen]byte
-	var others []byte
-	if err := write("expiry", len(p.expiries), func(i int) (k, v []byte) {
-		at := p.groups[p.expiries[i]]
-		others = others[:0]
-		for _, j := range at[1:] {
-			others = append(others, p.all[j].key[:]...)
-		}
-		return expiryKey(&xb, p.expiries[i], p.all[at[0]].key), others
-	}); err != nil {
+	if err := write("expiry", len(p.expiries), func(i int) (k, v []byte) { return enc.expiry(p, i) }); err != nil {
 		return err
 	}
 	if len(paths) == 0 {
@@ -555,26 +539,45 @@ func planSpill(marks map[store.MarkKey]journaled, skip func(*store.MarkKey) bool
 // for each expiry (keyed by its first mark, listing the others), and
 // deletes the journal entries up to sequence upTo.
 func (p *spillPlan) appendTo(b *pebble.Batch, upTo uint64) error {
-	var kb [17]byte
-	var scratch [16]byte
+	var enc spillEncoder
 	for i := range p.all {
-		m := &p.all[i]
-		if err := b.Set(markKey(&kb, m.key), appendMark(scratch[:0], m.expires), nil); err != nil {
+		k, v := enc.mark(p, i)
+		if err := b.Set(k, v, nil); err != nil {
 			return err
 		}
 	}
-	var xb [expiryKeyLen]byte
-	for _, exp := range p.expiries {
-		at := p.groups[exp]
-		d := b.SetDeferred(expiryKeyLen, len(store.MarkKey{})*(len(at)-1))
-		copy(d.Key, expiryKey(&xb, exp, p.all[at[0]].key))
-		v := d.Value[:0]
-		for _, i := range at[1:] {
-			v = append(v, p.all[i].key[:]...)
-		}
-		if err := d.Finish(); err != nil {
+	for i := range p.expiries {
+		k, v := enc.expiry(p, i)
+		if err := b.Set(k, v, nil); err != nil {
 			return err
 		}
 	}
 	return b.DeleteRange([]byte{prefixJournal}, journalEnd(upTo), nil)
+}
+
+// spillEncoder encodes a spill plan's keys and values, into buffers of its
+// own that each call reuses: what it returns is valid until its next call.
+type spillEncoder struct {
+	key    [expiryKeyLen]byte
+	value  []byte
+	marked [17]byte
+}
+
+// mark returns the key and value of p's i-th mark.
+func (e *spillEncoder) mark(p *spillPlan, i int) (k, v []byte) {
+	m := &p.all[i]
+	e.value = appendMark(e.value[:0], m.expires)
+	return markKey(&e.marked, m.key), e.value
+}
+
+// expiry returns the key and value of p's i-th expiry entry: keyed by its
+// first mark, listing the others.
+func (e *spillEncoder) expiry(p *spillPlan, i int) (k, v []byte) {
+	exp := p.expiries[i]
+	at := p.groups[exp]
+	e.value = e.value[:0]
+	for _, j := range at[1:] {
+		e.value = append(e.value, p.all[j].key[:]...)
+	}
+	return expiryKey(&e.key, exp, p.all[at[0]].key), e.value
 }

@@ -242,8 +242,8 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 			return nil, wrap(err)
 		}
 	}
-	journaled := len(w.Marks) > 0 && !db.opts.directMarks
-	if !journaled {
+	toJournal := len(w.Marks) > 0 && !db.opts.directMarks
+	if !toJournal {
 		if err := setMarks(b, w.Marks); err != nil {
 			return nil, wrap(err)
 		}
@@ -267,7 +267,7 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 	// Admit the write before any sequence of a destination is allocated:
 	// a refused write leaves no gap.
 	size := b.Len()
-	if journaled {
+	if toJournal {
 		size += 16 + journalValueLen(w.Marks)
 	}
 	for i := range w.Failures {
@@ -304,7 +304,7 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 				db.marks.add(&w.Marks[i].Key, w.Marks[i].Expires.UnixNano())
 			}
 		}
-		if journaled {
+		if toJournal {
 			seq = db.journal.seq.Add(1)
 			if err := appendJournal(b, seq, w.Marks); err != nil {
 				return nil, wrap(err)
@@ -325,7 +325,7 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 	// journaled marks filed: a claimer that still finds one waits, and
 	// then finds what w wrote.
 	endClaims := func() {
-		if journaled && db.journal.file(w.Marks, seq) >= db.spillMarksAt() {
+		if toJournal && db.journal.file(w.Marks, seq) >= db.spillMarksAt() {
 			select {
 			case db.spillCh <- struct{}{}:
 			default:
