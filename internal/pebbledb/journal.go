@@ -46,7 +46,7 @@ import (
 //     lookup that finds a key there does not read Pebble.
 //   - A spill freezes the in-memory marks under markMu exclusive: every
 //     commit with a sequence up to the spill's has then filed its marks,
-//     and later ones go to a fresh map. Lookups see the frozen map until
+//     and later ones go to a fresh table. Lookups see the frozen table until
 //     Pebble has ingested the spill's tables, and Pebble after.
 //   - Before the ingest, the write-ahead log is synced: a table is
 //     durable once ingested, and a pipelined commit whose marks it holds
@@ -62,7 +62,7 @@ import (
 //     a crash between a commit and its spill loses nothing.
 
 // defaultSpillMarksAt is how many marks the journal holds in memory
-// before the sweeper spills them: about 10 MB of map, and tables of some
+// before the sweeper spills them: 8 MB of markTable, and tables of some
 // 4 MB.
 const defaultSpillMarksAt = 1 << 17
 
@@ -81,8 +81,8 @@ type markJournal struct {
 	mu  sync.RWMutex
 	// cur takes the marks of new commits, nil until the first; frozen
 	// holds those a spill is writing into Pebble, nil between spills.
-	cur, frozen map[store.MarkKey]journaled
-	// spillAt sizes cur when it is made: growing a map rehashes it.
+	cur, frozen *markTable
+	// spillAt sizes cur when it is made: growing a table rehashes it.
 	spillAt int
 }
 
@@ -92,24 +92,18 @@ func (j *markJournal) file(marks []store.Mark, seq uint64) int {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.makeCur()
+	j.cur.touch(marks)
 	for i := range marks {
-		putJournaled(j.cur, marks[i].Key, journaled{expires: marks[i].Expires.UnixNano(), seq: seq})
+		j.cur.put(&marks[i].Key, journaled{expires: marks[i].Expires.UnixNano(), seq: seq})
 	}
-	return len(j.cur)
+	return j.cur.len()
 }
 
 // makeCur makes cur, unless it is made already: a DB that writes no
-// mark keeps no map. The caller holds mu.
+// mark keeps no table. The caller holds mu.
 func (j *markJournal) makeCur() {
 	if j.cur == nil {
-		j.cur = make(map[store.MarkKey]journaled, j.spillAt)
-	}
-}
-
-// putJournaled sets m[k] to v unless m holds a later write of k.
-func putJournaled(m map[store.MarkKey]journaled, k store.MarkKey, v journaled) {
-	if old, ok := m[k]; !ok || old.seq <= v.seq {
-		m[k] = v
+		j.cur = newMarkTable(j.spillAt)
 	}
 }
 
@@ -117,7 +111,7 @@ func putJournaled(m map[store.MarkKey]journaled, k store.MarkKey, v journaled) {
 func (j *markJournal) size() int {
 	j.mu.RLock()
 	defer j.mu.RUnlock()
-	return len(j.cur) + len(j.frozen)
+	return j.cur.len() + j.frozen.len()
 }
 
 // maxExpires returns the latest expiry of the marks held in memory, 0 if
@@ -126,12 +120,9 @@ func (j *markJournal) maxExpires() int64 {
 	j.mu.RLock()
 	defer j.mu.RUnlock()
 	var latest int64
-	for _, m := range j.cur {
-		latest = max(latest, m.expires)
-	}
-	for _, m := range j.frozen {
-		latest = max(latest, m.expires)
-	}
+	f := func(_ *store.MarkKey, m journaled) { latest = max(latest, m.expires) }
+	j.cur.all(f)
+	j.frozen.all(f)
 	return latest
 }
 
@@ -143,9 +134,9 @@ func (j *markJournal) lookup(keys []store.MarkKey, cand []int32, t int64, done [
 	j.mu.RLock()
 	defer j.mu.RUnlock()
 	for _, i := range cand {
-		m, ok := j.cur[keys[i]]
-		if !ok && j.frozen != nil {
-			m, ok = j.frozen[keys[i]]
+		m, ok := j.cur.get(&keys[i])
+		if !ok {
+			m, ok = j.frozen.get(&keys[i])
 		}
 		if ok {
 			done[i] = m.expires > t
@@ -157,24 +148,22 @@ func (j *markJournal) lookup(keys []store.MarkKey, cand []int32, t int64, done [
 }
 
 // freeze moves the marks of cur to frozen, where a spill writes them from,
-// next (empty, made before the caller took markMu: making a map of the
+// next (empty, made before the caller took markMu: making a table of the
 // journal's size takes milliseconds, every commit with a mark waiting)
-// becoming cur, and returns frozen. A frozen map left by a spill that
+// becoming cur, and returns frozen. A frozen table left by a spill that
 // failed takes cur's marks instead. The caller holds markMu exclusively.
-func (j *markJournal) freeze(next map[store.MarkKey]journaled) map[store.MarkKey]journaled {
+func (j *markJournal) freeze(next *markTable) *markTable {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.frozen == nil {
-		if len(j.cur) == 0 {
+		if j.cur.len() == 0 {
 			return nil
 		}
 		j.frozen, j.cur = j.cur, next
 		return j.frozen
 	}
-	for k, v := range j.cur {
-		putJournaled(j.frozen, k, v)
-	}
-	clear(j.cur)
+	j.cur.all(j.frozen.put)
+	j.cur.reset()
 	return j.frozen
 }
 
@@ -273,13 +262,18 @@ func (db *DB) loadJournal(keys []store.MarkKey, maxExpires int64) ([]store.MarkK
 			return nil, 0, fmt.Errorf("%w: journal key %x", errCorrupt, k)
 		}
 		seq := binary.BigEndian.Uint64(k[1:])
+		if seq == math.MaxUint64 {
+			// No commit takes it (journalEnd's bound), and the table
+			// cannot hold it.
+			return nil, 0, fmt.Errorf("%w: journal key %x", errCorrupt, k)
+		}
 		v, err := it.ValueAndErr()
 		if err != nil {
 			return nil, 0, err
 		}
 		db.journal.makeCur()
 		if err := decodeJournal(v, func(mk store.MarkKey, exp int64) {
-			putJournaled(db.journal.cur, mk, journaled{expires: exp, seq: seq})
+			db.journal.cur.put(&mk, journaled{expires: exp, seq: seq})
 			keys = append(keys, mk)
 			maxExpires = max(maxExpires, exp)
 		}); err != nil {
@@ -311,23 +305,23 @@ func (db *DB) spill() error {
 	if db.journal.size() == 0 {
 		return nil
 	}
-	next := make(map[store.MarkKey]journaled, db.spillMarksAt())
+	next := newMarkTable(db.spillMarksAt())
 	db.markMu.Lock()
 	upTo := db.journal.seq.Load()
 	frozen := db.journal.freeze(next) // not empty: only spills and redrives, under spillMu, empty it
 	db.markMu.Unlock()
 	if err := db.admitMaintenance(); err != nil {
-		return fmt.Errorf("pebbledb: spilling %d marks: %w", len(frozen), err)
+		return fmt.Errorf("pebbledb: spilling %d marks: %w", frozen.len(), err)
 	}
 	// The commits of the frozen marks are applied, but a pipelined one
 	// may not be synced yet, and an ingested table is durable at once:
 	// without this sync, a crash could keep a commit's marks and lose its
 	// checkpoint (TestPowerLoss).
 	if err := db.pdb.LogData(nil, pebble.Sync); err != nil {
-		return fmt.Errorf("pebbledb: syncing the write-ahead log before spilling %d marks: %w", len(frozen), noSpace(err))
+		return fmt.Errorf("pebbledb: syncing the write-ahead log before spilling %d marks: %w", frozen.len(), noSpace(err))
 	}
 	if err := db.ingestSpill(planSpill(frozen, nil)); err != nil {
-		return fmt.Errorf("pebbledb: spilling %d marks: %w", len(frozen), noSpace(err))
+		return fmt.Errorf("pebbledb: spilling %d marks: %w", frozen.len(), noSpace(err))
 	}
 	db.journal.thaw()
 	// The entries spilled go, synced (a sync a spill) so that a spill
@@ -417,9 +411,14 @@ func (db *DB) ingestSpill(p *spillPlan) error {
 }
 
 // tableOptions are the options of a table a spill writes: those of
-// Pebble's tables, for the DB's format.
+// Pebble's tables, for the DB's format, without compression: a spill's
+// keys are SHA-256, which no compressor shrinks, and trying cost about a
+// tenth of a spill's time. (Compactions compress them later with the rest
+// of their level.)
 func (db *DB) tableOptions() sstable.WriterOptions {
-	return db.popts.MakeWriterOptions(0, db.pdb.FormatMajorVersion().MaxTableFormat())
+	o := db.popts.MakeWriterOptions(0, db.pdb.FormatMajorVersion().MaxTableFormat())
+	o.Compression = sstable.NoCompression
+	return o
 }
 
 // journalEnd is the end of the journal entries up to upTo.
@@ -470,27 +469,27 @@ type spilled struct {
 // bytes puts them in buckets of two or so, which a comparison sort then
 // orders (legacy FNV-1a keys, not uniform, only make some buckets larger).
 // A comparison sort of them all took most of a spill's time.
-func sortSpill(marks map[store.MarkKey]journaled, skip func(*store.MarkKey) bool) []spilled {
+func sortSpill(marks *markTable, skip func(*store.MarkKey) bool) []spilled {
 	var count [1<<16 + 1]int32
 	n := 0
-	for k := range marks {
-		if skip == nil || !skip(&k) {
+	marks.all(func(k *store.MarkKey, _ journaled) {
+		if skip == nil || !skip(k) {
 			count[int(k[0])<<8|int(k[1])+1]++
 			n++
 		}
-	}
+	})
 	for i := 1; i < len(count); i++ {
 		count[i] += count[i-1]
 	}
 	all := make([]spilled, n)
 	next := count
-	for k, m := range marks {
-		if skip == nil || !skip(&k) {
+	marks.all(func(k *store.MarkKey, m journaled) {
+		if skip == nil || !skip(k) {
 			b := int(k[0])<<8 | int(k[1])
-			all[next[b]] = spilled{key: k, expires: m.expires}
+			all[next[b]] = spilled{key: *k, expires: m.expires}
 			next[b]++
 		}
-	}
+	})
 	for b := range 1 << 16 {
 		if lo, hi := count[b], count[b+1]; hi-lo > 1 {
 			slices.SortFunc(all[lo:hi], func(x, y spilled) int { return bytes.Compare(x.key[:], y.key[:]) })
@@ -512,7 +511,7 @@ type spillPlan struct {
 }
 
 // planSpill plans the spill of marks, leaving out those skip reports.
-func planSpill(marks map[store.MarkKey]journaled, skip func(*store.MarkKey) bool) *spillPlan {
+func planSpill(marks *markTable, skip func(*store.MarkKey) bool) *spillPlan {
 	p := &spillPlan{all: sortSpill(marks, skip), groups: make(map[int64][]int32)}
 	const keyLen = 1 + len(store.MarkKey{})
 	for i := range p.all {

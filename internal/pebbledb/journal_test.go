@@ -385,9 +385,9 @@ func FuzzDecodeJournal(f *testing.F) {
 // whatever the expiries (negative, large) and the skipped marks.
 func TestSpillPlanSize(t *testing.T) {
 	db := openMem(t)
-	marks := make(map[store.MarkKey]journaled)
+	marks := newMarkTable(0)
 	for i, k := range markKeys("scope", 0, 1000) {
-		marks[k] = journaled{expires: int64(i%7-3) << (i % 60), seq: uint64(i)}
+		marks.put(&k, journaled{expires: int64(i%7-3) << (i % 60), seq: uint64(i)})
 	}
 	for _, skip := range []func(*store.MarkKey) bool{nil, func(k *store.MarkKey) bool { return k[0]&1 == 0 }} {
 		plan := planSpill(marks, skip)

@@ -98,7 +98,7 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 		for _, mk := range unmark {
 			skip[mk] = true
 		}
-		plan = planSpill(db.journal.freeze(make(map[store.MarkKey]journaled)), func(k *store.MarkKey) bool { return skip[*k] })
+		plan = planSpill(db.journal.freeze(newMarkTable(0)), func(k *store.MarkKey) bool { return skip[*k] })
 	}
 	size := 64 + len(unmark)*(17+expiryKeyLen+8) + st.batchSize(recs)
 	if plan != nil {
