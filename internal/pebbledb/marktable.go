@@ -22,6 +22,8 @@ type markTable struct {
 	slots []markSlot // a power of two, at most 3/4 full
 	shift uint8      // 64 - log2(len(slots))
 	n     int
+	// sink keeps touch's reads from being left out as unused.
+	sink uint64
 }
 
 // markSlot is one place of a markTable; seq1 is the mark's journal
@@ -99,11 +101,8 @@ func (t *markTable) touch(marks []store.Mark) {
 	for i := range marks {
 		sink += t.slots[t.home(&marks[i].Key)].seq1
 	}
-	touchSink = sink
+	t.sink += sink
 }
-
-// touchSink keeps touch's reads from being left out as unused.
-var touchSink uint64
 
 // get returns k's mark, if the table holds one.
 func (t *markTable) get(k *store.MarkKey) (journaled, bool) {
