@@ -106,3 +106,53 @@ func TestBenchProfiles(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchScenarios: --scenarios runs only the scenarios named, leaves the
+// others out of the JSON and the table, and gives the ratios between those
+// that ran; an unknown name is refused, named, before anything runs.
+func TestBenchScenarios(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := Run(context.Background(), []string{"bench", "--records", "300", "--scenarios", "atLeastOnce,exactlyOnce", "--json", "--dir", t.TempDir()},
+		strings.NewReader(""), &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d:\n%s", code, stderr.String())
+	}
+	var scen map[string]json.RawMessage
+	if err := json.Unmarshal(stdout.Bytes(), &scen); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"exactlyOncePayloadKeys", "exactlyOnceState", "perRecordBaseline", "latency"} {
+		if _, ok := scen[name]; ok {
+			t.Errorf("%s reported, though not asked for:\n%s", name, stdout.String())
+		}
+	}
+	var b struct {
+		Records       int     `json:"records"`
+		VsAtLeastOnce float64 `json:"vsAtLeastOnce"`
+	}
+	if err := json.Unmarshal(scen["exactlyOnce"], &b); err != nil || b.Records != 300 || b.VsAtLeastOnce <= 0 {
+		t.Errorf("exactlyOnce: %+v, %v; want 300 records and a ratio to atLeastOnce:\n%s", b, err, stdout.String())
+	}
+	if strings.Contains(stderr.String(), "payload keys") || strings.Contains(stderr.String(), "latency") {
+		t.Errorf("ran scenarios not asked for:\n%s", stderr.String())
+	}
+
+	stdout.Reset()
+	stderr.Reset()
+	code = Run(context.Background(), []string{"bench", "--records", "300", "--scenarios", "exactlyOncePayloadKeys", "--dir", t.TempDir()},
+		strings.NewReader(""), &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d:\n%s", code, stderr.String())
+	}
+	out := stdout.String()
+	if !strings.Contains(out, "(b') exactly-once, payload keys") || strings.Contains(out, "(a) at-least-once") || strings.Contains(out, "ratios:") || strings.Contains(out, "latency") {
+		t.Errorf("table of (b') alone:\n%s", out)
+	}
+
+	stderr.Reset()
+	code = Run(context.Background(), []string{"bench", "--records", "10", "--scenarios", "atLeastOnce,fastest", "--dir", t.TempDir()},
+		strings.NewReader(""), io.Discard, &stderr)
+	if code != exitUsage || !strings.Contains(stderr.String(), `--scenarios: unknown scenario "fastest"`) || strings.Contains(stderr.String(), "bench: ") {
+		t.Errorf("unknown scenario: exit %d, stderr %q; want %d naming it, nothing run", code, stderr.String(), exitUsage)
+	}
+}

@@ -457,9 +457,10 @@ func benchCmd() *cobra.Command {
 	var records, shards, batchSize int
 	var asJSON bool
 	var dir, storeSpec string
+	var scenarios []string
 	var prof benchProfiles
 	cmd := &cobra.Command{
-		Use:   "bench [--records N] [--shards N] [--batch-size N] [--json] [--store embedded|postgres://…|redis://…|dynamodb://…] [--cpuprofile FILE] [--mutexprofile FILE]",
+		Use:   "bench [--records N] [--shards N] [--batch-size N] [--scenarios NAME,…] [--json] [--store embedded|postgres://…|redis://…|dynamodb://…] [--cpuprofile FILE] [--mutexprofile FILE]",
 		Short: "Measure exactly-once against at-least-once and a per-record idempotency store, on this machine",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -469,11 +470,14 @@ func benchCmd() *cobra.Command {
 			if batchSize < 1 || batchSize > maxBenchBatchSize {
 				return usageError{fmt.Errorf("--batch-size: %d is outside 1 to %d", batchSize, maxBenchBatchSize)}
 			}
+			if err := bench.CheckScenarios(scenarios); err != nil {
+				return usageError{fmt.Errorf("--scenarios: %w", err)}
+			}
 			if err := prof.start(); err != nil {
 				return usageError{err}
 			}
 			rep, err := bench.Run(cmd.Context(), bench.Config{Records: records, Shards: shards, BatchSize: batchSize,
-				Dir: dir, Progress: cmd.ErrOrStderr(), Store: storeSpec})
+				Dir: dir, Progress: cmd.ErrOrStderr(), Store: storeSpec, Scenarios: scenarios})
 			if perr := prof.stop(); err == nil {
 				err = perr
 			}
@@ -491,6 +495,7 @@ func benchCmd() *cobra.Command {
 	cmd.Flags().IntVar(&records, "records", 1_000_000, "records per scenario")
 	cmd.Flags().IntVar(&shards, "shards", 4, "shards of the benchmark's stream (1 to 256)")
 	cmd.Flags().IntVar(&batchSize, "batch-size", 100, "batch size of the benchmark's mappings (1 to 10000)")
+	cmd.Flags().StringSliceVar(&scenarios, "scenarios", nil, "run only these scenarios, by their JSON names: "+strings.Join(bench.ScenarioNames, ", ")+" (default: all)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (one key per scenario, each with recordsPerSec)")
 	cmd.Flags().StringVar(&dir, "dir", "", "scratch directory (default: a temporary one, removed after)")
 	cmd.Flags().StringVar(&prof.cpu, "cpuprofile", "", "write the run's CPU profile to FILE (go tool pprof)")

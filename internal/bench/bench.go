@@ -61,6 +61,30 @@ type Config struct {
 	// dynamodb.MaxPayloadKeyBatch, which one transaction holds). Streams
 	// stay embedded.
 	Store string
+	// Scenarios to run, by their names in Report's JSON (ScenarioNames):
+	// a short measurement of the one that matters, a scaling run of (a)
+	// and (b) on a borrowed machine. Default: all of them.
+	Scenarios []string
+}
+
+// ScenarioNames are the scenarios Run knows, by their names in Report's
+// JSON, in the order of Report's fields.
+var ScenarioNames = []string{"atLeastOnce", "exactlyOnce", "exactlyOncePayloadKeys", "exactlyOnceState", "perRecordBaseline", "latency"}
+
+// CheckScenarios refuses a name that is not one of ScenarioNames, naming
+// it and them.
+func CheckScenarios(names []string) error {
+	for _, n := range names {
+		if !slices.Contains(ScenarioNames, n) {
+			return fmt.Errorf("unknown scenario %q (known: %s)", n, strings.Join(ScenarioNames, ", "))
+		}
+	}
+	return nil
+}
+
+// runs reports whether c selects the scenario name.
+func (c *Config) runs(name string) bool {
+	return len(c.Scenarios) == 0 || slices.Contains(c.Scenarios, name)
 }
 
 func (c *Config) defaults() {
@@ -119,22 +143,27 @@ type Report struct {
 	Store string `json:"store"`
 	// Shards of the stream and BatchSize of the mapping every scenario ran
 	// with.
-	Shards      int      `json:"shards"`
-	BatchSize   int      `json:"batchSize"`
-	AtLeastOnce Scenario `json:"atLeastOnce"`
-	ExactlyOnce Scenario `json:"exactlyOnce"`
+	Shards    int `json:"shards"`
+	BatchSize int `json:"batchSize"`
+	// A scenario that did not run (Config.Scenarios) is left out of the
+	// JSON.
+	AtLeastOnce Scenario `json:"atLeastOnce,omitzero"`
+	ExactlyOnce Scenario `json:"exactlyOnce,omitzero"`
 	// ExactlyOncePayloadKeys keys records by a field of their JSON data
 	// (idempotency.key): one completion mark per record, looked up per
 	// window.
-	ExactlyOncePayloadKeys Scenario `json:"exactlyOncePayloadKeys"`
-	ExactlyOnceState       Scenario `json:"exactlyOnceState"`
-	PerRecordBaseline      Scenario `json:"perRecordBaseline"`
-	Latency                Scenario `json:"latency"`
+	ExactlyOncePayloadKeys Scenario `json:"exactlyOncePayloadKeys,omitzero"`
+	ExactlyOnceState       Scenario `json:"exactlyOnceState,omitzero"`
+	PerRecordBaseline      Scenario `json:"perRecordBaseline,omitzero"`
+	Latency                Scenario `json:"latency,omitzero"`
 }
 
 // WriteText prints the report as a table.
 func (r *Report) WriteText(w io.Writer) error {
 	row := func(name string, s Scenario) {
+		if s.Records == 0 {
+			return // not run
+		}
 		fmt.Fprintf(w, "%-38s %10d records %8.2fs %12.0f records/s  CPU %6.2f µs/record  peak RSS %6.1f MB\n", name, s.Records, s.Seconds, s.RecordsPerSec, s.CPUMicrosPerRecord, s.PeakRSSMB)
 	}
 	fmt.Fprintf(w, "store: %s   shards: %d   batch size: %d\n", r.Store, r.Shards, r.BatchSize)
@@ -143,8 +172,22 @@ func (r *Report) WriteText(w io.Writer) error {
 	row("(b') exactly-once, payload keys (marks)", r.ExactlyOncePayloadKeys)
 	row("(c) exactly-once + 1 state write/rec", r.ExactlyOnceState)
 	row("(d) per-record claim+complete, synced", r.PerRecordBaseline)
-	fmt.Fprintf(w, "ratios: (b)/(a) = %.2f   (b)/(d) = %.1f   (b')/(a) = %.2f   (b')/(d) = %.1f\n", r.ExactlyOnce.VsAtLeastOnce, r.ExactlyOnce.VsPerRecordBaseline,
-		r.ExactlyOncePayloadKeys.VsAtLeastOnce, r.ExactlyOncePayloadKeys.VsPerRecordBaseline)
+	var ratios []string
+	ratio := func(name, format string, v float64) {
+		if v != 0 {
+			ratios = append(ratios, name+" = "+fmt.Sprintf(format, v))
+		}
+	}
+	ratio("(b)/(a)", "%.2f", r.ExactlyOnce.VsAtLeastOnce)
+	ratio("(b)/(d)", "%.1f", r.ExactlyOnce.VsPerRecordBaseline)
+	ratio("(b')/(a)", "%.2f", r.ExactlyOncePayloadKeys.VsAtLeastOnce)
+	ratio("(b')/(d)", "%.1f", r.ExactlyOncePayloadKeys.VsPerRecordBaseline)
+	if len(ratios) > 0 {
+		fmt.Fprintf(w, "ratios: %s\n", strings.Join(ratios, "   "))
+	}
+	if r.Latency.RecordsPerSec == 0 {
+		return nil
+	}
 	_, err := fmt.Fprintf(w, "latency put→handler at %.0f records/s, batching window 0: p50 %.2f ms, p99 %.2f ms\n", r.Latency.RecordsPerSec, r.Latency.P50Ms, r.Latency.P99Ms)
 	return err
 }
@@ -154,6 +197,9 @@ func (r *Report) WriteText(w io.Writer) error {
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
 	if err := checkStore(cfg.Store); err != nil {
+		return nil, err
+	}
+	if err := CheckScenarios(cfg.Scenarios); err != nil {
 		return nil, err
 	}
 	dir := cfg.Dir
@@ -168,56 +214,59 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep := &Report{Store: storeKind(cfg.Store), Shards: cfg.Shards, BatchSize: cfg.BatchSize}
 	var err error
 	steps := []struct {
-		name string
-		run  func() error
+		name, scenario string
+		run            func() error
 	}{
 		// (a), (b) and (b') run twice, in the order a b b' b' b a, and
 		// each keeps its better run: the ratios between them are the
 		// figures that matter, and this order cancels a machine's drift
 		// and noisy neighbours, for each scenario alike.
-		{"at-least-once", func() error {
+		{"at-least-once", "atLeastOnce", func() error {
 			rep.AtLeastOnce, err = throughput(ctx, cfg, filepath.Join(dir, "a1"), modeAtLeastOnce)
 			return err
 		}},
-		{"exactly-once", func() error {
+		{"exactly-once", "exactlyOnce", func() error {
 			rep.ExactlyOnce, err = throughput(ctx, cfg, filepath.Join(dir, "b1"), modeExactlyOnce)
 			return err
 		}},
-		{"exactly-once with payload keys", func() error {
+		{"exactly-once with payload keys", "exactlyOncePayloadKeys", func() error {
 			rep.ExactlyOncePayloadKeys, err = throughput(ctx, cfg, filepath.Join(dir, "k1"), modeMarks)
 			return err
 		}},
-		{"exactly-once with payload keys (second run)", func() error {
+		{"exactly-once with payload keys (second run)", "exactlyOncePayloadKeys", func() error {
 			s, err := throughput(ctx, cfg, filepath.Join(dir, "k2"), modeMarks)
 			rep.ExactlyOncePayloadKeys = better(rep.ExactlyOncePayloadKeys, s)
 			return err
 		}},
-		{"exactly-once (second run)", func() error {
+		{"exactly-once (second run)", "exactlyOnce", func() error {
 			s, err := throughput(ctx, cfg, filepath.Join(dir, "b2"), modeExactlyOnce)
 			rep.ExactlyOnce = better(rep.ExactlyOnce, s)
 			return err
 		}},
-		{"at-least-once (second run)", func() error {
+		{"at-least-once (second run)", "atLeastOnce", func() error {
 			s, err := throughput(ctx, cfg, filepath.Join(dir, "a2"), modeAtLeastOnce)
 			rep.AtLeastOnce = better(rep.AtLeastOnce, s)
 			return err
 		}},
-		{"exactly-once with state", func() error {
+		{"exactly-once with state", "exactlyOnceState", func() error {
 			rep.ExactlyOnceState, err = throughput(ctx, cfg, filepath.Join(dir, "c"), modeState)
 			return err
 		}},
-		{"per-record baseline", func() error {
+		{"per-record baseline", "perRecordBaseline", func() error {
 			c := cfg
 			c.Records = cfg.BaselineRecords
 			rep.PerRecordBaseline, err = throughput(ctx, c, filepath.Join(dir, "d"), modeBaseline)
 			return err
 		}},
-		{"latency", func() error {
+		{"latency", "latency", func() error {
 			rep.Latency, err = latency(ctx, cfg, filepath.Join(dir, "l"))
 			return err
 		}},
 	}
 	for _, s := range steps {
+		if !cfg.runs(s.scenario) {
+			continue
+		}
 		fmt.Fprintf(cfg.Progress, "bench: %s...\n", s.name)
 		if err := s.run(); err != nil {
 			return nil, fmt.Errorf("%s: %w", s.name, err)
