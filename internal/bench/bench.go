@@ -212,7 +212,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		dir = d
 	}
 	rep := &Report{Store: storeKind(cfg.Store), Shards: cfg.Shards, BatchSize: cfg.BatchSize}
-	var err error
+	// measure runs mode m with c in the subdirectory sub, and keeps in
+	// *dst the better of that run and what *dst held (nothing, the first
+	// time).
+	measure := func(dst *Scenario, sub string, c Config, m mode) func() error {
+		return func() error {
+			s, err := throughput(ctx, c, filepath.Join(dir, sub), m)
+			*dst = better(*dst, s)
+			return err
+		}
+	}
+	baseline := cfg
+	baseline.Records = cfg.BaselineRecords
 	steps := []struct {
 		name, scenario string
 		run            func() error
@@ -221,44 +232,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		// each keeps its better run: the ratios between them are the
 		// figures that matter, and this order cancels a machine's drift
 		// and noisy neighbours, for each scenario alike.
-		{"at-least-once", "atLeastOnce", func() error {
-			rep.AtLeastOnce, err = throughput(ctx, cfg, filepath.Join(dir, "a1"), modeAtLeastOnce)
-			return err
-		}},
-		{"exactly-once", "exactlyOnce", func() error {
-			rep.ExactlyOnce, err = throughput(ctx, cfg, filepath.Join(dir, "b1"), modeExactlyOnce)
-			return err
-		}},
-		{"exactly-once with payload keys", "exactlyOncePayloadKeys", func() error {
-			rep.ExactlyOncePayloadKeys, err = throughput(ctx, cfg, filepath.Join(dir, "k1"), modeMarks)
-			return err
-		}},
-		{"exactly-once with payload keys (second run)", "exactlyOncePayloadKeys", func() error {
-			s, err := throughput(ctx, cfg, filepath.Join(dir, "k2"), modeMarks)
-			rep.ExactlyOncePayloadKeys = better(rep.ExactlyOncePayloadKeys, s)
-			return err
-		}},
-		{"exactly-once (second run)", "exactlyOnce", func() error {
-			s, err := throughput(ctx, cfg, filepath.Join(dir, "b2"), modeExactlyOnce)
-			rep.ExactlyOnce = better(rep.ExactlyOnce, s)
-			return err
-		}},
-		{"at-least-once (second run)", "atLeastOnce", func() error {
-			s, err := throughput(ctx, cfg, filepath.Join(dir, "a2"), modeAtLeastOnce)
-			rep.AtLeastOnce = better(rep.AtLeastOnce, s)
-			return err
-		}},
-		{"exactly-once with state", "exactlyOnceState", func() error {
-			rep.ExactlyOnceState, err = throughput(ctx, cfg, filepath.Join(dir, "c"), modeState)
-			return err
-		}},
-		{"per-record baseline", "perRecordBaseline", func() error {
-			c := cfg
-			c.Records = cfg.BaselineRecords
-			rep.PerRecordBaseline, err = throughput(ctx, c, filepath.Join(dir, "d"), modeBaseline)
-			return err
-		}},
+		{"at-least-once", "atLeastOnce", measure(&rep.AtLeastOnce, "a1", cfg, modeAtLeastOnce)},
+		{"exactly-once", "exactlyOnce", measure(&rep.ExactlyOnce, "b1", cfg, modeExactlyOnce)},
+		{"exactly-once with payload keys", "exactlyOncePayloadKeys", measure(&rep.ExactlyOncePayloadKeys, "k1", cfg, modeMarks)},
+		{"exactly-once with payload keys (second run)", "exactlyOncePayloadKeys", measure(&rep.ExactlyOncePayloadKeys, "k2", cfg, modeMarks)},
+		{"exactly-once (second run)", "exactlyOnce", measure(&rep.ExactlyOnce, "b2", cfg, modeExactlyOnce)},
+		{"at-least-once (second run)", "atLeastOnce", measure(&rep.AtLeastOnce, "a2", cfg, modeAtLeastOnce)},
+		{"exactly-once with state", "exactlyOnceState", measure(&rep.ExactlyOnceState, "c", cfg, modeState)},
+		{"per-record baseline", "perRecordBaseline", measure(&rep.PerRecordBaseline, "d", baseline, modeBaseline)},
 		{"latency", "latency", func() error {
+			var err error
 			rep.Latency, err = latency(ctx, cfg, filepath.Join(dir, "l"))
 			return err
 		}},
@@ -285,7 +268,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return rep, nil
 }
 
-// better returns the faster of two runs of one scenario.
+// better returns the faster of two runs of one scenario; a's zero value,
+// no run yet, loses to any run. The peak RSS is the larger of the two.
 func better(a, b Scenario) Scenario {
 	if b.RecordsPerSec > a.RecordsPerSec {
 		b.PeakRSSMB = max(a.PeakRSSMB, b.PeakRSSMB)

@@ -173,7 +173,6 @@ func WithMarkFilterMemory(bytes int64) Option {
 	return optionFunc(func(o *options) { o.markFilterMemory = bytes })
 }
 
-// withoutMarkFilter turns the mark filter off, for benchmarks.
 // withSpillMarksAt spills the mark journal once it holds n marks.
 func withSpillMarksAt(n int) Option {
 	return optionFunc(func(o *options) { o.spillMarksAt = n })
@@ -184,6 +183,7 @@ func withDirectMarks() Option {
 	return optionFunc(func(o *options) { o.directMarks = true })
 }
 
+// withoutMarkFilter turns the mark filter off, for benchmarks.
 func withoutMarkFilter() Option {
 	return optionFunc(func(o *options) { o.noMarkFilter = true })
 }

@@ -55,9 +55,10 @@ func (db *DB) PutCheckpoint(ctx context.Context, stream string, recs []PutRecord
 // It holds markMu exclusively while it reads the marks and commits, so
 // that neither the sweeper nor a Commit writing marks interleaves with
 // it, and spills the mark journal in its batch, leaving the unmarked keys
-// out, so that no journal entry brings one back at Open. Only a mark's current expiry entry is deleted: an older entry left
-// by a renewal is already ignored by the purge (it finds no mark, or one
-// that expires later).
+// out, so that no journal entry brings one back at Open. Only a mark's
+// current expiry entry is deleted: an older entry left by a renewal is
+// already ignored by the purge (it finds no mark, or one that expires
+// later).
 func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []PutRecord, key store.CheckpointKey, prev idem.Sequence, cp store.Checkpoint, unmark []store.MarkKey) ([]PutResult, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -133,12 +134,16 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 		p = st.append(b, recs, res, time.Now())
 	}
 	err = b.Commit(pebble.Sync)
+	if err == nil && len(unmark) > 0 {
+		// The frozen journal still holds the marks unmarked, and lookups
+		// believe it over Pebble: it goes before the records appended
+		// become visible, or a shard could read one and skip it as
+		// marked. (Pebble holds the frozen journal's other marks now.)
+		db.journal.thaw()
+	}
 	p.finish()
 	if err != nil {
 		return nil, wrap(noSpace(err))
-	}
-	if len(unmark) > 0 {
-		db.journal.thaw()
 	}
 	return res, nil
 }

@@ -50,8 +50,9 @@ func (db *DB) sweeper() {
 // as of now: it deletes, in each shard, the records that arrived before now
 // minus the stream's retention, advancing the shard's lowest retained
 // sequence, and it deletes the completion marks expired at now, reading
-// only those, once it has spilled the mark journal into Pebble. Expired marks are already treated as absent by Completed, so
-// purging them only reclaims space. Tests call Sweep to decide time themselves.
+// only those, once it has spilled the mark journal into Pebble. Expired
+// marks are already treated as absent by Completed, so purging them only
+// reclaims space. Tests call Sweep to decide time themselves.
 //
 // Errors: ErrClosed, ctx.Err(), and Pebble's errors with the stream and
 // shard.
