@@ -433,3 +433,50 @@ func BenchmarkSpill(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/mark")
 }
+
+// TestUnmarkedBeforeVisible: a shard that reads a record a redrive appends
+// as soon as it is visible finds its key unmarked, though the mark was in
+// the journal: the redrive forgets the frozen journal, which lookups
+// believe over Pebble, before its records become visible.
+func TestUnmarkedBeforeVisible(t *testing.T) {
+	db := openMem(t)
+	ctx := context.Background()
+	mustCreate(t, db, "s", 1)
+	now := time.Now()
+	keys := markKeys("scope", 0, 50)
+	cpKey := store.CheckpointKey{Mapping: "redrive", Stream: "s", Shard: ShardID(0)}
+	var after idem.Sequence
+	prev := idem.Sequence("")
+	for i, k := range keys {
+		commitMarks(t, db, keys[i:i+1], now.Add(time.Hour))
+		seen := make(chan bool, 1)
+		go func() {
+			for {
+				res, err := db.Read(ctx, "s", ShardID(0), after, 1, 0)
+				if err != nil {
+					t.Error(err)
+					seen <- false
+					return
+				}
+				if len(res.Records) > 0 {
+					after = res.Records[0].Sequence
+					done := make([]bool, 1)
+					if err := db.Completed(ctx, []store.MarkKey{k}, now, done); err != nil {
+						t.Error(err)
+					}
+					seen <- done[0]
+					return
+				}
+				// Poll rather than Wait, to look as soon as it shows.
+			}
+		}()
+		cp := idem.SequenceOf(uint64(i + 1))
+		if _, err := db.PutCheckpointUnmarking(ctx, "s", []PutRecord{{PartitionKey: "k", Data: []byte("again")}}, cpKey, prev, store.Checkpoint{Sequence: cp}, []store.MarkKey{k}); err != nil {
+			t.Fatal(err)
+		}
+		prev = cp
+		if <-seen {
+			t.Fatalf("round %d: the record appended was visible while its key was still marked", i)
+		}
+	}
+}
