@@ -347,6 +347,9 @@ func (db *DB) scanLegacyKeys(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	latest = max(latest, db.journal.maxExpires())
+	for _, r := range db.listedRuns() {
+		latest = max(latest, r.maxExpires)
+	}
 	it, err = db.pdb.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: []byte{prefixClaim}, UpperBound: []byte{prefixClaim + 1}})
 	if err != nil {
 		return 0, err

@@ -23,18 +23,19 @@ const (
 	prefixState      = 'v'
 	prefixClaim      = 'i'
 	prefixLegacy     = 'h'
+	prefixRun        = 'r'
 )
 
 // valueVersion is the leading byte of every value this code writes.
 const valueVersion = 1
 
 // layoutVersion is the value of the 'f' key: the version of the key layout.
-// Version 2 added the mark journal ('j'): a program that reads only
-// version 1 would not see the marks it holds, so it must refuse the
-// directory. Open upgrades a version 1 directory, which has no journal,
-// by rewriting the key, and Close writes version 1 back once it has
-// spilled the journal whole.
-const layoutVersion = 2
+// Version 2 added the mark journal ('j'), version 3 the runs of marks
+// ('r'): a program that reads only an earlier version would not see the
+// marks they hold, so it must refuse the directory. Open upgrades a
+// directory of version 1 or 2 by rewriting the key; Close writes version 1
+// back when the directory holds neither journal nor runs.
+const layoutVersion = 3
 
 // errCorrupt is wrapped by every decoder error: a value that does not parse
 // means the directory was damaged or written by an incompatible program.

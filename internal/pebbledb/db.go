@@ -270,6 +270,16 @@ type DB struct {
 	// which the spills' tables are written with.
 	spills atomic.Uint64
 	popts  *pebble.Options
+	// runs lists the runs of marks that lookups read, oldest first
+	// (runs.go); it changes under spillMu, as does runEdits, which
+	// counts the changes to runs other than new ones (a redrive's
+	// deletions, a purge, a merge). lastRun is the number last given to
+	// a run. legacyMarks says whether Pebble may hold mark keys ('k'),
+	// which lookups then read too.
+	runs        atomic.Pointer[[]markRun]
+	runEdits    uint64
+	lastRun     atomic.Uint64
+	legacyMarks atomic.Bool
 
 	// sweepMu serializes sweeps.
 	sweepMu sync.Mutex
@@ -386,12 +396,12 @@ func (db *DB) load() error {
 		closer.Close()
 		switch {
 		case len(got) == 1 && got[0] == layoutVersion:
-		case len(got) == 1 && got[0] == 1:
+		case len(got) == 1 && got[0] >= 1 && got[0] < layoutVersion:
 			if err := db.pdb.Set([]byte{prefixFormat}, []byte{layoutVersion}, pebble.Sync); err != nil {
-				return fmt.Errorf("upgrading the layout from version 1: %w", err)
+				return fmt.Errorf("upgrading the layout from version %d: %w", got[0], err)
 			}
 		default:
-			return fmt.Errorf("%w: layout version %x, this program reads 1 and %d", errCorrupt, got, layoutVersion)
+			return fmt.Errorf("%w: layout version %x, this program reads 1 to %d", errCorrupt, got, layoutVersion)
 		}
 	}
 
@@ -473,7 +483,7 @@ func (db *DB) fail(err error) {
 }
 
 // Close stops the sweeper, waits for methods in progress, spills the mark
-// journal (and writes layout 1 back, see closeJournal), closes Pebble and
+// journal (and writes layout 1 back where it can, see closeJournal), closes Pebble and
 // removes the pid file. Waiters return ErrClosed. Closing twice returns nil.
 //
 // Once the DB failed (ErrFatal), methods and Pebble's own goroutines may be

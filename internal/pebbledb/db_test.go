@@ -530,16 +530,30 @@ func TestCloseStopsGoroutines(t *testing.T) {
 // countKeys counts the keys of a keyspace.
 func countKeys(t *testing.T, db *DB, prefix byte) int {
 	t.Helper()
+	return countKeysOf(t, db, prefix, 0)
+}
+
+// countKeysOf counts the keys under prefix of length n (any, if 0).
+func countKeysOf(t *testing.T, db *DB, prefix byte, n int) int {
+	t.Helper()
 	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer it.Close()
-	n := 0
+	count := 0
 	for valid := it.First(); valid; valid = it.Next() {
-		n++
+		if n == 0 || len(it.Key()) == n {
+			count++
+		}
 	}
-	return n
+	return count
+}
+
+// countRunMarks counts the marks of db's runs, on disk.
+func countRunMarks(t *testing.T, db *DB) int {
+	t.Helper()
+	return countKeysOf(t, db, prefixRun, runKeyLen)
 }
 
 // markLayouts are the two ways a commit writes marks: through the journal,
@@ -561,13 +575,12 @@ func spill(t testing.TB, db *DB) {
 	}
 }
 
-// TestPurgeMarks: a sweep deletes exactly the expired marks and their expiry
-// entries, over several chunks, and keeps a mark renewed after its first
-// expiry entry was written; in either layout.
+// TestPurgeMarks: a sweep deletes exactly the expired mark keys and their
+// expiry entries, over several chunks, and keeps a mark renewed after its
+// first expiry entry was written. (Spills write runs, whose purge
+// TestRunsPurge covers; mark keys are what earlier versions left.)
 func TestPurgeMarks(t *testing.T) {
-	for _, l := range markLayouts {
-		t.Run(l.name, func(t *testing.T) { testPurgeMarks(t, openMem(t, l.opts...)) })
-	}
+	testPurgeMarks(t, openMem(t, withDirectMarks()))
 }
 
 func testPurgeMarks(t *testing.T, db *DB) {
@@ -701,12 +714,10 @@ func TestFailedSyncRefusesUse(t *testing.T) {
 // TestPurgeGroupedMarks: the marks of one commit that share an expiry get
 // one expiry entry between them, and the sweep purges them all, beside
 // entries of the earlier layout (one a mark, an empty value); a mark of a
-// group renewed since stays, and so does a group not yet expired; in either
-// layout.
+// group renewed since stays, and so does a group not yet expired. (Mark
+// keys, as earlier versions and WithDirectMarks write them.)
 func TestPurgeGroupedMarks(t *testing.T) {
-	for _, l := range markLayouts {
-		t.Run(l.name, func(t *testing.T) { testPurgeGroupedMarks(t, openMem(t, l.opts...)) })
-	}
+	testPurgeGroupedMarks(t, openMem(t, withDirectMarks()))
 }
 
 func testPurgeGroupedMarks(t *testing.T, db *DB) {

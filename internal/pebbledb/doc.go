@@ -29,17 +29,25 @@
 // checks that each commit's checkpoint, marks, state and on-failure records
 // survive together or not at all.
 //
-// # Marks: a journal, then keys of their own
+// # Marks: a journal, then runs
 //
 // A commit writes its completion marks as one journal entry, filed in
 // memory once applied (journal.go), not as a Pebble key each: a key each
 // cost an insert at a random place of the memtable's skiplist per record
 // keyed by its payload, the largest part of the engine's time with such
 // keys. The sweeper spills the journal, about every 130,000 marks and at
-// every sweep, into the mark keys and their expiry entries: two sorted
-// tables that Pebble ingests, then the deletion of the entries spilled.
-// Open files the journal in memory again, and removes the tables of a
-// spill a crash cut short (in the spill directory).
+// every sweep, into a run (runs.go): one sorted table under a run number
+// of its own, which Pebble ingests into its last level and never
+// compacts, then deletes the entries spilled. Runs merge as they
+// accumulate, mergeFanIn of one size class at a time, and a sweep deletes
+// a run whole once all its marks have expired. Open lists the runs, files
+// the journal in memory again, and removes the tables of a spill or merge
+// a crash cut short (in the spill directory).
+//
+// Of two marks of one key, the one that expires later counts. (The
+// engine writes a mark to expire a mapping's mark TTL after its commit,
+// so a later one expires earlier only after the TTL was shortened; mark
+// keys of earlier versions hold the later write.)
 //
 // # Mark lookups
 //
@@ -48,7 +56,7 @@
 // keys in memory (markfilter.go), built at Open from the marks on disk and
 // added to by each commit before its batch is applied, answers those
 // without reading Pebble; it never misses a mark. The journal's marks are
-// found in memory; the rest in Pebble. It costs about 2 to 5
+// found in memory; the rest in the runs, newest first. It costs about 2 to 5
 // bytes a live mark, the sweep drops its parts whose marks all expired,
 // and WithMarkFilterMemory bounds it: beyond the bound, lookups go on to
 // Pebble ever more often.
@@ -94,6 +102,8 @@
 //	mark         'k' | 16-byte store.MarkKey                        v | varint expires ns
 //	journal      'j' | u64 seq (seq ≥ 1)                            v | runs: varint expires ns | uvarint n | n × 16-byte MarkKey
 //	expiry       'x' | u64 (expires ns XOR 1<<63) | 16-byte MarkKey (empty)
+//	run header   'r' | u64 run                                      v | uvarint marks | varint latest expires ns
+//	run mark     'r' | u64 run | 16-byte store.MarkKey              v | varint expires ns
 //	state        'v' | str(namespace) | str(key)                    v | value bytes
 //	legacy keys  'h'                                                v | varint ns the last FNV-1a-keyed mark or claim expires (0: none)
 //
@@ -110,7 +120,10 @@
 // range lets a Read learn about deleted records from the same iterator,
 // hence the same snapshot, as the records themselves.
 //
-// Each mark has an expiry entry, ordered by expiry time (the sign bit is
+// Mark keys ('k') and expiry entries ('x') are what versions before runs
+// wrote (and WithDirectMarks writes): Open reads them, lookups and sweeps
+// go on handling them, and nothing else adds to them. Each such mark has
+// an expiry entry, ordered by expiry time (the sign bit is
 // flipped so that byte order is the order of signed nanoseconds), so that
 // purging expired marks reads only the expired ones. An entry can outlive a
 // renewal of its mark; the purge deletes a mark only if the mark itself has
@@ -125,9 +138,10 @@
 // version it does not know rather than guess; a new version of a value gets a
 // new byte, and decoders keep reading the old ones. The 'f' key holds the
 // version of the layout as a whole; Open refuses a directory written by a
-// newer layout. Layout 2 added the mark journal: a program that reads
-// layout 1 only would miss the marks it holds, and refuses it. Open
-// upgrades a layout 1 directory, which has no journal, in place, and
-// Close, once it has spilled the journal whole, writes layout 1 back, so
-// that an earlier version opens a directory closed cleanly.
+// newer layout. Layout 2 added the mark journal, layout 3 the runs: a
+// program that reads an earlier layout only would miss the marks they
+// hold, and refuses it. Open upgrades a layout 1 or 2 directory in place.
+// Close, once it has spilled the journal whole, writes layout 1 back if no
+// run is left (a directory that never held a mark, or whose marks all
+// expired), so that an earlier version opens it.
 package pebbledb

@@ -2,7 +2,6 @@ package pebbledb
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
 	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
@@ -29,10 +27,10 @@ import (
 // writes its marks as one journal entry instead, 'j' | u64 seq, a single
 // key whatever their number, in the same atomic batch as its checkpoint,
 // and files them in memory once the batch is applied, where lookups find
-// them. The sweeper later spills the journal into the mark keys ('k', with
-// their expiry entries): it writes them, sorted, as two tables that Pebble
-// ingests in one step (no memtable insert, no write-ahead log of their
-// own), then deletes the journal entries it spilled.
+// them. The sweeper later spills the journal into a run (runs.go): it
+// writes the marks, sorted, as a table that Pebble ingests (no memtable
+// insert, no write-ahead log of their own), then deletes the journal
+// entries it spilled.
 //
 // The rules that keep a mark from being missed:
 //
@@ -41,19 +39,18 @@ import (
 //     batch is applied and before it ends the record claims of their keys,
 //     so that anyone who waited for such a claim finds the mark. A commit
 //     that fails files nothing (its sequence is skipped).
-//   - The in-memory marks are authoritative for their keys: they are the
-//     latest written (Pebble's mark keys can only hold older ones), so a
-//     lookup that finds a key there does not read Pebble.
+//   - A lookup that finds a live mark in memory does not read Pebble;
+//     one that finds an expired one reads on, for a mark of the key that
+//     expires later.
 //   - A spill freezes the in-memory marks under markMu exclusive: every
 //     commit with a sequence up to the spill's has then filed its marks,
-//     and later ones go to a fresh table. Lookups see the frozen table until
-//     Pebble has ingested the spill's tables, and Pebble after.
+//     and later ones go to a fresh table. Lookups see the frozen table
+//     until the spill's run is ingested and listed, and the run after.
 //   - Before the ingest, the write-ahead log is synced: a table is
 //     durable once ingested, and a pipelined commit whose marks it holds
 //     may not be yet, which a crash would otherwise split.
-//   - The tables are ingested under markMu shared, so that a purge of
-//     expired marks (markMu exclusive) never deletes a mark the spill is
-//     writing anew; spills and redrives are serialized by spillMu.
+//   - Spills, redrives and the changes to the list of runs are
+//     serialized by spillMu.
 //   - The journal entries spilled are deleted only after the ingest: a
 //     crash before leaves them, and their marks are filed again at Open
 //     and spilled a second time, which changes nothing. A redrive spills
@@ -66,9 +63,9 @@ import (
 // 4 MB.
 const defaultSpillMarksAt = 1 << 17
 
-// journaled is a mark the journal holds in memory: its expiry, and the
-// journal sequence of the commit that wrote it, so that of two writes of
-// one key the later one wins, as it would in Pebble.
+// journaled is a mark the journal holds in memory: its expiry (of two
+// writes of one key, the later expiry), and the journal sequence of the
+// commit that last wrote it.
 type journaled struct {
 	expires int64
 	seq     uint64
@@ -126,20 +123,20 @@ func (j *markJournal) maxExpires() int64 {
 	return latest
 }
 
-// lookup answers, for each keys[i] with i in cand, whether the journal
-// holds its mark: if so, it sets done[i] to whether the mark expires after
-// t. It returns the candidates the journal does not hold, in cand's array.
+// lookup sets done[i], for each keys[i] with i in cand, whose mark the
+// journal holds with an expiry after t, and returns the other candidates,
+// in cand's array: Pebble may hold a mark of theirs that expires later.
 func (j *markJournal) lookup(keys []store.MarkKey, cand []int32, t int64, done []bool) []int32 {
 	rest := cand[:0]
 	j.mu.RLock()
 	defer j.mu.RUnlock()
 	for _, i := range cand {
-		m, ok := j.cur.get(&keys[i])
-		if !ok {
-			m, ok = j.frozen.get(&keys[i])
+		if m, ok := j.cur.get(&keys[i]); ok && m.expires > t {
+			done[i] = true
+			continue
 		}
-		if ok {
-			done[i] = m.expires > t
+		if m, ok := j.frozen.get(&keys[i]); ok && m.expires > t {
+			done[i] = true
 			continue
 		}
 		rest = append(rest, i)
@@ -295,7 +292,10 @@ func (db *DB) spillMarks() error {
 		return err
 	}
 	defer release()
-	return db.spill()
+	if err := db.spill(); err != nil {
+		return err
+	}
+	return db.mergeRuns()
 }
 
 // spill is spillMarks for a caller that keeps Pebble open.
@@ -323,7 +323,8 @@ func (db *DB) spill() error {
 	if err := db.ingestSpill(planSpill(frozen, nil)); err != nil {
 		return fmt.Errorf("pebbledb: spilling %d marks: %w", frozen.len(), noSpace(err))
 	}
-	db.journal.thaw()
+	db.journal.thaw() // the spill's run is listed
+
 	// The entries spilled go, synced (a sync a spill) so that a spill
 	// that returned is done for good: a crash before it lands only has
 	// Open file the entries again, and the next spill write their marks
@@ -357,57 +358,32 @@ func removeSpillTables(fs vfs.FS, dir string) error {
 	return nil
 }
 
-// ingestSpill writes p's marks and expiry entries as two tables (their key
-// ranges apart) and has Pebble ingest both in one step: they appear
-// together, atomically, with no memtable insert and no write-ahead log
-// of their own; a crash before the ingest leaves the journal to spill
-// again. It holds markMu shared while Pebble ingests, so that a purge of
-// expired marks never deletes a mark the spill writes anew.
+// ingestSpill writes p's marks as a run (runs.go), in one table that
+// Pebble ingests: they appear at once, with no memtable insert and no
+// write-ahead log of their own, and a crash before the ingest leaves the
+// journal to spill again. Once ingested, the run is listed, for lookups.
+// The caller holds spillMu.
 func (db *DB) ingestSpill(p *spillPlan) error {
-	fs := db.opts.fs
-	dir := fs.PathJoin(db.dir, spillDir)
-	if err := fs.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	n := db.spills.Add(1)
-	var paths []string
-	defer func() {
-		for _, path := range paths {
-			fs.Remove(path) // linked into Pebble, or abandoned
-		}
-	}()
-	write := func(name string, keys int, kv func(i int) (k, v []byte)) error {
-		if keys == 0 {
-			return nil
-		}
-		path := fs.PathJoin(dir, fmt.Sprintf("%d-%s.sst", n, name))
-		f, err := fs.Create(path, vfs.WriteCategoryUnspecified)
-		if err != nil {
-			return err
-		}
-		paths = append(paths, path)
-		w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), db.tableOptions())
-		for i := range keys {
-			if err := w.Set(kv(i)); err != nil {
-				w.Close()
-				return err
-			}
-		}
-		return w.Close()
-	}
-	var enc spillEncoder
-	if err := write("marks", len(p.all), func(i int) (k, v []byte) { return enc.mark(p, i) }); err != nil {
-		return err
-	}
-	if err := write("expiry", len(p.expiries), func(i int) (k, v []byte) { return enc.expiry(p, i) }); err != nil {
-		return err
-	}
-	if len(paths) == 0 {
+	if len(p.all) == 0 {
 		return nil
 	}
-	db.markMu.RLock()
-	defer db.markMu.RUnlock()
-	return db.pdb.Ingest(context.Background(), paths)
+	run := markRun{id: db.lastRun.Add(1), marks: len(p.all), maxExpires: p.maxExpires}
+	tables := runTables{db: db, name: fmt.Sprintf("spill-%d", db.spills.Add(1))}
+	defer tables.remove()
+	var enc spillEncoder
+	if err := tables.set(enc.header(run)); err != nil {
+		return err
+	}
+	for i := range p.all {
+		if err := tables.set(enc.mark(p, run.id, i)); err != nil {
+			return err
+		}
+	}
+	if err := tables.ingest(); err != nil {
+		return err
+	}
+	db.listRuns(nil, run)
+	return nil
 }
 
 // tableOptions are the options of a table a spill writes: those of
@@ -431,17 +407,20 @@ func journalEnd(upTo uint64) []byte {
 }
 
 // closeJournal spills the journal as Close begins, with no method in
-// progress, and then writes layout 1 into the directory: without journal
-// entries, layout 2 is layout 1, and an earlier version of idem can open
-// a directory closed cleanly (Open upgrades it again). A directory left
-// by a crash, or by a spill that failed here, stays at layout 2, which
-// such a version refuses rather than miss the journal's marks.
+// progress. A directory then left without runs of marks (one that never
+// held a mark, or whose marks all expired) is of layout 1, which it
+// writes, so that an earlier version of idem can open it (Open upgrades
+// it again); one with runs stays at layout 3, which such a version
+// refuses rather than miss their marks.
 func (db *DB) closeJournal() error {
 	if err := db.spill(); err != nil {
 		return err
 	}
 	if n := db.journal.size(); n > 0 {
 		return fmt.Errorf("pebbledb: %d marks left in the journal after its last spill", n)
+	}
+	if len(db.listedRuns()) > 0 {
+		return nil
 	}
 	return db.pdb.Set([]byte{prefixFormat}, []byte{1}, pebble.Sync)
 }
@@ -498,85 +477,69 @@ func sortSpill(marks *markTable, skip func(*store.MarkKey) bool) []spilled {
 	return all
 }
 
-// spillPlan is what a spill writes: its marks in key order, grouped by
-// expiry, and the exact size of its batch, so that the batch (as large as
-// the spill) is made once, at its size.
+// spillPlan is what a spill writes: its marks in key order, their latest
+// expiry, and the exact size of a batch that writes them as a run, so
+// that such a batch (as large as the spill) is made once, at its size.
 type spillPlan struct {
-	all []spilled
-	// groups holds, for each expiry, the places in all of its marks, in
-	// key order: the first names the expiry entry.
-	groups   map[int64][]int32
-	expiries []int64 // groups' keys, in order
-	size     int     // the bytes appendTo adds to a batch
+	all        []spilled
+	maxExpires int64
+	size       int // the bytes appendTo adds to a batch
 }
 
 // planSpill plans the spill of marks, leaving out those skip reports.
 func planSpill(marks *markTable, skip func(*store.MarkKey) bool) *spillPlan {
-	p := &spillPlan{all: sortSpill(marks, skip), groups: make(map[int64][]int32)}
-	const keyLen = 1 + len(store.MarkKey{})
+	p := &spillPlan{all: sortSpill(marks, skip), maxExpires: math.MinInt64}
+	// A batch entry: kind, uvarint key length, key, uvarint value
+	// length, value.
+	entry := func(k, v int) int { return 1 + uvarintLen(uint64(k)) + k + uvarintLen(uint64(v)) + v }
 	for i := range p.all {
 		m := &p.all[i]
-		p.groups[m.expires] = append(p.groups[m.expires], int32(i))
-		// A batch entry: kind, uvarint key length, key, uvarint value
-		// length, value.
-		v := 1 + varintLen(m.expires)
-		p.size += 1 + uvarintLen(uint64(keyLen)) + keyLen + uvarintLen(uint64(v)) + v
+		p.maxExpires = max(p.maxExpires, m.expires)
+		p.size += entry(runKeyLen, 1+varintLen(m.expires))
 	}
-	p.expiries = make([]int64, 0, len(p.groups))
-	for exp, at := range p.groups {
-		p.expiries = append(p.expiries, exp)
-		v := len(store.MarkKey{}) * (len(at) - 1)
-		p.size += 1 + uvarintLen(expiryKeyLen) + expiryKeyLen + uvarintLen(uint64(v)) + v
-	}
-	slices.Sort(p.expiries)
+	p.size += entry(9, 1+uvarintLen(uint64(len(p.all)))+varintLen(p.maxExpires))
 	// The journal's range deletion: from 'j' to 'j' | u64.
 	p.size += 1 + (1 + 1) + (1 + 9)
 	return p
 }
 
-// appendTo writes p to b as mark keys in key order, with one expiry entry
-// for each expiry (keyed by its first mark, listing the others), and
-// deletes the journal entries up to sequence upTo.
-func (p *spillPlan) appendTo(b *pebble.Batch, upTo uint64) error {
-	var enc spillEncoder
-	for i := range p.all {
-		k, v := enc.mark(p, i)
+// appendTo writes p to b as run id, its header and then its marks in key
+// order, and deletes the journal entries up to sequence upTo. It returns
+// the run, which the caller lists once b is applied; none (id 0) for a
+// plan without marks.
+func (p *spillPlan) appendTo(b *pebble.Batch, id, upTo uint64) (markRun, error) {
+	var run markRun
+	if len(p.all) > 0 {
+		run = markRun{id: id, marks: len(p.all), maxExpires: p.maxExpires}
+		var enc spillEncoder
+		k, v := enc.header(run)
 		if err := b.Set(k, v, nil); err != nil {
-			return err
+			return markRun{}, err
+		}
+		for i := range p.all {
+			k, v := enc.mark(p, id, i)
+			if err := b.Set(k, v, nil); err != nil {
+				return markRun{}, err
+			}
 		}
 	}
-	for i := range p.expiries {
-		k, v := enc.expiry(p, i)
-		if err := b.Set(k, v, nil); err != nil {
-			return err
-		}
-	}
-	return b.DeleteRange([]byte{prefixJournal}, journalEnd(upTo), nil)
+	return run, b.DeleteRange([]byte{prefixJournal}, journalEnd(upTo), nil)
 }
 
-// spillEncoder encodes a spill plan's keys and values, into buffers of its
-// own that each call reuses: what it returns is valid until its next call.
+// spillEncoder encodes a run's keys and values, into buffers of its own
+// that each call reuses: what it returns is valid until its next call.
 type spillEncoder struct {
-	key    [expiryKeyLen]byte
-	value  []byte
-	marked [17]byte
+	key   [runKeyLen]byte
+	value [24]byte
 }
 
-// mark returns the key and value of p's i-th mark.
-func (e *spillEncoder) mark(p *spillPlan, i int) (k, v []byte) {
+// header returns the key and value of run's header.
+func (e *spillEncoder) header(run markRun) (k, v []byte) {
+	return runHeaderKey((*[9]byte)(e.key[:9]), run.id), appendRunHeader(e.value[:0], run)
+}
+
+// mark returns the key and value of p's i-th mark in run id.
+func (e *spillEncoder) mark(p *spillPlan, id uint64, i int) (k, v []byte) {
 	m := &p.all[i]
-	e.value = appendMark(e.value[:0], m.expires)
-	return markKey(&e.marked, m.key), e.value
-}
-
-// expiry returns the key and value of p's i-th expiry entry: keyed by its
-// first mark, listing the others.
-func (e *spillEncoder) expiry(p *spillPlan, i int) (k, v []byte) {
-	exp := p.expiries[i]
-	at := p.groups[exp]
-	e.value = e.value[:0]
-	for _, j := range at[1:] {
-		e.value = append(e.value, p.all[j].key[:]...)
-	}
-	return expiryKey(&e.key, exp, p.all[at[0]].key), e.value
+	return runMarkKey(&e.key, id, &m.key), appendMark(e.value[:0], m.expires)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -99,9 +100,10 @@ func sweepAlongside(t *testing.T, db *DB, now time.Time) (stop func()) {
 
 // TestMarkJournal: a commit's marks are one journal entry, found from
 // memory without a Pebble lookup; Open after a crash finds them again
-// from the journal; a spill moves them into mark keys and deletes the
+// from the journal; a spill moves them into a run and deletes the
 // entries, and they are found there, before and after a restart; a clean
-// Close spills the journal and leaves layout 1.
+// Close spills the journal, and leaves layout 1 only where no run is
+// left.
 func TestMarkJournal(t *testing.T) {
 	fs := vfs.NewCrashableMem()
 	db, err := Open("db", withFS(fs))
@@ -123,14 +125,14 @@ func TestMarkJournal(t *testing.T) {
 		wantMarks(t, db, markKeys("scope", 300, 300), now, false)
 	}
 	check("journaled", 0)
-	if n, j := countKeys(t, db, prefixMark), countKeys(t, db, prefixJournal); n != 0 || j != 3 {
-		t.Fatalf("%d mark keys and %d journal entries, want 0 and 3", n, j)
+	if n, j := countKeys(t, db, prefixMark)+countKeys(t, db, prefixRun), countKeys(t, db, prefixJournal); n != 0 || j != 3 {
+		t.Fatalf("%d mark and run keys and %d journal entries, want 0 and 3", n, j)
 	}
 	db, fs = crash(t, db, fs)
 	check("journaled, after a crash", 0)
 	spill(t, db)
-	if n, j := countKeys(t, db, prefixMark), countKeys(t, db, prefixJournal); n != len(keys) || j != 0 {
-		t.Fatalf("after a spill: %d mark keys and %d journal entries, want %d and 0", n, j, len(keys))
+	if n, j := countRunMarks(t, db), countKeys(t, db, prefixJournal); n != len(keys) || j != 0 {
+		t.Fatalf("after a spill: %d marks in runs and %d journal entries, want %d and 0", n, j, len(keys))
 	}
 	check("spilled", int64(len(keys)))
 	db, fs = crash(t, db, fs)
@@ -138,7 +140,8 @@ func TestMarkJournal(t *testing.T) {
 	spill(t, db) // nothing to spill
 	check("spilled twice", int64(len(keys)))
 
-	// A clean Close spills what the journal holds, and writes layout 1.
+	// A clean Close spills what the journal holds; the runs keep the
+	// layout at 3.
 	more := markKeys("scope", 1000, 50)
 	commitMarks(t, db, more, now.Add(time.Hour))
 	if err := db.Close(); err != nil {
@@ -149,8 +152,8 @@ func TestMarkJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(v, []byte{1}) {
-		t.Errorf("layout after a clean Close: %x, want 1", v)
+	if !bytes.Equal(v, []byte{layoutVersion}) {
+		t.Errorf("layout after a clean Close with runs: %x, want %d", v, layoutVersion)
 	}
 	closer.Close()
 	it, err := pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixJournal}, UpperBound: []byte{prefixJournal + 1}})
@@ -174,10 +177,12 @@ func TestMarkJournal(t *testing.T) {
 	wantMarks(t, db, append(keys, more...), now, true)
 }
 
-// TestMarkJournalLaterWriteWins: of two writes of one mark, the later one
-// holds, as with a mark key written twice: in the journal, after Open, and
-// after a spill, in both layouts.
-func TestMarkJournalLaterWriteWins(t *testing.T) {
+// TestMarksLatestExpiryCounts: of two writes of one mark, the one that
+// expires later counts, whichever came first, and the answer stays the
+// same in the journal, after a crash, after a spill into a second run and
+// after a merge of the runs. (Mark keys, as earlier versions and
+// WithDirectMarks write them, hold the later write.)
+func TestMarksLatestExpiryCounts(t *testing.T) {
 	for _, l := range markLayouts {
 		t.Run(l.name, func(t *testing.T) {
 			fs := vfs.NewCrashableMem()
@@ -194,14 +199,18 @@ func TestMarkJournalLaterWriteWins(t *testing.T) {
 			// Renewed in reverse: the first now expired, the second live.
 			commitMarks(t, db, keys[:1], now.Add(-time.Hour))
 			commitMarks(t, db, keys[1:], now.Add(time.Hour))
+			want := "[true true]"
+			if l.name == "direct" {
+				want = "[false true]"
+			}
 			check := func(stage string) {
 				t.Helper()
 				done := make([]bool, 2)
 				if err := db.Completed(context.Background(), keys, now, done); err != nil {
 					t.Fatal(err)
 				}
-				if done[0] || !done[1] {
-					t.Fatalf("%s: done = %v, want [false true]", stage, done)
+				if fmt.Sprint(done) != want {
+					t.Fatalf("%s: done = %v, want %s", stage, done, want)
 				}
 			}
 			check("written")
@@ -209,8 +218,14 @@ func TestMarkJournalLaterWriteWins(t *testing.T) {
 			check("after a crash")
 			spill(t, db)
 			check("spilled")
-			db, _ = crash(t, db, fs, l.opts...)
+			db, fs = crash(t, db, fs, l.opts...)
 			check("spilled, after a crash")
+			if err := db.merge(db.listedRuns(), db.runEdits); err != nil {
+				t.Fatal(err)
+			}
+			check("merged")
+			db, _ = crash(t, db, fs, l.opts...)
+			check("merged, after a crash")
 		})
 	}
 }
@@ -280,7 +295,6 @@ func TestSpillWhileCommitting(t *testing.T) {
 func TestUnmarkJournaled(t *testing.T) {
 	dir := t.TempDir()
 	db := openDir(t, dir)
-	ctx := context.Background()
 	mustCreate(t, db, "s", 1)
 	now := time.Now()
 	keys := markKeys("scope", 0, 4)
@@ -288,19 +302,10 @@ func TestUnmarkJournaled(t *testing.T) {
 	spill(t, db)
 	commitMarks(t, db, keys[2:], now.Add(time.Hour))
 	// One unmarked from the mark keys, one from the journal.
-	cpKey := store.CheckpointKey{Mapping: "redrive", Stream: "s", Shard: ShardID(0)}
-	if _, err := db.PutCheckpointUnmarking(ctx, "s", []PutRecord{{PartitionKey: "k", Data: []byte("again")}}, cpKey, "", store.Checkpoint{Sequence: "1"}, []store.MarkKey{keys[0], keys[2]}); err != nil {
-		t.Fatal(err)
-	}
+	unmark(t, db, keys[0], keys[2])
 	check := func(stage string) {
 		t.Helper()
-		done := make([]bool, len(keys))
-		if err := db.Completed(ctx, keys, now, done); err != nil {
-			t.Fatal(err)
-		}
-		if want := []bool{false, true, false, true}; fmt.Sprint(done) != fmt.Sprint(want) {
-			t.Fatalf("%s: done = %v, want %v", stage, done, want)
-		}
+		wantDone(t, db, stage, keys, now, false, true, false, true)
 	}
 	check("unmarked")
 	if j := countKeys(t, db, prefixJournal); j != 0 {
@@ -308,6 +313,29 @@ func TestUnmarkJournaled(t *testing.T) {
 	}
 	db = reopen(t, db, dir)
 	check("reopened")
+}
+
+// unmark has db append a record to shard 0 of stream "s" as a redrive
+// does, unmarking keys in the same write: once a DB, the redrive's first
+// checkpoint.
+func unmark(t *testing.T, db *DB, keys ...store.MarkKey) {
+	t.Helper()
+	cpKey := store.CheckpointKey{Mapping: "redrive", Stream: "s", Shard: ShardID(0)}
+	if _, err := db.PutCheckpointUnmarking(context.Background(), "s", []PutRecord{{PartitionKey: "k", Data: []byte("again")}}, cpKey, "", store.Checkpoint{Sequence: sq(1)}, keys); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantDone fails the test unless Completed of keys as of now is want.
+func wantDone(t *testing.T, db *DB, stage string, keys []store.MarkKey, now time.Time, want ...bool) {
+	t.Helper()
+	done := make([]bool, len(keys))
+	if err := db.Completed(context.Background(), keys, now, done); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(done, want) {
+		t.Fatalf("%s: done = %v, want %v", stage, done, want)
+	}
 }
 
 // TestLayoutVersion: Open upgrades a directory of layout 1 (marks as keys
@@ -392,7 +420,7 @@ func TestSpillPlanSize(t *testing.T) {
 	for _, skip := range []func(*store.MarkKey) bool{nil, func(k *store.MarkKey) bool { return k[0]&1 == 0 }} {
 		plan := planSpill(marks, skip)
 		b := db.pdb.NewBatch()
-		if err := plan.appendTo(b, 12345); err != nil {
+		if _, err := plan.appendTo(b, 7, 12345); err != nil {
 			t.Fatal(err)
 		}
 		if got, want := len(b.Repr()), batchHeaderLen+plan.size; got != want {
@@ -403,8 +431,8 @@ func TestSpillPlanSize(t *testing.T) {
 }
 
 // BenchmarkSpill spills a journal of a spill's worth of marks (131,072, of
-// one expiry, as one mapping's commits leave them): the sort, the two
-// tables, the ingest and the journal's deletion; per mark.
+// one expiry, as one mapping's commits leave them): the sort, the run's
+// table, the ingest and the journal's deletion; per mark.
 //
 //	go test -run '^$' -bench Spill -benchtime 20x ./internal/pebbledb/
 func BenchmarkSpill(b *testing.B) {
@@ -413,25 +441,62 @@ func BenchmarkSpill(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer db.Close()
-	const n = defaultSpillMarksAt
-	exp := time.Now().Add(time.Hour).UnixNano()
 	round := 0
 	for b.Loop() {
 		b.StopTimer()
-		keys := markKeys("bench", round*n, n)
+		journalMarks(db, round)
 		round++
-		db.journal.mu.Lock()
-		db.journal.makeCur()
-		for i := range keys {
-			db.journal.cur.put(&keys[i], journaled{expires: exp, seq: db.journal.seq.Add(1)})
-		}
-		db.journal.mu.Unlock()
 		b.StartTimer()
 		if err := db.spill(); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/mark")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*defaultSpillMarksAt), "ns/mark")
+}
+
+// journalMarks files a spill's worth of marks, the round-th, in db's
+// journal, as commits would.
+func journalMarks(db *DB, round int) {
+	const n = defaultSpillMarksAt
+	exp := time.Now().Add(time.Hour).UnixNano()
+	keys := markKeys("bench", round*n, n)
+	db.journal.mu.Lock()
+	defer db.journal.mu.Unlock()
+	db.journal.makeCur()
+	for i := range keys {
+		db.journal.cur.put(&keys[i], journaled{expires: exp, seq: db.journal.seq.Add(1)})
+	}
+}
+
+// BenchmarkMergeRuns merges mergeFanIn runs of a spill's worth of marks
+// each, as the sweeper does once that many accumulate: reading them,
+// writing the merged run, its ingest and the inputs' deletion; per mark
+// merged.
+//
+//	go test -run '^$' -bench MergeRuns -benchtime 5x ./internal/pebbledb/
+func BenchmarkMergeRuns(b *testing.B) {
+	db, err := Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	round := 0
+	for b.Loop() {
+		b.StopTimer()
+		for range mergeFanIn {
+			journalMarks(db, round)
+			round++
+			if err := db.spill(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runs := db.listedRuns()
+		b.StartTimer()
+		if err := db.merge(runs[len(runs)-mergeFanIn:], db.runEdits); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*mergeFanIn*defaultSpillMarksAt), "ns/mark")
 }
 
 // TestUnmarkedBeforeVisible: a shard that reads a record a redrive appends

@@ -1,12 +1,10 @@
 package pebbledb
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
 	"math/bits"
-	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -316,18 +314,18 @@ func (f *markFilter) stats() markFilterStats {
 	return st
 }
 
-// loadMarks files the mark journal in memory and builds the mark filter
-// from the marks on disk and in the journal, expired ones included:
-// expiry is decided at lookup, against the caller's time, and only a
-// sweep deletes marks.
+// loadMarks lists the runs of marks, files the mark journal in memory and
+// builds the mark filter from the marks on disk and in the journal,
+// expired ones included: expiry is decided at lookup, against the
+// caller's time, and only a sweep deletes marks.
 func (db *DB) loadMarks() error {
-	var keys []store.MarkKey
-	maxExpires := int64(math.MinInt64)
-	var err error
-	if !db.opts.noMarkFilter {
-		if keys, maxExpires, err = db.scanMarks(); err != nil {
-			return fmt.Errorf("building the mark filter: %w", err)
-		}
+	keys, maxExpires, err := db.scanMarks()
+	if err != nil {
+		return fmt.Errorf("reading the mark keys: %w", err)
+	}
+	db.legacyMarks.Store(len(keys) > 0 || db.opts.directMarks)
+	if keys, maxExpires, err = db.scanRuns(keys, maxExpires); err != nil {
+		return fmt.Errorf("reading the runs of marks: %w", err)
 	}
 	if keys, maxExpires, err = db.loadJournal(keys, maxExpires); err != nil {
 		return fmt.Errorf("reading the mark journal: %w", err)
@@ -338,7 +336,8 @@ func (db *DB) loadMarks() error {
 	return nil
 }
 
-// scanMarks returns the keys of the marks on disk and their latest expiry.
+// scanMarks returns the keys of the mark keys ('k': written by earlier
+// versions, and with WithDirectMarks) and their latest expiry.
 func (db *DB) scanMarks() (keys []store.MarkKey, maxExpires int64, err error) {
 	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixMark}, UpperBound: []byte{prefixMark + 1}})
 	if err != nil {
@@ -373,7 +372,7 @@ var seekMarksAt = 8
 // lookupMarks sets done[i] to whether keys[i] holds a mark that expires
 // after t (Unix nanoseconds). Keys the mark filter rules out are answered
 // from memory, then those the mark journal holds; the rest are looked up
-// in Pebble.
+// in Pebble: in its mark keys, if it may hold any, and in the runs.
 func (db *DB) lookupMarks(keys []store.MarkKey, t int64, done []bool) error {
 	var buf [128]int32
 	cand := buf[:0]
@@ -390,50 +389,14 @@ func (db *DB) lookupMarks(keys []store.MarkKey, t int64, done []bool) error {
 		return nil
 	}
 	db.markGets.Add(int64(len(cand)))
-	if len(cand) >= seekMarksAt {
-		return db.seekMarks(keys, cand, t, done)
+	var err error
+	if db.legacyMarks.Load() {
+		if cand, err = db.lookupIn([]byte{prefixMark}, keys, cand, t, done); err != nil {
+			return fmt.Errorf("pebbledb: %w", err)
+		}
 	}
-	var kb [17]byte
-	for _, i := range cand {
-		var expires int64
-		found, err := db.get(markKey(&kb, keys[i]), func(v []byte) (err error) {
-			expires, err = decodeMark(v)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("pebbledb: mark %x: %w", keys[i][:], err)
-		}
-		done[i] = found && expires > t
-	}
-	return nil
-}
-
-// seekMarks looks up the marks of keys[cand] with one iterator, in key
-// order, so that each seek starts from where the last one ended.
-func (db *DB) seekMarks(keys []store.MarkKey, cand []int32, t int64, done []bool) error {
-	slices.SortFunc(cand, func(a, b int32) int { return bytes.Compare(keys[a][:], keys[b][:]) })
-	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixMark}, UpperBound: []byte{prefixMark + 1}})
-	if err != nil {
-		return fmt.Errorf("pebbledb: looking up %d marks: %w", len(cand), err)
-	}
-	defer it.Close()
-	var kb [17]byte
-	for _, i := range cand {
-		if !it.SeekPrefixGE(markKey(&kb, keys[i])) {
-			if err := it.Error(); err != nil {
-				return fmt.Errorf("pebbledb: mark %x: %w", keys[i][:], err)
-			}
-			continue
-		}
-		v, err := it.ValueAndErr()
-		if err != nil {
-			return fmt.Errorf("pebbledb: mark %x: %w", keys[i][:], err)
-		}
-		expires, err := decodeMark(v)
-		if err != nil {
-			return fmt.Errorf("pebbledb: mark %x: %w", keys[i][:], err)
-		}
-		done[i] = expires > t
+	if _, err := db.lookupRuns(keys, cand, t, done); err != nil {
+		return fmt.Errorf("pebbledb: %w", err)
 	}
 	return nil
 }

@@ -67,7 +67,8 @@ func (t *markTable) len() int {
 	return t.n
 }
 
-// put files the mark of k, unless the table holds a later write of it.
+// put files the mark of k: of two marks of a key, the one that expires
+// later counts (see "Mark runs" in runs.go); seq is the later sequence.
 func (t *markTable) put(k *store.MarkKey, m journaled) {
 	if (t.n+1)*4 > len(t.slots)*3 {
 		t.grow()
@@ -81,9 +82,7 @@ func (t *markTable) put(k *store.MarkKey, m journaled) {
 			t.n++
 			return
 		case s.key == *k:
-			if s.seq1 <= m.seq+1 {
-				s.expires, s.seq1 = m.expires, m.seq+1
-			}
+			s.expires, s.seq1 = max(s.expires, m.expires), max(s.seq1, m.seq+1)
 			return
 		}
 	}

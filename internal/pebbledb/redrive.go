@@ -52,13 +52,13 @@ func (db *DB) PutCheckpoint(ctx context.Context, stream string, recs []PutRecord
 // once. Payload keys come from the data, so the re-appended copy computes
 // the same key.
 //
-// It holds markMu exclusively while it reads the marks and commits, so
-// that neither the sweeper nor a Commit writing marks interleaves with
-// it, and spills the mark journal in its batch, leaving the unmarked keys
-// out, so that no journal entry brings one back at Open. Only a mark's
-// current expiry entry is deleted: an older entry left by a renewal is
-// already ignored by the purge (it finds no mark, or one that expires
-// later).
+// It holds spillMu and markMu exclusively while it reads the marks and
+// commits, so that neither the sweeper nor a Commit writing marks
+// interleaves with it, and spills the mark journal in its batch as a run,
+// leaving the unmarked keys out, so that no journal entry brings one back
+// at Open. It deletes each key from every run that holds it (runs.go),
+// and from the mark keys of earlier versions, whose expiry entries stay:
+// the purge finds their marks gone.
 func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []PutRecord, key store.CheckpointKey, prev idem.Sequence, cp store.Checkpoint, unmark []store.MarkKey) ([]PutResult, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -103,7 +103,7 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	}
 	size := 64 + len(unmark)*(17+expiryKeyLen+8) + st.batchSize(recs)
 	if plan != nil {
-		size += plan.size
+		size += plan.size + len(unmark)*len(db.listedRuns())*(runKeyLen+8)
 	}
 	if err := db.admit(size); err != nil {
 		return nil, wrap(err)
@@ -117,8 +117,12 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	// The marks go; their expiry entries stay until their time, when the
 	// sweep finds the marks gone (or renewed, with a later expiry): an
 	// entry can name the other marks of its commit too.
+	var run markRun
 	if plan != nil {
-		if err := plan.appendTo(b, upTo); err != nil {
+		if run, err = plan.appendTo(b, db.lastRun.Add(1), upTo); err != nil {
+			return nil, wrap(err)
+		}
+		if err := db.unmarkRuns(b, unmark); err != nil {
 			return nil, wrap(err)
 		}
 	}
@@ -138,7 +142,11 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 		// The frozen journal still holds the marks unmarked, and lookups
 		// believe it over Pebble: it goes before the records appended
 		// become visible, or a shard could read one and skip it as
-		// marked. (Pebble holds the frozen journal's other marks now.)
+		// marked. (The run listed here holds its other marks.)
+		if run.id != 0 {
+			db.listRuns(nil, run)
+		}
+		db.runEdits++ // a merge that read the keys unmarked is stale
 		db.journal.thaw()
 	}
 	p.finish()

@@ -49,10 +49,12 @@ func (db *DB) sweeper() {
 // Sweep does at once what the background sweeper does every sweep interval,
 // as of now: it deletes, in each shard, the records that arrived before now
 // minus the stream's retention, advancing the shard's lowest retained
-// sequence, and it deletes the completion marks expired at now, reading
-// only those, once it has spilled the mark journal into Pebble. Expired
-// marks are already treated as absent by Completed, so purging them only
-// reclaims space. Tests call Sweep to decide time themselves.
+// sequence. Then it spills the mark journal into a run (merging runs as
+// they accumulate) and deletes the completion marks expired at now: each
+// run whose marks have all expired, whole, and the mark keys of earlier
+// versions expired, reading only those. Expired marks are already treated
+// as absent by Completed, so purging them only reclaims space. Tests call
+// Sweep to decide time themselves.
 //
 // Errors: ErrClosed, ctx.Err(), and Pebble's errors with the stream and
 // shard.
@@ -81,7 +83,10 @@ func (db *DB) Sweep(ctx context.Context, now time.Time) error {
 	if err := db.spillMarks(); err != nil {
 		return err
 	}
-	return db.purgeMarks(ctx, now.UnixNano())
+	if err := db.purgeMarks(ctx, now.UnixNano()); err != nil {
+		return err
+	}
+	return db.purgeRuns(now.UnixNano())
 }
 
 // trim deletes the shard's visible records that arrived before cutoff.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -185,8 +186,10 @@ func TestClosed(t *testing.T) {
 	}
 }
 
-// TestPurgeExpiredMarks: a sweep deletes expired marks and keeps live ones;
-// either way Completed answers from timestamps.
+// TestPurgeExpiredMarks: Completed answers from timestamps, whether or not
+// a sweep has purged the marks expired; a sweep after every mark expired
+// deletes them all. (A sweep deletes the marks of a spill once all of them
+// have expired: see pebbledb's runs.)
 func TestPurgeExpiredMarks(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t)
@@ -211,14 +214,23 @@ func TestPurgeExpiredMarks(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make([]bool, len(keys))
-	// Asked as of base, a purged mark would read as not completed.
-	if err := st.Completed(ctx, keys, base, done); err != nil {
+	if err := st.Completed(ctx, keys, base.Add(30*time.Minute), done); err != nil {
 		t.Fatal(err)
 	}
 	for i, ok := range done {
 		if ok != (i%2 == 0) {
-			t.Fatalf("mark %d completed = %v after the purge, want %v", i, ok, i%2 == 0)
+			t.Fatalf("mark %d completed = %v after the sweep, want %v", i, ok, i%2 == 0)
 		}
+	}
+	if err := db.Sweep(ctx, base.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// Asked as of base, a purged mark reads as not completed.
+	if err := st.Completed(ctx, keys, base, done); err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.Index(done, true); i >= 0 {
+		t.Fatalf("mark %d completed after every mark expired and a sweep", i)
 	}
 }
 

@@ -1,0 +1,589 @@
+package pebbledb
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"math/bits"
+	"slices"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/idem-run/idem/store"
+)
+
+// # Mark runs
+//
+// A spill once wrote its marks as mark keys ('k' | key), each with an
+// expiry entry. Mark keys are SHA-256, spread over the whole key range, so
+// every spill's table overlapped every table of marks before it: Pebble
+// ingested it into L0 and then compacted it down through the levels with
+// all the others, rewriting each mark several times. That rewriting, about
+// 0.75 µs a mark of background CPU (BenchmarkSpill), was the largest part
+// of what payload keys cost beyond at-least-once.
+//
+// A spill now writes a run instead: its marks, sorted, under a run number
+// of their own, 'r' | u64 run | key, after a header, 'r' | u64 run, that
+// counts them and holds the latest of their expiries. Run numbers only
+// grow, so a run's tables overlap no other table, and Pebble ingests them
+// into its last level, where no compaction reads them again. In place of
+// the compactions:
+//
+//   - A lookup that gets past the mark filter and the journal reads each
+//     run that may still hold a live mark, newest first: a Get checks one
+//     table's Bloom filter, an iterator serves a larger set of keys.
+//   - The sweep deletes a run whole, with one range deletion, once its
+//     latest mark has expired: Pebble drops its tables without reading
+//     them, and no expiry entry is written or read.
+//   - Runs are merged as they accumulate, as in a size-tiered LSM tree:
+//     once mergeFanIn runs of one size class exist, the oldest mergeFanIn
+//     of them become one run, a class larger, with expired marks left out
+//     and of a key's marks the latest. Runs then number at most
+//     mergeFanIn-1 a class, a few dozen for billions of marks, and each
+//     mark is written once a class rather than several times a level.
+//
+// A run can keep an expired mark until its latest mark expires (or a
+// merge leaves it out); Completed ignores it, as it ignores any expired
+// mark.
+//
+// The rules that keep a mark from being missed:
+//
+//   - The list of runs (DB.runs) that lookups read changes only under
+//     spillMu. A spill lists its run once Pebble holds it, and before the
+//     journal forgets the marks (thaw); a lookup reads the journal before
+//     the list.
+//   - A merge lists its run before its inputs leave the list, and deletes
+//     the inputs only then.
+//   - A redrive deletes each key it unmarks from every run that holds it,
+//     under spillMu; a merge whose inputs a redrive or a purge changed
+//     after it began reading is dropped before Pebble ingests it (under
+//     spillMu), and tried again after the next spill.
+//   - A run's header sorts first in its first table, which Pebble ingests
+//     with the rest at once: Open reads the headers and the marks, and a
+//     mark without its run's header is corruption.
+
+const (
+	// mergeFanIn is how many runs of one size class a merge joins, and
+	// the ratio between the sizes of two classes. A merge costs about
+	// 0.5 µs a mark (BenchmarkMergeRuns), once a class; a lookup that
+	// gets past the filter, one Bloom filter check a run: 16 keeps a
+	// billion marks in some 50 runs, each mark merged three times.
+	mergeFanInBits = 4
+	mergeFanIn     = 1 << mergeFanInBits
+	// runTableBytes is the size at which a merge starts a new table, so
+	// that a deletion a redrive writes into a large run has Pebble
+	// rewrite one table of it, not the run.
+	runTableBytes = 64 << 20
+	// runKeyLen is len('r' | u64 run | MarkKey).
+	runKeyLen = 1 + 8 + len(store.MarkKey{})
+)
+
+// errMergeStale reports a merge whose inputs changed while it read them.
+var errMergeStale = errors.New("pebbledb: the runs being merged changed")
+
+// markRun is a run of marks, as the list of runs holds it.
+type markRun struct {
+	id uint64
+	// marks is the number of marks written, which a redrive's deletions
+	// do not lower: it sizes the run for merges.
+	marks      int
+	maxExpires int64
+}
+
+// class is r's size class, the log of its marks to the base mergeFanIn:
+// runs of one class merge.
+func (r markRun) class() int { return bits.Len(uint(r.marks)) / mergeFanInBits }
+
+// runHeaderKey is 'r' | u64 run: it sorts before every mark of the run.
+func runHeaderKey(dst *[9]byte, id uint64) []byte {
+	dst[0] = prefixRun
+	binary.BigEndian.PutUint64(dst[1:], id)
+	return dst[:]
+}
+
+// runMarkKey is 'r' | u64 run | key.
+func runMarkKey(dst *[runKeyLen]byte, id uint64, k *store.MarkKey) []byte {
+	runHeaderKey((*[9]byte)(dst[:9]), id)
+	copy(dst[9:], k[:])
+	return dst[:]
+}
+
+// runBounds returns the key range of run id's marks, header excluded.
+func runBounds(id uint64) (lower, upper []byte) {
+	var kb [9]byte
+	header := runHeaderKey(&kb, id)
+	return append(bytes.Clone(header), 0), prefixEnd(header)
+}
+
+// appendRunHeader appends a run header's value: v | uvarint marks |
+// varint maxExpires.
+func appendRunHeader(v []byte, r markRun) []byte {
+	v = binary.AppendUvarint(append(v, valueVersion), uint64(r.marks))
+	return binary.AppendVarint(v, r.maxExpires)
+}
+
+func decodeRunHeader(id uint64, v []byte) (markRun, error) {
+	r := reader{b: v}
+	r.version("run header")
+	marks := r.uvarint("run header: marks")
+	maxExpires := r.varint("run header: expires")
+	if err := r.end("run header"); err != nil {
+		return markRun{}, err
+	}
+	if marks > math.MaxInt32 {
+		return markRun{}, fmt.Errorf("%w: run header: %d marks", errCorrupt, marks)
+	}
+	return markRun{id: id, marks: int(marks), maxExpires: maxExpires}, nil
+}
+
+// listRuns replaces the list of runs: it holds out (which have left
+// Pebble, or are about to) no longer, and in (which Pebble holds) in run
+// order. The caller holds spillMu.
+func (db *DB) listRuns(out []markRun, in ...markRun) {
+	var list []markRun
+	if old := db.runs.Load(); old != nil {
+		list = make([]markRun, 0, len(*old)+len(in))
+		for _, r := range *old {
+			if !slices.ContainsFunc(out, func(o markRun) bool { return o.id == r.id }) {
+				list = append(list, r)
+			}
+		}
+	}
+	list = append(list, in...)
+	slices.SortFunc(list, func(a, b markRun) int { return cmp.Compare(a.id, b.id) })
+	db.runs.Store(&list)
+}
+
+// listedRuns returns the runs lookups read, oldest first.
+func (db *DB) listedRuns() []markRun {
+	if l := db.runs.Load(); l != nil {
+		return *l
+	}
+	return nil
+}
+
+// lookupRuns sets done[i] for each keys[i], i in cand, that some run
+// holds with an expiry after t, reading the runs newest first, and returns
+// the candidates none holds live, in cand's array.
+func (db *DB) lookupRuns(keys []store.MarkKey, cand []int32, t int64, done []bool) ([]int32, error) {
+	runs := db.listedRuns()
+	for i := len(runs) - 1; i >= 0 && len(cand) > 0; i-- {
+		if runs[i].maxExpires <= t {
+			continue
+		}
+		var hk [9]byte
+		var err error
+		if cand, err = db.lookupIn(runHeaderKey(&hk, runs[i].id), keys, cand, t, done); err != nil {
+			return nil, fmt.Errorf("run %d: %w", runs[i].id, err)
+		}
+	}
+	return cand, nil
+}
+
+// lookupIn looks up the marks of keys[cand] under prefix (a keyspace of
+// marks: 'k', or a run), sets done[i] for those it holds with an expiry
+// after t, and returns the others, in cand's array. From seekMarksAt keys
+// on, it reads with one iterator, in key order, so that each seek starts
+// from where the last one ended; below, with a Get each.
+func (db *DB) lookupIn(prefix []byte, keys []store.MarkKey, cand []int32, t int64, done []bool) ([]int32, error) {
+	var kb [runKeyLen]byte
+	key := func(i int32) []byte {
+		n := copy(kb[:], prefix)
+		return kb[:n+copy(kb[n:], keys[i][:])]
+	}
+	rest := cand[:0]
+	live := func(i int32, v []byte) error {
+		expires, err := decodeMark(v)
+		if err != nil {
+			return fmt.Errorf("mark %x: %w", keys[i][:], err)
+		}
+		done[i] = expires > t
+		return nil
+	}
+	if len(cand) < seekMarksAt {
+		for _, i := range cand {
+			if _, err := db.get(key(i), func(v []byte) error { return live(i, v) }); err != nil {
+				return nil, fmt.Errorf("mark %x: %w", keys[i][:], err)
+			}
+			if !done[i] {
+				rest = append(rest, i)
+			}
+		}
+		return rest, nil
+	}
+	slices.SortFunc(cand, func(a, b int32) int { return bytes.Compare(keys[a][:], keys[b][:]) })
+	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return nil, fmt.Errorf("looking up %d marks: %w", len(cand), err)
+	}
+	defer it.Close()
+	for _, i := range cand {
+		if it.SeekPrefixGE(key(i)) {
+			v, err := it.ValueAndErr()
+			if err == nil {
+				err = live(i, v)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("mark %x: %w", keys[i][:], err)
+			}
+		} else if err := it.Error(); err != nil {
+			return nil, fmt.Errorf("mark %x: %w", keys[i][:], err)
+		}
+		if !done[i] {
+			rest = append(rest, i)
+		}
+	}
+	return rest, nil
+}
+
+// scanRuns reads the runs on disk: it lists them, and adds their marks'
+// keys to keys (for the mark filter), their expiries to maxExpires.
+func (db *DB) scanRuns(keys []store.MarkKey, maxExpires int64) ([]store.MarkKey, int64, error) {
+	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRun}, UpperBound: []byte{prefixRun + 1}})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer it.Close()
+	var runs []markRun
+	for valid := it.First(); valid; valid = it.Next() {
+		k := it.Key()
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, 0, err
+		}
+		switch len(k) {
+		case 9:
+			r, err := decodeRunHeader(binary.BigEndian.Uint64(k[1:]), v)
+			if err != nil {
+				return nil, 0, fmt.Errorf("run %d: %w", binary.BigEndian.Uint64(k[1:]), err)
+			}
+			runs = append(runs, r)
+		case runKeyLen:
+			id := binary.BigEndian.Uint64(k[1:9])
+			if len(runs) == 0 || runs[len(runs)-1].id != id {
+				return nil, 0, fmt.Errorf("%w: mark %x of run %d, which has no header", errCorrupt, k[9:], id)
+			}
+			expires, err := decodeMark(v)
+			if err != nil {
+				return nil, 0, fmt.Errorf("run %d: mark %x: %w", id, k[9:], err)
+			}
+			keys = append(keys, store.MarkKey(k[9:]))
+			maxExpires = max(maxExpires, expires)
+		default:
+			return nil, 0, fmt.Errorf("%w: run key %x", errCorrupt, k)
+		}
+	}
+	if err := it.Error(); err != nil {
+		return nil, 0, err
+	}
+	db.listRuns(nil, runs...)
+	if len(runs) > 0 {
+		db.lastRun.Store(runs[len(runs)-1].id)
+	}
+	return keys, maxExpires, nil
+}
+
+// runTables writes a run's keys, in order, into tables under the spill
+// directory, for one ingest.
+type runTables struct {
+	db    *DB
+	name  string // of the spill or merge, unique among the DB's
+	paths []string
+	w     *sstable.Writer
+	// split is the size at which a new table starts (0: never); written
+	// what the current one holds.
+	split, written int
+}
+
+func (t *runTables) set(k, v []byte) error {
+	if t.w == nil {
+		fs := t.db.opts.fs
+		dir := fs.PathJoin(t.db.dir, spillDir)
+		if err := fs.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		path := fs.PathJoin(dir, fmt.Sprintf("%s-%d.sst", t.name, len(t.paths)))
+		f, err := fs.Create(path, vfs.WriteCategoryUnspecified)
+		if err != nil {
+			return err
+		}
+		t.paths = append(t.paths, path)
+		t.w = sstable.NewWriter(objstorageprovider.NewFileWritable(f), t.db.tableOptions())
+	}
+	if err := t.w.Set(k, v); err != nil {
+		return err
+	}
+	t.written += len(k) + len(v)
+	if t.split > 0 && t.written >= t.split {
+		return t.closeTable()
+	}
+	return nil
+}
+
+// closeTable finishes the current table.
+func (t *runTables) closeTable() error {
+	if t.w == nil {
+		return nil
+	}
+	err := t.w.Close()
+	t.w, t.written = nil, 0
+	return err
+}
+
+// ingest has Pebble ingest the tables written, in one step.
+func (t *runTables) ingest() error {
+	if err := t.closeTable(); err != nil {
+		return err
+	}
+	if len(t.paths) == 0 {
+		return nil
+	}
+	return t.db.pdb.Ingest(context.Background(), t.paths)
+}
+
+// remove removes the tables' files: linked into Pebble, or abandoned.
+func (t *runTables) remove() {
+	if t.w != nil {
+		t.w.Close()
+		t.w = nil
+	}
+	for _, path := range t.paths {
+		t.db.opts.fs.Remove(path)
+	}
+}
+
+// mergeRuns merges runs while a size class holds mergeFanIn of them.
+func (db *DB) mergeRuns() error {
+	for {
+		db.spillMu.Lock()
+		in := pickMerge(db.listedRuns())
+		edits := db.runEdits
+		db.spillMu.Unlock()
+		if in == nil {
+			return nil
+		}
+		if err := db.merge(in, edits); err != nil {
+			if errors.Is(err, errMergeStale) {
+				return nil // the next spill tries again
+			}
+			return fmt.Errorf("pebbledb: merging %d runs of marks: %w", len(in), err)
+		}
+	}
+}
+
+// pickMerge returns the runs to merge next: the oldest mergeFanIn of the
+// smallest size class that has that many, or nil.
+func pickMerge(runs []markRun) []markRun {
+	var count [64]int
+	for _, r := range runs {
+		count[r.class()]++
+	}
+	for class, n := range count {
+		if n < mergeFanIn {
+			continue
+		}
+		in := make([]markRun, 0, mergeFanIn)
+		for _, r := range runs {
+			if r.class() == class && len(in) < mergeFanIn {
+				in = append(in, r)
+			}
+		}
+		return in
+	}
+	return nil
+}
+
+// merge writes the marks of runs in as one new run, leaving out those
+// expired, and of a key's marks keeping the latest; lists it in their
+// place, and deletes them. edits is runEdits when in was picked: if a
+// redrive or a purge changed the runs since, the merge is dropped
+// (errMergeStale).
+func (db *DB) merge(in []markRun, edits uint64) error {
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := db.admitMaintenance(); err != nil {
+		return err
+	}
+	now := time.Now().UnixNano()
+	its := make([]*pebble.Iterator, 0, len(in))
+	defer func() {
+		for _, it := range its {
+			it.Close()
+		}
+	}()
+	valid := make([]bool, len(in))
+	for i, r := range in {
+		lower, upper := runBounds(r.id)
+		it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+		if err != nil {
+			return err
+		}
+		its = append(its, it)
+		valid[i] = it.First()
+	}
+	out := markRun{id: db.lastRun.Add(1), maxExpires: math.MinInt64}
+	tables := runTables{db: db, name: fmt.Sprintf("merge-%d", out.id), split: runTableBytes}
+	defer tables.remove()
+	var kb [runKeyLen]byte
+	var vb [16]byte
+	for n := 0; ; n++ {
+		if n%(1<<16) == 0 {
+			select {
+			case <-db.done:
+				return ErrClosed
+			default:
+			}
+		}
+		// The smallest key of the runs, and its latest expiry.
+		least := -1
+		for i, it := range its {
+			if valid[i] && (least < 0 || bytes.Compare(it.Key()[9:], its[least].Key()[9:]) < 0) {
+				least = i
+			}
+		}
+		if least < 0 {
+			break
+		}
+		k := store.MarkKey(its[least].Key()[9:])
+		expires := int64(math.MinInt64)
+		for i, it := range its {
+			if !valid[i] || !bytes.Equal(it.Key()[9:], k[:]) {
+				continue
+			}
+			v, err := it.ValueAndErr()
+			if err != nil {
+				return err
+			}
+			e, err := decodeMark(v)
+			if err != nil {
+				return fmt.Errorf("run %d: mark %x: %w", in[i].id, k[:], err)
+			}
+			expires = max(expires, e)
+			valid[i] = it.Next()
+		}
+		if expires <= now {
+			continue
+		}
+		if err := tables.set(runMarkKey(&kb, out.id, &k), appendMark(vb[:0], expires)); err != nil {
+			return err
+		}
+		out.marks++
+		out.maxExpires = max(out.maxExpires, expires)
+	}
+	for i, it := range its {
+		if err := it.Error(); err != nil {
+			return fmt.Errorf("run %d: %w", in[i].id, err)
+		}
+	}
+	// The header goes last, in a table of its own, once the run's count
+	// and latest expiry are known: it sorts before the marks, and Pebble
+	// ingests it with them.
+	if out.marks > 0 {
+		if err := tables.closeTable(); err != nil {
+			return err
+		}
+		var hk [9]byte
+		if err := tables.set(runHeaderKey(&hk, out.id), appendRunHeader(vb[:0], out)); err != nil {
+			return err
+		}
+	}
+
+	db.spillMu.Lock()
+	defer db.spillMu.Unlock()
+	listed := db.listedRuns()
+	for _, r := range in {
+		if !slices.ContainsFunc(listed, func(l markRun) bool { return l.id == r.id }) {
+			return errMergeStale
+		}
+	}
+	if db.runEdits != edits {
+		return errMergeStale
+	}
+	if err := tables.ingest(); err != nil {
+		return err
+	}
+	if out.marks > 0 {
+		db.listRuns(in, out)
+	} else {
+		db.listRuns(in)
+	}
+	db.runEdits++
+	// Losing the deletion to a crash only leaves the inputs' marks twice,
+	// which lookups and merges take as one.
+	return db.deleteRuns(in)
+}
+
+// deleteRuns deletes runs whole, without a sync. The caller holds spillMu.
+func (db *DB) deleteRuns(runs []markRun) error {
+	b := db.pdb.NewBatch()
+	defer b.Close()
+	var hk [9]byte
+	for _, r := range runs {
+		_, upper := runBounds(r.id)
+		if err := b.DeleteRange(runHeaderKey(&hk, r.id), upper, nil); err != nil {
+			return err
+		}
+	}
+	return noSpace(b.Commit(pebble.NoSync))
+}
+
+// purgeRuns deletes the runs whose marks have all expired at now.
+func (db *DB) purgeRuns(now int64) error {
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	db.spillMu.Lock()
+	defer db.spillMu.Unlock()
+	var expired []markRun
+	for _, r := range db.listedRuns() {
+		if r.maxExpires <= now {
+			expired = append(expired, r)
+		}
+	}
+	if len(expired) == 0 {
+		return nil
+	}
+	if err := db.admitMaintenance(); err != nil {
+		return err
+	}
+	db.listRuns(expired)
+	db.runEdits++
+	if err := db.deleteRuns(expired); err != nil {
+		return fmt.Errorf("pebbledb: deleting %d runs of expired marks: %w", len(expired), err)
+	}
+	return nil
+}
+
+// unmarkRuns deletes, in b, each key of unmark from every run that holds
+// it. The caller holds spillMu.
+func (db *DB) unmarkRuns(b *pebble.Batch, unmark []store.MarkKey) error {
+	var kb [runKeyLen]byte
+	for _, r := range db.listedRuns() {
+		for i := range unmark {
+			k := runMarkKey(&kb, r.id, &unmark[i])
+			found, err := db.get(k, func([]byte) error { return nil })
+			if err != nil {
+				return fmt.Errorf("run %d: mark %x: %w", r.id, unmark[i][:], err)
+			}
+			if found {
+				if err := b.Delete(k, nil); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}

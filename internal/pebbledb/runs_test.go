@@ -1,0 +1,239 @@
+package pebbledb
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/idem-run/idem/store"
+)
+
+// runIDs returns the numbers of the runs db lists.
+func runIDs(db *DB) []uint64 {
+	var ids []uint64
+	for _, r := range db.listedRuns() {
+		ids = append(ids, r.id)
+	}
+	return ids
+}
+
+// TestRunsMerge: spills add a run each, and runs of one size class merge
+// mergeFanIn at a time, so that they stay few; every mark is found in
+// them, before and after a restart, and no table is left in the spill
+// directory.
+func TestRunsMerge(t *testing.T) {
+	dir := t.TempDir()
+	db := openDir(t, dir)
+	now := time.Now()
+	var all []store.MarkKey
+	const spills = mergeFanIn*mergeFanIn + 5
+	for i := range spills {
+		keys := markKeys("scope", i*10, 10)
+		commitMarks(t, db, keys, now.Add(time.Hour))
+		spill(t, db)
+		all = append(all, keys...)
+		if pickMerge(db.listedRuns()) != nil {
+			t.Fatalf("after spill %d: runs %v, which merges leave with fewer than %d in each class", i, db.listedRuns(), mergeFanIn)
+		}
+	}
+	// 16 spills of 10 marks (class 1) merge into one of 160 (class 2),
+	// and 16 of those into one of 2,560 (class 3).
+	classes := map[int]int{}
+	total := 0
+	for _, r := range db.listedRuns() {
+		classes[r.class()]++
+		total += r.marks
+	}
+	if want := map[int]int{3: 1, 1: 5}; !maps.Equal(classes, want) || total != len(all) {
+		t.Fatalf("runs by class %v holding %d marks, want %v and %d", classes, total, want, len(all))
+	}
+	if n := countRunMarks(t, db); n != len(all) {
+		t.Fatalf("%d marks in runs on disk, want %d", n, len(all))
+	}
+	wantMarks(t, db, all, now, true)
+	wantMarks(t, db, markKeys("scope", len(all), 100), now, false)
+	ids := runIDs(db)
+	db = reopen(t, db, dir)
+	if got := runIDs(db); !slices.Equal(got, ids) {
+		t.Fatalf("runs after a restart %v, want %v", got, ids)
+	}
+	wantMarks(t, db, all, now, true)
+	if names, err := vfs.Default.List(vfs.Default.PathJoin(dir, spillDir)); err != nil || len(names) > 0 {
+		t.Fatalf("spill directory holds %v (%v), want nothing", names, err)
+	}
+}
+
+// TestRunsLookup: lookups in runs, one key at a time and with an iterator
+// (seekMarksAt keys or more), find live marks and pass over expired ones,
+// in any run, with the mark filter and without.
+func TestRunsLookup(t *testing.T) {
+	for _, opts := range [][]Option{nil, {withoutMarkFilter()}} {
+		db := openMem(t, opts...)
+		now := time.Now()
+		keys := markKeys("scope", 0, 64)
+		for i := 0; i < len(keys); i += 16 {
+			commitMarks(t, db, keys[i:i+8], now.Add(time.Hour))
+			commitMarks(t, db, keys[i+8:i+16], now.Add(-time.Hour))
+			spill(t, db)
+		}
+		for _, n := range []int{1, seekMarksAt - 1, seekMarksAt, len(keys)} {
+			done := make([]bool, n)
+			if err := db.Completed(context.Background(), keys[:n], now, done); err != nil {
+				t.Fatal(err)
+			}
+			for i, d := range done {
+				if want := i%16 < 8; d != want {
+					t.Fatalf("lookup of %d keys: key %d done = %v, want %v", n, i, d, want)
+				}
+			}
+		}
+		wantMarks(t, db, markKeys("scope", 64, 64), now, false)
+	}
+}
+
+// TestRunsPurge: a sweep deletes the runs whose marks all expired, whole,
+// and keeps a run any of whose marks is live, expired ones with it (a
+// lookup ignores those); a merge leaves the expired marks out.
+func TestRunsPurge(t *testing.T) {
+	dir := t.TempDir()
+	db := openDir(t, dir)
+	ctx := context.Background()
+	// In the past, so that a merge (which decides expiry by the clock)
+	// finds the marks of base+1m expired.
+	base := time.Now().Add(-10 * time.Minute)
+	old, mixed := markKeys("scope", 0, 10), markKeys("scope", 10, 10)
+	commitMarks(t, db, old, base.Add(time.Minute))
+	spill(t, db)
+	commitMarks(t, db, mixed[:5], base.Add(time.Minute))
+	commitMarks(t, db, mixed[5:], base.Add(time.Hour))
+	spill(t, db)
+	if err := db.Sweep(ctx, base.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	runs := db.listedRuns()
+	if len(runs) != 1 || runs[0].maxExpires != base.Add(time.Hour).UnixNano() {
+		t.Fatalf("runs after the sweep: %+v, want the mixed one", runs)
+	}
+	if n := countRunMarks(t, db); n != len(mixed) {
+		t.Fatalf("%d marks on disk after the sweep, want the mixed run's %d", n, len(mixed))
+	}
+	wantMarks(t, db, old, base.Add(2*time.Minute), false)
+	wantMarks(t, db, mixed[:5], base.Add(2*time.Minute), false)
+	wantMarks(t, db, mixed[5:], base.Add(2*time.Minute), true)
+	// Merged with a new run after the sweep's time has come: the expired
+	// marks stay behind.
+	if err := db.merge(db.listedRuns(), db.runEdits); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRunMarks(t, db); n != 5 {
+		t.Fatalf("%d marks on disk after a merge, want 5", n)
+	}
+	wantMarks(t, db, mixed[5:], base.Add(2*time.Minute), true)
+	if err := db.Sweep(ctx, base.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if n, r := countKeys(t, db, prefixRun), len(db.listedRuns()); n != 0 || r != 0 {
+		t.Fatalf("%d run keys and %d runs after every mark expired, want none", n, r)
+	}
+	db = reopen(t, db, dir)
+	if r := len(db.listedRuns()); r != 0 {
+		t.Fatalf("%d runs after a restart, want none", r)
+	}
+}
+
+// TestRunsUnmark: a redrive's unmarking deletes the key from every run
+// that holds it, for good: after a restart, and after a merge. A merge
+// that read its runs before the redrive is dropped.
+func TestRunsUnmark(t *testing.T) {
+	dir := t.TempDir()
+	db := openDir(t, dir)
+	mustCreate(t, db, "s", 1)
+	now := time.Now()
+	keys := markKeys("scope", 0, 4)
+	commitMarks(t, db, keys[:2], now.Add(time.Hour))
+	spill(t, db)
+	commitMarks(t, db, keys, now.Add(2*time.Hour)) // key 0 in both runs
+	spill(t, db)
+	stale := db.runEdits
+	unmark(t, db, keys[0])
+	want := func(stage string) {
+		t.Helper()
+		wantDone(t, db, stage, keys, now, false, true, true, true)
+	}
+	want("unmarked")
+	ids := runIDs(db)
+	if err := db.merge(db.listedRuns(), stale); !errors.Is(err, errMergeStale) {
+		t.Fatalf("merge of runs read before the redrive: %v, want %v", err, errMergeStale)
+	}
+	if got := runIDs(db); !slices.Equal(got, ids) {
+		t.Fatalf("runs after a stale merge: %v, want %v", got, ids)
+	}
+	want("after a stale merge")
+	db = reopen(t, db, dir)
+	want("reopened")
+	if err := db.merge(db.listedRuns(), db.runEdits); err != nil {
+		t.Fatal(err)
+	}
+	want("merged")
+	db = reopen(t, db, dir)
+	want("merged, reopened")
+}
+
+// TestRunsCorrupt: Open refuses a run's mark without its header, and a
+// header it cannot read, naming the run.
+func TestRunsCorrupt(t *testing.T) {
+	for name, kv := range map[string][2][]byte{
+		"mark without header": {runMarkKey(new([runKeyLen]byte), 3, &store.MarkKey{1}), appendMark(nil, 1)},
+		"bad header":          {runHeaderKey(new([9]byte), 3), {valueVersion, 0xff}},
+		"short key":           {[]byte{prefixRun, 1}, nil},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			db := openDir(t, dir)
+			if err := db.Close(); err != nil {
+				t.Fatal(err)
+			}
+			pdb := rawPebble(t, dir, vfs.Default)
+			if err := errors.Join(pdb.Set(kv[0], kv[1], pebble.Sync), pdb.Close()); err != nil {
+				t.Fatal(err)
+			}
+			if db, err := Open(dir); !errors.Is(err, errCorrupt) {
+				if err == nil {
+					db.Close()
+				}
+				t.Fatalf("Open: %v, want %v", err, errCorrupt)
+			}
+		})
+	}
+}
+
+// TestPickMerge: the oldest mergeFanIn runs of the smallest class that has
+// that many.
+func TestPickMerge(t *testing.T) {
+	var runs []markRun
+	add := func(n, marks int) {
+		for range n {
+			runs = append(runs, markRun{id: uint64(len(runs) + 1), marks: marks})
+		}
+	}
+	add(mergeFanIn-1, 10)   // class 1, one short
+	add(mergeFanIn+2, 1000) // class 2
+	add(1, 10)
+	got := pickMerge(runs)
+	if len(got) != mergeFanIn || got[0].id != 1 || got[mergeFanIn-1].id != uint64(len(runs)) {
+		t.Fatalf("picked %+v, want the class 1 runs", got)
+	}
+	got = pickMerge(runs[:len(runs)-1])
+	if len(got) != mergeFanIn || got[0].id != mergeFanIn {
+		t.Fatalf("picked %+v, want the oldest class 2 runs", got)
+	}
+	if got := pickMerge(runs[:mergeFanIn]); got != nil {
+		t.Fatalf("picked %+v from too few of each class, want none", got)
+	}
+}
