@@ -67,6 +67,8 @@ type options struct {
 	// journal, for tests and benchmarks that compare the two.
 	spillMarksAt int
 	directMarks  bool
+	// noMerger leaves merges of runs to the test that calls mergeRuns.
+	noMerger bool
 }
 
 // Defaults, in one place. The cache and memtables bound Pebble's memory:
@@ -183,6 +185,11 @@ func withDirectMarks() Option {
 	return optionFunc(func(o *options) { o.directMarks = true })
 }
 
+// withoutMerger starts no merger: the test merges runs itself.
+func withoutMerger() Option {
+	return optionFunc(func(o *options) { o.noMerger = true })
+}
+
 // withoutMarkFilter turns the mark filter off, for benchmarks.
 func withoutMarkFilter() Option {
 	return optionFunc(func(o *options) { o.noMarkFilter = true })
@@ -280,6 +287,8 @@ type DB struct {
 	runEdits    uint64
 	lastRun     atomic.Uint64
 	legacyMarks atomic.Bool
+	// mergeCh asks the merger for a look at the runs after a spill.
+	mergeCh chan struct{}
 
 	// sweepMu serializes sweeps.
 	sweepMu sync.Mutex
@@ -310,7 +319,7 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	db := &DB{dir: dir, opts: o, idle: make(chan struct{}), failedCh: make(chan struct{}), done: make(chan struct{}), spillCh: make(chan struct{}, 1), streams: make(map[string]*stream), records: make(map[store.MarkKey]recordClaim), ranges: make(map[string]map[string]rangeClaim)}
+	db := &DB{dir: dir, opts: o, idle: make(chan struct{}), failedCh: make(chan struct{}), done: make(chan struct{}), spillCh: make(chan struct{}, 1), mergeCh: make(chan struct{}, 1), streams: make(map[string]*stream), records: make(map[store.MarkKey]recordClaim), ranges: make(map[string]map[string]rangeClaim)}
 	db.marks.maxBytes = o.markFilterMemory
 	warn := func(msg string, args ...any) {
 		if o.logger != nil {
@@ -378,6 +387,10 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	}
 	db.wg.Add(1)
 	go db.sweeper()
+	if !o.noMerger {
+		db.wg.Add(1)
+		go db.merger()
+	}
 	return db, nil
 }
 

@@ -284,8 +284,9 @@ func (db *DB) loadJournal(keys []store.MarkKey, maxExpires int64) ([]store.MarkK
 	return keys, maxExpires, nil
 }
 
-// spillMarks writes the journal's marks into Pebble's mark keys, then
-// deletes the journal entries they came from; see above.
+// spillMarks writes the journal's marks into a run, then deletes the
+// journal entries they came from (see above), and has the merger look at
+// the runs.
 func (db *DB) spillMarks() error {
 	release, err := db.enter()
 	if err != nil {
@@ -295,7 +296,11 @@ func (db *DB) spillMarks() error {
 	if err := db.spill(); err != nil {
 		return err
 	}
-	return db.mergeRuns()
+	select {
+	case db.mergeCh <- struct{}{}:
+	default: // the merger has a look pending already
+	}
+	return nil
 }
 
 // spill is spillMarks for a caller that keeps Pebble open.

@@ -339,24 +339,46 @@ func wantDone(t *testing.T, db *DB, stage string, keys []store.MarkKey, now time
 }
 
 // TestLayoutVersion: Open upgrades a directory of layout 1 (marks as keys
-// of their own, no journal) to 2, reading its marks, and refuses a layout
-// it does not know.
+// of their own, no journal) or 2 (a journal) to 3, reading its marks;
+// Close writes layout 1 back while no run holds a mark, and leaves 3 once
+// one does; Open refuses a layout it does not know.
 func TestLayoutVersion(t *testing.T) {
 	dir := t.TempDir()
 	db := openDir(t, dir, withDirectMarks())
 	now := time.Now()
 	keys := markKeys("scope", 0, 10)
 	commitMarks(t, db, keys, now.Add(time.Hour))
-	if err := db.pdb.Set([]byte{prefixFormat}, []byte{1}, pebble.Sync); err != nil {
-		t.Fatal(err)
+	for _, from := range []byte{1, 2} {
+		if err := db.pdb.Set([]byte{prefixFormat}, []byte{from}, pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+		db = reopen(t, db, dir)
+		wantMarks(t, db, keys, now, true)
+		if v := layout(t, db); !bytes.Equal(v, []byte{layoutVersion}) {
+			t.Errorf("layout %d after Open: %x, want %d", from, v, layoutVersion)
+		}
 	}
-	db = reopen(t, db, dir)
-	wantMarks(t, db, keys, now, true)
-	if v := layout(t, db); !bytes.Equal(v, []byte{layoutVersion}) {
-		t.Errorf("layout after Open: %x, want %d", v, layoutVersion)
+	closedAt := func() []byte {
+		t.Helper()
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		pdb := rawPebble(t, dir, vfs.Default)
+		defer pdb.Close()
+		v, closer, err := pdb.Get([]byte{prefixFormat})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closer.Close()
+		return bytes.Clone(v)
 	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
+	if v := closedAt(); !bytes.Equal(v, []byte{1}) {
+		t.Errorf("layout after a clean Close without runs: %x, want 1", v)
+	}
+	db = openDir(t, dir)
+	commitMarks(t, db, markKeys("scope", 10, 10), now.Add(time.Hour))
+	if v := closedAt(); !bytes.Equal(v, []byte{layoutVersion}) {
+		t.Errorf("layout after a clean Close with a run: %x, want %d", v, layoutVersion)
 	}
 	pdb := rawPebble(t, dir, vfs.Default)
 	if err := errors.Join(pdb.Set([]byte{prefixFormat}, []byte{layoutVersion + 1}, pebble.Sync), pdb.Close()); err != nil {

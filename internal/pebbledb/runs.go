@@ -171,26 +171,62 @@ func (db *DB) listedRuns() []markRun {
 }
 
 // lookupRuns sets done[i] for each keys[i], i in cand, that some run
-// holds with an expiry after t, reading the runs newest first, and returns
-// the candidates none holds live, in cand's array.
+// holds with an expiry after t, and returns the candidates none holds
+// live, in cand's array. It reads the runs that may hold a live mark,
+// newest first, with one iterator for them all: a seek checks the Bloom
+// filter of the one table of a run that may hold the key, where a Get
+// would build an iterator of its own each time (most of a lookup's
+// cost, with a few dozen runs).
 func (db *DB) lookupRuns(keys []store.MarkKey, cand []int32, t int64, done []bool) ([]int32, error) {
-	runs := db.listedRuns()
-	for i := len(runs) - 1; i >= 0 && len(cand) > 0; i-- {
-		if runs[i].maxExpires <= t {
-			continue
+	var live []markRun
+	for _, r := range db.listedRuns() {
+		if r.maxExpires > t {
+			live = append(live, r)
 		}
-		var hk [9]byte
-		var err error
-		if cand, err = db.lookupIn(runHeaderKey(&hk, runs[i].id), keys, cand, t, done); err != nil {
-			return nil, fmt.Errorf("run %d: %w", runs[i].id, err)
+	}
+	if len(cand) == 0 || len(live) == 0 {
+		return cand, nil
+	}
+	// Runs lie in Pebble's last level, whose Bloom filters a seek skips
+	// unless asked: without them, each seek read the data block where the
+	// key would be.
+	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRun}, UpperBound: []byte{prefixRun + 1}, UseL6Filters: true})
+	if err != nil {
+		return nil, fmt.Errorf("looking up %d marks: %w", len(cand), err)
+	}
+	defer it.Close()
+	// Run by run, newest first, each in key order, so that a seek goes on
+	// from where the last one ended.
+	slices.SortFunc(cand, func(a, b int32) int { return bytes.Compare(keys[a][:], keys[b][:]) })
+	var kb [runKeyLen]byte
+	for r := len(live) - 1; r >= 0 && len(cand) > 0; r-- {
+		rest := cand[:0]
+		for _, i := range cand {
+			if it.SeekPrefixGE(runMarkKey(&kb, live[r].id, &keys[i])) {
+				v, err := it.ValueAndErr()
+				if err != nil {
+					return nil, fmt.Errorf("run %d: mark %x: %w", live[r].id, keys[i][:], err)
+				}
+				expires, err := decodeMark(v)
+				if err != nil {
+					return nil, fmt.Errorf("run %d: mark %x: %w", live[r].id, keys[i][:], err)
+				}
+				if done[i] = expires > t; done[i] {
+					continue
+				}
+			} else if err := it.Error(); err != nil {
+				return nil, fmt.Errorf("run %d: mark %x: %w", live[r].id, keys[i][:], err)
+			}
+			rest = append(rest, i)
 		}
+		cand = rest
 	}
 	return cand, nil
 }
 
-// lookupIn looks up the marks of keys[cand] under prefix (a keyspace of
-// marks: 'k', or a run), sets done[i] for those it holds with an expiry
-// after t, and returns the others, in cand's array. From seekMarksAt keys
+// lookupIn looks up the marks of keys[cand] under prefix (the mark keys,
+// 'k'), sets done[i] for those it holds with an expiry after t, and
+// returns the others, in cand's array. From seekMarksAt keys
 // on, it reads with one iterator, in key order, so that each seek starts
 // from where the last one ended; below, with a Get each.
 func (db *DB) lookupIn(prefix []byte, keys []store.MarkKey, cand []int32, t int64, done []bool) ([]int32, error) {
@@ -220,7 +256,7 @@ func (db *DB) lookupIn(prefix []byte, keys []store.MarkKey, cand []int32, t int6
 		return rest, nil
 	}
 	slices.SortFunc(cand, func(a, b int32) int { return bytes.Compare(keys[a][:], keys[b][:]) })
-	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix), UseL6Filters: true})
 	if err != nil {
 		return nil, fmt.Errorf("looking up %d marks: %w", len(cand), err)
 	}
@@ -357,6 +393,25 @@ func (t *runTables) remove() {
 	}
 	for _, path := range t.paths {
 		t.db.opts.fs.Remove(path)
+	}
+}
+
+// merger merges runs, when a spill asks, until Close. It runs apart from
+// the sweeper, so that spills go on during a long merge (a merge of
+// larger runs reads and writes gigabytes): the journal would otherwise
+// grow in memory meanwhile.
+func (db *DB) merger() {
+	defer db.wg.Done()
+	for {
+		select {
+		case <-db.done:
+			return
+		case <-db.mergeCh:
+			err := db.mergeRuns()
+			if err != nil && !errors.Is(err, ErrClosed) && db.opts.logger != nil {
+				db.opts.logger.Error("pebbledb: merging runs of marks failed; the next spill retries", "err", err)
+			}
+		}
 	}
 }
 
