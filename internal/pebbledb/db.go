@@ -1,6 +1,7 @@
 package pebbledb
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -281,9 +282,13 @@ type DB struct {
 	// (runs.go); it changes under spillMu, as does runEdits, which
 	// counts the changes to runs other than new ones (a redrive's
 	// deletions, a purge, a merge). lastRun is the number last given to
-	// a run. legacyMarks says whether Pebble may hold mark keys ('k'),
-	// which lookups then read too.
+	// a run. runReaders is held shared by lookups from the list they
+	// read until their last seek, and exclusively by a merge while it
+	// replaces its inputs in the list: inputs are deleted only once no
+	// lookup may still read them. legacyMarks says whether Pebble may
+	// hold mark keys ('k'), which lookups then read too.
 	runs        atomic.Pointer[[]markRun]
+	runReaders  sync.RWMutex
 	runEdits    uint64
 	lastRun     atomic.Uint64
 	legacyMarks atomic.Bool
@@ -462,6 +467,37 @@ func (db *DB) recover(st *stream) error {
 		}
 	}
 	return nil
+}
+
+// Settle flushes what Pebble holds in memory and waits until it has no
+// flush or compaction running or owed, or ctx is done. Benchmarks call it
+// once they have filled a stream, so that the fill's compactions do not
+// run inside what they time (and inside the slower scenario's time more
+// than the faster one's).
+//
+// Errors: ErrClosed, ctx.Err(), and Pebble's flush error.
+func (db *DB) Settle(ctx context.Context) error {
+	release, err := db.enter()
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := db.pdb.Flush(); err != nil {
+		return fmt.Errorf("pebbledb: settle: %w", err)
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		m := db.pdb.Metrics()
+		if m.Compact.NumInProgress == 0 && m.Compact.EstimatedDebt == 0 && m.Flush.NumInProgress == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // enter is called by every method that uses Pebble; the returned release

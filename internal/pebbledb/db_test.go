@@ -780,3 +780,31 @@ func testPurgeGroupedMarks(t *testing.T, db *DB) {
 		t.Fatalf("%d expiry entries left, want the later group's and the renewed mark's", got)
 	}
 }
+
+// TestSettle: once Settle returns, Pebble holds nothing in its memtable,
+// and runs and owes no compaction; a cancelled context ends the wait.
+func TestSettle(t *testing.T) {
+	db := openMem(t)
+	mustCreate(t, db, "s", 4)
+	recs := make([]PutRecord, 1000)
+	for i := range recs {
+		recs[i] = PutRecord{PartitionKey: fmt.Sprint(i), Data: bytes.Repeat([]byte{'x'}, 200)}
+	}
+	for range 20 {
+		if _, err := db.Put(context.Background(), "s", recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Settle(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m := db.pdb.Metrics()
+	if m.Compact.NumInProgress != 0 || m.Compact.EstimatedDebt != 0 || m.MemTable.Count > 1 {
+		t.Fatalf("after Settle: %d compactions running, %d bytes owed, %d memtables", m.Compact.NumInProgress, m.Compact.EstimatedDebt, m.MemTable.Count)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := db.Settle(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("Settle with a cancelled context: %v", err)
+	}
+}

@@ -60,15 +60,19 @@ import (
 //     spillMu. A spill lists its run once Pebble holds it, and before the
 //     journal forgets the marks (thaw); a lookup reads the journal before
 //     the list.
-//   - A merge lists its run before its inputs leave the list, and deletes
-//     the inputs only then.
+//   - A merge lists its run (ingested) in the same change of the list
+//     that takes its inputs out, and deletes the inputs only then, once
+//     every lookup that listed them has ended (runReaders): a lookup that
+//     read the inputs in the list and then met their deletion would miss
+//     the marks the run holds.
 //   - A redrive deletes each key it unmarks from every run that holds it,
 //     under spillMu; a merge whose inputs a redrive or a purge changed
 //     after it began reading is dropped before Pebble ingests it (under
 //     spillMu), and tried again after the next spill.
-//   - A run's header sorts first in its first table, which Pebble ingests
-//     with the rest at once: Open reads the headers and the marks, and a
-//     mark without its run's header is corruption.
+//   - A run's header sorts before its marks, and Pebble ingests it with
+//     them in one step (a spill writes it first in its table; a merge, in
+//     a table of its own once it knows the count): Open reads the headers
+//     and the marks, and a mark without its run's header is corruption.
 
 const (
 	// mergeFanIn is how many runs of one size class a merge joins, and
@@ -178,13 +182,20 @@ func (db *DB) listedRuns() []markRun {
 // would build an iterator of its own each time (most of a lookup's
 // cost, with a few dozen runs).
 func (db *DB) lookupRuns(keys []store.MarkKey, cand []int32, t int64, done []bool) ([]int32, error) {
+	if len(cand) == 0 {
+		return cand, nil
+	}
+	// Until the last seek: a merge deletes its inputs only once no lookup
+	// that listed them reads on (runReaders).
+	db.runReaders.RLock()
+	defer db.runReaders.RUnlock()
 	var live []markRun
 	for _, r := range db.listedRuns() {
 		if r.maxExpires > t {
 			live = append(live, r)
 		}
 	}
-	if len(cand) == 0 || len(live) == 0 {
+	if len(live) == 0 {
 		return cand, nil
 	}
 	// Runs lie in Pebble's last level, whose Bloom filters a seek skips
@@ -568,11 +579,15 @@ func (db *DB) merge(in []markRun, edits uint64) error {
 	if err := tables.ingest(); err != nil {
 		return err
 	}
+	// A lookup that listed the inputs may still seek them: wait for it
+	// before they go. One that lists the run after sees it ingested.
+	db.runReaders.Lock()
 	if out.marks > 0 {
 		db.listRuns(in, out)
 	} else {
 		db.listRuns(in)
 	}
+	db.runReaders.Unlock()
 	db.runEdits++
 	// Losing the deletion to a crash only leaves the inputs' marks twice,
 	// which lookups and merges take as one.

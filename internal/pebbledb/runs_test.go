@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -239,4 +240,58 @@ func TestPickMerge(t *testing.T) {
 	if got := pickMerge(runs[:mergeFanIn]); got != nil {
 		t.Fatalf("picked %+v from too few of each class, want none", got)
 	}
+}
+
+// TestRunsMergeWhileLooking: lookups running alongside merges find every
+// mark, whether they listed the runs before a merge replaced them or
+// after. Run it with -race.
+func TestRunsMergeWhileLooking(t *testing.T) {
+	db := openMem(t, withoutMerger())
+	now := time.Now()
+	var all []store.MarkKey
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			done := make([]bool, 100)
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				mu.Lock()
+				from := 0
+				if len(all) > len(done) {
+					from = n * 37 % (len(all) - len(done))
+				}
+				keys := all[from:min(len(all), from+len(done))]
+				mu.Unlock()
+				if err := db.lookupMarks(keys, now.UnixNano(), done[:len(keys)]); err != nil {
+					t.Error(err)
+					return
+				}
+				if i := slices.Index(done[:len(keys)], false); i >= 0 {
+					t.Errorf("mark %x not found during merges", keys[i][:])
+					return
+				}
+			}
+		}()
+	}
+	for round := range 4 * mergeFanIn {
+		keys := markKeys("scope", round*50, 50)
+		commitMarks(t, db, keys, now.Add(time.Hour))
+		spill(t, db)
+		mu.Lock()
+		all = append(all, keys...)
+		mu.Unlock()
+		if err := db.mergeRuns(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
 }
