@@ -478,7 +478,14 @@ func (db *DB) merge(in []markRun, edits uint64) error {
 		return err
 	}
 	defer release()
-	if err := db.admitMaintenance(); err != nil {
+	// The run is written before its inputs go: it needs room for itself
+	// above half the reserve, as the sweeper's deletions do, or it waits
+	// for a later spill.
+	size := 0
+	for _, r := range in {
+		size += r.marks * (runKeyLen + 10)
+	}
+	if err := db.space.admit(size, db.space.reserve/2+uint64(size)); err != nil {
 		return err
 	}
 	now := time.Now().UnixNano()

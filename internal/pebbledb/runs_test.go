@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -294,4 +296,57 @@ func TestRunsMergeWhileLooking(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// TestRunsMergeNeedsRoom: a merge that would leave less than half the
+// disk reserve free once its run is written is refused with
+// store.ErrNoSpace, changing nothing, and goes through once there is room.
+func TestRunsMergeNeedsRoom(t *testing.T) {
+	var free atomic.Uint64
+	free.Store(1 << 40)
+	const reserve = 1 << 20
+	db := openDir(t, t.TempDir(), WithDiskReserve(reserve), withDiskFree(&free), withoutMerger())
+	now := time.Now()
+	for i := range mergeFanIn {
+		commitMarks(t, db, markKeys("scope", i*10, 10), now.Add(time.Hour))
+		spill(t, db)
+	}
+	ids := runIDs(db)
+	need := uint64(mergeFanIn * 10 * (runKeyLen + 10))
+	free.Store(reserve/2 + need - 1)
+	db.space.probed.Store(0) // the next admission probes anew
+	if err := db.mergeRuns(); !errors.Is(err, store.ErrNoSpace) {
+		t.Fatalf("merge without room: %v, want %v", err, store.ErrNoSpace)
+	}
+	if got := runIDs(db); !slices.Equal(got, ids) {
+		t.Fatalf("runs after a refused merge: %v, want %v", got, ids)
+	}
+	free.Store(1 << 40)
+	db.space.probed.Store(0)
+	if err := db.mergeRuns(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(db.listedRuns()); n != 1 {
+		t.Fatalf("%d runs after the merge, want 1", n)
+	}
+	wantMarks(t, db, markKeys("scope", 0, mergeFanIn*10), now, true)
+}
+
+// FuzzDecodeRunHeader: any bytes decode to a run header or an error
+// wrapping errCorrupt, never a panic; a header written decodes to itself.
+func FuzzDecodeRunHeader(f *testing.F) {
+	f.Add([]byte{}, uint64(1), uint32(0), int64(0))
+	f.Add([]byte{valueVersion, 0x80}, uint64(7), uint32(1<<17), int64(-1))
+	f.Fuzz(func(t *testing.T, raw []byte, id uint64, marks uint32, maxExpires int64) {
+		if r, err := decodeRunHeader(id, raw); err != nil && !errors.Is(err, errCorrupt) {
+			t.Fatalf("decoding %x: %v, which does not wrap errCorrupt", raw, err)
+		} else if err == nil && (r.id != id || r.marks < 0) {
+			t.Fatalf("decoding %x gave %+v", raw, r)
+		}
+		want := markRun{id: id, marks: int(marks & math.MaxInt32), maxExpires: maxExpires}
+		got, err := decodeRunHeader(id, appendRunHeader(nil, want))
+		if err != nil || got != want {
+			t.Fatalf("header %+v decoded as %+v, %v", want, got, err)
+		}
+	})
 }
