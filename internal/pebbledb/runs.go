@@ -134,6 +134,7 @@ func appendRunHeader(v []byte, r markRun) []byte {
 	return binary.AppendVarint(v, r.maxExpires)
 }
 
+// decodeRunHeader decodes the header of run id.
 func decodeRunHeader(id uint64, v []byte) (markRun, error) {
 	r := reader{b: v}
 	r.version("run header")
@@ -142,7 +143,7 @@ func decodeRunHeader(id uint64, v []byte) (markRun, error) {
 	if err := r.end("run header"); err != nil {
 		return markRun{}, err
 	}
-	if marks > math.MaxInt32 {
+	if marks > math.MaxInt {
 		return markRun{}, fmt.Errorf("%w: run header: %d marks", errCorrupt, marks)
 	}
 	return markRun{id: id, marks: int(marks), maxExpires: maxExpires}, nil
