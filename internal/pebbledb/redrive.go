@@ -114,7 +114,9 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	if err := b.Set(checkpointKey(key), appendCheckpoint(scratch[:0], cp), nil); err != nil {
 		return nil, wrap(err)
 	}
-	// The marks go; their expiry entries stay until their time, when the
+	// The journal goes into a run without the keys unmarked, which go
+	// from the runs that hold them; and from the mark keys of earlier
+	// versions, whose expiry entries stay until their time, when the
 	// sweep finds the marks gone (or renewed, with a later expiry): an
 	// entry can name the other marks of its commit too.
 	var run markRun
