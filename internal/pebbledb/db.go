@@ -470,10 +470,11 @@ func (db *DB) recover(st *stream) error {
 }
 
 // Settle flushes what Pebble holds in memory and waits until it has no
-// flush or compaction running or owed, or ctx is done. Benchmarks call it
-// once they have filled a stream, so that the fill's compactions do not
-// run inside what they time (and inside the slower scenario's time more
-// than the faster one's).
+// flush or compaction running, and either owes none or has started none
+// for settleQuiet (Pebble may estimate some debt it does not act on), or
+// until ctx is done. Benchmarks call it once they have filled a stream, so
+// that the fill's compactions do not run inside what they time (and inside
+// the slower scenario's time more than the faster one's).
 //
 // Errors: ErrClosed, ctx.Err(), and Pebble's flush error.
 func (db *DB) Settle(ctx context.Context) error {
@@ -485,12 +486,19 @@ func (db *DB) Settle(ctx context.Context) error {
 	if err := db.pdb.Flush(); err != nil {
 		return fmt.Errorf("pebbledb: settle: %w", err)
 	}
-	t := time.NewTicker(10 * time.Millisecond)
+	const poll = 10 * time.Millisecond
+	t := time.NewTicker(poll)
 	defer t.Stop()
+	quiet := time.Duration(0)
 	for {
 		m := db.pdb.Metrics()
-		if m.Compact.NumInProgress == 0 && m.Compact.EstimatedDebt == 0 && m.Flush.NumInProgress == 0 {
+		switch {
+		case m.Compact.NumInProgress > 0 || m.Flush.NumInProgress > 0:
+			quiet = 0
+		case m.Compact.EstimatedDebt == 0 || quiet >= settleQuiet:
 			return nil
+		default:
+			quiet += poll
 		}
 		select {
 		case <-ctx.Done():
@@ -499,6 +507,11 @@ func (db *DB) Settle(ctx context.Context) error {
 		}
 	}
 }
+
+// settleQuiet is how long Settle waits, with compaction debt left, for a
+// compaction to start before it takes the debt as one Pebble will not act
+// on.
+const settleQuiet = time.Second
 
 // enter is called by every method that uses Pebble; the returned release
 // must be called when it is done.

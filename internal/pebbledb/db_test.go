@@ -781,8 +781,8 @@ func testPurgeGroupedMarks(t *testing.T, db *DB) {
 	}
 }
 
-// TestSettle: once Settle returns, Pebble holds nothing in its memtable,
-// and runs and owes no compaction; a cancelled context ends the wait.
+// TestSettle: once Settle returns, Pebble holds nothing in its memtable
+// and runs no flush or compaction; a cancelled context ends the wait.
 func TestSettle(t *testing.T) {
 	db := openMem(t)
 	mustCreate(t, db, "s", 4)
@@ -799,8 +799,8 @@ func TestSettle(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := db.pdb.Metrics()
-	if m.Compact.NumInProgress != 0 || m.Compact.EstimatedDebt != 0 || m.MemTable.Count > 1 {
-		t.Fatalf("after Settle: %d compactions running, %d bytes owed, %d memtables", m.Compact.NumInProgress, m.Compact.EstimatedDebt, m.MemTable.Count)
+	if m.Compact.NumInProgress != 0 || m.Flush.NumInProgress != 0 || m.MemTable.Count > 1 {
+		t.Fatalf("after Settle: %d compactions and %d flushes running, %d memtables", m.Compact.NumInProgress, m.Flush.NumInProgress, m.MemTable.Count)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
