@@ -329,7 +329,6 @@ func (db *DB) spill() error {
 		return fmt.Errorf("pebbledb: spilling %d marks: %w", frozen.len(), noSpace(err))
 	}
 	db.journal.thaw() // the spill's run is listed
-
 	// The entries spilled go, synced (a sync a spill) so that a spill
 	// that returned is done for good: a crash before it lands only has
 	// Open file the entries again, and the next spill write their marks

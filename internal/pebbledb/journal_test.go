@@ -18,7 +18,7 @@ import (
 )
 
 // openDir opens dir with opts, closed when the test ends.
-func openDir(t *testing.T, dir string, opts ...Option) *DB {
+func openDir(t testing.TB, dir string, opts ...Option) *DB {
 	t.Helper()
 	db, err := Open(dir, opts...)
 	if err != nil {
@@ -458,11 +458,7 @@ func TestSpillPlanSize(t *testing.T) {
 //
 //	go test -run '^$' -bench Spill -benchtime 20x ./internal/pebbledb/
 func BenchmarkSpill(b *testing.B) {
-	db, err := Open(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
+	db := openDir(b, b.TempDir())
 	round := 0
 	for b.Loop() {
 		b.StopTimer()
@@ -497,11 +493,7 @@ func journalMarks(db *DB, round int) {
 //
 //	go test -run '^$' -bench MergeRuns -benchtime 5x ./internal/pebbledb/
 func BenchmarkMergeRuns(b *testing.B) {
-	db, err := Open(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
+	db := openDir(b, b.TempDir())
 	round := 0
 	for b.Loop() {
 		b.StopTimer()

@@ -1,10 +1,12 @@
 package pebbledb
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -364,11 +366,6 @@ func (db *DB) scanMarks() (keys []store.MarkKey, maxExpires int64, err error) {
 	return keys, maxExpires, it.Error()
 }
 
-// seekMarksAt is the number of marks, left after the filter, from which
-// lookupMarks finds them with one iterator rather than a Get each.
-// Measured by BenchmarkLookupMarks.
-var seekMarksAt = 8
-
 // lookupMarks sets done[i] to whether keys[i] holds a mark that expires
 // after t (Unix nanoseconds). Keys the mark filter rules out are answered
 // from memory, then those the mark journal holds; the rest are looked up
@@ -389,9 +386,17 @@ func (db *DB) lookupMarks(keys []store.MarkKey, t int64, done []bool) error {
 		return nil
 	}
 	db.markGets.Add(int64(len(cand)))
-	var err error
+	slices.SortFunc(cand, func(a, b int32) int { return bytes.Compare(keys[a][:], keys[b][:]) })
 	if db.legacyMarks.Load() {
-		if cand, err = db.lookupIn([]byte{prefixMark}, keys, cand, t, done); err != nil {
+		it, err := db.markIter(prefixMark)
+		if err != nil {
+			return fmt.Errorf("pebbledb: looking up %d marks: %w", len(cand), err)
+		}
+		cand, err = seekMarks(it, []byte{prefixMark}, keys, cand, t, done)
+		if cerr := it.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
 			return fmt.Errorf("pebbledb: %w", err)
 		}
 	}

@@ -418,43 +418,34 @@ func fillMarks(b *testing.B, n int, opts ...Option) string {
 
 // BenchmarkLookupMarks looks up windows of mark keys, as ClaimRecords
 // does, in a directory of 200,000 marks, with and without the filter: in
-// runs (runs.go), and in mark keys as earlier versions wrote them, with a
-// Get a key or one iterator a window (seekMarksAt). Absent keys are
-// what payload keys mostly look up; present ones what a replay does, and
-// the keys a filter lets through.
+// runs (runs.go), and in mark keys as earlier versions wrote them. Absent
+// keys are what payload keys mostly look up; present ones what a replay
+// does, and the keys a filter lets through.
 //
 //	go test -run '^$' -bench LookupMarks -benchtime 2000x ./internal/pebbledb/
 func BenchmarkLookupMarks(b *testing.B) {
 	const n = 200_000
 	runs, keyed := fillMarks(b, n), fillMarks(b, n, withDirectMarks())
 	present, absent := markKeys("bench", 0, n), markKeys("bench", n, n)
-	defer func(at int) { seekMarksAt = at }(seekMarksAt)
 	type variant struct {
 		name    string
 		present bool
 		filter  bool
-		seek    bool
 		window  int
 		dir     string
 	}
 	variants := []variant{
-		{"absent/filter/100", false, true, false, 100, runs},
-		{"absent/runs/100", false, false, false, 100, runs},
-		{"absent/get/100", false, false, false, 100, keyed},
-		{"absent/iterator/100", false, false, true, 100, keyed},
+		{"absent/filter/100", false, true, 100, runs},
+		{"absent/runs/100", false, false, 100, runs},
+		{"absent/keys/100", false, false, 100, keyed},
 	}
 	for _, w := range []int{1, 2, 4, 8, 16, 100} {
 		variants = append(variants,
-			variant{fmt.Sprintf("present/runs/%d", w), true, true, false, w, runs},
-			variant{fmt.Sprintf("present/get/%d", w), true, true, false, w, keyed},
-			variant{fmt.Sprintf("present/iterator/%d", w), true, true, true, w, keyed})
+			variant{fmt.Sprintf("present/runs/%d", w), true, true, w, runs},
+			variant{fmt.Sprintf("present/keys/%d", w), true, true, w, keyed})
 	}
 	for _, bm := range variants {
 		b.Run(bm.name, func(b *testing.B) {
-			seekMarksAt = 1 << 30
-			if bm.seek {
-				seekMarksAt = 1
-			}
 			opts := []Option{}
 			if !bm.filter {
 				opts = append(opts, withoutMarkFilter())

@@ -130,6 +130,9 @@ func (db *DB) PutCheckpointUnmarking(ctx context.Context, stream string, recs []
 	}
 	var kb [17]byte
 	for _, mk := range unmark {
+		if !db.legacyMarks.Load() {
+			break // Pebble holds no mark key
+		}
 		if err := b.Delete(markKey(&kb, mk), nil); err != nil {
 			return nil, wrap(err)
 		}

@@ -149,20 +149,20 @@ func decodeRunHeader(id uint64, v []byte) (markRun, error) {
 	return markRun{id: id, marks: int(marks), maxExpires: maxExpires}, nil
 }
 
-// listRuns replaces the list of runs: it holds out (which have left
-// Pebble, or are about to) no longer, and in (which Pebble holds) in run
-// order. The caller holds spillMu.
-func (db *DB) listRuns(out []markRun, in ...markRun) {
+// listRuns replaces the list of runs: it holds drop (which have left
+// Pebble, or are about to) no longer, and add (which Pebble holds), in
+// run order. The caller holds spillMu.
+func (db *DB) listRuns(drop []markRun, add ...markRun) {
 	var list []markRun
 	if old := db.runs.Load(); old != nil {
-		list = make([]markRun, 0, len(*old)+len(in))
+		list = make([]markRun, 0, len(*old)+len(add))
 		for _, r := range *old {
-			if !slices.ContainsFunc(out, func(o markRun) bool { return o.id == r.id }) {
+			if !slices.ContainsFunc(drop, func(d markRun) bool { return d.id == r.id }) {
 				list = append(list, r)
 			}
 		}
 	}
-	list = append(list, in...)
+	list = append(list, add...)
 	slices.SortFunc(list, func(a, b markRun) int { return cmp.Compare(a.id, b.id) })
 	db.runs.Store(&list)
 }
@@ -175,12 +175,12 @@ func (db *DB) listedRuns() []markRun {
 	return nil
 }
 
-// lookupRuns sets done[i] for each keys[i], i in cand, that some run
-// holds with an expiry after t, and returns the candidates none holds
-// live, in cand's array. It reads the runs that may hold a live mark,
-// newest first, with one iterator for them all: a seek checks the Bloom
-// filter of the one table of a run that may hold the key, where a Get
-// would build an iterator of its own each time (most of a lookup's
+// lookupRuns sets done[i] for each keys[i], i in cand (sorted by key),
+// that some run holds with an expiry after t, and returns the candidates
+// none holds live, in cand's array. It reads the runs that may hold a live
+// mark, newest first, with one iterator for them all: a seek checks the
+// Bloom filter of the one table of a run that may hold the key, where a
+// Get would build an iterator of its own each time (most of a lookup's
 // cost, with a few dozen runs).
 func (db *DB) lookupRuns(keys []store.MarkKey, cand []int32, t int64, done []bool) ([]int32, error) {
 	if len(cand) == 0 {
@@ -199,95 +199,54 @@ func (db *DB) lookupRuns(keys []store.MarkKey, cand []int32, t int64, done []boo
 	if len(live) == 0 {
 		return cand, nil
 	}
-	// Runs lie in Pebble's last level, whose Bloom filters a seek skips
-	// unless asked: without them, each seek read the data block where the
-	// key would be.
-	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRun}, UpperBound: []byte{prefixRun + 1}, UseL6Filters: true})
+	it, err := db.markIter(prefixRun)
 	if err != nil {
 		return nil, fmt.Errorf("looking up %d marks: %w", len(cand), err)
 	}
 	defer it.Close()
-	// Run by run, newest first, each in key order, so that a seek goes on
-	// from where the last one ended.
-	slices.SortFunc(cand, func(a, b int32) int { return bytes.Compare(keys[a][:], keys[b][:]) })
-	var kb [runKeyLen]byte
+	var hk [9]byte
 	for r := len(live) - 1; r >= 0 && len(cand) > 0; r-- {
-		rest := cand[:0]
-		for _, i := range cand {
-			if it.SeekPrefixGE(runMarkKey(&kb, live[r].id, &keys[i])) {
-				v, err := it.ValueAndErr()
-				if err != nil {
-					return nil, fmt.Errorf("run %d: mark %x: %w", live[r].id, keys[i][:], err)
-				}
-				expires, err := decodeMark(v)
-				if err != nil {
-					return nil, fmt.Errorf("run %d: mark %x: %w", live[r].id, keys[i][:], err)
-				}
-				if done[i] = expires > t; done[i] {
-					continue
-				}
-			} else if err := it.Error(); err != nil {
-				return nil, fmt.Errorf("run %d: mark %x: %w", live[r].id, keys[i][:], err)
-			}
-			rest = append(rest, i)
+		if cand, err = seekMarks(it, runHeaderKey(&hk, live[r].id), keys, cand, t, done); err != nil {
+			return nil, fmt.Errorf("run %d: %w", live[r].id, err)
 		}
-		cand = rest
 	}
 	return cand, nil
 }
 
-// lookupIn looks up the marks of keys[cand] under prefix (the mark keys,
-// 'k'), sets done[i] for those it holds with an expiry after t, and
-// returns the others, in cand's array. From seekMarksAt keys
-// on, it reads with one iterator, in key order, so that each seek starts
-// from where the last one ended; below, with a Get each.
-func (db *DB) lookupIn(prefix []byte, keys []store.MarkKey, cand []int32, t int64, done []bool) ([]int32, error) {
+// markIter returns an iterator over the keyspace prefix (of marks: 'k' or
+// 'r') for seekMarks. Marks lie mostly in Pebble's last level, whose Bloom
+// filters a seek skips unless asked: without them, each seek read the data
+// block where the key would be.
+func (db *DB) markIter(prefix byte) (*pebble.Iterator, error) {
+	return db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}, UseL6Filters: true})
+}
+
+// seekMarks looks up, with it, the marks prefix | keys[i] for i in cand
+// (sorted by key, so that each seek goes on from where the last one
+// ended), sets done[i] for those that expire after t, and returns the
+// others, in cand's array.
+func seekMarks(it *pebble.Iterator, prefix []byte, keys []store.MarkKey, cand []int32, t int64, done []bool) ([]int32, error) {
 	var kb [runKeyLen]byte
-	key := func(i int32) []byte {
-		n := copy(kb[:], prefix)
-		return kb[:n+copy(kb[n:], keys[i][:])]
-	}
+	n := copy(kb[:], prefix)
 	rest := cand[:0]
-	live := func(i int32, v []byte) error {
-		expires, err := decodeMark(v)
-		if err != nil {
-			return fmt.Errorf("mark %x: %w", keys[i][:], err)
-		}
-		done[i] = expires > t
-		return nil
-	}
-	if len(cand) < seekMarksAt {
-		for _, i := range cand {
-			if _, err := db.get(key(i), func(v []byte) error { return live(i, v) }); err != nil {
-				return nil, fmt.Errorf("mark %x: %w", keys[i][:], err)
-			}
-			if !done[i] {
-				rest = append(rest, i)
-			}
-		}
-		return rest, nil
-	}
-	slices.SortFunc(cand, func(a, b int32) int { return bytes.Compare(keys[a][:], keys[b][:]) })
-	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix), UseL6Filters: true})
-	if err != nil {
-		return nil, fmt.Errorf("looking up %d marks: %w", len(cand), err)
-	}
-	defer it.Close()
 	for _, i := range cand {
-		if it.SeekPrefixGE(key(i)) {
+		copy(kb[n:], keys[i][:])
+		if it.SeekPrefixGE(kb[:n+len(keys[i])]) {
 			v, err := it.ValueAndErr()
-			if err == nil {
-				err = live(i, v)
-			}
 			if err != nil {
 				return nil, fmt.Errorf("mark %x: %w", keys[i][:], err)
+			}
+			expires, err := decodeMark(v)
+			if err != nil {
+				return nil, fmt.Errorf("mark %x: %w", keys[i][:], err)
+			}
+			if done[i] = expires > t; done[i] {
+				continue
 			}
 		} else if err := it.Error(); err != nil {
 			return nil, fmt.Errorf("mark %x: %w", keys[i][:], err)
 		}
-		if !done[i] {
-			rest = append(rest, i)
-		}
+		rest = append(rest, i)
 	}
 	return rest, nil
 }
