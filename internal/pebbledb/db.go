@@ -169,9 +169,12 @@ const DefaultMarkFilterMemory = 256 << 20
 // WithMarkFilterMemory bounds, in bytes, the memory of the filter that
 // answers most lookups of completion marks never written without reading
 // Pebble: about 2 bytes a mark (2 to 5 counting what expiry has not freed
-// yet). Beyond the bound, it rules out ever fewer keys, which go on to
-// Pebble as they all would without it; it never misses a mark. 0: no
-// bound. Default: DefaultMarkFilterMemory.
+// yet), and 1 byte more for each mark spilled to a run, whose filter tells
+// which runs a key that got past it is sought in. Beyond the bound, the
+// filter rules out ever fewer keys, which go on to Pebble as they all
+// would without it, and new runs have no filter, so that such a key is
+// sought in each; no mark is ever missed. 0: no bound. Default:
+// DefaultMarkFilterMemory.
 func WithMarkFilterMemory(bytes int64) Option {
 	return optionFunc(func(o *options) { o.markFilterMemory = bytes })
 }
@@ -266,8 +269,9 @@ type DB struct {
 	// marks answers most lookups of absent marks without Pebble
 	// (markfilter.go).
 	marks markFilter
-	// markGets counts the marks looked up in Pebble, for tests.
-	markGets atomic.Int64
+	// markGets counts the marks looked up in Pebble, and runSeeks their
+	// seeks in runs, for tests.
+	markGets, runSeeks atomic.Int64
 	// journal holds the marks committed since the last spill
 	// (journal.go); spillMu serializes spills and redrives, and spillCh
 	// asks the sweeper for a spill.

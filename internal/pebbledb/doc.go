@@ -56,10 +56,11 @@
 // keys in memory (markfilter.go), built at Open from the marks on disk and
 // added to by each commit before its batch is applied, answers those
 // without reading Pebble; it never misses a mark. The journal's marks are
-// found in memory; the rest in the runs, newest first. It costs about 2 to 5
-// bytes a live mark, the sweep drops its parts whose marks all expired,
-// and WithMarkFilterMemory bounds it: beyond the bound, lookups go on to
-// Pebble ever more often.
+// found in memory; the rest in the runs, newest first, each sought only in
+// the runs whose own filter (1 byte a mark) may hold it. The filter costs
+// about 2 to 5 bytes a live mark, the sweep drops its parts whose marks
+// all expired, and WithMarkFilterMemory bounds it with the runs' filters:
+// beyond the bound, lookups go on to Pebble ever more often.
 //
 // # A full disk
 //

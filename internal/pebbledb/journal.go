@@ -371,7 +371,7 @@ func (db *DB) ingestSpill(p *spillPlan) error {
 	if len(p.all) == 0 {
 		return nil
 	}
-	run := markRun{id: db.lastRun.Add(1), marks: len(p.all), maxExpires: p.maxExpires}
+	run := p.run(db.lastRun.Add(1))
 	tables := runTables{db: db, name: fmt.Sprintf("spill-%d", db.spills.Add(1))}
 	defer tables.remove()
 	var enc spillEncoder
@@ -514,7 +514,7 @@ func planSpill(marks *markTable, skip func(*store.MarkKey) bool) *spillPlan {
 func (p *spillPlan) appendTo(b *pebble.Batch, id, upTo uint64) (markRun, error) {
 	var run markRun
 	if len(p.all) > 0 {
-		run = markRun{id: id, marks: len(p.all), maxExpires: p.maxExpires}
+		run = p.run(id)
 		var enc spillEncoder
 		k, v := enc.header(run)
 		if err := b.Set(k, v, nil); err != nil {
@@ -528,6 +528,15 @@ func (p *spillPlan) appendTo(b *pebble.Batch, id, upTo uint64) (markRun, error) 
 		}
 	}
 	return run, b.DeleteRange([]byte{prefixJournal}, journalEnd(upTo), nil)
+}
+
+// run returns the run p writes as run id, its filter filled.
+func (p *spillPlan) run(id uint64) markRun {
+	r := markRun{id: id, marks: len(p.all), maxExpires: p.maxExpires, filter: newRunFilter(len(p.all))}
+	for i := range p.all {
+		r.holds(&p.all[i].key)
+	}
+	return r
 }
 
 // spillEncoder encodes a run's keys and values, into buffers of its own

@@ -168,6 +168,22 @@ type markFilter struct {
 	maxBytes int64
 	// minKeys, when set, replaces minSegmentKeys, for tests.
 	minKeys int64
+	// runBytes is the memory of the runs' filters (runs.go), which the
+	// bound counts with the segments'.
+	runBytes atomic.Int64
+}
+
+// roomFor reports whether the runs' filters may take runBytes of memory
+// within the bound, beside the segments'.
+func (f *markFilter) roomFor(runBytes int64) bool {
+	if f.maxBytes <= 0 {
+		return true
+	}
+	var used int64
+	for _, s := range f.segments() {
+		used += s.bytes()
+	}
+	return used+runBytes <= f.maxBytes
 }
 
 // minSegment is the capacity of the smallest segment.
@@ -184,7 +200,7 @@ func (f *markFilter) room(used int64) int64 {
 	if f.maxBytes <= 0 {
 		return math.MaxInt64
 	}
-	blocks := max(f.maxBytes-used, 0) / (8 * blockWords) // whole blocks: no rounding up
+	blocks := max(f.maxBytes-used-f.runBytes.Load(), 0) / (8 * blockWords) // whole blocks: no rounding up
 	return blocks * 64 * blockWords / filterBitsPerKey
 }
 

@@ -103,6 +103,46 @@ func TestRunsLookup(t *testing.T) {
 	}
 }
 
+// TestRunFilters: a key is sought only in the runs whose filter may hold
+// it, which a merge and Open fill again; with no room for the filters
+// under the memory bound, every run is sought, and every mark still
+// found.
+func TestRunFilters(t *testing.T) {
+	for _, bound := range []int64{0, 1} {
+		dir := t.TempDir()
+		opts := []Option{withoutMarkFilter(), withoutMerger(), WithMarkFilterMemory(bound)}
+		db := openDir(t, dir, opts...)
+		now := time.Now()
+		const runs, perRun = 10, 200
+		keys := markKeys("scope", 0, runs*perRun)
+		for i := 0; i < len(keys); i += perRun {
+			commitMarks(t, db, keys[i:i+perRun], now.Add(time.Hour))
+			spill(t, db)
+		}
+		absent := markKeys("scope", len(keys), 1000)
+		check := func(when string) {
+			t.Helper()
+			wantMarks(t, db, keys, now, true)
+			before := db.runSeeks.Load()
+			wantMarks(t, db, absent, now, false)
+			seeks, all := db.runSeeks.Load()-before, int64(len(absent)*len(db.listedRuns()))
+			if bound == 0 && seeks > all/10 {
+				t.Errorf("%s: %d seeks in runs for %d absent keys in %d runs, want at most a tenth", when, seeks, len(absent), len(db.listedRuns()))
+			}
+			if bound == 1 && seeks != all {
+				t.Errorf("%s, no room for filters: %d seeks, want one a key a run, %d", when, seeks, all)
+			}
+		}
+		check("spilled")
+		if err := db.merge(db.listedRuns()[:4], db.runEdits); err != nil {
+			t.Fatal(err)
+		}
+		check("merged")
+		db = reopen(t, db, dir, opts...)
+		check("reopened")
+	}
+}
+
 // TestRunsPurge: a sweep deletes the runs whose marks all expired, whole,
 // and keeps a run any of whose marks is live, expired ones with it (a
 // lookup ignores those); a merge leaves the expired marks out.
