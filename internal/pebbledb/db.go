@@ -162,8 +162,8 @@ func WithFatal(fatal func(msg string)) Option {
 }
 
 // DefaultMarkFilterMemory is the default bound of the mark filter's
-// memory: room for 130 million marks at once, 50 to 100 million live
-// marks under a steady load.
+// memory: room for about 85 million marks at once with their runs'
+// filters, 40 to 70 million live marks under a steady load.
 const DefaultMarkFilterMemory = 256 << 20
 
 // WithMarkFilterMemory bounds, in bytes, the memory of the filter that
@@ -173,8 +173,8 @@ const DefaultMarkFilterMemory = 256 << 20
 // which runs a key that got past it is sought in. Beyond the bound, the
 // filter rules out ever fewer keys, which go on to Pebble as they all
 // would without it, and new runs have no filter, so that such a key is
-// sought in each; no mark is ever missed. 0: no bound. Default:
-// DefaultMarkFilterMemory.
+// sought in each (the runs' filters take at most a third of the bound);
+// no mark is ever missed. 0: no bound. Default: DefaultMarkFilterMemory.
 func WithMarkFilterMemory(bytes int64) Option {
 	return optionFunc(func(o *options) { o.markFilterMemory = bytes })
 }

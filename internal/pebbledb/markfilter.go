@@ -174,10 +174,15 @@ type markFilter struct {
 }
 
 // roomFor reports whether the runs' filters may take runBytes of memory
-// within the bound, beside the segments'.
+// within the bound, beside the segments': at most a third of it, so that
+// the segments, which answer nearly every lookup, keep two thirds (the
+// runs' filters take 1 byte a mark, the segments 2 or more).
 func (f *markFilter) roomFor(runBytes int64) bool {
 	if f.maxBytes <= 0 {
 		return true
+	}
+	if runBytes > f.maxBytes/3 {
+		return false
 	}
 	var used int64
 	for _, s := range f.segments() {

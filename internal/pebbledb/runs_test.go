@@ -143,6 +143,24 @@ func TestRunFilters(t *testing.T) {
 	}
 }
 
+// TestRunFiltersRoom: the runs' filters take at most a third of the
+// bound, and no more than the segments leave.
+func TestRunFiltersRoom(t *testing.T) {
+	f := markFilter{maxBytes: 3 << 20}
+	if !f.roomFor(1<<20) || f.roomFor(1<<20+1) {
+		t.Errorf("with no segment: room for 1 MiB of runs' filters %v, for a byte more %v; want a third of 3 MiB", f.roomFor(1<<20), f.roomFor(1<<20+1))
+	}
+	f.minKeys = 5 << 18 // a segment of 2.5 MiB: the rest is under a third
+	var k store.MarkKey
+	f.add(&k, 0)
+	if used := f.segments()[0].bytes(); !f.roomFor(3<<20-used) || f.roomFor(3<<20-used+1) {
+		t.Errorf("beside %d bytes of segments: want room for the rest of the bound, no more", used)
+	}
+	if f := (markFilter{}); !f.roomFor(1 << 40) {
+		t.Error("no bound: want room for any filters")
+	}
+}
+
 // TestRunsPurge: a sweep deletes the runs whose marks all expired, whole,
 // and keeps a run any of whose marks is live, expired ones with it (a
 // lookup ignores those); a merge leaves the expired marks out.
