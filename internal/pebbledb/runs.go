@@ -33,9 +33,11 @@ import (
 // A spill now writes a run instead: its marks, sorted, under a run number
 // of their own, 'r' | u64 run | key, after a header, 'r' | u64 run, that
 // counts them and holds the latest of their expiries. Run numbers only
-// grow, so a run's tables overlap no other table, and Pebble ingests them
-// into its last level, where no compaction reads them again. In place of
-// the compactions:
+// grow, so a run's tables overlap no other table's keys, and Pebble
+// ingests them into its last level, where no compaction reads them again
+// (a table there whose bounds span a run without holding a key of it is
+// split around the run as it is ingested: see Open). In place of the
+// compactions:
 //
 //   - A lookup that gets past the mark filter and the journal reads each
 //     run that may still hold a live mark, newest first, with one

@@ -161,6 +161,66 @@ func TestRunFiltersRoom(t *testing.T) {
 	}
 }
 
+// TestRunsIngestSplit: a run whose key range a table of the last level
+// spans (keys below and above 'r', and none in between) is still
+// ingested into the last level, that table split around it, so that no
+// compaction rewrites it; an older directory's format is raised to allow
+// the split.
+func TestRunsIngestSplit(t *testing.T) {
+	dir := t.TempDir()
+	// A directory at the format Pebble makes by default, as idem made
+	// them before, whose one table spans the runs' key range.
+	pdb, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"q-below", "t-above"} {
+		if err := pdb.Set([]byte(k), []byte("v"), pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pdb.Compact(context.Background(), []byte("a"), []byte("z"), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := pdb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db := openDir(t, dir)
+	if v := db.pdb.FormatMajorVersion(); v < pebble.FormatVirtualSSTables {
+		t.Fatalf("format %s after Open, want at least %s", v, pebble.FormatVirtualSSTables)
+	}
+	keys := markKeys("scope", 0, 100)
+	now := time.Now()
+	commitMarks(t, db, keys, now.Add(time.Hour))
+	spill(t, db)
+	levels, err := db.pdb.SSTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := 0
+	for level, tables := range levels {
+		for _, tb := range tables {
+			if tb.Smallest.UserKey[0] == prefixRun {
+				runs++
+				if level != len(levels)-1 {
+					t.Errorf("the run's table is in L%d, want the last level, L%d", level, len(levels)-1)
+				}
+			}
+		}
+	}
+	if runs != 1 {
+		t.Fatalf("%d tables of runs, want 1", runs)
+	}
+	wantMarks(t, db, keys, now, true)
+	for _, k := range []string{"q-below", "t-above"} {
+		if _, closer, err := db.pdb.Get([]byte(k)); err != nil {
+			t.Fatalf("%s after the split: %v", k, err)
+		} else {
+			closer.Close()
+		}
+	}
+}
+
 // TestRunsPurge: a sweep deletes the runs whose marks all expired, whole,
 // and keeps a run any of whose marks is live, expired ones with it (a
 // lookup ignores those); a merge leaves the expired marks out.
