@@ -84,6 +84,9 @@ var probeSalts = [blockWords]uint64{
 	0xa2b7289d8824ad5b, 0x2df1424b705495c7, 0x5c6bfb319efc4947, 0x44974d9147b6137b,
 }
 
+// probeBit is the bit that probe sets in word i of its block.
+func probeBit(probe uint64, i int) uint64 { return 1 << ((probe * probeSalts[i]) >> 58) }
+
 // markHash returns the two hashes a mark key is filed under: block picks
 // the block, probe the bits in it.
 func markHash(k *store.MarkKey) (block, probe uint64) {
@@ -132,7 +135,7 @@ func (s *filterSegment) block(h uint64) []atomic.Uint64 {
 func (s *filterSegment) add(block, probe uint64, expires int64) {
 	w := s.block(block)
 	for i := range blockWords {
-		bit := uint64(1) << ((probe * probeSalts[i]) >> 58)
+		bit := probeBit(probe, i)
 		if w[i].Load()&bit == 0 {
 			w[i].Or(bit)
 		}
@@ -149,7 +152,7 @@ func (s *filterSegment) add(block, probe uint64, expires int64) {
 func (s *filterSegment) mayContain(block, probe uint64) bool {
 	w := s.block(block)
 	for i := range blockWords {
-		if w[i].Load()&(uint64(1)<<((probe*probeSalts[i])>>58)) == 0 {
+		if w[i].Load()&probeBit(probe, i) == 0 {
 			return false
 		}
 	}

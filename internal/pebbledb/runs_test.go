@@ -6,6 +6,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -140,6 +141,44 @@ func TestRunFilters(t *testing.T) {
 		check("merged")
 		db = reopen(t, db, dir, opts...)
 		check("reopened")
+	}
+}
+
+// TestRunFilterFalsePositives: a run's filter, full, lets about 3% of
+// absent keys through, SHA-256 or legacy FNV-1a ones (less uniform in
+// their first bytes, which pick the block: 3.5%), and never misses a key
+// added.
+func TestRunFilterFalsePositives(t *testing.T) {
+	for _, tc := range []struct {
+		kind    string
+		key     func(scope string, i int) store.MarkKey
+		maxRate float64
+	}{
+		{"sha256", func(scope string, i int) store.MarkKey { return store.MarkKeyOf(scope, strconv.Itoa(i)) }, 0.04},
+		{"fnv", func(scope string, i int) store.MarkKey { return store.LegacyMarkKeyOf(scope, strconv.Itoa(i)) }, 0.1},
+	} {
+		const n, probes = 50_000, 200_000
+		f := newRunFilter(n)
+		for i := range n {
+			f.add(runHash(new(tc.key("scope", i))))
+		}
+		for i := range n {
+			if !f.mayContain(runHash(new(tc.key("scope", i)))) {
+				t.Fatalf("%s key %d added, not found", tc.kind, i)
+			}
+		}
+		fp := 0
+		// Absent keys of other scopes, of the same lengths.
+		for i := range probes {
+			if f.mayContain(runHash(new(tc.key("other"+strconv.Itoa(i%4), i%n)))) {
+				fp++
+			}
+		}
+		rate := float64(fp) / probes
+		t.Logf("%s keys: %.2f%% false positives at %d bits a key", tc.kind, 100*rate, runFilterBits)
+		if rate > tc.maxRate {
+			t.Errorf("%s keys: false-positive rate %.2f%%, want under %.0f%%", tc.kind, 100*rate, 100*tc.maxRate)
+		}
 	}
 }
 
