@@ -61,7 +61,9 @@ import (
 // segment is added, and the last one takes every further key, its
 // false-positive rate rising towards 1, so that more and more lookups go
 // on to Pebble, as they all did before the filter, until expiry drops
-// segments and frees room. It never answers "absent" for a key added.
+// segments and frees room. It never answers "absent" for a key added. The
+// runs' filters (runs.go) share the bound: they take at most a third of
+// it, and the segments the rest (runBytes, roomFor).
 //
 // Mark keys are SHA-256 (store.MarkKeyOf), already uniform, but legacy
 // marks (store.LegacyMarkKeyOf, FNV-1a) are not: both halves of a key are

@@ -147,8 +147,8 @@ const runFilterBits = 8
 // runFilter is a run's Bloom filter, of split blocks as the mark filter's
 // segments, but in plain words: it is filled by the one goroutine that
 // writes the run, before the run is listed, and only read once it is
-// (the list is published atomically). The segments' atomic ORs, ten
-// locked instructions a key, made a fifth of a merge's time.
+// (the list is published atomically), so it needs none of the segments'
+// atomic operations, locked instructions each.
 type runFilter struct {
 	words  []uint64
 	blocks uint64
@@ -594,7 +594,7 @@ func (db *DB) merge(in []markRun, edits uint64) error {
 			it.Close()
 		}
 	}()
-	h := runHeap{its: its}
+	var h runHeap
 	for i, r := range in {
 		lower, upper := runBounds(r.id)
 		it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
