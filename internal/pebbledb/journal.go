@@ -390,14 +390,18 @@ func (db *DB) ingestSpill(p *spillPlan) error {
 	return nil
 }
 
-// tableOptions are the options of a table a spill writes: those of
-// Pebble's tables, for the DB's format, without compression: a spill's
-// keys are SHA-256, which no compressor shrinks, and trying cost about a
-// tenth of a spill's time. (Compactions compress them later with the rest
-// of their level.)
+// tableOptions are the options of a table of a run, which a spill or a
+// merge writes: those of Pebble's tables, for the DB's format, without
+// compression (a run's keys are SHA-256, which no compressor shrinks, and
+// trying cost about a tenth of a spill's time), in blocks of 32 KiB
+// rather than 4: fewer blocks and index entries to write made a merge
+// about a tenth faster (BenchmarkMergeRuns), and a lookup that reaches a
+// run, past its filter, read no slower (BenchmarkLookupMarks).
 func (db *DB) tableOptions() sstable.WriterOptions {
 	o := db.popts.MakeWriterOptions(0, db.pdb.FormatMajorVersion().MaxTableFormat())
 	o.Compression = sstable.NoCompression
+	o.BlockSize = 32 << 10
+	o.IndexBlockSize = 32 << 10
 	return o
 }
 
