@@ -117,8 +117,21 @@ type filterSegment struct {
 	maxExpires atomic.Int64
 }
 
+// filterBlocks is how many blocks a split-block filter of keys at
+// bitsPerKey takes (a segment, or a run's filter), at least one.
+func filterBlocks(keys, bitsPerKey uint64) uint64 {
+	return max((keys*bitsPerKey+64*blockWords-1)/(64*blockWords), 1)
+}
+
+// blockIndex scales h to [0, blocks), as Lemire's fastrange: the block a
+// key falls in.
+func blockIndex(h, blocks uint64) uint64 {
+	b, _ := bits.Mul64(h, blocks)
+	return b
+}
+
 func newFilterSegment(capacity int64) *filterSegment {
-	blocks := (uint64(capacity)*filterBitsPerKey + 64*blockWords - 1) / (64 * blockWords)
+	blocks := filterBlocks(uint64(capacity), filterBitsPerKey)
 	s := &filterSegment{words: make([]atomic.Uint64, blocks*blockWords), blocks: blocks, capacity: capacity}
 	s.growAt.Store(capacity)
 	s.maxExpires.Store(math.MinInt64)
@@ -130,7 +143,7 @@ func (s *filterSegment) bytes() int64 { return int64(len(s.words)) * 8 }
 
 // block returns the words of the block that hash h falls in.
 func (s *filterSegment) block(h uint64) []atomic.Uint64 {
-	b, _ := bits.Mul64(h, s.blocks) // h scaled to [0, blocks), as Lemire's fastrange
+	b := blockIndex(h, s.blocks)
 	return s.words[b*blockWords : (b+1)*blockWords : (b+1)*blockWords]
 }
 

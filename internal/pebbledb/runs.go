@@ -156,7 +156,7 @@ type runFilter struct {
 
 // newRunFilter returns an empty filter for a run of marks.
 func newRunFilter(marks int) *runFilter {
-	blocks := max((uint64(marks)*runFilterBits+64*blockWords-1)/(64*blockWords), 1)
+	blocks := filterBlocks(uint64(marks), runFilterBits)
 	return &runFilter{words: make([]uint64, blocks*blockWords), blocks: blocks}
 }
 
@@ -165,7 +165,7 @@ func (f *runFilter) bytes() int64 { return int64(len(f.words)) * 8 }
 
 // block returns the words of the block that h falls in.
 func (f *runFilter) block(h uint64) []uint64 {
-	b, _ := bits.Mul64(h, f.blocks)
+	b := blockIndex(h, f.blocks)
 	return f.words[b*blockWords : (b+1)*blockWords : (b+1)*blockWords]
 }
 
@@ -802,9 +802,13 @@ func (db *DB) purgeRuns(now int64) error {
 // it. The caller holds spillMu.
 func (db *DB) unmarkRuns(b *pebble.Batch, unmark []store.MarkKey) error {
 	var kb [runKeyLen]byte
+	block, probe := make([]uint64, len(unmark)), make([]uint64, len(unmark))
+	for i := range unmark {
+		block[i], probe[i] = runHash(&unmark[i])
+	}
 	for _, r := range db.listedRuns() {
 		for i := range unmark {
-			if !r.mayHold(runHash(&unmark[i])) {
+			if !r.mayHold(block[i], probe[i]) {
 				continue
 			}
 			k := runMarkKey(&kb, r.id, &unmark[i])
