@@ -451,11 +451,7 @@ func BenchmarkLookupMarks(b *testing.B) {
 	}
 	for _, bm := range variants {
 		b.Run(bm.name, func(b *testing.B) {
-			db, err := Open(bm.dir, append(bm.opts, withoutMerger())...)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer db.Close()
+			db := openDir(b, bm.dir, append(bm.opts, withoutMerger())...)
 			now := time.Now()
 			keys := absent
 			if bm.present {
