@@ -218,10 +218,17 @@ func (s *shard) takeRange(ctx context.Context, from, to idem.Sequence) (store.Ra
 	return rc, nil
 }
 
-// endRange ends the shard's range claim, when it has one, with a write of
-// its own: a shard that goes idle or stops lets the records it claimed go
-// at once, rather than when the lease runs out.
-func (s *shard) endRange(ctx context.Context) error {
+// endClaims ends the shard's claims: its range claim, when it has one,
+// with a write of its own, and, on a store whose record claims stay with
+// this process (store.RecordClaimReleaser), its record claims. A shard
+// that goes idle or stops lets the records it claimed go at once, rather
+// than when the lease runs out.
+func (s *shard) endClaims(ctx context.Context) error {
+	if r, ok := s.e.store.(store.RecordClaimReleaser); ok && !s.m.cfg.AtLeastOnce && !s.m.keyer.byIdentity() {
+		if err := r.ReleaseRecordClaims(ctx, s.owner); err != nil {
+			return fmt.Errorf("ending the claims of records: %w", err)
+		}
+	}
 	s.rangeMu.Lock()
 	defer s.rangeMu.Unlock()
 	if s.rangeFrom == "" {

@@ -258,7 +258,7 @@ func (s *shard) holdIfPaused(ctx context.Context, ahead *readAhead) (*readAhead,
 	if err := s.syncAll(); err != nil {
 		return nil, err
 	}
-	if err := s.endRange(ctx); err != nil {
+	if err := s.endClaims(ctx); err != nil {
 		return nil, err
 	}
 	return nil, s.hold(ctx)

@@ -152,7 +152,7 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 			err = serr
 		}
 		if err == nil {
-			err = s.endRange(work)
+			err = s.endClaims(work)
 		}
 	}()
 	if err := s.load(ctx); err != nil {
@@ -202,7 +202,7 @@ func (s *shard) runOnce(ctx, work context.Context) (err error) {
 			if err := s.syncAll(); err != nil {
 				return err
 			}
-			if err := s.endRange(work); err != nil {
+			if err := s.endClaims(work); err != nil {
 				return err
 			}
 			if err := s.waitRecords(ctx); err != nil && ctx.Err() == nil {

@@ -82,6 +82,18 @@ type Clock interface {
 	Time(ctx context.Context) (time.Time, error)
 }
 
+// RecordClaimReleaser is implemented by stores whose record claims stay
+// with the process that took them (PostgreSQL's, held as locks of a
+// session) rather than passing, under the same Owner, to whichever
+// process reads the shard next. The engine calls ReleaseRecordClaims when
+// a shard goes idle or stops, so that the claims its last window left
+// (records cut short, a batch abandoned) do not hold up the shard's next
+// reader, in another process, until their leases end.
+type RecordClaimReleaser interface {
+	// ReleaseRecordClaims ends every record claim owner holds.
+	ReleaseRecordClaims(ctx context.Context, owner MarkKey) error
+}
+
 // ProcessLocal is implemented by stores that one process owns alone (the
 // embedded store, over its data directory): their record claims can only
 // be contended from within that process, so an engine that knows every

@@ -181,9 +181,10 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // number), the progress, the marks (one multi-row upsert over unnest
 // arrays; of repeated keys the last wins), the state writes (one upsert and
 // one delete over unnest arrays; of repeated keys the last op wins), and
-// one statement per on-failure batch with its records, and one delete of the
-// record claims that the marks replace (whoever's) and that w.Release ends
-// (w.ReleaseOwner's only). With w.EndRange, the range claim of
+// one statement per on-failure batch with its records. Once it committed,
+// the record claims that the marks replace (whoever's) and that w.Release
+// ends (w.ReleaseOwner's only) end, and their locks are let go soon after,
+// off the commit's path (locks.go). With w.EndRange, the range claim of
 // w.ProgressKey's mapping is deleted after the progress, in the same
 // transaction, so a claimer that finds the range ended finds the progress
 // that ended it. Rows are written in key order, so concurrent Commits lock
@@ -203,6 +204,7 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return commitErr(w, s.batchErr(w, err))
 	}
+	s.locks.ended(w)
 	return nil
 }
 
@@ -244,17 +246,9 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
 		pk := &w.ProgressKey
 		b.Queue(s.q.endRange, escape(pk.Scope), escape(pk.Stream), escape(pk.Shard), escape(pk.Mapping))
 	}
-	var marked [][]byte
 	if len(w.Marks) > 0 {
-		var expires []time.Time
-		marked, expires = markArgs(w.Marks)
+		marked, expires := markArgs(w.Marks)
 		b.Queue(s.q.putMarks, marked, expires)
-	}
-	if len(marked) > 0 || len(w.Release) > 0 {
-		if marked == nil {
-			marked = [][]byte{}
-		}
-		b.Queue(s.q.endRecordClaims, marked, keyArgs(w.Release), w.ReleaseOwner[:])
 	}
 	if len(w.State) > 0 {
 		put, del := stateArgs(w.State)

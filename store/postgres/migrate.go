@@ -552,6 +552,51 @@ BEGIN
 END
 $fn$;
 `,
+	// 8: record claims as advisory locks of one session per process
+	// (locks.go). A row a key, upserted at the claim and deleted at the
+	// commit, cost more of the server's time than anything else a payload
+	// key does; a lock lives in shared memory and writes nothing.
+	// record_claims stays for the purge of rows an earlier version left.
+	`
+-- claim_locks releases the caller's session-level advisory locks
+-- p_unlock (claims that ended since the session's last call), then tries,
+-- without waiting, the lock of each p_locks entry that is not NULL, and
+-- returns one boolean for each entry: taken or not. Session locks are
+-- counted, so a lock both let go and taken again stays held once.
+CREATE FUNCTION {s}.claim_locks(p_locks bigint[], p_unlock bigint[]) RETURNS boolean[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+	v_got boolean[];
+BEGIN
+	PERFORM pg_advisory_unlock(u.l) FROM unnest(p_unlock) AS u (l);
+	SELECT coalesce(array_agg(u.l IS NOT NULL AND pg_try_advisory_lock(u.l) ORDER BY u.ord), '{}') INTO v_got
+	FROM unnest(p_locks) WITH ORDINALITY AS u (l, ord);
+	RETURN v_got;
+END
+$fn$;
+
+-- marks_of checks the fence (check_fence raises IDM02), then returns,
+-- for each of p_keys, whether it holds a mark live at p_now. Called after
+-- the keys' locks were taken, its snapshot sees every mark committed
+-- before its owner let the lock go. Its one statement can only probe the
+-- marks' primary key, so it is planned once a session, and never as a
+-- scan of the table, which a plan made while the table was small would
+-- keep doing as it grows.
+CREATE FUNCTION {s}.marks_of(p_keys bytea[], p_now timestamptz, p_fence_key bytea, p_fence_token bigint)
+RETURNS boolean[]
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
+DECLARE
+	v_marked boolean[];
+BEGIN
+	IF p_fence_key IS NOT NULL THEN
+		PERFORM {s}.check_fence(p_fence_key, p_fence_token);
+	END IF;
+	SELECT coalesce(array_agg(EXISTS (SELECT 1 FROM {s}.marks m WHERE m.key = u.k AND m.expires > p_now) ORDER BY u.ord), '{}')
+	INTO v_marked FROM unnest(p_keys) WITH ORDINALITY AS u (k, ord);
+	RETURN v_marked;
+END
+$fn$;
+`,
 }
 
 // lockKey is the advisory lock that serializes migrations of one schema
@@ -614,9 +659,9 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema, ident string) (err
 type queries struct {
 	checkpoint, deleteCheckpoint, progress, scopeProgress, completed, state, now string
 
-	putCheckpoint, putMarks, putState, deleteState, putFailure, endRecordClaims, endRange string
+	putCheckpoint, putMarks, putState, deleteState, putFailure, endRange string
 
-	claimRecords, claimRange string
+	claimLocks, marksOf, unlock, claimRange string
 
 	claim, complete, release, extend, claimHeld, lookup, checkFence string
 
@@ -647,22 +692,12 @@ INSERT INTO {s}.failure_records (failure_id, position, stream, shard, sequence, 
 SELECT f.id, r.ord - 1, r.stream, r.shard, r.sequence, r.partition_key, r.data, r.arrival_time
 FROM f, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::timestamptz[])
 	WITH ORDINALITY AS r (stream, shard, sequence, partition_key, data, arrival_time, ord)`),
-		// The rows are locked in key order first, as claim_records locks
-		// them, so that concurrent writers never wait on each other in a
-		// cycle, then deleted by key (an index scan, not a scan of the
-		// table and its dead rows). The key arrays are read through
-		// sub-selects, so that they reach the plan as run-time values: as
-		// constants (custom plans), up to 100 keys each, the planner would
-		// try to prove the OR from the index conditions key by key against
-		// key by key, which costs milliseconds for a window of 100.
-		endRecordClaims: r.Replace(`DELETE FROM {s}.record_claims WHERE key = ANY(ARRAY(
-	SELECT key FROM {s}.record_claims WHERE key = ANY((SELECT $1::bytea[])::bytea[]) OR (key = ANY((SELECT $2::bytea[])::bytea[]) AND owner = $3)
-	ORDER BY key FOR UPDATE))`),
-
 		endRange: r.Replace(`DELETE FROM {s}.range_claims WHERE scope = $1 AND stream = $2 AND shard = $3 AND mapping = $4`),
 
-		claimRecords: r.Replace(`SELECT r_status, r_held, r_held_until FROM {s}.claim_records($1, $2, $3, $4, $5, $6, $7)`),
-		claimRange:   r.Replace(`SELECT r_held_until, r_mapping, r_high_water, r_above, r_filter FROM {s}.claim_range($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`),
+		claimLocks: r.Replace(`SELECT {s}.claim_locks($1, $2)`),
+		marksOf:    r.Replace(`SELECT {s}.marks_of($1, $2, $3, $4)`),
+		unlock:     `SELECT count(pg_advisory_unlock(u.l)) FROM unnest($1::bigint[]) AS u (l)`,
+		claimRange: r.Replace(`SELECT r_held_until, r_mapping, r_high_water, r_above, r_filter FROM {s}.claim_range($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`),
 
 		claim:      r.Replace(`SELECT r_acquired, r_status, r_token, r_payload_hash, r_lease_until, r_expires, r_result FROM {s}.claim($1, $2, $3, $4)`),
 		complete:   r.Replace(`UPDATE {s}.claims SET status = 'COMPLETED', result = $3, expires = $4 WHERE key = $1 AND token = $2`),

@@ -86,32 +86,37 @@
 // Completed and Lookup decide expiry from the time passed in, never from a
 // background delete, and so do ClaimRecords for the leases of record
 // claims. A purge goroutine (WithPurgeInterval) deletes expired marks,
-// idempotency records and record claims a crash left behind, to reclaim
-// space only; Close stops it.
+// idempotency records, and claim rows a crash (or an earlier version) left
+// behind, to reclaim space only; Close stops it.
 //
 // # Progress and record claims
 //
 // Progress is one row per (scope, stream, shard, mapping): each mapping
 // writes only its own, and rows written before there were mappings' rows
-// are the scope-wide one, of the empty mapping. A record claim is a row of
-// record_claims (key, owner, lease_until; prev_lease is scratch for the
-// call that renews a lease), taken by one call of the function
-// claim_records for a whole window, and deleted by the Commit that marks
-// its key or releases it. A range claim is a row of
-// range_claims (scope, stream, shard, mapping, seq_from, seq_to,
-// lease_until), one per mapping and shard, replaced by each call of the
-// function claim_range and deleted by the Commit that ends it (EndRange).
+// are the scope-wide one, of the empty mapping. A record claim is a
+// session-level advisory lock of the Store's lock session, a connection
+// of its own, and an entry of the Store's table of who holds what
+// (locks.go says what that means across processes): taken by one call of
+// the function claim_locks for a whole window, its marks looked up after
+// it by marks_of on a connection of the pool, and ended by the Commit that
+// marks its key or releases it, or by ReleaseRecordClaims. A range claim
+// is a row of range_claims (scope, stream, shard, mapping, seq_from,
+// seq_to, lease_until), one per mapping and shard, replaced by each call
+// of the function claim_range and deleted by the Commit that ends it
+// (EndRange). The record_claims table of earlier versions is kept, for
+// the purge of the rows they left.
 //
-// Claims are not durable, on purpose: record_claims and range_claims are
-// UNLOGGED tables, and the functions that take claims commit
-// asynchronously (synchronous_commit off for their own transaction), so a
-// window's claim costs no WAL flush. The price: a PostgreSQL crash (or
-// immediate shutdown) empties both tables, a failover finds them empty on
-// the promoted replica, and an asynchronous commit acknowledged just
-// before a crash may be lost; records that were in flight then may run a
-// second time, concurrently with their first run. Their completion still
-// commits through Commit, durably, so a record completed before the crash
-// is never run again and the progress and marks stay exact.
+// Claims are not durable, on purpose: range_claims is an UNLOGGED table,
+// the function that takes a range commits asynchronously
+// (synchronous_commit off for its own transaction), and locks live in the
+// server's memory, so a claim costs no WAL flush. The price: a PostgreSQL
+// crash (or immediate shutdown) ends them all, a failover finds none on
+// the promoted replica, an asynchronous commit acknowledged just before a
+// crash may be lost, and a lock session cut ends its process's record
+// claims; records that were in flight then may run a second time,
+// concurrently with their first run. Their completion still commits
+// through Commit, durably, so a record completed before the crash is
+// never run again and the progress and marks stay exact.
 //
 // # Schema
 //
@@ -173,6 +178,9 @@ type Store struct {
 	customPlans bool
 	// joinInserts: a flush joins runs of deferred INSERTs (multirow.go).
 	joinInserts bool
+
+	// locks holds the record claims (locks.go).
+	locks *lockSession
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -307,6 +315,9 @@ func New(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	}
 	pctx, stop := context.WithCancel(context.Background())
 	s := &Store{pool: pool, schema: o.schema, q: newQueries(ident), log: o.logger, stop: stop, customPlans: !planMode, joinInserts: !o.noJoin}
+	s.locks = newLockSession(s)
+	s.wg.Add(1)
+	go s.locks.loop(pctx)
 	if o.purgeInterval > 0 {
 		s.wg.Add(1)
 		go s.purgeLoop(pctx, o.purgeInterval)
@@ -317,14 +328,16 @@ func New(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 // Schema returns the name of the schema the store keeps its tables in.
 func (s *Store) Schema() string { return s.schema }
 
-// Close stops the purge goroutine, waits for it, and closes the pool
-// (waiting for connections in use to be released). It is safe to call more
-// than once; later calls do nothing.
+// Close stops the purge goroutine and the lock session's, waits for them,
+// ends the lock session (and so every record claim this Store held), and
+// closes the pool (waiting for connections in use to be released). It is
+// safe to call more than once; later calls do nothing.
 func (s *Store) Close() {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		s.stop()
 		s.wg.Wait()
+		s.locks.close()
 		s.pool.Close()
 	})
 }
@@ -366,9 +379,10 @@ func (s *Store) purgeLoop(ctx context.Context, interval time.Duration) {
 // Purge deletes, as of now, the completion marks that expired and the
 // idempotency records that no longer count (completed ones past their
 // expiry; in-progress ones whose lease ended over an hour ago), a chunk at a
-// time, and reports how many of each it deleted; claims counts record
-// claims (ClaimRecords) and range claims (ClaimRange) whose lease ended
-// over an hour ago too, which a crash or a shard that ended left behind. The purge goroutine calls
+// time, and reports how many of each it deleted; claims counts the record
+// claim rows of earlier versions and range claims (ClaimRange) whose lease
+// ended over an hour ago too, which a crash or a shard that ended left
+// behind. The purge goroutine calls
 // it; tests and operators may call it directly. Purging changes no answer
 // of Completed or Lookup, which decide expiry from timestamps; fencing
 // tokens come from a sequence, so they keep increasing for a key whose

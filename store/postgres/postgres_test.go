@@ -122,6 +122,9 @@ func (h *harness) Reopen(ctx context.Context, tb testing.TB, crashed store.Drive
 	return h.open(ctx, tb, s.Schema())
 }
 
+// DriverRecordClaims: record claims are locks of the Store's session.
+func (h *harness) DriverRecordClaims() {}
+
 func TestConformance(t *testing.T) { storetest.RunConformance(t, newHarness(t)) }
 
 // legacyHarness gives every store a schema of its own; Upgrade takes the
@@ -137,7 +140,7 @@ func (h legacyHarness) OpenFresh(ctx context.Context, t testing.TB) (store.Drive
 func (h legacyHarness) Upgrade(ctx context.Context, t testing.TB, d store.Driver) (store.Driver, error) {
 	s := d.(*Store)
 	ident := pgx.Identifier{s.Schema()}.Sanitize()
-	if _, err := s.pool.Exec(ctx, "DROP TABLE "+ident+".legacy_keys; DROP FUNCTION "+ident+".put_checkpoint_progress; DELETE FROM "+ident+".schema_migrations WHERE version >= 6"); err != nil {
+	if _, err := s.pool.Exec(ctx, "DROP TABLE "+ident+".legacy_keys; DROP FUNCTION "+ident+".put_checkpoint_progress; DROP FUNCTION "+ident+".claim_locks; DROP FUNCTION "+ident+".marks_of; DELETE FROM "+ident+".schema_migrations WHERE version >= 6"); err != nil {
 		return nil, err
 	}
 	s.Close()

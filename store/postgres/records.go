@@ -50,24 +50,15 @@ func (s *Store) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]sto
 	return out, nil
 }
 
-// ClaimRecords claims c.Keys for c.Owner in one statement, the function
-// claim_records: a fence check, then an upsert of every key in key order
-// (so concurrent claimers lock rows in one order and never deadlock) that
-// returns the keys it took, then one read of the marks, with the rows
-// locked, that tells each key's status in window order, and, only when a
-// key is held elsewhere or completed, the undoing of what the upsert took
-// past the first key held elsewhere and of completed keys' claims. See
-// store.RecordClaims. A fence that no longer holds makes an error wrapping
-// store.ErrFenced, and nothing is claimed. Times are kept to the
-// microsecond.
-//
-// The claims commit asynchronously (synchronous_commit off for that
-// transaction) into an UNLOGGED table: a window's claim costs no WAL
-// flush, and a PostgreSQL crash (or a failover to a replica) may forget
-// the claims of records in flight, which may then run a second time
-// concurrently; their completion (a mark, progress) still commits through
-// Commit, durably, and a record completed before the crash stays
-// completed.
+// ClaimRecords claims c.Keys for c.Owner in one call on the Store's lock
+// session, the function claim_locks: a fence check, then a
+// session-level advisory lock tried for each key no owner of this Store
+// holds, then one read of the marks, after the locks. Which owner of this
+// Store holds what, and under which lease, is decided in memory. See
+// locks.go for what a claim means across processes, and store.RecordClaims.
+// A key another process holds reports HeldUntil as c.LeaseUntil: its
+// holder's lease is not known here. A fence that no longer holds makes an
+// error wrapping store.ErrFenced, and nothing is claimed.
 func (s *Store) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 	c.Reset()
 	wrap := func(err error) error {
@@ -76,51 +67,27 @@ func (s *Store) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 	if err := s.enter(); err != nil {
 		return wrap(err)
 	}
-	if len(c.Keys) == 0 && c.Fence == nil {
+	if len(c.Keys) == 0 {
+		if f := c.Fence; f != nil {
+			if _, err := s.pool.Exec(ctx, s.q.checkFence, f.Key[:], int64(f.Token)); err != nil {
+				return wrap(s.claimErr(f, err))
+			}
+		}
 		return nil
 	}
-	var fenceKey []byte
-	var fenceToken pgtype.Int8
-	if f := c.Fence; f != nil {
-		fenceKey = f.Key[:]
-		fenceToken = pgtype.Int8{Int64: int64(f.Token), Valid: true}
+	if err := s.locks.claim(ctx, c); err != nil {
+		return wrap(err)
 	}
-	var status []int16
-	var held pgtype.Int4
-	var heldUntil pgtype.Timestamptz
-	err := s.pool.QueryRow(ctx, s.q.claimRecords, keyArgs(c.Keys), c.Owner[:], c.LeaseUntil, c.Now, c.Marks, fenceKey, fenceToken).
-		Scan(&status, &held, &heldUntil)
-	if err != nil {
-		if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeFenced && c.Fence != nil {
-			return wrap(fmt.Errorf("%w: fence %x token %d (held: %s)", store.ErrFenced, c.Fence.Key[:], c.Fence.Token, pe.Detail))
-		}
-		return wrap(s.dbErr(err))
+	return nil
+}
+
+// ReleaseRecordClaims ends every record claim owner holds in this Store,
+// and lets their locks go soon after; see store.RecordClaimReleaser.
+func (s *Store) ReleaseRecordClaims(ctx context.Context, owner store.MarkKey) error {
+	if err := s.enter(); err != nil {
+		return fmt.Errorf("postgres: release record claims of owner %x: %w", owner[:], err)
 	}
-	if len(status) != len(c.Keys) {
-		return wrap(fmt.Errorf("%d statuses for %d keys", len(status), len(c.Keys)))
-	}
-	n := len(c.Keys)
-	if held.Valid {
-		n = int(held.Int32) // positions count from 1: the held key is index n-1
-	}
-	for i := range n {
-		switch status[i] {
-		case 1:
-			c.Status[i] = store.Acquired
-		case 2:
-			c.Status[i] = store.InProgress
-		case 3:
-			c.Status[i] = store.Completed
-		default:
-			return wrap(fmt.Errorf("status %d for key %x", status[i], c.Keys[i][:]))
-		}
-	}
-	if held.Valid {
-		if c.Status[n-1] != store.InProgress || !heldUntil.Valid {
-			return wrap(fmt.Errorf("key %x reported held without a lease", c.Keys[n-1][:]))
-		}
-		c.HeldUntil = heldUntil.Time
-	}
+	s.locks.releaseOwner(owner)
 	return nil
 }
 
@@ -228,3 +195,5 @@ func (s *Store) Time(ctx context.Context) (time.Time, error) {
 	}
 	return t, nil
 }
+
+var _ store.RecordClaimReleaser = (*Store)(nil)

@@ -428,6 +428,7 @@ func (t *Tx) Commit(ctx context.Context, w *store.Write) error {
 	if err != nil {
 		return commitErr(w, err)
 	}
+	t.s.locks.ended(w)
 	return nil
 }
 

@@ -1,0 +1,531 @@
+package postgres
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/idem-run/idem/store"
+)
+
+// Record claims (store.RecordClaims) are session-level advisory locks,
+// held by one session of the Store's own, its lock session, and counted
+// in this process by a table of who holds what (lockSession.held).
+//
+// Why locks and not rows: a claim row upserted at the claim and deleted at
+// the commit cost more of the server's time than anything else a record
+// keyed by its payload does, some 25 µs a key (BENCHMARKS.md); taking and
+// releasing a lock costs about 1 µs, writes no heap, index or WAL, and
+// goes with its session if the process dies.
+//
+// What a claim means, then:
+//
+//   - Between owners of one process (the shards of one Store), claims are
+//     decided by the table, with the leases the caller gives: an owner
+//     takes its own claim again at once, and another owner's once its
+//     lease ended, as with rows.
+//   - Between processes, a key is held while another process's lock
+//     session holds its lock, whatever the lease: until that process's
+//     commit ends the claim, its shard goes idle or stops
+//     (ReleaseRecordClaims), it ends (its session ends with it), or its
+//     lease ended more than lockSweepGrace ago (the lock session's sweep
+//     lets it go). A process that hangs whole, so that its lock session
+//     stops answering, is cut off by the server after lockSessionIdle
+//     (idle_session_timeout, PostgreSQL 14 and later) or by TCP
+//     keepalives.
+//   - A commit's mark ends any claim on its key, whoever holds it: a
+//     claimer that cannot take a key's lock looks its mark up before it
+//     calls the key in progress.
+//
+// As with the UNLOGGED rows before, claims are not durable: a PostgreSQL
+// restart, a failover, or a lost lock session (a broken connection) ends
+// them all, and records in flight then may run a second time,
+// concurrently with their first run. Their completion still commits
+// through Commit, durably.
+//
+// The lock session needs a connection of its own, outside the pool and
+// not through a proxy that pools transactions (session locks would not
+// follow it), made at the first claim. Each held claim takes a slot of
+// PostgreSQL's lock table (max_locks_per_transaction × max_connections
+// slots, 6,400 by default), so the claims held at once (about shards ×
+// batchSize × parallelizationFactor) must fit in it beside the server's
+// other locks.
+
+// lockSessionIdle is the lock session's idle_session_timeout: the server
+// ends a session that sent nothing for this long, which frees the claims
+// of a process stopped whole (its heartbeat, every lockHeartbeat, stopped
+// too).
+const lockSessionIdle = time.Minute
+
+// lockHeartbeat is how often an otherwise idle lock session is used, so
+// that the server never ends a live process's session; it is also how
+// often expired claims are swept.
+const lockHeartbeat = 10 * time.Second
+
+// lockSweepGrace is how long after its lease ended a claim nobody took is
+// kept before the sweep lets its lock go: in this process an expired claim
+// is free at once (the table decides), and another process waits this
+// much longer, the time a slow commit of the holder may still take.
+const lockSweepGrace = 30 * time.Second
+
+// lockCallTimeout bounds one call on the lock session.
+const lockCallTimeout = 30 * time.Second
+
+// heldClaim is one key's claim in the lock session's table.
+type heldClaim struct {
+	owner store.MarkKey
+	// until is the lease's end, in the clock of the caller that took it
+	// (store.RecordClaims.Now's).
+	until time.Time
+	// sweepAt is when the sweep lets the lock go, on this host's clock:
+	// the lease's length after the claim, plus lockSweepGrace.
+	sweepAt time.Time
+	lock    int64
+}
+
+// lockSession takes and keeps the Store's record claims: one connection,
+// used by one call at a time, and the table of the claims it holds.
+type lockSession struct {
+	s    *Store
+	salt uint64
+
+	// callMu serializes the calls on conn (and so the claims: a claim
+	// decides from the table, calls, then writes the table, under it).
+	callMu sync.Mutex
+	conn   *pgx.Conn // nil until the first claim, and after a loss
+	last   time.Time // when conn was last used
+
+	mu     sync.Mutex
+	held   map[store.MarkKey]heldClaim
+	unlock []int64 // locks to let go at conn's next use
+	// sessions counts the lock sessions opened, for tests.
+	sessions int
+
+	wake chan struct{} // a claim ended: let its lock go soon
+}
+
+func newLockSession(s *Store) *lockSession {
+	sum := sha256.Sum256([]byte("idem record claims\x00" + s.schema))
+	return &lockSession{
+		s:    s,
+		salt: binary.BigEndian.Uint64(sum[:8]),
+		held: map[store.MarkKey]heldClaim{},
+		wake: make(chan struct{}, 1),
+	}
+}
+
+// lockID is key's advisory lock: its first 8 bytes (a SHA-256's, so
+// uniform) mixed with the schema's salt, so that stores on other schemas
+// of one database never contend. Two keys that share an ID contend for
+// nothing worse than a wait.
+func (l *lockSession) lockID(key store.MarkKey) int64 {
+	return int64(binary.BigEndian.Uint64(key[:8]) ^ l.salt)
+}
+
+// claimPlan is how ClaimRecords decides a key before its call.
+type claimPlan uint8
+
+const (
+	planLock  claimPlan = iota // not in the table: try its lock
+	planTake                   // the caller's own claim, or an expired one: take it in the table
+	planOther                  // another owner's live claim in this process
+)
+
+// claim implements Store.ClaimRecords; see the comment at the top.
+//
+// It decides from the table which keys need their lock tried (no owner of
+// this process holds them) and which another owner of this process holds,
+// tries those locks in one call on the lock session, and writes what it
+// took into the table at once, so that the process's other claims see it.
+// Then, on a connection of the pool, so that the claims of several shards
+// overlap there, it checks the fence and looks the marks up (marks_of),
+// and settles each key: a marked key's claim ends, and so does every claim
+// the call took past the first key held elsewhere (the claim an owner had
+// before is kept as it was). Locks that end are let go by the session
+// soon after, not before the claim returns.
+func (l *lockSession) claim(ctx context.Context, c *store.RecordClaims) error {
+	n := len(c.Keys)
+	first := make([]int, n) // each key's first place
+	plans := make([]claimPlan, n)
+	prev := make([]heldClaim, n) // a planTake key's claim before this one
+	locks := make([]pgtype.Int8, n)
+	got, err := l.take(ctx, c, first, plans, prev, locks)
+	if err != nil {
+		return err
+	}
+
+	marked := make([]bool, n)
+	if c.Marks || c.Fence != nil {
+		var fenceKey []byte
+		var fenceToken pgtype.Int8
+		if f := c.Fence; f != nil {
+			fenceKey = f.Key[:]
+			fenceToken = pgtype.Int8{Int64: int64(f.Token), Valid: true}
+		}
+		keys := keyArgs(c.Keys)
+		if !c.Marks {
+			keys = [][]byte{}
+		}
+		var found []bool
+		err := l.s.pool.QueryRow(ctx, l.s.q.marksOf, keys, c.Now, fenceKey, fenceToken).Scan(&found)
+		if err == nil && c.Marks && len(found) != n {
+			err = fmt.Errorf("%d marks answered for %d keys", len(found), n)
+		}
+		if err != nil {
+			l.giveBack(c, 0, plans, prev)
+			return l.s.claimErr(c.Fence, err)
+		}
+		if c.Marks {
+			marked = found
+		}
+	}
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	held := n
+	for i, k := range c.Keys {
+		switch {
+		case i > held:
+			continue
+		case first[i] != i:
+			c.Status[i] = c.Status[first[i]]
+			continue
+		}
+		switch p := plans[i]; {
+		case marked[i]:
+			c.Status[i] = store.Completed
+			if p != planOther {
+				l.endOwn(k, c.Owner)
+			}
+		case p == planOther:
+			c.Status[i], c.HeldUntil, held = store.InProgress, l.held[k].until, i
+		case p == planLock && !got[i]:
+			// Another process holds it, under a lease not known here.
+			c.Status[i], c.HeldUntil, held = store.InProgress, c.LeaseUntil, i
+		default:
+			c.Status[i] = store.Acquired
+		}
+	}
+	if held < n {
+		l.giveBackLocked(c, held+1, plans, prev)
+	}
+	if len(l.unlock) > 0 {
+		l.signal()
+	}
+	return nil
+}
+
+// take decides each key's plan, tries the locks of the planLock keys on
+// the lock session, and writes the claims taken (planTake, and planLock
+// keys whose lock it got) into the table, in the caller's name, all under
+// callMu. It fills first, plans, prev and locks, and returns whether each
+// key's lock was got.
+func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []int, plans []claimPlan, prev []heldClaim, locks []pgtype.Int8) ([]bool, error) {
+	l.callMu.Lock()
+	defer l.callMu.Unlock()
+	seen := make(map[store.MarkKey]int, len(c.Keys))
+	l.mu.Lock()
+	for i, k := range c.Keys {
+		if f, ok := seen[k]; ok {
+			first[i], plans[i] = f, planOther // repeats take nothing
+			continue
+		}
+		seen[k], first[i] = i, i
+		h, ok := l.held[k]
+		switch {
+		case !ok:
+			plans[i], locks[i] = planLock, pgtype.Int8{Int64: l.lockID(k), Valid: true}
+		case h.owner == c.Owner || !c.Now.Before(h.until):
+			plans[i], prev[i] = planTake, h
+		default:
+			plans[i] = planOther
+		}
+	}
+	unlock := l.unlock
+	l.unlock = nil
+	l.mu.Unlock()
+	if unlock == nil {
+		unlock = []int64{}
+	}
+	var got []bool
+	err := l.use(ctx, func(ctx context.Context, conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, l.s.q.claimLocks, locks, unlock).Scan(&got)
+	})
+	if err == nil && len(got) != len(locks) {
+		err = fmt.Errorf("%d locks answered for %d keys", len(got), len(locks))
+	}
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sweepAt := time.Now().Add(c.LeaseUntil.Sub(c.Now) + lockSweepGrace)
+	for i, k := range c.Keys {
+		switch p := plans[i]; {
+		case p == planLock && got[i], p == planTake:
+			lock := l.lockID(k)
+			if _, ok := l.held[k]; p == planTake && !ok && !l.keep(lock) {
+				// Ended and let go before this call (which keep rules
+				// out, for nothing lets go while callMu is held): retake
+				// it as a lock not got.
+				plans[i] = planLock
+				continue
+			}
+			l.held[k] = heldClaim{owner: c.Owner, until: c.LeaseUntil, sweepAt: sweepAt, lock: lock}
+		}
+	}
+	return got, nil
+}
+
+// giveBack undoes what take wrote for c's keys from place from on: a claim
+// the caller held before gets its earlier lease back, any other ends.
+func (l *lockSession) giveBack(c *store.RecordClaims, from int, plans []claimPlan, prev []heldClaim) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.giveBackLocked(c, from, plans, prev)
+	if len(l.unlock) > 0 {
+		l.signal()
+	}
+}
+
+// giveBackLocked is giveBack with l.mu held.
+func (l *lockSession) giveBackLocked(c *store.RecordClaims, from int, plans []claimPlan, prev []heldClaim) {
+	for i := from; i < len(c.Keys); i++ {
+		k := c.Keys[i]
+		switch plans[i] {
+		case planOther:
+		case planTake:
+			if h, ok := l.held[k]; ok && h.owner == c.Owner {
+				l.held[k] = prev[i]
+			}
+		default:
+			l.endOwn(k, c.Owner)
+		}
+	}
+}
+
+// endOwn ends key's claim if owner holds it. l.mu is held.
+func (l *lockSession) endOwn(key, owner store.MarkKey) {
+	if h, ok := l.held[key]; ok && h.owner == owner {
+		l.end(key)
+	}
+}
+
+// keep takes lock back from the locks to let go, for a claim that a
+// commit ended while its owner was taking it again; false if it was let
+// go already. l.mu is held.
+func (l *lockSession) keep(lock int64) bool {
+	for i, u := range l.unlock {
+		if u == lock {
+			l.unlock = append(l.unlock[:i], l.unlock[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// end removes key's claim from the table, and lets its lock go at the
+// session's next use. l.mu is held.
+func (l *lockSession) end(key store.MarkKey) {
+	if h, ok := l.held[key]; ok {
+		delete(l.held, key)
+		l.unlock = append(l.unlock, h.lock)
+	}
+}
+
+// ended ends the claims a committed Write ended: those of its marked keys,
+// whoever holds them, and those of w.Release that w.ReleaseOwner holds.
+func (l *lockSession) ended(w *store.Write) {
+	if len(w.Marks) == 0 && len(w.Release) == 0 {
+		return
+	}
+	l.mu.Lock()
+	before := len(l.unlock)
+	for i := range w.Marks {
+		l.end(w.Marks[i].Key)
+	}
+	for _, k := range w.Release {
+		if h, ok := l.held[k]; ok && h.owner == w.ReleaseOwner {
+			l.end(k)
+		}
+	}
+	ended := len(l.unlock) > before
+	l.mu.Unlock()
+	if ended {
+		l.signal()
+	}
+}
+
+// releaseOwner ends every claim owner holds.
+func (l *lockSession) releaseOwner(owner store.MarkKey) {
+	l.mu.Lock()
+	before := len(l.unlock)
+	for k, h := range l.held {
+		if h.owner == owner {
+			l.end(k)
+		}
+	}
+	ended := len(l.unlock) > before
+	l.mu.Unlock()
+	if ended {
+		l.signal()
+	}
+}
+
+// signal wakes the loop to let ended claims' locks go.
+func (l *lockSession) signal() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// loop lets ended claims' locks go soon after they end, sweeps claims
+// whose lease ended lockSweepGrace ago, and keeps an idle session alive,
+// until ctx is done.
+func (l *lockSession) loop(ctx context.Context) {
+	defer l.s.wg.Done()
+	t := time.NewTicker(lockHeartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.wake:
+		case <-t.C:
+			l.sweep(time.Now())
+		}
+		if err := l.flush(ctx); err != nil && ctx.Err() == nil {
+			l.s.log.Warn("postgres: the lock session of record claims failed; its claims ended, and the next claim opens another",
+				"schema", l.s.schema, "err", err)
+		}
+	}
+}
+
+// sweep ends the claims whose sweepAt passed at now.
+func (l *lockSession) sweep(now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, h := range l.held {
+		if now.After(h.sweepAt) {
+			l.end(k)
+		}
+	}
+}
+
+// flush lets the ended claims' locks go, or, with none, uses a session
+// idle for half of lockHeartbeat, so that the server keeps it.
+func (l *lockSession) flush(ctx context.Context) error {
+	l.callMu.Lock()
+	defer l.callMu.Unlock()
+	l.mu.Lock()
+	unlock := l.unlock
+	l.unlock = nil
+	l.mu.Unlock()
+	if l.conn == nil || (len(unlock) == 0 && time.Since(l.last) < lockHeartbeat/2) {
+		return nil // no session holds anything, or it was used lately
+	}
+	if unlock == nil {
+		unlock = []int64{}
+	}
+	return l.use(ctx, func(ctx context.Context, conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, l.s.q.unlock, unlock)
+		return err
+	})
+}
+
+// use runs f on the lock session, opening one if there is none. An error
+// of f leaves the session's locks unknown (a statement cut short may have
+// taken some), so the session is closed, which lets all of them go, and
+// every claim of the table ends; a fenced claim is the exception, refused
+// before it took or let go of anything. So that one caller's cancellation
+// cannot end every owner's claims, f runs under ctx's values but not its
+// cancellation, for lockCallTimeout at most. l.callMu is held.
+func (l *lockSession) use(ctx context.Context, f func(context.Context, *pgx.Conn) error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lockCallTimeout)
+	defer cancel()
+	if err := l.s.enter(); err != nil {
+		return err // closed: no session is opened again
+	}
+	if l.conn == nil {
+		conn, err := l.open(ctx)
+		if err != nil {
+			return fmt.Errorf("opening the lock session of record claims: %w", l.s.dbErr(err))
+		}
+		l.conn = conn
+	}
+	err := f(ctx, l.conn)
+	l.last = time.Now()
+	if err == nil {
+		return nil
+	}
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeFenced {
+		return err
+	}
+	l.lose()
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == "53200" {
+		err = fmt.Errorf("%w (PostgreSQL's lock table is full: raise max_locks_per_transaction, or claim fewer records at once)", err)
+	}
+	return fmt.Errorf("the lock session of record claims failed, and every claim it held ended: %w", l.s.dbErr(err))
+}
+
+// lose closes the lock session and ends every claim of the table.
+// l.callMu is held.
+func (l *lockSession) lose() {
+	if l.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), cancelGrace)
+		_ = l.conn.Close(ctx)
+		cancel()
+		l.conn = nil
+	}
+	l.mu.Lock()
+	clear(l.held)
+	l.unlock = nil
+	l.mu.Unlock()
+}
+
+// open connects a lock session with the pool's settings, and asks the
+// server to end it once it has been idle for lockSessionIdle (servers
+// before PostgreSQL 14 have no such setting, and rely on TCP keepalives
+// alone) and to probe a silent client's TCP connection every few seconds.
+func (l *lockSession) open(ctx context.Context) (*pgx.Conn, error) {
+	cfg := l.s.pool.Config().ConnConfig.Copy()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	idle := fmt.Sprintf("%dms", lockSessionIdle.Milliseconds())
+	settings := [][2]string{
+		{"idle_session_timeout", idle},
+		{"tcp_keepalives_idle", "10"}, {"tcp_keepalives_interval", "5"}, {"tcp_keepalives_count", "3"},
+	}
+	for _, kv := range settings {
+		if _, err := conn.Exec(ctx, "SELECT set_config($1, $2, false)", kv[0], kv[1]); err != nil {
+			if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == "42704" {
+				continue // an older server without the setting
+			}
+			_ = conn.Close(ctx)
+			return nil, fmt.Errorf("setting %s: %w", kv[0], err)
+		}
+	}
+	l.mu.Lock()
+	l.sessions++
+	l.mu.Unlock()
+	return conn, nil
+}
+
+// close ends the lock session, which lets every lock go. The loop has
+// stopped.
+func (l *lockSession) close() {
+	l.callMu.Lock()
+	defer l.callMu.Unlock()
+	l.lose()
+}

@@ -1,0 +1,244 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idem-run/idem/store"
+)
+
+// openPeer opens a second Store over h's schema: another process sharing
+// the store.
+func openPeer(t *testing.T, h *harness) *Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := New(ctx, h.dsn, WithSchema(h.schema), WithPurgeInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// twoStores opens two Stores over one fresh schema, as two processes, and
+// names an owner for each.
+func twoStores(t *testing.T) (a, b *Store, oa, ob store.MarkKey) {
+	t.Helper()
+	a, h := openStore(t, WithPurgeInterval(0))
+	return a, openPeer(t, h), store.MarkKeyOf("owner", "a"), store.MarkKeyOf("owner", "b")
+}
+
+// claimKeys claims keys for owner at now with a minute's lease, looking
+// marks up, and fails the test on an error.
+func claimKeys(t *testing.T, s *Store, owner store.MarkKey, keys ...store.MarkKey) *store.RecordClaims {
+	t.Helper()
+	now := time.Now()
+	c := &store.RecordClaims{Owner: owner, Keys: keys, Marks: true, Now: now, LeaseUntil: now.Add(time.Minute)}
+	if err := s.ClaimRecords(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// wantClaims fails the test unless c's statuses are want.
+func wantClaims(t *testing.T, what string, c *store.RecordClaims, want ...store.ClaimStatus) {
+	t.Helper()
+	if fmt.Sprint(c.Status) != fmt.Sprint(want) {
+		t.Fatalf("%s: Status %v, want %v", what, c.Status, want)
+	}
+}
+
+// eventually claims keys for owner until every one is acquired: a claim
+// another Store ended is let go by its lock session soon after, not at
+// once. No timing is asserted; the test fails only after a minute.
+func eventually(t *testing.T, what string, s *Store, owner store.MarkKey, keys ...store.MarkKey) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		c := claimKeys(t, s, owner, keys...)
+		if c.Held() == len(keys) {
+			for i, st := range c.Status {
+				if st != store.Acquired {
+					t.Fatalf("%s: key %d is %v", what, i, st)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still %v after a minute", what, c.Status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRecordClaimsAcrossStores: two Stores over one schema, as two
+// processes: a key one holds is in progress for the other until a commit
+// marks it (then completed at once), releases it, its shard releases its
+// owner's claims, or its Store closes; and a window held at one key takes
+// nothing past it.
+func TestRecordClaimsAcrossStores(t *testing.T) {
+	a, b, oa, ob := twoStores(t)
+	ctx := context.Background()
+	k := make([]store.MarkKey, 6)
+	for i := range k {
+		k[i] = store.MarkKeyOf("scope", fmt.Sprint("key-", i))
+	}
+	const A, P, C = store.Acquired, store.InProgress, store.Completed
+
+	wantClaims(t, "a", claimKeys(t, a, oa, k[0], k[1], k[2], k[3]), A, A, A, A)
+	c := claimKeys(t, b, ob, k[0])
+	wantClaims(t, "b over a's key", c, P)
+	if !c.HeldUntil.Equal(c.LeaseUntil) {
+		t.Fatalf("HeldUntil %v, want the claimer's own lease %v", c.HeldUntil, c.LeaseUntil)
+	}
+	wantClaims(t, "b held in the middle", claimKeys(t, b, ob, k[4], k[1], k[5]), A, P, 0)
+	// b kept nothing past the held key: a gets k[5].
+	eventually(t, "a past b's held key", a, oa, k[5])
+	wantClaims(t, "a over b's key", claimKeys(t, a, oa, k[4]), P)
+
+	// A mark ends the claim at once for every claimer: the mark is looked
+	// up when the lock cannot be taken.
+	w := &store.Write{
+		Checkpoint:    store.CheckpointKey{Mapping: "m", Stream: "in", Shard: "0"},
+		NewCheckpoint: store.Checkpoint{Sequence: "1"},
+		Marks:         []store.Mark{{Key: k[0], Expires: time.Now().Add(time.Hour)}},
+		Release:       []store.MarkKey{k[1]},
+		ReleaseOwner:  oa,
+	}
+	if err := a.Commit(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	wantClaims(t, "b over a's marked key", claimKeys(t, b, ob, k[0]), C)
+	eventually(t, "b over a's released key", b, ob, k[1])
+	if err := a.ReleaseRecordClaims(ctx, oa); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b over the keys a's owner let go", b, ob, k[2], k[3])
+	wantClaims(t, "a over b's keys", claimKeys(t, a, oa, k[2]), P)
+	b.Close()
+	eventually(t, "a after b closed", a, oa, k[1], k[2], k[3], k[4])
+}
+
+// TestRecordClaimsConcurrentStores: owners of two Stores claiming
+// overlapping windows at once, each in its own order, never fail, and no
+// key is acquired by two of them.
+func TestRecordClaimsConcurrentStores(t *testing.T) {
+	a, h := openStore(t, WithPurgeInterval(0))
+	stores := []*Store{a, openPeer(t, h)}
+	keys := make([]store.MarkKey, 64)
+	for i := range keys {
+		keys[i] = store.MarkKeyOf("scope", fmt.Sprint("concurrent-", i))
+	}
+	const owners = 8
+	results := make([]*store.RecordClaims, owners)
+	errs := make([]error, owners)
+	var wg sync.WaitGroup
+	now := time.Now()
+	for o := range owners {
+		window := make([]store.MarkKey, len(keys))
+		for i := range keys {
+			window[i] = keys[(i+o*7)%len(keys)]
+		}
+		results[o] = &store.RecordClaims{Owner: store.MarkKeyOf("owner", fmt.Sprint(o)), Keys: window, Now: now, LeaseUntil: now.Add(time.Minute)}
+		wg.Go(func() { errs[o] = stores[o%2].ClaimRecords(context.Background(), results[o]) })
+	}
+	wg.Wait()
+	holder := map[store.MarkKey]int{}
+	for o, c := range results {
+		if errs[o] != nil {
+			t.Fatalf("owner %d: %v", o, errs[o])
+		}
+		for i, st := range c.Status {
+			if st != store.Acquired {
+				continue
+			}
+			if prev, ok := holder[c.Keys[i]]; ok && prev != o {
+				t.Fatalf("key %d acquired by owners %d and %d", i, prev, o)
+			}
+			holder[c.Keys[i]] = o
+		}
+	}
+	if len(holder) == 0 {
+		t.Fatal("no owner acquired anything")
+	}
+}
+
+// TestLockSessionLost: when the lock session ends under a Store (its
+// connection cut, here by the server), its claims end, the other Store
+// takes them, the next claim reports the loss, and the one after it opens
+// a new session.
+func TestLockSessionLost(t *testing.T) {
+	a, b, oa, ob := twoStores(t)
+	ctx := context.Background()
+	k1, k2 := store.MarkKeyOf("scope", "lost-1"), store.MarkKeyOf("scope", "lost-2")
+	wantClaims(t, "a", claimKeys(t, a, oa, k1), store.Acquired)
+	a.locks.callMu.Lock()
+	pid := a.locks.conn.PgConn().PID()
+	a.locks.callMu.Unlock()
+	var ended bool
+	if err := b.pool.QueryRow(ctx, "SELECT pg_terminate_backend($1)", pid).Scan(&ended); err != nil || !ended {
+		t.Fatalf("pg_terminate_backend = %v, %v", ended, err)
+	}
+	eventually(t, "b after a's session ended", b, ob, k1)
+	now := time.Now()
+	err := a.ClaimRecords(ctx, &store.RecordClaims{Owner: oa, Keys: []store.MarkKey{k2}, Now: now, LeaseUntil: now.Add(time.Minute)})
+	if err == nil {
+		t.Fatal("the claim after the session ended did not report it")
+	}
+	t.Logf("reported: %v", err)
+	wantClaims(t, "a again", claimKeys(t, a, oa, k2, k1), store.Acquired, store.InProgress)
+	if n := a.locks.opened(); n != 2 {
+		t.Fatalf("%d lock sessions opened, want 2", n)
+	}
+}
+
+// TestFencedClaimKeepsLocks: a claim refused by its fence keeps nothing
+// it took, and keeps the session, and so every other claim of the Store.
+func TestFencedClaimKeepsLocks(t *testing.T) {
+	a, b, oa, ob := twoStores(t)
+	ctx := context.Background()
+	k1, k2 := store.MarkKeyOf("scope", "fenced-1"), store.MarkKeyOf("scope", "fenced-2")
+	wantClaims(t, "a", claimKeys(t, a, oa, k1), store.Acquired)
+	now := time.Now()
+	c := &store.RecordClaims{Owner: oa, Keys: []store.MarkKey{k2}, Now: now, LeaseUntil: now.Add(time.Minute),
+		Fence: &store.Fence{Key: store.MarkKeyOf("lease", "none"), Token: 7}}
+	if err := a.ClaimRecords(ctx, c); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("fenced claim: %v, want ErrFenced", err)
+	}
+	wantClaims(t, "b over a's key", claimKeys(t, b, ob, k1), store.InProgress)
+	eventually(t, "b over the fenced claim's key", b, ob, k2)
+	if n := a.locks.opened(); n != 1 {
+		t.Fatalf("%d lock sessions opened, want 1", n)
+	}
+}
+
+// TestLockSweep: a claim whose lease ended lockSweepGrace ago is let go by
+// the sweep, for other processes; one still within it is kept.
+func TestLockSweep(t *testing.T) {
+	a, b, oa, ob := twoStores(t)
+	ctx := context.Background()
+	k := store.MarkKeyOf("scope", "swept")
+	wantClaims(t, "a", claimKeys(t, a, oa, k), store.Acquired)
+	a.locks.sweep(time.Now().Add(time.Minute)) // the lease just ended
+	if err := a.locks.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantClaims(t, "b within the grace", claimKeys(t, b, ob, k), store.InProgress)
+	a.locks.sweep(time.Now().Add(time.Minute + lockSweepGrace + time.Second))
+	if err := a.locks.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantClaims(t, "b after the sweep", claimKeys(t, b, ob, k), store.Acquired)
+}
+
+// opened returns how many lock sessions l opened.
+func (l *lockSession) opened() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.sessions
+}
