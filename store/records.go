@@ -22,7 +22,10 @@ import (
 // A claim belongs to an Owner, not to a process: the engine names one
 // mapping's shard, so that whoever processes that shard next (after a
 // retry, a restart or a handover under shard leases) takes its own
-// claims again at once instead of waiting for them to expire.
+// claims again at once instead of waiting for them to expire. A store
+// whose claims stay with the process that took them
+// (RecordClaimReleaser) gets the same by ending them when the shard goes
+// idle or stops, or the process ends.
 type RecordClaims struct {
 	// Owner names who claims.
 	Owner MarkKey

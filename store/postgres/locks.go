@@ -97,8 +97,10 @@ type lockSession struct {
 	s    *Store
 	salt uint64
 
-	// callMu serializes the calls on conn (and so the claims: a claim
-	// decides from the table, calls, then writes the table, under it).
+	// callMu serializes the calls on conn, and so the taking of claims:
+	// take decides from the table, calls, and writes the table under it,
+	// so that no two claims of this process try one lock (a session's
+	// locks are counted: both would get it).
 	callMu sync.Mutex
 	conn   *pgx.Conn // nil until the first claim, and after a loss
 	last   time.Time // when conn was last used
