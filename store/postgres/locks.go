@@ -54,10 +54,13 @@ import (
 // The lock session needs a connection of its own, outside the pool and
 // not through a proxy that pools transactions (session locks would not
 // follow it), made at the first claim. Each held claim takes a slot of
-// PostgreSQL's lock table (max_locks_per_transaction × max_connections
-// slots, 6,400 by default), so the claims held at once (about shards ×
-// batchSize × parallelizationFactor) must fit in it beside the server's
-// other locks.
+// PostgreSQL's lock table (max_locks_per_transaction × (max_connections
+// + max_prepared_transactions) slots, 6,400 by default), so the claims
+// held at once (about shards × batchSize × parallelizationFactor) must fit
+// in it beside the server's other locks. A claim that would make one
+// Store's claims more than the table's size is refused with an error that
+// says so, rather than sent to fill the table, which would fail the call
+// and end every claim of the session.
 
 // lockSessionIdle is the lock session's idle_session_timeout: the server
 // ends a session that sent nothing for this long, which frees the claims
@@ -104,6 +107,9 @@ type lockSession struct {
 	callMu sync.Mutex
 	conn   *pgx.Conn // nil until the first claim, and after a loss
 	last   time.Time // when conn was last used
+	// room is how many locks the claims may hold at once: the size of
+	// the server's lock table, read when conn was opened.
+	room int
 
 	mu     sync.Mutex
 	held   map[store.MarkKey]heldClaim
@@ -233,7 +239,11 @@ func (l *lockSession) claim(ctx context.Context, c *store.RecordClaims) error {
 func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []int, plans []claimPlan, prev []heldClaim, locks []pgtype.Int8) ([]bool, error) {
 	l.callMu.Lock()
 	defer l.callMu.Unlock()
+	if err := l.connect(ctx); err != nil {
+		return nil, err
+	}
 	seen := make(map[store.MarkKey]int, len(c.Keys))
+	tries := 0
 	l.mu.Lock()
 	for i, k := range c.Keys {
 		if f, ok := seen[k]; ok {
@@ -245,11 +255,20 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 		switch {
 		case !ok:
 			plans[i], locks[i] = planLock, pgtype.Int8{Int64: l.lockID(k), Valid: true}
+			tries++
 		case h.owner == c.Owner || !c.Now.Before(h.until):
 			plans[i], prev[i] = planTake, h
 		default:
 			plans[i] = planOther
 		}
+	}
+	if held := len(l.held) + len(l.unlock); tries > 0 && held+tries > l.room {
+		// Past it, a full lock table would fail the call, and end every
+		// claim of the session with it.
+		l.mu.Unlock()
+		return nil, fmt.Errorf("%d record claims held and %d more asked for: over %d, the size of PostgreSQL's lock table "+
+			"(max_locks_per_transaction × (max_connections + max_prepared_transactions)): "+
+			"raise max_locks_per_transaction, or claim fewer records at once (shards × batchSize × parallelizationFactor)", held, tries, l.room)
 	}
 	unlock := l.unlock
 	l.unlock = nil
@@ -447,36 +466,44 @@ func (l *lockSession) flush(ctx context.Context) error {
 // use runs f on the lock session, opening one if there is none. An error
 // of f leaves the session's locks unknown (a statement cut short may have
 // taken some), so the session is closed, which lets all of them go, and
-// every claim of the table ends; a fenced claim is the exception, refused
-// before it took or let go of anything. So that one caller's cancellation
+// every claim of the table ends. So that one caller's cancellation
 // cannot end every owner's claims, f runs under ctx's values but not its
 // cancellation, for lockCallTimeout at most. l.callMu is held.
 func (l *lockSession) use(ctx context.Context, f func(context.Context, *pgx.Conn) error) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lockCallTimeout)
 	defer cancel()
-	if err := l.s.enter(); err != nil {
-		return err // closed: no session is opened again
-	}
-	if l.conn == nil {
-		conn, err := l.open(ctx)
-		if err != nil {
-			return fmt.Errorf("opening the lock session of record claims: %w", l.s.dbErr(err))
-		}
-		l.conn = conn
+	if err := l.connect(ctx); err != nil {
+		return err
 	}
 	err := f(ctx, l.conn)
 	l.last = time.Now()
 	if err == nil {
 		return nil
 	}
-	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeFenced {
-		return err
-	}
 	l.lose()
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == "53200" {
 		err = fmt.Errorf("%w (PostgreSQL's lock table is full: raise max_locks_per_transaction, or claim fewer records at once)", err)
 	}
 	return fmt.Errorf("the lock session of record claims failed, and every claim it held ended: %w", l.s.dbErr(err))
+}
+
+// connect opens the lock session if there is none, under ctx's values
+// but not its cancellation. l.callMu is held.
+func (l *lockSession) connect(ctx context.Context) error {
+	if err := l.s.enter(); err != nil {
+		return err // closed: no session is opened again
+	}
+	if l.conn != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lockCallTimeout)
+	defer cancel()
+	conn, room, err := l.open(ctx)
+	if err != nil {
+		return fmt.Errorf("opening the lock session of record claims: %w", l.s.dbErr(err))
+	}
+	l.conn, l.room = conn, room
+	return nil
 }
 
 // lose closes the lock session and ends every claim of the table.
@@ -498,11 +525,21 @@ func (l *lockSession) lose() {
 // server to end it once it has been idle for lockSessionIdle (servers
 // before PostgreSQL 14 have no such setting, and rely on TCP keepalives
 // alone) and to probe a silent client's TCP connection every few seconds.
-func (l *lockSession) open(ctx context.Context) (*pgx.Conn, error) {
+// It returns the session and the room its claims have: the size of the
+// server's lock table (which other processes and the server's own locks
+// share, so a claim within it may still find the table full).
+func (l *lockSession) open(ctx context.Context) (*pgx.Conn, int, error) {
 	cfg := l.s.pool.Config().ConnConfig.Copy()
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
+	}
+	var slots int64
+	err = conn.QueryRow(ctx, `SELECT current_setting('max_locks_per_transaction')::bigint *
+	(current_setting('max_connections')::bigint + current_setting('max_prepared_transactions')::bigint)`).Scan(&slots)
+	if err != nil {
+		_ = conn.Close(ctx)
+		return nil, 0, fmt.Errorf("reading the size of the lock table: %w", err)
 	}
 	idle := fmt.Sprintf("%dms", lockSessionIdle.Milliseconds())
 	settings := [][2]string{
@@ -515,13 +552,13 @@ func (l *lockSession) open(ctx context.Context) (*pgx.Conn, error) {
 				continue // an older server without the setting
 			}
 			_ = conn.Close(ctx)
-			return nil, fmt.Errorf("setting %s: %w", kv[0], err)
+			return nil, 0, fmt.Errorf("setting %s: %w", kv[0], err)
 		}
 	}
 	l.mu.Lock()
 	l.sessions++
 	l.mu.Unlock()
-	return conn, nil
+	return conn, int(slots), nil
 }
 
 // close ends the lock session, which lets every lock go. The loop has

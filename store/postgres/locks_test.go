@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -241,4 +242,33 @@ func (l *lockSession) opened() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.sessions
+}
+
+// TestLockRoom: a claim that would hold more locks than the session's room
+// (the size of the server's lock table) is refused with an error naming the
+// setting, before it takes anything, and the session and its claims stay.
+func TestLockRoom(t *testing.T) {
+	a, b, oa, ob := twoStores(t)
+	k := make([]store.MarkKey, 5)
+	for i := range k {
+		k[i] = store.MarkKeyOf("scope", fmt.Sprint("room-", i))
+	}
+	wantClaims(t, "a", claimKeys(t, a, oa, k[0]), store.Acquired)
+	a.locks.callMu.Lock()
+	if a.locks.room < 1000 {
+		t.Errorf("room %d: want the size of the server's lock table", a.locks.room)
+	}
+	a.locks.room = 3
+	a.locks.callMu.Unlock()
+	now := time.Now()
+	err := a.ClaimRecords(context.Background(), &store.RecordClaims{Owner: oa, Keys: k[1:], Now: now, LeaseUntil: now.Add(time.Minute)})
+	if err == nil || !strings.Contains(err.Error(), "max_locks_per_transaction") {
+		t.Fatalf("claim past the room: %v, want an error naming max_locks_per_transaction", err)
+	}
+	wantClaims(t, "b over a's key", claimKeys(t, b, ob, k[0]), store.InProgress)
+	wantClaims(t, "b over the refused keys", claimKeys(t, b, ob, k[1:]...), store.Acquired, store.Acquired, store.Acquired, store.Acquired)
+	wantClaims(t, "a within the room", claimKeys(t, a, oa, k[0], store.MarkKeyOf("scope", "room-5")), store.Acquired, store.Acquired)
+	if n := a.locks.opened(); n != 1 {
+		t.Fatalf("%d lock sessions opened, want 1", n)
+	}
 }
