@@ -556,8 +556,14 @@ $fn$;
 	// (locks.go). A row a key, upserted at the claim and deleted at the
 	// commit, cost more of the server's time than anything else a payload
 	// key does; a lock lives in shared memory and writes nothing.
-	// record_claims stays for the purge of rows an earlier version left.
+	// The function and table of the row claims are dropped: a process of
+	// an earlier version still running against this schema, which would
+	// claim keys where this one no longer looks, fails at its next claim
+	// instead of running a record this one runs too.
 	`
+DROP FUNCTION IF EXISTS {s}.claim_records(bytea[], bytea, timestamptz, timestamptz, boolean, bytea, bigint);
+DROP TABLE IF EXISTS {s}.record_claims;
+
 -- claim_locks releases the caller's session-level advisory locks
 -- p_unlock (claims that ended since the session's last call), then tries,
 -- without waiting, the lock of each p_locks entry that is not NULL, and
@@ -667,7 +673,7 @@ type queries struct {
 
 	failures string
 
-	purgeMarks, purgeCompletedClaims, purgeAbandonedClaims, purgeRecordClaims, purgeRangeClaims string
+	purgeMarks, purgeCompletedClaims, purgeAbandonedClaims, purgeRangeClaims string
 }
 
 func newQueries(ident string) queries {
@@ -720,8 +726,6 @@ ORDER BY f.id, r.position`),
 	SELECT key FROM {s}.claims WHERE status = 'COMPLETED' AND expires <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 		purgeAbandonedClaims: r.Replace(`DELETE FROM {s}.claims WHERE key IN (
 	SELECT key FROM {s}.claims WHERE status = 'ACQUIRED' AND lease_until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
-		purgeRecordClaims: r.Replace(`DELETE FROM {s}.record_claims WHERE key IN (
-	SELECT key FROM {s}.record_claims WHERE lease_until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 		purgeRangeClaims: r.Replace(`DELETE FROM {s}.range_claims WHERE (scope, stream, shard, mapping) IN (
 	SELECT scope, stream, shard, mapping FROM {s}.range_claims WHERE lease_until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 	}

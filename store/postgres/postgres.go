@@ -86,8 +86,8 @@
 // Completed and Lookup decide expiry from the time passed in, never from a
 // background delete, and so do ClaimRecords for the leases of record
 // claims. A purge goroutine (WithPurgeInterval) deletes expired marks,
-// idempotency records, and claim rows a crash (or an earlier version) left
-// behind, to reclaim space only; Close stops it.
+// idempotency records, and range claims a crash left behind, to reclaim
+// space only; Close stops it.
 //
 // # Progress and record claims
 //
@@ -103,8 +103,10 @@
 // is a row of range_claims (scope, stream, shard, mapping, seq_from,
 // seq_to, lease_until), one per mapping and shard, replaced by each call
 // of the function claim_range and deleted by the Commit that ends it
-// (EndRange). The record_claims table of earlier versions is kept, for
-// the purge of the rows they left.
+// (EndRange). Schema version 8 dropped the record_claims table and the
+// claim_records function of earlier versions, so that a process of one of
+// them still running fails at its next claim rather than claim where this
+// version does not look.
 //
 // Claims are not durable, on purpose: range_claims is an UNLOGGED table,
 // the function that takes a range commits asynchronously
@@ -379,10 +381,9 @@ func (s *Store) purgeLoop(ctx context.Context, interval time.Duration) {
 // Purge deletes, as of now, the completion marks that expired and the
 // idempotency records that no longer count (completed ones past their
 // expiry; in-progress ones whose lease ended over an hour ago), a chunk at a
-// time, and reports how many of each it deleted; claims counts the record
-// claim rows of earlier versions and range claims (ClaimRange) whose lease
-// ended over an hour ago too, which a crash or a shard that ended left
-// behind. The purge goroutine calls
+// time, and reports how many of each it deleted; claims counts range
+// claims (ClaimRange) whose lease ended over an hour ago too, which a crash
+// or a shard that ended left behind. The purge goroutine calls
 // it; tests and operators may call it directly. Purging changes no answer
 // of Completed or Lookup, which decide expiry from timestamps; fencing
 // tokens come from a sequence, so they keep increasing for a key whose
@@ -416,10 +417,6 @@ func (s *Store) Purge(ctx context.Context, now time.Time) (marks, claims int64, 
 	if err != nil {
 		return marks, done + abandoned, err
 	}
-	records, err := del("abandoned record claims", s.q.purgeRecordClaims, now.Add(-abandonedClaimGrace))
-	if err != nil {
-		return marks, done + abandoned + records, err
-	}
 	ranges, err := del("abandoned range claims", s.q.purgeRangeClaims, now.Add(-abandonedClaimGrace))
-	return marks, done + abandoned + records + ranges, err
+	return marks, done + abandoned + ranges, err
 }

@@ -77,32 +77,19 @@ func TestProgressMigratedPerMapping(t *testing.T) {
 	}
 }
 
-// TestPurgeRecordClaims: Purge deletes the record claim rows an earlier
-// version left (this one holds record claims as locks) once their lease
-// ended over an hour ago, and keeps the others; the rows decide nothing.
-func TestPurgeRecordClaims(t *testing.T) {
+// TestRowClaimsDropped: schema version 8 drops the record claims' table
+// and function, so that a process of an earlier version fails at its next
+// claim instead of claiming where this one does not look.
+func TestRowClaimsDropped(t *testing.T) {
 	s, _ := openStore(t, WithPurgeInterval(0))
 	ctx := context.Background()
-	now := time.Now().Truncate(time.Millisecond)
-	old, recent := store.MarkKeyOf("sc", "old"), store.MarkKeyOf("sc", "recent")
-	owner, other := store.MarkKeyOf("o", "a"), store.MarkKeyOf("o", "b")
 	ident := pgx.Identifier{s.schema}.Sanitize()
-	if _, err := s.pool.Exec(ctx, "INSERT INTO "+ident+".record_claims (key, owner, lease_until) VALUES ($1, $3, $4), ($2, $3, $5)",
-		old[:], recent[:], owner[:], now.Add(-2*time.Hour), now.Add(-30*time.Minute)); err != nil {
-		t.Fatal(err)
+	_, err := s.pool.Exec(ctx, "SELECT * FROM "+ident+".claim_records('{}', '\\x00', now(), now(), true, NULL, NULL)")
+	if err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("claim_records: %v, want it gone", err)
 	}
-	_, claims, err := s.Purge(ctx, now)
-	if err != nil || claims != 1 {
-		t.Fatalf("Purge = %d claims, %v; want 1", claims, err)
-	}
-	var n int
-	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM "+ident+".record_claims WHERE key = $1", recent[:]).Scan(&n); err != nil || n != 1 {
-		t.Fatalf("recent record claim rows = %d, %v; want 1", n, err)
-	}
-	// The rows hold nothing: another owner claims both keys.
-	c := store.RecordClaims{Owner: other, Keys: []store.MarkKey{old, recent}, Now: now, LeaseUntil: now.Add(time.Minute)}
-	if err := s.ClaimRecords(ctx, &c); err != nil || c.Held() != 2 {
-		t.Fatalf("ClaimRecords after the purge = %v, %v", c.Status, err)
+	if _, err := s.pool.Exec(ctx, "SELECT 1 FROM "+ident+".record_claims"); err == nil {
+		t.Fatal("record_claims is still there")
 	}
 }
 
