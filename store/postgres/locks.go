@@ -294,9 +294,11 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 		case p == planLock && got[i], p == planTake:
 			lock := l.lockID(k)
 			if _, ok := l.held[k]; p == planTake && !ok && !l.keep(lock) {
-				// Ended and let go before this call (which keep rules
-				// out, for nothing lets go while callMu is held): retake
-				// it as a lock not got.
+				// Its claim ended during the call, and its lock, which
+				// waits in l.unlock, is taken back by keep. Had it been
+				// let go already (which callMu rules out: only a call
+				// sends l.unlock), the key would be held by nobody: it
+				// is reported held, as a lock not got.
 				plans[i] = planLock
 				continue
 			}
