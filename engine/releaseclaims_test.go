@@ -2,6 +2,8 @@ package engine_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -64,4 +66,84 @@ func TestShardStopEndsRecordClaims(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestPayloadKeysAcrossProcesses: two engines, each over its own Store of
+// one PostgreSQL schema (two processes), run two mappings of one scope
+// over one stream whose every payload key comes twice, in two shards: four
+// claimers race for each key, two of them in each process. Every key runs
+// exactly once in all, and each mapping resolves every record.
+func TestPayloadKeysAcrossProcesses(t *testing.T) {
+	v := newEnv(t)
+	pg1 := storeKinds[1].open(t, v).(*postgres.Store)
+	pg2, err := postgres.New(context.Background(), testsvc.PostgresDSN(t), postgres.WithSchema(pg1.Schema()), postgres.WithPurgeInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg2.Close)
+	const keys, shards = 300, 4
+	v.stream("orders", shards)
+	// Two partition keys of different shards, found by putting a probe
+	// record under each of a few.
+	pks := make([]string, 0, 2)
+	for i := 0; len(pks) < 2; i++ {
+		if i == 64 {
+			t.Fatal("no two partition keys of different shards")
+		}
+		pk := fmt.Sprint("pk-", i)
+		v.put("orders", pk, `{"id": "probe"}`)
+		if len(pks) == 0 || shardOf(v, pk) != shardOf(v, pks[0]) {
+			pks = append(pks, pk)
+		}
+	}
+	var mu sync.Mutex
+	runs := map[string]int{}
+	count := gofunc.New(idem.RecordFunc(func(_ context.Context, r *idem.Record) error {
+		mu.Lock()
+		runs[r.IdempotencyKey]++
+		mu.Unlock()
+		time.Sleep(100 * time.Microsecond) // so that the claimers' windows overlap
+		return nil
+	}))
+	mapping := func(name string) engine.Mapping {
+		return engine.Mapping{Name: name, Stream: "orders", Source: v.source("orders"), Function: "ship", Invoker: count,
+			StartingPosition: source.TrimHorizon, KeyExpression: "id", Scope: "orders", BatchSize: 10}
+	}
+	v.store = pg1
+	e1, _ := v.run(mapping("a"))
+	v.store = pg2
+	e2, _ := v.run(mapping("b"))
+	// The records go in while both engines read.
+	for i := range keys {
+		for _, pk := range pks {
+			v.put("orders", pk, fmt.Sprintf(`{"id": "order-%d"}`, i))
+		}
+	}
+	total := len(v.records("orders"))
+	waitFor(t, "both mappings to resolve every record", func() bool {
+		t1, t2 := totals(e1), totals(e2)
+		return t1.Processed+t1.Skipped == uint64(total) && t2.Processed+t2.Skipped == uint64(total)
+	})
+	t.Logf("a: %+v; b: %+v", totals(e1), totals(e2))
+	mu.Lock()
+	defer mu.Unlock()
+	for k, n := range runs {
+		if n != 1 && k != "probe" {
+			t.Errorf("key %s ran %d times", k, n)
+		}
+	}
+	if len(runs) != keys+1 {
+		t.Errorf("%d keys ran, want %d", len(runs), keys+1)
+	}
+}
+
+// shardOf returns the shard the last record put under pk went to.
+func shardOf(v *env, pk string) string {
+	recs := v.records("orders")
+	for i := len(recs) - 1; i >= 0; i-- {
+		if recs[i].PartitionKey == pk {
+			return recs[i].ShardID
+		}
+	}
+	return ""
 }
