@@ -3,9 +3,13 @@ package engine_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/engine"
@@ -22,11 +26,7 @@ import (
 // process (a second Store over the same schema) takes the record's key at
 // once, not when the claim's lease of two function timeouts ends.
 func TestShardStopEndsRecordClaims(t *testing.T) {
-	v := newEnv(t)
-	pg := storeKinds[1].open(t, v).(*postgres.Store)
-	v.store = pg
-	v.stream("orders", 1)
-	v.put("orders", "p", `{"id": "order-1"}`)
+	v, pg := oneOrder(t)
 	started := make(chan struct{}, 1)
 	block := gofunc.New(idem.HandlerFunc(func(ctx context.Context, b *idem.Batch) (idem.BatchResult, error) {
 		select {
@@ -146,4 +146,71 @@ func shardOf(v *env, pk string) string {
 		}
 	}
 	return ""
+}
+
+// TestLostClaimIsRunAgain: when the lock session holding a record's claim
+// ends while the record runs (here the server ends it) and the Store
+// learns of it before the record's commit (here through another owner's
+// claim), the commit is refused, for another process may have run the
+// record meanwhile, and the shard runs it again under a new claim: its
+// state write commits once.
+func TestLostClaimIsRunAgain(t *testing.T) {
+	v, pg := oneOrder(t)
+	var runs atomic.Int32
+	h := gofunc.New(idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
+		if runs.Add(1) == 1 {
+			var ended bool
+			err := pgxQueryRow(t, "SELECT coalesce(bool_and(pg_terminate_backend(pid)), false) FROM pg_stat_activity WHERE application_name = $1",
+				postgres.LockSessionName(pg.Schema()), &ended)
+			if err != nil || !ended {
+				t.Errorf("ending the lock session: %v, %v", ended, err)
+			}
+			now := time.Now()
+			other := &store.RecordClaims{Owner: store.MarkKeyOf("owner", "other"), Keys: []store.MarkKey{store.MarkKeyOf("ship", "other")},
+				Now: now, LeaseUntil: now.Add(time.Minute)}
+			if err := pg.ClaimRecords(ctx, other); err == nil {
+				t.Error("the claim after the lock session ended did not report it")
+			}
+		}
+		st := idem.StateFrom(ctx)
+		n := 0
+		if b, err := st.Get(ctx, r.IdempotencyKey); err == nil {
+			n, _ = strconv.Atoi(string(b))
+		}
+		return st.Put(ctx, r.IdempotencyKey, []byte(strconv.Itoa(n+1)))
+	}))
+	e, _ := v.run(engine.Mapping{Name: "m", Stream: "orders", Source: v.source("orders"), Function: "ship", Invoker: h,
+		StartingPosition: source.TrimHorizon, KeyExpression: "id"})
+	waitFor(t, "the record to commit", func() bool { return totals(e).Processed == 1 })
+	if n := runs.Load(); n < 2 {
+		t.Errorf("the record ran %d times, want again after its claim was lost", n)
+	}
+	got, err := pg.State(context.Background(), "ship", "order-1")
+	if err != nil || string(got) != "1" {
+		t.Fatalf("state = %q, %v; want 1, committed once", got, err)
+	}
+}
+
+// oneOrder makes an engine environment over a PostgreSQL store, with a
+// stream of one shard that holds one order, {"id": "order-1"}.
+func oneOrder(t *testing.T) (*env, *postgres.Store) {
+	v := newEnv(t)
+	pg := storeKinds[1].open(t, v).(*postgres.Store)
+	v.store = pg
+	v.stream("orders", 1)
+	v.put("orders", "p", `{"id": "order-1"}`)
+	return v, pg
+}
+
+// pgxQueryRow runs query on a connection of its own to the test
+// PostgreSQL, scanning its one row into dest.
+func pgxQueryRow(t *testing.T, query string, args ...any) error {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, testsvc.PostgresDSN(t))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	dest := args[len(args)-1]
+	return conn.QueryRow(ctx, query, args[:len(args)-1]...).Scan(dest)
 }

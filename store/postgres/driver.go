@@ -197,6 +197,9 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	if err := s.enter(); err != nil {
 		return commitErr(w, err)
 	}
+	if err := s.locks.refuseLost(w); err != nil {
+		return commitErr(w, err)
+	}
 	b, err := s.writeBatch(w)
 	if err != nil {
 		return commitErr(w, err)

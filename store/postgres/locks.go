@@ -49,7 +49,11 @@ import (
 // restart, a failover, or a lost lock session (a broken connection) ends
 // them all, and records in flight then may run a second time,
 // concurrently with their first run. Their completion still commits
-// through Commit, durably.
+// through Commit, durably. Once the Store has learned that its session
+// was lost (at its next call there: any owner's claim, a release, the
+// heartbeat), a commit that marks a key whose claim went with it is
+// refused, so that the record runs again under a new claim instead,
+// rather than commit beside a run elsewhere (refuseLost).
 //
 // The lock session needs a connection of its own, outside the pool and
 // not through a proxy that pools transactions (session locks would not
@@ -78,6 +82,12 @@ const lockHeartbeat = 10 * time.Second
 // is free at once (the table decides), and another process waits this
 // much longer, the time a slow commit of the holder may still take.
 const lockSweepGrace = 30 * time.Second
+
+// LockSessionName is the application_name of the lock session a Store
+// over schema keeps for its record claims (pg_stat_activity shows it): a
+// connection outside the pool, made at the first claim, that holds them as
+// session-level advisory locks.
+func LockSessionName(schema string) string { return "idem record claims " + schema }
 
 // lockCallTimeout bounds one call on the lock session.
 const lockCallTimeout = 30 * time.Second
@@ -114,6 +124,11 @@ type lockSession struct {
 	mu     sync.Mutex
 	held   map[store.MarkKey]heldClaim
 	unlock []int64 // locks to let go at conn's next use
+	// lost holds the claims a lost session took with it, until each is
+	// taken again or swept (its sweepAt): a commit that marks one of them
+	// is refused (refuseLost), for its record may have run elsewhere
+	// meanwhile.
+	lost map[store.MarkKey]time.Time
 	// sessions counts the lock sessions opened, for tests.
 	sessions int
 
@@ -126,6 +141,7 @@ func newLockSession(s *Store) *lockSession {
 		s:    s,
 		salt: binary.BigEndian.Uint64(sum[:8]),
 		held: map[store.MarkKey]heldClaim{},
+		lost: map[store.MarkKey]time.Time{},
 		wake: make(chan struct{}, 1),
 	}
 }
@@ -220,6 +236,7 @@ func (l *lockSession) claim(ctx context.Context, c *store.RecordClaims) error {
 			c.Status[i], c.HeldUntil, held = store.InProgress, c.LeaseUntil, i
 		default:
 			c.Status[i] = store.Acquired
+			delete(l.lost, k)
 		}
 	}
 	if held < n {
@@ -364,6 +381,32 @@ func (l *lockSession) end(key store.MarkKey) {
 	}
 }
 
+// errClaimLost is wrapped by the error of a commit refused by refuseLost.
+var errClaimLost = errors.New("the record's claim was lost with the lock session of record claims")
+
+// refuseLost returns an error wrapping errClaimLost when w marks a key
+// whose claim a lost lock session took with it, and was not taken again
+// since: another process may have taken the key meanwhile and run its
+// record, so this run's commit must not land (its writes in the handler's
+// transaction are undone with it). The engine retries the commit, then
+// runs the window again from its checkpoint, claiming its keys anew. A
+// loss the Store has not learned of yet (no call on the session since),
+// or one after this check and before the commit lands, is not caught.
+func (l *lockSession) refuseLost(w *store.Write) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.lost) == 0 {
+		return nil
+	}
+	for i := range w.Marks {
+		if _, ok := l.lost[w.Marks[i].Key]; ok {
+			return fmt.Errorf("mark %x: %w (its connection ended): the record may have run elsewhere since, so this commit is refused and the key must be claimed again",
+				w.Marks[i].Key[:], errClaimLost)
+		}
+	}
+	return nil
+}
+
 // ended ends the claims a committed Write ended: those of its marked keys,
 // whoever holds them, and those of w.Release that w.ReleaseOwner holds.
 func (l *lockSession) ended(w *store.Write) {
@@ -442,6 +485,11 @@ func (l *lockSession) sweep(now time.Time) {
 			l.end(k)
 		}
 	}
+	for k, at := range l.lost {
+		if now.After(at) {
+			delete(l.lost, k)
+		}
+	}
 }
 
 // flush lets the ended claims' locks go, or, with none, uses a session
@@ -518,6 +566,9 @@ func (l *lockSession) lose() {
 		l.conn = nil
 	}
 	l.mu.Lock()
+	for k, h := range l.held {
+		l.lost[k] = h.sweepAt
+	}
 	clear(l.held)
 	l.unlock = nil
 	l.mu.Unlock()
@@ -532,6 +583,8 @@ func (l *lockSession) lose() {
 // share, so a claim within it may still find the table full).
 func (l *lockSession) open(ctx context.Context) (*pgx.Conn, int, error) {
 	cfg := l.s.pool.Config().ConnConfig.Copy()
+	// So that operators (and tests) can tell it in pg_stat_activity.
+	cfg.RuntimeParams["application_name"] = LockSessionName(l.s.schema)
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, 0, err

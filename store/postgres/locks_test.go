@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
 )
 
@@ -172,7 +173,8 @@ func TestRecordClaimsConcurrentStores(t *testing.T) {
 // TestLockSessionLost: when the lock session ends under a Store (its
 // connection cut, here by the server), its claims end, the other Store
 // takes them, the next claim reports the loss, and the one after it opens
-// a new session.
+// a new session; a commit that marks a key whose claim was lost is
+// refused until the key is claimed again.
 func TestLockSessionLost(t *testing.T) {
 	a, b, oa, ob := twoStores(t)
 	ctx := context.Background()
@@ -195,6 +197,30 @@ func TestLockSessionLost(t *testing.T) {
 	wantClaims(t, "a again", claimKeys(t, a, oa, k2, k1), store.Acquired, store.InProgress)
 	if n := a.locks.opened(); n != 2 {
 		t.Fatalf("%d lock sessions opened, want 2", n)
+	}
+
+	// The run a started under the lost claim of k1 must not commit: b may
+	// have run it meanwhile. k2, claimed by the new session, commits.
+	commit := func(key store.MarkKey, seq string) error {
+		return a.Commit(ctx, &store.Write{
+			Checkpoint:    store.CheckpointKey{Mapping: "m", Stream: "in", Shard: "0"},
+			NewCheckpoint: store.Checkpoint{Sequence: idem.Sequence(seq)},
+			Marks:         []store.Mark{{Key: key, Expires: time.Now().Add(time.Hour)}},
+		})
+	}
+	if err := commit(k1, "1"); !errors.Is(err, errClaimLost) {
+		t.Fatalf("commit of the lost claim's mark: %v, want errClaimLost", err)
+	}
+	if err := commit(k2, "2"); err != nil {
+		t.Fatalf("commit of the new session's claim: %v", err)
+	}
+	// Once b is done with k1 and a claims it again, a's commit lands.
+	if err := b.ReleaseRecordClaims(ctx, ob); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a after b let k1 go", a, oa, k1)
+	if err := commit(k1, "3"); err != nil {
+		t.Fatalf("commit after claiming k1 again: %v", err)
 	}
 }
 
