@@ -11,7 +11,7 @@ import (
 )
 
 // Records run only under a claim (store.RecordClaims): a window's records
-// are claimed together, in one round trip, before any of them runs, and
+// are claimed together, in one call of the store, before any of them runs, and
 // each claim ends with the commit that resolves its record. Completion
 // marks and progress say that a record ran; the claim says that it is
 // running, so that two shards reading one payload key, or two mappings of

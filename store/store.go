@@ -282,7 +282,8 @@ type Driver interface {
 	ScopeProgress(ctx context.Context, key ProgressKey) ([]MappingProgress, error)
 
 	// ClaimRecords takes claims on records' idempotency keys before they
-	// run, in one round trip; see RecordClaims.
+	// run, a window's keys together, in a round trip or two (not one per
+	// key); see RecordClaims.
 	ClaimRecords(ctx context.Context, c *RecordClaims) error
 
 	// ClaimRange claims a range of a shard's sequences for one mapping of a

@@ -197,9 +197,6 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	if err := s.enter(); err != nil {
 		return commitErr(w, err)
 	}
-	if err := s.locks.refuseLost(w); err != nil {
-		return commitErr(w, err)
-	}
 	b, err := s.writeBatch(w)
 	if err != nil {
 		return commitErr(w, err)
@@ -232,9 +229,13 @@ func (s *Store) batchErr(w *store.Write, err error) error {
 
 // writeBatch returns w's statements, in the order Commit documents, for
 // Commit (an implicit transaction) and Tx.Commit (inside the handler's
-// transaction) alike.
+// transaction) alike; it refuses a w that marks a key whose record claim
+// was lost (lockSession.refuseLost).
 func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
 	if err := validate(w); err != nil {
+		return nil, err
+	}
+	if err := s.locks.refuseLost(w); err != nil {
 		return nil, err
 	}
 	cp := &w.Checkpoint

@@ -186,7 +186,7 @@ func (l *lockSession) claim(ctx context.Context, c *store.RecordClaims) error {
 		return err
 	}
 
-	marked := make([]bool, n)
+	var marked []bool
 	if c.Marks || c.Fence != nil {
 		var fenceKey []byte
 		var fenceToken pgtype.Int8
@@ -204,16 +204,26 @@ func (l *lockSession) claim(ctx context.Context, c *store.RecordClaims) error {
 			err = fmt.Errorf("%d marks answered for %d keys", len(found), n)
 		}
 		if err != nil {
-			l.giveBack(c, 0, plans, prev)
+			l.ending(func() { l.giveBack(c, 0, plans, prev) })
 			return l.s.claimErr(c.Fence, err)
 		}
 		if c.Marks {
 			marked = found
 		}
 	}
+	if marked == nil {
+		marked = make([]bool, n)
+	}
 
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.ending(func() { l.settle(c, first, plans, prev, got, marked) })
+	return nil
+}
+
+// settle sets each key's status from its plan, its lock and its mark,
+// ends the claims of marked keys, and gives back what take wrote past the
+// first key held elsewhere. l.mu is held.
+func (l *lockSession) settle(c *store.RecordClaims, first []int, plans []claimPlan, prev []heldClaim, got, marked []bool) {
+	n := len(c.Keys)
 	held := n
 	for i, k := range c.Keys {
 		switch {
@@ -240,12 +250,8 @@ func (l *lockSession) claim(ctx context.Context, c *store.RecordClaims) error {
 		}
 	}
 	if held < n {
-		l.giveBackLocked(c, held+1, plans, prev)
+		l.giveBack(c, held+1, plans, prev)
 	}
-	if len(l.unlock) > 0 {
-		l.signal()
-	}
-	return nil
 }
 
 // take decides each key's plan, tries the locks of the planLock keys on
@@ -325,19 +331,23 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 	return got, nil
 }
 
-// giveBack undoes what take wrote for c's keys from place from on: a claim
-// the caller held before gets its earlier lease back, any other ends.
-func (l *lockSession) giveBack(c *store.RecordClaims, from int, plans []claimPlan, prev []heldClaim) {
+// ending runs f, which ends claims, with l.mu held, and wakes the loop to
+// let their locks go if it ended any.
+func (l *lockSession) ending(f func()) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.giveBackLocked(c, from, plans, prev)
-	if len(l.unlock) > 0 {
+	before := len(l.unlock)
+	f()
+	ended := len(l.unlock) > before
+	l.mu.Unlock()
+	if ended {
 		l.signal()
 	}
 }
 
-// giveBackLocked is giveBack with l.mu held.
-func (l *lockSession) giveBackLocked(c *store.RecordClaims, from int, plans []claimPlan, prev []heldClaim) {
+// giveBack undoes what take wrote for c's keys from place from on: a claim
+// the caller held before gets its earlier lease back, any other ends.
+// l.mu is held.
+func (l *lockSession) giveBack(c *store.RecordClaims, from int, plans []claimPlan, prev []heldClaim) {
 	for i := from; i < len(c.Keys); i++ {
 		k := c.Keys[i]
 		switch plans[i] {
@@ -413,37 +423,25 @@ func (l *lockSession) ended(w *store.Write) {
 	if len(w.Marks) == 0 && len(w.Release) == 0 {
 		return
 	}
-	l.mu.Lock()
-	before := len(l.unlock)
-	for i := range w.Marks {
-		l.end(w.Marks[i].Key)
-	}
-	for _, k := range w.Release {
-		if h, ok := l.held[k]; ok && h.owner == w.ReleaseOwner {
-			l.end(k)
+	l.ending(func() {
+		for i := range w.Marks {
+			l.end(w.Marks[i].Key)
 		}
-	}
-	ended := len(l.unlock) > before
-	l.mu.Unlock()
-	if ended {
-		l.signal()
-	}
+		for _, k := range w.Release {
+			l.endOwn(k, w.ReleaseOwner)
+		}
+	})
 }
 
 // releaseOwner ends every claim owner holds.
 func (l *lockSession) releaseOwner(owner store.MarkKey) {
-	l.mu.Lock()
-	before := len(l.unlock)
-	for k, h := range l.held {
-		if h.owner == owner {
-			l.end(k)
+	l.ending(func() {
+		for k, h := range l.held {
+			if h.owner == owner {
+				l.end(k)
+			}
 		}
-	}
-	ended := len(l.unlock) > before
-	l.mu.Unlock()
-	if ended {
-		l.signal()
-	}
+	})
 }
 
 // signal wakes the loop to let ended claims' locks go.
@@ -513,8 +511,8 @@ func (l *lockSession) flush(ctx context.Context) error {
 	})
 }
 
-// use runs f on the lock session, opening one if there is none. An error
-// of f leaves the session's locks unknown (a statement cut short may have
+// use runs f on the lock session, which the caller made sure of (connect,
+// or a check for nil). An error of f leaves the session's locks unknown (a statement cut short may have
 // taken some), so the session is closed, which lets all of them go, and
 // every claim of the table ends. So that one caller's cancellation
 // cannot end every owner's claims, f runs under ctx's values but not its
@@ -522,9 +520,6 @@ func (l *lockSession) flush(ctx context.Context) error {
 func (l *lockSession) use(ctx context.Context, f func(context.Context, *pgx.Conn) error) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lockCallTimeout)
 	defer cancel()
-	if err := l.connect(ctx); err != nil {
-		return err
-	}
 	err := f(ctx, l.conn)
 	l.last = time.Now()
 	if err == nil {

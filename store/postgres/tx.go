@@ -453,9 +453,6 @@ func (t *Tx) commit(ctx context.Context, w *store.Write) error {
 		// later, from a handler that kept the transaction.
 		return errors.New("postgres: statements were deferred after the batch's last flush and never sent")
 	}
-	if err := t.s.locks.refuseLost(w); err != nil {
-		return err
-	}
 	b, err := t.s.writeBatch(w)
 	if err != nil {
 		return err
