@@ -122,9 +122,6 @@ func (h *harness) Reopen(ctx context.Context, tb testing.TB, crashed store.Drive
 	return h.open(ctx, tb, s.Schema())
 }
 
-// DriverRecordClaims: record claims are locks of the Store's session.
-func (h *harness) DriverRecordClaims() {}
-
 func TestConformance(t *testing.T) { storetest.RunConformance(t, newHarness(t)) }
 
 // legacyHarness gives every store a schema of its own; Upgrade takes the

@@ -518,20 +518,13 @@ type ProcessLocalClaims interface {
 	ProcessLocalClaims()
 }
 
-// DriverRecordClaims is implemented by a Harness whose store's record
-// claims last as long as the driver that took them and no longer
-// (PostgreSQL's, locks of the driver's own session), though the store is
-// shared: a restart ends them, as it ends the runs they guarded, so the
-// suite does not expect them after Reopen. Its range claims outlive the
-// driver, and the suite still expects those.
-type DriverRecordClaims interface {
-	DriverRecordClaims()
-}
-
 // recordClaimsOutliveDriver reports whether the store's record claims
-// survive a Reopen.
+// survive a Reopen: not when they live in one process's memory
+// (ProcessLocalClaims), nor when they stay with the driver that took them
+// (store.RecordClaimReleaser: PostgreSQL's, locks of the driver's own
+// session), whose restart ends them as it ends the runs they guarded.
 func (f *fixture) recordClaimsOutliveDriver() bool {
 	_, local := f.h.(ProcessLocalClaims)
-	_, driver := f.h.(DriverRecordClaims)
+	_, driver := f.d.(store.RecordClaimReleaser)
 	return !local && !driver
 }
