@@ -258,7 +258,10 @@ func (s *shard) commitWrite(ctx context.Context, c *commit) error {
 			refused = true // it never will fit: runBatch commits fewer records
 			return fmt.Errorf("committing checkpoint %q: %w", cp.Sequence, err)
 		}
-		if ctx.Err() != nil || attempt == 5 || errors.Is(err, store.ErrFenced) {
+		// Neither a fenced commit nor one whose record claim was lost is
+		// tried again: the shard stops, or runs the window again from its
+		// checkpoint under new claims.
+		if ctx.Err() != nil || attempt == 5 || errors.Is(err, store.ErrFenced) || errors.Is(err, store.ErrRecordClaimLost) {
 			return fmt.Errorf("committing checkpoint %q: %w", cp.Sequence, err)
 		}
 		if cp != s.cp && s.landed(ctx, cp) {

@@ -181,7 +181,10 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // number), the progress, the marks (one multi-row upsert over unnest
 // arrays; of repeated keys the last wins), the state writes (one upsert and
 // one delete over unnest arrays; of repeated keys the last op wins), and
-// one statement per on-failure batch with its records. Once it committed,
+// one statement per on-failure batch with its records, and, last, when w
+// marks keys whose record claims this Store holds, their gate
+// (commit_gate, locks.go), which raises, aborting the commit, if the lock
+// session that held them has ended. Once it committed,
 // the record claims that the marks replace (whoever's) and that w.Release
 // ends (w.ReleaseOwner's only) end, and their locks are let go soon after,
 // off the commit's path (locks.go). With w.EndRange, the range claim of
@@ -190,21 +193,22 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // that ended it. Rows are written in key order, so concurrent Commits lock
 // shared rows in one order. Commit does not keep w.
 //
-// Errors: store.ErrCheckpointBackwards and store.ErrFenced (nothing
-// written), store.ErrClosed,
+// Errors: store.ErrCheckpointBackwards, store.ErrFenced and
+// store.ErrRecordClaimLost (nothing written), store.ErrClosed,
 // an invalid sequence, and PostgreSQL's errors; all name the checkpoint.
 func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	if err := s.enter(); err != nil {
 		return commitErr(w, err)
 	}
-	b, err := s.writeBatch(w)
+	b, g, err := s.writeBatch(w)
 	if err != nil {
 		return commitErr(w, err)
 	}
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+	err = s.pool.SendBatch(ctx, b).Close()
+	s.locks.done(g, w, err == nil)
+	if err != nil {
 		return commitErr(w, s.batchErr(w, err))
 	}
-	s.locks.ended(w)
 	return nil
 }
 
@@ -216,7 +220,8 @@ func commitErr(w *store.Write, err error) error {
 
 // batchErr turns the error of w's batch into store.ErrCheckpointBackwards
 // when put_checkpoint refused to move the checkpoint backwards, and into
-// store.ErrFenced when check_fence refused w's fence.
+// store.ErrFenced when check_fence refused w's fence, and into
+// store.ErrRecordClaimLost when commit_gate found the lock session gone.
 func (s *Store) batchErr(w *store.Write, err error) error {
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeBackwards {
 		return fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, pe.Detail, w.NewCheckpoint.Sequence)
@@ -224,19 +229,26 @@ func (s *Store) batchErr(w *store.Write, err error) error {
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeFenced && w.Fence != nil {
 		return fmt.Errorf("%w: fence %x token %d (held: %s)", store.ErrFenced, w.Fence.Key[:], w.Fence.Token, pe.Detail)
 	}
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeSessionLost {
+		return fmt.Errorf("%w: %s: the records may have run elsewhere since, so this commit is refused and their keys must be claimed again",
+			store.ErrRecordClaimLost, pe.Message)
+	}
 	return s.dbErr(err)
 }
 
 // writeBatch returns w's statements, in the order Commit documents, for
 // Commit (an implicit transaction) and Tx.Commit (inside the handler's
-// transaction) alike; it refuses a w that marks a key whose record claim
-// was lost (lockSession.refuseLost).
-func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
+// transaction) alike. It refuses a w that marks a key whose record claim
+// was lost, and gates a w that marks keys whose claims this Store holds
+// (lockSession.gate): the caller passes the gate it returns to
+// lockSession.done once the commit ended.
+func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, *commitGate, error) {
 	if err := validate(w); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := s.locks.refuseLost(w); err != nil {
-		return nil, err
+	g, err := s.locks.gate(w)
+	if err != nil {
+		return nil, nil, err
 	}
 	cp := &w.Checkpoint
 	nc := &w.NewCheckpoint
@@ -272,7 +284,10 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, error) {
 		}
 		b.Queue(s.q.putFailure, escape(f.Destination), meta, a.streams, a.shards, a.seqs, a.keys, a.data, a.arrivals)
 	}
-	return b, nil
+	if g != nil {
+		b.Queue(s.q.commitGate, g.locks, s.locks.gateSalt, g.live)
+	}
+	return b, g, nil
 }
 
 // progressArgs are put_checkpoint_progress's arguments for w's progress:

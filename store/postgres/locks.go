@@ -2,10 +2,12 @@ package postgres
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -49,11 +51,17 @@ import (
 // restart, a failover, or a lost lock session (a broken connection) ends
 // them all, and records in flight then may run a second time,
 // concurrently with their first run. Their completion still commits
-// through Commit, durably. Once the Store has learned that its session
-// was lost (at its next call there: any owner's claim, a release, the
-// heartbeat), a commit that marks a key whose claim went with it is
-// refused, so that the record runs again under a new claim instead,
-// rather than commit beside a run elsewhere (refuseLost).
+// through Commit, durably. But a run under a lost claim does not commit
+// beside a run elsewhere: a commit that ends claims of the lock session is
+// gated (commitGate). In its own transaction it takes each key's gate, a
+// second lock that a claimer takes for an instant after the key's lock,
+// and checks that the session still holds its liveness lock; if the
+// session ended, the commit is refused (store.ErrRecordClaimLost), and the
+// record runs again under a new claim. A claimer that finds a gate taken
+// calls the key held, so it looks the key's mark up only once the commit
+// has ended. A claim swept after its lease is lost likewise, and a claim
+// that ends while a commit of its key is in flight keeps its lock until
+// that commit ends.
 //
 // The lock session needs a connection of its own, outside the pool and
 // not through a proxy that pools transactions (session locks would not
@@ -92,6 +100,12 @@ func LockSessionName(schema string) string { return "idem record claims " + sche
 // lockCallTimeout bounds one call on the lock session.
 const lockCallTimeout = 30 * time.Second
 
+// lockLostKeep is how long a claim the sweep let go is remembered as lost
+// (lockSession.lost): a late commit of its run within it is refused. A run
+// that goes on longer renews its claims first, which takes the key again
+// or finds it taken.
+const lockLostKeep = 10 * time.Minute
+
 // heldClaim is one key's claim in the lock session's table.
 type heldClaim struct {
 	owner store.MarkKey
@@ -109,6 +123,9 @@ type heldClaim struct {
 type lockSession struct {
 	s    *Store
 	salt uint64
+	// gateSalt turns a key's lock into its gate's (lock XOR gateSalt), a
+	// lock of the same space: a collision costs a wait, no more.
+	gateSalt int64
 
 	// callMu serializes the calls on conn, and so the taking of claims:
 	// take decides from the table, calls, and writes the table under it,
@@ -124,10 +141,20 @@ type lockSession struct {
 	mu     sync.Mutex
 	held   map[store.MarkKey]heldClaim
 	unlock []int64 // locks to let go at conn's next use
-	// lost holds the claims a lost session took with it, until each is
-	// taken again or swept (its sweepAt): a commit that marks one of them
-	// is refused (refuseLost), for its record may have run elsewhere
-	// meanwhile.
+	// live is the liveness lock of conn, which it holds while it lives:
+	// a random ID taken when it was opened. Gated commits check it.
+	live int64
+	// committing counts, for each key the table held when a commit that
+	// marks it began, the commits of it in flight; parked counts the
+	// locks of those keys whose claims ended meanwhile. They are let go
+	// once the key's last commit ended (done), so that nobody takes the
+	// key while a commit of it may still land.
+	committing map[store.MarkKey]int
+	parked     map[store.MarkKey]int
+	// lost holds the claims a lost session took with it, or the sweep let
+	// go, until each is taken again or its time passes: a commit that
+	// marks one of them is refused (gate), for its record may have run
+	// elsewhere meanwhile.
 	lost map[store.MarkKey]time.Time
 	// sessions counts the lock sessions opened, for tests.
 	sessions int
@@ -138,11 +165,14 @@ type lockSession struct {
 func newLockSession(s *Store) *lockSession {
 	sum := sha256.Sum256([]byte("idem record claims\x00" + s.schema))
 	return &lockSession{
-		s:    s,
-		salt: binary.BigEndian.Uint64(sum[:8]),
-		held: map[store.MarkKey]heldClaim{},
-		lost: map[store.MarkKey]time.Time{},
-		wake: make(chan struct{}, 1),
+		s:          s,
+		salt:       binary.BigEndian.Uint64(sum[:8]),
+		gateSalt:   int64(binary.BigEndian.Uint64(sum[8:16])),
+		held:       map[store.MarkKey]heldClaim{},
+		committing: map[store.MarkKey]int{},
+		parked:     map[store.MarkKey]int{},
+		lost:       map[store.MarkKey]time.Time{},
+		wake:       make(chan struct{}, 1),
 	}
 }
 
@@ -285,7 +315,9 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 			plans[i] = planOther
 		}
 	}
-	if held := len(l.held) + len(l.unlock); tries > 0 && held+tries > l.room {
+	// Gated commits take a lock for each key they mark, and the session
+	// holds its liveness lock.
+	if held := len(l.held) + len(l.unlock) + len(l.parked) + len(l.committing) + 1; tries > 0 && held+tries > l.room {
 		// Past it, a full lock table would fail the call, and end every
 		// claim of the session with it.
 		l.mu.Unlock()
@@ -301,7 +333,7 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 	}
 	var got []bool
 	err := l.use(ctx, func(ctx context.Context, conn *pgx.Conn) error {
-		return conn.QueryRow(ctx, l.s.q.claimLocks, locks, unlock).Scan(&got)
+		return conn.QueryRow(ctx, l.s.q.claimLocks, locks, unlock, l.gateSalt).Scan(&got)
 	})
 	if err == nil && len(got) != len(locks) {
 		err = fmt.Errorf("%d locks answered for %d keys", len(got), len(locks))
@@ -315,17 +347,17 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 	for i, k := range c.Keys {
 		switch p := plans[i]; {
 		case p == planLock && got[i], p == planTake:
-			lock := l.lockID(k)
-			if _, ok := l.held[k]; p == planTake && !ok && !l.keep(lock) {
+			if _, ok := l.held[k]; p == planTake && !ok && !l.keep(k) {
 				// Its claim ended during the call, and its lock, which
-				// waits in l.unlock, is taken back by keep. Had it been
-				// let go already (which callMu rules out: only a call
-				// sends l.unlock), the key would be held by nobody: it
-				// is reported held, as a lock not got.
+				// waits in l.unlock or l.parked, is taken back by
+				// keep. Had it been let go already (which callMu rules
+				// out: only a call sends l.unlock), the key would be
+				// held by nobody: it is reported held, as a lock not
+				// got.
 				plans[i] = planLock
 				continue
 			}
-			l.held[k] = heldClaim{owner: c.Owner, until: c.LeaseUntil, sweepAt: sweepAt, lock: lock}
+			l.held[k] = heldClaim{owner: c.Owner, until: c.LeaseUntil, sweepAt: sweepAt, lock: l.lockID(k)}
 		}
 	}
 	return got, nil
@@ -369,10 +401,15 @@ func (l *lockSession) endOwn(key, owner store.MarkKey) {
 	}
 }
 
-// keep takes lock back from the locks to let go, for a claim that a
+// keep takes key's lock back from the locks to let go, for a claim that a
 // commit ended while its owner was taking it again; false if it was let
 // go already. l.mu is held.
-func (l *lockSession) keep(lock int64) bool {
+func (l *lockSession) keep(key store.MarkKey) bool {
+	if n := l.parked[key]; n > 0 {
+		l.unpark(key, n-1)
+		return true
+	}
+	lock := l.lockID(key)
 	for i, u := range l.unlock {
 		if u == lock {
 			l.unlock = append(l.unlock[:i], l.unlock[i+1:]...)
@@ -383,53 +420,114 @@ func (l *lockSession) keep(lock int64) bool {
 }
 
 // end removes key's claim from the table, and lets its lock go at the
-// session's next use. l.mu is held.
+// session's next use, or, while a commit of the key is in flight, once
+// that commit ended. l.mu is held.
 func (l *lockSession) end(key store.MarkKey) {
-	if h, ok := l.held[key]; ok {
-		delete(l.held, key)
-		l.unlock = append(l.unlock, h.lock)
+	h, ok := l.held[key]
+	if !ok {
+		return
+	}
+	delete(l.held, key)
+	if l.committing[key] > 0 {
+		l.parked[key]++
+		return
+	}
+	l.unlock = append(l.unlock, h.lock)
+}
+
+// unpark sets key's parked locks to n. l.mu is held.
+func (l *lockSession) unpark(key store.MarkKey, n int) {
+	if n == 0 {
+		delete(l.parked, key)
+	} else {
+		l.parked[key] = n
 	}
 }
 
-// errClaimLost is wrapped by the error of a commit refused by refuseLost.
-var errClaimLost = errors.New("the record's claim was lost with the lock session of record claims")
+// commitGate is what a commit that marks keys the table holds carries in
+// flight, from gate to done: those keys, whose locks no ending claim lets
+// go until it ended, and their locks, sorted, for commit_gate, which
+// takes their gates in the commit's transaction and checks that the
+// session that holds them, known by its liveness lock live, still lives.
+type commitGate struct {
+	keys  []store.MarkKey
+	locks []int64
+	live  int64
+}
 
-// refuseLost returns an error wrapping errClaimLost when w marks a key
-// whose claim a lost lock session took with it, and was not taken again
-// since: another process may have taken the key meanwhile and run its
-// record, so this run's commit must not land (its writes in the handler's
-// transaction are undone with it). The engine retries the commit, then
-// runs the window again from its checkpoint, claiming its keys anew. A
-// loss the Store has not learned of yet (no call on the session since),
-// or one after this check and before the commit lands, is not caught.
-func (l *lockSession) refuseLost(w *store.Write) error {
+// gate refuses a Write that marks a key whose claim was lost
+// (store.ErrRecordClaimLost), and returns the gate of w's marks that the
+// table holds, or nil if it holds none of them. The caller sends
+// commit_gate last before the commit, and calls done once it ended.
+func (l *lockSession) gate(w *store.Write) (*commitGate, error) {
+	if len(w.Marks) == 0 {
+		return nil, nil
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.lost) == 0 {
-		return nil
-	}
+	var g *commitGate
 	for i := range w.Marks {
-		if _, ok := l.lost[w.Marks[i].Key]; ok {
-			return fmt.Errorf("mark %x: %w (its connection ended): the record may have run elsewhere since, so this commit is refused and the key must be claimed again",
-				w.Marks[i].Key[:], errClaimLost)
+		k := w.Marks[i].Key
+		if _, ok := l.lost[k]; ok {
+			l.drop(g)
+			return nil, fmt.Errorf("mark %x: %w (its lock session ended, or it was swept after its lease): "+
+				"the record may have run elsewhere since, so this commit is refused and the key must be claimed again",
+				k[:], store.ErrRecordClaimLost)
 		}
+		h, ok := l.held[k]
+		if !ok {
+			continue // not a claim of this process: a key by identity
+		}
+		if g == nil {
+			g = &commitGate{live: l.live}
+		}
+		g.keys = append(g.keys, k)
+		g.locks = append(g.locks, h.lock)
+		l.committing[k]++
 	}
-	return nil
+	if g != nil {
+		slices.Sort(g.locks)
+		g.locks = slices.Compact(g.locks)
+	}
+	return g, nil
 }
 
-// ended ends the claims a committed Write ended: those of its marked keys,
-// whoever holds them, and those of w.Release that w.ReleaseOwner holds.
-func (l *lockSession) ended(w *store.Write) {
-	if len(w.Marks) == 0 && len(w.Release) == 0 {
+// drop ends g's hold on its keys, and lets go the locks parked until their
+// last commit ended. l.mu is held.
+func (l *lockSession) drop(g *commitGate) {
+	if g == nil {
+		return
+	}
+	for _, k := range g.keys {
+		if n := l.committing[k] - 1; n > 0 {
+			l.committing[k] = n
+			continue
+		}
+		delete(l.committing, k)
+		for range l.parked[k] {
+			l.unlock = append(l.unlock, l.lockID(k))
+		}
+		delete(l.parked, k)
+	}
+}
+
+// done ends a commit of w, whose gate was g (nil when it had none). If it
+// landed, the claims it ended end: those of its marked keys, whoever holds
+// them, and those of w.Release that w.ReleaseOwner holds.
+func (l *lockSession) done(g *commitGate, w *store.Write, landed bool) {
+	if g == nil && (!landed || len(w.Marks) == 0 && len(w.Release) == 0) {
 		return
 	}
 	l.ending(func() {
-		for i := range w.Marks {
-			l.end(w.Marks[i].Key)
+		if landed {
+			for i := range w.Marks {
+				l.end(w.Marks[i].Key)
+			}
+			for _, k := range w.Release {
+				l.endOwn(k, w.ReleaseOwner)
+			}
 		}
-		for _, k := range w.Release {
-			l.endOwn(k, w.ReleaseOwner)
-		}
+		l.drop(g)
 	})
 }
 
@@ -474,13 +572,15 @@ func (l *lockSession) loop(ctx context.Context) {
 	}
 }
 
-// sweep ends the claims whose sweepAt passed at now.
+// sweep ends the claims whose sweepAt passed at now, which are lost to
+// their owners from then on (another process may take them).
 func (l *lockSession) sweep(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for k, h := range l.held {
 		if now.After(h.sweepAt) {
 			l.end(k)
+			l.lost[k] = now.Add(lockLostKeep)
 		}
 	}
 	for k, at := range l.lost {
@@ -565,7 +665,9 @@ func (l *lockSession) lose() {
 		l.lost[k] = h.sweepAt
 	}
 	clear(l.held)
+	clear(l.parked)
 	l.unlock = nil
+	l.live = 0
 	l.mu.Unlock()
 }
 
@@ -573,6 +675,7 @@ func (l *lockSession) lose() {
 // server to end it once it has been idle for lockSessionIdle (servers
 // before PostgreSQL 14 have no such setting, and rely on TCP keepalives
 // alone) and to probe a silent client's TCP connection every few seconds.
+// It takes the session's liveness lock (live), which gated commits check.
 // It returns the session and the room its claims have: the size of the
 // server's lock table (which other processes and the server's own locks
 // share, so a claim within it may still find the table full).
@@ -605,8 +708,16 @@ func (l *lockSession) open(ctx context.Context) (*pgx.Conn, int, error) {
 			return nil, 0, fmt.Errorf("setting %s: %w", kv[0], err)
 		}
 	}
+	var id [8]byte
+	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
+	live := int64(binary.BigEndian.Uint64(id[:]))
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", live); err != nil {
+		_ = conn.Close(ctx)
+		return nil, 0, fmt.Errorf("taking the session's liveness lock: %w", err)
+	}
 	l.mu.Lock()
 	l.sessions++
+	l.live = live
 	l.mu.Unlock()
 	return conn, int(slots), nil
 }

@@ -208,8 +208,8 @@ func TestLockSessionLost(t *testing.T) {
 			Marks:         []store.Mark{{Key: key, Expires: time.Now().Add(time.Hour)}},
 		})
 	}
-	if err := commit(k1, "1"); !errors.Is(err, errClaimLost) {
-		t.Fatalf("commit of the lost claim's mark: %v, want errClaimLost", err)
+	if err := commit(k1, "1"); !errors.Is(err, store.ErrRecordClaimLost) {
+		t.Fatalf("commit of the lost claim's mark: %v, want store.ErrRecordClaimLost", err)
 	}
 	if err := commit(k2, "2"); err != nil {
 		t.Fatalf("commit of the new session's claim: %v", err)
@@ -245,7 +245,8 @@ func TestFencedClaimKeepsLocks(t *testing.T) {
 }
 
 // TestLockSweep: a claim whose lease ended lockSweepGrace ago is let go by
-// the sweep, for other processes; one still within it is kept.
+// the sweep, for other processes, and is lost to its owner; one still
+// within it is kept.
 func TestLockSweep(t *testing.T) {
 	a, b, oa, ob := twoStores(t)
 	ctx := context.Background()
@@ -261,6 +262,11 @@ func TestLockSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantClaims(t, "b after the sweep", claimKeys(t, b, ob, k), store.Acquired)
+	// a's run under the swept claim, should it come back, must not
+	// commit beside b's.
+	if err := a.Commit(ctx, markWrite("1", k)); !errors.Is(err, store.ErrRecordClaimLost) {
+		t.Fatalf("commit of the swept claim's mark: %v, want store.ErrRecordClaimLost", err)
+	}
 }
 
 // opened returns how many lock sessions l opened.
@@ -297,4 +303,138 @@ func TestLockRoom(t *testing.T) {
 	if n := a.locks.opened(); n != 1 {
 		t.Fatalf("%d lock sessions opened, want 1", n)
 	}
+}
+
+// markWrite is a Write that marks keys.
+func markWrite(seq string, keys ...store.MarkKey) *store.Write {
+	w := &store.Write{
+		Checkpoint:    store.CheckpointKey{Mapping: "m", Stream: "in", Shard: "0"},
+		NewCheckpoint: store.Checkpoint{Sequence: idem.Sequence(seq)},
+	}
+	for _, k := range keys {
+		w.Marks = append(w.Marks, store.Mark{Key: k, Expires: time.Now().Add(time.Hour)})
+	}
+	return w
+}
+
+// endLockSession has the server end s's lock session, as a cut
+// connection would, without s learning of it, and waits until it has
+// ended (its locks gone with it).
+func endLockSession(t *testing.T, s *Store) {
+	t.Helper()
+	s.locks.callMu.Lock()
+	pid := s.locks.conn.PgConn().PID()
+	s.locks.callMu.Unlock()
+	var ended bool
+	if err := s.pool.QueryRow(context.Background(), "SELECT pg_terminate_backend($1, 60000)", pid).Scan(&ended); err != nil || !ended {
+		t.Fatalf("pg_terminate_backend = %v, %v", ended, err)
+	}
+}
+
+// TestCommitGateSessionEnded: a commit whose keys' lock session ended
+// before it landed is refused, though the Store has not learned of the
+// loss: another process may have taken the keys meanwhile. Its checkpoint
+// does not move.
+func TestCommitGateSessionEnded(t *testing.T) {
+	a, b, oa, ob := twoStores(t)
+	ctx := context.Background()
+	k := store.MarkKeyOf("scope", "gate-ended")
+	wantClaims(t, "a", claimKeys(t, a, oa, k), store.Acquired)
+	endLockSession(t, a)
+	eventually(t, "b after a's session ended", b, ob, k)
+	if err := a.Commit(ctx, markWrite("1", k)); !errors.Is(err, store.ErrRecordClaimLost) {
+		t.Fatalf("commit under the ended session: %v, want store.ErrRecordClaimLost", err)
+	}
+	if cp, ok, err := a.Checkpoint(ctx, store.CheckpointKey{Mapping: "m", Stream: "in", Shard: "0"}); err != nil || ok {
+		t.Fatalf("checkpoint after the refused commit: %q, %v, %v; want none", cp.Sequence, ok, err)
+	}
+	// b, which holds k now, commits it.
+	if err := b.Commit(ctx, markWrite("2", k)); err != nil {
+		t.Fatalf("commit of the new holder: %v", err)
+	}
+}
+
+// commitInFlight claims key for Store a, of two Stores, and begins a's
+// commit of a Write that marks it, to its gate: a commit in flight.
+func commitInFlight(t *testing.T, key string) (a, b *Store, ob store.MarkKey, w *store.Write, g *commitGate) {
+	t.Helper()
+	a, b, oa, ob := twoStores(t)
+	k := store.MarkKeyOf("scope", key)
+	wantClaims(t, "a", claimKeys(t, a, oa, k), store.Acquired)
+	w = markWrite("1", k)
+	g, err := a.locks.gate(w)
+	if err != nil || g == nil {
+		t.Fatalf("gate = %v, %v", g, err)
+	}
+	return a, b, ob, w, g
+}
+
+// TestCommitGateHoldsClaimers: while a commit whose gate passed is in
+// flight, a claimer that takes the key's lock (its session having ended
+// meanwhile) finds the key held; once the commit landed, it finds the
+// mark. So no run of the key begins while a commit of it may still land.
+func TestCommitGateHoldsClaimers(t *testing.T) {
+	a, b, ob, w, g := commitInFlight(t, "gate-held")
+	ctx := context.Background()
+	k := w.Marks[0].Key
+	// a's commit, stopped after its gate: the marks written and the gate
+	// taken in an open transaction.
+	tx, err := a.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	keys, expires := markArgs(w.Marks)
+	if _, err := tx.Exec(ctx, a.q.putMarks, keys, expires); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, a.q.commitGate, g.locks, a.locks.gateSalt, g.live); err != nil {
+		t.Fatalf("commit_gate with the session alive: %v", err)
+	}
+
+	endLockSession(t, a)
+	// b takes the lock, which the server let go with a's session, and
+	// finds the gate taken.
+	wantClaims(t, "b while a's commit is in flight", claimKeys(t, b, ob, k), store.InProgress)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.locks.done(g, w, true)
+	wantClaims(t, "b after a's commit landed", claimKeys(t, b, ob, k), store.Completed)
+}
+
+// TestCommitGateSessionEndedInTx: the gate holds for a commit in the
+// handler's transaction too.
+func TestCommitGateSessionEndedInTx(t *testing.T) {
+	a, b, oa, ob := twoStores(t)
+	ctx := context.Background()
+	k := store.MarkKeyOf("scope", "gate-tx")
+	wantClaims(t, "a", claimKeys(t, a, oa, k), store.Acquired)
+	tx, err := a.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	endLockSession(t, a)
+	eventually(t, "b after a's session ended", b, ob, k)
+	if err := tx.Commit(ctx, markWrite("1", k)); !errors.Is(err, store.ErrRecordClaimLost) {
+		t.Fatalf("Tx.Commit under the ended session: %v, want store.ErrRecordClaimLost", err)
+	}
+}
+
+// TestClaimEndedDuringCommit: a claim that ends while a commit of its key
+// is in flight keeps its lock until the commit ended, so that no other
+// process takes the key while the commit may still land.
+func TestClaimEndedDuringCommit(t *testing.T) {
+	a, b, ob, w, g := commitInFlight(t, "ended-in-flight")
+	ctx := context.Background()
+	k := w.Marks[0].Key
+	if err := a.ReleaseRecordClaims(ctx, store.MarkKeyOf("owner", "a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.locks.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantClaims(t, "b while a's commit is in flight", claimKeys(t, b, ob, k), store.InProgress)
+	a.locks.done(g, w, false) // the commit failed: nothing marks k
+	eventually(t, "b after a's commit ended", b, ob, k)
 }

@@ -20,6 +20,10 @@ const codeBackwards = "IDM01"
 // longer holds its lease.
 const codeFenced = "IDM02"
 
+// codeSessionLost is the SQLSTATE commit_gate raises when the lock
+// session that held a commit's record claims has ended.
+const codeSessionLost = "IDM03"
+
 // migrations are applied in order; migration i brings the schema to version
 // i+1. They are append-only: a released migration is never edited, a change
 // is a new one. "{s}" stands for the quoted schema name.
@@ -603,6 +607,51 @@ BEGIN
 END
 $fn$;
 `,
+	// 9: a commit gate for record claims (locks.go, commitGate). A
+	// commit that ends claims of the lock session takes, in its own
+	// transaction, an exclusive lock on each key's gate (the key's lock
+	// XOR p_gate), then checks that the session still holds its liveness
+	// lock (p_live), and raises IDM03 if not. A claimer takes a key's gate
+	// for an instant after its lock: while a commit of the key is in
+	// flight it finds the key held, and once the commit ended its mark is
+	// seen. So a commit whose lock session ended cannot land beside a run
+	// of its record that another process began once the lock was free.
+	// claim_locks of version 8 stays, for processes of that version still
+	// running; they do not gate their commits.
+	`
+-- claim_locks as in version 8, and a key is got only if its gate is
+-- free too: no commit of the key is in flight.
+CREATE FUNCTION {s}.claim_locks(p_locks bigint[], p_unlock bigint[], p_gate bigint) RETURNS boolean[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+	v_got boolean[];
+BEGIN
+	PERFORM pg_advisory_unlock(u.l) FROM unnest(p_unlock) AS u (l);
+	SELECT coalesce(array_agg(CASE
+		WHEN u.l IS NULL OR NOT pg_try_advisory_lock(u.l) THEN false
+		WHEN pg_try_advisory_xact_lock_shared(u.l # p_gate) THEN true
+		ELSE NOT pg_advisory_unlock(u.l)
+	END ORDER BY u.ord), '{}') INTO v_got
+	FROM unnest(p_locks) WITH ORDINALITY AS u (l, ord);
+	RETURN v_got;
+END
+$fn$;
+
+-- commit_gate takes the gates of p_locks (sorted by the caller, so that
+-- commits never wait on each other in a cycle) until the transaction
+-- ends, then raises IDM03 unless the lock session that holds them still
+-- holds p_live.
+CREATE FUNCTION {s}.commit_gate(p_locks bigint[], p_gate bigint, p_live bigint) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+	PERFORM pg_advisory_xact_lock(u.l # p_gate) FROM unnest(p_locks) AS u (l);
+	IF pg_try_advisory_xact_lock_shared(p_live) THEN
+		RAISE EXCEPTION USING ERRCODE = 'IDM03',
+			MESSAGE = 'the lock session that held the record claims of this commit has ended';
+	END IF;
+END
+$fn$;
+`,
 }
 
 // lockKey is the advisory lock that serializes migrations of one schema
@@ -667,7 +716,7 @@ type queries struct {
 
 	putCheckpoint, putMarks, putState, deleteState, putFailure, endRange string
 
-	claimLocks, marksOf, unlock, claimRange string
+	claimLocks, commitGate, marksOf, unlock, claimRange string
 
 	claim, complete, release, extend, claimHeld, lookup, checkFence string
 
@@ -700,7 +749,8 @@ FROM f, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::
 	WITH ORDINALITY AS r (stream, shard, sequence, partition_key, data, arrival_time, ord)`),
 		endRange: r.Replace(`DELETE FROM {s}.range_claims WHERE scope = $1 AND stream = $2 AND shard = $3 AND mapping = $4`),
 
-		claimLocks: r.Replace(`SELECT {s}.claim_locks($1, $2)`),
+		claimLocks: r.Replace(`SELECT {s}.claim_locks($1, $2, $3)`),
+		commitGate: r.Replace(`SELECT {s}.commit_gate($1, $2, $3)`),
 		marksOf:    r.Replace(`SELECT {s}.marks_of($1, $2, $3, $4)`),
 		unlock:     `SELECT count(pg_advisory_unlock(u.l)) FROM unnest($1::bigint[]) AS u (l)`,
 		claimRange: r.Replace(`SELECT r_held_until, r_mapping, r_high_water, r_above, r_filter FROM {s}.claim_range($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`),

@@ -99,7 +99,10 @@
 // (locks.go says what that means across processes): taken by one call of
 // the function claim_locks for a whole window, its marks looked up after
 // it by marks_of on a connection of the pool, and ended by the Commit that
-// marks its key or releases it, or by ReleaseRecordClaims. A range claim
+// marks its key or releases it, or by ReleaseRecordClaims. A Commit that
+// marks claimed keys calls commit_gate last, in its transaction: it takes
+// each key's gate and checks that the lock session still lives (schema
+// version 9). A range claim
 // is a row of range_claims (scope, stream, shard, mapping, seq_from,
 // seq_to, lease_until), one per mapping and shard, replaced by each call
 // of the function claim_range and deleted by the Commit that ends it
@@ -118,7 +121,9 @@
 // claims; records that were in flight then may run a second time,
 // concurrently with their first run. Their completion still commits
 // through Commit, durably, so a record completed before the crash is
-// never run again and the progress and marks stay exact.
+// never run again and the progress and marks stay exact; and a record's
+// commit under a record claim that was lost is refused by its gate, so
+// that only one of the runs commits.
 //
 // # Schema
 //

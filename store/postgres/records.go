@@ -50,10 +50,11 @@ func (s *Store) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]sto
 	return out, nil
 }
 
-// ClaimRecords claims c.Keys for c.Owner in one call on the Store's lock
-// session, the function claim_locks: a fence check, then a
-// session-level advisory lock tried for each key no owner of this Store
-// holds, then one read of the marks, after the locks. Which owner of this
+// ClaimRecords claims c.Keys for c.Owner in two calls: claim_locks on the
+// Store's lock session tries a session-level advisory lock for each key no
+// owner of this Store holds, got only if no commit of the key is in flight
+// (its gate is free); then marks_of, on a connection of the pool, checks
+// the fence and reads the marks, after the locks. Which owner of this
 // Store holds what, and under which lease, is decided in memory. See
 // locks.go for what a claim means across processes, and store.RecordClaims.
 // A key another process holds reports HeldUntil as c.LeaseUntil: its

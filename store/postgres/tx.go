@@ -415,7 +415,7 @@ func (t *Tx) Commit(ctx context.Context, w *store.Write) error {
 	if t.done {
 		return commitErr(w, pgx.ErrTxClosed)
 	}
-	err := t.commit(ctx, w)
+	g, err := t.commit(ctx, w)
 	t.done = true
 	if err != nil {
 		// The transaction is failed, or a statement before COMMIT was
@@ -425,10 +425,10 @@ func (t *Tx) Commit(ctx context.Context, w *store.Write) error {
 		t.rollback(ctx)
 	}
 	t.release()
+	t.s.locks.done(g, w, err == nil)
 	if err != nil {
 		return commitErr(w, err)
 	}
-	t.s.locks.ended(w)
 	return nil
 }
 
@@ -441,21 +441,21 @@ func (t *Tx) release() {
 	}
 }
 
-func (t *Tx) commit(ctx context.Context, w *store.Write) error {
+func (t *Tx) commit(ctx context.Context, w *store.Write) (*commitGate, error) {
 	if err := t.s.enter(); err != nil {
-		return err
+		return nil, err
 	}
 	if err := t.Check(); err != nil {
-		return err
+		return nil, err
 	}
 	if len(t.queue) > 0 {
 		// The engine flushes before it decides what commits: these came
 		// later, from a handler that kept the transaction.
-		return errors.New("postgres: statements were deferred after the batch's last flush and never sent")
+		return nil, errors.New("postgres: statements were deferred after the batch's last flush and never sent")
 	}
-	b, err := t.s.writeBatch(w)
+	b, g, err := t.s.writeBatch(w)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// COMMIT travels with the writes (and BEGIN, if the handler sent
 	// nothing): a statement that fails skips it (the server ignores the
@@ -474,7 +474,7 @@ func (t *Tx) commit(ctx context.Context, w *store.Write) error {
 	for range writes {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
-			return t.s.batchErr(w, err)
+			return g, t.s.batchErr(w, err)
 		}
 	}
 	tag, err := br.Exec()
@@ -482,12 +482,12 @@ func (t *Tx) commit(ctx context.Context, w *store.Write) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("committing: %w", t.s.dbErr(err))
+		return g, fmt.Errorf("committing: %w", t.s.dbErr(err))
 	}
 	if tag.String() != "COMMIT" {
-		return fmt.Errorf("committing: the server answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)
+		return g, fmt.Errorf("committing: the server answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)
 	}
-	return nil
+	return g, nil
 }
 
 // Rollback undoes the transaction and releases its connection; after
