@@ -305,7 +305,9 @@ type Driver interface {
 	// stored one makes an error wrapping ErrCheckpointBackwards, and
 	// nothing is written; so does a w.Fence whose token the claims record
 	// no longer holds, with an error wrapping ErrFenced (drivers that do
-	// not implement Claims refuse any Fence).
+	// not implement Claims refuse any Fence), and a w that marks a key
+	// whose record claim the driver knows was lost before it could land,
+	// with an error wrapping ErrRecordClaimLost.
 	Commit(ctx context.Context, w *Write) error
 
 	// DeleteCheckpoint removes a mapping's checkpoint (an explicit reset, the

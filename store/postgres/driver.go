@@ -182,9 +182,9 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // arrays; of repeated keys the last wins), the state writes (one upsert and
 // one delete over unnest arrays; of repeated keys the last op wins), and
 // one statement per on-failure batch with its records, and, last, when w
-// marks keys whose record claims this Store holds, their gate
-// (commit_gate, locks.go), which raises, aborting the commit, if the lock
-// session that held them has ended. Once it committed,
+// marks keys whose record claims this Store holds, the gate of its lock
+// session (commit_gate, locks.go), which raises, aborting the commit, if
+// that session has ended. Once it committed,
 // the record claims that the marks replace (whoever's) and that w.Release
 // ends (w.ReleaseOwner's only) end, and their locks are let go soon after,
 // off the commit's path (locks.go). With w.EndRange, the range claim of
@@ -285,7 +285,7 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, *commitGate, error) {
 		b.Queue(s.q.putFailure, escape(f.Destination), meta, a.streams, a.shards, a.seqs, a.keys, a.data, a.arrivals)
 	}
 	if g != nil {
-		b.Queue(s.q.commitGate, g.locks, s.locks.gateSalt, g.live)
+		b.Queue(s.q.commitGate, g.gate, g.live)
 	}
 	return b, g, nil
 }

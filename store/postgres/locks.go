@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -53,15 +52,17 @@ import (
 // concurrently with their first run. Their completion still commits
 // through Commit, durably. But a run under a lost claim does not commit
 // beside a run elsewhere: a commit that ends claims of the lock session is
-// gated (commitGate). In its own transaction it takes each key's gate, a
-// second lock that a claimer takes for an instant after the key's lock,
-// and checks that the session still holds its liveness lock; if the
-// session ended, the commit is refused (store.ErrRecordClaimLost), and the
-// record runs again under a new claim. A claimer that finds a gate taken
-// calls the key held, so it looks the key's mark up only once the commit
-// has ended. A claim swept after its lease is lost likewise, and a claim
-// that ends while a commit of its key is in flight keeps its lock until
-// that commit ends.
+// gated (commitGate). Each lock session registers in lock_sessions with
+// two locks of its own: its liveness lock, which it holds while it lives,
+// and its gate. In its own transaction, the commit takes the gate,
+// shared, then checks that the session still holds its liveness lock; if
+// the session ended, the commit is refused (store.ErrRecordClaimLost), and
+// the record runs again under a new claim. A claimer, once it took its
+// keys' locks, looks for registered sessions that ended: while the gate
+// of one is taken, a commit of it may still land on the keys just taken,
+// so it takes none of them this time. A claim swept after its lease is
+// lost likewise, and a claim that ends while a commit of its key is in
+// flight keeps its lock until that commit ends.
 //
 // The lock session needs a connection of its own, outside the pool and
 // not through a proxy that pools transactions (session locks would not
@@ -123,9 +124,6 @@ type heldClaim struct {
 type lockSession struct {
 	s    *Store
 	salt uint64
-	// gateSalt turns a key's lock into its gate's (lock XOR gateSalt), a
-	// lock of the same space: a collision costs a wait, no more.
-	gateSalt int64
 
 	// callMu serializes the calls on conn, and so the taking of claims:
 	// take decides from the table, calls, and writes the table under it,
@@ -141,9 +139,10 @@ type lockSession struct {
 	mu     sync.Mutex
 	held   map[store.MarkKey]heldClaim
 	unlock []int64 // locks to let go at conn's next use
-	// live is the liveness lock of conn, which it holds while it lives:
-	// a random ID taken when it was opened. Gated commits check it.
-	live int64
+	// liveLock is the liveness lock of conn, which it holds while it
+	// lives, and gateLock its gate, which gated commits take: random IDs,
+	// registered in lock_sessions when it was opened.
+	liveLock, gateLock int64
 	// committing counts, for each key the table held when a commit that
 	// marks it began, the commits of it in flight; parked counts the
 	// locks of those keys whose claims ended meanwhile. They are let go
@@ -167,7 +166,6 @@ func newLockSession(s *Store) *lockSession {
 	return &lockSession{
 		s:          s,
 		salt:       binary.BigEndian.Uint64(sum[:8]),
-		gateSalt:   int64(binary.BigEndian.Uint64(sum[8:16])),
 		held:       map[store.MarkKey]heldClaim{},
 		committing: map[store.MarkKey]int{},
 		parked:     map[store.MarkKey]int{},
@@ -315,9 +313,7 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 			plans[i] = planOther
 		}
 	}
-	// Gated commits take a lock for each key they mark, and the session
-	// holds its liveness lock.
-	if held := len(l.held) + len(l.unlock) + len(l.parked) + len(l.committing) + 1; tries > 0 && held+tries > l.room {
+	if held := len(l.held) + len(l.unlock) + len(l.parked); tries > 0 && held+tries > l.room {
 		// Past it, a full lock table would fail the call, and end every
 		// claim of the session with it.
 		l.mu.Unlock()
@@ -333,7 +329,7 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 	}
 	var got []bool
 	err := l.use(ctx, func(ctx context.Context, conn *pgx.Conn) error {
-		return conn.QueryRow(ctx, l.s.q.claimLocks, locks, unlock, l.gateSalt).Scan(&got)
+		return conn.QueryRow(ctx, l.s.q.claimLocks, locks, unlock, l.liveLock).Scan(&got)
 	})
 	if err == nil && len(got) != len(locks) {
 		err = fmt.Errorf("%d locks answered for %d keys", len(got), len(locks))
@@ -446,13 +442,11 @@ func (l *lockSession) unpark(key store.MarkKey, n int) {
 
 // commitGate is what a commit that marks keys the table holds carries in
 // flight, from gate to done: those keys, whose locks no ending claim lets
-// go until it ended, and their locks, sorted, for commit_gate, which
-// takes their gates in the commit's transaction and checks that the
-// session that holds them, known by its liveness lock live, still lives.
+// go until it ended, and the gate and liveness lock of the session that
+// holds them, for commit_gate.
 type commitGate struct {
-	keys  []store.MarkKey
-	locks []int64
-	live  int64
+	keys       []store.MarkKey
+	gate, live int64
 }
 
 // gate refuses a Write that marks a key whose claim was lost
@@ -474,20 +468,14 @@ func (l *lockSession) gate(w *store.Write) (*commitGate, error) {
 				"the record may have run elsewhere since, so this commit is refused and the key must be claimed again",
 				k[:], store.ErrRecordClaimLost)
 		}
-		h, ok := l.held[k]
-		if !ok {
+		if _, ok := l.held[k]; !ok {
 			continue // not a claim of this process: a key by identity
 		}
 		if g == nil {
-			g = &commitGate{live: l.live}
+			g = &commitGate{gate: l.gateLock, live: l.liveLock}
 		}
 		g.keys = append(g.keys, k)
-		g.locks = append(g.locks, h.lock)
 		l.committing[k]++
-	}
-	if g != nil {
-		slices.Sort(g.locks)
-		g.locks = slices.Compact(g.locks)
 	}
 	return g, nil
 }
@@ -519,6 +507,7 @@ func (l *lockSession) done(g *commitGate, w *store.Write, landed bool) {
 		return
 	}
 	l.ending(func() {
+		l.drop(g)
 		if landed {
 			for i := range w.Marks {
 				l.end(w.Marks[i].Key)
@@ -527,7 +516,6 @@ func (l *lockSession) done(g *commitGate, w *store.Write, landed bool) {
 				l.endOwn(k, w.ReleaseOwner)
 			}
 		}
-		l.drop(g)
 	})
 }
 
@@ -667,7 +655,7 @@ func (l *lockSession) lose() {
 	clear(l.held)
 	clear(l.parked)
 	l.unlock = nil
-	l.live = 0
+	l.liveLock, l.gateLock = 0, 0
 	l.mu.Unlock()
 }
 
@@ -675,7 +663,9 @@ func (l *lockSession) lose() {
 // server to end it once it has been idle for lockSessionIdle (servers
 // before PostgreSQL 14 have no such setting, and rely on TCP keepalives
 // alone) and to probe a silent client's TCP connection every few seconds.
-// It takes the session's liveness lock (live), which gated commits check.
+// It takes the session's liveness lock, and registers it and the
+// session's gate in lock_sessions, for gated commits and claimers to
+// check.
 // It returns the session and the room its claims have: the size of the
 // server's lock table (which other processes and the server's own locks
 // share, so a claim within it may still find the table full).
@@ -683,6 +673,12 @@ func (l *lockSession) open(ctx context.Context) (*pgx.Conn, int, error) {
 	cfg := l.s.pool.Config().ConnConfig.Copy()
 	// So that operators (and tests) can tell it in pg_stat_activity.
 	cfg.RuntimeParams["application_name"] = LockSessionName(l.s.schema)
+	// Its statements are planned once: none reads a table that a plan
+	// made for other values would read worse (the pool's connections
+	// force custom plans, which would plan claim_locks' look at
+	// lock_sessions again at every call on this one connection that
+	// every claim of the process waits on).
+	cfg.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, 0, err
@@ -708,24 +704,36 @@ func (l *lockSession) open(ctx context.Context) (*pgx.Conn, int, error) {
 			return nil, 0, fmt.Errorf("setting %s: %w", kv[0], err)
 		}
 	}
-	var id [8]byte
+	var id [16]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
-	live := int64(binary.BigEndian.Uint64(id[:]))
+	live, gate := int64(binary.BigEndian.Uint64(id[:8])), int64(binary.BigEndian.Uint64(id[8:]))
+	// The lock first: a claimer that found the row without it would take
+	// the session for one that ended.
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", live); err != nil {
 		_ = conn.Close(ctx)
 		return nil, 0, fmt.Errorf("taking the session's liveness lock: %w", err)
 	}
+	if _, err := conn.Exec(ctx, l.s.q.registerSession, live, gate); err != nil {
+		_ = conn.Close(ctx)
+		return nil, 0, fmt.Errorf("registering the lock session: %w", err)
+	}
 	l.mu.Lock()
 	l.sessions++
-	l.live = live
+	l.liveLock, l.gateLock = live, gate
 	l.mu.Unlock()
 	return conn, int(slots), nil
 }
 
-// close ends the lock session, which lets every lock go. The loop has
-// stopped.
+// close ends the lock session, which lets every lock go, and removes its
+// row from lock_sessions (or leaves it to the next claimer, which removes
+// the rows of sessions that ended). The loop has stopped.
 func (l *lockSession) close() {
 	l.callMu.Lock()
 	defer l.callMu.Unlock()
+	if l.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), cancelGrace)
+		_, _ = l.conn.Exec(ctx, l.s.q.unregisterSession, l.liveLock)
+		cancel()
+	}
 	l.lose()
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
 )
@@ -388,7 +390,7 @@ func TestCommitGateHoldsClaimers(t *testing.T) {
 	if _, err := tx.Exec(ctx, a.q.putMarks, keys, expires); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, a.q.commitGate, g.locks, a.locks.gateSalt, g.live); err != nil {
+	if _, err := tx.Exec(ctx, a.q.commitGate, g.gate, g.live); err != nil {
 		t.Fatalf("commit_gate with the session alive: %v", err)
 	}
 
@@ -401,6 +403,36 @@ func TestCommitGateHoldsClaimers(t *testing.T) {
 	}
 	a.locks.done(g, w, true)
 	wantClaims(t, "b after a's commit landed", claimKeys(t, b, ob, k), store.Completed)
+	// That claim found a's session ended with no commit in flight, and
+	// removed its row.
+	if n := lockSessionRows(t, b); n != 1 {
+		t.Fatalf("%d rows in lock_sessions, want b's alone", n)
+	}
+}
+
+// lockSessionRows counts the lock sessions registered in s's schema.
+func lockSessionRows(t *testing.T, s *Store) int {
+	t.Helper()
+	var n int
+	if err := s.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{s.schema}.Sanitize()+".lock_sessions").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestLockSessionRows: each lock session registers, and a Store's Close
+// removes its row.
+func TestLockSessionRows(t *testing.T) {
+	a, b, oa, ob := twoStores(t)
+	claimKeys(t, a, oa, store.MarkKeyOf("scope", "rows-a"))
+	claimKeys(t, b, ob, store.MarkKeyOf("scope", "rows-b"))
+	if n := lockSessionRows(t, b); n != 2 {
+		t.Fatalf("%d rows in lock_sessions, want 2", n)
+	}
+	a.Close()
+	if n := lockSessionRows(t, b); n != 1 {
+		t.Fatalf("%d rows in lock_sessions after a closed, want 1", n)
+	}
 }
 
 // TestCommitGateSessionEndedInTx: the gate holds for a commit in the

@@ -607,44 +607,61 @@ BEGIN
 END
 $fn$;
 `,
-	// 9: a commit gate for record claims (locks.go, commitGate). A
-	// commit that ends claims of the lock session takes, in its own
-	// transaction, an exclusive lock on each key's gate (the key's lock
-	// XOR p_gate), then checks that the session still holds its liveness
-	// lock (p_live), and raises IDM03 if not. A claimer takes a key's gate
-	// for an instant after its lock: while a commit of the key is in
-	// flight it finds the key held, and once the commit ended its mark is
-	// seen. So a commit whose lock session ended cannot land beside a run
-	// of its record that another process began once the lock was free.
-	// claim_locks of version 8 stays, for processes of that version still
-	// running; they do not gate their commits.
+	// 9: commits gated by their lock session (locks.go, commitGate). A
+	// lock session registers in lock_sessions, with two random locks:
+	// its liveness lock, which it holds while it lives, and its gate,
+	// which each commit that ends its claims takes, shared, in its own
+	// transaction, before it checks the liveness lock (commit_gate: IDM03
+	// if the session has ended). A claimer, after it took its keys' locks,
+	// looks for sessions that have ended (their liveness lock free): if
+	// one's gate is taken, a commit of it is in flight, and may mark the
+	// keys just taken, so the claimer takes none of them this time; if it
+	// is free, no commit of that session can land any more, and its row
+	// goes. So a run under a claim lost with its session never commits
+	// beside a run that another process began once the key was free. The
+	// cost is a lock or two a call, not a key. claim_locks of version 8
+	// stays, for processes of that version still running; their commits
+	// are not gated.
 	`
--- claim_locks as in version 8, and a key is got only if its gate is
--- free too: no commit of the key is in flight.
-CREATE FUNCTION {s}.claim_locks(p_locks bigint[], p_unlock bigint[], p_gate bigint) RETURNS boolean[]
+CREATE UNLOGGED TABLE {s}.lock_sessions (
+	live      bigint      PRIMARY KEY,
+	gate      bigint      NOT NULL,
+	opened_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- claim_locks as in version 8, then, unless no session of lock_sessions
+-- but the caller's (p_live) has ended, or none of those that ended has a
+-- commit in flight, every lock this call took is let go again and
+-- reported not taken.
+CREATE FUNCTION {s}.claim_locks(p_locks bigint[], p_unlock bigint[], p_live bigint) RETURNS boolean[]
 LANGUAGE plpgsql AS $fn$
 DECLARE
 	v_got boolean[];
+	v_ended record;
 BEGIN
 	PERFORM pg_advisory_unlock(u.l) FROM unnest(p_unlock) AS u (l);
-	SELECT coalesce(array_agg(CASE
-		WHEN u.l IS NULL OR NOT pg_try_advisory_lock(u.l) THEN false
-		WHEN pg_try_advisory_xact_lock_shared(u.l # p_gate) THEN true
-		ELSE NOT pg_advisory_unlock(u.l)
-	END ORDER BY u.ord), '{}') INTO v_got
+	SELECT coalesce(array_agg(u.l IS NOT NULL AND pg_try_advisory_lock(u.l) ORDER BY u.ord), '{}') INTO v_got
 	FROM unnest(p_locks) WITH ORDINALITY AS u (l, ord);
+	FOR v_ended IN SELECT ls.live, ls.gate FROM {s}.lock_sessions ls WHERE ls.live <> p_live LOOP
+		CONTINUE WHEN NOT pg_try_advisory_xact_lock_shared(v_ended.live); -- it lives
+		IF NOT pg_try_advisory_xact_lock(v_ended.gate) THEN
+			PERFORM pg_advisory_unlock(u.l) FROM unnest(p_locks) WITH ORDINALITY AS u (l, ord) WHERE v_got[u.ord];
+			RETURN array_fill(false, ARRAY[cardinality(p_locks)]);
+		END IF;
+		DELETE FROM {s}.lock_sessions ls WHERE ls.ctid IN (
+			SELECT d.ctid FROM {s}.lock_sessions d WHERE d.live = v_ended.live FOR UPDATE SKIP LOCKED);
+	END LOOP;
 	RETURN v_got;
 END
 $fn$;
 
--- commit_gate takes the gates of p_locks (sorted by the caller, so that
--- commits never wait on each other in a cycle) until the transaction
--- ends, then raises IDM03 unless the lock session that holds them still
--- holds p_live.
-CREATE FUNCTION {s}.commit_gate(p_locks bigint[], p_gate bigint, p_live bigint) RETURNS void
+-- commit_gate takes the gate of the lock session whose claims the
+-- commit ends, shared, until the transaction ends, then raises IDM03
+-- unless that session still holds its liveness lock.
+CREATE FUNCTION {s}.commit_gate(p_gate bigint, p_live bigint) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
-	PERFORM pg_advisory_xact_lock(u.l # p_gate) FROM unnest(p_locks) AS u (l);
+	PERFORM pg_advisory_xact_lock_shared(p_gate);
 	IF pg_try_advisory_xact_lock_shared(p_live) THEN
 		RAISE EXCEPTION USING ERRCODE = 'IDM03',
 			MESSAGE = 'the lock session that held the record claims of this commit has ended';
@@ -716,7 +733,7 @@ type queries struct {
 
 	putCheckpoint, putMarks, putState, deleteState, putFailure, endRange string
 
-	claimLocks, commitGate, marksOf, unlock, claimRange string
+	claimLocks, commitGate, registerSession, unregisterSession, marksOf, unlock, claimRange string
 
 	claim, complete, release, extend, claimHeld, lookup, checkFence string
 
@@ -749,11 +766,13 @@ FROM f, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::
 	WITH ORDINALITY AS r (stream, shard, sequence, partition_key, data, arrival_time, ord)`),
 		endRange: r.Replace(`DELETE FROM {s}.range_claims WHERE scope = $1 AND stream = $2 AND shard = $3 AND mapping = $4`),
 
-		claimLocks: r.Replace(`SELECT {s}.claim_locks($1, $2, $3)`),
-		commitGate: r.Replace(`SELECT {s}.commit_gate($1, $2, $3)`),
-		marksOf:    r.Replace(`SELECT {s}.marks_of($1, $2, $3, $4)`),
-		unlock:     `SELECT count(pg_advisory_unlock(u.l)) FROM unnest($1::bigint[]) AS u (l)`,
-		claimRange: r.Replace(`SELECT r_held_until, r_mapping, r_high_water, r_above, r_filter FROM {s}.claim_range($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`),
+		claimLocks:        r.Replace(`SELECT {s}.claim_locks($1, $2, $3)`),
+		commitGate:        r.Replace(`SELECT {s}.commit_gate($1, $2)`),
+		registerSession:   r.Replace(`INSERT INTO {s}.lock_sessions (live, gate) VALUES ($1, $2)`),
+		unregisterSession: r.Replace(`DELETE FROM {s}.lock_sessions WHERE live = $1`),
+		marksOf:           r.Replace(`SELECT {s}.marks_of($1, $2, $3, $4)`),
+		unlock:            `SELECT count(pg_advisory_unlock(u.l)) FROM unnest($1::bigint[]) AS u (l)`,
+		claimRange:        r.Replace(`SELECT r_held_until, r_mapping, r_high_water, r_above, r_filter FROM {s}.claim_range($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`),
 
 		claim:      r.Replace(`SELECT r_acquired, r_status, r_token, r_payload_hash, r_lease_until, r_expires, r_result FROM {s}.claim($1, $2, $3, $4)`),
 		complete:   r.Replace(`UPDATE {s}.claims SET status = 'COMPLETED', result = $3, expires = $4 WHERE key = $1 AND token = $2`),

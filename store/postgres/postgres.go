@@ -101,8 +101,9 @@
 // it by marks_of on a connection of the pool, and ended by the Commit that
 // marks its key or releases it, or by ReleaseRecordClaims. A Commit that
 // marks claimed keys calls commit_gate last, in its transaction: it takes
-// each key's gate and checks that the lock session still lives (schema
-// version 9). A range claim
+// the gate of the lock session that holds them and checks that the
+// session still lives; lock sessions register in the UNLOGGED table
+// lock_sessions (schema version 9). A range claim
 // is a row of range_claims (scope, stream, shard, mapping, seq_from,
 // seq_to, lease_until), one per mapping and shard, replaced by each call
 // of the function claim_range and deleted by the Commit that ends it

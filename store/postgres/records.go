@@ -52,14 +52,15 @@ func (s *Store) ScopeProgress(ctx context.Context, key store.ProgressKey) ([]sto
 
 // ClaimRecords claims c.Keys for c.Owner in two calls: claim_locks on the
 // Store's lock session tries a session-level advisory lock for each key no
-// owner of this Store holds, got only if no commit of the key is in flight
-// (its gate is free); then marks_of, on a connection of the pool, checks
-// the fence and reads the marks, after the locks. Which owner of this
-// Store holds what, and under which lease, is decided in memory. See
-// locks.go for what a claim means across processes, and store.RecordClaims.
-// A key another process holds reports HeldUntil as c.LeaseUntil: its
-// holder's lease is not known here. A fence that no longer holds makes an
-// error wrapping store.ErrFenced, and nothing is claimed.
+// owner of this Store holds (and takes none while a lock session that
+// ended has a commit in flight, locks.go); then marks_of, on a connection
+// of the pool, checks the fence and reads the marks, after the locks.
+// Which owner of this Store holds what, and under which lease, is decided
+// in memory. See locks.go for what a claim means across processes, and
+// store.RecordClaims. A key another process holds reports HeldUntil as
+// c.LeaseUntil: its holder's lease is not known here. A fence that no
+// longer holds makes an error wrapping store.ErrFenced, and nothing is
+// claimed.
 func (s *Store) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 	c.Reset()
 	wrap := func(err error) error {
