@@ -37,6 +37,8 @@ type env struct {
 	db  *pebbledb.DB
 	// store, when set, replaces the embedded store over db.
 	store store.Driver
+	// opts are added to the engines run makes.
+	opts []engine.Option
 }
 
 func newEnv(t *testing.T) *env {
@@ -85,7 +87,7 @@ func (v *env) run(ms ...engine.Mapping) (*engine.Engine, func()) {
 	if st == nil {
 		st = stembedded.New(v.db)
 	}
-	e := engine.New(st, engine.WithLogger(testLogger(v.t)), engine.WithDrainTimeout(2*time.Second))
+	e := engine.New(st, append([]engine.Option{engine.WithLogger(testLogger(v.t)), engine.WithDrainTimeout(2 * time.Second)}, v.opts...)...)
 	for _, m := range ms {
 		if err := e.Add(m); err != nil {
 			v.t.Fatal(err)

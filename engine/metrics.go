@@ -36,7 +36,7 @@ func newMetrics() *metrics {
 		invocations: counter("invocations_total", "Function invocations by outcome.", "mapping", "outcome"),
 		retries:     counter("retries_total", "Invocations that retried a failed batch or record.", "mapping"),
 		conflicts:   counter("store_conflicts_total", "Batches run again because their store transaction conflicted with another (a deadlock, a serialization failure, a lock timeout); not counted as retries.", "mapping"),
-		shardErrors: counter("shard_errors_total", "Shards stopped by an error and restarted from their checkpoint, by cause: no_space (the store's disk is full; the shard resumes once space is freed), fenced, or error.", "mapping", "cause"),
+		shardErrors: counter("shard_errors_total", "Shards stopped by an error and restarted from their checkpoint, by cause: no_space (the store's disk is full; the shard resumes once space is freed), fenced, claim_lost (a commit refused because a record claim was lost before it landed: the window runs again under new claims), or error.", "mapping", "cause"),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "idem", Name: "invocation_duration_seconds", Help: "Function invocation latency.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
@@ -58,6 +58,8 @@ func (m *metrics) shardError(mapping string, err error) {
 		cause = "no_space"
 	case errors.Is(err, store.ErrFenced):
 		cause = "fenced"
+	case errors.Is(err, store.ErrRecordClaimLost):
+		cause = "claim_lost"
 	}
 	m.shardErrors.WithLabelValues(mapping, cause).Inc()
 }

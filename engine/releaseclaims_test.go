@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/engine"
@@ -162,6 +163,8 @@ func TestLostClaimIsRunAgain(t *testing.T) {
 
 func testLostClaimIsRunAgain(t *testing.T, noticed bool) {
 	v, pg := oneOrder(t)
+	reg := prometheus.NewRegistry()
+	v.opts = append(v.opts, engine.WithRegisterer(reg))
 	var runs atomic.Int32
 	h := gofunc.New(idem.RecordFunc(func(ctx context.Context, r *idem.Record) error {
 		if runs.Add(1) == 1 {
@@ -199,6 +202,32 @@ func testLostClaimIsRunAgain(t *testing.T, noticed bool) {
 	if err != nil || string(got) != "1" {
 		t.Fatalf("state = %q, %v; want 1, committed once", got, err)
 	}
+	if n := shardErrors(t, reg, "claim_lost"); n != 1 {
+		t.Errorf("idem_shard_errors_total{cause=\"claim_lost\"} = %v, want 1", n)
+	}
+}
+
+// shardErrors returns idem_shard_errors_total for cause in reg.
+func shardErrors(t *testing.T, reg *prometheus.Registry, cause string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() != "idem_shard_errors_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "cause" && l.GetValue() == cause {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
 }
 
 // oneOrder makes an engine environment over a PostgreSQL store, with a
