@@ -401,8 +401,11 @@ func (l *lockSession) endOwn(key, owner store.MarkKey) {
 // commit ended while its owner was taking it again; false if it was let
 // go already. l.mu is held.
 func (l *lockSession) keep(key store.MarkKey) bool {
-	if n := l.parked[key]; n > 0 {
-		l.unpark(key, n-1)
+	if n := l.parked[key]; n > 1 {
+		l.parked[key] = n - 1
+		return true
+	} else if n == 1 {
+		delete(l.parked, key)
 		return true
 	}
 	lock := l.lockID(key)
@@ -429,15 +432,6 @@ func (l *lockSession) end(key store.MarkKey) {
 		return
 	}
 	l.unlock = append(l.unlock, h.lock)
-}
-
-// unpark sets key's parked locks to n. l.mu is held.
-func (l *lockSession) unpark(key store.MarkKey, n int) {
-	if n == 0 {
-		delete(l.parked, key)
-	} else {
-		l.parked[key] = n
-	}
 }
 
 // commitGate is what a commit that marks keys the table holds carries in
