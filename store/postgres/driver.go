@@ -178,8 +178,10 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // any (which raises, aborting the rest, unless the claims record holds its
 // token, and locks that record until the commit), the checkpoint
 // (which raises, aborting the rest, if it would move backwards as a
-// number), the progress, the marks (one multi-row upsert over unnest
-// arrays; of repeated keys the last wins), the state writes (one upsert and
+// number), the progress, the marks (one multi-row insert over unnest
+// arrays; of keys repeated in w the last wins, and a key an earlier commit
+// marked gets a row of its own, lookups asking whether any row of it is
+// live), the state writes (one upsert and
 // one delete over unnest arrays; of repeated keys the last op wins), and
 // one statement per on-failure batch with its records, and, last, when w
 // marks keys whose record claims this Store holds, the gate of its lock
@@ -325,7 +327,7 @@ func validate(w *store.Write) error {
 }
 
 // markArgs returns the marks as unnest arrays sorted by key, keeping the
-// last of repeated keys (one upsert cannot touch a row twice).
+// last of repeated keys: a commit writes one row a key.
 func markArgs(marks []store.Mark) (keys [][]byte, expires []time.Time) {
 	order := make([]int, len(marks))
 	for i := range order {

@@ -669,6 +669,22 @@ BEGIN
 END
 $fn$;
 `,
+	// 10: marks under a hash index on their key, not a primary key. A
+	// mark is written once, by a commit that held its key's claim, and
+	// only looked up by equality, so the btree's order and uniqueness
+	// bought nothing and cost most of what a payload key costs the
+	// server: inserting into the hash index and probing it cost about
+	// half of the btree's upsert and probe (BENCHMARKS.md). A key marked
+	// again (a record run again once its mark expired, or by two owners
+	// in one process whose lease ran out) gets a row of its own; lookups
+	// ask whether any live row exists, and the purge deletes rows, not
+	// keys. A process of an earlier version still running fails at its
+	// next commit (its upsert needs the primary key) rather than run on
+	// a layout it does not know.
+	`
+ALTER TABLE {s}.marks DROP CONSTRAINT marks_pkey;
+CREATE INDEX marks_key ON {s}.marks USING hash (key);
+`,
 }
 
 // lockKey is the advisory lock that serializes migrations of one schema
@@ -754,8 +770,7 @@ func newQueries(ident string) queries {
 		state:            r.Replace(`SELECT value FROM {s}.state WHERE namespace = $1 AND key = $2`),
 
 		putCheckpoint: r.Replace(`SELECT {s}.put_checkpoint_progress($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`),
-		putMarks: r.Replace(`INSERT INTO {s}.marks (key, expires) SELECT * FROM unnest($1::bytea[], $2::timestamptz[])
-ON CONFLICT (key) DO UPDATE SET expires = EXCLUDED.expires`),
+		putMarks:      r.Replace(`INSERT INTO {s}.marks (key, expires) SELECT * FROM unnest($1::bytea[], $2::timestamptz[])`),
 		putState: r.Replace(`INSERT INTO {s}.state (namespace, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
 ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value`),
 		deleteState: r.Replace(`DELETE FROM {s}.state WHERE (namespace, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))`),
@@ -789,8 +804,8 @@ SELECT f.id, f.metadata, f.created_at, r.stream, r.shard, r.sequence, r.partitio
 FROM f LEFT JOIN {s}.failure_records r ON r.failure_id = f.id
 ORDER BY f.id, r.position`),
 
-		purgeMarks: r.Replace(`DELETE FROM {s}.marks WHERE key IN (
-	SELECT key FROM {s}.marks WHERE expires <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+		purgeMarks: r.Replace(`DELETE FROM {s}.marks WHERE ctid = ANY(ARRAY(
+	SELECT ctid FROM {s}.marks WHERE expires <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))`),
 		purgeCompletedClaims: r.Replace(`DELETE FROM {s}.claims WHERE key IN (
 	SELECT key FROM {s}.claims WHERE status = 'COMPLETED' AND expires <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 		purgeAbandonedClaims: r.Replace(`DELETE FROM {s}.claims WHERE key IN (

@@ -89,6 +89,14 @@
 // idempotency records, and range claims a crash left behind, to reclaim
 // space only; Close stops it.
 //
+// A completion mark is a row of marks (key, expires) under a hash index on
+// its key (schema version 10; a primary key before): a mark is written
+// once, by the commit that held its key's claim, and only looked up by
+// equality, which a hash index does at about half a btree's cost. A key
+// marked again, once its mark expired, gets a second row; a key is
+// completed while any of its rows is live, and the purge deletes rows, not
+// keys.
+//
 // # Progress and record claims
 //
 // Progress is one row per (scope, stream, shard, mapping): each mapping

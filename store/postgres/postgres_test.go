@@ -137,7 +137,7 @@ func (h legacyHarness) OpenFresh(ctx context.Context, t testing.TB) (store.Drive
 func (h legacyHarness) Upgrade(ctx context.Context, t testing.TB, d store.Driver) (store.Driver, error) {
 	s := d.(*Store)
 	ident := pgx.Identifier{s.Schema()}.Sanitize()
-	if _, err := s.pool.Exec(ctx, "DROP TABLE "+ident+".legacy_keys; DROP FUNCTION "+ident+".put_checkpoint_progress; DROP FUNCTION "+ident+".claim_locks(bigint[], bigint[]); DROP FUNCTION "+ident+".claim_locks(bigint[], bigint[], bigint); DROP FUNCTION "+ident+".commit_gate; DROP TABLE "+ident+".lock_sessions; DROP FUNCTION "+ident+".marks_of; DELETE FROM "+ident+".schema_migrations WHERE version >= 6"); err != nil {
+	if _, err := s.pool.Exec(ctx, "DROP TABLE "+ident+".legacy_keys; DROP FUNCTION "+ident+".put_checkpoint_progress; DROP FUNCTION "+ident+".claim_locks(bigint[], bigint[]); DROP FUNCTION "+ident+".claim_locks(bigint[], bigint[], bigint); DROP FUNCTION "+ident+".commit_gate; DROP TABLE "+ident+".lock_sessions; DROP INDEX "+ident+".marks_key; ALTER TABLE "+ident+".marks ADD PRIMARY KEY (key); DROP FUNCTION "+ident+".marks_of; DELETE FROM "+ident+".schema_migrations WHERE version >= 6"); err != nil {
 		return nil, err
 	}
 	s.Close()
@@ -596,5 +596,58 @@ func TestMarkArgs(t *testing.T) {
 	wantKeys := [][]byte{b(store.MarkKey{1}), b(store.MarkKey{2}), b(store.MarkKey{3})}
 	if !slices.EqualFunc(keys, wantKeys, bytes.Equal) || !slices.Equal(exps, []time.Time{t0.Add(1), t0.Add(3), t0.Add(4)}) {
 		t.Fatalf("markArgs = %x, %v", keys, exps)
+	}
+}
+
+// TestKeyMarkedAgain: a key marked again once its mark expired (schema
+// version 10: marks are rows under a hash index, not a primary key) holds
+// one row for each mark; it reads as completed while any is live, and the
+// purge deletes the expired row alone.
+func TestKeyMarkedAgain(t *testing.T) {
+	s, h := openStore(t, WithPurgeInterval(0))
+	ctx := context.Background()
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	k := store.MarkKeyOf("scope", "again")
+	mark := func(seq string, expires time.Time) {
+		t.Helper()
+		err := s.Commit(ctx, &store.Write{
+			Checkpoint:    store.CheckpointKey{Mapping: "m", Stream: "in", Shard: "0"},
+			NewCheckpoint: store.Checkpoint{Sequence: idem.Sequence(seq)},
+			Marks:         []store.Mark{{Key: k, Expires: expires}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	completed := func(at time.Time) bool {
+		t.Helper()
+		done := make([]bool, 1)
+		if err := s.Completed(ctx, []store.MarkKey{k}, at, done); err != nil {
+			t.Fatal(err)
+		}
+		return done[0]
+	}
+	mark("1", base.Add(time.Hour))
+	if completed(base.Add(2 * time.Hour)) {
+		t.Fatal("completed after its mark expired")
+	}
+	mark("2", base.Add(3*time.Hour))
+	if !completed(base.Add(2 * time.Hour)) {
+		t.Fatal("not completed under its second mark")
+	}
+	if n, _, err := s.Purge(ctx, base.Add(2*time.Hour)); err != nil || n != 1 {
+		t.Fatalf("Purge deleted %d marks, %v; want 1, the expired one", n, err)
+	}
+	if !completed(base.Add(2 * time.Hour)) {
+		t.Fatal("not completed after the purge of its expired mark")
+	}
+	var rows int
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{h.schema}.Sanitize()+".marks").Scan(&rows); err != nil || rows != 1 {
+		t.Fatalf("%d mark rows, %v; want 1", rows, err)
+	}
+	now := base.Add(2 * time.Hour)
+	c := &store.RecordClaims{Owner: store.MarkKeyOf("owner", "a"), Keys: []store.MarkKey{k}, Marks: true, Now: now, LeaseUntil: now.Add(time.Minute)}
+	if err := s.ClaimRecords(ctx, c); err != nil || c.Status[0] != store.Completed {
+		t.Fatalf("claim: %v, %v; want Completed", c.Status, err)
 	}
 }
