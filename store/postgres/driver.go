@@ -176,28 +176,27 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // go as one pipelined batch, which PostgreSQL runs as an implicit
 // transaction committed at the batch's end. In order: w.Fence's check, if
 // any (which raises, aborting the rest, unless the claims record holds its
-// token, and locks that record until the commit), the checkpoint
-// (which raises, aborting the rest, if it would move backwards as a
-// number), the progress, the marks (one multi-row insert over unnest
-// arrays; of keys repeated in w the last wins, and a key an earlier commit
-// marked gets a row of its own, lookups asking whether any row of it is
-// live), the state writes (one upsert and
-// one delete over unnest arrays; of repeated keys the last op wins), and
-// one statement per on-failure batch with its records, and, last, when w
-// marks keys whose record claims this Store holds, the gate of its lock
-// session (commit_gate, locks.go), which raises, aborting the commit, if
-// that session has ended. Once it committed,
-// the record claims that the marks replace (whoever's) and that w.Release
-// ends (w.ReleaseOwner's only) end, and their locks are let go soon after,
-// off the commit's path (locks.go). With w.EndRange, the range claim of
+// token, and locks that record until the commit); the checkpoint (which
+// raises, aborting the rest, if it would move backwards as a number); the
+// progress; the marks (one multi-row insert over unnest arrays; of keys
+// repeated in w the last wins, and a key an earlier commit marked gets a
+// row of its own, lookups asking whether any row of it is live); the state
+// writes (one upsert and one delete over unnest arrays; of repeated keys
+// the last op wins); one statement per on-failure batch with its records;
+// and, last, when w marks keys whose record claims this Store holds, the
+// gate of its lock session (commit_gate, locks.go), which raises, aborting
+// the commit, if that session has ended. Once it committed, the record
+// claims that the marks replace (whoever's) and that w.Release ends
+// (w.ReleaseOwner's only) end, and their locks are let go soon after, off
+// the commit's path (locks.go). With w.EndRange, the range claim of
 // w.ProgressKey's mapping is deleted after the progress, in the same
 // transaction, so a claimer that finds the range ended finds the progress
 // that ended it. Rows are written in key order, so concurrent Commits lock
 // shared rows in one order. Commit does not keep w.
 //
 // Errors: store.ErrCheckpointBackwards, store.ErrFenced and
-// store.ErrRecordClaimLost (nothing written), store.ErrClosed,
-// an invalid sequence, and PostgreSQL's errors; all name the checkpoint.
+// store.ErrRecordClaimLost (nothing written), store.ErrClosed, an invalid
+// sequence, and PostgreSQL's errors; all name the checkpoint.
 func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	if err := s.enter(); err != nil {
 		return commitErr(w, err)

@@ -629,10 +629,10 @@ CREATE UNLOGGED TABLE {s}.lock_sessions (
 	opened_at timestamptz NOT NULL DEFAULT now()
 );
 
--- claim_locks as in version 8, then, unless no session of lock_sessions
--- but the caller's (p_live) has ended, or none of those that ended has a
--- commit in flight, every lock this call took is let go again and
--- reported not taken.
+-- claim_locks as in version 8; then, if a session of lock_sessions other
+-- than the caller's (p_live) has ended and has a commit in flight (its
+-- gate is taken), every lock this call took is let go again and reported
+-- not taken. An ended session with no commit in flight loses its row.
 CREATE FUNCTION {s}.claim_locks(p_locks bigint[], p_unlock bigint[], p_live bigint) RETURNS boolean[]
 LANGUAGE plpgsql AS $fn$
 DECLARE
