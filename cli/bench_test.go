@@ -11,14 +11,15 @@ import (
 	"testing"
 )
 
-// TestBenchShardsBatchSize runs `idem bench` on a few records with 8 shards
-// and batches of 50: the report says so and counts every record.
+// TestBenchShardsBatchSize runs `idem bench` on a few records with 8 shards,
+// batches of 50 and 3,000 marks held before each scenario: the report says
+// so and counts every record.
 func TestBenchShardsBatchSize(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs every scenario, the latency one for 3s")
 	}
 	var stdout, stderr bytes.Buffer
-	code := Run(context.Background(), []string{"bench", "--records", "2000", "--shards", "8", "--batch-size", "50", "--json", "--dir", t.TempDir()},
+	code := Run(context.Background(), []string{"bench", "--records", "2000", "--shards", "8", "--batch-size", "50", "--marks", "3000", "--json", "--dir", t.TempDir()},
 		strings.NewReader(""), &stdout, &stderr)
 	if code != exitOK {
 		t.Fatalf("exit %d:\n%s", code, stderr.String())
@@ -26,12 +27,13 @@ func TestBenchShardsBatchSize(t *testing.T) {
 	var rep struct {
 		Shards    int `json:"shards"`
 		BatchSize int `json:"batchSize"`
+		Marks     int `json:"marks"`
 	}
 	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
 		t.Fatalf("%v:\n%s", err, stdout.String())
 	}
-	if rep.Shards != 8 || rep.BatchSize != 50 {
-		t.Errorf("shards %d, batchSize %d; want 8 and 50:\n%s", rep.Shards, rep.BatchSize, stdout.String())
+	if rep.Shards != 8 || rep.BatchSize != 50 || rep.Marks != 3000 {
+		t.Errorf("shards %d, batchSize %d, marks %d; want 8, 50 and 3000:\n%s", rep.Shards, rep.BatchSize, rep.Marks, stdout.String())
 	}
 	var scen map[string]json.RawMessage
 	if err := json.Unmarshal(stdout.Bytes(), &scen); err != nil {
@@ -51,8 +53,8 @@ func TestBenchShardsBatchSize(t *testing.T) {
 	}
 }
 
-// TestBenchBadFlags refuses shards and batch sizes out of range, naming the
-// flag, before running anything.
+// TestBenchBadFlags refuses shards, batch sizes and marks out of range,
+// naming the flag, before running anything.
 func TestBenchBadFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -62,6 +64,8 @@ func TestBenchBadFlags(t *testing.T) {
 		{[]string{"--shards", "257"}, "--shards"},
 		{[]string{"--batch-size", "0"}, "--batch-size"},
 		{[]string{"--batch-size", "10001"}, "--batch-size"},
+		{[]string{"--marks", "-1"}, "--marks"},
+		{[]string{"--marks", "100000001"}, "--marks"},
 		{[]string{"--shards", "x"}, "--shards"},
 	} {
 		var stderr bytes.Buffer

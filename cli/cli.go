@@ -447,20 +447,21 @@ func stateCmd() *cobra.Command {
 	return cmd
 }
 
-// Bounds of `idem bench --shards` and `--batch-size`.
+// Bounds of `idem bench --shards`, `--batch-size` and `--marks`.
 const (
 	maxBenchShards    = 256
 	maxBenchBatchSize = 10000
+	maxBenchMarks     = 100_000_000
 )
 
 func benchCmd() *cobra.Command {
-	var records, shards, batchSize int
+	var records, shards, batchSize, marks int
 	var asJSON bool
 	var dir, storeSpec string
 	var scenarios []string
 	var prof benchProfiles
 	cmd := &cobra.Command{
-		Use:   "bench [--records N] [--shards N] [--batch-size N] [--scenarios NAME,…] [--json] [--store embedded|postgres://…|redis://…|dynamodb://…] [--cpuprofile FILE] [--mutexprofile FILE]",
+		Use:   "bench [--records N] [--shards N] [--batch-size N] [--marks N] [--scenarios NAME,…] [--json] [--store embedded|postgres://…|redis://…|dynamodb://…] [--cpuprofile FILE] [--mutexprofile FILE]",
 		Short: "Measure exactly-once against at-least-once and a per-record idempotency store, on this machine",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -470,13 +471,16 @@ func benchCmd() *cobra.Command {
 			if batchSize < 1 || batchSize > maxBenchBatchSize {
 				return usageError{fmt.Errorf("--batch-size: %d is outside 1 to %d", batchSize, maxBenchBatchSize)}
 			}
+			if marks < 0 || marks > maxBenchMarks {
+				return usageError{fmt.Errorf("--marks: %d is outside 0 to %d", marks, maxBenchMarks)}
+			}
 			if err := bench.CheckScenarios(scenarios); err != nil {
 				return usageError{fmt.Errorf("--scenarios: %w", err)}
 			}
 			if err := prof.start(); err != nil {
 				return usageError{err}
 			}
-			rep, err := bench.Run(cmd.Context(), bench.Config{Records: records, Shards: shards, BatchSize: batchSize,
+			rep, err := bench.Run(cmd.Context(), bench.Config{Records: records, Shards: shards, BatchSize: batchSize, Marks: marks,
 				Dir: dir, Progress: cmd.ErrOrStderr(), Store: storeSpec, Scenarios: scenarios})
 			if perr := prof.stop(); err == nil {
 				err = perr
@@ -495,6 +499,7 @@ func benchCmd() *cobra.Command {
 	cmd.Flags().IntVar(&records, "records", 1_000_000, "records per scenario")
 	cmd.Flags().IntVar(&shards, "shards", 4, "shards of the benchmark's stream (1 to 256)")
 	cmd.Flags().IntVar(&batchSize, "batch-size", 100, "batch size of the benchmark's mappings (1 to 10000)")
+	cmd.Flags().IntVar(&marks, "marks", 0, "live completion marks each scenario's store holds before it starts, as a store in use does (0 to 100000000)")
 	cmd.Flags().StringSliceVar(&scenarios, "scenarios", nil, "run only these scenarios, by their JSON names: "+strings.Join(bench.ScenarioNames, ", ")+" (default: all)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (one key per scenario, each with recordsPerSec)")
 	cmd.Flags().StringVar(&dir, "dir", "", "scratch directory (default: a temporary one, removed after)")

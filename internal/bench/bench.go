@@ -42,6 +42,12 @@ type Config struct {
 	Shards int
 	// BatchSize of the mapping. Default: 100.
 	BatchSize int
+	// Marks is how many live completion marks each scenario's store holds
+	// before the scenario starts, committed before its clock starts, as a
+	// store in use holds those of the retention period: what a store
+	// spends on a key grows with what it holds (a btree's depth, the
+	// runs a lookup may search). Default: none, a fresh store.
+	Marks int
 	// RecordSize in bytes. Default: 200.
 	RecordSize int
 	// LatencyDuration is how long records are put at LatencyRate. Default: 3s.
@@ -145,6 +151,8 @@ type Report struct {
 	// with.
 	Shards    int `json:"shards"`
 	BatchSize int `json:"batchSize"`
+	// Marks each scenario's store held before it started (Config.Marks).
+	Marks int `json:"marks,omitempty"`
 	// A scenario that did not run (Config.Scenarios) is left out of the
 	// JSON.
 	AtLeastOnce Scenario `json:"atLeastOnce,omitzero"`
@@ -166,7 +174,11 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "%-38s %10d records %8.2fs %12.0f records/s  CPU %6.2f µs/record  peak RSS %6.1f MB\n", name, s.Records, s.Seconds, s.RecordsPerSec, s.CPUMicrosPerRecord, s.PeakRSSMB)
 	}
-	fmt.Fprintf(w, "store: %s   shards: %d   batch size: %d\n", r.Store, r.Shards, r.BatchSize)
+	fmt.Fprintf(w, "store: %s   shards: %d   batch size: %d", r.Store, r.Shards, r.BatchSize)
+	if r.Marks > 0 {
+		fmt.Fprintf(w, "   marks held before each scenario: %d", r.Marks)
+	}
+	fmt.Fprintln(w)
 	row("(a) at-least-once (checkpoint only)", r.AtLeastOnce)
 	row("(b) exactly-once (checkpoint + marks)", r.ExactlyOnce)
 	row("(b') exactly-once, payload keys (marks)", r.ExactlyOncePayloadKeys)
@@ -211,7 +223,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer os.RemoveAll(d)
 		dir = d
 	}
-	rep := &Report{Store: storeKind(cfg.Store), Shards: cfg.Shards, BatchSize: cfg.BatchSize}
+	rep := &Report{Store: storeKind(cfg.Store), Shards: cfg.Shards, BatchSize: cfg.BatchSize, Marks: cfg.Marks}
 	// measure runs mode m with c in the subdirectory sub, and keeps in
 	// *dst the better of that run and what *dst held (nothing, the first
 	// time).
@@ -378,6 +390,14 @@ func throughput(ctx context.Context, cfg Config, dir string, m mode) (Scenario, 
 		return Scenario{}, err
 	}
 	defer cleanup()
+	if cfg.Marks > 0 {
+		if err := prefillMarks(ctx, st, cfg.Marks, storeKind(cfg.Store)); err != nil {
+			return Scenario{}, err
+		}
+		if err := db.Settle(ctx); err != nil {
+			return Scenario{}, err
+		}
+	}
 	e := engine.New(st, engine.WithLogger(discardLogger()))
 	src, err := srcembedded.New(db, "bench")
 	if err != nil {

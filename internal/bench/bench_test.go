@@ -8,7 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/internal/testsvc"
+	"github.com/idem-run/idem/store"
+	stembedded "github.com/idem-run/idem/store/embedded"
 )
 
 // TestRunSmall runs every scenario on a few records, so that `idem bench`
@@ -75,7 +78,7 @@ func BenchmarkEngine(b *testing.B) {
 
 // TestRunOnSharedStores runs the scenarios on DynamoDB (minidyn, in
 // process, first: the others skip the test when absent), PostgreSQL and
-// Redis, as `idem bench --store` does, on a few records.
+// Redis, as `idem bench --store --marks` does, on a few records.
 func TestRunOnSharedStores(t *testing.T) {
 	for _, spec := range []func(t *testing.T) string{
 		func(t *testing.T) string {
@@ -87,13 +90,36 @@ func TestRunOnSharedStores(t *testing.T) {
 		s := spec(t)
 		t.Run(storeKind(s), func(t *testing.T) {
 			rep, err := Run(context.Background(), Config{Records: 1000, BaselineRecords: 100, Dir: t.TempDir(), Store: s,
-				LatencyDuration: 200 * time.Millisecond, LatencyRate: 100})
+				LatencyDuration: 200 * time.Millisecond, LatencyRate: 100, Marks: 1500})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rep.Store != storeKind(s) || rep.ExactlyOnce.RecordsPerSec <= 0 || rep.PerRecordBaseline.RecordsPerSec <= 0 {
+			if rep.Store != storeKind(s) || rep.ExactlyOnce.RecordsPerSec <= 0 || rep.PerRecordBaseline.RecordsPerSec <= 0 || rep.Marks != 1500 {
 				t.Fatalf("report %+v", rep)
 			}
 		})
+	}
+}
+
+// TestPrefillMarks: the marks `idem bench --marks` commits before a
+// scenario are live in its store, in a scope no scenario's record uses.
+func TestPrefillMarks(t *testing.T) {
+	ctx := context.Background()
+	db, err := pebbledb.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	st := stembedded.New(db)
+	if err := prefillMarks(ctx, st, 2500, "embedded"); err != nil {
+		t.Fatal(err)
+	}
+	keys := []store.MarkKey{store.MarkKeyOf("bench-prefill", "0"), store.MarkKeyOf("bench-prefill", "2499"), store.MarkKeyOf("bench-prefill", "2500")}
+	done := make([]bool, len(keys))
+	if err := st.Completed(ctx, keys, time.Now(), done); err != nil {
+		t.Fatal(err)
+	}
+	if !done[0] || !done[1] || done[2] {
+		t.Fatalf("completed %v, want the first and last of 2,500 and not the one after", done)
 	}
 }

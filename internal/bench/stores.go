@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/internal/pebbledb"
 	"github.com/idem-run/idem/store"
 	"github.com/idem-run/idem/store/dynamodb"
@@ -337,4 +338,28 @@ func (d *dynamoBaseline) complete(ctx context.Context, key string) error {
 
 func (d *dynamoBaseline) close() {
 	d.client.DeleteTable(context.Background(), &awsddb.DeleteTableInput{TableName: d.table})
+}
+
+// prefillMarks commits n live completion marks into st, under a
+// checkpoint of their own, in commits of up to 1,000 marks (as many as
+// one DynamoDB transaction holds there). Their keys are in a scope of
+// their own, so no scenario's record finds one.
+func prefillMarks(ctx context.Context, st store.Driver, n int, kind string) error {
+	batch := 1000
+	if kind == "dynamodb" {
+		batch = dynamodb.MaxPayloadKeyBatch
+	}
+	expires := time.Now().Add(24 * time.Hour)
+	w := store.Write{Checkpoint: store.CheckpointKey{Mapping: "bench-prefill", Stream: "prefill", Shard: "0"}}
+	for i := 0; i < n; i += batch {
+		w.Marks = w.Marks[:0]
+		for j := i; j < min(i+batch, n); j++ {
+			w.Marks = append(w.Marks, store.Mark{Key: store.MarkKeyOf("bench-prefill", strconv.Itoa(j)), Expires: expires})
+		}
+		w.NewCheckpoint = store.Checkpoint{Sequence: idem.SequenceOf(uint64(i + 1))}
+		if err := st.Commit(ctx, &w); err != nil {
+			return fmt.Errorf("prefilling the store with %d marks: %w", n, err)
+		}
+	}
+	return nil
 }
