@@ -484,20 +484,28 @@ func (db *DB) recover(st *stream) error {
 	return nil
 }
 
-// Settle flushes what Pebble holds in memory and waits until it has no
-// flush or compaction running, and either owes none or has started none
-// for settleQuiet (Pebble may estimate some debt it does not act on), or
-// until ctx is done. Benchmarks call it once they have filled a stream, so
-// that the fill's compactions do not run inside what they time (and inside
-// the slower scenario's time more than the faster one's).
+// Settle spills the mark journal and merges the runs that call for it, as
+// the background would, then flushes what Pebble holds in memory and waits
+// until it has no flush or compaction running, and either owes none or has
+// started none for settleQuiet (Pebble may estimate some debt it does not
+// act on), or until ctx is done. Benchmarks call it once they have filled
+// a stream or a store's marks, so that the fill's spills, merges and
+// compactions do not run inside what they time (and inside the slower
+// scenario's time more than the faster one's).
 //
-// Errors: ErrClosed, ctx.Err(), and Pebble's flush error.
+// Errors: ErrClosed, ctx.Err(), and Pebble's errors.
 func (db *DB) Settle(ctx context.Context) error {
 	release, err := db.enter()
 	if err != nil {
 		return err
 	}
 	defer release()
+	if err := db.spill(); err != nil {
+		return fmt.Errorf("pebbledb: settle: %w", err)
+	}
+	if err := db.mergeRuns(); err != nil {
+		return fmt.Errorf("pebbledb: settle: %w", err)
+	}
 	if err := db.pdb.Flush(); err != nil {
 		return fmt.Errorf("pebbledb: settle: %w", err)
 	}
