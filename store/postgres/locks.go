@@ -116,7 +116,6 @@ type heldClaim struct {
 	// sweepAt is when the sweep lets the lock go, on this host's clock:
 	// the lease's length after the claim, plus lockSweepGrace.
 	sweepAt time.Time
-	lock    int64
 }
 
 // lockSession takes and keeps the Store's record claims: one connection,
@@ -353,7 +352,7 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 				plans[i] = planLock
 				continue
 			}
-			l.held[k] = heldClaim{owner: c.Owner, until: c.LeaseUntil, sweepAt: sweepAt, lock: l.lockID(k)}
+			l.held[k] = heldClaim{owner: c.Owner, until: c.LeaseUntil, sweepAt: sweepAt}
 		}
 	}
 	return got, nil
@@ -422,8 +421,7 @@ func (l *lockSession) keep(key store.MarkKey) bool {
 // session's next use, or, while a commit of the key is in flight, once
 // that commit ended. l.mu is held.
 func (l *lockSession) end(key store.MarkKey) {
-	h, ok := l.held[key]
-	if !ok {
+	if _, ok := l.held[key]; !ok {
 		return
 	}
 	delete(l.held, key)
@@ -431,7 +429,7 @@ func (l *lockSession) end(key store.MarkKey) {
 		l.parked[key]++
 		return
 	}
-	l.unlock = append(l.unlock, h.lock)
+	l.unlock = append(l.unlock, l.lockID(key))
 }
 
 // commitGate is what a commit that marks keys the table holds carries in
