@@ -182,13 +182,7 @@ func TestLockSessionLost(t *testing.T) {
 	ctx := context.Background()
 	k1, k2 := store.MarkKeyOf("scope", "lost-1"), store.MarkKeyOf("scope", "lost-2")
 	wantClaims(t, "a", claimKeys(t, a, oa, k1), store.Acquired)
-	a.locks.callMu.Lock()
-	pid := a.locks.conn.PgConn().PID()
-	a.locks.callMu.Unlock()
-	var ended bool
-	if err := b.pool.QueryRow(ctx, "SELECT pg_terminate_backend($1)", pid).Scan(&ended); err != nil || !ended {
-		t.Fatalf("pg_terminate_backend = %v, %v", ended, err)
-	}
+	endLockSession(t, a)
 	eventually(t, "b after a's session ended", b, ob, k1)
 	now := time.Now()
 	err := a.ClaimRecords(ctx, &store.RecordClaims{Owner: oa, Keys: []store.MarkKey{k2}, Now: now, LeaseUntil: now.Add(time.Minute)})
@@ -203,13 +197,7 @@ func TestLockSessionLost(t *testing.T) {
 
 	// The run a started under the lost claim of k1 must not commit: b may
 	// have run it meanwhile. k2, claimed by the new session, commits.
-	commit := func(key store.MarkKey, seq string) error {
-		return a.Commit(ctx, &store.Write{
-			Checkpoint:    store.CheckpointKey{Mapping: "m", Stream: "in", Shard: "0"},
-			NewCheckpoint: store.Checkpoint{Sequence: idem.Sequence(seq)},
-			Marks:         []store.Mark{{Key: key, Expires: time.Now().Add(time.Hour)}},
-		})
-	}
+	commit := func(key store.MarkKey, seq string) error { return a.Commit(ctx, markWrite(seq, key)) }
 	if err := commit(k1, "1"); !errors.Is(err, store.ErrRecordClaimLost) {
 		t.Fatalf("commit of the lost claim's mark: %v, want store.ErrRecordClaimLost", err)
 	}
@@ -250,10 +238,8 @@ func TestFencedClaimKeepsLocks(t *testing.T) {
 // the sweep, for other processes, and is lost to its owner; one still
 // within it is kept.
 func TestLockSweep(t *testing.T) {
-	a, b, oa, ob := twoStores(t)
+	a, b, ob, k := claimedByA(t, "swept")
 	ctx := context.Background()
-	k := store.MarkKeyOf("scope", "swept")
-	wantClaims(t, "a", claimKeys(t, a, oa, k), store.Acquired)
 	a.locks.sweep(time.Now().Add(time.Minute)) // the lease just ended
 	if err := a.locks.flush(ctx); err != nil {
 		t.Fatal(err)
@@ -338,10 +324,8 @@ func endLockSession(t *testing.T, s *Store) {
 // loss: another process may have taken the keys meanwhile. Its checkpoint
 // does not move.
 func TestCommitGateSessionEnded(t *testing.T) {
-	a, b, oa, ob := twoStores(t)
+	a, b, ob, k := claimedByA(t, "gate-ended")
 	ctx := context.Background()
-	k := store.MarkKeyOf("scope", "gate-ended")
-	wantClaims(t, "a", claimKeys(t, a, oa, k), store.Acquired)
 	endLockSession(t, a)
 	eventually(t, "b after a's session ended", b, ob, k)
 	if err := a.Commit(ctx, markWrite("1", k)); !errors.Is(err, store.ErrRecordClaimLost) {
@@ -356,13 +340,21 @@ func TestCommitGateSessionEnded(t *testing.T) {
 	}
 }
 
+// claimedByA opens two Stores over one schema, as two processes, and
+// claims key (in scope "scope") for a's owner in a.
+func claimedByA(t *testing.T, key string) (a, b *Store, ob, k store.MarkKey) {
+	t.Helper()
+	a, b, oa, ob := twoStores(t)
+	k = store.MarkKeyOf("scope", key)
+	wantClaims(t, "a", claimKeys(t, a, oa, k), store.Acquired)
+	return a, b, ob, k
+}
+
 // commitInFlight claims key for Store a, of two Stores, and begins a's
 // commit of a Write that marks it, to its gate: a commit in flight.
 func commitInFlight(t *testing.T, key string) (a, b *Store, ob store.MarkKey, w *store.Write, g *commitGate) {
 	t.Helper()
-	a, b, oa, ob := twoStores(t)
-	k := store.MarkKeyOf("scope", key)
-	wantClaims(t, "a", claimKeys(t, a, oa, k), store.Acquired)
+	a, b, ob, k := claimedByA(t, key)
 	w = markWrite("1", k)
 	g, err := a.locks.gate(w)
 	if err != nil || g == nil {
@@ -438,10 +430,8 @@ func TestLockSessionRows(t *testing.T) {
 // TestCommitGateSessionEndedInTx: the gate holds for a commit in the
 // handler's transaction too.
 func TestCommitGateSessionEndedInTx(t *testing.T) {
-	a, b, oa, ob := twoStores(t)
+	a, b, ob, k := claimedByA(t, "gate-tx")
 	ctx := context.Background()
-	k := store.MarkKeyOf("scope", "gate-tx")
-	wantClaims(t, "a", claimKeys(t, a, oa, k), store.Acquired)
 	tx, err := a.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
