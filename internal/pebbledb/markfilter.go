@@ -50,12 +50,21 @@ import (
 // lookup, a hundred times a filter's, and a filter of several segments
 // adds up their rates. A new segment is sized to the marks the filter
 // holds already (at least minSegmentKeys): while marks accumulate,
-// segments number about log2(marks/minSegmentKeys) and cost 2 to 4 bytes
-// a mark (2.0 at a million, BenchmarkMarkFilter); under a steady load,
+// segments number about 1+log2(marks/minSegmentKeys) and cost 2 to 4
+// bytes a mark beyond the first segment's 2 MiB; under a steady load,
 // where expiry drops segments, one to three are live, for 2.5 to 5 bytes
 // a live mark (TestMarkFilterSteadyState). A set of the keys (a Go map)
 // would need no segments and have no false positives, but costs 36 bytes
 // a mark: a gigabyte at thirty million marks.
+//
+// A lookup tests each segment, newest first, and a segment of megabytes
+// is a cache miss a test: that, not the hashing, is the filter's cost.
+// So the smallest segment is large. At 128 KiB, a store's first million
+// marks took five segments, and its first three million seven; with 2
+// MiB they take one and three, and a payload-keyed record beside 2
+// million marks costs about 0.3 µs less ("The mark filter's first
+// segment" in BENCHMARKS.md). Probing a chunk of keys' blocks before
+// testing any, so that the misses overlap, gained nothing measurable.
 //
 // The filter's memory is bounded (WithMarkFilterMemory): at the bound, no
 // segment is added, and the last one takes every further key, its
@@ -72,8 +81,8 @@ import (
 const (
 	// filterBitsPerKey sets the false-positive rate of a full segment.
 	filterBitsPerKey = 16
-	// minSegmentKeys is the capacity of the smallest segment: 128 KiB.
-	minSegmentKeys = 1 << 16
+	// minSegmentKeys is the capacity of the smallest segment: 2 MiB.
+	minSegmentKeys = 1 << 20
 	// blockWords is the number of 64-bit words of a block: a cache line.
 	blockWords = 8
 )
