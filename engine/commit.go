@@ -140,8 +140,20 @@ type commit struct {
 	window      bool
 	windowState json.RawMessage
 	discarded   []idem.Record
-	failures    []store.Failure
-	conditions  map[string]int
+	// unkeyed leading records of discarded have no idempotency key (it
+	// could not be computed): they were never claimed, and get no mark.
+	unkeyed    int
+	failures   []store.Failure
+	conditions map[string]int
+}
+
+// discardUnkeyed sends r, whose idempotency key could not be computed
+// (err), to the on-failure destination in this commit, which must not
+// have discarded records yet: r was never claimed, and gets no mark.
+func (c *commit) discardUnkeyed(s *shard, r idem.Record, err error) {
+	s.e.log.Error("discarding record: its idempotency key cannot be computed", "mapping", s.m.cfg.Name, "err", err)
+	c.discard(s, []idem.Record{r}, conditionKeyError, 0, "IdempotencyKeyError", err.Error())
+	c.unkeyed++
 }
 
 // discard sends recs to the on-failure destination in this commit.
@@ -240,12 +252,17 @@ func (s *shard) commitWrite(ctx context.Context, c *commit) error {
 		newProgress.Filter = s.m.filters.encoded
 		w.HasProgress, w.ProgressKey, w.Progress = true, s.pkKey, newProgress
 	default:
-		// A mark replaces the record's claim.
+		// A mark replaces the record's claim, if the shard's owner still
+		// holds it: one that stalled past its lease may have been taken
+		// over, and the record run elsewhere (store.ErrRecordClaimLost).
 		expires := s.markExpiry()
-		for _, recs := range [][]idem.Record{c.completed, c.discarded} {
+		for _, recs := range [][]idem.Record{c.completed, c.discarded[c.unkeyed:]} {
 			for i := range recs {
 				w.Marks = append(w.Marks, store.Mark{Key: store.MarkKeyOf(cfg.Scope, recs[i].IdempotencyKey), Expires: expires})
 			}
+		}
+		if len(w.Marks) > 0 {
+			w.MarkOwner = s.owner
 		}
 	}
 

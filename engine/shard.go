@@ -479,7 +479,6 @@ func (s *shard) commitLost(ctx context.Context, lost uint64, trimmed idem.Sequen
 // completed in the scope, discards those whose key cannot be computed or
 // whose age exceeds the limit, and runs the rest, grouped by partition key.
 func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) error {
-	cfg := &s.m.cfg
 	var keyFailed []idem.Record
 	var keyErrs []error
 	var seen map[string]struct{} // payload keys of the window
@@ -536,8 +535,7 @@ func (s *shard) processWindow(ctx, work context.Context, recs []idem.Record) err
 	if len(cl.skipped) > 0 || len(keyFailed) > 0 || len(filtered) > 0 {
 		c := commit{skipped: cl.skipped, filtered: filtered}
 		for i, r := range keyFailed {
-			s.e.log.Error("discarding record: its idempotency key cannot be computed", "mapping", cfg.Name, "err", keyErrs[i])
-			c.discard(s, []idem.Record{r}, conditionKeyError, 0, "IdempotencyKeyError", keyErrs[i].Error())
+			c.discardUnkeyed(s, r, keyErrs[i])
 		}
 		if err := s.commit(work, &c); err != nil {
 			return err

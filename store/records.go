@@ -150,8 +150,10 @@ type RangeClaim struct {
 // ErrRecordClaimLost is wrapped by the error of a Commit refused because
 // a record claim it would end was lost before it landed: the claim went
 // with the process's hold on it (PostgreSQL's lock session ended, or the
-// claim was swept after its lease), so another process may have claimed
-// the key and run its record meanwhile. Nothing of the Write lands. The
-// caller must not retry the same Write: it runs the window again under
-// new claims, which find the other run's mark if it committed.
+// claim was swept after its lease), or another owner took it over once
+// its lease ran out (Write.MarkOwner), so another process may have
+// claimed the key and run its record meanwhile. Nothing of the Write
+// lands. The caller must not retry the same Write: it runs the window
+// again under new claims, which find the other run's mark if it
+// committed.
 var ErrRecordClaimLost = errors.New("store: a record claim was lost before the commit landed")

@@ -227,6 +227,18 @@ type Write struct {
 
 	// Marks are added to MarkScope (idempotency keys from the payload).
 	Marks []Mark
+	// MarkOwner, when set (not the zero MarkKey), makes the Write
+	// conditional on the record claims its Marks replace: each key marked
+	// must still be claimed by MarkOwner (whatever the claim's lease), or
+	// be neither claimed nor marked (a mark expired but not yet purged
+	// counts). Otherwise Commit returns an error wrapping
+	// ErrRecordClaimLost and applies nothing: another owner took the claim
+	// over once its lease ran out (the run stalled past it), and may have
+	// run the record, or committed it already. A key the Write marks twice
+	// is checked once, before any of its marks. The engine sets it on
+	// every commit that marks records; without it, marks replace claims
+	// whoever holds them.
+	MarkOwner MarkKey
 
 	State    []StateOp
 	Failures []Failure
@@ -307,7 +319,8 @@ type Driver interface {
 	// no longer holds, with an error wrapping ErrFenced (drivers that do
 	// not implement Claims refuse any Fence), and a w that marks a key
 	// whose record claim the driver knows was lost before it could land,
-	// with an error wrapping ErrRecordClaimLost.
+	// with an error wrapping ErrRecordClaimLost (as is a w whose
+	// MarkOwner no longer holds a claim it marks).
 	Commit(ctx context.Context, w *Write) error
 
 	// DeleteCheckpoint removes a mapping's checkpoint (an explicit reset, the

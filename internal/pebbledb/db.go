@@ -70,6 +70,10 @@ type options struct {
 	directMarks  bool
 	// noMerger leaves merges of runs to the test that calls mergeRuns.
 	noMerger bool
+	// afterPin, when set, is called by a commit with a MarkOwner once its
+	// claims are checked and pinned, before anything else: tests race
+	// takeovers against the commit there.
+	afterPin func(w *store.Write)
 }
 
 // Defaults, in one place. The cache and memtables bound Pebble's memory:
@@ -194,6 +198,12 @@ func withoutMerger() Option {
 	return optionFunc(func(o *options) { o.noMerger = true })
 }
 
+// withAfterPin calls f from each commit with a MarkOwner once its claims
+// are pinned (options.afterPin).
+func withAfterPin(f func(w *store.Write)) Option {
+	return optionFunc(func(o *options) { o.afterPin = f })
+}
+
 // withoutMarkFilter turns the mark filter off, for benchmarks.
 func withoutMarkFilter() Option {
 	return optionFunc(func(o *options) { o.noMarkFilter = true })
@@ -307,7 +317,9 @@ type DB struct {
 	// the compare-and-set a shared store does with a transaction.
 	claimMu sync.Mutex
 
-	// records are the record claims (store.RecordClaims), under claimMu.
+	// records are the record claims (store.RecordClaims), and the
+	// placeholders of keys that commits in flight pinned (recordClaim),
+	// under claimMu.
 	// They live in memory only: one process owns the data directory, so a
 	// claim can only ever be contended by that process, and a crash that
 	// forgets them also ends every run they guarded.

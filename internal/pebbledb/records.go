@@ -3,6 +3,8 @@ package pebbledb
 import (
 	"context"
 	"fmt"
+	"math"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -11,11 +13,26 @@ import (
 	"github.com/idem-run/idem/store"
 )
 
-// recordClaim is a record claim held in memory (see DB.records).
+// recordClaim is a record claim held in memory (see DB.records). One
+// whose until is noLease is a placeholder, not a claim: it stands for a
+// key that a commit in flight marks and found unclaimed, or whose claim
+// was ended while such a commit had it pinned, so that no other owner
+// claims the key before the commit lands or fails (pinClaims).
 type recordClaim struct {
 	owner store.MarkKey
-	until int64 // lease end, Unix nanoseconds
+	until int64 // lease end, Unix nanoseconds; noLease for a placeholder
+	// pins counts the commits in flight that mark the key for owner
+	// (Write.MarkOwner): while one does, the claim holds its key
+	// whatever its lease, and ending it leaves a placeholder.
+	pins int32
 }
+
+// noLease is the until of a placeholder: a lease that ended before any
+// other, held only while a commit in flight pins it.
+const noLease = math.MinInt64
+
+// heldAt reports whether the claim keeps other owners off its key at now.
+func (rc recordClaim) heldAt(now int64) bool { return rc.until > now || rc.pins > 0 }
 
 // ClaimRecords claims c.Keys for c.Owner in order, up to the first key
 // another owner's live claim holds (store.RecordClaims). Claims are kept
@@ -26,7 +43,9 @@ type recordClaim struct {
 // its marks to the filter and applies them before it ends the claims they
 // replace, so a key acquired here after another owner's claim ended has
 // that owner's mark visible to the lookup that follows, and is reported
-// Completed (and its claim let go) rather than run again.
+// Completed (and its claim let go) rather than run again. A claim that a
+// commit in flight pinned (Write.MarkOwner) is held whatever its lease:
+// the commit checked that its owner holds it, and lands.
 //
 // Errors: store.ErrFenced (nothing claimed), ErrClosed, ctx.Err().
 func (db *DB) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
@@ -69,7 +88,7 @@ func (db *DB) ClaimRecords(ctx context.Context, c *store.RecordClaims) error {
 		db.claimMu.Lock()
 		for _, k := range completed {
 			if rc, ok := db.records[k]; ok && rc.owner == c.Owner {
-				delete(db.records, k)
+				db.endRecordClaim(k, rc)
 			}
 		}
 		db.claimMu.Unlock()
@@ -88,7 +107,8 @@ func (db *DB) claimRecords(c *store.RecordClaims) error {
 		}
 	}
 	for i, k := range c.Keys {
-		if rc, ok := db.records[k]; ok && rc.owner != c.Owner && rc.until > now {
+		rc, ok := db.records[k]
+		if ok && rc.owner != c.Owner && rc.heldAt(now) {
 			// Held elsewhere, unless it is completed already: a mark
 			// outranks a claim.
 			if done, err := db.marked(c, i); err != nil {
@@ -98,13 +118,103 @@ func (db *DB) claimRecords(c *store.RecordClaims) error {
 				continue
 			}
 			c.Status[i] = store.InProgress
-			c.HeldUntil = time.Unix(0, rc.until)
+			// A pinned claim whose lease ended is held until its
+			// commit lands, any moment now.
+			c.HeldUntil = time.Unix(0, max(rc.until, now))
 			return nil
 		}
-		db.records[k] = recordClaim{owner: c.Owner, until: until}
+		if !ok || rc.owner != c.Owner {
+			rc = recordClaim{owner: c.Owner} // a claim taken over keeps no pins
+		}
+		rc.until = until
+		db.records[k] = rc
 		c.Status[i] = store.Acquired
 	}
 	return nil
+}
+
+// endRecordClaim ends the claim rc of k. One that a commit in flight
+// pinned becomes a placeholder instead: still held until that commit
+// lands, which ends it, or fails, which removes it (unpin). The caller
+// holds claimMu.
+func (db *DB) endRecordClaim(k store.MarkKey, rc recordClaim) {
+	if rc.pins > 0 {
+		rc.until = noLease
+		db.records[k] = rc
+		return
+	}
+	delete(db.records, k)
+}
+
+// pinClaims checks the claims a w with a MarkOwner replaces
+// (Write.MarkOwner), and pins them for the commit of w, which must then
+// end them (endClaims) or, if it fails, unpin them: a claim found
+// MarkOwner's could otherwise be taken over, its lease ended, between the
+// check and the moment w is applied, and the record run again by an owner
+// that would not find w's mark. It costs a map lookup and a store a key.
+//
+// A key with no claim of MarkOwner's gets a placeholder, so that no other
+// owner claims it once checked, and its marks are then looked up, outside
+// claimMu, expired ones too (a mark not yet purged counts): a commit that
+// marked the key applied its mark, and filed it, before it ended the
+// claim, so the lookup finds it. A key w marks twice is checked against
+// what the store held before w, and passes or fails as it would once.
+//
+// Errors: store.ErrRecordClaimLost (nothing pinned), lookupMarks'.
+func (db *DB) pinClaims(w *store.Write) error {
+	owner := w.MarkOwner
+	var free []store.MarkKey // keys with no claim of owner's: looked up
+	db.claimMu.Lock()
+	for i := range w.Marks {
+		k := w.Marks[i].Key
+		rc, ok := db.records[k]
+		if ok && rc.owner != owner {
+			db.unpin(w.Marks[:i])
+			db.claimMu.Unlock()
+			return fmt.Errorf("record %x: the claim of owner %x is held by owner %x: %w", k[:], owner[:], rc.owner[:], store.ErrRecordClaimLost)
+		}
+		if !ok {
+			rc = recordClaim{owner: owner, until: noLease}
+		}
+		if rc.until == noLease {
+			free = append(free, k)
+		}
+		rc.pins++
+		db.records[k] = rc
+	}
+	db.claimMu.Unlock()
+	if len(free) == 0 {
+		return nil
+	}
+	done := make([]bool, len(free))
+	err := db.lookupMarks(free, math.MinInt64, done)
+	if i := slices.Index(done, true); err == nil && i >= 0 {
+		err = fmt.Errorf("record %x, claimed by nobody (owner %x), is marked already: %w", free[i][:], owner[:], store.ErrRecordClaimLost)
+	}
+	if err != nil {
+		db.claimMu.Lock()
+		db.unpin(w.Marks)
+		db.claimMu.Unlock()
+	}
+	return err
+}
+
+// unpin takes back the pins pinClaims put on the claims of marks, for a
+// commit that failed: a claim stays as it was, lease included, and a
+// placeholder no other commit pins goes. The caller holds claimMu.
+func (db *DB) unpin(marks []store.Mark) {
+	for i := range marks {
+		k := marks[i].Key
+		rc, ok := db.records[k]
+		if !ok {
+			continue
+		}
+		if rc.pins--; rc.pins <= 0 && rc.until == noLease {
+			delete(db.records, k)
+			continue
+		}
+		db.records[k] = rc
+	}
 }
 
 // marked reports whether c asks for marks and c.Keys[i] has one live at
@@ -120,8 +230,10 @@ func (db *DB) marked(c *store.RecordClaims, i int) (bool, error) {
 
 // endClaims ends the claims a committed w ends: its range claim, its
 // releases, for their owner, and the record claims of the keys it marked
-// completed, whoever's. The
-// caller holds claimMu.
+// completed, whoever's (with a MarkOwner, pinClaims found them all
+// MarkOwner's, or free, and pinned them: w's pins are taken back). A
+// claim another commit in flight pinned is left a placeholder
+// (endRecordClaim). The caller holds claimMu.
 func (db *DB) endClaims(w *store.Write) {
 	if w.EndRange {
 		db.endRange(w)
@@ -131,11 +243,20 @@ func (db *DB) endClaims(w *store.Write) {
 	}
 	for _, k := range w.Release {
 		if rc, ok := db.records[k]; ok && rc.owner == w.ReleaseOwner {
-			delete(db.records, k)
+			db.endRecordClaim(k, rc)
 		}
 	}
+	pinned := w.MarkOwner != (store.MarkKey{})
 	for i := range w.Marks {
-		delete(db.records, w.Marks[i].Key)
+		k := w.Marks[i].Key
+		rc, ok := db.records[k]
+		if !ok {
+			continue
+		}
+		if pinned {
+			rc.pins--
+		}
+		db.endRecordClaim(k, rc)
 	}
 }
 

@@ -167,9 +167,19 @@ func (db *DB) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) err
 // A w.Fence is checked against the claims record of its key under the
 // lock Claim takes, and the batch committed under it too.
 //
+// Once applied, w ends the claims it replaces (ClaimRecords): the record
+// claims of the keys it marks, whoever's, those of w.Release that
+// w.ReleaseOwner holds, and with w.EndRange its range claim. With a
+// w.MarkOwner, the record claims of the keys it marks are checked first
+// (each MarkOwner's, whatever its lease, or neither claimed nor marked)
+// and pinned: no other owner can take one over until w has landed and
+// ended them, so that a record whose claim was taken over after a stall
+// never has its mark, and effects, committed twice.
+//
 // Errors: ErrStreamNotFound for a missing destination (nothing is written),
-// store.ErrFenced (nothing is written), store.ErrNoSpace (nothing is
-// written), ErrFatal, ErrClosed, ctx.Err().
+// store.ErrFenced (nothing is written), store.ErrRecordClaimLost (nothing
+// is written), store.ErrNoSpace (nothing is written), ErrFatal, ErrClosed,
+// ctx.Err().
 func (db *DB) Commit(ctx context.Context, w *store.Write) error {
 	_, err := db.commit(ctx, w, false)
 	return err
@@ -280,6 +290,26 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 		return nil, wrap(err)
 	}
 
+	// The claims w's marks replace are checked, and pinned until they are
+	// ended below or, if the commit fails, unpinned: no other owner can
+	// take one over meanwhile.
+	var claimsEnded bool
+	if w.MarkOwner != (store.MarkKey{}) && len(w.Marks) > 0 {
+		if err := db.pinClaims(w); err != nil {
+			return nil, wrap(err)
+		}
+		defer func() {
+			if !claimsEnded {
+				db.claimMu.Lock()
+				defer db.claimMu.Unlock()
+				db.unpin(w.Marks)
+			}
+		}()
+		if db.opts.afterPin != nil {
+			db.opts.afterPin(w)
+		}
+	}
+
 	var ps []*pending
 	defer func() {
 		for _, p := range ps {
@@ -339,6 +369,7 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 			defer db.claimMu.Unlock()
 		}
 		db.endClaims(w)
+		claimsEnded = true
 	}
 	if !pipelined {
 		if err := b.Commit(pebble.Sync); err != nil {

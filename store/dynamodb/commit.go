@@ -2,6 +2,7 @@ package dynamodb
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -463,6 +464,10 @@ type txn struct {
 	state   int
 	failed  int
 	spills  []spill
+	// markAt is the index of the first mark's Put; markKeys are the
+	// marked keys, folded, in the order of their Puts.
+	markAt   int
+	markKeys []store.MarkKey
 }
 
 func (t *txn) add(item types.TransactWriteItem) {
@@ -488,7 +493,15 @@ func (t *txn) check() error {
 // Update per release (removing ReleaseOwner's lease), a Put or Delete per
 // state key (the last op of a key wins), and a Put per on-failure batch.
 // Repeated marks, releases and state keys are folded, since DynamoDB
-// refuses two operations on one item in a transaction. A Write that
+// refuses two operations on one item in a transaction. With w.MarkOwner,
+// each mark's Put is conditioned on its item (markOwned): the key must
+// still be MarkOwner's claim, whatever its lease, or be neither claimed
+// nor marked; otherwise the transaction is cancelled, and Commit returns
+// an error wrapping store.ErrRecordClaimLost naming the key. The check
+// is the mark's own write, in the commit's transaction, so no claim can
+// be taken over between it and the commit. When several conditions
+// fail, the fence's error comes first, then the checkpoint's, then the
+// first lost claim's. A Write that
 // cannot fit one transaction is refused before anything is sent, with an
 // error wrapping ErrTooLarge. Commit does not keep w.
 //
@@ -534,8 +547,42 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 			stored = string(c.Sequence)
 		}
 		return wrap(fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, stored, w.NewCheckpoint.Sequence))
+	case w.MarkOwner != (store.MarkKey{}) && failed >= t.markAt && failed < t.markAt+len(t.markKeys):
+		return wrap(claimLost(t.markKeys[failed-t.markAt], w.MarkOwner, err, failed))
 	}
 	return wrap(err)
+}
+
+// markOwned is the condition of a mark's Put under a Write's MarkOwner
+// (:owner, in hex as ClaimRecords writes attribute owner): the item is
+// MarkOwner's claim, whatever its lease (an expired claim nobody took
+// over is still its own, and the run it covered may commit), or it holds
+// neither a claim nor a mark (no item, or one a release left). Another
+// owner in attribute owner took the claim over once its lease ran out; a
+// mark's expiry without an owner (the mark's Put replaced the claim)
+// means a run committed the key, expired or not: either way the record
+// may have run elsewhere, and this commit must not land. A claim over an
+// expired mark keeps the mark's expiry but names its owner, so it passes
+// as that owner's claim.
+const markOwned = "#o = :owner OR (attribute_not_exists(#o) AND attribute_not_exists(#exp))"
+
+// claimLost is the error of a Commit whose mark of key, the transaction's
+// item i, failed markOwned. It says what holds the key when DynamoDB
+// returned the item with the cancellation (the Put asks for it with
+// ReturnValuesOnConditionCheckFailure, at no extra round trip; minidyn
+// ignores that on a transaction's Put, so the message stays generic).
+func claimLost(key, owner store.MarkKey, err error, i int) error {
+	held := "claimed by another owner, or marked"
+	if tce, ok := errors.AsType[*types.TransactionCanceledException](err); ok && i < len(tce.CancellationReasons) {
+		item := tce.CancellationReasons[i].Item
+		if o, ok := getS(item, attrOwner); ok {
+			held = "claimed by owner " + o
+		} else if exp, ok := getS(item, attrExp); ok {
+			held = "marked (expiry " + exp + " ns)"
+		}
+	}
+	return fmt.Errorf("%w: key %x is no longer claimed by owner %x (%s): its record may have run elsewhere, so this commit is refused",
+		store.ErrRecordClaimLost, key[:], owner[:], held)
 }
 
 // isValidation reports whether DynamoDB refused a request as invalid: it
@@ -589,12 +636,27 @@ func (s *Store) build(w *store.Write) (*txn, error) {
 			marked[m.Key] = m.Expires
 		}
 	}
+	// Under a MarkOwner, each Put is conditioned on the claim it replaces
+	// (markOwned): a key marked twice has one Put, so it is checked once.
+	var ownedNames map[string]string
+	var ownedValues map[string]types.AttributeValue
+	if w.MarkOwner != (store.MarkKey{}) {
+		ownedNames = map[string]string{"#o": attrOwner, "#exp": attrExp}
+		ownedValues = map[string]types.AttributeValue{":owner": str(hex.EncodeToString(w.MarkOwner[:]))}
+	}
+	t.markAt, t.markKeys = len(t.items), order
 	for _, k := range order {
 		exp := marked[k]
-		t.add(types.TransactWriteItem{Put: &types.Put{TableName: s.table, Item: map[string]types.AttributeValue{
+		put := &types.Put{TableName: s.table, Item: map[string]types.AttributeValue{
 			attrPK: str(markPK(k)), attrSK: str(skMark),
 			attrExp: str(nanos(exp)), attrExpiration: s.gcExpiration(exp), attrVersion: newVersion(),
-		}}})
+		}}
+		if ownedNames != nil {
+			put.ConditionExpression = aws.String(markOwned)
+			put.ExpressionAttributeNames, put.ExpressionAttributeValues = ownedNames, ownedValues
+			put.ReturnValuesOnConditionCheckFailure = types.ReturnValuesOnConditionCheckFailureAllOld
+		}
+		t.add(types.TransactWriteItem{Put: put})
 		t.marks++
 	}
 

@@ -480,6 +480,68 @@ func TestExpiredNotDeleted(t *testing.T) {
 
 func hexOf(b [32]byte) string { return hex.EncodeToString(b[:]) }
 
+// TestMarkOwnerItems: under a Write's MarkOwner, a mark's item decides:
+// one a release left (no owner, no mark) and MarkOwner's claim over an
+// expired mark (the mark's expiry kept) let the commit land; a mark
+// expired but not yet deleted refuses it, and a stale fence is reported
+// before a lost claim. Without MarkOwner the mark's Put has no condition.
+func TestMarkOwnerItems(t *testing.T) {
+	f := newFixture(t)
+	base := time.Now().Truncate(time.Second)
+	a, b := markKey(100), markKey(101)
+	cp := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "0"}
+	commit := func(w *store.Write) error {
+		w.Checkpoint = cp
+		return f.s.Commit(f.ctx, w)
+	}
+	mark := func(keys ...store.MarkKey) []store.Mark {
+		var m []store.Mark
+		for _, k := range keys {
+			m = append(m, store.Mark{Key: k, Expires: base.Add(time.Hour)})
+		}
+		return m
+	}
+	released, remarked, expired := markKey(1), markKey(2), markKey(3)
+	if err := commit(&store.Write{Release: []store.MarkKey{released}, ReleaseOwner: b}); err != nil {
+		t.Fatal(err)
+	}
+	if it := f.item(t, "k#"+hex.EncodeToString(released[:]), "k"); len(it) == 0 || sAttr(it, "owner") != "" {
+		t.Fatalf("a release of an unclaimed key left %v, want an item without owner", it)
+	}
+	if err := commit(&store.Write{Marks: []store.Mark{{Key: remarked, Expires: base.Add(time.Second)}, {Key: expired, Expires: base.Add(time.Second)}}}); err != nil {
+		t.Fatal(err)
+	}
+	rc := &store.RecordClaims{Owner: a, Keys: []store.MarkKey{remarked}, Marks: true, Now: base.Add(time.Minute), LeaseUntil: base.Add(2 * time.Minute)}
+	if err := f.s.ClaimRecords(f.ctx, rc); err != nil || rc.Status[0] != store.Acquired {
+		t.Fatalf("ClaimRecords over an expired mark = %v, %v", rc.Status, err)
+	}
+	if err := commit(&store.Write{Marks: mark(released, remarked), MarkOwner: a}); err != nil {
+		t.Fatalf("Commit over a released item and a's claim over an expired mark: %v", err)
+	}
+	err := commit(&store.Write{Marks: mark(expired), MarkOwner: a})
+	if !errors.Is(err, store.ErrRecordClaimLost) || !strings.Contains(err.Error(), hex.EncodeToString(expired[:])) {
+		t.Fatalf("Commit over an expired mark: %v, want ErrRecordClaimLost naming the key", err)
+	}
+
+	lease := markKey(1000)
+	old, err := f.s.Claim(f.ctx, lease, [32]byte{1}, time.Second, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.s.Claim(f.ctx, lease, [32]byte{1}, time.Minute, base.Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	err = commit(&store.Write{Marks: mark(expired), MarkOwner: a, Fence: &store.Fence{Key: lease, Token: old.Token}})
+	if !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("Commit with a stale fence and a lost claim: %v, want ErrFenced", err)
+	}
+
+	// Without MarkOwner, marks replace whatever is there, unconditioned.
+	if err := commit(&store.Write{Marks: mark(expired)}); err != nil {
+		t.Fatalf("Commit without MarkOwner over an expired mark: %v", err)
+	}
+}
+
 // TestTimeToLiveAbsent: an endpoint without UpdateTimeToLive (minidyn)
 // opens with a warning, not an error.
 func TestTimeToLiveAbsent(t *testing.T) {

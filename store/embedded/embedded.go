@@ -95,7 +95,10 @@ func (s *Store) State(ctx context.Context, namespace, key string) ([]byte, error
 
 // Commit applies w atomically and durably; on-failure destinations must be
 // embedded streams of the same DB (otherwise the error wraps
-// source.ErrStreamNotFound and nothing is written).
+// source.ErrStreamNotFound and nothing is written). With a w.MarkOwner, it
+// lands only if MarkOwner still holds the record claims its marks replace
+// (otherwise the error wraps store.ErrRecordClaimLost and nothing is
+// written), and those claims cannot be taken over until it has.
 func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	return s.db.Commit(ctx, w)
 }

@@ -174,19 +174,32 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 
 // Commit applies w in one transaction and one round trip: its statements
 // go as one pipelined batch, which PostgreSQL runs as an implicit
-// transaction committed at the batch's end. In order: w.Fence's check, if
-// any (which raises, aborting the rest, unless the claims record holds its
-// token, and locks that record until the commit); the checkpoint (which
-// raises, aborting the rest, if it would move backwards as a number); the
-// progress; the marks (one multi-row insert over unnest arrays; of keys
-// repeated in w the last wins, and a key an earlier commit marked gets a
-// row of its own, lookups asking whether any row of it is live); the state
-// writes (one upsert and one delete over unnest arrays; of repeated keys
-// the last op wins); one statement per on-failure batch with its records;
-// and, last, when w marks keys whose record claims this Store holds, the
-// gate of its lock session (commit_gate, locks.go), which raises, aborting
-// the commit, if that session has ended. Once it committed, the record
-// claims that the marks replace (whoever's) and that w.Release ends
+// transaction committed at the batch's end. Before any is sent, w is
+// refused (store.ErrRecordClaimLost) if it marks a key whose record claim
+// was lost, or, with w.MarkOwner, a key another owner of this Store claims
+// or holds in a commit in flight: decided in memory (lockSession.gate,
+// locks.go), since a takeover between owners of one Store happens there.
+// In order: w.Fence's check, if any (which raises, aborting the rest,
+// unless the claims record holds its token, and locks that record until
+// the commit); with w.MarkOwner, when w marks keys no claim of this Store
+// holds, check_unclaimed over them, each once (which raises IDM03,
+// aborting the rest, if another session holds a key's lock or any mark row
+// of it exists, expired or not, and otherwise holds their locks until the
+// commit; the engine's commits, whose marks are all their owner's claims,
+// never send it, and pay only the look at the table); the checkpoint
+// (which raises, aborting the rest, if it would move backwards as a
+// number); the progress; the marks (one multi-row insert over unnest
+// arrays; of keys repeated in w the last wins, and a key an earlier commit
+// marked gets a row of its own, lookups asking whether any row of it is
+// live); the state writes (one upsert and one delete over unnest arrays;
+// of repeated keys the last op wins); one statement per on-failure batch
+// with its records; and, last, when w marks keys whose record claims this
+// Store holds, the gate of its lock session (commit_gate, locks.go), which
+// raises, aborting the commit, if that session has ended. While the
+// commit is in flight, no other owner of this Store takes over the claims
+// of w.MarkOwner that w marks, so those checked are still its own when the
+// marks land, whatever their leases. Once it committed, the record claims
+// that the marks replace (whoever's) and that w.Release ends
 // (w.ReleaseOwner's only) end, and their locks are let go soon after, off
 // the commit's path (locks.go). With w.EndRange, the range claim of
 // w.ProgressKey's mapping is deleted after the progress, in the same
@@ -222,7 +235,8 @@ func commitErr(w *store.Write, err error) error {
 // batchErr turns the error of w's batch into store.ErrCheckpointBackwards
 // when put_checkpoint refused to move the checkpoint backwards, and into
 // store.ErrFenced when check_fence refused w's fence, and into
-// store.ErrRecordClaimLost when commit_gate found the lock session gone.
+// store.ErrRecordClaimLost when commit_gate found the lock session gone
+// or check_unclaimed found a key claimed elsewhere or marked.
 func (s *Store) batchErr(w *store.Write, err error) error {
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == codeBackwards {
 		return fmt.Errorf("%w: from %q to %q", store.ErrCheckpointBackwards, pe.Detail, w.NewCheckpoint.Sequence)
@@ -240,9 +254,10 @@ func (s *Store) batchErr(w *store.Write, err error) error {
 // writeBatch returns w's statements, in the order Commit documents, for
 // Commit (an implicit transaction) and Tx.Commit (inside the handler's
 // transaction) alike. It refuses a w that marks a key whose record claim
-// was lost, and gates a w that marks keys whose claims this Store holds
-// (lockSession.gate): the caller passes the gate it returns to
-// lockSession.done once the commit ended.
+// was lost, or, under w.MarkOwner, that another owner claims, and gates a
+// w that marks keys whose claims this Store holds, or, under w.MarkOwner,
+// keys no claim of it holds (lockSession.gate): the caller passes the
+// gate it returns to lockSession.done once the commit ended.
 func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, *commitGate, error) {
 	if err := validate(w); err != nil {
 		return nil, nil, err
@@ -256,6 +271,9 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, *commitGate, error) {
 	b := &pgx.Batch{}
 	if f := w.Fence; f != nil {
 		b.Queue(s.q.checkFence, f.Key[:], int64(f.Token))
+	}
+	if g != nil && len(g.free) > 0 {
+		b.Queue(s.q.checkUnclaimed, keyArgs(g.free), g.freeLocks)
 	}
 	b.Queue(s.q.putCheckpoint, append([]any{escape(cp.Mapping), escape(cp.Stream), escape(cp.Shard), string(nc.Sequence),
 		nc.Processed, nc.Skipped, nc.Discarded, nc.Lost}, progressArgs(w)...)...)
@@ -285,7 +303,7 @@ func (s *Store) writeBatch(w *store.Write) (*pgx.Batch, *commitGate, error) {
 		}
 		b.Queue(s.q.putFailure, escape(f.Destination), meta, a.streams, a.shards, a.seqs, a.keys, a.data, a.arrivals)
 	}
-	if g != nil {
+	if g != nil && len(g.keys) > 0 {
 		b.Queue(s.q.commitGate, g.gate, g.live)
 	}
 	return b, g, nil

@@ -1,12 +1,14 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -32,7 +34,8 @@ import (
 //   - Between owners of one process (the shards of one Store), claims are
 //     decided by the table, with the leases the caller gives: an owner
 //     takes its own claim again at once, and another owner's once its
-//     lease ended, as with rows.
+//     lease ended, as with rows, unless a commit of that owner under its
+//     claim (a Write's MarkOwner) is in flight.
 //   - Between processes, a key is held while another process's lock
 //     session holds its lock, whatever the lease: until that process's
 //     commit ends the claim, its shard goes idle or stops
@@ -42,8 +45,9 @@ import (
 //     stops answering, is cut off by the server after lockSessionIdle
 //     (idle_session_timeout, PostgreSQL 14 and later) or by TCP
 //     keepalives.
-//   - A commit's mark ends any claim on its key, whoever holds it: a
-//     claimer that cannot take a key's lock looks its mark up before it
+//   - A commit's mark ends any claim on its key, whoever holds it (a
+//     commit under a MarkOwner lands only on that owner's claims, below):
+//     a claimer that cannot take a key's lock looks its mark up before it
 //     calls the key in progress.
 //
 // As with the UNLOGGED rows before, claims are not durable: a PostgreSQL
@@ -63,6 +67,26 @@ import (
 // so it takes none of them this time. A claim swept after its lease is
 // lost likewise, and a claim that ends while a commit of its key is in
 // flight keeps its lock until that commit ends.
+//
+// Nor does a run whose claim another owner took over commit (a Write's
+// MarkOwner, which the engine sets on every commit that marks records):
+// an owner that stalled past its lease may have lost the claim to
+// another owner of this process, which may have run the record since.
+// So gate, under the table's mutex, refuses a Write whose MarkOwner does
+// not hold a key it marks: one the table gives another owner, or that
+// another owner's commit holds in flight, is refused at once
+// (store.ErrRecordClaimLost), with no SQL. A key MarkOwner holds
+// (whatever its lease) passes, as it does in the engine's every commit,
+// at the cost of a look at the table; and until the commit ends no
+// other owner of this process takes it over (inFlight.sealed), so that
+// the claim checked is still MarkOwner's when the marks land. A key the
+// table does not hold at all must be neither claimed nor marked: the
+// commit checks it in its own transaction, before the marks
+// (check_unclaimed: IDM03 if another session holds the key's lock,
+// another process's, or the lock session while it lets go a claim that
+// just ended, or if any row of marks holds the key, expired or not; it
+// then holds the key's lock until the commit ends, so no claimer takes
+// the key meanwhile), a statement sent only when there are such keys.
 //
 // The lock session needs a connection of its own, outside the pool and
 // not through a proxy that pools transactions (session locks would not
@@ -118,6 +142,19 @@ type heldClaim struct {
 	sweepAt time.Time
 }
 
+// inFlight is what the commits in flight of one key hold (committing).
+type inFlight struct {
+	// n counts the commits of the key in flight.
+	n int
+	// sealed counts those of them conditional on owner's claim
+	// (store.Write.MarkOwner, which held the key when the commit began).
+	// While any is in flight, no other owner of this process takes the
+	// key (take), nor commits it under its own MarkOwner (gate): the
+	// claim the commit checked stays owner's until it landed.
+	sealed int
+	owner  store.MarkKey
+}
+
 // lockSession takes and keeps the Store's record claims: one connection,
 // used by one call at a time, and the table of the claims it holds.
 type lockSession struct {
@@ -142,12 +179,12 @@ type lockSession struct {
 	// lives, and gateLock its gate, which gated commits take: random IDs,
 	// registered in lock_sessions when it was opened.
 	liveLock, gateLock int64
-	// committing counts, for each key the table held when a commit that
+	// committing holds, for each key the table held when a commit that
 	// marks it began, the commits of it in flight; parked counts the
 	// locks of those keys whose claims ended meanwhile. They are let go
 	// once the key's last commit ended (done), so that nobody takes the
 	// key while a commit of it may still land.
-	committing map[store.MarkKey]int
+	committing map[store.MarkKey]inFlight
 	parked     map[store.MarkKey]int
 	// lost holds the claims a lost session took with it, or the sweep let
 	// go, until each is taken again or its time passes: a commit that
@@ -166,7 +203,7 @@ func newLockSession(s *Store) *lockSession {
 		s:          s,
 		salt:       binary.BigEndian.Uint64(sum[:8]),
 		held:       map[store.MarkKey]heldClaim{},
-		committing: map[store.MarkKey]int{},
+		committing: map[store.MarkKey]inFlight{},
 		parked:     map[store.MarkKey]int{},
 		lost:       map[store.MarkKey]time.Time{},
 		wake:       make(chan struct{}, 1),
@@ -267,7 +304,13 @@ func (l *lockSession) settle(c *store.RecordClaims, first []int, plans []claimPl
 				l.endOwn(k, c.Owner)
 			}
 		case p == planOther:
-			c.Status[i], c.HeldUntil, held = store.InProgress, l.held[k].until, i
+			// A claim that ended while a commit of its owner is in
+			// flight (sealed) is held until that commit ends: soon.
+			until := c.Now
+			if h, ok := l.held[k]; ok {
+				until = h.until
+			}
+			c.Status[i], c.HeldUntil, held = store.InProgress, until, i
 		case p == planLock && !got[i]:
 			// Another process holds it, under a lease not known here.
 			c.Status[i], c.HeldUntil, held = store.InProgress, c.LeaseUntil, i
@@ -303,6 +346,10 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 		seen[k], first[i] = i, i
 		h, ok := l.held[k]
 		switch {
+		case l.sealedFrom(k, c.Owner):
+			// Another owner's commit that holds its claim is in
+			// flight, whether its claim still lives or not.
+			plans[i] = planOther
 		case !ok:
 			plans[i], locks[i] = planLock, pgtype.Int8{Int64: l.lockID(k), Valid: true}
 			tries++
@@ -341,6 +388,13 @@ func (l *lockSession) take(ctx context.Context, c *store.RecordClaims, first []i
 	sweepAt := time.Now().Add(c.LeaseUntil.Sub(c.Now) + lockSweepGrace)
 	for i, k := range c.Keys {
 		switch p := plans[i]; {
+		case p == planTake && l.sealedFrom(k, c.Owner):
+			// The owner whose expired claim this takes over began a
+			// commit of the key meanwhile (gate), under its claim: the
+			// key is held until that commit ends. (A planLock key was
+			// not in the table, which only take adds to: no commit can
+			// have sealed it since.)
+			plans[i] = planOther
 		case p == planLock && got[i], p == planTake:
 			if _, ok := l.held[k]; p == planTake && !ok && !l.keep(k) {
 				// Its claim ended during the call, and its lock, which
@@ -425,51 +479,105 @@ func (l *lockSession) end(key store.MarkKey) {
 		return
 	}
 	delete(l.held, key)
-	if l.committing[key] > 0 {
+	if l.committing[key].n > 0 {
 		l.parked[key]++
 		return
 	}
 	l.unlock = append(l.unlock, l.lockID(key))
 }
 
-// commitGate is what a commit that marks keys the table holds carries in
-// flight, from gate to done: those keys, whose locks no ending claim lets
-// go until it ended, and the gate and liveness lock of the session that
-// holds them, for commit_gate.
+// commitGate is what a commit that marks keys carries in flight, from
+// gate to done: the keys the table holds, whose locks no ending claim
+// lets go until it ended, and the gate and liveness lock of the session
+// that holds them, for commit_gate; under a MarkOwner, that owner, whose
+// claims on those keys no other owner takes over meanwhile (sealed), and
+// the keys the table does not hold, each once, with their locks, for
+// check_unclaimed.
 type commitGate struct {
 	keys       []store.MarkKey
 	gate, live int64
+	owner      store.MarkKey
+	free       []store.MarkKey
+	freeLocks  []int64
 }
 
-// gate refuses a Write that marks a key whose claim was lost
-// (store.ErrRecordClaimLost), and returns the gate of w's marks that the
-// table holds, or nil if it holds none of them. The caller sends
-// commit_gate last before the commit, and calls done once it ended.
+// gate refuses a Write that marks a key whose claim was lost, or, under
+// w.MarkOwner, a key another owner of this process claims, or holds in a
+// commit in flight (store.ErrRecordClaimLost); all in memory. It returns
+// what w's commit carries in flight (commitGate), or nil if the table
+// holds none of w's marks and w has no MarkOwner. The caller sends
+// check_unclaimed, when g.free is not empty, before the marks, and
+// commit_gate, when g.keys is not empty, last before the commit, and
+// calls done once it ended.
 func (l *lockSession) gate(w *store.Write) (*commitGate, error) {
 	if len(w.Marks) == 0 {
 		return nil, nil
 	}
+	owner := w.MarkOwner
+	owned := owner != (store.MarkKey{})
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var g *commitGate
+	refuse := func(err error) (*commitGate, error) {
+		l.drop(g)
+		return nil, err
+	}
 	for i := range w.Marks {
 		k := w.Marks[i].Key
 		if _, ok := l.lost[k]; ok {
-			l.drop(g)
-			return nil, fmt.Errorf("mark %x: %w (its lock session ended, or it was swept after its lease): "+
+			return refuse(fmt.Errorf("mark %x: %w (its lock session ended, or it was swept after its lease): "+
 				"the record may have run elsewhere since, so this commit is refused and the key must be claimed again",
-				k[:], store.ErrRecordClaimLost)
+				k[:], store.ErrRecordClaimLost))
 		}
-		if _, ok := l.held[k]; !ok {
+		h, held := l.held[k]
+		f := l.committing[k]
+		if owned {
+			switch {
+			case held && h.owner != owner:
+				return refuse(fmt.Errorf("mark %x: %w: owner %x claims it, not the commit's owner %x (taken over once its lease ended): "+
+					"the record may have run since, so this commit is refused and the key must be claimed again",
+					k[:], store.ErrRecordClaimLost, h.owner[:8], owner[:8]))
+			case f.sealed > 0 && f.owner != owner:
+				return refuse(fmt.Errorf("mark %x: %w: a commit of it under the claim of owner %x, not the commit's owner %x, is in flight: "+
+					"this commit is refused and the key must be claimed again",
+					k[:], store.ErrRecordClaimLost, f.owner[:8], owner[:8]))
+			}
+		}
+		if !held && !owned {
 			continue // not a claim of this process: a key by identity
 		}
 		if g == nil {
-			g = &commitGate{gate: l.gateLock, live: l.liveLock}
+			g = &commitGate{gate: l.gateLock, live: l.liveLock, owner: owner}
+		}
+		if !held {
+			g.free = append(g.free, k) // checked in SQL (check_unclaimed)
+			continue
 		}
 		g.keys = append(g.keys, k)
-		l.committing[k]++
+		f.n++
+		if owned {
+			f.sealed, f.owner = f.sealed+1, owner
+		}
+		l.committing[k] = f
+	}
+	if g != nil && len(g.free) > 0 {
+		// Each key once, in key order (a key marked twice is checked
+		// once, before any of its marks).
+		slices.SortFunc(g.free, func(a, b store.MarkKey) int { return bytes.Compare(a[:], b[:]) })
+		g.free = slices.Compact(g.free)
+		g.freeLocks = make([]int64, len(g.free))
+		for i, k := range g.free {
+			g.freeLocks[i] = l.lockID(k)
+		}
 	}
 	return g, nil
+}
+
+// sealedFrom reports whether a commit in flight of an owner other than
+// owner holds key under its claim (inFlight.sealed). l.mu is held.
+func (l *lockSession) sealedFrom(key, owner store.MarkKey) bool {
+	f, ok := l.committing[key]
+	return ok && f.sealed > 0 && f.owner != owner
 }
 
 // drop ends g's hold on its keys, and lets go the locks parked until their
@@ -478,9 +586,15 @@ func (l *lockSession) drop(g *commitGate) {
 	if g == nil {
 		return
 	}
+	sealed := g.owner != (store.MarkKey{})
 	for _, k := range g.keys {
-		if n := l.committing[k] - 1; n > 0 {
-			l.committing[k] = n
+		f := l.committing[k]
+		f.n--
+		if sealed {
+			f.sealed--
+		}
+		if f.n > 0 {
+			l.committing[k] = f
 			continue
 		}
 		delete(l.committing, k)

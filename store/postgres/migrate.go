@@ -21,7 +21,9 @@ const codeBackwards = "IDM01"
 const codeFenced = "IDM02"
 
 // codeSessionLost is the SQLSTATE commit_gate raises when the lock
-// session that held a commit's record claims has ended.
+// session that held a commit's record claims has ended, and
+// check_unclaimed when a key a commit marks under its MarkOwner, and no
+// claim of its process holds, is claimed elsewhere or marked.
 const codeSessionLost = "IDM03"
 
 // migrations are applied in order; migration i brings the schema to version
@@ -685,6 +687,46 @@ $fn$;
 ALTER TABLE {s}.marks DROP CONSTRAINT marks_pkey;
 CREATE INDEX marks_key ON {s}.marks USING hash (key);
 `,
+	// 11: commits conditional on their owner's record claims
+	// (store.Write.MarkOwner). A key such a commit marks that no claim of
+	// its process holds must be neither claimed nor marked, which only the
+	// database can tell: check_unclaimed checks it in the commit's
+	// transaction, before the marks, and raises IDM03 otherwise, as
+	// commit_gate does for a lost session. (A key another owner of the
+	// process claims is refused in memory, and one the commit's owner
+	// claims passes there: the engine's commits never call it.) It needs
+	// a function: only PL/pgSQL raises an error of idem's own code.
+	// Processes of version 10 still running never call it; their commits
+	// mark keys whoever holds them, as before.
+	`
+-- check_unclaimed raises IDM03 unless each of p_keys is neither claimed
+-- nor marked: its record claim's lock (p_locks, in the same places) is
+-- held by no session, and no row of marks holds it, expired or not. It
+-- takes those locks, until the transaction ends, before it reads the
+-- marks, in a statement of its own: its snapshot then sees every mark
+-- committed before its claim's lock was let go, and no claimer takes the
+-- key while the commit may still land. As in marks_of, the marks' lookup
+-- can only probe their index.
+CREATE FUNCTION {s}.check_unclaimed(p_keys bytea[], p_locks bigint[]) RETURNS void
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
+DECLARE
+	v_key bytea;
+BEGIN
+	SELECT u.k INTO v_key FROM unnest(p_keys, p_locks) AS u (k, l)
+	WHERE NOT pg_try_advisory_xact_lock(u.l) LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION USING ERRCODE = 'IDM03',
+			MESSAGE = format('mark %s: its record is claimed by another session', encode(v_key, 'hex'));
+	END IF;
+	SELECT u.k INTO v_key FROM unnest(p_keys) AS u (k)
+	WHERE EXISTS (SELECT 1 FROM {s}.marks m WHERE m.key = u.k) LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION USING ERRCODE = 'IDM03',
+			MESSAGE = format('mark %s: it was marked already, under another claim', encode(v_key, 'hex'));
+	END IF;
+END
+$fn$;
+`,
 }
 
 // lockKey is the advisory lock that serializes migrations of one schema
@@ -749,7 +791,7 @@ type queries struct {
 
 	putCheckpoint, putMarks, putState, deleteState, putFailure, endRange string
 
-	claimLocks, commitGate, registerSession, unregisterSession, marksOf, unlock, claimRange string
+	claimLocks, commitGate, checkUnclaimed, registerSession, unregisterSession, marksOf, unlock, claimRange string
 
 	claim, complete, release, extend, claimHeld, lookup, checkFence string
 
@@ -783,6 +825,7 @@ FROM f, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::
 
 		claimLocks:        r.Replace(`SELECT {s}.claim_locks($1, $2, $3)`),
 		commitGate:        r.Replace(`SELECT {s}.commit_gate($1, $2)`),
+		checkUnclaimed:    r.Replace(`SELECT {s}.check_unclaimed($1, $2)`),
 		registerSession:   r.Replace(`INSERT INTO {s}.lock_sessions (live, gate) VALUES ($1, $2)`),
 		unregisterSession: r.Replace(`DELETE FROM {s}.lock_sessions WHERE live = $1`),
 		marksOf:           r.Replace(`SELECT {s}.marks_of($1, $2, $3, $4)`),

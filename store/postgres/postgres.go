@@ -111,7 +111,12 @@
 // marks claimed keys calls commit_gate last, in its transaction: it takes
 // the gate of the lock session that holds them and checks that the
 // session still lives; lock sessions register in the UNLOGGED table
-// lock_sessions (schema version 9). A range claim
+// lock_sessions (schema version 9). A Commit under a Write's MarkOwner
+// lands only if each key it marks is still MarkOwner's claim, whatever
+// its lease, or is neither claimed nor marked: the first is decided in
+// the Store's table, at no cost in SQL, and the second, for the keys the
+// table does not hold, by the function check_unclaimed (schema version
+// 11) in the commit's transaction, before its marks. A range claim
 // is a row of range_claims (scope, stream, shard, mapping, seq_from,
 // seq_to, lease_until), one per mapping and shard, replaced by each call
 // of the function claim_range and deleted by the Commit that ends it

@@ -137,7 +137,7 @@ func (h legacyHarness) OpenFresh(ctx context.Context, t testing.TB) (store.Drive
 func (h legacyHarness) Upgrade(ctx context.Context, t testing.TB, d store.Driver) (store.Driver, error) {
 	s := d.(*Store)
 	ident := pgx.Identifier{s.Schema()}.Sanitize()
-	if _, err := s.pool.Exec(ctx, "DROP TABLE "+ident+".legacy_keys; DROP FUNCTION "+ident+".put_checkpoint_progress; DROP FUNCTION "+ident+".claim_locks(bigint[], bigint[]); DROP FUNCTION "+ident+".claim_locks(bigint[], bigint[], bigint); DROP FUNCTION "+ident+".commit_gate; DROP TABLE "+ident+".lock_sessions; DROP INDEX "+ident+".marks_key; ALTER TABLE "+ident+".marks ADD PRIMARY KEY (key); DROP FUNCTION "+ident+".marks_of; DELETE FROM "+ident+".schema_migrations WHERE version >= 6"); err != nil {
+	if _, err := s.pool.Exec(ctx, "DROP TABLE "+ident+".legacy_keys; DROP FUNCTION "+ident+".put_checkpoint_progress; DROP FUNCTION "+ident+".claim_locks(bigint[], bigint[]); DROP FUNCTION "+ident+".claim_locks(bigint[], bigint[], bigint); DROP FUNCTION "+ident+".commit_gate; DROP TABLE "+ident+".lock_sessions; DROP INDEX "+ident+".marks_key; ALTER TABLE "+ident+".marks ADD PRIMARY KEY (key); DROP FUNCTION "+ident+".marks_of; DROP FUNCTION "+ident+".check_unclaimed; DELETE FROM "+ident+".schema_migrations WHERE version >= 6"); err != nil {
 		return nil, err
 	}
 	s.Close()

@@ -410,7 +410,14 @@ func (t *Tx) State(ctx context.Context, namespace, key string) ([]byte, error) {
 
 // Commit sends w's statements (those Store.Commit sends) in the
 // transaction, in one round trip, then commits it. On any error the
-// transaction is rolled back and its connection released.
+// transaction is rolled back and its connection released. As Store.Commit,
+// it refuses w with store.ErrRecordClaimLost, before it sends anything,
+// when w marks a key whose record claim was lost, or that another owner
+// of the Store claims instead of w.MarkOwner; and, under w.MarkOwner,
+// check_unclaimed refuses in the transaction, before the marks, a key no
+// claim of the Store holds that is claimed elsewhere or marked already:
+// the handler's writes are then rolled back with the rest, for another
+// run of the record may have made them, or be making them.
 func (t *Tx) Commit(ctx context.Context, w *store.Write) error {
 	if t.done {
 		return commitErr(w, pgx.ErrTxClosed)

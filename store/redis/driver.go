@@ -205,8 +205,11 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 
 // Commit applies w in one Lua script (EVALSHA, EVAL the first time the
 // server sees it): the checkpoint, unless it would move backwards (an
-// error wrapping store.ErrCheckpointBackwards, and nothing written); the
-// progress of w.ProgressKey's mapping; the marks, each stored with its
+// error wrapping store.ErrCheckpointBackwards, and nothing written);
+// with w.MarkOwner, unless each key marked is still the owner's record
+// claim, whatever its lease, or is neither claimed nor marked, an error
+// wrapping store.ErrRecordClaimLost naming the key, and nothing written;
+// the progress of w.ProgressKey's mapping; the marks, each stored with its
 // expiry and a PEXPIREAT one grace later, each deleting the key's record
 // claim; the state writes in order; for each failure, entries appended to
 // the destination's stream (see Store.Failures); and the deletion of the
@@ -219,6 +222,15 @@ func (s *Store) DeleteCheckpoint(ctx context.Context, key store.CheckpointKey) e
 // A w.Fence is checked first, in the script: unless the claim of its key
 // holds its token, Commit returns an error wrapping store.ErrFenced and
 // nothing is written.
+//
+// w.MarkOwner's check is in the script too, before anything is written,
+// so it costs no round trip of its own: a GET of each mark's record claim,
+// and an EXISTS of the mark only when there is no claim. It keeps a run
+// that stalled past its claims' lease from committing a record another
+// owner took over, and may have run: the other owner's claim is still
+// there, or, once it committed, its mark (a mark deletes the claim it
+// replaces). A key with neither lost no race: its claim only outlived its
+// grace (the key's TTL) with nobody taking it over.
 //
 // An error from the connection (a timeout, ctx ended) leaves the outcome
 // unknown: the script may have run. A later Commit of the same shard
@@ -237,7 +249,7 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	nkeys := 5 + 2*len(w.Marks) + len(w.State) + len(w.Failures) + len(w.Release)
 	keys := make([]string, 0, nkeys)
 	keys = append(keys, s.checkpointKey(cp), s.mappingProgressKey(w.ProgressKey), s.progressKey(w.ProgressKey), s.rangeKey(w.ProgressKey))
-	nargs := 15 + 2*len(w.Marks) + 2*len(w.State)
+	nargs := 16 + 2*len(w.Marks) + 2*len(w.State)
 	for i := range w.Failures {
 		nargs += 1 + 9 + 17*len(w.Failures[i].Records)
 	}
@@ -255,7 +267,8 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 		strconv.FormatUint(c.Processed, 10), strconv.FormatUint(c.Skipped, 10),
 		strconv.FormatUint(c.Discarded, 10), strconv.FormatUint(c.Lost, 10),
 		hasProgress, progress, len(w.Marks), len(w.State), len(w.Failures), fenceToken(w.Fence),
-		w.ProgressKey.Mapping, len(w.Release), hex.EncodeToString(w.ReleaseOwner[:]), flag(w.EndRange))
+		w.ProgressKey.Mapping, len(w.Release), hex.EncodeToString(w.ReleaseOwner[:]), flag(w.EndRange),
+		markOwner(w.MarkOwner))
 	for _, m := range w.Marks {
 		keys = append(keys, s.markKey(m.Key))
 		args = append(args, strconv.FormatInt(m.Expires.UnixNano(), 10), strconv.FormatInt(s.gcAt(m.Expires), 10))
@@ -300,8 +313,29 @@ func (s *Store) Commit(ctx context.Context, w *store.Write) error {
 	case "fenced":
 		held, _ := str(rest, 0)
 		return wrap(fmt.Errorf("%w: fence %x token %d (held: %s)", store.ErrFenced, w.Fence.Key[:], w.Fence.Token, held))
+	case "lost":
+		is, _ := str(rest, 0)
+		i, err := strconv.Atoi(is)
+		if err != nil || i < 1 || i > len(w.Marks) {
+			return wrap(fmt.Errorf("%w: mark %q of %d (owner %x)", store.ErrRecordClaimLost, is, len(w.Marks), w.MarkOwner[:]))
+		}
+		held := "marked"
+		if c, _ := str(rest, 1); c != "" {
+			held = "claimed: " + c
+		}
+		return wrap(fmt.Errorf("%w: record %x of owner %x (%s)", store.ErrRecordClaimLost, w.Marks[i-1].Key[:], w.MarkOwner[:], held))
 	}
 	return wrap(fmt.Errorf("unexpected script reply %q", code))
+}
+
+// markOwner is the commit script's mark owner argument: k in hex, as
+// record claims spell their owner, or the empty string for the zero
+// MarkKey (no check).
+func markOwner(k store.MarkKey) string {
+	if k == (store.MarkKey{}) {
+		return ""
+	}
+	return hex.EncodeToString(k[:])
 }
 
 // flag is a script's boolean argument.

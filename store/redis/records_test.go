@@ -2,12 +2,15 @@ package redis_test
 
 import (
 	"context"
+	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/idem-run/idem"
 	"github.com/idem-run/idem/store"
 	redisstore "github.com/idem-run/idem/store/redis"
 )
@@ -138,5 +141,59 @@ func TestTime(t *testing.T) {
 	}
 	if d := got.Sub(before); d < -5*time.Second || d > 5*time.Second {
 		t.Fatalf("Time = %v, %v from this host's", got, d)
+	}
+}
+
+// TestRecordClaimLostNamesKey: a commit refused for w.MarkOwner's lost
+// claim names the key and what holds it (another owner's claim, or a
+// mark, expired or not); a checkpoint moving backwards is reported
+// first, as the script checks it before the claims; without a MarkOwner,
+// marks replace claims whoever holds them.
+func TestRecordClaimLostNamesKey(t *testing.T) {
+	f := newFixture(t)
+	now := time.Now()
+	a, b := markKey("owner a"), markKey("owner b")
+	k, free := markKey("record k"), markKey("record free")
+	claim := func(owner store.MarkKey, at time.Time, until time.Time) {
+		t.Helper()
+		c := &store.RecordClaims{Owner: owner, Keys: []store.MarkKey{k}, Now: at, LeaseUntil: until}
+		if err := f.s.ClaimRecords(f.ctx, c); err != nil || c.Status[0] != store.Acquired {
+			t.Fatalf("ClaimRecords(%q) = %v, %v", owner[:7], c.Status, err)
+		}
+	}
+	claim(a, now, now.Add(time.Second))
+	claim(b, now.Add(time.Second), now.Add(time.Hour))
+	cp := store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "0"}
+	write := func(seq idem.Sequence, owner store.MarkKey) *store.Write {
+		return &store.Write{Checkpoint: cp, NewCheckpoint: store.Checkpoint{Sequence: seq}, MarkOwner: owner,
+			Marks: []store.Mark{{Key: free, Expires: now.Add(time.Hour)}, {Key: k, Expires: now.Add(time.Hour)}}}
+	}
+	wantLost := func(what string, err error, holder string) {
+		t.Helper()
+		if !errors.Is(err, store.ErrRecordClaimLost) || !strings.Contains(err.Error(), hex.EncodeToString(k[:])) ||
+			!strings.Contains(err.Error(), holder) {
+			t.Fatalf("Commit %s: %v; want ErrRecordClaimLost naming %x and %q", what, err, k[:], holder)
+		}
+	}
+	if err := f.s.Commit(f.ctx, &store.Write{Checkpoint: cp, NewCheckpoint: store.Checkpoint{Sequence: "5"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.s.Commit(f.ctx, write("4", a)); !errors.Is(err, store.ErrCheckpointBackwards) {
+		t.Fatalf("Commit backwards over a lost claim: %v; want ErrCheckpointBackwards first", err)
+	}
+	wantLost("over b's claim", f.s.Commit(f.ctx, write("6", a)), "claimed: "+hex.EncodeToString(b[:])+":")
+
+	// b commits a mark that has already expired (its key stays one grace).
+	if err := f.s.Commit(f.ctx, &store.Write{Checkpoint: store.CheckpointKey{Mapping: "m", Stream: "s", Shard: "1"},
+		NewCheckpoint: store.Checkpoint{Sequence: "1"}, MarkOwner: b,
+		Marks: []store.Mark{{Key: k, Expires: now.Add(-time.Minute)}}}); err != nil {
+		t.Fatal(err)
+	}
+	wantLost("over b's expired mark", f.s.Commit(f.ctx, write("6", a)), "(marked)")
+	if cp, _, err := f.s.Checkpoint(f.ctx, cp); err != nil || cp.Sequence != "5" {
+		t.Fatalf("checkpoint after the refused commits = %q, %v; want 5", cp.Sequence, err)
+	}
+	if err := f.s.Commit(f.ctx, write("6", store.MarkKey{})); err != nil {
+		t.Fatalf("Commit without a MarkOwner: %v", err)
 	}
 }

@@ -39,18 +39,34 @@ end
 // 11 the fence token or an empty string for none, 12 the progress's
 // mapping (its field in the hash), 13 the count of releases, 14 the release
 // owner, 15 '1' to end the mapping's range claim (its field in the range
-// claims hash); then per mark its expiry (Unix ns) and PXAT (Unix ms); per state
-// op 's' or 'd' and the value; per failure its number of entries, and per
-// entry its number of field and value arguments followed by them.
+// claims hash), 16 the mark owner (hex) or an empty string for none; then
+// per mark its expiry (Unix ns) and PXAT (Unix ms); per state op 's' or 'd'
+// and the value; per failure its number of entries, and per entry its
+// number of field and value arguments followed by them.
+//
+// The checks come in this order, all before the first write: the fence;
+// the checkpoint not moving backwards; with a mark owner, each mark's
+// record claim (store.Write.MarkOwner); the types of the keys written.
+// The mark owner's check reads the mark's record claim (one GET) and, only
+// when there is none, whether the mark key exists (EXISTS). A claim must
+// be the mark owner's, whatever its lease: another owner's claim means it
+// took the key over once the lease ran out, and may run the record too.
+// With no claim, a mark key still there, expired or not, means the same:
+// the other owner's commit marked the key and deleted its claim. A key
+// with neither (the claim outlived its grace with nobody taking it over)
+// is free to mark. A key marked twice is checked twice, with the same
+// outcome: nothing is written between the checks.
 //
 // The progress of the empty mapping replaces the legacy string key, which is
-// deleted. A mark deletes the key's record claim, whoever holds it; a
+// deleted. A mark deletes the key's record claim, whoever holds it (the
+// check above, when asked for, made sure that is the mark owner); a
 // release deletes it only if the release owner holds it.
 // Ending the range claim deletes the mapping's field after the progress is
 // written.
 //
-// Reply: {'ok'}, {'backwards', stored sequence} or {'fenced', held token}
-// with nothing written.
+// Reply: {'ok'}, {'backwards', stored sequence}, {'fenced', held token} or
+// {'lost', the mark's index (from 1), the claim that holds its key or an
+// empty string for a mark} with nothing written.
 var commitScript = goredis.NewScript(luaCompare + `
 if ARGV[11] ~= '' then
   local held = redis.call('HGET', KEYS[#KEYS], 'token')
@@ -66,6 +82,19 @@ local nm, ns, nf, nr = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]),
 local mk, ck, sk = 4, 4 + nm, 4 + 2 * nm
 local fk = sk + ns
 local rk = fk + nf
+if ARGV[16] ~= '' then
+  local mine = ARGV[16] .. ':'
+  for i = 1, nm do
+    local c = redis.call('GET', KEYS[ck + i])
+    if c then
+      if string.sub(c, 1, #mine) ~= mine then
+        return {'lost', tostring(i), c}
+      end
+    elseif redis.call('EXISTS', KEYS[mk + i]) == 1 then
+      return {'lost', tostring(i), ''}
+    end
+  end
+end
 for i = 1, nf do
   local t = redis.call('TYPE', KEYS[fk + i])['ok']
   if t ~= 'none' and t ~= 'stream' then
@@ -94,7 +123,7 @@ end
 if ARGV[15] == '1' then
   redis.call('HDEL', KEYS[4], ARGV[12])
 end
-local a = 16
+local a = 17
 for i = 1, nm do
   redis.call('SET', KEYS[mk + i], ARGV[a], 'PXAT', ARGV[a + 1])
   redis.call('DEL', KEYS[ck + i])

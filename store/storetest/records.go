@@ -27,6 +27,7 @@ var recordTests = []struct {
 	{"RecordClaimsTakeover", testRecordClaimsTakeover},
 	{"RecordClaimsMarks", testRecordClaimsMarks},
 	{"RecordClaimsEndedByCommit", testRecordClaimsEndedByCommit},
+	{"RecordClaimsLostBeforeCommit", testRecordClaimsLostBeforeCommit},
 	{"RecordClaimsFenced", testRecordClaimsFenced},
 	{"RecordClaimsLargeWindow", testRecordClaimsLargeWindow},
 	{"RecordClaimsConcurrent", testRecordClaimsConcurrent},
@@ -364,6 +365,70 @@ func testRecordClaimsEndedByCommit(t *testing.T, f *fixture) {
 	f.commit(&store.Write{Checkpoint: cpKey, NewCheckpoint: store.Checkpoint{Sequence: sq(5)},
 		Marks: []store.Mark{{Key: k[2], Expires: now.Add(time.Hour)}}, Release: []store.MarkKey{k[3], k[2]}, ReleaseOwner: c})
 	wantStatus(t, "b after c's commit", f.claimAt(b, now, now.Add(time.Minute), k[2], k[3]), time.Time{}, A, A)
+}
+
+// testRecordClaimsLostBeforeCommit: a Write with a MarkOwner lands only
+// if each key it marks is still MarkOwner's claim, whatever its lease, or
+// is neither claimed nor marked. A key another owner took over once the
+// lease ran out, whether that owner committed its mark since or not, makes
+// ErrRecordClaimLost, and nothing of the Write lands: not its checkpoint,
+// its state, its other marks, nor the end of MarkOwner's other claims.
+func testRecordClaimsLostBeforeCommit(t *testing.T, f *fixture) {
+	now := baseTime()
+	a, b := f.owner("a"), f.owner("b")
+	k := make([]store.MarkKey, 6)
+	for i := range k {
+		k[i] = f.mark(i)
+	}
+	const A, P, C = store.Acquired, store.InProgress, store.Completed
+	aLease := now.Add(time.Second)
+	wantStatus(t, "a", f.claimAt(a, now, aLease, k[:4]...), time.Time{}, A, A, A, A)
+	// b takes k[1] and k[2] over once a's lease ran out, and commits k[2].
+	wantStatus(t, "b over a's expired claims", f.claimAt(b, aLease, now.Add(time.Hour), k[1], k[2]), time.Time{}, A, A)
+	f.commit(&store.Write{Checkpoint: f.cpKey("shard-b"), NewCheckpoint: store.Checkpoint{Sequence: sq(1)},
+		Marks: []store.Mark{{Key: k[2], Expires: now.Add(time.Hour)}}, MarkOwner: b})
+
+	cpKey := f.cpKey("shard-a")
+	f.commit(&store.Write{Checkpoint: cpKey, NewCheckpoint: store.Checkpoint{Sequence: sq(1)}})
+	ns := f.ns + "/state"
+	refused := func(what string, keys ...store.MarkKey) {
+		t.Helper()
+		w := &store.Write{Checkpoint: cpKey, NewCheckpoint: store.Checkpoint{Sequence: sq(2)}, MarkOwner: a,
+			State: []store.StateOp{{Namespace: ns, Key: "effect", Value: []byte(what)}}}
+		for _, key := range keys {
+			w.Marks = append(w.Marks, store.Mark{Key: key, Expires: now.Add(time.Hour)})
+		}
+		if err := f.d.Commit(f.ctx, w); !errors.Is(err, store.ErrRecordClaimLost) {
+			t.Fatalf("Commit marking %s: %v, want ErrRecordClaimLost", what, err)
+		}
+		if cp, _ := f.checkpoint(cpKey); cp.Sequence != sq(1) {
+			t.Fatalf("after the refused commit marking %s: checkpoint %q, want %q", what, cp.Sequence, sq(1))
+		}
+		if v, err := f.d.State(f.ctx, ns, "effect"); !errors.Is(err, idem.ErrNotFound) {
+			t.Fatalf("after the refused commit marking %s: state %q, %v; want none", what, v, err)
+		}
+	}
+	refused("a key another owner holds", k[0], k[1])
+	refused("a key another owner marked", k[0], k[2])
+	refused("a key another owner holds, marked twice", k[1], k[0], k[1])
+	// The refused writes marked nothing, and ended none of a's claims.
+	done := make([]bool, 2)
+	if err := f.d.Completed(f.ctx, []store.MarkKey{k[0], k[1]}, now, done); err != nil || done[0] || done[1] {
+		t.Fatalf("Completed(k0, k1) after the refused commits = %v, %v; want neither", done, err)
+	}
+	wantStatus(t, "k0 after the refused commits", f.claimAt(b, now, now.Add(time.Minute), k[0]), aLease, P)
+
+	// a's own claims, its lease run out or not, and a key nobody claimed
+	// or marked, land; so does a key marked twice in one Write.
+	f.commit(&store.Write{Checkpoint: cpKey, NewCheckpoint: store.Checkpoint{Sequence: sq(2)}, MarkOwner: a,
+		Marks: []store.Mark{{Key: k[0], Expires: now.Add(time.Hour)}, {Key: k[3], Expires: now.Add(time.Hour)},
+			{Key: k[4], Expires: now.Add(time.Hour)}, {Key: k[3], Expires: now.Add(time.Hour)}},
+		State: []store.StateOp{{Namespace: ns, Key: "effect", Value: []byte("landed")}}})
+	if v, err := f.d.State(f.ctx, ns, "effect"); err != nil || string(v) != "landed" {
+		t.Fatalf("state after the commit = %q, %v; want landed", v, err)
+	}
+	c := f.claimRecords(&store.RecordClaims{Owner: b, Keys: []store.MarkKey{k[0], k[3], k[4], k[5]}, Marks: true, Now: now, LeaseUntil: now.Add(time.Minute)})
+	wantStatus(t, "b after a's commit", c, time.Time{}, C, C, C, A)
 }
 
 // testRecordClaimsFenced: a claim fenced by a lease the fence key's claims
