@@ -303,6 +303,7 @@ func (s *shard) commitWrite(ctx context.Context, c *commit) error {
 		}
 	}
 	committed = true
+	s.commits.Add(1)
 	s.cp = cp
 	if w.HasProgress {
 		s.prog = newProgress

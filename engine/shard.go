@@ -65,6 +65,7 @@ type shard struct {
 	inFlight      atomic.Int64
 	invocations   atomic.Uint64
 	retries       atomic.Uint64
+	commits       atomic.Uint64 // commits that landed: a restart after one backs off afresh
 	filtered      atomic.Uint64 // records that matched no filter, since the engine started
 	tw            tumbling      // the open tumbling window; only the shard's reader uses it
 	counters      atomic.Pointer[store.Checkpoint]
