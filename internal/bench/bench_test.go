@@ -102,7 +102,8 @@ func TestRunOnSharedStores(t *testing.T) {
 }
 
 // TestPrefillMarks: the marks `idem bench --marks` commits before a
-// scenario are live in its store, in a scope no scenario's record uses.
+// scenario are live in its store, in a scope no scenario's record uses,
+// and the store does not take them for an earlier version's.
 func TestPrefillMarks(t *testing.T) {
 	ctx := context.Background()
 	db, err := pebbledb.Open(t.TempDir())
@@ -121,5 +122,10 @@ func TestPrefillMarks(t *testing.T) {
 	}
 	if !done[0] || !done[1] || done[2] {
 		t.Fatalf("completed %v, want the first and last of 2,500 and not the one after", done)
+	}
+	// The store was asked about legacy keys while empty: the prefill's
+	// marks are not taken for an earlier version's.
+	if l, err := store.LegacyOf(ctx, st); err != nil || l.Active(time.Now()) {
+		t.Fatalf("legacy keys active after the prefill (%v): every claim would look its keys up twice", err)
 	}
 }

@@ -344,7 +344,18 @@ func (d *dynamoBaseline) close() {
 // checkpoint of their own, in commits of up to 1,000 marks (as many as
 // one DynamoDB transaction holds there). Their keys are in a scope of
 // their own, so no scenario's record finds one.
+//
+// It first asks st when its legacy-keyed records expire
+// (store.LegacyKeyed), as the first engine started on the store would
+// have while it was empty: a store fixes that answer when first asked,
+// from the marks it holds then, which it cannot tell from an earlier
+// version's. Asked after the prefill, the store would take the prefill's
+// marks for legacy ones, and every claim would look the window's keys up
+// a second time, under their legacy keys, for as long as they live.
 func prefillMarks(ctx context.Context, st store.Driver, n int, kind string) error {
+	if _, err := store.LegacyOf(ctx, st); err != nil {
+		return fmt.Errorf("prefilling the store with %d marks: %w", n, err)
+	}
 	batch := 1000
 	if kind == "dynamodb" {
 		batch = dynamodb.MaxPayloadKeyBatch
