@@ -138,7 +138,9 @@ type Mapping struct {
 	AtLeastOnce bool
 
 	// RetryBaseDelay and RetryMaxDelay shape the exponential backoff, with
-	// full jitter, between retries. Defaults: 100ms and 30s.
+	// full jitter, between retries, and between restarts of a shard after
+	// errors (counted from the last restart whose run committed anything).
+	// Defaults: 100ms and 30s.
 	RetryBaseDelay time.Duration
 	RetryMaxDelay  time.Duration
 
