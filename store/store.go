@@ -235,9 +235,9 @@ type Write struct {
 	// ErrRecordClaimLost and applies nothing: another owner took the claim
 	// over once its lease ran out (the run stalled past it), and may have
 	// run the record, or committed it already. A key the Write marks twice
-	// is checked once, before any of its marks. The engine sets it on
-	// every commit that marks records; without it, marks replace claims
-	// whoever holds them.
+	// is judged by what the store held before the Write, not by its own
+	// first mark. The engine sets it on every commit that marks records;
+	// without it, marks replace claims whoever holds them.
 	MarkOwner MarkKey
 
 	State    []StateOp

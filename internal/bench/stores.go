@@ -341,9 +341,10 @@ func (d *dynamoBaseline) close() {
 }
 
 // prefillMarks commits n live completion marks into st, under a
-// checkpoint of their own, in commits of up to 1,000 marks (as many as
-// one DynamoDB transaction holds there). Their keys are in a scope of
-// their own, so no scenario's record finds one.
+// checkpoint of their own, in commits of 1,000 marks (on DynamoDB, of as
+// many as one transaction holds beside the checkpoint:
+// dynamodb.MaxPayloadKeyBatch). Their keys are in a scope of their own,
+// so no scenario's record finds one.
 //
 // It first asks st when its legacy-keyed records expire
 // (store.LegacyKeyed), as the first engine started on the store would

@@ -62,9 +62,10 @@ import (
 // So the smallest segment is large. At 128 KiB, a store's first million
 // marks took five segments, and its first three million seven; with 2
 // MiB they take one and three, and a payload-keyed record beside 2
-// million marks costs about 0.3 µs less ("The mark filter's first
-// segment" in BENCHMARKS.md). Probing a chunk of keys' blocks before
-// testing any, so that the misses overlap, gained nothing measurable.
+// million marks costs about 0.2 µs less ("Since: the mark filter's
+// smallest segment is 2 MiB" in BENCHMARKS.md). Probing a chunk of keys'
+// blocks before testing any, so that the misses overlap, gained nothing
+// measurable.
 //
 // The filter's memory is bounded (WithMarkFilterMemory): at the bound, no
 // segment is added, and the last one takes every further key, its

@@ -537,7 +537,7 @@ func (l *lockSession) gate(w *store.Write) (*commitGate, error) {
 				return refuse(fmt.Errorf("mark %x: %w: owner %x claims it, not the commit's owner %x (taken over once its lease ended): "+
 					"the record may have run since, so this commit is refused and the key must be claimed again",
 					k[:], store.ErrRecordClaimLost, h.owner[:8], owner[:8]))
-			case f.sealed > 0 && f.owner != owner:
+			case l.sealedFrom(k, owner):
 				return refuse(fmt.Errorf("mark %x: %w: a commit of it under the claim of owner %x, not the commit's owner %x, is in flight: "+
 					"this commit is refused and the key must be claimed again",
 					k[:], store.ErrRecordClaimLost, f.owner[:8], owner[:8]))

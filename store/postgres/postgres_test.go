@@ -610,12 +610,9 @@ func TestKeyMarkedAgain(t *testing.T) {
 	k := store.MarkKeyOf("scope", "again")
 	mark := func(seq string, expires time.Time) {
 		t.Helper()
-		err := s.Commit(ctx, &store.Write{
-			Checkpoint:    store.CheckpointKey{Mapping: "m", Stream: "in", Shard: "0"},
-			NewCheckpoint: store.Checkpoint{Sequence: idem.Sequence(seq)},
-			Marks:         []store.Mark{{Key: k, Expires: expires}},
-		})
-		if err != nil {
+		w := markWrite(seq, k)
+		w.Marks[0].Expires = expires
+		if err := s.Commit(ctx, w); err != nil {
 			t.Fatal(err)
 		}
 	}
