@@ -44,7 +44,12 @@ import (
 //     expires later.
 //   - A spill freezes the in-memory marks under markMu exclusive: every
 //     commit with a sequence up to the spill's has then filed its marks,
-//     and later ones go to a fresh table. Lookups see the frozen table
+//     and later ones go to an empty table: the previous spill's, kept
+//     as the spare. A new one would be fresh memory, whose every page
+//     the kernel maps at its first touch: some 40,000 page faults a
+//     million payload-keyed records in `idem bench`, and a sixth of
+//     their CPU ("Since: a spill reuses the journal's table" in
+//     BENCHMARKS.md). Lookups see the frozen table
 //     until the spill's run is ingested and listed, and the run after.
 //   - Before the ingest, the write-ahead log is synced: a table is
 //     durable once ingested, and a pipelined commit whose marks it holds
@@ -59,8 +64,8 @@ import (
 //     a crash between a commit and its spill loses nothing.
 
 // defaultSpillMarksAt is how many marks the journal holds in memory
-// before the sweeper spills them: 8 MB of markTable, and tables of some
-// 4 MB.
+// before the sweeper spills them: 8 MB of markTable, twice (the journal's
+// and the spare a spill takes), and tables of some 4 MB.
 const defaultSpillMarksAt = 1 << 17
 
 // journaled is a mark the journal holds in memory: its expiry (of two
@@ -79,6 +84,10 @@ type markJournal struct {
 	// cur takes the marks of new commits, nil until the first; frozen
 	// holds those a spill is writing into Pebble, nil between spills.
 	cur, frozen *markTable
+	// spare is the table of the last spill, kept for the next one to
+	// take, emptied: a new table of the journal's size is megabytes the
+	// kernel maps afresh, page by page (see makeHuge).
+	spare *markTable
 	// spillAt sizes cur when it is made: growing a table rehashes it.
 	spillAt int
 }
@@ -164,11 +173,30 @@ func (j *markJournal) freeze(next *markTable) *markTable {
 	return j.frozen
 }
 
-// thaw forgets the frozen marks once their spill is applied.
+// thaw forgets the frozen marks once their spill is applied, keeping
+// their table, if it has the room newMarkTable(spillAt) gives, as the
+// spare the next spill takes.
 func (j *markJournal) thaw() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if t := j.frozen; t != nil && len(t.slots) == markTableSlots(j.spillAt) {
+		j.spare = t
+	}
 	j.frozen = nil
+}
+
+// next returns an empty table for freeze: the spare, emptied, or a new
+// one. Only spills, under spillMu, call it.
+func (j *markJournal) next() *markTable {
+	j.mu.Lock()
+	t := j.spare
+	j.spare = nil
+	j.mu.Unlock()
+	if t == nil {
+		return newMarkTable(j.spillAt)
+	}
+	t.reset() // out of mu: emptying megabytes takes a while
+	return t
 }
 
 // journalKey is 'j' | u64 seq.
@@ -310,7 +338,7 @@ func (db *DB) spill() error {
 	if db.journal.size() == 0 {
 		return nil
 	}
-	next := newMarkTable(db.spillMarksAt())
+	next := db.journal.next()
 	db.markMu.Lock()
 	upTo := db.journal.seq.Load()
 	frozen := db.journal.freeze(next) // not empty: only spills and redrives, under spillMu, empty it

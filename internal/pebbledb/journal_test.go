@@ -177,6 +177,44 @@ func TestMarkJournal(t *testing.T) {
 	wantMarks(t, db, append(keys, more...), now, true)
 }
 
+// TestSpillReusesTable: a spill keeps the table it wrote from, and the
+// next spill's journal takes it, emptied, rather than a new one (which
+// the kernel maps afresh, page by page); the marks of every spill are
+// found.
+func TestSpillReusesTable(t *testing.T) {
+	db := openDir(t, t.TempDir(), withSpillMarksAt(1000))
+	tables := func() (cur, spare *markTable) {
+		db.journal.mu.RLock()
+		defer db.journal.mu.RUnlock()
+		return db.journal.cur, db.journal.spare
+	}
+	now := time.Now()
+	var written []*markTable
+	for round := range 4 {
+		keys := markKeys("scope", round*500, 500)
+		commitMarks(t, db, keys, now.Add(time.Hour))
+		cur, _ := tables()
+		written = append(written, cur)
+		spill(t, db)
+		if cur, spare := tables(); spare != written[round] || cur.len() != 0 {
+			t.Fatalf("round %d: the spill kept %p as its spare, want the table it wrote from, %p; the journal's table holds %d marks", round, spare, written[round], cur.len())
+		}
+		wantMarks(t, db, markKeys("scope", 0, (round+1)*500), now, true)
+		wantMarks(t, db, markKeys("scope", (round+1)*500, 500), now, false)
+	}
+	// Two tables take turns: the journal's and the spare.
+	if written[2] != written[0] || written[3] != written[1] || written[0] == written[1] {
+		t.Errorf("tables of the rounds: %p, want two taking turns", written)
+	}
+	// A table that grew past the journal's size is not kept.
+	commitMarks(t, db, markKeys("scope", 10_000, 5000), now.Add(time.Hour))
+	spill(t, db)
+	if _, spare := tables(); spare != nil {
+		t.Errorf("a table grown to %d slots was kept as the spare", len(spare.slots))
+	}
+	wantMarks(t, db, markKeys("scope", 10_000, 5000), now, true)
+}
+
 // TestMarksLatestExpiryCounts: of two writes of one mark, the one that
 // expires later counts, whichever came first, and the answer stays the
 // same in the journal, after a crash, after a spill into a second run and

@@ -37,8 +37,13 @@ type markSlot struct {
 // newMarkTable returns a table with room for n marks before it grows.
 func newMarkTable(n int) *markTable {
 	t := &markTable{}
-	t.alloc(max(8, n*4/3+1))
+	t.alloc(markTableSlots(n))
 	return t
+}
+
+// markTableSlots is the number of slots of newMarkTable(n).
+func markTableSlots(n int) int {
+	return 1 << bits.Len(uint(max(8, n*4/3+1)-1))
 }
 
 // alloc makes room for at least n slots, discarding the table's marks.
