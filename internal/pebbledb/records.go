@@ -171,7 +171,7 @@ func (db *DB) pinClaims(w *store.Write) error {
 		if ok && rc.owner != owner {
 			db.unpin(w.Marks[:i])
 			db.claimMu.Unlock()
-			return fmt.Errorf("record %x: the claim of owner %x is held by owner %x: %w", k[:], owner[:], rc.owner[:], store.ErrRecordClaimLost)
+			return claimHeldError(k, owner, rc.owner)
 		}
 		if !ok {
 			rc = recordClaim{owner: owner, until: noLease}
@@ -189,7 +189,7 @@ func (db *DB) pinClaims(w *store.Write) error {
 	done := make([]bool, len(free))
 	err := db.lookupMarks(free, math.MinInt64, done)
 	if i := slices.Index(done, true); err == nil && i >= 0 {
-		err = fmt.Errorf("record %x, claimed by nobody (owner %x), is marked already: %w", free[i][:], owner[:], store.ErrRecordClaimLost)
+		err = fmt.Errorf("record %x, claimed by nobody (owner %x), is marked already: %w", free[i], owner, store.ErrRecordClaimLost)
 	}
 	if err != nil {
 		db.claimMu.Lock()
@@ -197,6 +197,13 @@ func (db *DB) pinClaims(w *store.Write) error {
 		db.claimMu.Unlock()
 	}
 	return err
+}
+
+// claimHeldError reports that owner's commit of key found its claim held
+// by holder. (Formatting the keys where pinClaims loops would have them
+// escape, and allocate, at every key.)
+func claimHeldError(key, owner, holder store.MarkKey) error {
+	return fmt.Errorf("record %x: the claim of owner %x is held by owner %x: %w", key, owner, holder, store.ErrRecordClaimLost)
 }
 
 // unpin takes back the pins pinClaims put on the claims of marks, for a
