@@ -525,22 +525,16 @@ func (l *lockSession) gate(w *store.Write) (*commitGate, error) {
 	for i := range w.Marks {
 		k := w.Marks[i].Key
 		if _, ok := l.lost[k]; ok {
-			return refuse(fmt.Errorf("mark %x: %w (its lock session ended, or it was swept after its lease): "+
-				"the record may have run elsewhere since, so this commit is refused and the key must be claimed again",
-				k[:], store.ErrRecordClaimLost))
+			return refuse(claimLostError(k))
 		}
 		h, held := l.held[k]
 		f := l.committing[k]
 		if owned {
 			switch {
 			case held && h.owner != owner:
-				return refuse(fmt.Errorf("mark %x: %w: owner %x claims it, not the commit's owner %x (taken over once its lease ended): "+
-					"the record may have run since, so this commit is refused and the key must be claimed again",
-					k[:], store.ErrRecordClaimLost, h.owner[:8], owner[:8]))
+				return refuse(claimTakenOverError(k, h.owner, owner))
 			case l.sealedFrom(k, owner):
-				return refuse(fmt.Errorf("mark %x: %w: a commit of it under the claim of owner %x, not the commit's owner %x, is in flight: "+
-					"this commit is refused and the key must be claimed again",
-					k[:], store.ErrRecordClaimLost, f.owner[:8], owner[:8]))
+				return refuse(claimSealedError(k, f.owner, owner))
 			}
 		}
 		if !held && !owned {
@@ -571,6 +565,33 @@ func (l *lockSession) gate(w *store.Write) (*commitGate, error) {
 		}
 	}
 	return g, nil
+}
+
+// The errors gate refuses a commit with, made in functions of their own:
+// formatting a key where gate loops would have it escape, and allocate,
+// at every key.
+
+// claimLostError refuses the commit of key whose claim was lost.
+func claimLostError(key store.MarkKey) error {
+	return fmt.Errorf("mark %x: %w (its lock session ended, or it was swept after its lease): "+
+		"the record may have run elsewhere since, so this commit is refused and the key must be claimed again",
+		key, store.ErrRecordClaimLost)
+}
+
+// claimTakenOverError refuses owner's commit of key, whose claim holder
+// took over.
+func claimTakenOverError(key, holder, owner store.MarkKey) error {
+	return fmt.Errorf("mark %x: %w: owner %x claims it, not the commit's owner %x (taken over once its lease ended): "+
+		"the record may have run since, so this commit is refused and the key must be claimed again",
+		key, store.ErrRecordClaimLost, holder[:8], owner[:8])
+}
+
+// claimSealedError refuses owner's commit of key while a commit of
+// holder's claim on it is in flight.
+func claimSealedError(key, holder, owner store.MarkKey) error {
+	return fmt.Errorf("mark %x: %w: a commit of it under the claim of owner %x, not the commit's owner %x, is in flight: "+
+		"this commit is refused and the key must be claimed again",
+		key, store.ErrRecordClaimLost, holder[:8], owner[:8])
 }
 
 // sealedFrom reports whether a commit in flight of an owner other than
