@@ -47,9 +47,10 @@ import (
 //     and later ones go to an empty table: the previous spill's, kept
 //     as the spare. A new one would be fresh memory, whose every page
 //     the kernel maps at its first touch: some 40,000 page faults a
-//     million payload-keyed records in `idem bench`, and a sixth of
-//     their CPU ("Since: a spill reuses the journal's table" in
-//     BENCHMARKS.md). Lookups see the frozen table
+//     million payload-keyed records in `idem bench`, which took a fifth
+//     more CPU than with the table reused ("Since: a spill reuses the
+//     journal's table of marks" in BENCHMARKS.md). The spare costs 8
+//     MiB held between spills. Lookups see the frozen table
 //     until the spill's run is ingested and listed, and the run after.
 //   - Before the ingest, the write-ahead log is synced: a table is
 //     durable once ingested, and a pipelined commit whose marks it holds
