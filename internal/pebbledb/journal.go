@@ -87,7 +87,7 @@ type markJournal struct {
 	cur, frozen *markTable
 	// spare is the table of the last spill, kept for the next one to
 	// take, emptied: a new table of the journal's size is megabytes the
-	// kernel maps afresh, page by page (see makeHuge).
+	// kernel maps afresh, page by page (see "A spill freezes" above).
 	spare *markTable
 	// spillAt sizes cur when it is made: growing a table rehashes it.
 	spillAt int
