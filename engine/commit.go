@@ -311,13 +311,8 @@ func (s *shard) commitWrite(ctx context.Context, c *commit) error {
 	if c.window {
 		s.tw.state = c.windowState
 	}
-	s.show(cp)
-	if len(s.unsynced) == 0 {
-		s.mirror(cp) // durable already; otherwise mirrored once synced
-	}
-	if win.next == len(win.seqs) {
-		s.oldestArrival.Store(0)
-	}
+	// The counts first: whoever sees the checkpoint (status, which reads
+	// it first) sees the records it resolved counted.
 	if n := len(c.completed); n > 0 {
 		s.e.metrics.processed.WithLabelValues(cfg.Name).Add(float64(n))
 	}
@@ -330,6 +325,13 @@ func (s *shard) commitWrite(ctx context.Context, c *commit) error {
 	}
 	for cond, n := range c.conditions {
 		s.e.metrics.discarded.WithLabelValues(cfg.Name, cond).Add(float64(n))
+	}
+	s.show(cp)
+	if len(s.unsynced) == 0 {
+		s.mirror(cp) // durable already; otherwise mirrored once synced
+	}
+	if win.next == len(win.seqs) {
+		s.oldestArrival.Store(0)
 	}
 	return nil
 }

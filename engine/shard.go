@@ -98,16 +98,19 @@ func newShard(m *mapping, id string) *shard {
 }
 
 func (s *shard) status(now time.Time) ShardStatus {
+	// The checkpoint first: a commit counts its records before it shows
+	// its checkpoint, so the counts read after it include them.
+	s.posMu.Lock()
+	checkpoint, latest := s.checkpoint, s.latest
+	s.posMu.Unlock()
 	c := s.counters.Load()
 	st := ShardStatus{
 		Mapping: s.m.cfg.Name, Function: s.m.cfg.Function, Stream: s.m.cfg.Stream, Shard: s.id, Scope: s.m.cfg.Scope,
 		State: s.state.Load().(string), LastError: s.lastError.Load().(string),
 		InFlight: s.inFlight.Load(), Invocations: s.invocations.Load(), Retries: s.retries.Load(), Filtered: s.filtered.Load(),
 		Processed: c.Processed, Discarded: c.Discarded, Skipped: c.Skipped, Lost: c.Lost,
+		Checkpoint: checkpoint, Latest: latest,
 	}
-	s.posMu.Lock()
-	st.Checkpoint, st.Latest = s.checkpoint, s.latest
-	s.posMu.Unlock()
 	st.LagRecords = lag(st.Latest, st.Checkpoint)
 	if a := s.oldestArrival.Load(); a != 0 {
 		st.IteratorAgeMs = now.Sub(time.Unix(0, a)).Milliseconds()
