@@ -49,7 +49,7 @@ import (
 //     the kernel maps at its first touch: some 40,000 page faults a
 //     million payload-keyed records in `idem bench`, which took a fifth
 //     more CPU than with the table reused ("Since: a spill reuses the
-//     journal's table of marks" in BENCHMARKS.md). The spare costs 8
+//     journal's table of marks" in BENCHMARKS.md). The spare costs 6
 //     MiB held between spills. Lookups see the frozen table
 //     until the spill's run is ingested and listed, and the run after.
 //   - Before the ingest, the write-ahead log is synced: a table is
@@ -65,16 +65,14 @@ import (
 //     a crash between a commit and its spill loses nothing.
 
 // defaultSpillMarksAt is how many marks the journal holds in memory
-// before the sweeper spills them: 8 MB of markTable, twice (the journal's
-// and the spare a spill takes), and tables of some 4 MB.
+// before the sweeper spills them: 6 MiB of markTable, twice (the
+// journal's and the spare a spill takes), and tables of some 4 MB.
 const defaultSpillMarksAt = 1 << 17
 
 // journaled is a mark the journal holds in memory: its expiry (of two
-// writes of one key, the later expiry), and the journal sequence of the
-// commit that last wrote it.
+// writes of one key, the later expiry).
 type journaled struct {
 	expires int64
-	seq     uint64
 }
 
 // markJournal holds the marks committed since the last spill.
@@ -93,15 +91,15 @@ type markJournal struct {
 	spillAt int
 }
 
-// file records marks written by the commit of journal sequence seq, once
-// its batch is applied, and returns the number of marks cur holds.
-func (j *markJournal) file(marks []store.Mark, seq uint64) int {
+// file records marks written by a commit, once its batch is applied, and
+// returns the number of marks cur holds.
+func (j *markJournal) file(marks []store.Mark) int {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.makeCur()
 	j.cur.touch(marks)
 	for i := range marks {
-		j.cur.put(&marks[i].Key, journaled{expires: marks[i].Expires.UnixNano(), seq: seq})
+		j.cur.put(&marks[i].Key, journaled{expires: marks[i].Expires.UnixNano()})
 	}
 	return j.cur.len()
 }
@@ -289,8 +287,7 @@ func (db *DB) loadJournal(keys []store.MarkKey, maxExpires int64) ([]store.MarkK
 		}
 		seq := binary.BigEndian.Uint64(k[1:])
 		if seq == math.MaxUint64 {
-			// No commit takes it (journalEnd's bound), and the table
-			// cannot hold it.
+			// No commit takes it (journalEnd's bound).
 			return nil, 0, fmt.Errorf("%w: journal key %x", errCorrupt, k)
 		}
 		v, err := it.ValueAndErr()
@@ -299,7 +296,7 @@ func (db *DB) loadJournal(keys []store.MarkKey, maxExpires int64) ([]store.MarkK
 		}
 		db.journal.makeCur()
 		if err := decodeJournal(v, func(mk store.MarkKey, exp int64) {
-			db.journal.cur.put(&mk, journaled{expires: exp, seq: seq})
+			db.journal.cur.put(&mk, journaled{expires: exp})
 			keys = append(keys, mk)
 			maxExpires = max(maxExpires, exp)
 		}); err != nil {

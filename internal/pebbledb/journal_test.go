@@ -475,7 +475,7 @@ func TestSpillPlanSize(t *testing.T) {
 	db := openMem(t)
 	marks := newMarkTable(0)
 	for i, k := range markKeys("scope", 0, 1000) {
-		marks.put(&k, journaled{expires: int64(i%7-3) << (i % 60), seq: uint64(i)})
+		marks.put(&k, journaled{expires: int64(i%7-3) << (i % 60)})
 	}
 	for _, skip := range []func(*store.MarkKey) bool{nil, func(k *store.MarkKey) bool { return k[0]&1 == 0 }} {
 		plan := planSpill(marks, skip)
@@ -520,7 +520,8 @@ func journalMarks(db *DB, round int) {
 	defer db.journal.mu.Unlock()
 	db.journal.makeCur()
 	for i := range keys {
-		db.journal.cur.put(&keys[i], journaled{expires: exp, seq: db.journal.seq.Add(1)})
+		db.journal.seq.Add(1)
+		db.journal.cur.put(&keys[i], journaled{expires: exp})
 	}
 }
 

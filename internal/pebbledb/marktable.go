@@ -26,12 +26,13 @@ type markTable struct {
 	sink uint64
 }
 
-// markSlot is one place of a markTable; seq1 is the mark's journal
-// sequence plus one, zero in an empty slot.
+// markSlot is one place of a markTable: 24 bytes, the key and its
+// expiry, which is never 0 in a slot that holds a mark (put files a mark
+// that expires at the Unix epoch itself as expiring a nanosecond later,
+// long gone either way), so that an empty slot is all zeros.
 type markSlot struct {
 	key     store.MarkKey
 	expires int64
-	seq1    uint64
 }
 
 // newMarkTable returns a table with room for n marks before it grows.
@@ -73,21 +74,25 @@ func (t *markTable) len() int {
 }
 
 // put files the mark of k: of two marks of a key, the one that expires
-// later counts (see "Mark runs" in runs.go); seq is the later sequence.
+// later counts (see "Mark runs" in runs.go).
 func (t *markTable) put(k *store.MarkKey, m journaled) {
 	if (t.n+1)*4 > len(t.slots)*3 {
 		t.grow()
+	}
+	expires := m.expires
+	if expires == 0 {
+		expires = 1 // 0 is an empty slot's
 	}
 	mask := uint64(len(t.slots) - 1)
 	for i := t.home(k); ; i = (i + 1) & mask {
 		s := &t.slots[i]
 		switch {
-		case s.seq1 == 0:
-			*s = markSlot{key: *k, expires: m.expires, seq1: m.seq + 1}
+		case s.expires == 0:
+			*s = markSlot{key: *k, expires: expires}
 			t.n++
 			return
 		case s.key == *k:
-			s.expires, s.seq1 = max(s.expires, m.expires), max(s.seq1, m.seq+1)
+			s.expires = max(s.expires, expires)
 			return
 		}
 	}
@@ -103,7 +108,7 @@ func (t *markTable) touch(marks []store.Mark) {
 	}
 	var sink uint64
 	for i := range marks {
-		sink += t.slots[t.home(&marks[i].Key)].seq1
+		sink += uint64(t.slots[t.home(&marks[i].Key)].expires)
 	}
 	t.sink += sink
 }
@@ -117,10 +122,10 @@ func (t *markTable) get(k *store.MarkKey) (journaled, bool) {
 	for i := t.home(k); ; i = (i + 1) & mask {
 		s := &t.slots[i]
 		switch {
-		case s.seq1 == 0:
+		case s.expires == 0:
 			return journaled{}, false
 		case s.key == *k:
-			return journaled{expires: s.expires, seq: s.seq1 - 1}, true
+			return journaled{expires: s.expires}, true
 		}
 	}
 }
@@ -130,8 +135,8 @@ func (t *markTable) grow() {
 	old := t.slots
 	t.alloc(len(old) * 2)
 	for i := range old {
-		if s := &old[i]; s.seq1 != 0 {
-			t.put(&s.key, journaled{expires: s.expires, seq: s.seq1 - 1})
+		if s := &old[i]; s.expires != 0 {
+			t.put(&s.key, journaled{expires: s.expires})
 		}
 	}
 }
@@ -142,8 +147,8 @@ func (t *markTable) all(f func(k *store.MarkKey, m journaled)) {
 		return
 	}
 	for i := range t.slots {
-		if s := &t.slots[i]; s.seq1 != 0 {
-			f(&s.key, journaled{expires: s.expires, seq: s.seq1 - 1})
+		if s := &t.slots[i]; s.expires != 0 {
+			f(&s.key, journaled{expires: s.expires})
 		}
 	}
 }

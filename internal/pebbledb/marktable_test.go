@@ -8,9 +8,11 @@ import (
 )
 
 // TestMarkTable holds markTable to a Go map under the journal's rule (of
-// two writes of a key the later expiry and the later sequence count, in
-// whatever order they are filed), through growth from the smallest table, with SHA-256 keys and
-// with keys that differ in one byte of one half only.
+// two writes of a key the later expiry counts, in whatever order they are
+// filed), through growth from the smallest table, with SHA-256 keys and
+// with keys that differ in one byte of one half only; and a mark that
+// expires at the Unix epoch itself (an empty slot's expiry) is held, as
+// expiring a nanosecond later.
 func TestMarkTable(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	keySets := map[string][]store.MarkKey{"sha256": markKeys("scope", 0, 5000)}
@@ -27,10 +29,10 @@ func TestMarkTable(t *testing.T) {
 			want := map[store.MarkKey]journaled{}
 			for range 4 * len(keys) {
 				k := keys[rng.IntN(len(keys))]
-				m := journaled{expires: rng.Int64(), seq: rng.Uint64N(1 << 40)}
+				m := journaled{expires: rng.Int64()}
 				tab.put(&k, m)
 				if old, ok := want[k]; ok {
-					m = journaled{expires: max(old.expires, m.expires), seq: max(old.seq, m.seq)}
+					m = journaled{expires: max(old.expires, m.expires)}
 				}
 				want[k] = m
 			}
@@ -64,6 +66,16 @@ func TestMarkTable(t *testing.T) {
 			}
 		})
 	}
+	tab := newMarkTable(0)
+	epoch := markKeys("epoch", 0, 1)[0]
+	tab.put(&epoch, journaled{expires: 0})
+	if got, ok := tab.get(&epoch); !ok || got.expires != 1 || tab.len() != 1 {
+		t.Fatalf("a mark expiring at 0: get = %+v, %v, len %d; want expiry 1, found, len 1", got, ok, tab.len())
+	}
+	tab.put(&epoch, journaled{expires: -5})
+	if got, _ := tab.get(&epoch); got.expires != 1 {
+		t.Fatalf("an earlier expiry replaced the later: %+v", got)
+	}
 	var none *markTable
 	if _, ok := none.get(&store.MarkKey{}); ok || none.len() != 0 {
 		t.Fatal("a nil table holds a mark")
@@ -79,7 +91,7 @@ func BenchmarkFileMarks(b *testing.B) {
 		for b.Loop() {
 			tab := newMarkTable(defaultSpillMarksAt)
 			for i := range keys {
-				tab.put(&keys[i], journaled{expires: 1, seq: uint64(i / 100)})
+				tab.put(&keys[i], journaled{expires: 1})
 			}
 		}
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(keys)), "ns/mark")
@@ -88,8 +100,8 @@ func BenchmarkFileMarks(b *testing.B) {
 		for b.Loop() {
 			m := make(map[store.MarkKey]journaled, defaultSpillMarksAt)
 			for i := range keys {
-				v := journaled{expires: 1, seq: uint64(i / 100)}
-				if old, ok := m[keys[i]]; !ok || old.seq <= v.seq {
+				v := journaled{expires: int64(i/100) + 1}
+				if old, ok := m[keys[i]]; !ok || old.expires <= v.expires {
 					m[keys[i]] = v
 				}
 			}
@@ -125,7 +137,7 @@ func BenchmarkFileCommits(b *testing.B) {
 					tab.touch(c)
 				}
 				for i := range c {
-					tab.put(&c[i].Key, journaled{expires: 1, seq: 1})
+					tab.put(&c[i].Key, journaled{expires: 1})
 				}
 				n += 100
 			}

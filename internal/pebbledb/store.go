@@ -355,7 +355,7 @@ func (db *DB) commit(ctx context.Context, w *store.Write, pipelined bool) (synce
 	// journaled marks filed: a claimer that still finds one waits, and
 	// then finds what w wrote.
 	endClaims := func() {
-		if toJournal && db.journal.file(w.Marks, seq) >= db.spillMarksAt() {
+		if toJournal && db.journal.file(w.Marks) >= db.spillMarksAt() {
 			select {
 			case db.spillCh <- struct{}{}:
 			default:
