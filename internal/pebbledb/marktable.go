@@ -17,7 +17,8 @@ import (
 // hashes by mixing the key's two halves with a multiplication, and a
 // mark's slot holds its key and value together: filing one costs, in the
 // common case, one cache miss. Nothing is ever deleted from a table (a
-// spill replaces it whole), so probing needs no tombstones.
+// spill takes it whole, and empties it whole to reuse it), so probing
+// needs no tombstones.
 type markTable struct {
 	slots []markSlot // a power of two, at most 3/4 full
 	shift uint8      // 64 - log2(len(slots))
