@@ -58,10 +58,12 @@
 // without reading Pebble; it never misses a mark. The journal's marks are
 // found in memory; the rest in the runs, newest first, each sought only in
 // the runs whose own filter (1 byte a mark) may hold it. The filter costs
-// about 2 to 5 bytes a live mark (and 2 MiB at least, once it holds
-// any), the sweep drops its parts whose marks
-// all expired, and WithMarkFilterMemory bounds it with the runs' filters:
-// beyond the bound, lookups go on to Pebble ever more often.
+// about 2 to 5 bytes a live mark (and 2 MiB at least, once it holds any),
+// the sweep drops its parts whose marks all expired, and
+// WithMarkFilterMemory bounds it with the runs' filters: beyond the
+// bound, lookups go on to Pebble ever more often. The journal's marks
+// take a table of 6 MiB, and a spare of the same size between spills
+// (journal.go).
 //
 // # A full disk
 //
